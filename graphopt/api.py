@@ -1,0 +1,124 @@
+"""The Python API: `graphopt.optimize(model, passes=[...]) -> Result` with `.model` and `.report`.
+
+Nothing here touches the disk unless asked (a path to read, `dump_dir`), prints, or keeps
+global state; logging goes through `logging.getLogger("graphopt")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from graphopt import __version__
+from graphopt.errors import InputError, UsageError
+from graphopt.model_io import check_model, infer_model_shapes, iter_tensors, load_model
+from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
+from graphopt.registry import load_registry
+from graphopt.summary import summarize
+from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
+from graphopt.verify.feeds import check_feeds
+
+__all__ = ["Result", "optimize", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
+
+REPORT_SCHEMA = "graphopt.report/1"
+_VERIFY_MODES = ("each", "end", "off")
+
+
+@dataclasses.dataclass
+class Result:
+    model: onnx.ModelProto
+    report: dict
+
+
+def optimize(
+    model: onnx.ModelProto | str | os.PathLike,
+    passes: Iterable[str] | str = ("cleanup",),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
+    calibration: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
+    verify: str = "each",
+    budget: str | None = None,
+    input_shapes: Mapping[str, Iterable[int]] | None = None,
+    keep_going: bool = False,
+    seed: int = 0,
+    plugins: Iterable[Any] = (),
+    dump_dir: str | os.PathLike | None = None,
+    set_options: Mapping[str, Mapping[str, str]] | None = None,
+    progress: bool = False,
+) -> Result:
+    """Runs `passes` over `model` and verifies the result in onnxruntime.
+
+    `inputs` / `calibration`: `{input name: array shaped (N, *shape)}` or an `.npz` path.
+    `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
+    `plugins`: extra plugin objects (modules or instances with hook implementations), used
+    besides those of the `graphopt` entry-point group. `set_options` takes option values as
+    text, as `--set` does. Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
+    """
+    if verify not in _VERIFY_MODES:
+        raise UsageError(f"verify must be one of {', '.join(_VERIFY_MODES)}; got '{verify}'")
+    names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else list(passes)
+    names = [name for name in names if name]
+    global_budget = Budget.parse(budget)
+    loaded = load_registry(plugins)
+    configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
+    source = prepare_model(model)
+    shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
+    calibration_feeds = prepare_feeds(calibration, source, option="--calibration") if calibration is not None else None
+    verifier = None
+    if verify != "off":
+        feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
+        if feeds is None:
+            feeds = generate_feeds(source, shapes, seed=seed)
+        verifier = Verifier(split_samples(feeds))
+    settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
+                                progress=progress, dump_dir=Path(dump_dir) if dump_dir else None)
+    outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds)
+    report = {
+        "schema": REPORT_SCHEMA,
+        "graphopt_version": __version__,
+        "input": summarize(source),
+        "output": summarize(outcome.model),
+        "passes": outcome.passes,
+        "verification": {
+            "mode": verify,
+            "samples": len(verifier.samples) if verifier else 0,
+            "inputs": "file" if inputs is not None else "calibration" if calibration is not None else "generated",
+            "budget": global_budget.describe() if global_budget else None,
+            "end_to_end": outcome.end_to_end,
+        },
+        "warnings": list(loaded.warnings),
+    }
+    return Result(outcome.model, report)
+
+
+def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    """A checked, shape-inferred model from a path or a ModelProto (the caller's proto is not modified)."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if not isinstance(model, onnx.ModelProto):
+        raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
+    if any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
+        raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
+    check_model(model)
+    return infer_model_shapes(model)
+
+
+def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:
+    """Checked `{input: (N, *shape) array}` from a mapping or an `.npz` path."""
+    if isinstance(feeds, (str, os.PathLike)):
+        return load_feeds(feeds, model, option=option)
+    if isinstance(feeds, Mapping):
+        return check_feeds(dict(feeds), model, option=option)
+    raise UsageError(f"{option} must be a mapping of arrays or an .npz path")
+
+
+def _nested(options) -> dict[str, dict[str, Any]]:
+    return {str(name): dict(values) for name, values in (options or {}).items()}

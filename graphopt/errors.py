@@ -1,0 +1,79 @@
+"""The errors graphopt raises, each carrying the exit code the CLI maps it to.
+
+The exit codes are a contract (DESIGN.md): 1 verification failed, 2 bad usage or input,
+3 a pass or plugin failed internally.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GraphoptError",
+    "UsageError",
+    "InputError",
+    "VerificationError",
+    "PassError",
+    "PluginError",
+    "PreconditionError",
+]
+
+
+class GraphoptError(Exception):
+    """Base of every error graphopt raises on purpose; `str()` is the one-line message."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.path})" if self.path else self.message
+
+
+class UsageError(GraphoptError):
+    """Bad command line or API arguments: an unknown pass, option or value."""
+
+    exit_code = 2
+
+
+class InputError(GraphoptError):
+    """A model or data file that cannot be read or is not valid."""
+
+    exit_code = 2
+
+
+class VerificationError(GraphoptError):
+    """The optimized model does not agree with the reference within its tolerance."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, path: str | None = None, report: dict | None = None):
+        super().__init__(message, path=path)
+        self.report = report
+
+
+class PassError(GraphoptError):
+    """A pass raised, or produced an invalid model."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, pass_name: str, path: str | None = None):
+        super().__init__(message, path=path)
+        self.pass_name = pass_name
+
+
+class PluginError(GraphoptError):
+    """A plugin could not be loaded or registered a pass wrongly."""
+
+    exit_code = 3
+
+
+class PreconditionError(GraphoptError):
+    """A pass cannot handle this model at all (raised by the pass, naming itself and the node).
+
+    The pass manager reports it and goes on without the pass; a site where a pattern merely
+    does not match is not an error and is logged at debug level instead.
+    """
+
+    exit_code = 3

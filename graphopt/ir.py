@@ -1,0 +1,187 @@
+"""The IR passes see: onnx-graphsurgeon's `Graph`, plus what it lacks.
+
+graphsurgeon compares tensors *by name*, so a dict or set keyed by tensors silently merges a
+subgraph's `x` with the outer `x`. Everything here keys by identity (`id()`) or by node.
+
+Round trip: `export_model(import_graph(m), m)` keeps every field of the ModelProto that
+graphsurgeon does not model (IR version, producer, doc strings, metadata, training info),
+merges opset imports (the original's versions win), and leaves local functions and
+If/Loop/Scan bodies as they were unless a pass changed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+__all__ = [
+    "import_graph",
+    "export_model",
+    "iter_graphs",
+    "iter_nodes",
+    "producer",
+    "consumers",
+    "graph_output_ids",
+    "constant_value",
+    "replace_all_uses",
+    "to_networkx",
+    "opset_version",
+    "quiet_graphsurgeon",
+]
+
+# Fields of ModelProto rebuilt from the graph; every other field is carried over verbatim.
+_REBUILT_FIELDS = {"graph", "functions", "opset_import"}
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """The model's main graph as a graphsurgeon Graph (weights load lazily)."""
+    return gs.import_onnx(model)
+
+
+def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """Exports `graph`, carrying over what graphsurgeon drops from the `template` model."""
+    exported = gs.export_onnx(graph, do_type_check=False)
+    model = onnx.ModelProto()
+    for field, value in template.ListFields():
+        if field.name in _REBUILT_FIELDS:
+            continue
+        target = getattr(model, field.name)
+        if isinstance(value, (str, bytes, int, float)):
+            setattr(model, field.name, value)
+        elif hasattr(target, "extend"):
+            target.extend(value)
+        else:
+            target.CopyFrom(value)
+    model.graph.CopyFrom(exported.graph)
+    model.functions.extend(exported.functions)
+    model.opset_import.extend(_merged_opsets(template.opset_import, exported.opset_import))
+    return model
+
+
+def _merged_opsets(original, exported) -> list[onnx.OperatorSetIdProto]:
+    versions = {entry.domain: entry.version for entry in exported}
+    versions.update({entry.domain: entry.version for entry in original})
+    return [onnx.helper.make_opsetid(domain, version) for domain, version in versions.items()]
+
+
+def opset_version(graph: gs.Graph, domain: str = "") -> int | None:
+    """The version of `domain` the graph's model imports (the default domain: `graph.opset`)."""
+    for entry in graph.import_domains or ():
+        if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return entry.version
+    return graph.opset if domain == "" else None
+
+
+def iter_graphs(graph: gs.Graph, *, functions: bool = True) -> Iterator[gs.Graph]:
+    """The graph, every nested If/Loop/Scan body (depth first) and, if asked, local functions."""
+    yield graph
+    for node in graph.nodes:
+        for attribute in node.attrs.values():
+            for subgraph in _subgraphs_of(attribute):
+                yield from iter_graphs(subgraph, functions=False)
+    if functions:
+        for function in getattr(graph, "functions", ()) or ():
+            yield from iter_graphs(function, functions=False)
+
+
+def _subgraphs_of(attribute) -> list[gs.Graph]:
+    if isinstance(attribute, gs.Graph):
+        return [attribute]
+    if isinstance(attribute, (list, tuple)):
+        return [item for item in attribute if isinstance(item, gs.Graph)]
+    return []
+
+
+def iter_nodes(graph: gs.Graph) -> Iterator[tuple[gs.Graph, gs.Node]]:
+    """(owning graph, node) for every node, nested graphs and functions included."""
+    for owner in iter_graphs(graph):
+        for node in list(owner.nodes):
+            yield owner, node
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that writes `tensor`, or None for graph inputs and constants."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """The nodes that read `tensor`, inside nested bodies too (by identity, deduplicated)."""
+    seen: dict[int, gs.Node] = {}
+    for node in tensor.outputs:
+        seen.setdefault(id(node), node)
+    return list(seen.values())
+
+
+def graph_output_ids(graph: gs.Graph) -> set[int]:
+    return {id(tensor) for tensor in graph.outputs}
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of `tensor` if it is known at compile time (an initializer or a Constant node)."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and "value" in node.attrs:
+        value = node.attrs["value"]
+        return value.values if isinstance(value, gs.Constant) else None
+    return None
+
+
+def replace_all_uses(old: gs.Tensor, new: gs.Tensor) -> int:
+    """Points every node that reads `old` at `new`, nested bodies included; returns inputs moved.
+
+    graphsurgeon links a body's read of an outer tensor to the very same object, so `old.outputs`
+    already lists readers inside If/Loop/Scan bodies: the rewrite costs O(uses), not a graph scan.
+    Graph outputs are left alone: which tensor a graph returns is the caller's decision.
+    """
+    moved = 0
+    for node in consumers(old):
+        for index, tensor in enumerate(node.inputs):
+            if tensor is old:
+                node.inputs[index] = new
+                moved += 1
+    return moved
+
+
+def to_networkx(graph: gs.Graph) -> nx.MultiDiGraph:
+    """A dependency view of one graph level: a vertex per node (keyed by `id`), an edge per tensor.
+
+    Vertices carry the node as `node`; edges carry the tensor as `tensor`. A nested body is
+    part of its If/Loop/Scan node; outer tensors read inside a body count as its node's inputs.
+    """
+    view = nx.MultiDiGraph()
+    for node in graph.nodes:
+        view.add_node(id(node), node=node)
+    for node in graph.nodes:
+        for tensor in _all_reads(node):
+            source = producer(tensor)
+            if source is not None and view.has_node(id(source)):
+                view.add_edge(id(source), id(node), tensor=tensor)
+    return view
+
+
+def _all_reads(node: gs.Node) -> Iterator[gs.Tensor]:
+    yield from node.inputs
+    for attribute in node.attrs.values():
+        for subgraph in _subgraphs_of(attribute):
+            for _, inner in iter_nodes(subgraph):
+                yield from inner.inputs
+
+
+@contextlib.contextmanager
+def quiet_graphsurgeon():
+    """Silences graphsurgeon's own logger (it prints to the terminal) for the duration.
+
+    Its logger is process-global, so the previous severity is restored on the way out.
+    """
+    previous = gs.logger.G_LOGGER.severity
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
+    try:
+        yield
+    finally:
+        gs.logger.G_LOGGER.severity = previous

@@ -1,0 +1,240 @@
+"""Reading and writing ONNX files safely.
+
+Loading refuses external data that would be read from outside the model's own folder (a
+crafted model must not make graphopt read `/etc/shadow` or a neighbour's file), and writing
+is atomic: a temporary file in the target folder, checked, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from graphopt.errors import InputError, UsageError
+
+__all__ = [
+    "PROTOBUF_LIMIT",
+    "load_model",
+    "save_model",
+    "check_model",
+    "iter_tensors",
+    "tensor_nbytes",
+    "initializer_nbytes",
+]
+
+logger = logging.getLogger(__name__)
+
+# Protobuf cannot serialise a message of 2 GiB or more; stay clear of it with some headroom
+# for the graph structure itself.
+PROTOBUF_LIMIT = 2**31 - 64 * 2**20
+
+
+def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.ModelProto:
+    """Loads an ONNX model file, its external data confined to the model's folder.
+
+    Raises InputError, naming the file, for anything that is not a readable, valid model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=str(path))
+    if not path.is_file():
+        raise InputError("not a file", path=str(path))
+    if path.stat().st_size == 0:
+        raise InputError("empty file, not an ONNX model", path=str(path))
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as error:
+        raise InputError(f"not an ONNX model: {_first_line(error)}", path=str(path)) from error
+    _require_model_shape(model, str(path))
+    _load_confined_external_data(model, path.parent, str(path))
+    check_model(model, path=str(path))
+    if infer_shapes:
+        model = infer_model_shapes(model)
+    return model
+
+
+def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Runs ONNX shape inference once; a model it cannot infer is kept as it is."""
+    if initializer_nbytes(model) >= PROTOBUF_LIMIT:
+        logger.info("model is over 2 GiB; skipping in-memory shape inference")
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as error:  # onnx raises several unrelated types here
+        logger.warning("shape inference failed, going on without it: %s", _first_line(error))
+        return model
+
+
+def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool = False) -> None:
+    """Runs the ONNX checker; raises InputError with its first line."""
+    try:
+        if initializer_nbytes(model) >= PROTOBUF_LIMIT:
+            return  # checked by path after writing; the checker cannot take it in memory
+        onnx.checker.check_model(model, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise InputError(f"invalid model: {_first_line(error)}", path=path) from error
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    external_data: bool = False,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Writes `model` atomically, with external data beside it when asked or when over 2 GiB.
+
+    `source` is the input file, which is never overwritten. The model is checked with
+    `full_check=True` before anything is renamed into place.
+    """
+    path = Path(path)
+    if source is not None and _same_file(path, Path(source)):
+        raise UsageError("output would overwrite the input; choose another -o", path=str(path))
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError("output folder does not exist", path=str(path))
+    if path.is_dir():
+        raise UsageError("output path is a folder", path=str(path))
+    external_data = external_data or initializer_nbytes(model) >= PROTOBUF_LIMIT
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.") as staging:
+        staged = Path(staging) / path.name
+        data_name = f"{path.name}.data"
+        if external_data:
+            model = _copy(model)  # saving with external data rewrites the tensors in place
+            onnx.save_model(
+                model,
+                str(staged),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(staged))
+        try:
+            onnx.checker.check_model(str(staged), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+            raise InputError(f"refusing to write an invalid model: {_first_line(error)}", path=str(path)) from error
+        if external_data and (Path(staging) / data_name).exists():
+            os.replace(Path(staging) / data_name, folder / data_name)
+        os.replace(staged, path)
+    return path
+
+
+def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of the model: initializers, Constant attributes, subgraphs, functions."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from _node_tensors(node)
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """The in-memory size of a tensor's values, whether stored inline or externally."""
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (count + 1) // 2
+    return count * itemsize
+
+
+def initializer_nbytes(model: onnx.ModelProto) -> int:
+    return sum(tensor_nbytes(tensor) for tensor in iter_tensors(model))
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
+    for attribute in node.attribute:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        if attribute.HasField("g"):
+            yield from _graph_tensors(attribute.g)
+        for graph in attribute.graphs:
+            yield from _graph_tensors(graph)
+
+
+def _require_model_shape(model: onnx.ModelProto, path: str) -> None:
+    # A TensorProto or random bytes can parse as a ModelProto with unknown fields; what makes
+    # it a model is a graph and an opset.
+    if not model.HasField("graph") or not model.opset_import:
+        raise InputError("not an ONNX model: it has no graph or no opset_import", path=path)
+
+
+def _load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str) -> None:
+    external = [t for t in iter_tensors(model) if external_data_helper.uses_external_data(t)]
+    if not external:
+        return
+    root = folder.resolve()
+    for tensor in external:
+        _check_external_location(tensor, root, path)
+    external_data_helper.load_external_data_for_model(model, str(folder))
+
+
+def _check_external_location(tensor: onnx.TensorProto, root: Path, path: str) -> None:
+    info = external_data_helper.ExternalDataInfo(tensor)
+    location = info.location
+    refuse = f"external data of tensor '{tensor.name}' at '{location}'"
+    if not location:
+        raise InputError(f"{refuse} names no file", path=path)
+    if os.path.isabs(location) or Path(location).drive:
+        raise InputError(f"{refuse} is an absolute path; only files inside the model's folder are read", path=path)
+    if ".." in Path(location).parts:
+        raise InputError(f"{refuse} leaves the model's folder ('..')", path=path)
+    target = root / location
+    resolved = target.resolve()
+    if not resolved.is_relative_to(root):
+        raise InputError(f"{refuse} is a link that leaves the model's folder", path=path)
+    if not resolved.is_file():
+        raise InputError(f"{refuse} does not exist", path=path)
+    stat = resolved.stat()
+    if stat.st_nlink > 1:
+        # A hard link cannot be told apart from its other names: it may be a file outside.
+        raise InputError(f"{refuse} is a file with several hard links; refusing to read it", path=path)
+    offset = int(info.offset or 0)
+    length = int(info.length) if info.length else stat.st_size - offset
+    needed = max(length, tensor_nbytes(tensor) if not info.length else length)
+    if offset < 0 or length < 0 or offset + needed > stat.st_size:
+        raise InputError(
+            f"{refuse} asks for bytes {offset}..{offset + needed} of a {stat.st_size}-byte file",
+            path=path,
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.splitlines()[0].split())[:300]

@@ -1,0 +1,80 @@
+"""The pass contract: what a plugin author subclasses and returns.
+
+A pass is declarative: a `name`, a one-line description (its docstring's first line), typed
+`Options` (a dataclass), `lossless` or lossy with a budget, declared ordering, and
+`run(graph, ctx) -> PassResult`. It never prints and keeps no state between runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+__all__ = ["Pass", "PassResult", "PassContext", "NoOptions"]
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """A pass without options."""
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What a pass did: `changed` only when the graph really changed; `stats` counts rewrites."""
+
+    changed: bool
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass may use besides the graph.
+
+    `calibration` holds N samples per model input (arrays shaped `(N, *input_shape)`), or is
+    None; `seed` is the run's random seed (make a generator from it, never use global state);
+    `model` is the ModelProto the graph was imported from, read-only (None outside a pipeline).
+    """
+
+    opset: int
+    seed: int = 0
+    calibration: dict[str, np.ndarray] | None = None
+    logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("graphopt"))
+    model: onnx.ModelProto | None = None
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+
+class Pass:
+    """Base class of every pass. Subclasses set `name`, write a docstring and implement `run`."""
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = True
+    # Ordering, declared: this pass must run after / before these passes when both are asked for.
+    after: ClassVar[tuple[str, ...]] = ()
+    before: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any | None = None):
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def description(cls) -> str:
+        """The first line of the class docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0].strip() if doc else ""
+
+    def budget(self) -> str | None:
+        """A lossy pass's own accuracy budget (`"cos=0.99"`, `"sqnr=30"`), from its `budget` option."""
+        return getattr(self.options, "budget", None) or None
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        raise NotImplementedError(f"pass '{self.name}' does not implement run()")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"

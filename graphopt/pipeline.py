@@ -1,0 +1,305 @@
+"""The pass manager: configures passes, checks their declared order, runs and verifies each.
+
+Each pass gets a fresh IR graph imported from the model the pipeline holds, so rolling a pass
+back is keeping the previous `ModelProto`. Instrumentation (timing, dumps) lives in hook
+implementations, not in this loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+from tqdm import tqdm
+
+from graphopt import ir
+from graphopt.errors import GraphoptError, InputError, PassError, PreconditionError, UsageError, VerificationError
+from graphopt.hookspecs import hookimpl
+from graphopt.model_io import check_model, infer_model_shapes, save_model
+from graphopt.options import build_options, describe_options
+from graphopt.passes import Pass, PassContext, PassResult
+from graphopt.registry import PassRegistry, Plugins
+from graphopt.summary import model_bytes
+from graphopt.verify import Budget, SessionError, Verifier
+
+__all__ = ["configure_passes", "PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET"]
+
+logger = logging.getLogger("graphopt")
+
+# What a lossy pass is held to when neither it nor the user set a budget.
+DEFAULT_LOSSY_BUDGET = Budget(cos=0.99)
+
+
+def configure_passes(
+    registry: PassRegistry,
+    names: list[str],
+    options: dict[str, dict[str, Any]] | None = None,
+    text_options: dict[str, dict[str, str]] | None = None,
+) -> list[Pass]:
+    """Pass instances for `names`, options from typed values (API, recipe) then text (`--set`)."""
+    options, text_options = options or {}, text_options or {}
+    if not names:
+        raise UsageError("no passes given")
+    for pass_name in list(options) + list(text_options):
+        if pass_name not in names:
+            registry.get(pass_name)  # an unknown pass is the better error
+            raise UsageError(f"options given for pass '{pass_name}', which is not in --passes ({','.join(names)})")
+    configured = []
+    for name in names:
+        cls = registry.get(name)
+        typed = build_options(name, cls.Options, options.get(name, {}), text_options.get(name, {}))
+        configured.append(cls(typed))
+    _check_declared_order(configured)
+    return configured
+
+
+def _check_declared_order(passes: list[Pass]) -> None:
+    positions: dict[str, list[int]] = {}
+    for index, pass_ in enumerate(passes):
+        positions.setdefault(pass_.name, []).append(index)
+    for index, pass_ in enumerate(passes):
+        for earlier in pass_.after:
+            if any(other > index for other in positions.get(earlier, ())):
+                raise UsageError(f"pass '{pass_.name}' must run after '{earlier}' (declared by '{pass_.name}'); reorder --passes")
+        for later in pass_.before:
+            if any(other < index for other in positions.get(later, ())):
+                raise UsageError(f"pass '{pass_.name}' must run before '{later}' (declared by '{pass_.name}'); reorder --passes")
+
+
+@dataclasses.dataclass
+class PipelineSettings:
+    verify: str = "each"  # each | end | off
+    keep_going: bool = False
+    budget: Budget | None = None
+    seed: int = 0
+    progress: bool = False
+    dump_dir: Path | None = None
+
+
+@dataclasses.dataclass
+class PipelineOutcome:
+    model: onnx.ModelProto
+    passes: list[dict]
+    end_to_end: dict | None
+
+
+class _PassTimer:
+    """Times passes through the before/after hooks."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, float] = {}
+        self.seconds: dict[int, float] = {}
+
+    @hookimpl
+    def graphopt_before_pass(self, index):
+        self.started[index] = time.perf_counter()
+
+    @hookimpl
+    def graphopt_after_pass(self, index):
+        self.seconds[index] = time.perf_counter() - self.started.pop(index, time.perf_counter())
+
+
+class _ModelDumper:
+    """Writes the model after each pass as `NN_pass.onnx` (`--dump-dir`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @hookimpl
+    def graphopt_after_pass(self, index, pass_, model):
+        save_model(model, self.folder / f"{index + 1:02d}_{pass_.name}.onnx")
+
+
+def run_pipeline(
+    model: onnx.ModelProto,
+    passes: list[Pass],
+    plugins: Plugins,
+    settings: PipelineSettings,
+    verifier: Verifier | None,
+    calibration: dict | None = None,
+) -> PipelineOutcome:
+    """Runs `passes` in order over `model`; raises VerificationError or PassError as DESIGN.md says."""
+    timer = _PassTimer()
+    instruments: list[Any] = [timer]
+    if settings.dump_dir is not None:
+        if not settings.dump_dir.is_dir():
+            raise UsageError("--dump-dir folder does not exist", path=str(settings.dump_dir))
+        instruments.append(_ModelDumper(settings.dump_dir))
+    for instrument in instruments:
+        plugins.manager.register(instrument)
+    try:
+        return _run(model, passes, plugins, settings, verifier, calibration, timer)
+    finally:
+        for instrument in instruments:
+            plugins.manager.unregister(instrument)
+
+
+def _run(model, passes, plugins, settings, verifier, calibration, timer) -> PipelineOutcome:
+    hooks = plugins.manager.hook
+    original = model
+    verify_each = settings.verify == "each" and verifier is not None
+    try:
+        reference_outputs = verifier.outputs(model) if verifier is not None and settings.verify != "off" else None
+    except SessionError as error:
+        raise InputError(f"onnxruntime cannot run the input model ({error}); use --verify off to skip verification") from error
+    stage_outputs = reference_outputs
+    reports, lossy_ran = [], False
+    for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
+        hooks.graphopt_before_pass(index=index, pass_=pass_, model=model)
+        entry = _entry(pass_, plugins.registry, model)
+        result, candidate = None, model
+        try:
+            result, candidate = _apply(pass_, model, settings, calibration)
+        except PreconditionError as error:
+            entry.update(status="skipped", error=str(error))
+            logger.warning("pass '%s' skipped: %s", pass_.name, error)
+        except GraphoptError as error:
+            if not settings.keep_going:
+                hooks.graphopt_after_pass(index=index, pass_=pass_, model=model, result=None, accepted=False)
+                raise
+            entry.update(status="failed", error=str(error))
+            logger.warning("%s; going on without it (--keep-going)", error)
+        if result is not None:
+            entry.update(changed=result.changed, details=_plain(result.stats))
+            entry["status"] = "accepted" if result.changed else "unchanged"
+        if result is not None and result.changed and verify_each:
+            budget = _budget_for(pass_, settings)
+            verdict, candidate_outputs = _verify(verifier, stage_outputs, model, candidate, pass_, budget)
+            entry["verification"] = verdict.to_dict()
+            if not verdict.ok:
+                entry.update(status="rolled_back", rolled_back=True)
+                message = _failure_message(pass_, verdict)
+                if not settings.keep_going:
+                    timer.seconds[index] = time.perf_counter() - timer.started.pop(index, time.perf_counter())
+                    entry["seconds"] = round(timer.seconds[index], 4)
+                    reports.append(entry)
+                    raise VerificationError(message, report={"passes": reports})
+                logger.warning("%s; rolled back (--keep-going)", message)
+                candidate = model
+            else:
+                stage_outputs = candidate_outputs
+        if entry["status"] == "accepted":
+            lossy_ran = lossy_ran or not pass_.lossless
+            model = candidate
+        hooks.graphopt_after_pass(index=index, pass_=pass_, model=model, result=result, accepted=entry["status"] == "accepted")
+        entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
+        entry["nodes_after"] = len(model.graph.node)
+        entry["bytes_after"] = model_bytes(model)
+        logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
+        reports.append(entry)
+
+    end_to_end = None
+    if reference_outputs is not None:
+        budget = (settings.budget or DEFAULT_LOSSY_BUDGET) if lossy_ran else None
+        final_outputs = stage_outputs if verify_each else _outputs_or_fail(verifier, model, "the optimized model")
+        verdict = verifier.judge(reference_outputs, final_outputs, budget=budget)
+        if not verdict.ok:
+            verdict.first_divergence = verifier.localize(original, model, budget=budget)
+            end_to_end = verdict.to_dict()
+            raise VerificationError(f"end-to-end verification failed: {verdict.summary()}", report={"passes": reports, "verification": end_to_end})
+        end_to_end = verdict.to_dict()
+    return PipelineOutcome(model, reports, end_to_end)
+
+
+def _apply(pass_: Pass, model: onnx.ModelProto, settings: PipelineSettings, calibration) -> tuple[PassResult, onnx.ModelProto]:
+    graph = ir.import_graph(model)
+    ctx = PassContext(
+        opset=ir.opset_version(graph) or 0,
+        seed=settings.seed,
+        calibration=calibration,
+        logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
+        model=model,
+    )
+    try:
+        result = pass_.run(graph, ctx)
+    except (PreconditionError, GraphoptError):
+        raise
+    except Exception as error:
+        raise PassError(f"pass '{pass_.name}' raised {type(error).__name__}: {error}", pass_name=pass_.name) from error
+    if not isinstance(result, PassResult):
+        raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a graphopt.PassResult", pass_name=pass_.name)
+    if not result.changed:
+        return result, model
+    try:
+        candidate = infer_model_shapes(ir.export_model(graph, model))
+        check_model(candidate, full=True)
+    except InputError as error:
+        raise PassError(f"pass '{pass_.name}' produced an invalid model: {error.message}", pass_name=pass_.name) from error
+    except Exception as error:
+        raise PassError(f"pass '{pass_.name}' produced a graph that cannot be exported: {type(error).__name__}: {error}", pass_name=pass_.name) from error
+    _check_interface(pass_, model, candidate)
+    return result, candidate
+
+
+def _check_interface(pass_: Pass, before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """A pass must never change the model's input or output names, types or shapes."""
+    def interface(model):
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = [(v.name, v.type.SerializeToString()) for v in model.graph.input if v.name not in initializers]
+        return inputs, [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output]
+    if interface(before) != interface(after):
+        raise PassError(f"pass '{pass_.name}' changed the model's inputs or outputs", pass_name=pass_.name)
+
+
+def _budget_for(pass_: Pass, settings: PipelineSettings) -> Budget | None:
+    if pass_.lossless:
+        return None
+    own = Budget.parse(pass_.budget())
+    if own is None:
+        return settings.budget or DEFAULT_LOSSY_BUDGET
+    return own
+
+
+def _verify(verifier, stage_outputs, model, candidate, pass_, budget):
+    candidate_outputs = _outputs_or_fail(verifier, candidate, f"the model pass '{pass_.name}' produced", pass_.name)
+    verdict = verifier.judge(stage_outputs, candidate_outputs, budget=budget)
+    if not verdict.ok:
+        verdict.first_divergence = verifier.localize(model, candidate, budget=budget)
+    return verdict, candidate_outputs
+
+
+def _outputs_or_fail(verifier, model, what, pass_name="verify"):
+    try:
+        return verifier.outputs(model)
+    except SessionError as error:
+        raise PassError(f"onnxruntime cannot run {what}: {error}", pass_name=pass_name) from error
+
+
+def _failure_message(pass_: Pass, verdict) -> str:
+    message = f"pass '{pass_.name}' failed verification: {verdict.summary()}"
+    where = verdict.first_divergence
+    if where:
+        message += f"; first divergence at node '{where['node']}' ({where['op']}, tensor '{where['tensor']}')"
+    return message
+
+
+def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto) -> dict:
+    return {
+        "name": pass_.name,
+        "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
+        "lossless": pass_.lossless,
+        "options": _plain({info.name: getattr(pass_.options, info.name) for info in describe_options(type(pass_.options))}),
+        "status": "unchanged",
+        "changed": False,
+        "rolled_back": False,
+        "details": {},
+        "verification": None,
+        "nodes_before": len(model.graph.node),
+        "bytes_before": model_bytes(model),
+    }
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

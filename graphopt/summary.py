@@ -1,0 +1,121 @@
+"""What a model is made of: nodes, op histogram, parameters, bytes, MACs, opsets, inputs/outputs.
+
+MACs are counted for the ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul) from the
+shapes shape inference found; an op whose shapes are unknown counts as zero and is named in
+`macs_unknown`, so a partial count never passes for a full one.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+import onnx
+
+from graphopt.model_io import iter_tensors, tensor_nbytes
+
+__all__ = ["summarize", "format_comparison", "model_bytes"]
+
+
+def summarize(model: onnx.ModelProto) -> dict:
+    shapes = _known_shapes(model)
+    ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
+                              for node in _all_nodes(model.graph))
+    macs, unknown = 0, collections.Counter()
+    for node in model.graph.node:
+        count = _node_macs(node, shapes)
+        if count is None:
+            unknown[node.op_type] += 1
+        else:
+            macs += count
+    tensors = list(iter_tensors(model))
+    return {
+        "nodes": sum(ops.values()),
+        "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
+        "parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1 for t in model.graph.initializer)),
+        "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
+        "bytes": model_bytes(model),
+        "macs": int(macs),
+        "macs_unknown": dict(unknown),
+        "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
+        "ir_version": model.ir_version,
+        "inputs": [_describe_value(v) for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer}],
+        "outputs": [_describe_value(v) for v in model.graph.output],
+        "functions": len(model.functions),
+    }
+
+
+def format_comparison(before: dict, after: dict) -> str:
+    """A plain-text before/after table for the terminal."""
+    rows = [("nodes", before["nodes"], after["nodes"]), ("parameters", before["parameters"], after["parameters"]),
+            ("bytes", before["bytes"], after["bytes"]), ("MACs", before["macs"], after["macs"])]
+    lines = [f"{'':<12}{'before':>14}{'after':>14}{'change':>10}"]
+    for label, old, new in rows:
+        change = f"{(new - old) / old:+.1%}" if old else ""
+        lines.append(f"{label:<12}{old:>14,}{new:>14,}{change:>10}")
+    ops = sorted(set(before["ops"]) | set(after["ops"]), key=lambda op: (-before["ops"].get(op, 0), op))
+    lines.append("ops:")
+    for op in ops:
+        old, new = before["ops"].get(op, 0), after["ops"].get(op, 0)
+        marker = "" if old == new else f"{new - old:+d}"
+        lines.append(f"  {op:<26}{old:>6}{new:>8}{marker:>8}")
+    return "\n".join(lines)
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _all_nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_nodes(subgraph)
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    try:
+        return model.ByteSize()
+    except Exception:  # over 2 GiB protobuf refuses; weights dominate anyway
+        return sum(tensor_nbytes(t) for t in iter_tensors(model))
+
+
+def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    shapes = {}
+    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+    for tensor in model.graph.initializer:
+        shapes[tensor.name] = list(tensor.dims)
+    return shapes
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return 0
+    def static(name):
+        shape = shapes.get(name)
+        return shape if shape is not None and all(isinstance(d, int) and d > 0 for d in shape) else None
+    output = static(node.output[0]) if node.output else None
+    if node.op_type == "Conv":
+        weight = static(node.input[1])
+        return math.prod(output) * math.prod(weight[1:]) if output and weight else None
+    if node.op_type == "ConvTranspose":
+        source, weight = static(node.input[0]), static(node.input[1])
+        return math.prod(source) * math.prod(weight[1:]) if source and weight else None
+    if node.op_type == "Gemm":
+        a = static(node.input[0])
+        trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+        return math.prod(output) * (a[0] if trans_a else a[1]) if output and a and len(a) == 2 else None
+    a = static(node.input[0])
+    return math.prod(output) * a[-1] if output and a else None
+
+
+def _describe_value(value: onnx.ValueInfoProto) -> dict:
+    tensor_type = value.type.tensor_type
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else None
+    except (KeyError, TypeError):
+        dtype = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+    return {"name": value.name, "dtype": dtype, "shape": shape if tensor_type.HasField("shape") else None}

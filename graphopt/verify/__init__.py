@@ -1,0 +1,131 @@
+"""The verifier: runs a reference and a candidate model in onnxruntime and judges agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx
+
+from graphopt.verify.feeds import generate_feeds, input_specs, load_feeds, parse_input_shape, split_samples
+from graphopt.verify.localize import first_divergence
+from graphopt.verify.metrics import Budget, Tolerance, output_metrics, tolerance_for, within_tolerance
+from graphopt.verify.runner import SessionError, make_session, run_samples
+
+__all__ = [
+    "Verdict",
+    "Verifier",
+    "Budget",
+    "Tolerance",
+    "SessionError",
+    "generate_feeds",
+    "load_feeds",
+    "input_specs",
+    "parse_input_shape",
+    "split_samples",
+    "output_metrics",
+    "tolerance_for",
+    "within_tolerance",
+    "first_divergence",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Verdict:
+    """Whether a candidate agrees with its reference, and the per-output evidence."""
+
+    ok: bool
+    mode: str  # "lossless" or "budget"
+    outputs: dict[str, dict]
+    failures: list[str]
+    first_divergence: dict | None = None
+
+    def summary(self) -> str:
+        return self.failures[0] if self.failures else "all outputs agree"
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "mode": self.mode,
+            "outputs": self.outputs,
+            "failures": self.failures,
+            "first_divergence": self.first_divergence,
+        }
+
+
+class Verifier:
+    """Judges candidates against references on a fixed list of input samples."""
+
+    def __init__(self, samples: list[dict[str, np.ndarray]]):
+        self.samples = samples
+
+    def outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+        """Runs `model` (ORT, optimizations off) on every sample. Raises SessionError."""
+        return run_samples(make_session(model), self.samples)
+
+    def judge(
+        self,
+        reference_outputs: list[dict[str, np.ndarray]],
+        candidate_outputs: list[dict[str, np.ndarray]],
+        *,
+        budget: Budget | None,
+    ) -> Verdict:
+        """Lossless (per-dtype tolerance) when `budget` is None, else against the budget."""
+        outputs, failures = {}, []
+        for name in reference_outputs[0]:
+            ref = np.concatenate([np.ravel(sample[name]) for sample in reference_outputs])
+            if name not in candidate_outputs[0]:
+                failures.append(f"output '{name}' is missing")
+                continue
+            cand = np.concatenate([np.ravel(sample[name]) for sample in candidate_outputs])
+            shapes_agree = all(r[name].shape == c[name].shape for r, c in zip(reference_outputs, candidate_outputs))
+            metrics = output_metrics(ref, cand) if shapes_agree else output_metrics(ref[:0], cand[:1])
+            if budget is None:
+                tolerance = tolerance_for(ref.dtype)
+                within = shapes_agree and ref.dtype == cand.dtype and within_tolerance(ref, cand, tolerance)
+                metrics["tolerance"] = dataclasses.asdict(tolerance)
+                if not within:
+                    failures.append(_lossless_failure(name, ref, cand, metrics, shapes_agree, tolerance))
+            else:
+                problems = budget.violations(name, metrics) if shapes_agree else [f"output '{name}': shape changed"]
+                within = not problems
+                failures.extend(problems)
+            metrics["within"] = bool(within)
+            outputs[name] = _jsonable(metrics)
+        return Verdict(not failures, "lossless" if budget is None else "budget", outputs, failures)
+
+    def localize(self, reference: onnx.ModelProto, candidate: onnx.ModelProto, *, budget: Budget | None) -> dict | None:
+        """The first node whose output diverges, by tensors both graphs still share."""
+        try:
+            found = first_divergence(reference, candidate, self.samples[0], budget=budget)
+        except Exception as error:  # localisation is a diagnosis; it must not mask the verdict
+            logger.debug("localisation failed: %s", error)
+            return None
+        return _jsonable(found) if found else None
+
+
+def _lossless_failure(name, ref, cand, metrics, shapes_agree, tolerance) -> str:
+    if not shapes_agree:
+        return f"output '{name}': shape changed"
+    if ref.dtype != cand.dtype:
+        return f"output '{name}': dtype changed from {ref.dtype} to {cand.dtype}"
+    return (
+        f"output '{name}': max abs error {metrics['max_abs']:.3g} exceeds the lossless tolerance "
+        f"(rtol {tolerance.rtol:g}, atol {tolerance.atol:g})"
+    )
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (np.floating, float)):
+        number = float(value)
+        return number if np.isfinite(number) else ("inf" if number > 0 else "-inf" if number < 0 else "nan")
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,72 @@
+"""onnxruntime sessions for verification.
+
+Both the reference and the candidate run with ORT's graph optimizations disabled: the verifier
+judges graphopt's rewrite, not ORT's, and an ORT fusion must neither hide nor cause a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graphopt.model_io import PROTOBUF_LIMIT, initializer_nbytes
+
+__all__ = ["make_session", "run_samples", "SessionError"]
+
+
+class SessionError(Exception):
+    """onnxruntime could not load or run a model; the message is ORT's first line."""
+
+
+def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        if isinstance(model, onnx.ModelProto):
+            if initializer_nbytes(model) >= PROTOBUF_LIMIT:
+                return _session_from_disk(model, options)
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types without a common base
+        raise SessionError(_first_line(error)) from error
+
+
+def _session_from_disk(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
+    # Over 2 GiB a model cannot be serialised in one piece; ORT reads it back with its data.
+    with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as folder:
+        path = Path(folder) / "model.onnx"
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(path), save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_samples(
+    session: ort.InferenceSession, samples: list[dict[str, np.ndarray]], outputs: list[str] | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Runs every sample; returns one `{output name: array}` per sample."""
+    names = outputs or [output.name for output in session.get_outputs()]
+    results = []
+    for sample in samples:
+        try:
+            values = session.run(names, sample)
+        except Exception as error:
+            raise SessionError(_first_line(error)) from error
+        results.append(dict(zip(names, values)))
+    return results
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.splitlines()[0].split())[:400]
