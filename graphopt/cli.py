@@ -1,0 +1,346 @@
+"""The `graphopt` command line: optimize, passes, inspect, verify, bench.
+
+Errors are one line on stderr, `graphopt: error: <what> (<file>)`, with the exit codes of
+DESIGN.md (0 done, 1 verification failed, 2 bad usage or input, 3 a pass or plugin failed);
+`--debug` adds the traceback. Only this module prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from graphopt import __version__
+from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
+from graphopt.options import describe_options, parse_assignment
+from graphopt.verify.feeds import parse_input_shape
+
+__all__ = ["main"]
+
+logger = logging.getLogger("graphopt")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its usage errors are one line and exit 2 like every other bad input."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        _configure_logging(args)
+        return args.handler(args)
+    except GraphoptError as error:
+        return _fail(error, error.exit_code, debug)
+    except KeyboardInterrupt:
+        print("graphopt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug of ours: still one line, still a documented code
+        return _fail(f"internal error: {type(error).__name__}: {error}", 3, debug)
+
+
+def _fail(error, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"graphopt: error: {error}", file=sys.stderr)
+    return code
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="log debug detail and print tracebacks")
+    common.add_argument("--quiet", action="store_true", help="print only errors; no progress bar")
+    parser = _Parser(prog="graphopt", description="Plugin-based graph optimization compiler for ONNX.")
+    parser.add_argument("--version", action="version", version=f"graphopt {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    optimize = commands.add_parser("optimize", parents=[common], help="run passes over a model and write the result")
+    optimize.add_argument("model", help="the .onnx model to optimize (never overwritten)")
+    optimize.add_argument("-o", "--output", help="output path (default: MODEL with .opt.onnx)")
+    optimize.add_argument("--passes", help="comma-separated pass names, run in order (default: cleanup)")
+    optimize.add_argument("--set", dest="assignments", action="append", default=[], metavar="PASS.OPTION=VALUE")
+    optimize.add_argument("--recipe", help="TOML file with passes, options and budget")
+    optimize.add_argument("--inputs", help=".npz with one (N, *shape) array per model input, for verification")
+    optimize.add_argument("--calibration", help=".npz like --inputs, for passes that calibrate")
+    optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
+    optimize.add_argument("--verify", choices=("each", "end", "off"), help="verify after each pass (default), at the end, or not")
+    optimize.add_argument("--report", help="write the JSON report here")
+    optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30")
+    optimize.add_argument("--external-data", action="store_true", help="write weights to MODEL.data beside the output")
+    optimize.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
+    optimize.add_argument("--dump-dir", help="write the model after each pass here as NN_pass.onnx")
+    optimize.add_argument("--seed", type=int, default=0, help="random seed for generated inputs and passes")
+    optimize.set_defaults(handler=_optimize)
+
+    passes = commands.add_parser("passes", parents=[common], help="list registered passes and their options")
+    passes.add_argument("--json", action="store_true")
+    passes.add_argument("--markdown", action="store_true", help="the passes reference as Markdown")
+    passes.set_defaults(handler=_passes)
+
+    inspect = commands.add_parser("inspect", parents=[common], help="ops, parameters, bytes, MACs, opset, inputs/outputs")
+    inspect.add_argument("model")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_inspect)
+
+    verify = commands.add_parser("verify", parents=[common], help="compare a candidate model's outputs with a reference's")
+    verify.add_argument("reference")
+    verify.add_argument("candidate")
+    verify.add_argument("--inputs")
+    verify.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance")
+    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_verify)
+
+    bench = commands.add_parser("bench", parents=[common], help="median latency in onnxruntime")
+    bench.add_argument("models", nargs="+")
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--runs", type=int, default=50)
+    bench.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    bench.add_argument("--inputs", help=".npz of inputs; the first sample is used")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def _configure_logging(args) -> None:
+    level = logging.DEBUG if args.debug else logging.ERROR if args.quiet else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("graphopt: %(levelname)s: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _optimize(args) -> int:
+    from graphopt.api import optimize as run_optimize  # heavy imports only for the commands that need them
+    from graphopt.model_io import save_model
+    from graphopt.summary import format_comparison
+
+    source = Path(args.model)
+    recipe = _read_recipe(Path(args.recipe)) if args.recipe else {}
+    passes = args.passes or recipe.pop("passes", None) or "cleanup"
+    if isinstance(passes, list):
+        passes = ",".join(passes)
+    budget = args.budget or recipe.pop("budget", None)
+    verify = args.verify or recipe.pop("verify", None) or "each"
+    output = Path(args.output) if args.output else _default_output(source)
+    _check_output_path(output, source)
+    text_options: dict[str, dict[str, str]] = {}
+    for assignment in args.assignments:
+        pass_name, option, value = parse_assignment(assignment)
+        text_options.setdefault(pass_name, {})[option] = value
+    progress = not args.quiet and sys.stderr.isatty()
+    try:
+        result = run_optimize(
+            str(source),
+            passes=passes,
+            options=recipe,
+            set_options=text_options,
+            inputs=args.inputs,
+            calibration=args.calibration,
+            verify=verify,
+            budget=budget,
+            input_shapes=dict(parse_input_shape(item) for item in args.input_shape),
+            keep_going=args.keep_going,
+            seed=args.seed,
+            dump_dir=args.dump_dir,
+            progress=progress,
+        )
+    except VerificationError as error:
+        if args.report and error.report is not None:
+            _write_json(Path(args.report), {"schema": "graphopt.report/1", "failed": str(error), **error.report})
+        raise
+    except InputError as error:
+        if error.path is None:
+            error.path = str(source)
+        raise
+    save_model(result.model, output, external_data=args.external_data, source=source)
+    if args.report:
+        _write_json(Path(args.report), result.report)
+    if not args.quiet:
+        print(f"wrote {output}")
+        print(format_comparison(result.report["input"], result.report["output"]))
+        for entry in result.report["passes"]:
+            details = ", ".join(f"{key}={value}" for key, value in entry["details"].items() if value)
+            print(f"pass {entry['name']}: {entry['status']} in {entry['seconds']:.3f}s" + (f" ({details})" if details else ""))
+    return 0
+
+
+def _default_output(source: Path) -> Path:
+    stem = source.name[: -len(".onnx")] if source.name.endswith(".onnx") else source.name
+    return source.with_name(f"{stem}.opt.onnx")
+
+
+def _check_output_path(output: Path, source: Path) -> None:
+    """Refuses early, before any work, what save_model would refuse at the end."""
+    if output.resolve() == source.resolve() or (output.exists() and source.exists() and os.path.samefile(output, source)):
+        raise UsageError("output would overwrite the input; choose another -o", path=str(output))
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise UsageError("output folder does not exist", path=str(output))
+
+
+def _read_recipe(path: Path) -> dict:
+    """A TOML recipe: `passes`, `budget`, `verify` at the top; one `[PASS]` table of options per pass."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        recipe = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("recipe file does not exist", path=str(path)) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise InputError(f"recipe is not valid TOML: {error}", path=str(path)) from error
+    for key, value in recipe.items():
+        if key not in ("passes", "budget", "verify") and not isinstance(value, dict):
+            raise InputError(f"recipe key '{key}' is neither passes, budget, verify nor a [pass] table", path=str(path))
+    return recipe
+
+
+def _write_json(path: Path, document: dict) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError("report folder does not exist", path=str(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
+        json.dump(document, handle, indent=2, default=str)
+        handle.write("\n")
+    os.replace(handle.name, path)
+
+
+def _passes(args) -> int:
+    from graphopt.registry import load_registry
+
+    loaded = load_registry()
+    registry = loaded.registry
+    listing = []
+    for name in registry.names():
+        cls = registry.get(name)
+        listing.append({
+            "name": name,
+            "plugin": registry.plugin_of(name),
+            "description": cls.description(),
+            "lossless": cls.lossless,
+            "after": list(cls.after),
+            "before": list(cls.before),
+            "options": [
+                {"name": o.name, "type": o.type, "default": o.default, "help": o.help} for o in describe_options(cls.Options)
+            ],
+        })
+    if args.json:
+        print(json.dumps({"passes": listing, "warnings": loaded.warnings}, indent=2, default=str))
+    elif args.markdown:
+        print(_passes_markdown(listing))
+    else:
+        for entry in listing:
+            kind = "lossless" if entry["lossless"] else "lossy"
+            print(f"{entry['name']}  [{entry['plugin']}, {kind}]  {entry['description']}")
+            for option in entry["options"]:
+                print(f"    {option['name']} ({option['type']}, default {option['default']!r})  {option['help']}")
+    return 0
+
+
+def _passes_markdown(listing: list[dict]) -> str:
+    lines = ["# Passes", "", "Generated by `graphopt passes --markdown`.", ""]
+    for entry in listing:
+        kind = "lossless" if entry["lossless"] else "lossy"
+        lines += [f"## `{entry['name']}`", "", f"{entry['description']} (plugin `{entry['plugin']}`, {kind})", ""]
+        if entry["options"]:
+            lines += ["| option | type | default | help |", "|---|---|---|---|"]
+            lines += [f"| `{o['name']}` | {o['type']} | `{o['default']!r}` | {o['help']} |" for o in entry["options"]]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _inspect(args) -> int:
+    from graphopt.model_io import load_model
+    from graphopt.summary import summarize
+
+    summary = summarize(load_model(args.model))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.model}: {summary['nodes']} nodes, {summary['parameters']:,} parameters, "
+          f"{summary['bytes']:,} bytes, {summary['macs']:,} MACs, IR {summary['ir_version']}, opset {summary['opset']}")
+    for value in summary["inputs"]:
+        print(f"  input  {value['name']}: {value['dtype']} {value['shape']}")
+    for value in summary["outputs"]:
+        print(f"  output {value['name']}: {value['dtype']} {value['shape']}")
+    print("  ops: " + ", ".join(f"{op} {count}" for op, count in summary["ops"].items()))
+    if summary["macs_unknown"]:
+        print("  MACs not counted (shapes unknown): " + ", ".join(f"{op} {n}" for op, n in summary["macs_unknown"].items()))
+    return 0
+
+
+def _verify(args) -> int:
+    from graphopt.api import prepare_feeds
+    from graphopt.model_io import load_model
+    from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, split_samples
+
+    reference, candidate = load_model(args.reference), load_model(args.candidate)
+    shapes = dict(parse_input_shape(item) for item in args.input_shape)
+    feeds = prepare_feeds(args.inputs, reference) if args.inputs else generate_feeds(reference, shapes, seed=args.seed)
+    verifier = Verifier(split_samples(feeds))
+    budget = Budget.parse(args.budget)
+    outputs = {}
+    for label, model, path in (("reference", reference, args.reference), ("candidate", candidate, args.candidate)):
+        try:
+            outputs[label] = verifier.outputs(model)
+        except SessionError as error:
+            raise InputError(f"onnxruntime cannot run the {label}: {error}", path=path) from error
+    verdict = verifier.judge(outputs["reference"], outputs["candidate"], budget=budget)
+    if not verdict.ok:
+        verdict.first_divergence = verifier.localize(reference, candidate, budget=budget)
+    if args.json:
+        print(json.dumps(verdict.to_dict(), indent=2))
+    else:
+        for name, metrics in verdict.outputs.items():
+            print(f"{name}: cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB, max abs {metrics['max_abs']}, "
+                  f"max rel {metrics['max_rel']}, {'ok' if metrics['within'] else 'FAILED'}")
+        if verdict.first_divergence:
+            where = verdict.first_divergence
+            print(f"first divergence: node '{where['node']}' ({where['op']}), tensor '{where['tensor']}'")
+    if not verdict.ok:
+        raise VerificationError(f"candidate disagrees with reference: {verdict.summary()}", path=args.candidate)
+    return 0
+
+
+def _bench(args) -> int:
+    from graphopt.api import prepare_feeds
+    from graphopt.bench import measure_latency
+    from graphopt.model_io import load_model
+    from graphopt.verify import SessionError, generate_feeds, split_samples
+
+    if args.threads < 1 or args.runs < 1:
+        raise UsageError("--threads and --runs must be at least 1")
+    shapes = dict(parse_input_shape(item) for item in args.input_shape)
+    rows = []
+    for path in args.models:
+        model = load_model(path, infer_shapes=False)
+        feeds = prepare_feeds(args.inputs, model) if args.inputs else generate_feeds(model, shapes)
+        try:
+            timing = measure_latency(path, split_samples(feeds)[0], threads=args.threads, runs=args.runs)
+        except SessionError as error:
+            raise InputError(f"onnxruntime cannot run the model: {error}", path=path) from error
+        rows.append({"model": path, **timing})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['model']}: median {row['median_ms']:.3f} ms (min {row['min_ms']:.3f}, p90 {row['p90_ms']:.3f}; "
+                  f"{row['runs']} runs, {row['threads']} thread{'s' if row['threads'] > 1 else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
