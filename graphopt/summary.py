@@ -33,7 +33,8 @@ def summarize(model: onnx.ModelProto) -> dict:
     return {
         "nodes": sum(ops.values()),
         "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
-        "parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1 for t in model.graph.initializer)),
+        # Constant nodes count too: some exporters (paddle2onnx) keep every weight in one.
+        "parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1 for t in tensors)),
         "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
         "bytes": model_bytes(model),
         "macs": int(macs),

@@ -43,8 +43,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if not value.type.HasField("tensor_type"):
             raise InputError(f"input '{value.name}' is not a tensor; graphopt can only feed tensors")
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        # Some exporters write -1 for a dynamic dimension; it is as unknown as a missing one.
         dims = tuple(
-            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+            dim.dim_value if dim.HasField("dim_value") and dim.dim_value >= 0 else (dim.dim_param or None)
             for dim in tensor_type.shape.dim
         )
         specs.append(InputSpec(value.name, dtype, dims))

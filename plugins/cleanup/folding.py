@@ -4,6 +4,11 @@ Folding itself is onnx-graphsurgeon's (`Graph.fold_constants`, evaluated in onnx
 is ours is the refusal: a node whose folded output would be more than `growth_limit` bytes
 larger than the constants it consumes stays a node. Folding `Tile`, `Expand` or
 `ConstantOfShape` into megabytes of repeated values is how other tools bloat models.
+
+Shapes are folded here too, not by graphsurgeon's `fold_shapes`: that option ignores `Shape`'s
+`start`/`end` attributes (opset 15), so `Shape<start=1>(x)` became the whole shape, and it turns
+on a "cast elision" that rewrites `Cast(int->float) -> Mul(0.5) -> Cast(->int)` into an integer
+`Mul` by the constant cast to 0. Neither is lossless.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     # graphsurgeon evaluates in sessions of its own, whose warnings would reach the terminal.
     onnxruntime.set_default_logger_severity(3)
     graph.toposort()
+    _fold_static_shapes(graph)
     with ir.quiet_graphsurgeon():
         graph.fold_constants(
-            fold_shapes=True,
+            fold_shapes=False,  # see the module docstring; _fold_static_shapes does it instead
             recurse_subgraphs=True,
             error_ok=True,
             flatten_subgraphs=False,
@@ -42,6 +48,62 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
         )
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=True)
     return max(before - _node_count(graph), 0)
+
+
+def _fold_static_shapes(graph: gs.Graph) -> None:
+    """Turns `Shape(x)` into a constant where the dims it returns are static, and
+    `Gather(Shape(x), constant indices)` where the gathered dims are, at every graph level.
+
+    Honours `start`/`end`. The Shape node is left without outputs for cleanup to remove.
+    """
+    for owner in ir.iter_graphs(graph):
+        for node in list(owner.nodes):
+            if node.op != "Shape" or len(node.inputs) != 1 or len(node.outputs) != 1:
+                continue
+            dims = _shape_dims(node)
+            if dims is None:
+                continue
+            shape = node.outputs[0]
+            for reader in ir.consumers(shape):
+                _fold_shape_gather(reader, shape, dims)
+            if all(d is not None for d in dims):
+                _make_constant(shape, np.array(dims, dtype=np.int64))
+
+
+def _shape_dims(node: gs.Node) -> list[int | None] | None:
+    """The dims `node` (a Shape) returns, None where not static; None if the rank is unknown."""
+    shape = node.inputs[0].shape
+    if shape is None:
+        return None
+    rank = len(shape)
+    bounds = []
+    for name, default in (("start", 0), ("end", rank)):
+        value = node.attrs.get(name, default)
+        if not isinstance(value, (int, np.integer)):  # an attribute reference inside a function
+            return None
+        value = int(value) + rank if value < 0 else int(value)
+        bounds.append(min(max(value, 0), rank))
+    return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape[bounds[0]:bounds[1]]]
+
+
+def _fold_shape_gather(reader: gs.Node, shape: gs.Tensor, dims: list[int | None]) -> None:
+    if reader.op != "Gather" or len(reader.inputs) != 2 or reader.inputs[0] is not shape or len(reader.outputs) != 1:
+        return
+    if int(reader.attrs.get("axis", 0)) not in (0, -1):
+        return
+    indices = ir.constant_value(reader.inputs[1])
+    if indices is None or indices.dtype.kind not in "iu":
+        return
+    flat = [int(i) + len(dims) if i < 0 else int(i) for i in indices.ravel()]
+    if any(i < 0 or i >= len(dims) or dims[i] is None for i in flat):
+        return
+    _make_constant(reader.outputs[0], np.array([dims[i] for i in flat], dtype=np.int64).reshape(indices.shape))
+
+
+def _make_constant(tensor: gs.Tensor, value: np.ndarray) -> None:
+    # In place, as graphsurgeon does: readers and graph outputs keep pointing at the tensor.
+    tensor.inputs.clear()
+    tensor.to_constant(value)
 
 
 def _should_not_fold(node: gs.Node, growth_limit: int) -> bool:
