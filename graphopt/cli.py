@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(error, code: int, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    print(f"graphopt: error: {error}", file=sys.stderr)
+    # One line, whatever the message: a plugin's exception text may span several.
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(f"graphopt: error: {text}", file=sys.stderr)
     return code
 
 
@@ -136,6 +138,8 @@ def _optimize(args) -> int:
     verify = args.verify or recipe.pop("verify", None) or "each"
     output = Path(args.output) if args.output else _default_output(source)
     _check_output_path(output, source)
+    if args.report:
+        _check_report_path(Path(args.report), source, output)
     text_options: dict[str, dict[str, str]] = {}
     for assignment in args.assignments:
         pass_name, option, value = parse_assignment(assignment)
@@ -188,6 +192,15 @@ def _check_output_path(output: Path, source: Path) -> None:
         raise UsageError("output would overwrite the input; choose another -o", path=str(output))
     if not (output.parent if str(output.parent) else Path(".")).is_dir():
         raise UsageError("output folder does not exist", path=str(output))
+
+
+def _check_report_path(report: Path, source: Path, output: Path) -> None:
+    """Refuses early a report that could not be written, or that would replace the input or the output."""
+    if not (report.parent if str(report.parent) else Path(".")).is_dir():
+        raise UsageError("report folder does not exist", path=str(report))
+    for other, what in ((source, "the input"), (output, "the output")):
+        if report.resolve() == other.resolve() or (report.exists() and other.exists() and os.path.samefile(report, other)):
+            raise UsageError(f"--report would overwrite {what}; choose another path", path=str(report))
 
 
 def _read_recipe(path: Path) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper
 
 from graphopt.errors import InputError, UsageError
@@ -28,6 +28,7 @@ __all__ = [
     "iter_tensors",
     "tensor_nbytes",
     "initializer_nbytes",
+    "write_with_external_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.Mo
     except (DecodeError, RuntimeError, ValueError, OSError) as error:
         raise InputError(f"not an ONNX model: {_first_line(error)}", path=str(path)) from error
     _require_model_shape(model, str(path))
+    _require_utf8_strings(model, str(path))
     _load_confined_external_data(model, path.parent, str(path))
     check_model(model, path=str(path))
     if infer_shapes:
@@ -79,7 +81,7 @@ def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool =
         if initializer_nbytes(model) >= PROTOBUF_LIMIT:
             return  # checked by path after writing; the checker cannot take it in memory
         onnx.checker.check_model(model, full_check=full)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError) as error:
         raise InputError(f"invalid model: {_first_line(error)}", path=path) from error
 
 
@@ -107,16 +109,11 @@ def save_model(
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.") as staging:
         staged = Path(staging) / path.name
         data_name = f"{path.name}.data"
+        for target in (path, folder / data_name) if external_data else (path,):
+            if source is not None and _is_external_file_of(target, Path(source)):
+                raise UsageError(f"{target.name} would overwrite the input's external data; choose another -o", path=str(path))
         if external_data:
-            model = _copy(model)  # saving with external data rewrites the tensors in place
-            onnx.save_model(
-                model,
-                str(staged),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
+            write_with_external_data(model, staged, data_name)
         else:
             onnx.save_model(model, str(staged))
         try:
@@ -127,6 +124,30 @@ def save_model(
             os.replace(Path(staging) / data_name, folder / data_name)
         os.replace(staged, path)
     return path
+
+
+def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, data_name: str, *, size_threshold: int = 1024) -> None:
+    """Writes `model` to `path` with every initializer of `size_threshold` bytes or more in `data_name` beside it.
+
+    `model` is not modified. Unlike `onnx.save_model(save_as_external_data=True)`, which refuses
+    when a file named `data_name` exists in the *current directory*, this only looks at
+    `path`'s folder; the caller makes sure `data_name` does not exist there yet.
+    """
+    model = _copy(model)
+    for tensor in _initializers(model.graph):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
+            external_data_helper.set_external_data(tensor, data_name)
+    onnx.save_model(model, str(path))  # writes the marked tensors' raw_data to path's folder / data_name
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _initializers(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _initializers(subgraph)
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -180,6 +201,19 @@ def _require_model_shape(model: onnx.ModelProto, path: str) -> None:
         raise InputError("not an ONNX model: it has no graph or no opset_import", path=path)
 
 
+def _require_utf8_strings(message, path: str) -> None:
+    # ONNX is proto2: protobuf parses invalid UTF-8 in string fields and hands it back as bytes,
+    # which the checker and onnx-graphsurgeon then trip over far from the cause.
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            for item in (value,) if isinstance(value, (str, bytes)) else value:
+                if not isinstance(item, str):
+                    raise InputError(f"not an ONNX model: field '{field.name}' is not valid UTF-8", path=path)
+        elif field.type == field.TYPE_MESSAGE:
+            for item in (value,) if isinstance(value, Message) else value:
+                _require_utf8_strings(item, path)
+
+
 def _load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str) -> None:
     external = [t for t in iter_tensors(model) if external_data_helper.uses_external_data(t)]
     if not external:
@@ -191,11 +225,16 @@ def _load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str
 
 
 def _check_external_location(tensor: onnx.TensorProto, root: Path, path: str) -> None:
-    info = external_data_helper.ExternalDataInfo(tensor)
+    try:
+        info = external_data_helper.ExternalDataInfo(tensor)
+    except ValueError as error:  # offset or length that is not a non-negative integer
+        raise InputError(f"external data of tensor '{tensor.name}' is malformed: {_first_line(error)}", path=path) from error
     location = info.location
     refuse = f"external data of tensor '{tensor.name}' at '{location}'"
     if not location:
         raise InputError(f"{refuse} names no file", path=path)
+    if "\x00" in location:
+        raise InputError(f"{refuse} is not a valid file name", path=path)
     if os.path.isabs(location) or Path(location).drive:
         raise InputError(f"{refuse} is an absolute path; only files inside the model's folder are read", path=path)
     if ".." in Path(location).parts:
@@ -218,6 +257,22 @@ def _check_external_location(tensor: onnx.TensorProto, root: Path, path: str) ->
             f"{refuse} asks for bytes {offset}..{offset + needed} of a {stat.st_size}-byte file",
             path=path,
         )
+
+
+def _is_external_file_of(candidate: Path, source: Path) -> bool:
+    """Whether `candidate` is one of the external data files the model at `source` reads."""
+    if not candidate.exists() or not source.is_file():
+        return False
+    try:
+        model = onnx.load_model(str(source), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the source was read before; if it cannot be now, nothing to protect
+        return False
+    for tensor in iter_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            location = external_data_helper.ExternalDataInfo(tensor).location
+            if location and _same_file(candidate, source.parent / location):
+                return True
+    return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -130,7 +130,8 @@ def load_registry(extra_plugins: Iterable[Any] = (), *, entry_points: bool = Tru
         except ValueError as error:
             warn(f"plugin '{name}' not loaded: {error}")
             continue
-        unknown = [hook for hook in _declared_hooks(plugin) if not hasattr(manager.hook, hook)]
+        # Registering creates a caller even for a hook without a spec; only a spec makes it known.
+        unknown = [hook for hook in _declared_hooks(plugin) if getattr(manager.hook, hook).spec is None]
         if unknown:
             manager.unregister(plugin)
             warn(f"plugin '{name}' not loaded: unknown hook {', '.join(unknown)} (misspelled?)")

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphopt.model_io import PROTOBUF_LIMIT, initializer_nbytes
+from graphopt.model_io import PROTOBUF_LIMIT, initializer_nbytes, write_with_external_data
 
 __all__ = ["make_session", "run_samples", "SessionError"]
 
@@ -46,9 +46,7 @@ def _session_from_disk(model: onnx.ModelProto, options: ort.SessionOptions) -> o
     # Over 2 GiB a model cannot be serialised in one piece; ORT reads it back with its data.
     with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as folder:
         path = Path(folder) / "model.onnx"
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        onnx.save_model(copy, str(path), save_as_external_data=True, location="model.onnx.data")
+        write_with_external_data(model, path, "model.onnx.data")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -172,6 +172,17 @@ def test_dangling_input(capsys, tmp_path):
     assert_refused(capsys, ["optimize", path], folders=[tmp_path], untouched=[path], mentions=["dangling.onnx"])
 
 
+@pytest.mark.parametrize("needle", [b"graphopt-demo", b"Tiny CNN", b"main_graph", b"stem.conv.weight"],
+                         ids=["producer_name", "doc_string", "graph-name", "tensor-name"])
+def test_string_field_not_utf8(capsys, tmp_path, needle):
+    """proto2 parses invalid UTF-8 in strings; it must still be a bad-input error, not an internal one."""
+    data = bytearray(DEMO.read_bytes())
+    data[data.index(needle) + 1] = 0xE8  # same length: the protobuf framing stays valid
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(bytes(data))
+    assert_refused(capsys, ["optimize", path], folders=[tmp_path], untouched=[path], mentions=["corrupt.onnx"])
+
+
 # --- external data that would be read from outside the model's folder ----------------------
 
 
@@ -209,6 +220,26 @@ def test_external_data_beyond_end_of_file(capsys, tmp_path, offset, length):
     data = tmp_path / "model" / "weights.bin"
     data.write_bytes(weight_bytes())  # 48 bytes
     assert_refused(capsys, ["optimize", path], folders=[tmp_path], untouched=[path, data], mentions=["model.onnx", "weights.bin"])
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [{"offset": "abc"}, {"offset": "-8"}, {"length": "-4"}, {"location": "weights\x00.bin"}, {"location": ""}],
+    ids=["offset-not-a-number", "negative-offset", "negative-length", "nul-in-location", "empty-location"],
+)
+def test_external_data_malformed(capsys, tmp_path, entries):
+    path = write_external_model(tmp_path / "model", "weights.bin")
+    (tmp_path / "model" / "weights.bin").write_bytes(weight_bytes())
+    model = onnx.load(str(path), load_external_data=False)
+    weight = model.graph.initializer[0]
+    for key, value in entries.items():
+        if key == "location":
+            weight.external_data[0].value = value
+        else:
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
+    path.write_bytes(model.SerializeToString())
+    assert_refused(capsys, ["optimize", path], folders=[tmp_path], untouched=[path], mentions=["model.onnx", "'W'"])
 
 
 def test_external_data_file_missing(capsys, tmp_path):
@@ -252,6 +283,37 @@ def test_output_equal_to_input(capsys, demo, monkeypatch, spelling):
     assert "overwrite" in line
 
 
+@pytest.mark.parametrize("target", ["input", "output", "missing-folder"])
+def test_report_path_refused_before_any_work(capsys, demo, monkeypatch, target):
+    monkeypatch.chdir(demo.parent)
+    report = {"input": "./demo.onnx", "output": "demo.opt.onnx", "missing-folder": "no/such/report.json"}[target]
+    assert_refused(capsys, ["optimize", "demo.onnx", "--report", report], folders=[demo.parent], untouched=[demo],
+                   mentions=["report"])
+
+
+def test_output_data_file_would_replace_input_data(capsys, tmp_path):
+    """`-o out.onnx --external-data` must not write over `out.onnx.data` when the input reads its weights from it."""
+    source = tmp_path / "in.onnx"
+    onnx.save_model(tiny_model(), source, save_as_external_data=True, location="out.onnx.data", size_threshold=0)
+    data = tmp_path / "out.onnx.data"
+    assert_refused(capsys, ["optimize", source, "-o", tmp_path / "out.onnx", "--external-data"], folders=[tmp_path],
+                   untouched=[source, data], mentions=["out.onnx.data"])
+
+
+def test_output_is_a_folder(capsys, demo):
+    (demo.parent / "out.onnx").mkdir()
+    assert_refused(capsys, ["optimize", demo, "-o", demo.parent / "out.onnx"], folders=[demo.parent], untouched=[demo],
+                   mentions=["out.onnx"])
+
+
+def test_output_equal_to_the_input_external_data_file(capsys, tmp_path):
+    source = tmp_path / "in.onnx"
+    onnx.save_model(tiny_model(), source, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    data = tmp_path / "weights.bin"
+    assert_refused(capsys, ["optimize", source, "-o", data], folders=[tmp_path], untouched=[source, data],
+                   mentions=["weights.bin"])
+
+
 def test_missing_output_folder(capsys, demo):
     output = demo.parent / "no" / "such" / "out.onnx"
     assert_refused(capsys, ["optimize", demo, "-o", output], folders=[demo.parent], untouched=[demo], mentions=["out.onnx"])
@@ -267,6 +329,18 @@ def test_inputs_file_names_no_model_input(capsys, demo, tmp_path):
     np.savez(npz, pixels=np.zeros((2, 3, 32, 32), np.float32))
     assert_refused(capsys, ["optimize", demo, "--inputs", npz], folders=[tmp_path], untouched=[demo, npz],
                    mentions=["pixels", "image", "inputs.npz"])
+
+
+@pytest.mark.parametrize("content", ["not-an-npz", "strings", "no-samples"])
+def test_inputs_file_unusable(capsys, demo, tmp_path, content):
+    npz = tmp_path / "inputs.npz"
+    if content == "not-an-npz":
+        npz.write_bytes(b"PK\x03\x04 but not really a zip file")
+    elif content == "strings":
+        np.savez(npz, image=np.full((1, 3, 32, 32), "pixel"))
+    else:
+        np.savez(npz, image=np.zeros((0, 3, 32, 32), np.float32))
+    assert_refused(capsys, ["optimize", demo, "--inputs", npz], folders=[tmp_path], untouched=[demo, npz], mentions=["inputs.npz"])
 
 
 def test_inputs_file_with_wrong_shape(capsys, demo, tmp_path):
@@ -579,6 +653,17 @@ def test_bench_rejects_zero_runs(capsys):
     code, _, err = run_cli(capsys, "bench", DEMO, "--runs", "0")
     assert code == 2
     assert_one_line_error(err, "--runs")
+
+
+def test_rerun_with_external_data_from_the_output_folder(capsys, demo, monkeypatch):
+    """onnx.save_model(save_as_external_data=True) looks for the data file in the *current* folder;
+    a second run from the model's folder must replace the first run's output, not crash."""
+    monkeypatch.chdir(demo.parent)
+    for _ in range(2):
+        code, _, err = run_cli(capsys, "optimize", "demo.onnx", "--external-data", "--quiet")
+        assert code == 0, err
+    assert sorted(os.listdir(demo.parent)) == ["demo.onnx", "demo.opt.onnx", "demo.opt.onnx.data"]
+    onnx.checker.check_model("demo.opt.onnx", full_check=True)
 
 
 def test_output_is_never_left_half_written(capsys, demo):

@@ -73,7 +73,9 @@ class DropIdentity(graphopt.Pass):
 class ScaleWeights(graphopt.Pass):
     """Multiplies the first float initializer by `factor` (a stand-in for a lossy rewrite).
 
-    Lossy: held to its own `budget` option. A factor of 1.0 changes nothing.
+    Lossy: held to its own `budget` option. A factor of 1.0 changes nothing. Deliberately not
+    idempotent (a second run scales again): it exists to exercise budget verification, and a
+    real pass must be idempotent (DESIGN.md, "The pass contract").
     """
 
     name = "scale-weights"
