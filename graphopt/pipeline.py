@@ -174,8 +174,8 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
                 entry.update(status="rolled_back", rolled_back=True)
                 message = _failure_message(pass_, verdict)
                 if not settings.keep_going:
-                    timer.seconds[index] = time.perf_counter() - timer.started.pop(index, time.perf_counter())
-                    entry["seconds"] = round(timer.seconds[index], 4)
+                    hooks.graphopt_after_pass(index=index, pass_=pass_, model=model, result=result, accepted=False)
+                    entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
                     reports.append(entry)
                     raise VerificationError(message, report={"passes": reports})
                 logger.warning("%s; rolled back (--keep-going)", message)

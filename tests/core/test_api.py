@@ -1,0 +1,91 @@
+"""The Python API: in-memory in and out, no disk writes, no prints, hooks for instrumentation."""
+
+import dataclasses
+import os
+import types
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnxruntime as ort
+import pytest
+
+import graphopt
+
+MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3] x) => (float[2, 3] y) <float[3] a = {1.0, 2.0, 3.0}, float[3] b = {1.0, 2.0, 3.0}> {
+  i = Identity(x)
+  s = Add(i, a)
+  t = Add(s, b)
+  y = Relu(t)
+}"""
+
+
+def _run(model, x):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_model_proto_in_model_proto_out_and_the_input_is_untouched(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = onnx.parser.parse_model(MODEL)
+    before = model.SerializeToString()
+    result = graphopt.optimize(model, passes=["cleanup"])
+    assert isinstance(result.model, onnx.ModelProto)
+    assert model.SerializeToString() == before
+    assert os.listdir(tmp_path) == []
+    assert capsys.readouterr() == ("", "")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(_run(result.model, x), _run(model, x), rtol=1e-6)
+    assert result.report["schema"] == "graphopt.report/1"
+    entry = result.report["passes"][0]
+    assert entry["details"]["passthrough_removed"] == 1 and entry["details"]["initializers_deduped"] == 1
+    assert result.report["verification"]["end_to_end"]["ok"] is True
+
+
+def test_verify_end_checks_once_at_the_end():
+    result = graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"], verify="end")
+    assert result.report["passes"][0]["verification"] is None
+    assert result.report["verification"]["end_to_end"]["mode"] == "lossless"
+
+
+def test_hooks_see_every_pass_and_a_lossless_pass_that_breaks_numerics_is_rolled_back():
+    seen = []
+
+    class Recorder:
+        @graphopt.hookimpl
+        def graphopt_after_pass(self, index, pass_, accepted):
+            seen.append((index, pass_.name, accepted))
+
+    class Sabotage(graphopt.Pass):
+        """Claims to be lossless but negates the first initializer."""
+
+        name = "sabotage"
+
+        def run(self, graph, ctx):
+            constant = next(t for t in graph.tensors().values() if hasattr(t, "values") and t.values.size > 1)
+            constant.values = -constant.values
+            return graphopt.PassResult(changed=True, stats={"negated": 1})
+
+    plugin = types.SimpleNamespace(graphopt_register_passes=graphopt.hookimpl(lambda registry: registry.add(Sabotage)))
+    with pytest.raises(graphopt.VerificationError, match=r"pass 'sabotage' failed verification: output 'y'"):
+        graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup", "sabotage"], plugins=[plugin, Recorder()])
+    assert seen == [(0, "cleanup", True), (1, "sabotage", False)]
+    result = graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["sabotage", "cleanup"], plugins=[plugin],
+                               keep_going=True)
+    assert [(p["name"], p["status"]) for p in result.report["passes"]] == [("sabotage", "rolled_back"), ("cleanup", "accepted")]
+    assert result.report["passes"][0]["verification"]["first_divergence"]["op"] == "Add"
+
+
+def test_dump_dir_writes_the_model_after_each_pass(tmp_path):
+    graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"], dump_dir=tmp_path)
+    dumped = tmp_path / "01_cleanup.onnx"
+    onnx.checker.check_model(str(dumped), full_check=True)
+    assert len(onnx.load(str(dumped)).graph.node) == 3
+
+
+def test_options_reach_the_pass():
+    result = graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"],
+                               options={"cleanup": {"remove_passthrough": False}})
+    assert result.report["passes"][0]["options"]["remove_passthrough"] is False
+    assert "Identity" in [node.op_type for node in result.model.graph.node]

@@ -1,0 +1,96 @@
+"""graphopt.ir: use-def look-ups by identity, nested graphs, the networkx view, envelope round trip."""
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+
+NESTED = """
+<ir_version: 8, opset_import: ["" : 17, "local" : 1], producer_name: "exporter", doc_string: "kept">
+g (float[2] x, bool c) => (float[2] z) {
+  y = Relu(x)
+  w = Neg(y)
+  z = If(c) <then_branch = t () => (float[2] a) { a = Neg(y) }, else_branch = e () => (float[2] b) { b = Abs(y) }>
+}
+<domain: "local", opset_import: ["" : 17]>
+f (p) => (q) { q = Neg(p) }
+"""
+
+
+def _nested_model() -> onnx.ModelProto:
+    model = onnx.parser.parse_model(NESTED)
+    model.metadata_props.add(key="origin", value="test")
+    return model
+
+
+def _tensor(graph: gs.Graph, name: str) -> gs.Tensor:
+    return next(tensor for tensor in graph.tensors().values() if tensor.name == name)
+
+
+def test_iter_graphs_visits_bodies_and_functions():
+    graph = ir.import_graph(_nested_model())
+    names = [g.name for g in ir.iter_graphs(graph)]
+    assert names == ["g", "t", "e", "f"]
+    assert [g.name for g in ir.iter_graphs(graph, functions=False)] == ["g", "t", "e"]
+
+
+def test_consumers_include_readers_inside_bodies():
+    graph = ir.import_graph(_nested_model())
+    y = _tensor(graph, "y")
+    assert sorted(node.op for node in ir.consumers(y)) == ["Abs", "Neg", "Neg"]
+    assert ir.producer(y).op == "Relu"
+    assert ir.producer(_tensor(graph, "x")) is None
+
+
+def test_replace_all_uses_rewires_body_readers():
+    graph = ir.import_graph(_nested_model())
+    x, y = _tensor(graph, "x"), _tensor(graph, "y")
+    moved = ir.replace_all_uses(y, x)
+    assert moved == 3
+    then_branch = graph.nodes[2].attrs["then_branch"]
+    assert then_branch.nodes[0].inputs[0] is x
+    assert ir.consumers(y) == []
+
+
+def test_networkx_view_keys_by_node_identity_and_counts_body_reads():
+    graph = ir.import_graph(_nested_model())
+    view = ir.to_networkx(graph)
+    relu, neg, if_node = graph.nodes
+    assert set(view.nodes) == {id(relu), id(neg), id(if_node)}
+    assert view.has_edge(id(relu), id(neg))
+    # The If reads `y` only inside its bodies; the dependency must still be there.
+    assert view.has_edge(id(relu), id(if_node))
+
+
+def test_export_keeps_the_model_envelope():
+    model = _nested_model()
+    exported = ir.export_model(ir.import_graph(model), model)
+    onnx.checker.check_model(exported, full_check=True)
+    assert exported.ir_version == 8
+    assert exported.producer_name == "exporter" and exported.doc_string == "kept"
+    assert [(p.key, p.value) for p in exported.metadata_props] == [("origin", "test")]
+    assert {(o.domain, o.version) for o in exported.opset_import} == {("", 17), ("local", 1)}
+    assert [f.name for f in exported.functions] == ["f"]
+
+
+def test_constant_value_reads_initializers_and_constant_nodes():
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) <float[2] w = {1.0, 2.0}> {
+      k = Constant <value = float[2] {3.0, 4.0}> ()
+      s = Add(x, w)
+      y = Mul(s, k)
+    }""")
+    graph = ir.import_graph(model)
+    np.testing.assert_array_equal(ir.constant_value(_tensor(graph, "w")), [1.0, 2.0])
+    np.testing.assert_array_equal(ir.constant_value(_tensor(graph, "k")), [3.0, 4.0])
+    assert ir.constant_value(_tensor(graph, "s")) is None
+
+
+def test_opset_version_reads_the_default_and_custom_domains():
+    graph = ir.import_graph(_nested_model())
+    assert ir.opset_version(graph) == 17
+    assert ir.opset_version(graph, "local") == 1
+    assert ir.opset_version(graph, "com.microsoft") is None
