@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -49,21 +51,62 @@ class Cleanup(graphopt.Pass):
         if options.fold_growth_limit < 0:
             raise graphopt.UsageError("option cleanup.fold_growth_limit must be >= 0")
         stats = {"unused_initializers": _unused_initializers(ctx.model) if ctx.model is not None else 0}
-        for _ in range(_MAX_ROUNDS):
-            round_stats = {
-                "passthrough_removed": remove_passthrough_nodes(graph) if options.remove_passthrough else 0,
-                "constants_folded": fold_constants(graph, options.fold_growth_limit) if options.fold_constants else 0,
-                "initializers_deduped": dedupe_initializers(graph) if options.dedupe_initializers else 0,
-                "subexpressions_merged": eliminate_common_subexpressions(graph) if options.cse else 0,
-                "dead_nodes_removed": _remove_dead_nodes(graph),
-            }
-            for key, count in round_stats.items():
-                stats[key] = stats.get(key, 0) + count
-            if not any(round_stats.values()):
-                break
-        graph.toposort()
+        with _distinct_node_names(graph):
+            for _ in range(_MAX_ROUNDS):
+                # Each step counts only its own rewrites: nodes a step disconnected are dropped
+                # uncounted, and dead nodes go before folding, whose own cleanup would count them.
+                round_stats = {}
+                round_stats["passthrough_removed"] = remove_passthrough_nodes(graph) if options.remove_passthrough else 0
+                _drop_disconnected_nodes(graph)
+                round_stats["dead_nodes_removed"] = _remove_dead_nodes(graph)
+                round_stats["constants_folded"] = fold_constants(graph, options.fold_growth_limit) if options.fold_constants else 0
+                round_stats["initializers_deduped"] = dedupe_initializers(graph) if options.dedupe_initializers else 0
+                round_stats["subexpressions_merged"] = eliminate_common_subexpressions(graph) if options.cse else 0
+                _drop_disconnected_nodes(graph)
+                for key, count in round_stats.items():
+                    stats[key] = stats.get(key, 0) + count
+                if not any(round_stats.values()):
+                    break
+        graph.toposort(mode="nodes")  # "full" recurses forever given local functions and If bodies (gs 0.6)
         ctx.logger.info("cleanup: %s", stats)
         return graphopt.PassResult(changed=any(stats.values()), stats=stats)
+
+
+@contextlib.contextmanager
+def _distinct_node_names(graph: gs.Graph) -> Iterator[None]:
+    """Names unnamed nodes for the duration, then unnames them again.
+
+    graphsurgeon unlinks a node from a tensor with `list.remove`, which finds the first node
+    *equal* to it, and two nodes are equal when name, op, attributes and tensors are. Two
+    unnamed `Add(c, c)` then unlink each other's entries in `c.outputs`, and removing the second
+    raises "list.remove(x): x not in list". A distinct name makes equal mean identical.
+    """
+    taken = {node.name for _, node in ir.iter_nodes(graph)}
+    renamed = []
+    for _, node in ir.iter_nodes(graph):
+        if not node.name:
+            node.name = _fresh_name(taken)
+            renamed.append(node)
+    try:
+        yield
+    finally:
+        for node in renamed:
+            node.name = ""
+
+
+def _fresh_name(taken: set[str]) -> str:
+    index = len(taken)
+    while f"_cleanup_node_{index}" in taken:
+        index += 1
+    name = f"_cleanup_node_{index}"
+    taken.add(name)
+    return name
+
+
+def _drop_disconnected_nodes(graph: gs.Graph) -> None:
+    """Removes nodes a rewrite left with no inputs and no outputs (that rewrite counted them)."""
+    for owner in ir.iter_graphs(graph):
+        owner.nodes = [node for node in owner.nodes if node.inputs or node.outputs]
 
 
 def _remove_dead_nodes(graph: gs.Graph) -> int:

@@ -35,7 +35,7 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     before = _node_count(graph)
     # graphsurgeon evaluates in sessions of its own, whose warnings would reach the terminal.
     onnxruntime.set_default_logger_severity(3)
-    graph.toposort()
+    graph.toposort(mode="nodes")  # not "full": see cleanup_pass.py
     _fold_static_shapes(graph)
     with ir.quiet_graphsurgeon():
         graph.fold_constants(

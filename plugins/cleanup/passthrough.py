@@ -17,24 +17,25 @@ def remove_passthrough_nodes(graph: gs.Graph) -> int:
     """Bypasses Identity and inference-mode Dropout nodes in `graph` and its bodies; returns how many.
 
     Does not fire on: a Dropout in training mode (a `training_mode` input that is not a constant
-    false), a Dropout whose mask output is read, and an Identity that copies a graph input (or an
-    outer value) straight to a graph output, where the node is what makes the output exist.
+    false), a Dropout whose mask output is read or is a graph output, and an Identity that copies
+    a graph input (or an outer value) straight to a graph output, where the node is what makes the
+    output exist.
     """
     removed = 0
     for owner in ir.iter_graphs(graph):
         for node in list(owner.nodes):
-            if _is_passthrough(node) and _bypass(owner, node):
+            if _is_passthrough(owner, node) and _bypass(owner, node):
                 removed += 1
     return removed
 
 
-def _is_passthrough(node: gs.Node) -> bool:
+def _is_passthrough(owner: gs.Graph, node: gs.Node) -> bool:
     if node.op == "Identity" and len(node.inputs) == 1 and len(node.outputs) == 1:
         return True
     if node.op != "Dropout" or not node.inputs:
         return False
-    if len(node.outputs) > 1 and ir.consumers(node.outputs[1]):
-        logger.debug("Dropout %s kept: its mask is read", node.name)
+    if len(node.outputs) > 1 and (ir.consumers(node.outputs[1]) or id(node.outputs[1]) in ir.graph_output_ids(owner)):
+        logger.debug("Dropout %s kept: its mask is read or is a graph output", node.name)
         return False
     if len(node.inputs) >= 3 and node.inputs[2].name:
         training = ir.constant_value(node.inputs[2])

@@ -211,7 +211,9 @@ def not_runnable_reason(case: Case) -> str | None:
     """None if ORT (no graph optimizations) reproduces the expected outputs of every data set.
 
     Otherwise why not: ORT cannot load or run the model as given, or gets other values, or
-    the outputs are of a type this harness does not compare.
+    the outputs are of a type this harness does not compare, or the model as given fails
+    `onnx.checker.check_model(full_check=True)` (the result is held to that check, which
+    graphopt cannot be asked to pass for a model the ONNX checker already rejects).
     """
     try:
         data_sets = case.data_sets()
@@ -235,6 +237,10 @@ def not_runnable_reason(case: Case) -> str | None:
             return f"outputs not comparable: {_first_line(error)}"
         except AssertionError as error:
             return f"ORT's own outputs differ from the expected ones: {_first_line(error)}"
+    try:
+        onnx.checker.check_model(case.model if isinstance(case.source, onnx.ModelProto) else str(case.source), full_check=True)
+    except Exception as error:  # noqa: BLE001 - ValidationError or InferenceError
+        return f"the model as given fails the full ONNX check: {_first_line(error)}"
     return None
 
 
