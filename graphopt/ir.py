@@ -39,13 +39,43 @@ _REBUILT_FIELDS = {"graph", "functions", "opset_import"}
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The model's main graph as a graphsurgeon Graph (weights load lazily)."""
-    return gs.import_onnx(model)
+    """The model's main graph as a graphsurgeon Graph (weights load lazily).
+
+    An initializer that is also a graph input (IR >= 4) is a default the caller may override,
+    so it is imported as an input Variable, not as a Constant a pass could fold away.
+    """
+    with quiet_graphsurgeon():
+        graph = gs.import_onnx(model)
+    overridable = _overridable_inputs(model)
+    if overridable:
+        constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name in overridable}
+        inputs = []
+        for value in model.graph.input:
+            if value.name in overridable:
+                constant = constants.get(value.name)
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(overridable[value.name].data_type)
+                variable = gs.Variable(value.name, dtype=dtype, shape=list(overridable[value.name].dims))
+                if constant is not None:
+                    replace_all_uses(constant, variable)
+                inputs.append(variable)
+            else:
+                inputs.append(next((t for t in graph.inputs if t.name == value.name), None))
+        graph.inputs = [t for t in inputs if t is not None]
+    return graph
+
+
+def _overridable_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers listed as graph inputs, which onnxruntime lets a caller override from IR 4 on."""
+    if model.ir_version < 4:
+        return {}  # before IR 4 every initializer is listed as an input, and none is overridable
+    names = {value.name for value in model.graph.input}
+    return {t.name: t for t in model.graph.initializer if t.name in names}
 
 
 def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Exports `graph`, carrying over what graphsurgeon drops from the `template` model."""
-    exported = gs.export_onnx(graph, do_type_check=False)
+    with quiet_graphsurgeon():
+        exported = gs.export_onnx(graph, do_type_check=False)
     model = onnx.ModelProto()
     for field, value in template.ListFields():
         if field.name in _REBUILT_FIELDS:
@@ -60,7 +90,32 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     model.graph.CopyFrom(exported.graph)
     model.functions.extend(exported.functions)
     model.opset_import.extend(_merged_opsets(template.opset_import, exported.opset_import))
+    _restore_interface(model, template)
     return model
+
+
+def _restore_interface(model: onnx.ModelProto, template: onnx.ModelProto) -> None:
+    """Puts back what graphsurgeon's export loses of the model's interface.
+
+    - the default value of an overridable input (an initializer that is also a graph input);
+    - before IR 4, the rule that every initializer is also listed as a graph input;
+    - each graph input's and output's type, exactly as declared (graphsurgeon drops sequence
+      element shapes, for one).
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = {value.name for value in model.graph.input}
+    for name, default in _overridable_inputs(template).items():
+        if name in inputs and name not in initializers:
+            model.graph.initializer.append(default)
+    if model.ir_version < 4:
+        for tensor in model.graph.initializer:
+            if tensor.name not in inputs:
+                model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    for exported, original in ((model.graph.input, template.graph.input), (model.graph.output, template.graph.output)):
+        declared = {value.name: value for value in original}
+        for value in exported:
+            if value.name in declared:
+                value.CopyFrom(declared[value.name])
 
 
 def _merged_opsets(original, exported) -> list[onnx.OperatorSetIdProto]:

@@ -238,9 +238,10 @@ def _apply(pass_: Pass, model: onnx.ModelProto, settings: PipelineSettings, cali
 def _check_interface(pass_: Pass, before: onnx.ModelProto, after: onnx.ModelProto) -> None:
     """A pass must never change the model's input or output names, types or shapes."""
     def interface(model):
+        overridable = model.ir_version >= 4
         initializers = {t.name for t in model.graph.initializer}
-        inputs = [(v.name, v.type.SerializeToString()) for v in model.graph.input if v.name not in initializers]
-        return inputs, [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output]
+        inputs = [(v.name, v.type.SerializeToString()) for v in model.graph.input if overridable or v.name not in initializers]
+        return inputs, [(v.name, v.type.SerializeToString()) for v in model.graph.output]
     if interface(before) != interface(after):
         raise PassError(f"pass '{pass_.name}' changed the model's inputs or outputs", pass_name=pass_.name)
 

@@ -188,7 +188,8 @@ def test_generator_makes_what_cleanup_removes():
     """The strategy does produce the cases it claims to (a guard against a silently weak generator)."""
     seen = dict.fromkeys(["Identity", "Dropout", "Constant", "duplicated_initializer", "duplicated_node", "two_inputs"], 0)
 
-    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    # Derandomized: this checks the generator, so it must not depend on the draw.
+    @settings(max_examples=100, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(_dags())
     def collect(dag):
         model, _ = dag

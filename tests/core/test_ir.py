@@ -94,3 +94,26 @@ def test_opset_version_reads_the_default_and_custom_domains():
     assert ir.opset_version(graph) == 17
     assert ir.opset_version(graph, "local") == 1
     assert ir.opset_version(graph, "com.microsoft") is None
+
+
+def test_before_ir4_every_initializer_stays_a_graph_input():
+    model = onnx.parser.parse_model("""
+    <ir_version: 3, opset_import: ["" : 6]>
+    g (float[2,3] x, float[2,3] w) => (float[2,3] y) <float[2,3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0}> {
+      y = Mul(x, w)
+    }""")
+    exported = ir.export_model(ir.import_graph(model), model)
+    onnx.checker.check_model(exported, full_check=True)
+    assert [value.name for value in exported.graph.input] == ["x", "w"]
+
+
+def test_an_overridable_input_is_imported_as_an_input_not_a_constant():
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] x, float[3] bias) => (float[3] y) <float[3] bias = {1.0, 2.0, 3.0}> { y = Add(x, bias) }""")
+    graph = ir.import_graph(model)
+    assert [t.name for t in graph.inputs] == ["x", "bias"]
+    assert not isinstance(graph.inputs[1], gs.Constant)
+    exported = ir.export_model(graph, model)
+    assert [t.name for t in exported.graph.initializer] == ["bias"]
+    onnx.checker.check_model(exported, full_check=True)

@@ -577,11 +577,6 @@ def test_unused_graph_inputs_are_never_removed():
     assert [i.name for i in cleaned.graph.input] == ["x", "unused"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graphopt bug: ir.import_graph/export_model (graphsurgeon) turn an initializer-backed graph "
-    "input into a plain constant, so the overridable input 'bias' disappears from the interface",
-)
 def test_initializer_that_is_also_a_graph_input_is_kept():
     """An initializer listed as a graph input (IR >= 4) is a default the caller may override."""
     model = _model("""
