@@ -265,6 +265,26 @@ def check_case(case: Case) -> tuple[str, str]:
     return OK, ""
 
 
+def check_case_without_reference(case: Case) -> str:
+    """For a case onnxruntime cannot run as given: graphopt must still not crash.
+
+    Either cleanup refuses with a GraphoptError carrying a message, or its model keeps the
+    interface and passes the full checker whenever the original did. Returns the outcome.
+    """
+    try:
+        result = graphopt.optimize(case.source, passes=["cleanup"], verify="off")
+    except graphopt.GraphoptError as error:
+        assert str(error).strip(), f"graphopt refused {case.name} with an empty message ({type(error).__name__})"
+        return REFUSED
+    assert [v.name for v in result.model.graph.output] == [v.name for v in case.model.graph.output]
+    try:
+        onnx.checker.check_model(case.model, full_check=True)
+    except Exception:  # noqa: BLE001 - the original is itself invalid; nothing more to hold it to
+        return OK
+    onnx.checker.check_model(result.model, full_check=True)
+    return OK
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return " ".join(text.splitlines()[0].split())[:300]
