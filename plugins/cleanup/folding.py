@@ -36,26 +36,45 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     # graphsurgeon evaluates in sessions of its own, whose warnings would reach the terminal.
     onnxruntime.set_default_logger_severity(3)
     graph.toposort(mode="nodes")  # not "full": see cleanup_pass.py
-    _fold_static_shapes(graph)
+    shapes_folded = _fold_static_shapes(graph)
+    # graphsurgeon's fold copies the graph and builds a session even when nothing folds; the
+    # fix-point loop's confirming round would pay that for nothing.
+    foldable = _has_foldable_node(graph, growth_limit)
+    if not foldable and not shapes_folded:
+        return 0
     with ir.quiet_graphsurgeon():
-        graph.fold_constants(
-            fold_shapes=False,  # see the module docstring; _fold_static_shapes does it instead
-            recurse_subgraphs=True,
-            error_ok=True,
-            flatten_subgraphs=False,
-            should_exclude_node=lambda node: _should_not_fold(node, growth_limit),
-            recurse_functions=True,
-        )
+        if foldable:
+            graph.fold_constants(
+                fold_shapes=False,  # see the module docstring; _fold_static_shapes does it instead
+                recurse_subgraphs=True,
+                error_ok=True,
+                flatten_subgraphs=False,
+                should_exclude_node=lambda node: _should_not_fold(node, growth_limit),
+                recurse_functions=True,
+            )
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=True)
     return max(before - _node_count(graph), 0)
 
 
-def _fold_static_shapes(graph: gs.Graph) -> None:
+def _has_foldable_node(graph: gs.Graph, growth_limit: int) -> bool:
+    """Whether any node, at any level, reads only constants and may be folded."""
+    for _, node in ir.iter_nodes(graph):
+        if any(isinstance(value, gs.Graph) for value in node.attrs.values()):
+            continue  # not folded: flatten_subgraphs is off
+        if all(isinstance(tensor, gs.Constant) or not tensor.name for tensor in node.inputs):
+            if not _should_not_fold(node, growth_limit):
+                return True
+    return False
+
+
+def _fold_static_shapes(graph: gs.Graph) -> int:
     """Turns `Shape(x)` into a constant where the dims it returns are static, and
     `Gather(Shape(x), constant indices)` where the gathered dims are, at every graph level.
 
     Honours `start`/`end`. The Shape node is left without outputs for cleanup to remove.
+    Returns how many tensors became constants.
     """
+    folded = 0
     for owner in ir.iter_graphs(graph):
         for node in list(owner.nodes):
             if node.op != "Shape" or len(node.inputs) != 1 or len(node.outputs) != 1:
@@ -65,9 +84,11 @@ def _fold_static_shapes(graph: gs.Graph) -> None:
                 continue
             shape = node.outputs[0]
             for reader in ir.consumers(shape):
-                _fold_shape_gather(reader, shape, dims)
+                folded += _fold_shape_gather(reader, shape, dims)
             if all(d is not None for d in dims):
                 _make_constant(shape, np.array(dims, dtype=np.int64))
+                folded += 1
+    return folded
 
 
 def _shape_dims(node: gs.Node) -> list[int | None] | None:
@@ -86,18 +107,20 @@ def _shape_dims(node: gs.Node) -> list[int | None] | None:
     return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape[bounds[0]:bounds[1]]]
 
 
-def _fold_shape_gather(reader: gs.Node, shape: gs.Tensor, dims: list[int | None]) -> None:
+def _fold_shape_gather(reader: gs.Node, shape: gs.Tensor, dims: list[int | None]) -> int:
+    """Makes `Gather(shape, constant indices)` a constant when the gathered dims are static; 1 if it did."""
     if reader.op != "Gather" or len(reader.inputs) != 2 or reader.inputs[0] is not shape or len(reader.outputs) != 1:
-        return
+        return 0
     if int(reader.attrs.get("axis", 0)) not in (0, -1):
-        return
+        return 0
     indices = ir.constant_value(reader.inputs[1])
     if indices is None or indices.dtype.kind not in "iu":
-        return
+        return 0
     flat = [int(i) + len(dims) if i < 0 else int(i) for i in indices.ravel()]
     if any(i < 0 or i >= len(dims) or dims[i] is None for i in flat):
-        return
+        return 0
     _make_constant(reader.outputs[0], np.array([dims[i] for i in flat], dtype=np.int64).reshape(indices.shape))
+    return 1
 
 
 def _make_constant(tensor: gs.Tensor, value: np.ndarray) -> None:
