@@ -33,6 +33,7 @@ on every run.  Rebuild with ``python examples/demo/build_demo_model.py``.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,14 +284,16 @@ def run_in_onnxruntime(model: onnx.ModelProto) -> np.ndarray:
     return logits
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = argv if argv is not None else sys.argv[1:]
+    output = Path(args[0]) if args else OUTPUT_PATH
     model = build_model()
     onnx.checker.check_model(model, full_check=True)
     check_single_duplicate_initializer(model)
     run_in_onnxruntime(model)
     data = model.SerializeToString()
-    OUTPUT_PATH.write_bytes(data)
-    print(f"wrote {OUTPUT_PATH.name}: {len(model.graph.node)} nodes, {len(data)} bytes")
+    output.write_bytes(data)
+    print(f"wrote {output.name}: {len(model.graph.node)} nodes, {len(data)} bytes")
 
 
 if __name__ == "__main__":
