@@ -131,11 +131,13 @@ def _optimize(args) -> int:
 
     source = Path(args.model)
     recipe = _read_recipe(Path(args.recipe)) if args.recipe else {}
-    passes = args.passes or recipe.pop("passes", None) or "cleanup"
+    # Flags win over the recipe; what is left of it is one options table per pass.
+    recipe_passes, recipe_budget, recipe_verify = (recipe.pop(key, None) for key in ("passes", "budget", "verify"))
+    passes = args.passes or recipe_passes or "cleanup"
     if isinstance(passes, list):
         passes = ",".join(passes)
-    budget = args.budget or recipe.pop("budget", None)
-    verify = args.verify or recipe.pop("verify", None) or "each"
+    budget = args.budget or recipe_budget
+    verify = args.verify or recipe_verify or "each"
     output = Path(args.output) if args.output else _default_output(source)
     _check_output_path(output, source)
     if args.report:
@@ -211,13 +213,19 @@ def _read_recipe(path: Path) -> dict:
         import tomli as tomllib
     try:
         recipe = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("recipe file does not exist", path=str(path)) from None
+    except FileNotFoundError as error:
+        raise InputError("recipe file does not exist", path=str(path)) from error
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise InputError(f"recipe is not valid TOML: {error}", path=str(path)) from error
     for key, value in recipe.items():
         if key not in ("passes", "budget", "verify") and not isinstance(value, dict):
             raise InputError(f"recipe key '{key}' is neither passes, budget, verify nor a [pass] table", path=str(path))
+    passes = recipe.get("passes")
+    if passes is not None and not (isinstance(passes, str) or (isinstance(passes, list) and all(isinstance(p, str) for p in passes))):
+        raise InputError("recipe 'passes' must be a list of pass names or a comma-separated string", path=str(path))
+    for key in ("budget", "verify"):
+        if key in recipe and not isinstance(recipe[key], str):
+            raise InputError(f"recipe '{key}' must be a string, like budget = \"cos=0.99\" or verify = \"each\"", path=str(path))
     return recipe
 
 

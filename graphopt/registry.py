@@ -74,9 +74,9 @@ class PassRegistry:
     def get(self, name: str) -> type[Pass]:
         try:
             return self._passes[name].cls
-        except KeyError:
+        except KeyError as error:
             known = ", ".join(sorted(self._passes)) or "none"
-            raise UsageError(f"unknown pass '{name}' (registered passes: {known})") from None
+            raise UsageError(f"unknown pass '{name}' (registered passes: {known})") from error
 
     def plugin_of(self, name: str) -> str:
         return self._passes[name].plugin

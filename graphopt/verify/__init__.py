@@ -76,12 +76,12 @@ class Verifier:
         """Lossless (per-dtype tolerance) when `budget` is None, else against the budget."""
         outputs, failures = {}, []
         for name in reference_outputs[0]:
-            ref = np.concatenate([np.ravel(sample[name]) for sample in reference_outputs])
             if name not in candidate_outputs[0]:
                 failures.append(f"output '{name}' is missing")
                 continue
-            cand = np.concatenate([np.ravel(sample[name]) for sample in candidate_outputs])
-            shapes_agree = all(r[name].shape == c[name].shape for r, c in zip(reference_outputs, candidate_outputs))
+            ref, ref_structure = _flatten(sample[name] for sample in reference_outputs)
+            cand, cand_structure = _flatten(sample[name] for sample in candidate_outputs)
+            shapes_agree = ref_structure == cand_structure
             metrics = output_metrics(ref, cand) if shapes_agree else output_metrics(ref[:0], cand[:1])
             if budget is None:
                 tolerance = tolerance_for(ref.dtype)
@@ -105,6 +105,29 @@ class Verifier:
             logger.debug("localisation failed: %s", error)
             return None
         return _jsonable(found) if found else None
+
+
+def _flatten(values) -> tuple[np.ndarray, list]:
+    """One output over all samples as a flat array, and its structure (shapes, sequence lengths, absences).
+
+    onnxruntime returns a tensor as an array, a sequence as a list of arrays and an empty
+    optional as None; two outputs agree only if their structures are equal.
+    """
+    parts, structure = [], []
+    for value in values:
+        if value is None:
+            structure.append(None)
+        elif isinstance(value, (list, tuple)):
+            elements = [np.asarray(element) for element in value]
+            structure.append(("sequence", tuple(element.shape for element in elements)))
+            parts.extend(elements)
+        else:
+            array = np.asarray(value)
+            structure.append(array.shape)
+            parts.append(array)
+    if not parts:
+        return np.zeros(0, dtype=np.float32), structure
+    return np.concatenate([np.ravel(part) for part in parts]), structure
 
 
 def _lossless_failure(name, ref, cand, metrics, shapes_agree, tolerance) -> str:

@@ -133,7 +133,8 @@ def check_feeds(
 def split_samples(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """`{name: (N, ...)}` → N feeds, one per sample, ready for `InferenceSession.run`."""
     count = min((array.shape[0] for array in feeds.values()), default=1)
-    return [{name: array[index] for name, array in feeds.items()} for index in range(count)]
+    # `array[index, ...]`, not `array[index]`: a scalar input must stay a 0-d array for ORT.
+    return [{name: array[index, ...] for name, array in feeds.items()} for index in range(count)]
 
 
 def _reject_unknown_names(given, specs, option: str, path: Path | None = None) -> None:

@@ -66,8 +66,8 @@ class Budget:
                 raise UsageError(f"budget expects METRIC=VALUE with METRIC one of cos, sqnr, abs, rel; got '{part}'")
             try:
                 values[key] = float(value)
-            except ValueError:
-                raise UsageError(f"budget value for {key} is not a number: '{value}'") from None
+            except ValueError as error:
+                raise UsageError(f"budget value for {key} is not a number: '{value}'") from error
         return cls(**values)
 
     def merge(self, other: Budget | None) -> Budget:

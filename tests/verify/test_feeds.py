@@ -64,3 +64,15 @@ def test_parse_input_shape():
     assert parse_input_shape("x=1,3,224,224") == ("x", (1, 3, 224, 224))
     with pytest.raises(UsageError):
         parse_input_shape("x=1,a")
+
+
+def test_scalar_inputs_stay_arrays_and_run_in_onnxruntime():
+    import graphopt
+
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float x) => (float y) { y = Neg(x) }""")
+    samples = split_samples(generate_feeds(model, samples=2))
+    assert all(isinstance(s["x"], np.ndarray) and s["x"].shape == () for s in samples)
+    result = graphopt.optimize(model, passes=["cleanup"])
+    assert result.report["verification"]["end_to_end"]["ok"]

@@ -46,3 +46,16 @@ def test_budget_parsing_and_violations():
     assert Budget(cos=0.9).merge(Budget(cos=0.99, abs=0.1)) == Budget(cos=0.99, abs=0.1)
     with pytest.raises(UsageError):
         Budget.parse("accuracy=0.9")
+
+
+def test_sequence_and_optional_outputs_are_compared_by_structure_and_values():
+    from graphopt.verify import Verifier
+
+    verifier = Verifier([{}])
+    seq = [np.ones(3, np.float32), np.zeros((2, 2), np.float32)]
+    same = verifier.judge([{"s": seq, "o": None}], [{"s": [a.copy() for a in seq], "o": None}], budget=None)
+    assert same.ok, same.failures
+    shorter = verifier.judge([{"s": seq, "o": None}], [{"s": seq[:1], "o": None}], budget=None)
+    assert not shorter.ok and "shape changed" in shorter.failures[0]
+    present = verifier.judge([{"o": None}], [{"o": np.ones(1, np.float32)}], budget=None)
+    assert not present.ok
