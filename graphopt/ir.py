@@ -49,6 +49,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     overridable = _overridable_inputs(model)
     if overridable:
         constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name in overridable}
+        imported = {t.name: t for t in graph.inputs}
         inputs = []
         for value in model.graph.input:
             if value.name in overridable:
@@ -59,7 +60,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
                     replace_all_uses(constant, variable)
                 inputs.append(variable)
             else:
-                inputs.append(next((t for t in graph.inputs if t.name == value.name), None))
+                inputs.append(imported.get(value.name))
         graph.inputs = [t for t in inputs if t is not None]
     return graph
 

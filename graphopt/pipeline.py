@@ -17,7 +17,7 @@ import onnx
 from tqdm import tqdm
 
 from graphopt import ir
-from graphopt.errors import GraphoptError, InputError, PassError, PreconditionError, UsageError, VerificationError
+from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
 from graphopt.model_io import check_model, infer_model_shapes, save_model
 from graphopt.options import build_options, describe_options
@@ -139,7 +139,6 @@ def run_pipeline(
 
 
 def _run(model, passes, plugins, settings, verifier, calibration, timer) -> PipelineOutcome:
-    hooks = plugins.manager.hook
     original = model
     verify_each = settings.verify == "each" and verifier is not None
     try:
@@ -149,7 +148,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
     stage_outputs = reference_outputs
     reports, lossy_ran = [], False
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
-        hooks.graphopt_before_pass(index=index, pass_=pass_, model=model)
+        _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
         entry = _entry(pass_, plugins.registry, model)
         result, candidate = None, model
         try:
@@ -159,7 +158,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
             logger.warning("pass '%s' skipped: %s", pass_.name, error)
         except GraphoptError as error:
             if not settings.keep_going:
-                hooks.graphopt_after_pass(index=index, pass_=pass_, model=model, result=None, accepted=False)
+                _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=None, accepted=False)
                 raise
             entry.update(status="failed", error=str(error))
             logger.warning("%s; going on without it (--keep-going)", error)
@@ -174,7 +173,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
                 entry.update(status="rolled_back", rolled_back=True)
                 message = _failure_message(pass_, verdict)
                 if not settings.keep_going:
-                    hooks.graphopt_after_pass(index=index, pass_=pass_, model=model, result=result, accepted=False)
+                    _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=result, accepted=False)
                     entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
                     reports.append(entry)
                     raise VerificationError(message, report={"passes": reports})
@@ -185,7 +184,8 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
         if entry["status"] == "accepted":
             lossy_ran = lossy_ran or not pass_.lossless
             model = candidate
-        hooks.graphopt_after_pass(index=index, pass_=pass_, model=model, result=result, accepted=entry["status"] == "accepted")
+        _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=result,
+                   accepted=entry["status"] == "accepted")
         entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
         entry["nodes_after"] = len(model.graph.node)
         entry["bytes_after"] = model_bytes(model)
@@ -203,6 +203,23 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
             raise VerificationError(f"end-to-end verification failed: {verdict.summary()}", report={"passes": reports, "verification": end_to_end})
         end_to_end = verdict.to_dict()
     return PipelineOutcome(model, reports, end_to_end)
+
+
+def _call_hook(plugins: Plugins, name: str, **kwargs) -> None:
+    """Calls every implementation of an instrumentation hook; one that raises is named.
+
+    pluggy would let the exception through bare, and the user would see an internal error
+    instead of which plugin failed.
+    """
+    caller = getattr(plugins.manager.hook, name)
+    for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
+        arguments = {key: kwargs[key] for key in impl.argnames}
+        try:
+            impl.function(**arguments)
+        except GraphoptError:
+            raise
+        except Exception as error:
+            raise PluginError(f"plugin '{impl.plugin_name}' failed in {name}: {type(error).__name__}: {error}") from error
 
 
 def _apply(pass_: Pass, model: onnx.ModelProto, settings: PipelineSettings, calibration) -> tuple[PassResult, onnx.ModelProto]:

@@ -30,6 +30,7 @@ def summarize(model: onnx.ModelProto) -> dict:
         else:
             macs += count
     tensors = list(iter_tensors(model))
+    initializer_names = {t.name for t in model.graph.initializer}
     return {
         "nodes": sum(ops.values()),
         "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
@@ -41,7 +42,7 @@ def summarize(model: onnx.ModelProto) -> dict:
         "macs_unknown": dict(unknown),
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
         "ir_version": model.ir_version,
-        "inputs": [_describe_value(v) for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer}],
+        "inputs": [_describe_value(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [_describe_value(v) for v in model.graph.output],
         "functions": len(model.functions),
     }

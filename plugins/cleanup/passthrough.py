@@ -23,18 +23,21 @@ def remove_passthrough_nodes(graph: gs.Graph) -> int:
     """
     removed = 0
     for owner in ir.iter_graphs(graph):
+        # Looked up per node, so kept as id sets: a scan of the lists per node is quadratic.
+        outputs = ir.graph_output_ids(owner)
+        local_nodes = {id(node) for node in owner.nodes}
         for node in list(owner.nodes):
-            if _is_passthrough(owner, node) and _bypass(owner, node):
+            if _is_passthrough(node, outputs) and _bypass(node, outputs, local_nodes):
                 removed += 1
     return removed
 
 
-def _is_passthrough(owner: gs.Graph, node: gs.Node) -> bool:
+def _is_passthrough(node: gs.Node, outputs: set[int]) -> bool:
     if node.op == "Identity" and len(node.inputs) == 1 and len(node.outputs) == 1:
         return True
     if node.op != "Dropout" or not node.inputs:
         return False
-    if len(node.outputs) > 1 and (ir.consumers(node.outputs[1]) or id(node.outputs[1]) in ir.graph_output_ids(owner)):
+    if len(node.outputs) > 1 and (ir.consumers(node.outputs[1]) or id(node.outputs[1]) in outputs):
         logger.debug("Dropout %s kept: its mask is read or is a graph output", node.name)
         return False
     if len(node.inputs) >= 3 and node.inputs[2].name:
@@ -45,17 +48,16 @@ def _is_passthrough(owner: gs.Graph, node: gs.Node) -> bool:
     return True
 
 
-def _bypass(owner: gs.Graph, node: gs.Node) -> bool:
+def _bypass(node: gs.Node, outputs: set[int], local_nodes: set[int]) -> bool:
     source, result = node.inputs[0], node.outputs[0]
-    if not any(tensor is result for tensor in owner.outputs):
+    if id(result) not in outputs:
         node.inputs.clear()
         node.outputs.clear()
         ir.replace_all_uses(result, source)
         return True
     # The result is a graph output, whose name must stay: let the source's producer write it.
     writer = ir.producer(source)
-    local = writer is not None and any(n is writer for n in owner.nodes)
-    if not local or any(tensor is source for tensor in owner.outputs):
+    if writer is None or id(writer) not in local_nodes or id(source) in outputs:
         logger.debug("%s %s kept: it names a graph output after a value it cannot rename", node.op, node.name)
         return False
     node.inputs.clear()

@@ -89,3 +89,13 @@ def test_options_reach_the_pass():
                                options={"cleanup": {"remove_passthrough": False}})
     assert result.report["passes"][0]["options"]["remove_passthrough"] is False
     assert "Identity" in [node.op_type for node in result.model.graph.node]
+
+
+def test_an_instrumentation_hook_that_raises_is_named():
+    class Faulty:
+        @graphopt.hookimpl
+        def graphopt_before_pass(self, index):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(graphopt.PluginError, match=r"plugin '.*' failed in graphopt_before_pass: RuntimeError: disk full"):
+        graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"], plugins=[Faulty()])
