@@ -32,6 +32,7 @@ __all__ = [
     "to_networkx",
     "opset_version",
     "quiet_graphsurgeon",
+    "refresh_shapes",
 ]
 
 # Fields of ModelProto rebuilt from the graph; every other field is carried over verbatim.
@@ -117,6 +118,40 @@ def _restore_interface(model: onnx.ModelProto, template: onnx.ModelProto) -> Non
         for value in exported:
             if value.name in declared:
                 value.CopyFrom(declared[value.name])
+
+
+def refresh_shapes(graph: gs.Graph) -> int:
+    """Fills in dtypes and shapes that ONNX shape inference now knows; returns tensors updated.
+
+    A rewrite leaves the tensors it creates without shapes until the next inference, so a pass
+    that decides by shape (folding a `Shape`, a size cap) would find more to do when run again.
+    Running this between fix-point rounds makes such a pass idempotent. Main graph only.
+    """
+    with quiet_graphsurgeon():
+        model = gs.export_onnx(graph, do_type_check=False)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # a graph inference cannot follow keeps the shapes it had
+        return 0
+    known = {value.name: value.type.tensor_type for value in inferred.graph.value_info}
+    updated = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) or tensor.name not in known or _fully_known(tensor.shape):
+            continue
+        tensor_type = known[tensor.name]
+        if not tensor_type.HasField("shape") or not tensor_type.elem_type:
+            continue
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+        if tensor.shape is not None and len(tensor.shape) == len(shape) and list(tensor.shape) == shape:
+            continue
+        tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        tensor.shape = shape
+        updated += 1
+    return updated
+
+
+def _fully_known(shape) -> bool:
+    return shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape)
 
 
 def _merged_opsets(original, exported) -> list[onnx.OperatorSetIdProto]:

@@ -52,7 +52,9 @@ class Cleanup(graphopt.Pass):
             raise graphopt.UsageError("option cleanup.fold_growth_limit must be >= 0")
         stats = {"unused_initializers": _unused_initializers(ctx.model) if ctx.model is not None else 0}
         with _distinct_node_names(graph):
-            for _ in range(_MAX_ROUNDS):
+            for round_index in range(_MAX_ROUNDS):
+                if round_index:
+                    ir.refresh_shapes(graph)  # what round one created has no shapes yet
                 # Each step counts only its own rewrites: nodes a step disconnected are dropped
                 # uncounted, and dead nodes go before folding, whose own cleanup would count them.
                 round_stats = {}

@@ -255,6 +255,8 @@ def check_case(case: Case) -> tuple[str, str]:
     optimized = result.model
     assert isinstance(optimized, onnx.ModelProto)
     onnx.checker.check_model(optimized, full_check=True)
+    again = graphopt.optimize(optimized, passes=["cleanup"], verify="off").report["passes"][0]
+    assert not again["changed"], f"cleanup is not idempotent on {case.name}: a second run did {again['details']}"
     assert [v.name for v in optimized.graph.output] == [v.name for v in case.model.graph.output]
     session = _session(optimized)
     output_names = [value.name for value in case.model.graph.output]
