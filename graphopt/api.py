@@ -69,7 +69,7 @@ def optimize(
     global_budget = Budget.parse(budget)
     loaded = load_registry(plugins)
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
-    source = prepare_model(model)
+    pristine, source = _prepared(model)
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
     calibration_feeds = prepare_feeds(calibration, source, option="--calibration") if calibration is not None else None
     verifier = None
@@ -78,37 +78,56 @@ def optimize(
         if feeds is None:
             feeds = generate_feeds(source, shapes, seed=seed)
         verifier = Verifier(split_samples(feeds))
+    origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
-                                progress=progress, dump_dir=Path(dump_dir) if dump_dir else None)
+                                progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
+                                inputs_origin=origin)
     outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds)
+    changed = any(entry["status"] == "accepted" for entry in outcome.passes)
+    final = outcome.model if changed else _copy(pristine)
+    if changed and not len(pristine.graph.value_info):
+        # The shapes graphopt inferred for its own use are not the user's; don't ship them.
+        del final.graph.value_info[:]
     report = {
         "schema": REPORT_SCHEMA,
         "graphopt_version": __version__,
-        "input": summarize(source),
-        "output": summarize(outcome.model),
+        "input": summarize(source, size_of=pristine),
+        "output": summarize(outcome.model, size_of=final),
         "passes": outcome.passes,
         "verification": {
             "mode": verify,
             "samples": len(verifier.samples) if verifier else 0,
-            "inputs": "file" if inputs is not None else "calibration" if calibration is not None else "generated",
+            "inputs": origin,
             "budget": global_budget.describe() if global_budget else None,
             "end_to_end": outcome.end_to_end,
         },
         "warnings": list(loaded.warnings),
     }
-    return Result(outcome.model, report)
+    return Result(final, report)
 
 
 def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """A checked, shape-inferred model from a path or a ModelProto (the caller's proto is not modified)."""
+    return _prepared(model)[1]
+
+
+def _prepared(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(the model as given, its shape-inferred copy for passes and verification)."""
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model)
+        pristine = load_model(model, infer_shapes=False)
+        return pristine, infer_model_shapes(pristine)
     if not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
     if any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
     check_model(model)
-    return infer_model_shapes(model)
+    return model, infer_model_shapes(model)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:

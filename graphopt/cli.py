@@ -284,10 +284,11 @@ def _passes_markdown(listing: list[dict]) -> str:
 
 
 def _inspect(args) -> int:
-    from graphopt.model_io import load_model
+    from graphopt.model_io import infer_model_shapes, load_model
     from graphopt.summary import summarize
 
-    summary = summarize(load_model(args.model))
+    stored = load_model(args.model, infer_shapes=False)
+    summary = summarize(infer_model_shapes(stored), size_of=stored)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -93,7 +93,54 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     model.functions.extend(exported.functions)
     model.opset_import.extend(_merged_opsets(template.opset_import, exported.opset_import))
     _restore_interface(model, template)
+    _restore_annotations(model, template)
     return model
+
+
+def _restore_annotations(model: onnx.ModelProto, template: onnx.ModelProto) -> None:
+    """Puts back the doc strings and metadata graphsurgeon drops from nodes, graphs and functions.
+
+    Nodes are matched by name and op type (at any depth); a node a pass created or renamed has
+    no annotation to get back.
+    """
+    annotated: dict[tuple[str, str], onnx.NodeProto] = {}
+    for graph in _proto_graphs(template.graph):
+        for node in graph.node:
+            if node.name and (node.doc_string or len(getattr(node, "metadata_props", ()))):
+                annotated.setdefault((node.name, node.op_type), node)
+    for function in template.functions:
+        for node in function.node:
+            if node.name and (node.doc_string or len(getattr(node, "metadata_props", ()))):
+                annotated.setdefault((node.name, node.op_type), node)
+    if annotated:
+        nodes = [node for graph in _proto_graphs(model.graph) for node in graph.node]
+        nodes += [node for function in model.functions for node in function.node]
+        for node in nodes:
+            source = annotated.get((node.name, node.op_type))
+            if source is not None:
+                _copy_annotation(source, node)
+    _copy_annotation(template.graph, model.graph)
+    functions = {(f.domain, f.name): f for f in template.functions}
+    for function in model.functions:
+        if (function.domain, function.name) in functions:
+            _copy_annotation(functions[(function.domain, function.name)], function)
+
+
+def _copy_annotation(source, target) -> None:
+    if source.doc_string and not target.doc_string:
+        target.doc_string = source.doc_string
+    if hasattr(source, "metadata_props") and len(source.metadata_props) and not len(target.metadata_props):
+        target.metadata_props.extend(source.metadata_props)
+
+
+def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _proto_graphs(attribute.g)
+            for body in attribute.graphs:
+                yield from _proto_graphs(body)
 
 
 def _restore_interface(model: onnx.ModelProto, template: onnx.ModelProto) -> None:

@@ -78,6 +78,7 @@ class PipelineSettings:
     seed: int = 0
     progress: bool = False
     dump_dir: Path | None = None
+    inputs_origin: str = "generated"  # file | calibration | generated: named when the input model cannot run
 
 
 @dataclasses.dataclass
@@ -144,7 +145,12 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
     try:
         reference_outputs = verifier.outputs(model) if verifier is not None and settings.verify != "off" else None
     except SessionError as error:
-        raise InputError(f"onnxruntime cannot run the input model ({error}); use --verify off to skip verification") from error
+        if settings.inputs_origin == "generated":
+            raise InputError(
+                f"onnxruntime cannot run the input model on generated inputs (seed {settings.seed}): {error}; "
+                "give real ones with --inputs, or skip verification with --verify off"
+            ) from error
+        raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
     stage_outputs = reference_outputs
     reports, lossy_ran = [], False
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):

@@ -18,7 +18,10 @@ from graphopt.model_io import iter_tensors, tensor_nbytes
 __all__ = ["summarize", "format_comparison", "model_bytes"]
 
 
-def summarize(model: onnx.ModelProto) -> dict:
+def summarize(model: onnx.ModelProto, *, size_of: onnx.ModelProto | None = None) -> dict:
+    """The summary of `model`; `bytes` is measured on `size_of` when given (the model as stored,
+    where `model` is its shape-inferred copy, whose value_info would inflate the count).
+    """
     shapes = _known_shapes(model)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
                               for node in _all_nodes(model.graph))
@@ -37,7 +40,7 @@ def summarize(model: onnx.ModelProto) -> dict:
         # Constant nodes count too: some exporters (paddle2onnx) keep every weight in one.
         "parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1 for t in tensors)),
         "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
-        "bytes": model_bytes(model),
+        "bytes": model_bytes(size_of if size_of is not None else model),
         "macs": int(macs),
         "macs_unknown": dict(unknown),
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},

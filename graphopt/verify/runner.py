@@ -28,7 +28,7 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool =
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failures reach the user as our one-line error
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

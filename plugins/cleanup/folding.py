@@ -34,7 +34,7 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     """Folds every constant-foldable node of `graph` (bodies and functions too); returns nodes folded."""
     before = _node_count(graph)
     # graphsurgeon evaluates in sessions of its own, whose warnings would reach the terminal.
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(4)
     graph.toposort(mode="nodes")  # not "full": see cleanup_pass.py
     shapes_folded = _fold_static_shapes(graph)
     # graphsurgeon's fold copies the graph and builds a session even when nothing folds; the

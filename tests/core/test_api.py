@@ -99,3 +99,23 @@ def test_an_instrumentation_hook_that_raises_is_named():
 
     with pytest.raises(graphopt.PluginError, match=r"plugin '.*' failed in graphopt_before_pass: RuntimeError: disk full"):
         graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"], plugins=[Faulty()])
+
+
+def test_an_unchanged_model_comes_back_as_given_without_inferred_shapes(tmp_path):
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] x) => (float[2, 3] y) { r = Relu(x)
+    y = Neg(r) }""")
+    assert not model.graph.value_info
+    result = graphopt.optimize(model, passes=["cleanup"])
+    assert result.report["passes"][0]["status"] == "unchanged"
+    assert result.model.SerializeToString() == model.SerializeToString()
+    assert result.model is not model
+    assert result.report["input"]["bytes"] == result.report["output"]["bytes"] == model.ByteSize()
+
+
+def test_a_changed_model_does_not_gain_value_info_it_did_not_have():
+    result = graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"])
+    assert result.report["passes"][0]["status"] == "accepted"
+    assert len(result.model.graph.value_info) == 0
+    assert result.report["output"]["bytes"] == result.model.ByteSize()

@@ -117,3 +117,24 @@ def test_an_overridable_input_is_imported_as_an_input_not_a_constant():
     exported = ir.export_model(graph, model)
     assert [t.name for t in exported.graph.initializer] == ["bias"]
     onnx.checker.check_model(exported, full_check=True)
+
+
+def test_node_graph_and_function_annotations_survive_a_change():
+    model = _nested_model()
+    model.graph.node[0].doc_string = "the relu"
+    model.graph.node[0].metadata_props.add(key="source", value="layer1")
+    model.graph.node[2].attribute[0].g.node[0].doc_string = "in a body"
+    model.graph.metadata_props.add(key="graph", value="main")
+    model.functions[0].metadata_props.add(key="fn", value="f")
+    for index, node in enumerate(model.graph.node):
+        node.name = f"n{index}"
+    model.graph.node[2].attribute[0].g.node[0].name = "body_neg"
+    graph = ir.import_graph(model)
+    graph.nodes[1].op = "Abs"  # a change elsewhere
+    exported = ir.export_model(graph, model)
+    relu = exported.graph.node[0]
+    assert relu.doc_string == "the relu" and [(p.key, p.value) for p in relu.metadata_props] == [("source", "layer1")]
+    assert exported.graph.node[2].attribute[0].g.node[0].doc_string == "in a body"
+    assert [(p.key, p.value) for p in exported.graph.metadata_props] == [("graph", "main")]
+    assert [(p.key, p.value) for p in exported.functions[0].metadata_props] == [("fn", "f")]
+    onnx.checker.check_model(exported, full_check=True)
