@@ -114,24 +114,32 @@ def _drop_disconnected_nodes(graph: gs.Graph) -> None:
 def _remove_dead_nodes(graph: gs.Graph) -> int:
     before = sum(len(owner.nodes) for owner in ir.iter_graphs(graph))
     with ir.quiet_graphsurgeon():
-        graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=False)
+        graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=True)
     return before - sum(len(owner.nodes) for owner in ir.iter_graphs(graph))
 
 
 def _unused_initializers(model: onnx.ModelProto) -> int:
-    """Initializers no node (at any depth) and no graph output reads; export drops them."""
-    read: set[str] = set()
+    """Initializers that nothing reads, in the main graph and every body; export drops them."""
+    return _unused_in(model.graph, graph_inputs={value.name for value in model.graph.input})
 
-    def collect(graph: onnx.GraphProto) -> None:
-        read.update(output.name for output in graph.output)
-        for node in graph.node:
-            read.update(node.input)
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    collect(attribute.g)
-                for body in attribute.graphs:
-                    collect(body)
 
-    collect(model.graph)
-    inputs = {value.name for value in model.graph.input}
-    return sum(1 for tensor in model.graph.initializer if tensor.name not in read and tensor.name not in inputs)
+def _unused_in(graph: onnx.GraphProto, graph_inputs: set[str] = frozenset()) -> int:
+    read = _names_read(graph)
+    unused = sum(1 for t in graph.initializer if t.name not in read and t.name not in graph_inputs)
+    return unused + sum(_unused_in(body) for body in _bodies(graph))
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every name the graph's nodes and outputs read, bodies included (they may read outer names)."""
+    read = {output.name for output in graph.output}
+    for node in graph.node:
+        read.update(node.input)
+    for body in _bodies(graph):
+        read |= _names_read(body)
+    return read
+
+
+def _bodies(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    return [a.g for n in graph.node for a in n.attribute if a.HasField("g")] + [
+        g for n in graph.node for a in n.attribute for g in a.graphs
+    ]

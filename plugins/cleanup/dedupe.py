@@ -16,18 +16,23 @@ def dedupe_initializers(graph: gs.Graph) -> int:
     """Points readers of every duplicate constant at one copy, per graph level; returns duplicates merged.
 
     Does not merge: constants that are graph inputs or outputs (their names are the interface),
-    and constants of different dtype or shape that happen to share bytes.
+    constants of different dtype or shape that happen to share bytes, and a constant also read
+    at another graph level (merging it with a body's copy would bind one name in two scopes).
     """
     merged = 0
     for owner in ir.iter_graphs(graph):
         interface = {id(t) for t in owner.inputs} | {id(t) for t in owner.outputs}
+        local_nodes = {id(node) for node in owner.nodes}
         keep: dict[tuple, gs.Constant] = {}
+        seen: set[int] = set()
         for node in owner.nodes:
             for tensor in list(node.inputs):
-                if not isinstance(tensor, gs.Constant) or id(tensor) in interface:
+                if not isinstance(tensor, gs.Constant) or id(tensor) in interface or id(tensor) in seen:
                     continue
-                key = fingerprint(tensor.values)
-                first = keep.setdefault(key, tensor)
+                seen.add(id(tensor))  # fingerprint each constant once, not once per read
+                if any(id(reader) not in local_nodes for reader in tensor.outputs):
+                    continue
+                first = keep.setdefault(fingerprint(tensor.values), tensor)
                 if first is not tensor and np.array_equal(first.values, tensor.values):
                     merged += bool(ir.replace_all_uses(tensor, first))
     return merged

@@ -615,3 +615,53 @@ def test_model_fields_survive_cleanup():
     assert (cleaned.domain, cleaned.model_version) == (model.domain, model.model_version)
     assert {p.key: p.value for p in cleaned.metadata_props} == {"license": "Apache-2.0", "author": "tests"}
     assert {o.domain: o.version for o in cleaned.opset_import} == {o.domain: o.version for o in model.opset_import}
+
+
+# --- review regressions: functions, bodies, scopes ----------------------------------------------
+
+
+def test_dead_nodes_inside_a_local_function_are_removed():
+    model = _model("""
+        g (float[2,3] x) => (float[2,3] y) {
+            y = local.act (x)
+        }
+        <domain: "local", opset_import: ["" : 17]>
+        act (a) => (b) {
+            b = Relu (a)
+            unused = Neg (a)
+        }""", header='<ir_version: 8, opset_import: ["" : 17, "local" : 1]>\n')
+    cleaned, stats, changed = _cleanup(model)
+    assert changed and stats["dead_nodes_removed"] == 1
+    assert _ops(cleaned.functions[0]) == ["Relu"]
+
+
+def test_unused_initializer_inside_an_if_body_is_counted_and_removed():
+    model = _model("""
+        g (float[2] x, bool c) => (float[2] y) {
+            y = If (c) <
+                then_branch = t () => (float[2] a) <float[2] u = {1.0, 2.0}> { a = Neg (x) },
+                else_branch = e () => (float[2] b) { b = Abs (x) }
+            >
+        }""")
+    cleaned, stats, changed = _cleanup(model, feed_sets=[{"c": np.array(True)}, {"c": np.array(False)}])
+    assert changed and stats["unused_initializers"] == 1
+    assert len(cleaned.graph.node[0].attribute[0].g.initializer) == 0
+
+
+def test_an_outer_constant_is_not_merged_with_an_equal_one_inside_a_body():
+    model = _model("""
+        g (float[2] x, bool c) => (float[2] y, float[2] z) <float[2] w = {1.0, 2.0}> {
+            z = Mul (x, w)
+            y = If (c) <
+                then_branch = t () => (float[2] a) <float[2] w2 = {1.0, 2.0}> {
+                    a1 = Add (x, w2)
+                    a = Mul (a1, w)
+                },
+                else_branch = e () => (float[2] b) { b = Sub (x, w) }
+            >
+        }""")
+    cleaned, stats, _ = _cleanup(model, feed_sets=[{"c": np.array(True)}, {"c": np.array(False)}])
+    body = cleaned.graph.node[-1].attribute[0].g
+    outer_reads = {name for node in cleaned.graph.node for name in node.input}
+    assert "w2" not in outer_reads  # the outer graph never reads the body's name
+    assert [t.name for t in body.initializer] in (["w2"], [])
