@@ -17,7 +17,7 @@ import onnx
 from onnx import external_data_helper
 
 from graphopt import __version__
-from graphopt.errors import InputError, UsageError
+from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.model_io import check_model, infer_model_shapes, iter_tensors, load_model
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
@@ -82,7 +82,12 @@ def optimize(
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
                                 inputs_origin=origin)
-    outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds)
+    try:
+        outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds)
+    except VerificationError as error:
+        if error.report is not None:
+            error.report["input"] = summarize(source, size_of=pristine)
+        raise
     changed = any(entry["status"] == "accepted" for entry in outcome.passes)
     final = outcome.model if changed else _copy(pristine)
     if changed and not len(pristine.graph.value_info):

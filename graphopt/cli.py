@@ -163,13 +163,11 @@ def _optimize(args) -> int:
             dump_dir=args.dump_dir,
             progress=progress,
         )
-    except VerificationError as error:
-        if args.report and error.report is not None:
-            _write_json(Path(args.report), {"schema": "graphopt.report/1", "failed": str(error), **error.report})
-        raise
-    except InputError as error:
-        if error.path is None:
-            error.path = str(source)
+    except GraphoptError as error:
+        if error.path is None and not isinstance(error, UsageError):
+            error.path = str(source)  # DESIGN: `graphopt: error: <what> (<file>)`
+        if isinstance(error, VerificationError) and args.report and error.report is not None:
+            _write_json(Path(args.report), {"schema": "graphopt.report/1", "failed": error.message, **error.report})
         raise
     save_model(result.model, output, external_data=args.external_data, source=source)
     if args.report:
@@ -236,6 +234,10 @@ def _write_json(path: Path, document: dict) -> None:
     with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
         json.dump(document, handle, indent=2, default=str)
         handle.write("\n")
+    # NamedTemporaryFile makes the file 0600; a report is an ordinary file (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)
     os.replace(handle.name, path)
 
 
@@ -307,9 +309,12 @@ def _inspect(args) -> int:
 def _verify(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.model_io import load_model
-    from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, split_samples
+    from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, input_specs, split_samples
 
     reference, candidate = load_model(args.reference), load_model(args.candidate)
+    interface = {spec.name: spec.dtype for spec in input_specs(reference)}
+    if {spec.name: spec.dtype for spec in input_specs(candidate)} != interface:
+        raise InputError("the candidate's inputs differ from the reference's (names or dtypes)", path=args.candidate)
     shapes = dict(parse_input_shape(item) for item in args.input_shape)
     feeds = prepare_feeds(args.inputs, reference) if args.inputs else generate_feeds(reference, shapes, seed=args.seed)
     verifier = Verifier(split_samples(feeds))

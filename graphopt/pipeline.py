@@ -28,7 +28,7 @@ from graphopt.verify import Budget, SessionError, Verifier
 
 __all__ = ["configure_passes", "PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET"]
 
-logger = logging.getLogger("graphopt")
+logger = logging.getLogger(__name__)
 
 # What a lossy pass is held to when neither it nor the user set a budget.
 DEFAULT_LOSSY_BUDGET = Budget(cos=0.99)

@@ -178,7 +178,7 @@ def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, .
 
 
 def _integer_bounds(model: onnx.ModelProto) -> dict[str, int]:
-    """For integer inputs that index a constant table (Gather, OneHot), the exclusive upper bound."""
+    """For integer inputs that index a constant table (Gather, GatherElements), the exclusive upper bound."""
     graph = model.graph
     sizes = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}

@@ -46,10 +46,13 @@ class Cleanup(graphopt.Pass):
         dedupe_initializers: bool = True  # merge initializers with equal values
         cse: bool = True  # merge nodes that compute the same thing
 
+        def __post_init__(self):
+            # Checked when options are parsed, so a bad value fails before any work is done.
+            if self.fold_growth_limit < 0:
+                raise ValueError("fold_growth_limit must be >= 0")
+
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
-        if options.fold_growth_limit < 0:
-            raise graphopt.UsageError("option cleanup.fold_growth_limit must be >= 0")
         stats = {"unused_initializers": _unused_initializers(ctx.model) if ctx.model is not None else 0}
         with _distinct_node_names(graph):
             for round_index in range(_MAX_ROUNDS):
