@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphopt.model_io import iter_graph_protos
+
 __all__ = [
     "import_graph",
     "export_model",
@@ -104,7 +106,7 @@ def _restore_annotations(model: onnx.ModelProto, template: onnx.ModelProto) -> N
     no annotation to get back.
     """
     annotated: dict[tuple[str, str], onnx.NodeProto] = {}
-    for graph in _proto_graphs(template.graph):
+    for graph in iter_graph_protos(template.graph):
         for node in graph.node:
             if node.name and (node.doc_string or len(getattr(node, "metadata_props", ()))):
                 annotated.setdefault((node.name, node.op_type), node)
@@ -113,7 +115,7 @@ def _restore_annotations(model: onnx.ModelProto, template: onnx.ModelProto) -> N
             if node.name and (node.doc_string or len(getattr(node, "metadata_props", ()))):
                 annotated.setdefault((node.name, node.op_type), node)
     if annotated:
-        nodes = [node for graph in _proto_graphs(model.graph) for node in graph.node]
+        nodes = [node for graph in iter_graph_protos(model.graph) for node in graph.node]
         nodes += [node for function in model.functions for node in function.node]
         for node in nodes:
             source = annotated.get((node.name, node.op_type))
@@ -131,16 +133,6 @@ def _copy_annotation(source, target) -> None:
         target.doc_string = source.doc_string
     if hasattr(source, "metadata_props") and len(source.metadata_props) and not len(target.metadata_props):
         target.metadata_props.extend(source.metadata_props)
-
-
-def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _proto_graphs(attribute.g)
-            for body in attribute.graphs:
-                yield from _proto_graphs(body)
 
 
 def _restore_interface(model: onnx.ModelProto, template: onnx.ModelProto) -> None:

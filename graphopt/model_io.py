@@ -26,6 +26,7 @@ __all__ = [
     "save_model",
     "check_model",
     "iter_tensors",
+    "iter_graph_protos",
     "tensor_nbytes",
     "initializer_nbytes",
     "write_with_external_data",
@@ -127,27 +128,29 @@ def save_model(
 
 
 def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, data_name: str, *, size_threshold: int = 1024) -> None:
-    """Writes `model` to `path` with every initializer of `size_threshold` bytes or more in `data_name` beside it.
+    """Writes `model` to `path` with every tensor of `size_threshold` bytes or more in `data_name` beside it.
 
     `model` is not modified. Unlike `onnx.save_model(save_as_external_data=True)`, which refuses
     when a file named `data_name` exists in the *current directory*, this only looks at
     `path`'s folder; the caller makes sure `data_name` does not exist there yet.
     """
     model = _copy(model)
-    for tensor in _initializers(model.graph):
+    # Every tensor, not only initializers: exporters keep weights in Constant nodes and functions.
+    for tensor in iter_tensors(model):
         if tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
             external_data_helper.set_external_data(tensor, data_name)
     onnx.save_model(model, str(path))  # writes the marked tensors' raw_data to path's folder / data_name
 
 
-def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
+def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every If/Loop/Scan body nested in it, depth first."""
+    yield graph
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.HasField("g"):
-                yield from _initializers(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _initializers(subgraph)
+                yield from iter_graph_protos(attribute.g)
+            for body in attribute.graphs:
+                yield from iter_graph_protos(body)
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import onnx
 
-from graphopt.model_io import iter_tensors, tensor_nbytes
+from graphopt.model_io import iter_graph_protos, iter_tensors, tensor_nbytes
 
 __all__ = ["summarize", "format_comparison", "model_bytes"]
 
@@ -69,13 +69,8 @@ def format_comparison(before: dict, after: dict) -> str:
 
 
 def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _all_nodes(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _all_nodes(subgraph)
+    for owner in iter_graph_protos(graph):
+        yield from owner.node
 
 
 def model_bytes(model: onnx.ModelProto) -> int:

@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 import graphopt
 from graphopt import ir
+from graphopt.model_io import iter_graph_protos
 from graphopt_plugins.cleanup.cse import eliminate_common_subexpressions
 from graphopt_plugins.cleanup.dedupe import dedupe_initializers
 from graphopt_plugins.cleanup.folding import fold_constants
@@ -123,26 +124,15 @@ def _remove_dead_nodes(graph: gs.Graph) -> int:
 
 def _unused_initializers(model: onnx.ModelProto) -> int:
     """Initializers that nothing reads, in the main graph and every body; export drops them."""
-    return _unused_in(model.graph, graph_inputs={value.name for value in model.graph.input})
+    inputs = {value.name for value in model.graph.input}
+    return sum(_unused_in(graph, inputs if graph is model.graph else set()) for graph in iter_graph_protos(model.graph))
 
 
-def _unused_in(graph: onnx.GraphProto, graph_inputs: set[str] = frozenset()) -> int:
-    read = _names_read(graph)
-    unused = sum(1 for t in graph.initializer if t.name not in read and t.name not in graph_inputs)
-    return unused + sum(_unused_in(body) for body in _bodies(graph))
-
-
-def _names_read(graph: onnx.GraphProto) -> set[str]:
-    """Every name the graph's nodes and outputs read, bodies included (they may read outer names)."""
-    read = {output.name for output in graph.output}
-    for node in graph.node:
-        read.update(node.input)
-    for body in _bodies(graph):
-        read |= _names_read(body)
-    return read
-
-
-def _bodies(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    return [a.g for n in graph.node for a in n.attribute if a.HasField("g")] + [
-        g for n in graph.node for a in n.attribute for g in a.graphs
-    ]
+def _unused_in(graph: onnx.GraphProto, graph_inputs: set[str]) -> int:
+    # A body may read its outer graphs' names, so what a graph reads includes its bodies' reads.
+    read: set[str] = set()
+    for owner in iter_graph_protos(graph):
+        read.update(output.name for output in owner.output)
+        for node in owner.node:
+            read.update(node.input)
+    return sum(1 for t in graph.initializer if t.name not in read and t.name not in graph_inputs)
