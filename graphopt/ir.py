@@ -35,6 +35,7 @@ __all__ = [
     "opset_version",
     "quiet_graphsurgeon",
     "refresh_shapes",
+    "is_static_shape",
 ]
 
 # Fields of ModelProto rebuilt from the graph; every other field is carried over verbatim.
@@ -175,7 +176,7 @@ def refresh_shapes(graph: gs.Graph) -> int:
     known = {value.name: value.type.tensor_type for value in inferred.graph.value_info}
     updated = 0
     for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant) or tensor.name not in known or _fully_known(tensor.shape):
+        if isinstance(tensor, gs.Constant) or tensor.name not in known or is_static_shape(tensor.shape):
             continue
         tensor_type = known[tensor.name]
         if not tensor_type.HasField("shape") or not tensor_type.elem_type:
@@ -189,7 +190,8 @@ def refresh_shapes(graph: gs.Graph) -> int:
     return updated
 
 
-def _fully_known(shape) -> bool:
+def is_static_shape(shape) -> bool:
+    """Whether every dimension of `shape` is a known non-negative integer."""
     return shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape)
 
 

@@ -14,7 +14,7 @@ from graphopt import ir
 from graphopt.model_io import iter_graph_protos
 from graphopt_plugins.cleanup.cse import eliminate_common_subexpressions
 from graphopt_plugins.cleanup.dedupe import dedupe_initializers
-from graphopt_plugins.cleanup.folding import fold_constants
+from graphopt_plugins.cleanup.folding import decides_by_unknown_shapes, fold_constants
 from graphopt_plugins.cleanup.passthrough import remove_passthrough_nodes
 
 __all__ = ["Cleanup"]
@@ -57,8 +57,8 @@ class Cleanup(graphopt.Pass):
         stats = {"unused_initializers": _unused_initializers(ctx.model) if ctx.model is not None else 0}
         with _distinct_node_names(graph):
             for round_index in range(_MAX_ROUNDS):
-                if round_index:
-                    ir.refresh_shapes(graph)  # what round one created has no shapes yet
+                if round_index and options.fold_constants and decides_by_unknown_shapes(graph):
+                    ir.refresh_shapes(graph)  # what the last round created has no shapes yet
                 # Each step counts only its own rewrites: nodes a step disconnected are dropped
                 # uncounted, and dead nodes go before folding, whose own cleanup would count them.
                 round_stats = {}

@@ -22,7 +22,7 @@ import onnxruntime
 
 from graphopt import ir
 
-__all__ = ["fold_constants"]
+__all__ = ["fold_constants", "decides_by_unknown_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,17 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
             )
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=True)
     return max(before - _node_count(graph), 0)
+
+
+def decides_by_unknown_shapes(graph: gs.Graph) -> bool:
+    """Whether a folding decision waits on a shape not yet inferred (a `Shape` of a tensor
+    whose shape is unknown, or a constant-input node whose output size is unknown)."""
+    for _, node in ir.iter_nodes(graph):
+        if node.op == "Shape" and node.inputs and not ir.is_static_shape(node.inputs[0].shape):
+            return True
+        if node.inputs and all(isinstance(t, gs.Constant) or not t.name for t in node.inputs) and _output_bytes(node) is None:
+            return True
+    return False
 
 
 def _has_foldable_node(graph: gs.Graph, growth_limit: int) -> bool:
