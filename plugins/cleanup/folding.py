@@ -58,13 +58,18 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
 
 def decides_by_unknown_shapes(graph: gs.Graph) -> bool:
     """Whether a folding decision waits on a shape not yet inferred (a `Shape` of a tensor
-    whose shape is unknown, or a constant-input node whose output size is unknown)."""
+    whose shape is missing or has an unnamed unknown dim, or a constant-input node whose output
+    size is unknown). A named dynamic dim (`batch`) stays unknown however often one infers."""
     for _, node in ir.iter_nodes(graph):
-        if node.op == "Shape" and node.inputs and not ir.is_static_shape(node.inputs[0].shape):
+        if node.op == "Shape" and node.inputs and _not_yet_inferred(node.inputs[0].shape):
             return True
         if node.inputs and all(isinstance(t, gs.Constant) or not t.name for t in node.inputs) and _output_bytes(node) is None:
             return True
     return False
+
+
+def _not_yet_inferred(shape) -> bool:
+    return shape is None or any(d is None for d in shape)
 
 
 def _has_foldable_node(graph: gs.Graph, growth_limit: int) -> bool:
