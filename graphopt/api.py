@@ -81,7 +81,7 @@ def optimize(
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
-                                inputs_origin=origin)
+                                inputs_origin=origin, keeps_value_info=bool(len(pristine.graph.value_info)))
     try:
         outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds)
     except VerificationError as error:

@@ -79,6 +79,7 @@ class PipelineSettings:
     progress: bool = False
     dump_dir: Path | None = None
     inputs_origin: str = "generated"  # file | calibration | generated: named when the input model cannot run
+    keeps_value_info: bool = True  # whether the output will keep the main graph's value_info (sizes count it)
 
 
 @dataclasses.dataclass
@@ -155,7 +156,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
     reports, lossy_ran = [], False
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
-        entry = _entry(pass_, plugins.registry, model)
+        entry = _entry(pass_, plugins.registry, model, settings)
         result, candidate = None, model
         try:
             result, candidate = _apply(pass_, model, settings, calibration)
@@ -194,7 +195,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
                    accepted=entry["status"] == "accepted")
         entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
         entry["nodes_after"] = len(model.graph.node)
-        entry["bytes_after"] = model_bytes(model)
+        entry["bytes_after"] = model_bytes(model, value_info=settings.keeps_value_info)
         logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
         reports.append(entry)
 
@@ -301,7 +302,7 @@ def _failure_message(pass_: Pass, verdict) -> str:
     return message
 
 
-def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto) -> dict:
+def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, settings: PipelineSettings) -> dict:
     return {
         "name": pass_.name,
         "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
@@ -313,7 +314,7 @@ def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto) -> dict:
         "details": {},
         "verification": None,
         "nodes_before": len(model.graph.node),
-        "bytes_before": model_bytes(model),
+        "bytes_before": model_bytes(model, value_info=settings.keeps_value_info),
     }
 
 

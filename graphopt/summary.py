@@ -73,11 +73,25 @@ def _all_nodes(graph: onnx.GraphProto):
         yield from owner.node
 
 
-def model_bytes(model: onnx.ModelProto) -> int:
+def model_bytes(model: onnx.ModelProto, *, value_info: bool = True) -> int:
+    """The serialized size of `model`; with `value_info=False`, as if the main graph had none.
+
+    Computed from the protobuf sizes, without copying the model: the graph is a length-delimited
+    field of the model, each value_info a length-delimited field of the graph (one-byte tags).
+    """
     try:
-        return model.ByteSize()
+        size = model.ByteSize()
+        if value_info or not len(model.graph.value_info):
+            return size
+        graph = model.graph.ByteSize()
+        trimmed = graph - sum(1 + _varint_size(v.ByteSize()) + v.ByteSize() for v in model.graph.value_info)
+        return size - _varint_size(graph) - graph + _varint_size(trimmed) + trimmed
     except Exception:  # over 2 GiB protobuf refuses; weights dominate anyway
         return sum(tensor_nbytes(t) for t in iter_tensors(model))
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

@@ -119,3 +119,23 @@ def test_a_changed_model_does_not_gain_value_info_it_did_not_have():
     assert result.report["passes"][0]["status"] == "accepted"
     assert len(result.model.graph.value_info) == 0
     assert result.report["output"]["bytes"] == result.model.ByteSize()
+
+
+def test_model_bytes_without_value_info_is_exact():
+    from graphopt.model_io import infer_model_shapes
+    from graphopt.summary import model_bytes
+
+    model = onnx.load(str(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples/demo/demo.onnx"))
+    inferred = infer_model_shapes(model)
+    assert len(inferred.graph.value_info) > 10
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(inferred)
+    del stripped.graph.value_info[:]
+    assert model_bytes(inferred, value_info=False) == stripped.ByteSize()
+
+
+def test_per_pass_sizes_are_measured_as_the_output_is_stored():
+    result = graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"])
+    entry = result.report["passes"][0]
+    assert entry["bytes_before"] == result.report["input"]["bytes"]
+    assert entry["bytes_after"] == result.report["output"]["bytes"] == result.model.ByteSize()
