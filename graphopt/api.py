@@ -18,7 +18,7 @@ from onnx import external_data_helper
 
 from graphopt import __version__
 from graphopt.errors import InputError, UsageError, VerificationError
-from graphopt.model_io import check_model, infer_model_shapes, iter_tensors, load_model
+from graphopt.model_io import check_model, copy_model, infer_model_shapes, iter_tensors, load_model
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
 from graphopt.summary import summarize
@@ -89,7 +89,7 @@ def optimize(
             error.report["input"] = summarize(source, size_of=pristine)
         raise
     changed = any(entry["status"] == "accepted" for entry in outcome.passes)
-    final = outcome.model if changed else _copy(pristine)
+    final = outcome.model if changed else copy_model(pristine)
     if changed and not len(pristine.graph.value_info):
         # The shapes graphopt inferred for its own use are not the user's; don't ship them.
         del final.graph.value_info[:]
@@ -128,11 +128,6 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelPro
     check_model(model)
     return model, infer_model_shapes(model)
 
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
 
 
 def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:

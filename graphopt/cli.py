@@ -18,6 +18,7 @@ from pathlib import Path
 
 from graphopt import __version__
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
+from graphopt.model_io import same_file
 from graphopt.options import describe_options, parse_assignment
 from graphopt.verify.feeds import parse_input_shape
 
@@ -188,7 +189,7 @@ def _default_output(source: Path) -> Path:
 
 def _check_output_path(output: Path, source: Path) -> None:
     """Refuses early, before any work, what save_model would refuse at the end."""
-    if output.resolve() == source.resolve() or (output.exists() and source.exists() and os.path.samefile(output, source)):
+    if same_file(output, source):
         raise UsageError("output would overwrite the input; choose another -o", path=str(output))
     if not (output.parent if str(output.parent) else Path(".")).is_dir():
         raise UsageError("output folder does not exist", path=str(output))
@@ -199,7 +200,7 @@ def _check_report_path(report: Path, source: Path, output: Path) -> None:
     if not (report.parent if str(report.parent) else Path(".")).is_dir():
         raise UsageError("report folder does not exist", path=str(report))
     for other, what in ((source, "the input"), (output, "the output")):
-        if report.resolve() == other.resolve() or (report.exists() and other.exists() and os.path.samefile(report, other)):
+        if same_file(report, other):
             raise UsageError(f"--report would overwrite {what}; choose another path", path=str(report))
 
 

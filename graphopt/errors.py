@@ -14,7 +14,14 @@ __all__ = [
     "PassError",
     "PluginError",
     "PreconditionError",
+    "first_line",
 ]
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """A library's exception as one short line for a graphopt message."""
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.splitlines()[0].split())[:limit]
 
 
 class GraphoptError(Exception):

@@ -18,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper
 
-from graphopt.errors import InputError, UsageError
+from graphopt.errors import InputError, UsageError, first_line
 
 __all__ = [
     "PROTOBUF_LIMIT",
@@ -30,6 +30,8 @@ __all__ = [
     "tensor_nbytes",
     "initializer_nbytes",
     "write_with_external_data",
+    "same_file",
+    "copy_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.Mo
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as error:
-        raise InputError(f"not an ONNX model: {_first_line(error)}", path=str(path)) from error
+        raise InputError(f"not an ONNX model: {first_line(error)}", path=str(path)) from error
     _require_model_shape(model, str(path))
     _require_utf8_strings(model, str(path))
     _load_confined_external_data(model, path.parent, str(path))
@@ -72,7 +74,7 @@ def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as error:  # onnx raises several unrelated types here
-        logger.warning("shape inference failed, going on without it: %s", _first_line(error))
+        logger.warning("shape inference failed, going on without it: %s", first_line(error))
         return model
 
 
@@ -83,7 +85,7 @@ def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool =
             return  # checked by path after writing; the checker cannot take it in memory
         onnx.checker.check_model(model, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError) as error:
-        raise InputError(f"invalid model: {_first_line(error)}", path=path) from error
+        raise InputError(f"invalid model: {first_line(error)}", path=path) from error
 
 
 def save_model(
@@ -99,7 +101,7 @@ def save_model(
     `full_check=True` before anything is renamed into place.
     """
     path = Path(path)
-    if source is not None and _same_file(path, Path(source)):
+    if source is not None and same_file(path, Path(source)):
         raise UsageError("output would overwrite the input; choose another -o", path=str(path))
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -120,7 +122,7 @@ def save_model(
         try:
             onnx.checker.check_model(str(staged), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-            raise InputError(f"refusing to write an invalid model: {_first_line(error)}", path=str(path)) from error
+            raise InputError(f"refusing to write an invalid model: {first_line(error)}", path=str(path)) from error
         if external_data and (Path(staging) / data_name).exists():
             os.replace(Path(staging) / data_name, folder / data_name)
         os.replace(staged, path)
@@ -134,7 +136,7 @@ def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, da
     when a file named `data_name` exists in the *current directory*, this only looks at
     `path`'s folder; the caller makes sure `data_name` does not exist there yet.
     """
-    model = _copy(model)
+    model = copy_model(model)
     # Every tensor, not only initializers: exporters keep weights in Constant nodes and functions.
     for tensor in iter_tensors(model):
         if tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
@@ -231,7 +233,7 @@ def _check_external_location(tensor: onnx.TensorProto, root: Path, path: str) ->
     try:
         info = external_data_helper.ExternalDataInfo(tensor)
     except ValueError as error:  # offset or length that is not a non-negative integer
-        raise InputError(f"external data of tensor '{tensor.name}' is malformed: {_first_line(error)}", path=path) from error
+        raise InputError(f"external data of tensor '{tensor.name}' is malformed: {first_line(error)}", path=path) from error
     location = info.location
     refuse = f"external data of tensor '{tensor.name}' at '{location}'"
     if not location:
@@ -273,12 +275,13 @@ def _is_external_file_of(candidate: Path, source: Path) -> bool:
     for tensor in iter_tensors(model):
         if external_data_helper.uses_external_data(tensor):
             location = external_data_helper.ExternalDataInfo(tensor).location
-            if location and _same_file(candidate, source.parent / location):
+            if location and same_file(candidate, source.parent / location):
                 return True
     return False
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (same path after resolving links, or the same inode)."""
     if a.resolve() == b.resolve():
         return True
     try:
@@ -287,12 +290,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return " ".join(text.splitlines()[0].split())[:300]

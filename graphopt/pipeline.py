@@ -19,6 +19,7 @@ from tqdm import tqdm
 from graphopt import ir
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
+from graphopt.jsonable import to_jsonable
 from graphopt.model_io import check_model, infer_model_shapes, save_model
 from graphopt.options import build_options, describe_options
 from graphopt.passes import Pass, PassContext, PassResult
@@ -170,7 +171,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
             entry.update(status="failed", error=str(error))
             logger.warning("%s; going on without it (--keep-going)", error)
         if result is not None:
-            entry.update(changed=result.changed, details=_plain(result.stats))
+            entry.update(changed=result.changed, details=to_jsonable(result.stats))
             entry["status"] = "accepted" if result.changed else "unchanged"
         if result is not None and result.changed and verify_each:
             budget = _budget_for(pass_, settings)
@@ -307,7 +308,7 @@ def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, settings
         "name": pass_.name,
         "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
         "lossless": pass_.lossless,
-        "options": _plain({info.name: getattr(pass_.options, info.name) for info in describe_options(type(pass_.options))}),
+        "options": to_jsonable({info.name: getattr(pass_.options, info.name) for info in describe_options(type(pass_.options))}),
         "status": "unchanged",
         "changed": False,
         "rolled_back": False,
@@ -316,15 +317,3 @@ def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, settings
         "nodes_before": len(model.graph.node),
         "bytes_before": model_bytes(model, value_info=settings.keeps_value_info),
     }
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import onnx
 
+from graphopt.jsonable import to_jsonable
 from graphopt.verify.feeds import generate_feeds, input_specs, load_feeds, parse_input_shape, split_samples
 from graphopt.verify.localize import first_divergence
 from graphopt.verify.metrics import Budget, Tolerance, output_metrics, tolerance_for, within_tolerance
@@ -94,7 +95,7 @@ class Verifier:
                 within = not problems
                 failures.extend(problems)
             metrics["within"] = bool(within)
-            outputs[name] = _jsonable(metrics)
+            outputs[name] = to_jsonable(metrics)
         return Verdict(not failures, "lossless" if budget is None else "budget", outputs, failures)
 
     def localize(self, reference: onnx.ModelProto, candidate: onnx.ModelProto, *, budget: Budget | None) -> dict | None:
@@ -104,7 +105,7 @@ class Verifier:
         except Exception as error:  # localisation is a diagnosis; it must not mask the verdict
             logger.debug("localisation failed: %s", error)
             return None
-        return _jsonable(found) if found else None
+        return to_jsonable(found) if found else None
 
 
 def _flatten(values) -> tuple[np.ndarray, list]:
@@ -139,16 +140,3 @@ def _lossless_failure(name, ref, cand, metrics, shapes_agree, tolerance) -> str:
         f"output '{name}': max abs error {metrics['max_abs']:.3g} exceeds the lossless tolerance "
         f"(rtol {tolerance.rtol:g}, atol {tolerance.atol:g})"
     )
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, (np.floating, float)):
-        number = float(value)
-        return number if np.isfinite(number) else ("inf" if number > 0 else "-inf" if number < 0 else "nan")
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

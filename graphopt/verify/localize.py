@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx
 
+from graphopt.model_io import copy_model
 from graphopt.verify.metrics import Budget, output_metrics, within_tolerance
 from graphopt.verify.runner import SessionError, make_session, run_samples
 
@@ -51,8 +52,7 @@ def _typed_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 
 def _expose(model: onnx.ModelProto, names: list[str], types: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto:
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
+    exposed = copy_model(model)
     present = {output.name for output in exposed.graph.output}
     for name in names:
         if name not in present:

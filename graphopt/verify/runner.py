@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphopt.errors import first_line
 from graphopt.model_io import PROTOBUF_LIMIT, initializer_nbytes, write_with_external_data
 
 __all__ = ["make_session", "run_samples", "SessionError"]
@@ -39,7 +40,7 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool =
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types without a common base
-        raise SessionError(_first_line(error)) from error
+        raise SessionError(first_line(error, limit=400)) from error
 
 
 def _session_from_disk(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
@@ -60,11 +61,6 @@ def run_samples(
         try:
             values = session.run(names, sample)
         except Exception as error:
-            raise SessionError(_first_line(error)) from error
+            raise SessionError(first_line(error, limit=400)) from error
         results.append(dict(zip(names, values)))
     return results
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return " ".join(text.splitlines()[0].split())[:400]
