@@ -13,59 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
 import graphopt
+from common import PP_OCR_MODELS, cache_dir, fetch_models, max_abs_diff, median_seconds
 
-WHEEL = "rapidocr-onnxruntime==1.4.4"
-MODELS = {
-    "PP-OCRv4 det": ("ch_PP-OCRv4_det_infer.onnx", {"x": (1, 3, 320, 320)}),
-    "PP-OCRv4 rec": ("ch_PP-OCRv4_rec_infer.onnx", {"x": (1, 3, 48, 320)}),
-    "PP-OCR cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", {"x": (1, 3, 48, 192)}),
-}
-
-
-def fetch_models(cache: Path) -> Path:
-    folder = cache / "rapidocr_onnxruntime-1.4.4"
-    if not folder.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL, "-d", str(cache)], check=True)
-        wheel = next(cache.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            for member in archive.namelist():
-                if member.endswith(".onnx"):
-                    (folder / Path(member).name).parent.mkdir(parents=True, exist_ok=True)
-                    (folder / Path(member).name).write_bytes(archive.read(member))
-    return folder
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def max_abs_diff(reference: onnx.ModelProto, candidate: onnx.ModelProto, shapes: dict) -> float:
-    rng = np.random.default_rng(0)
-    feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
-    return float(max(np.max(np.abs(a - b)) for a, b in zip(run(reference), run(candidate))))
+MODELS = PP_OCR_MODELS
 
 
 def bench_model(label: str, path: Path, shapes: dict, repeats: int) -> dict:
@@ -120,8 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")))
     args = parser.parse_args()
-    cache = Path(os.environ.get("GRAPHOPT_BENCH_CACHE", Path.home() / ".cache" / "graphopt-bench"))
-    folder = fetch_models(cache)
+    folder = fetch_models(cache_dir())
     rows = [bench_model(label, folder / name, shapes, args.repeats) for label, (name, shapes) in MODELS.items()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
