@@ -120,9 +120,12 @@ def _configure_logging(args) -> None:
     level = logging.DEBUG if args.debug else logging.ERROR if args.quiet else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("graphopt: %(levelname)s: %(message)s"))
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
+    # First-party plugins log under graphopt_plugins.* (their module names); show them alike.
+    for name in ("graphopt", "graphopt_plugins"):
+        configured = logging.getLogger(name)
+        configured.handlers[:] = [handler]
+        configured.setLevel(level)
+        configured.propagate = False
 
 
 def _optimize(args) -> int:

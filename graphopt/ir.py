@@ -290,14 +290,14 @@ def to_networkx(graph: gs.Graph) -> nx.MultiDiGraph:
     for node in graph.nodes:
         view.add_node(id(node), node=node)
     for node in graph.nodes:
-        for tensor in _all_reads(node):
+        for tensor in all_reads(node):
             source = producer(tensor)
             if source is not None and view.has_node(id(source)):
                 view.add_edge(id(source), id(node), tensor=tensor)
     return view
 
 
-def _all_reads(node: gs.Node) -> Iterator[gs.Tensor]:
+def all_reads(node: gs.Node) -> Iterator[gs.Tensor]:
     yield from node.inputs
     for attribute in node.attrs.values():
         for subgraph in _subgraphs_of(attribute):

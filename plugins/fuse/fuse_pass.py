@@ -1,0 +1,106 @@
+"""The `fuse` pass: run the fusion catalogue to a fix point in every graph level."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import onnx_graphsurgeon as gs
+
+import graphopt
+from graphopt import ir
+from graphopt_plugins.fuse.catalogue import RULES, rule_names
+from graphopt_plugins.fuse.rule import ONNXRUNTIME, STANDARD, FuseContext, Rule
+
+__all__ = ["Fuse"]
+
+_TARGETS = (STANDARD, ONNXRUNTIME)
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class Fuse(graphopt.Pass):
+    """Fuses operators exactly: BN/scale/Pad into Conv/Gemm, MatMul+Add→Gemm, activations, norms, attention.
+
+    Runs every rule of the catalogue (`graphopt passes` lists them under `rules`) in each graph
+    level — If/Loop/Scan bodies and local functions included — round after round until none
+    fires. By default it emits standard ONNX ops only, and only those the model's opset has
+    (LayerNormalization from 17, Gelu from 20; below that the pattern stays as it is);
+    `target=onnxruntime` also allows com.microsoft contrib ops. Refuses nothing: a site that
+    does not match is left alone, with the reason logged at debug level. Lossless: outputs
+    equal within the per-dtype tolerance (folds reassociate float arithmetic).
+    """
+
+    name = "fuse"
+    lossless = True
+    after = ("cleanup",)
+
+    @dataclasses.dataclass
+    class Options:
+        rules: str = "all"  # comma-separated rule names to run, or "all"
+        skip: str = ""  # comma-separated rule names not to run
+        target: str = STANDARD  # "onnx": standard ops only; "onnxruntime": com.microsoft contrib ops too
+        max_rounds: int = 16  # rounds of the whole catalogue before giving up on a fix point
+
+        def __post_init__(self):
+            known = set(rule_names())
+            asked = [] if self.rules.strip() == "all" else _names(self.rules)
+            unknown = sorted((set(asked) | set(_names(self.skip))) - known)
+            if unknown:
+                raise ValueError(f"unknown fuse rule(s) {', '.join(unknown)}; known: {', '.join(rule_names())}")
+            if self.target not in _TARGETS:
+                raise ValueError(f"target must be one of {', '.join(_TARGETS)}, not {self.target!r}")
+            if self.max_rounds < 1:
+                raise ValueError("max_rounds must be >= 1")
+
+    def selected_rules(self) -> list[Rule]:
+        asked = None if self.options.rules.strip() == "all" else set(_names(self.options.rules))
+        skipped = set(_names(self.options.skip))
+        return [rule for rule in RULES if (asked is None or rule.name in asked) and rule.name not in skipped]
+
+    def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
+        rules = self.selected_rules()
+        taken = {tensor for owner in ir.iter_graphs(graph) for tensor in owner.tensors()} | {
+            node.name for _, node in ir.iter_nodes(graph)
+        }
+        stats: Counter[str] = Counter()
+        for owner in ir.iter_graphs(graph):
+            level = FuseContext(opset=ctx.opset, target=self.options.target, graph=owner, _taken=taken)
+            enabled = [rule for rule in rules if rule.enabled(level)]
+            for _ in range(self.options.max_rounds):
+                fired = Counter({rule.name: rule.apply(owner, level) for rule in enabled})
+                fired = +fired  # drop zero counts
+                if not fired:
+                    break
+                stats.update(fired)
+                remove_dead_nodes(owner)
+        if stats:
+            graph.toposort(mode="nodes")  # "full" recurses forever given local functions and If bodies (gs 0.6)
+        ctx.logger.info("fuse: %s", dict(stats))
+        return graphopt.PassResult(changed=bool(stats), stats=dict(stats))
+
+
+def remove_dead_nodes(graph: gs.Graph) -> int:
+    """Drops the nodes of one graph level that no graph output depends on, in O(nodes + edges).
+
+    Rules leave their replaced nodes disconnected or unread; this sweeps them, where
+    graphsurgeon's own cleanup would copy and re-sort the whole graph each round.
+    Nodes with subgraphs count their bodies' outer reads as inputs.
+    """
+    local = {id(node): node for node in graph.nodes}
+    live: set[int] = set()
+    stack = [tensor for tensor in graph.outputs]
+    while stack:
+        writer = ir.producer(stack.pop())
+        if writer is None or id(writer) not in local or id(writer) in live:
+            continue
+        live.add(id(writer))
+        stack.extend(ir.all_reads(writer))
+    dead = [node for node in graph.nodes if id(node) not in live]
+    for node in dead:
+        node.inputs.clear()
+        node.outputs.clear()
+    graph.nodes = [node for node in graph.nodes if id(node) in live]
+    return len(dead)

@@ -1,0 +1,79 @@
+"""What a fusion rule is, and the context it rewrites in.
+
+A rule rewrites every site of its pattern in one graph level and returns how many it rewrote.
+It matches by walking from an anchor node through `ir.producer` / `ir.consumers` (O(uses),
+never a whole-graph scan per site), and where a site does not match it calls
+`ctx.near_miss(node, reason)` and moves on: a failed match is a reason, not an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+__all__ = ["Rule", "FuseContext", "STANDARD", "ONNXRUNTIME"]
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])  # graphopt_plugins.fuse
+
+STANDARD = "onnx"  # standard ONNX ops only: the result runs on any runtime
+ONNXRUNTIME = "onnxruntime"  # com.microsoft contrib ops allowed too
+
+
+@dataclasses.dataclass
+class FuseContext:
+    """Per graph level: the opset, the deployment target, and fresh names for new tensors."""
+
+    opset: int
+    target: str
+    graph: gs.Graph
+    _counter: itertools.count = dataclasses.field(default_factory=itertools.count)
+    _taken: set[str] = dataclasses.field(default_factory=set)
+
+    @property
+    def allows_contrib_ops(self) -> bool:
+        return self.target == ONNXRUNTIME
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        return any(output is tensor for output in self.graph.outputs)
+
+    def fresh_name(self, hint: str) -> str:
+        """A tensor/node name not used anywhere in the model (names must stay unique on export)."""
+        while True:
+            name = f"{hint}__fuse{next(self._counter)}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def constant(self, hint: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(self.fresh_name(hint), np.ascontiguousarray(values))
+
+    def variable(self, hint: str, dtype=None, shape=None) -> gs.Variable:
+        return gs.Variable(self.fresh_name(hint), dtype=dtype, shape=shape)
+
+    def near_miss(self, rule: str, node: gs.Node, reason: str) -> None:
+        """Logs, at debug level, why `rule` did not fire at `node` (`--debug` shows these)."""
+        logger.debug("fuse.%s: %s '%s' not rewritten: %s", rule, node.op, node.name, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A named rewrite: `apply(graph_level, ctx) -> sites rewritten`.
+
+    `name` is what `--set fuse.rules=…` / `fuse.skip=…` select and the report counts.
+    The rule only runs where the model's default-domain opset is at least `min_opset` and,
+    when `needs_contrib_ops`, only under `fuse.target=onnxruntime`.
+    """
+
+    name: str
+    apply: Callable[[gs.Graph, FuseContext], int]
+    min_opset: int = 1
+    needs_contrib_ops: bool = False
+    description: str = ""
+
+    def enabled(self, ctx: FuseContext) -> bool:
+        return ctx.opset >= self.min_opset and (ctx.allows_contrib_ops or not self.needs_contrib_ops)
