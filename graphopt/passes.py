@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphopt.verify.metrics import Budget
+
 __all__ = ["Pass", "PassResult", "PassContext", "NoOptions"]
 
 
@@ -38,6 +40,11 @@ class PassContext:
     `calibration` holds N samples per model input (arrays shaped `(N, *input_shape)`), or is
     None; `seed` is the run's random seed (make a generator from it, never use global state);
     `model` is the ModelProto the graph was imported from, read-only (None outside a pipeline).
+    `budget` is the run's global accuracy budget (`--budget`), or None; a lossy pass that
+    chooses how far to go prefers its own `budget` option, then this. `sample_inputs` are the
+    verifier's inputs in the same form as `calibration` (from `--inputs`, or generated), for a
+    pass that needs data when no calibration was given (it should warn that figures on
+    generated inputs mean little); None when verification is off and nothing was given.
     """
 
     opset: int
@@ -45,6 +52,8 @@ class PassContext:
     calibration: dict[str, np.ndarray] | None = None
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("graphopt"))
     model: onnx.ModelProto | None = None
+    budget: Budget | None = None
+    sample_inputs: dict[str, np.ndarray] | None = None
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)

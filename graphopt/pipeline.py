@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
@@ -154,13 +155,14 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
             ) from error
         raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
     stage_outputs = reference_outputs
+    sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
     reports, lossy_ran = [], False
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
         entry = _entry(pass_, plugins.registry, model, settings)
         result, candidate = None, model
         try:
-            result, candidate = _apply(pass_, model, settings, calibration)
+            result, candidate = _apply(pass_, model, settings, calibration, sample_inputs)
         except PreconditionError as error:
             entry.update(status="skipped", error=str(error))
             logger.warning("pass '%s' skipped: %s", pass_.name, error)
@@ -230,12 +232,21 @@ def _call_hook(plugins: Plugins, name: str, **kwargs) -> None:
             raise PluginError(f"plugin '{impl.plugin_name}' failed in {name}: {type(error).__name__}: {error}") from error
 
 
-def _apply(pass_: Pass, model: onnx.ModelProto, settings: PipelineSettings, calibration) -> tuple[PassResult, onnx.ModelProto]:
+def _stacked(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The verifier's samples back in the `(N, *shape)` form passes receive calibration in."""
+    return {name: np.stack([sample[name] for sample in samples]) for name in samples[0]}
+
+
+def _apply(
+    pass_: Pass, model: onnx.ModelProto, settings: PipelineSettings, calibration, sample_inputs
+) -> tuple[PassResult, onnx.ModelProto]:
     graph = ir.import_graph(model)
     ctx = PassContext(
         opset=ir.opset_version(graph) or 0,
         seed=settings.seed,
         calibration=calibration,
+        budget=settings.budget,
+        sample_inputs=sample_inputs,
         logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
         model=model,
     )

@@ -1,0 +1,72 @@
+"""Intermediate tensors of a model on real inputs: what data-aware passes fit to.
+
+Quantization calibrates on them, factorization whitens by them, pruning reconstructs from
+them. A pass names the tensors it needs and gets them back stacked over samples; the model
+runs in onnxruntime exactly as written (optimizations off), one sample at a time, so memory
+holds one sample's intermediates plus what was asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from graphopt.model_io import copy_model
+from graphopt.verify.feeds import split_samples
+from graphopt.verify.runner import make_session, run_samples
+
+__all__ = ["typed_values", "expose_tensors", "capture_activations", "iter_activations"]
+
+
+def typed_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """The main graph's tensors whose element type is known (value_info and outputs), by name."""
+    values = {}
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            values[value.name] = value
+    return values
+
+
+def expose_tensors(model: onnx.ModelProto, names: Iterable[str], types: Mapping[str, onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
+    """A copy of `model` with the named intermediate tensors added as graph outputs.
+
+    A tensor needs a known element type (run shape inference first); graph inputs and
+    initializers cannot be exposed this way and are refused with a KeyError naming them.
+    """
+    types = typed_values(model) if types is None else types
+    exposed = copy_model(model)
+    present = {output.name for output in exposed.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        if name not in types:
+            raise KeyError(f"tensor {name!r} has no known type in the model; run shape inference, or is it an input?")
+        exposed.graph.output.append(types[name])
+        present.add(name)
+    return exposed
+
+
+def iter_activations(model: onnx.ModelProto, samples: Mapping[str, np.ndarray], names: Sequence[str]):
+    """Yields, per sample, `{name: value}` for `names` (inputs, intermediates or outputs).
+
+    `samples` is `{input name: array (N, *shape)}`, the form of `--calibration`.
+    """
+    inputs = {value.name: samples[value.name] for value in model.graph.input if value.name in samples}
+    feed_names = set(inputs)
+    wanted = [name for name in names if name not in feed_names]
+    session = make_session(expose_tensors(model, wanted))
+    for sample in split_samples(inputs):
+        values = run_samples(session, [sample], wanted)[0] if wanted else {}
+        values.update({name: sample[name] for name in names if name in feed_names})
+        yield values
+
+
+def capture_activations(model: onnx.ModelProto, samples: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """`{name: array (N, *shape)}`: each named tensor over all N samples, stacked."""
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for values in iter_activations(model, samples, names):
+        for name in names:
+            collected[name].append(values[name])
+    return {name: np.stack(arrays) for name, arrays in collected.items()}
