@@ -121,6 +121,19 @@ def test_a_changed_model_does_not_gain_value_info_it_did_not_have():
     assert result.report["output"]["bytes"] == result.model.ByteSize()
 
 
+def test_the_output_summary_counts_macs_from_inferred_shapes_even_when_they_are_not_shipped():
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[4, 8] x) => (float[4, 16] y) <float[8, 16] w = {%s}> {
+          i = Identity(x)
+          m = MatMul(i, w)
+          y = Relu(m)
+        }""" % ", ".join(["0.5"] * 128))
+    result = graphopt.optimize(model, passes=["cleanup"])
+    assert len(result.model.graph.value_info) == 0
+    assert result.report["input"]["macs"] == result.report["output"]["macs"] == 4 * 8 * 16
+
+
 def test_model_bytes_without_value_info_is_exact():
     from graphopt.model_io import infer_model_shapes
     from graphopt.summary import model_bytes
