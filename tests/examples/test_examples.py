@@ -1,0 +1,44 @@
+"""Every examples/NN_topic/ script runs as its README says, and does what it claims."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _env() -> dict:
+    # The scripts call `graphopt` and `python`: those of the interpreter running the tests.
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def test_01_cli_tour(tmp_path):
+    completed = subprocess.run(["bash", str(EXAMPLES / "01_cli" / "run.sh"), str(tmp_path)],
+                               capture_output=True, text=True, env=_env(), timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [entry["name"] for entry in report["passes"]] == ["cleanup", "fuse"]
+    assert report["verification"]["end_to_end"]["ok"]
+    assert report["output"]["nodes"] < report["input"]["nodes"]
+    onnx.checker.check_model(str(tmp_path / "demo.opt.onnx"), full_check=True)
+    assert "exit code: 2" in completed.stdout and "graphopt: error:" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_02_api_after_torch_export(tmp_path):
+    output = tmp_path / "classifier.onnx"
+    completed = subprocess.run([sys.executable, str(EXAMPLES / "02_api_after_export" / "export_and_optimize.py"), str(output)],
+                               capture_output=True, text=True, env=_env(), timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "verified end to end: True" in completed.stdout
+    difference = float(completed.stdout.rsplit("max abs difference from PyTorch:", 1)[1].split()[0])
+    assert difference < 1e-4
+    onnx.checker.check_model(str(output), full_check=True)
