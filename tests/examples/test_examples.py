@@ -42,3 +42,16 @@ def test_02_api_after_torch_export(tmp_path):
     difference = float(completed.stdout.rsplit("max abs difference from PyTorch:", 1)[1].split()[0])
     assert difference < 1e-4
     onnx.checker.check_model(str(output), full_check=True)
+
+
+def test_03_plugin_package_installs_registers_runs_and_passes_its_own_tests(tmp_path):
+    completed = subprocess.run(["bash", str(EXAMPLES / "03_plugin_package" / "run.sh"), str(tmp_path)],
+                               capture_output=True, text=True, env=_env(), timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "round-weights" in completed.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    rounding = report["passes"][-1]
+    assert rounding["name"] == "round-weights" and rounding["status"] == "accepted"
+    assert rounding["details"]["tensors_rounded"] > 0
+    assert "4 passed" in completed.stdout
+    onnx.checker.check_model(str(tmp_path / "demo.rounded.onnx"), full_check=True)
