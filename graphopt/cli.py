@@ -375,28 +375,38 @@ def _verify(args) -> int:
 
 def _bench(args) -> int:
     from graphopt.api import prepare_feeds
-    from graphopt.bench import measure_latency
+    from graphopt.bench import compare_latency
     from graphopt.model_io import load_model
+    from graphopt.errors import first_line
     from graphopt.verify import SessionError, generate_feeds, split_samples
+    from graphopt.verify.runner import make_session
 
     if args.threads < 1 or args.runs < 1:
         raise UsageError("--threads and --runs must be at least 1")
     shapes = dict(parse_input_shape(item) for item in args.input_shape)
-    rows = []
+    samples = {}
     for path in args.models:
         model = load_model(path, infer_shapes=False)
         feeds = prepare_feeds(args.inputs, model) if args.inputs else generate_feeds(model, shapes)
+        samples[path] = split_samples(feeds)[0]
         try:
-            timing = measure_latency(path, split_samples(feeds)[0], threads=args.threads, runs=args.runs)
+            make_session(path)  # a model ORT cannot load is named here, before any timing
         except SessionError as error:
             raise InputError(f"onnxruntime cannot run the model: {error}", path=path) from error
-        rows.append({"model": path, **timing})
+    try:
+        timings = compare_latency({path: path for path in samples}, samples, threads=args.threads, runs=args.runs)
+    except SessionError as error:
+        raise InputError(f"onnxruntime cannot run a model: {error}") from error
+    except Exception as error:  # ORT raises its own types when a model fails on its inputs
+        raise InputError(f"onnxruntime cannot run a model on its inputs: {first_line(error)}") from error
+    rows = [{"model": path, **timing} for path, timing in timings.items()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
+            versus = f", {row['ratio']:.2f}x the first" if len(rows) > 1 and row is not rows[0] else ""
             print(f"{row['model']}: median {row['median_ms']:.3f} ms (min {row['min_ms']:.3f}, p90 {row['p90_ms']:.3f}; "
-                  f"{row['runs']} runs, {row['threads']} thread{'s' if row['threads'] > 1 else ''})")
+                  f"{row['runs']} runs, {row['threads']} thread{'s' if row['threads'] > 1 else ''}{versus})")
     return 0
 
 
