@@ -229,10 +229,11 @@ def _resnet_bytes(exporter: str, opset: int, seed: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=None)
-def _transformer_bytes(exporter: str, opset: int, seed: int, layers: int, gelu: str) -> bytes:
+def _transformer_bytes(exporter: str, opset: int, seed: int, layers: int, gelu: str,
+                       width: int = 32, heads: int = 4, batch: int = 2, seq: int = 16, vocab: int = 100) -> bytes:
     torch = _torch()
-    feeds = transformer_feeds()
-    module = _transformer_module(seed, vocab=100, width=32, heads=4, layers=layers, gelu=gelu)
+    feeds = transformer_feeds(batch, seq, vocab)
+    module = _transformer_module(seed, vocab=vocab, width=width, heads=heads, layers=layers, gelu=gelu)
     args = (torch.from_numpy(feeds["ids"]), torch.from_numpy(feeds["mask"]))
     return _export(module, args, exporter, opset, ["ids", "mask"], ["hidden"]).SerializeToString()
 
@@ -248,11 +249,13 @@ def resnet_like(exporter: str = "torchscript", opset: int = 17, seed: int = 0) -
 
 
 def transformer(
-    exporter: str = "torchscript", opset: int = 17, seed: int = 0, layers: int = 2, gelu: str = "none"
+    exporter: str = "torchscript", opset: int = 17, seed: int = 0, layers: int = 2, gelu: str = "none",
+    *, width: int = 32, heads: int = 4, batch: int = 2, seq: int = 16, vocab: int = 100,
 ) -> onnx.ModelProto:
-    """A BERT-style encoder: inputs `ids` and `mask` (2, 16) int64 (vocab 100), output `hidden` (2, 16, 32).
+    """A BERT-style encoder: inputs `ids` and `mask` (batch, seq) int64, output `hidden` (batch, seq, width).
 
-    `gelu` is torch's `approximate` argument: "none" exports the erf form, "tanh" the tanh form.
-    At opset < 17 LayerNorm is exported decomposed (ReduceMean/Sub/Pow/Sqrt/Div).
+    Defaults: (2, 16) tokens from a vocabulary of 100, width 32, 4 heads. `gelu` is torch's
+    `approximate` argument: "none" exports the erf form, "tanh" the tanh form. At opset < 17
+    the TorchScript exporter writes LayerNorm decomposed (ReduceMean/Sub/Pow/Sqrt/Div).
     """
-    return onnx.load_from_string(_transformer_bytes(exporter, opset, seed, layers, gelu))
+    return onnx.load_from_string(_transformer_bytes(exporter, opset, seed, layers, gelu, width, heads, batch, seq, vocab))
