@@ -7,9 +7,11 @@ larger patterns (activations, normalisation, attention). The pass repeats rounds
 
 from __future__ import annotations
 
+from graphopt_plugins.fuse.attention import fuse_attention
 from graphopt_plugins.fuse.gelu import fuse_gelu
 from graphopt_plugins.fuse.layer_norm import fuse_layer_norm
 from graphopt_plugins.fuse.rule import Rule
+from graphopt_plugins.fuse.skip_layer_norm import fuse_skip_layer_norm
 from graphopt_plugins.fuse.transpose_chain import merge_transpose_chains
 
 __all__ = ["RULES", "rule_names"]
@@ -18,7 +20,9 @@ RULES: tuple[Rule, ...] = (
     Rule("transpose_chain", merge_transpose_chains, description="Transpose∘Transpose merged, or removed when it is the identity"),
     # -- pattern rules (activations, norms, attention) --
     Rule("layer_norm", fuse_layer_norm, min_opset=17, description="ReduceMean/Sub/Pow/Sqrt/Div[/Mul/Add] → LayerNormalization (opset ≥ 17)"),
+    Rule("skip_layer_norm", fuse_skip_layer_norm, needs_contrib_ops=True, description="residual Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime)"),
     Rule("gelu", fuse_gelu, description="GELU in erf or tanh form → Gelu (opset ≥ 20) or contrib Gelu/FastGelu (onnxruntime)"),
+    Rule("attention", fuse_attention, needs_contrib_ops=True, description="scaled dot-product attention with head split/merge → contrib MultiHeadAttention (onnxruntime)"),
 )
 
 

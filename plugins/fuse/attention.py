@@ -1,0 +1,232 @@
+"""Scaled dot-product attention with its head split/merge → com.microsoft MultiHeadAttention."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt_plugins.fuse._pattern import drop, emit, owned, sole_reader, split_scalar
+from graphopt_plugins.fuse.rule import FuseContext
+
+__all__ = ["fuse_attention"]
+
+RULE = "attention"
+_HEADS_FIRST = [0, 2, 1, 3]  # (B, S, N, H) ↔ (B, N, S, H)
+_KEYS_TRANSPOSED = [0, 2, 3, 1]  # (B, L, N, H) → (B, N, H, L)
+_SWAP_LAST = [0, 1, 3, 2]
+
+
+class _Miss(Exception):
+    """A site that does not match, with the reason (raised and caught inside this module only)."""
+
+
+def fuse_attention(graph: gs.Graph, ctx: FuseContext) -> int:
+    """Rewrites multi-head scaled dot-product attention as contrib MultiHeadAttention (target=onnxruntime).
+
+    The pattern, as both torch exporters write hand-written or decomposed attention:
+    `q, k, v` (B, S|L, N·H) each `Reshape` to (B, S|L, N, H) and `Transpose` to heads-first
+    (keys straight to (B, N, H, L), or heads-first then last-two swapped); scores
+    `MatMul(Q, Kᵀ)` scaled by a scalar `Div`/`Mul` on the scores or `Mul`s on Q and K (the
+    √scale form); an optional additive mask `Add`; `Softmax` over the last axis; `MatMul`
+    with V; `Transpose` back and `Reshape` to (B, S, N·H). The mask becomes `attention_bias`,
+    expanded to (B|1, N|1, S, L) as MultiHeadAttention requires (static S and L needed).
+    Float32/float16 only. Must not fire when any inner tensor has other readers or is a graph
+    output, a permutation or reshape does not split/merge heads exactly, the softmax is not
+    over the keys, or a scale is not a scalar constant.
+    """
+    rewritten = 0
+    for softmax in list(graph.nodes):
+        if softmax.op != "Softmax" or not softmax.outputs:
+            continue
+        try:
+            site = _match(softmax, ctx)
+        except _Miss as miss:
+            ctx.near_miss(RULE, softmax, str(miss))
+            continue
+        inputs = [site["q"], site["k"], site["v"]]
+        if site["bias"] is not None:
+            inputs += [gs.Variable.empty(), gs.Variable.empty(), _attention_bias(site, ctx)]
+        emit(ctx, "MultiHeadAttention", inputs, site["output"],
+             {"num_heads": site["heads"], "scale": float(site["scale"])}, domain="com.microsoft")
+        drop(site["nodes"])
+        rewritten += 1
+    return rewritten
+
+
+def _match(softmax: gs.Node, ctx: FuseContext) -> dict:
+    scores = softmax.inputs[0]
+    if scores.dtype is not None and np.dtype(scores.dtype) not in (np.float32, np.float16):
+        raise _Miss(f"MultiHeadAttention takes float32/float16, not {np.dtype(scores.dtype)}")
+    axis = int(softmax.attrs.get("axis", -1 if ctx.opset >= 13 else 1))
+    if axis not in (-1, 3):
+        raise _Miss(f"the Softmax is over axis {axis}, not the keys")
+    nodes = [softmax]
+    bias = None
+    producer = _owned_producer(scores, ctx, "the Softmax input")
+    if producer.op == "Add":
+        nodes.append(producer)
+        for candidate, other in (producer.inputs, reversed(producer.inputs)):
+            inner = ir.producer(candidate)
+            if inner is not None and inner.op in ("Div", "Mul", "MatMul") and owned(candidate, ctx):
+                scores, bias = candidate, other
+                break
+        else:
+            raise _Miss("the Softmax input is an Add of no scaled MatMul")
+        producer = ir.producer(scores)
+    scale = 1.0
+    if producer.op in ("Div", "Mul"):
+        split = split_scalar(producer)
+        if split is None or split[1] == 0 or (producer.op == "Div" and producer.inputs[0] is not split[0]):
+            raise _Miss(f"{producer.op} '{producer.name}' does not scale the scores by a scalar constant")
+        scale = 1.0 / split[1] if producer.op == "Div" else split[1]
+        nodes.append(producer)
+        producer = _owned_producer(split[0], ctx, "the scaled scores")
+    if producer.op != "MatMul":
+        raise _Miss("the scores are not a MatMul")
+    nodes.append(producer)
+    query, q_scale, q_nodes = _heads(producer.inputs[0], _HEADS_FIRST, ctx, "Q")
+    key, k_scale, k_nodes = _keys(producer.inputs[1], ctx)
+    context = sole_reader(softmax.outputs[0], ctx)
+    if context is None or context.op != "MatMul" or context.inputs[0] is not softmax.outputs[0]:
+        raise _Miss("the probabilities are not read by one MatMul with V")
+    value, v_scale, v_nodes = _heads(context.inputs[1], _HEADS_FIRST, ctx, "V")
+    if v_scale != 1.0:
+        raise _Miss("V is scaled")
+    merge = sole_reader(context.outputs[0], ctx)
+    if merge is None or merge.op != "Transpose" or _perm(merge) != _HEADS_FIRST:
+        raise _Miss("the context is not transposed back to (B, S, N, H)")
+    reshape = sole_reader(merge.outputs[0], ctx)
+    heads, head_size = query["heads"], query["head_size"]
+    if key["heads"] != heads or value["heads"] != heads or key["head_size"] != head_size:
+        raise _Miss("Q, K and V are split into different heads")
+    if reshape is None or reshape.op != "Reshape" or not _merges(reshape, query["source"], heads * value["head_size"]):
+        raise _Miss("the context is not reshaped back to (B, S, N·H)")
+    nodes += q_nodes + k_nodes + v_nodes + [context, merge, reshape]
+    if bias is not None:
+        _check_bias(bias, query["source"], key["source"], heads)
+    return {
+        "q": query["source"], "k": key["source"], "v": value["source"], "bias": bias, "heads": heads,
+        "scale": scale * q_scale * k_scale, "output": reshape.outputs[0], "nodes": nodes,
+    }
+
+
+def _owned_producer(tensor: gs.Tensor, ctx: FuseContext, what: str) -> gs.Node:
+    node = ir.producer(tensor)
+    if node is None or not owned(tensor, ctx):
+        raise _Miss(f"{what} is not an owned intermediate tensor")
+    return node
+
+
+def _scaled(tensor: gs.Tensor, ctx: FuseContext, what: str) -> tuple[gs.Node, float, list[gs.Node]]:
+    """The producer behind an optional scalar `Mul` on `tensor`, the scalar, and the Mul."""
+    node = _owned_producer(tensor, ctx, what)
+    if node.op == "Mul":
+        split = split_scalar(node)
+        if split is None:
+            raise _Miss(f"{what} is multiplied by something other than a scalar constant")
+        return _owned_producer(split[0], ctx, what), split[1], [node]
+    return node, 1.0, []
+
+
+def _heads(tensor: gs.Tensor, perm: list[int], ctx: FuseContext, what: str) -> tuple[dict, float, list[gs.Node]]:
+    transpose, scale, nodes = _scaled(tensor, ctx, what)
+    if transpose.op != "Transpose" or _perm(transpose) != perm:
+        raise _Miss(f"{what} is not a Transpose<perm={perm}> of its head split")
+    reshape = _owned_producer(transpose.inputs[0], ctx, f"{what}'s head split")
+    split = _split(reshape) if reshape.op == "Reshape" else None
+    if split is None:
+        raise _Miss(f"{what} is not reshaped from (B, S, N·H) to (B, S, N, H)")
+    return split, scale, nodes + [transpose, reshape]
+
+
+def _keys(tensor: gs.Tensor, ctx: FuseContext) -> tuple[dict, float, list[gs.Node]]:
+    """Kᵀ as (B, N, H, L): `Transpose<0,2,3,1>` of the split, or `Transpose<0,1,3,2>` of heads-first K."""
+    node, scale, muls = _scaled(tensor, ctx, "Kᵀ")
+    if node.op == "Transpose" and _perm(node) == _SWAP_LAST:
+        key, inner_scale, inner = _heads(node.inputs[0], _HEADS_FIRST, ctx, "K")
+        return key, scale * inner_scale, muls + [node] + inner
+    start = split_scalar(muls[0])[0] if muls else tensor
+    key, inner_scale, inner = _heads(start, _KEYS_TRANSPOSED, ctx, "Kᵀ")
+    return key, scale * inner_scale, muls + inner
+
+
+def _perm(node: gs.Node) -> list[int] | None:
+    perm = node.attrs.get("perm")
+    return None if perm is None else [int(axis) for axis in perm]
+
+
+def _shape_constant(reshape: gs.Node) -> list[int] | None:
+    value = ir.constant_value(reshape.inputs[1]) if len(reshape.inputs) == 2 else None
+    return None if value is None else [int(d) for d in np.asarray(value).reshape(-1)]
+
+
+def _leading_match(dims: list[int], source: gs.Tensor, allowzero: bool) -> bool:
+    """Whether the first two reshape dims keep the source's (B, S): each 0 (copy), -1, or equal."""
+    known = list(source.shape[:2])
+    if dims.count(-1) > 1:
+        return False
+    for dim, actual in zip(dims, known):
+        if dim == 0 and not allowzero:
+            continue
+        if dim == -1:
+            continue
+        if not isinstance(actual, (int, np.integer)) or dim != actual:
+            return False
+    return True
+
+
+def _split(reshape: gs.Node) -> dict | None:
+    source, dims = reshape.inputs[0], _shape_constant(reshape)
+    if dims is None or len(dims) != 4 or source.shape is None or len(source.shape) != 3:
+        return None
+    heads, head_size, width = dims[2], dims[3], source.shape[2]
+    if heads <= 0 or head_size <= 0 or width != heads * head_size:
+        return None
+    if not _leading_match(dims[:2], source, bool(reshape.attrs.get("allowzero", 0))):
+        return None
+    return {"source": source, "heads": heads, "head_size": head_size}
+
+
+def _merges(reshape: gs.Node, query: gs.Tensor, width: int) -> bool:
+    dims = _shape_constant(reshape)
+    if dims is None or len(dims) != 3 or dims[2] not in (width, -1) or query.shape is None:
+        return False
+    if dims[2] == -1 and -1 in dims[:2]:
+        return False
+    return _leading_match(dims[:2], query, bool(reshape.attrs.get("allowzero", 0)))
+
+
+def _check_bias(bias: gs.Tensor, query: gs.Tensor, key: gs.Tensor, heads: int) -> None:
+    """The mask must broadcast to (B|1, N|1, S, L) with S and L static, so it can be expanded."""
+    if bias.shape is None or len(bias.shape) > 4 or not ir.is_static_shape(bias.shape):
+        raise _Miss("the additive mask's shape is not static (rank ≤ 4)")
+    if not ir.is_static_shape(query.shape[1:2]) or not ir.is_static_shape(key.shape[1:2]):
+        raise _Miss("the sequence lengths are not static, so the mask cannot be expanded to (S, L)")
+    if bias.dtype is not None and query.dtype is not None and np.dtype(bias.dtype) != np.dtype(query.dtype):
+        raise _Miss("the mask's dtype differs from the queries'")
+    dims = [1] * (4 - len(bias.shape)) + [int(d) for d in bias.shape]
+    batch = query.shape[0]
+    if dims[0] != 1 and dims[0] != batch or dims[1] not in (1, heads) or dims[2] not in (1, query.shape[1]) \
+            or dims[3] not in (1, key.shape[1]):
+        raise _Miss(f"the mask's shape {list(bias.shape)} does not broadcast to (B|1, N|1, S, L)")
+
+
+def _attention_bias(site: dict, ctx: FuseContext) -> gs.Tensor:
+    """The additive mask broadcast to (B|1, N|1, S, L), MultiHeadAttention's `attention_bias`."""
+    bias, query, key = site["bias"], site["q"], site["k"]
+    rows, cols = query.shape[1], key.shape[1]
+    shape = list(bias.shape)
+    shape = [1] * (4 - len(shape)) + shape
+    target = [shape[0], shape[1], rows, cols]
+    if list(bias.shape) == target:
+        return bias
+    for reader in ir.consumers(bias):  # another head of attention already expanded this mask
+        if reader.op == "Expand" and reader.inputs[0] is bias and reader.outputs and len(reader.inputs) == 2:
+            shape_value = ir.constant_value(reader.inputs[1])
+            if shape_value is not None and [int(d) for d in np.asarray(shape_value).reshape(-1)] == target:
+                return reader.outputs[0]
+    expanded = ctx.variable("attention_bias", dtype=bias.dtype, shape=target)
+    ctx.graph.nodes.append(gs.Node("Expand", ctx.fresh_name("Expand"), inputs=[
+        bias, ctx.constant("attention_bias_shape", np.array(target, dtype=np.int64))], outputs=[expanded]))
+    return expanded
