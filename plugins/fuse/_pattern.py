@@ -22,6 +22,7 @@ __all__ = [
     "is_close",
     "reduce_axes",
     "trailing_axes",
+    "same_axes",
     "emit",
     "drop",
     "scaled_product",
@@ -87,6 +88,13 @@ def reduce_axes(node: gs.Node, opset: int) -> list[int] | None:
         return None if value is None else [int(axis) for axis in np.asarray(value).reshape(-1)]
     axes = node.attrs.get("axes")
     return None if axes is None else [int(axis) for axis in axes]
+
+
+def same_axes(first: list[int], second: list[int], rank: int | None) -> bool:
+    """Whether two axis lists name the same axes (negative ones counted from `rank` when known)."""
+    if rank is None:
+        return sorted(first) == sorted(second)
+    return sorted(a % rank for a in first) == sorted(a % rank for a in second)
 
 
 def trailing_axes(axes: list[int], rank: int | None) -> int | None:

@@ -11,6 +11,7 @@ from graphopt_plugins.fuse._pattern import (
     emit,
     owned,
     reduce_axes,
+    same_axes,
     scalar,
     sole_reader,
     split_scalar,
@@ -72,7 +73,7 @@ def _match(div: gs.Node, sub: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, flo
     if isinstance(found, str):
         return found
     eps, variance_axes, nodes = found
-    if variance_axes != axes:
+    if not same_axes(variance_axes, axes, len(x.shape) if x.shape is not None else None):
         return "the two ReduceMeans reduce different axes"
     return x, eps, count, [mean, sub, div] + nodes
 
@@ -100,8 +101,8 @@ def variance_of(denominator: gs.Tensor, base: gs.Tensor, ctx: FuseContext) -> tu
     return split[1], axes, [sqrt, add, mean, square]
 
 
-def affine_tail(normed: gs.Tensor, axes_count: int, x: gs.Tensor, ctx: FuseContext):
-    """The optional `* γ` then `+ β` after a normalisation: (output, γ, β or None, nodes) or a reason.
+def affine_tail(normed: gs.Tensor, axes_count: int, x: gs.Tensor, ctx: FuseContext, with_bias: bool = True):
+    """The optional `* γ` then (if `with_bias`) `+ β` after a normalisation: (output, γ, β or None, nodes) or a reason.
 
     γ defaults to ones, which needs the normalised shape static; both must broadcast to the
     normalised shape alone (leading dimensions of 1 are dropped).
@@ -119,7 +120,7 @@ def affine_tail(normed: gs.Tensor, axes_count: int, x: gs.Tensor, ctx: FuseConte
             nodes.append(reader)
             output = reader.outputs[0]
             reader = sole_reader(output, ctx)
-    if reader is not None and reader.op == "Add":
+    if with_bias and reader is not None and reader.op == "Add":
         beta = _per_feature(reader, output, axes_count, shape if shape is not None else getattr(gamma, "shape", None), rank)
         if beta is not None:
             nodes.append(reader)
