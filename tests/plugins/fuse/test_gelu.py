@@ -95,3 +95,28 @@ def test_wrong_constant_stays():
     fused, stats = fuse_and_check(model)
     assert stats.get("gelu", 0) == 0
     assert op_counts(fused) == op_counts(model)
+
+
+def test_gelu_inside_an_if_branch_fuses():
+    model = model_from_text(f"""
+        g (bool c, float[2,8] x) => (float[2,8] y) {CONSTANTS} {{
+            y = If(c) <
+                then_branch = then_g () => (float[2,8] t) {{
+                    d = Div(x, s2)
+                    r = Erf(d)
+                    e = Add(r, one)
+                    m = Mul(x, e)
+                    t = Mul(m, half)
+                }},
+                else_branch = else_g () => (float[2,8] u) {{
+                    u = Relu(x)
+                }}
+            >
+        }}""", opset=20)
+    import numpy as np
+
+    for flag in (True, False):
+        fused, stats = fuse_and_check(model, feeds={"c": np.array(flag)})
+        assert stats["gelu"] == 1
+        branch = next(a.g for a in fused.graph.node[0].attribute if a.name == "then_branch")
+        assert [n.op_type for n in branch.node] == ["Gelu"]
