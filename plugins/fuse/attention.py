@@ -141,14 +141,36 @@ def _heads(tensor: gs.Tensor, perm: list[int], ctx: FuseContext, what: str) -> t
 
 
 def _keys(tensor: gs.Tensor, ctx: FuseContext) -> tuple[dict, float, list[gs.Node]]:
-    """Kᵀ as (B, N, H, L): `Transpose<0,2,3,1>` of the split, or `Transpose<0,1,3,2>` of heads-first K."""
+    """Kᵀ as (B, N, H, L): `Transpose<0,2,3,1>` of the split, `Transpose<0,1,3,2>` of heads-first K,
+    or (dynamo's SDPA decomposition) heads-first K flattened to (B·N, L, H), swapped, reshaped back."""
     node, scale, muls = _scaled(tensor, ctx, "Kᵀ")
     if node.op == "Transpose" and _perm(node) == _SWAP_LAST:
         key, inner_scale, inner = _heads(node.inputs[0], _HEADS_FIRST, ctx, "K")
         return key, scale * inner_scale, muls + [node] + inner
+    if node.op == "Reshape":
+        key, inner_scale, inner = _flattened_swap(node, ctx)
+        return key, scale * inner_scale, muls + inner
     start = split_scalar(muls[0])[0] if muls else tensor
     key, inner_scale, inner = _heads(start, _KEYS_TRANSPOSED, ctx, "Kᵀ")
     return key, scale * inner_scale, muls + inner
+
+
+def _flattened_swap(unflatten: gs.Node, ctx: FuseContext) -> tuple[dict, float, list[gs.Node]]:
+    """`Reshape(B,N,H,L) ∘ Transpose<0,2,1> ∘ Reshape(B·N|-1, L, H)` of heads-first K: its Kᵀ."""
+    swap = _owned_producer(unflatten.inputs[0], ctx, "the swapped keys")
+    flatten = _owned_producer(swap.inputs[0], ctx, "the flattened keys") if swap.op == "Transpose" else None
+    if flatten is None or _perm(swap) != [0, 2, 1] or flatten.op != "Reshape":
+        raise _Miss("Kᵀ is not a Transpose of K nor a flattened swap of it")
+    key, scale, inner = _heads(flatten.inputs[0], _HEADS_FIRST, ctx, "K")
+    source, heads, head_size = key["source"], key["heads"], key["head_size"]
+    batch, length = (source.shape[0], source.shape[1]) if source.shape is not None else (None, None)
+    flat, back = _shape_constant(flatten), _shape_constant(unflatten)
+    if not ir.is_static_shape([batch, length]) or flat is None or back is None:
+        raise _Miss("the flattened swap of K needs static batch and key length")
+    if flat not in ([-1, length, head_size], [batch * heads, length, head_size]) \
+            or back not in ([batch, heads, head_size, length], [-1, heads, head_size, length]):
+        raise _Miss("the flattened swap of K does not give (B, N, H, L)")
+    return key, scale, [unflatten, swap, flatten] + inner
 
 
 def _perm(node: gs.Node) -> list[int] | None:

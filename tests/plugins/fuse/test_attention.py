@@ -108,3 +108,52 @@ def attention_model_text_with_merge(dims: str) -> str:
             ct = Transpose<perm=[0,2,1,3]>(c)
             y = Reshape(ct, other)
         }}"""
+
+
+def _sdpa_export(exporter: str) -> onnx.ModelProto:
+    """A head split + torch's scaled_dot_product_attention with a float mask, exported from torch.
+
+    Its decompositions differ from hand-written attention: √scale `Mul`s on Q and Kᵀ, computed
+    from `Shape` by torchscript (cleanup folds it), and a flattened swap of K by dynamo.
+    """
+    import io
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(32, 32) for _ in range(3))
+
+        def forward(self, x, mask):
+            batch, seq, _ = x.shape
+            heads = [t.view(batch, seq, 4, 8).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x))]
+            context = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=mask)
+            return context.transpose(1, 2).reshape(batch, seq, 32)
+
+    args = (torch.randn(2, 16, 32), torch.randn(2, 1, 1, 16))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(SelfAttention().eval(), args, dynamo=True, opset_version=18, verbose=False,
+                              input_names=["x", "mask"], output_names=["y"]).save(buffer)
+        else:
+            torch.onnx.export(SelfAttention().eval(), args, buffer, dynamo=False, opset_version=17,
+                              input_names=["x", "mask"], output_names=["y"])
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_torch_sdpa_export_becomes_multi_head_attention(exporter):
+    import graphopt
+
+    model = graphopt.optimize(_sdpa_export(exporter), passes=["cleanup"], verify="off").model
+    fused, stats = fuse_and_check(model, target="onnxruntime")
+    assert stats["attention"] == 1
+    assert op_counts(fused) == {"MatMul": 3, "Add": 3, "Expand": 1, "MultiHeadAttention": 1}
+    attrs, _ = mha_attributes(fused)
+    assert abs(attrs["scale"] - 8 ** -0.5) < 1e-6
