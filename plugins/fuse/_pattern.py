@@ -14,6 +14,9 @@ from graphopt import ir
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = [
+    "FLOAT_16_32",
+    "FLOATS",
+    "has_dtype",
     "scalar",
     "owned",
     "sole_reader",
@@ -27,6 +30,15 @@ __all__ = [
     "drop",
     "scaled_product",
 ]
+
+
+FLOAT_16_32 = (np.float16, np.float32)  # what onnxruntime's CPU kernels for HardSwish, Gelu and the contrib ops take
+FLOATS = (np.float16, np.float32, np.float64)  # LayerNormalization, RMSNormalization
+
+
+def has_dtype(tensor: gs.Tensor, allowed) -> bool:
+    """Whether the tensor's element type is known and one of `allowed` (numpy types)."""
+    return tensor.dtype is not None and any(np.dtype(tensor.dtype) == np.dtype(t) for t in allowed)
 
 
 def scalar(tensor: gs.Tensor) -> float | None:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._pattern import drop, emit, owned, sole_reader, split_scalar
+from graphopt_plugins.fuse._pattern import FLOAT_16_32, drop, emit, has_dtype, owned, sole_reader, split_scalar
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_attention"]
@@ -56,8 +56,8 @@ def fuse_attention(graph: gs.Graph, ctx: FuseContext) -> int:
 
 def _match(softmax: gs.Node, ctx: FuseContext) -> dict:
     scores = softmax.inputs[0]
-    if scores.dtype is not None and np.dtype(scores.dtype) not in (np.float32, np.float16):
-        raise _Miss(f"MultiHeadAttention takes float32/float16, not {np.dtype(scores.dtype)}")
+    if not has_dtype(scores, FLOAT_16_32):
+        raise _Miss(f"MultiHeadAttention takes float32/float16, not {scores.dtype}")
     axis = int(softmax.attrs.get("axis", -1 if ctx.opset >= 13 else 1))
     if axis not in (-1, 3):
         raise _Miss(f"the Softmax is over axis {axis}, not the keys")

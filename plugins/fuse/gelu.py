@@ -7,7 +7,17 @@ import math
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._pattern import drop, emit, is_close, owned, scaled_product, sole_reader, split_scalar
+from graphopt_plugins.fuse._pattern import (
+    FLOAT_16_32,
+    drop,
+    emit,
+    has_dtype,
+    is_close,
+    owned,
+    scaled_product,
+    sole_reader,
+    split_scalar,
+)
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_gelu"]
@@ -26,7 +36,8 @@ def fuse_gelu(graph: gs.Graph, ctx: FuseContext) -> int:
     `x*(x*x)` or `(x*x)*x`. Emits the standard `Gelu` (approximate "none"/"tanh") at opset
     ≥ 20; below that, under `target=onnxruntime`, com.microsoft `Gelu` (erf) or `FastGelu`
     (tanh); otherwise the pattern stays. Must not fire when an intermediate tensor has other
-    readers or is a graph output, or when a constant is off (by more than 1e-4 relative).
+    readers or is a graph output, when a constant is off (by more than 1e-4 relative), or for
+    element types other than float32/float16 (onnxruntime has no other Gelu kernel).
     """
     standard = ctx.opset >= 20
     rewritten = 0
@@ -38,6 +49,9 @@ def fuse_gelu(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, node, found)
             continue
         x, one_plus, inner = found
+        if not has_dtype(x, FLOAT_16_32):
+            ctx.near_miss(RULE, node, f"onnxruntime runs Gelu on float32/float16 only, not {x.dtype}")
+            continue
         product = scaled_product(one_plus.outputs[0], x, 0.5, ctx)
         if isinstance(product, str):
             ctx.near_miss(RULE, node, product)

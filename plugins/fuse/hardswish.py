@@ -6,7 +6,17 @@ import math
 
 import onnx_graphsurgeon as gs
 
-from graphopt_plugins.fuse._pattern import drop, emit, is_close, scalar, scaled_product, sole_reader, split_scalar
+from graphopt_plugins.fuse._pattern import (
+    FLOAT_16_32,
+    drop,
+    emit,
+    has_dtype,
+    is_close,
+    scalar,
+    scaled_product,
+    sole_reader,
+    split_scalar,
+)
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_hardswish"]
@@ -21,7 +31,8 @@ def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
     the `x` and `1/6` factors may come in any order (`(x*r)/6`, `x*(r/6)`, `(x*r)*(1/6)`, …).
     Must not fire when an intermediate tensor has other readers or is a graph output, when the
     bounds are not exactly 0 and 6 (or α, β not 1/6, 0.5), or when the HardSigmoid reads
-    something other than the `x` it multiplies.
+    something other than the `x` it multiplies, or for element types other than float32/float16
+    (onnxruntime has no other HardSwish kernel).
     """
     rewritten = 0
     for node in list(graph.nodes):
@@ -48,6 +59,9 @@ def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
             continue
         if isinstance(found, str):
             ctx.near_miss(RULE, node, found)
+            continue
+        if not has_dtype(x, FLOAT_16_32):
+            ctx.near_miss(RULE, node, f"onnxruntime runs HardSwish on float32/float16 only, not {x.dtype}")
             continue
         output, tail = found
         emit(ctx, "HardSwish", [x], output)

@@ -7,6 +7,8 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt_plugins.fuse._pattern import (
+    FLOATS,
+    has_dtype,
     drop,
     emit,
     owned,
@@ -60,6 +62,8 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
 
 def _match(div: gs.Node, sub: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, float, int, list[gs.Node]] | str:
     x, mean_x = sub.inputs
+    if not has_dtype(x, FLOATS):
+        return f"LayerNormalization takes float16/32/64, not {x.dtype}"
     mean = ir.producer(mean_x)
     if mean is None or mean.op != "ReduceMean" or mean.inputs[0] is not x or not owned(mean_x, ctx):
         return "the numerator is not an owned x - ReduceMean(x)"

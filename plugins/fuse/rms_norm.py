@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._pattern import drop, emit, is_close, scalar, sole_reader, trailing_axes
+from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, is_close, scalar, sole_reader, trailing_axes
 from graphopt_plugins.fuse.layer_norm import affine_tail, variance_of
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -53,6 +53,8 @@ def _match(sqrt: gs.Node, ctx: FuseContext):
     if square is None or square.op not in ("Pow", "Mul") or not square.inputs:
         return "the Sqrt does not read mean(x²) + eps"
     x = square.inputs[0]
+    if not has_dtype(x, FLOATS):
+        return f"RMSNormalization takes float16/32/64, not {x.dtype}"
     found = variance_of(sqrt.outputs[0], x, ctx)
     if isinstance(found, str):
         return found

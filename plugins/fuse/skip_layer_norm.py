@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._pattern import drop, emit, owned
+from graphopt_plugins.fuse._pattern import FLOAT_16_32, drop, emit, has_dtype, owned
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_skip_layer_norm"]
@@ -48,6 +48,8 @@ def _refusal(norm: gs.Node, ctx: FuseContext) -> str | None:
     if add is None or add.op != "Add" or len(add.inputs) != 2:
         return "the input is not an Add"
     first, second = add.inputs
+    if not has_dtype(first, FLOAT_16_32):
+        return f"SkipLayerNormalization takes float32/float16, not {first.dtype}"
     if first is second:
         return "the Add adds a tensor to itself"
     shapes = [tensor.shape for tensor in add.inputs]

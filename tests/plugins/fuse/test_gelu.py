@@ -1,5 +1,8 @@
 """plugins/fuse/gelu.py: GELU in its erf and tanh forms → Gelu (opset 20) or contrib Gelu/FastGelu."""
 
+import numpy as np
+import onnx
+import onnx.printer
 import pytest
 from fuse_support import fuse_and_check, model_from_text, op_counts
 
@@ -113,10 +116,18 @@ def test_gelu_inside_an_if_branch_fuses():
                 }}
             >
         }}""", opset=20)
-    import numpy as np
-
     for flag in (True, False):
         fused, stats = fuse_and_check(model, feeds={"c": np.array(flag)})
         assert stats["gelu"] == 1
         branch = next(a.g for a in fused.graph.node[0].attribute if a.name == "then_branch")
         assert [n.op_type for n in branch.node] == ["Gelu"]
+
+
+def test_float64_gelu_stays_because_onnxruntime_has_no_kernel():
+    # The tanh form: onnxruntime has no float64 Erf either, so the erf form would not even run.
+    text = onnx.printer.to_text(tanh_model("pow", 20).graph).replace("float", "double")
+    model = model_from_text(text, opset=20)
+    feeds = {"x": np.linspace(-3, 3, 16).reshape(2, 8)}
+    fused, stats = fuse_and_check(model, feeds=feeds, target="onnxruntime")
+    assert stats.get("gelu", 0) == 0
+    assert op_counts(fused) == op_counts(model)

@@ -1,5 +1,6 @@
 """plugins/fuse/hardswish.py: x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14)."""
 
+import numpy as np
 import pytest
 from fuse_support import fuse_and_check, model_from_text, op_counts
 
@@ -92,3 +93,26 @@ def test_exported_cnn_hardswish_sites_fuse():
         fused, stats = fuse_and_check(model, feeds=torch_models.cnn_feeds(), rules="hardswish")
         assert stats["hardswish"] == 2, exporter  # the two hand-written x*clamp(x+3,0,6)/6 blocks
         assert op_counts(fused)["HardSwish"] == 3 and "Clip" not in op_counts(fused), exporter
+
+
+def _as_dtype(model, numpy_type):
+    """The float32 model with every input, output and initializer in another float type."""
+    import onnx
+
+    elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(numpy_type))
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.elem_type = elem_type
+    for index, tensor in enumerate(model.graph.initializer):
+        array = onnx.numpy_helper.to_array(tensor).astype(numpy_type)
+        model.graph.initializer[index].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize(("numpy_type", "fires"), [(np.float16, True), (np.float64, False)])
+def test_float16_fuses_and_float64_stays(numpy_type, fires):
+    model = _as_dtype(hardswish_model("clip", "x_then_div", 14), numpy_type)
+    feeds = {"x": np.linspace(-4, 4, 96).reshape(2, 3, 4, 4).astype(numpy_type)}
+    fused, stats = fuse_and_check(model, feeds=feeds)
+    assert stats.get("hardswish", 0) == int(fires)
+    assert op_counts(fused) == ({"HardSwish": 1} if fires else op_counts(model))
