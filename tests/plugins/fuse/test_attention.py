@@ -1,5 +1,7 @@
 """plugins/fuse/attention.py: scaled dot-product attention → contrib MultiHeadAttention (target=onnxruntime)."""
 
+import functools
+
 import onnx
 import pytest
 from fuse_support import fuse_and_check, model_from_text, op_counts
@@ -111,6 +113,11 @@ def attention_model_text_with_merge(dims: str) -> str:
 
 
 def _sdpa_export(exporter: str) -> onnx.ModelProto:
+    return onnx.load_from_string(_sdpa_bytes(exporter))
+
+
+@functools.lru_cache(maxsize=None)
+def _sdpa_bytes(exporter: str) -> bytes:
     """A head split + torch's scaled_dot_product_attention with a float mask, exported from torch.
 
     Its decompositions differ from hand-written attention: √scale `Mul`s on Q and Kᵀ, computed
@@ -144,7 +151,7 @@ def _sdpa_export(exporter: str) -> onnx.ModelProto:
         else:
             torch.onnx.export(SelfAttention().eval(), args, buffer, dynamo=False, opset_version=17,
                               input_names=["x", "mask"], output_names=["y"])
-    return onnx.load_from_string(buffer.getvalue())
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
