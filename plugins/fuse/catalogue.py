@@ -8,6 +8,7 @@ larger patterns (activations, normalisation, attention). The pass repeats rounds
 from __future__ import annotations
 
 from graphopt_plugins.fuse.attention import fuse_attention
+from graphopt_plugins.fuse.flattened_softmax import fuse_flattened_softmax
 from graphopt_plugins.fuse.flattened_transpose import fuse_flattened_transpose
 from graphopt_plugins.fuse.gelu import fuse_gelu
 from graphopt_plugins.fuse.hardswish import fuse_hardswish
@@ -27,6 +28,7 @@ RULES: tuple[Rule, ...] = (
     Rule("rms_norm", fuse_rms_norm, min_opset=23, description="x/sqrt(mean(x²)+eps)*γ → RMSNormalization (opset ≥ 23)"),
     Rule("skip_layer_norm", fuse_skip_layer_norm, needs_contrib_ops=True, description="residual Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime)"),
     Rule("gelu", fuse_gelu, description="GELU in erf or tanh form → Gelu (opset ≥ 20) or contrib Gelu/FastGelu (onnxruntime)"),
+    Rule("flattened_softmax", fuse_flattened_softmax, description="Flatten→Softmax→Reshape(Shape(x)) → Softmax over x's last axis"),
     Rule("flattened_transpose", fuse_flattened_transpose, description="Reshape(merge leading axes)→Transpose→Reshape(split back) → one Transpose"),
     Rule("attention", fuse_attention, needs_contrib_ops=True, description="scaled dot-product attention with head split/merge → contrib MultiHeadAttention (onnxruntime)"),
 )
