@@ -85,3 +85,13 @@ def test_tanh_gelu_becomes_standard_gelu_at_opset_20_when_exported_decomposed(ex
     assert stats["gelu"] == LAYERS
     gelus = [n for n in fused.graph.node if n.op_type == "Gelu"]
     assert len(gelus) == LAYERS and all(n.attribute[0].s == b"tanh" for n in gelus)
+
+
+def test_opset_20_export_already_has_gelu_and_still_gets_attention_and_skip_layer_norm():
+    model = cleaned("torchscript", 20)
+    assert op_counts(model)["Gelu"] == LAYERS
+    fused, stats = check(model, target="onnxruntime")
+    assert stats.get("gelu", 0) == 0
+    assert stats["attention"] == LAYERS and stats["skip_layer_norm"] == 2 * LAYERS
+    fused, stats = check(model)
+    assert not any(stats.values())  # nothing left for standard ops at 20: the exporter fused it all
