@@ -23,7 +23,7 @@ __all__ = ["RULES", "rule_names"]
 RULES: tuple[Rule, ...] = (
     Rule("transpose_chain", merge_transpose_chains, description="Transpose∘Transpose merged, or removed when it is the identity"),
     # -- pattern rules (activations, norms, attention) --
-    Rule("hardswish", fuse_hardswish, min_opset=14, description="x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14)"),
+    Rule("hardswish", fuse_hardswish, min_opset=6, description="x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14); below 14, x*relu6(x+3)/6 → x*HardSigmoid(x)"),
     Rule("layer_norm", fuse_layer_norm, min_opset=17, description="ReduceMean/Sub/Pow/Sqrt/Div[/Mul/Add] → LayerNormalization (opset ≥ 17)"),
     Rule("rms_norm", fuse_rms_norm, min_opset=23, description="x/sqrt(mean(x²)+eps)*γ → RMSNormalization (opset ≥ 23)"),
     Rule("skip_layer_norm", fuse_skip_layer_norm, needs_contrib_ops=True, description="residual Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime)"),

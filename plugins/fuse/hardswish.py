@@ -27,6 +27,10 @@ RULE = "hardswish"
 def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
     """Rewrites `x * relu6(x + 3) / 6` and `x * HardSigmoid<α=1/6, β=0.5>(x)` as HardSwish(x) (opset ≥ 14).
 
+    Below opset 14 (HardSwish does not exist yet) `x * relu6(x + 3) / 6` becomes the two-node
+    `x * HardSigmoid<α=1/6, β=0.5>(x)` instead (HardSigmoid is in every opset from 6), which
+    stays as it is until the model is at 14.
+
     relu6 may be `Clip(·, 0, 6)`, `Min(Max(·, 0), 6)`, `Max(Min(·, 6), 0)` or `Min(Relu(·), 6)`;
     the `x` and `1/6` factors may come in any order (`(x*r)/6`, `x*(r/6)`, `(x*r)*(1/6)`, …).
     Must not fire when an intermediate tensor has other readers or is a graph output, when the
@@ -47,7 +51,7 @@ def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
                 continue
             found = scaled_product(clamp[0], x, 1.0 / 6.0, ctx)
             matched = [node] + clamp[1]
-        elif node.op == "HardSigmoid" and node.outputs:
+        elif node.op == "HardSigmoid" and node.outputs and ctx.opset >= 14:
             alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
             if not is_close(alpha, 1.0 / 6.0, 1e-6) or not is_close(beta, 0.5, 1e-6):
                 ctx.near_miss(RULE, node, f"HardSigmoid has alpha={alpha:g}, beta={beta:g}, not 1/6 and 0.5")
@@ -64,7 +68,13 @@ def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, node, f"onnxruntime runs HardSwish on float32/float16 only, not {x.dtype}")
             continue
         output, tail = found
-        emit(ctx, "HardSwish", [x], output)
+        if ctx.opset >= 14:
+            emit(ctx, "HardSwish", [x], output)
+        else:
+            gate = ctx.variable("hard_sigmoid", dtype=x.dtype, shape=x.shape)
+            graph.nodes.append(gs.Node("HardSigmoid", ctx.fresh_name("HardSigmoid"), {"alpha": 1.0 / 6.0, "beta": 0.5},
+                                       inputs=[x], outputs=[gate]))
+            emit(ctx, "Mul", [x, gate], output)
         drop(matched + tail)
         rewritten += 1
     return rewritten

@@ -58,11 +58,34 @@ def test_hardsigmoid_with_other_alpha_stays():
     assert op_counts(fused) == op_counts(model)
 
 
-def test_below_opset_14_the_pattern_stays():
-    model = hardswish_model("clip", "x_then_div", 13)
-    fused, stats = fuse_and_check(model, target="onnxruntime")
+def test_below_opset_14_the_clip_form_becomes_x_times_hardsigmoid():
+    fused, stats = fuse_and_check(hardswish_model("clip", "x_then_div", 13), target="onnxruntime")
+    assert stats["hardswish"] == 1
+    assert op_counts(fused) == {"HardSigmoid": 1, "Mul": 1}
+
+
+def test_below_opset_14_x_times_hardsigmoid_stays():
+    model = model_from_text("""
+        g (float[2,8] x) => (float[2,8] y) {
+            h = HardSigmoid<alpha=0.16666667, beta=0.5>(x)
+            y = Mul(x, h)
+        }""", opset=13)
+    fused, stats = fuse_and_check(model)
     assert stats.get("hardswish", 0) == 0
     assert op_counts(fused) == op_counts(model)
+
+
+def test_clip_with_attribute_bounds_before_opset_11():
+    model = model_from_text("""
+        g (float[2,8] x) => (float[2,8] y) <float three = {3.0}, float six = {6.0}> {
+            a = Add(x, three)
+            r = Clip<min=0.0, max=6.0>(a)
+            m = Mul(x, r)
+            y = Div(m, six)
+        }""", opset=10)
+    fused, stats = fuse_and_check(model)
+    assert stats["hardswish"] == 1
+    assert op_counts(fused) == {"HardSigmoid": 1, "Mul": 1}
 
 
 def test_clamp_read_elsewhere_stays():
