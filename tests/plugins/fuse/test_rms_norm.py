@@ -1,5 +1,7 @@
 """plugins/fuse/rms_norm.py: x/sqrt(mean(x²)+eps)*γ → RMSNormalization (opset ≥ 23)."""
 
+import functools
+
 import onnx
 import pytest
 from fuse_support import fuse_and_check, model_from_text, op_counts
@@ -70,3 +72,47 @@ def test_centred_input_is_not_an_rms_norm_below_opset_23():
 
     fused, stats = fuse_and_check(test_layer_norm.layer_norm_model(17))
     assert stats == {"layer_norm": 1}
+
+
+@functools.lru_cache(maxsize=None)
+def _llama_rms_norm_bytes(exporter: str) -> bytes:
+    """`w * (x * rsqrt(mean(x²) + eps))` as Llama-style code writes it, exported from torch."""
+    import io
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+
+    class RMSNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.rand(32) + 0.5)
+
+        def forward(self, x):
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(RMSNorm().eval(), (torch.randn(2, 16, 32),), dynamo=True, opset_version=18,
+                              verbose=False).save(buffer)
+        else:
+            torch.onnx.export(RMSNorm().eval(), (torch.randn(2, 16, 32),), buffer, dynamo=False, opset_version=17)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_torch_exported_rms_norm_fuses_once_at_opset_23(exporter):
+    # torchscript writes rsqrt as Div(1, Sqrt), dynamo as Reciprocal(Sqrt); both carried up to 23.
+    import graphopt
+    import onnx.version_converter
+
+    model = onnx.load_from_string(_llama_rms_norm_bytes(exporter))
+    model = graphopt.optimize(model, passes=["cleanup"], verify="off").model
+    fused, stats = fuse_and_check(model)
+    assert stats.get("rms_norm", 0) == 0  # exported below 23: stays
+    fused, stats = fuse_and_check(onnx.version_converter.convert_version(model, 23))
+    assert stats["rms_norm"] == 1
+    assert op_counts(fused) == {"RMSNormalization": 1}
