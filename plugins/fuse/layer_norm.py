@@ -21,7 +21,7 @@ from graphopt_plugins.fuse._pattern import (
 )
 from graphopt_plugins.fuse.rule import FuseContext
 
-__all__ = ["fuse_layer_norm", "affine_tail", "variance_of"]
+__all__ = ["fuse_layer_norm", "affine_tail", "variance_of", "norm_input"]
 
 RULE = "layer_norm"
 
@@ -53,7 +53,8 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, div, tail)
             continue
         output, gamma, beta, tail_nodes = tail
-        inputs = [x, ctx.constant("ln_scale", gamma)] + ([ctx.constant("ln_bias", beta)] if beta is not None else [])
+        inputs = [x, norm_input(ctx, "ln_scale", gamma, tail_nodes)]
+        inputs += [norm_input(ctx, "ln_bias", beta, tail_nodes)] if beta is not None else []
         emit(ctx, "LayerNormalization", inputs, output, {"axis": -axes_count, "epsilon": float(eps)})
         drop(nodes + tail_nodes)
         rewritten += 1
@@ -136,6 +137,17 @@ def affine_tail(normed: gs.Tensor, axes_count: int, x: gs.Tensor, ctx: FuseConte
     if beta is not None and beta.shape != gamma.shape:
         gamma, beta = np.broadcast_arrays(gamma, beta)
     return output, np.ascontiguousarray(gamma, dtype=dtype), None if beta is None else np.ascontiguousarray(beta, dtype=dtype), nodes
+
+
+def norm_input(ctx: FuseContext, hint: str, values: np.ndarray, tail: list[gs.Node]) -> gs.Tensor:
+    """The Scale/Bias tensor: the γ or β initializer itself when it already has the right shape
+    (so one shared by several norms stays one), else a new constant."""
+    for node in tail:
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant) and tensor.shape is not None and tuple(tensor.shape) == values.shape \
+                    and np.dtype(tensor.dtype) == values.dtype and np.array_equal(tensor.values, values):
+                return tensor
+    return ctx.constant(hint, values)
 
 
 def _per_feature(node: gs.Node, tensor: gs.Tensor, axes_count: int, shape, rank: int | None) -> np.ndarray | None:

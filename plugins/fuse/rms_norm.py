@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, is_close, scalar, sole_reader, trailing_axes
-from graphopt_plugins.fuse.layer_norm import affine_tail, variance_of
+from graphopt_plugins.fuse.layer_norm import affine_tail, norm_input, variance_of
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_rms_norm"]
@@ -38,7 +38,7 @@ def fuse_rms_norm(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, sqrt, tail)
             continue
         output, gamma, _, tail_nodes = tail
-        emit(ctx, "RMSNormalization", [x, ctx.constant("rms_scale", gamma)], output,
+        emit(ctx, "RMSNormalization", [x, norm_input(ctx, "rms_scale", gamma, tail_nodes)], output,
              {"axis": -axes_count, "epsilon": float(eps)})
         drop(nodes + tail_nodes)
         rewritten += 1

@@ -56,6 +56,8 @@ def test_decomposed_layer_norms_fuse_at_17_and_18(convert_to):
     assert stats["layer_norm"] == 2 * LAYERS
     counts = op_counts(fused)
     assert counts["LayerNormalization"] == 2 * LAYERS and "ReduceMean" not in counts and "Sqrt" not in counts
+    # the four norms share one γ and one β after cleanup; the fused ones still do
+    assert len({tuple(n.input[1:]) for n in fused.graph.node if n.op_type == "LayerNormalization"}) == 1
 
 
 @pytest.mark.parametrize("exporter", torch_models.EXPORTERS)
