@@ -98,7 +98,9 @@ def _match_tanh(tanh: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, gs.Node, li
     if scale is None or scale.op != "Mul" or not owned(tanh.inputs[0], ctx):
         return "the Tanh input is not an owned product"
     split = split_scalar(scale)
-    if split is None or not is_close(split[1], _SQRT_2_OVER_PI):
+    if split is None:
+        return _match_factored_tanh(tanh, scale, ctx)
+    if not is_close(split[1], _SQRT_2_OVER_PI):
         return "the Tanh input is not √(2/π) times something"
     inner = ir.producer(split[0])
     if inner is None or inner.op != "Add" or len(inner.inputs) != 2 or not owned(split[0], ctx):
@@ -109,6 +111,45 @@ def _match_tanh(tanh: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, gs.Node, li
             add = _plus_one(tanh, ctx)
             return add if isinstance(add, str) else (x, add, [scale, inner] + nodes)
     return "the Tanh argument is not x + 0.044715*x³"
+
+
+def _match_factored_tanh(tanh: gs.Node, scale: gs.Node, ctx: FuseContext):
+    """The factored tanh argument `(x*√(2/π)) * (1 + 0.044715*x*x)` (Hugging Face's FastGELU)."""
+    for left, right in (scale.inputs, reversed(scale.inputs)):
+        scaled_x, one_plus = ir.producer(left), ir.producer(right)
+        if scaled_x is None or one_plus is None or scaled_x.op != "Mul" or one_plus.op != "Add":
+            continue
+        x_split, one_split = split_scalar(scaled_x), split_scalar(one_plus)
+        if x_split is None or one_split is None or not owned(left, ctx) or not owned(right, ctx):
+            continue
+        x = x_split[0]
+        if not is_close(x_split[1], _SQRT_2_OVER_PI) or not is_close(one_split[1], 1.0):
+            continue
+        nodes = _quadratic_term(one_split[0], x, ctx)
+        if nodes is not None:
+            add = _plus_one(tanh, ctx)
+            return add if isinstance(add, str) else (x, add, [scale, scaled_x, one_plus] + nodes)
+    return "the Tanh argument is neither √(2/π)*(x + 0.044715*x³) nor (x*√(2/π))*(1 + 0.044715*x²)"
+
+
+def _quadratic_term(tensor: gs.Tensor, x: gs.Tensor, ctx: FuseContext) -> list[gs.Node] | None:
+    """The nodes of an owned `0.044715*x*x` as `(c*x)*x`, `x*(x*c)` or `c*(x*x)`, else None."""
+    outer = ir.producer(tensor)
+    if outer is None or outer.op != "Mul" or len(outer.inputs) != 2 or not owned(tensor, ctx):
+        return None
+    split = split_scalar(outer)
+    if split is not None:  # c * (x*x)
+        square = ir.producer(split[0])
+        ok = (is_close(split[1], _CUBIC) and square is not None and square.op == "Mul" and owned(split[0], ctx)
+              and len(square.inputs) == 2 and all(t is x for t in square.inputs))
+        return [outer, square] if ok else None
+    for first, second in (outer.inputs, reversed(outer.inputs)):
+        inner = ir.producer(second)
+        inner_split = None if inner is None or inner.op != "Mul" else split_scalar(inner)
+        if (first is x and inner_split is not None and inner_split[0] is x and is_close(inner_split[1], _CUBIC)
+                and owned(second, ctx)):
+            return [outer, inner]
+    return None
 
 
 def _cubic_term(tensor: gs.Tensor, x: gs.Tensor, ctx: FuseContext) -> list[gs.Node] | None:

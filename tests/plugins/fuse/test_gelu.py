@@ -49,6 +49,31 @@ def tanh_model(cube: str, opset: int):
         }}""", opset=opset)
 
 
+@pytest.mark.parametrize("quadratic", ["kx_x", "x_xk", "k_xx"])
+def test_factored_tanh_form_fuses(quadratic):
+    # Hugging Face's FastGELU: 0.5 * x * (1 + tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))
+    forms = {
+        "kx_x": "kx = Mul(k, x)\n q = Mul(kx, x)",
+        "x_xk": "xk = Mul(x, k)\n q = Mul(x, xk)",
+        "k_xx": "xx = Mul(x, x)\n q = Mul(k, xx)",
+    }
+    model = model_from_text(f"""
+        g (float[2,8] x) => (float[2,8] y)
+        <float k = {{0.044715}}, float a = {{0.7978846}}, float one = {{1.0}}, float half = {{0.5}}> {{
+            ax = Mul(x, a)
+            {forms[quadratic]}
+            p = Add(one, q)
+            t0 = Mul(ax, p)
+            t = Tanh(t0)
+            e = Add(one, t)
+            h = Mul(half, x)
+            y = Mul(h, e)
+        }}""", opset=20)
+    fused, stats = fuse_and_check(model)
+    assert stats["gelu"] == 1
+    assert op_counts(fused) == {"Gelu": 1}
+
+
 @pytest.mark.parametrize("order", sorted(ERF_ORDERS))
 def test_erf_form_becomes_gelu_at_opset_20(order):
     fused, stats = fuse_and_check(erf_model(order, 20))
