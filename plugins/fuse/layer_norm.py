@@ -29,6 +29,8 @@ RULE = "layer_norm"
 def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
     """Rewrites `(x - mean(x)) / sqrt(mean((x - mean(x))²) + eps) [* γ] [+ β]` as LayerNormalization.
 
+    The division may also be written `(x - mean(x)) * Reciprocal(sqrt(…))`.
+
     Opset ≥ 17 (the rule is gated in the catalogue). Both means must reduce the same trailing
     axes with keepdims (axes an attribute before opset 18, an input from 18 on); the square is
     `Pow(d, 2)` or `d*d`; `eps` a scalar constant; γ and β constants that broadcast to the
@@ -38,12 +40,13 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
     """
     rewritten = 0
     for div in list(graph.nodes):
-        if div.op != "Div" or len(div.inputs) != 2 or not div.outputs:
+        if div.op not in ("Div", "Mul") or len(div.inputs) != 2 or not div.outputs:
             continue
-        sub = ir.producer(div.inputs[0])
-        if sub is None or sub.op != "Sub":
+        site = _normalisation(div, ctx)
+        if site is None:
             continue
-        found = _match(div, sub, ctx)
+        sub, denominator, inverse = site
+        found = _match(div, sub, denominator, inverse, ctx)
         if isinstance(found, str):
             ctx.near_miss(RULE, div, found)
             continue
@@ -61,7 +64,21 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
     return rewritten
 
 
-def _match(div: gs.Node, sub: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, float, int, list[gs.Node]] | str:
+def _normalisation(node: gs.Node, ctx: FuseContext) -> tuple[gs.Node, gs.Tensor, list[gs.Node]] | None:
+    """For `Div(x - m, s)` or `Mul(x - m, Reciprocal(s))` (either order): (the Sub, s, [the Reciprocal])."""
+    if node.op == "Div":
+        sub = ir.producer(node.inputs[0])
+        return (sub, node.inputs[1], []) if sub is not None and sub.op == "Sub" else None
+    for centred, inverse in (node.inputs, reversed(node.inputs)):
+        sub, reciprocal = ir.producer(centred), ir.producer(inverse)
+        if sub is not None and sub.op == "Sub" and reciprocal is not None and reciprocal.op == "Reciprocal" \
+                and owned(inverse, ctx):
+            return sub, reciprocal.inputs[0], [reciprocal]
+    return None
+
+
+def _match(div: gs.Node, sub: gs.Node, denominator: gs.Tensor, inverse: list[gs.Node],
+           ctx: FuseContext) -> tuple[gs.Tensor, float, int, list[gs.Node]] | str:
     x, mean_x = sub.inputs
     if not has_dtype(x, FLOATS):
         return f"LayerNormalization takes float16/32/64, not {x.dtype}"
@@ -74,13 +91,13 @@ def _match(div: gs.Node, sub: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, flo
         return f"ReduceMean '{mean.name}' does not reduce the last axes with keepdims"
     if not owned(sub.outputs[0], ctx, readers=2):
         return "x - mean(x) has readers besides the variance and the division"
-    found = variance_of(div.inputs[1], sub.outputs[0], ctx)
+    found = variance_of(denominator, sub.outputs[0], ctx)
     if isinstance(found, str):
         return found
     eps, variance_axes, nodes = found
     if not same_axes(variance_axes, axes, len(x.shape) if x.shape is not None else None):
         return "the two ReduceMeans reduce different axes"
-    return x, eps, count, [mean, sub, div] + nodes
+    return x, eps, count, [mean, sub, div] + inverse + nodes
 
 
 def variance_of(denominator: gs.Tensor, base: gs.Tensor, ctx: FuseContext) -> tuple[float, list[int], list[gs.Node]] | str:

@@ -45,6 +45,25 @@ def test_layer_norm_with_gamma_beta_fuses(opset, square):
     assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["axis"] == -1
 
 
+def test_reciprocal_form_fuses():
+    model = model_from_text(f"""
+        g (float[2,4,8] x) => (float[2,4,8] y) <float eps = {{1e-5}}, {GAMMA_BETA}> {{
+            mu = ReduceMean<axes=[-1]>(x)
+            d = Sub(x, mu)
+            p = Mul(d, d)
+            v = ReduceMean<axes=[-1]>(p)
+            ve = Add(eps, v)
+            s = Sqrt(ve)
+            r = Reciprocal(s)
+            n0 = Mul(r, d)
+            m = Mul(gamma, n0)
+            y = Add(beta, m)
+        }}""", opset=17)
+    fused, stats = fuse_and_check(model)
+    assert stats["layer_norm"] == 1
+    assert op_counts(fused) == {"LayerNormalization": 1}
+
+
 def test_layer_norm_without_affine_gets_unit_scale():
     fused, stats = fuse_and_check(layer_norm_model(17, affine=False))
     assert stats["layer_norm"] == 1
