@@ -29,8 +29,9 @@ def fuse_attention(graph: gs.Graph, ctx: FuseContext) -> int:
     (keys straight to (B, N, H, L), or heads-first then last-two swapped); scores
     `MatMul(Q, Kᵀ)` scaled by a scalar `Div`/`Mul` on the scores or `Mul`s on Q and K (the
     √scale form); an optional additive mask `Add`; `Softmax` over the last axis; `MatMul`
-    with V; `Transpose` back and `Reshape` to (B, S, N·H). The mask becomes `attention_bias`,
-    expanded to (B|1, N|1, S, L) as MultiHeadAttention requires (static S and L needed).
+    with V; `Transpose` back and `Reshape` to (B, S, N·H). Reshape shapes are constants or,
+    with dynamic axes, computed ones whose inferred result shows the split (same symbolic B, S).
+    The mask becomes `attention_bias`, expanded over (S, L) as MultiHeadAttention requires.
     Float32/float16 only. Must not fire when any inner tensor has other readers or is a graph
     output, a permutation or reshape does not split/merge heads exactly, the softmax is not
     over the keys, or a scale is not a scalar constant.
@@ -198,21 +199,42 @@ def _leading_match(dims: list[int], source: gs.Tensor, allowzero: bool) -> bool:
     return True
 
 
+def _same_dim(first, second) -> bool:
+    """Equal known dimensions: the same integer, or the same symbolic name (ONNX: same name, same size)."""
+    if isinstance(first, (int, np.integer)) and isinstance(second, (int, np.integer)):
+        return int(first) == int(second)
+    return isinstance(first, str) and bool(first) and first == second
+
+
 def _split(reshape: gs.Node) -> dict | None:
+    """The head split (B, S, N·H) → (B, S, N, H), from a constant shape or, if computed, the inferred one."""
     source, dims = reshape.inputs[0], _shape_constant(reshape)
-    if dims is None or len(dims) != 4 or source.shape is None or len(source.shape) != 3:
+    if source.shape is None or len(source.shape) != 3 or not isinstance(source.shape[2], (int, np.integer)):
         return None
-    heads, head_size, width = dims[2], dims[3], source.shape[2]
+    width = int(source.shape[2])
+    if dims is None:  # a shape computed at run time (dynamic axes): trust shape inference's result
+        out = reshape.outputs[0].shape
+        if out is None or len(out) != 4 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in out[2:]) \
+                or not all(_same_dim(a, b) for a, b in zip(out[:2], source.shape[:2])):
+            return None
+        dims = [0, 0, int(out[2]), int(out[3])]
+    elif len(dims) != 4 or not _leading_match(dims[:2], source, bool(reshape.attrs.get("allowzero", 0))):
+        return None
+    heads, head_size = dims[2], dims[3]
     if heads <= 0 or head_size <= 0 or width != heads * head_size:
-        return None
-    if not _leading_match(dims[:2], source, bool(reshape.attrs.get("allowzero", 0))):
         return None
     return {"source": source, "heads": heads, "head_size": head_size}
 
 
 def _merges(reshape: gs.Node, query: gs.Tensor, width: int) -> bool:
     dims = _shape_constant(reshape)
-    if dims is None or len(dims) != 3 or dims[2] not in (width, -1) or query.shape is None:
+    if query.shape is None:
+        return False
+    if dims is None:
+        out = reshape.outputs[0].shape
+        return out is not None and len(out) == 3 and _same_dim(out[2], width) and all(
+            _same_dim(a, b) for a, b in zip(out[:2], query.shape[:2]))
+    if len(dims) != 3 or dims[2] not in (width, -1):
         return False
     if dims[2] == -1 and -1 in dims[:2]:
         return False
@@ -220,35 +242,54 @@ def _merges(reshape: gs.Node, query: gs.Tensor, width: int) -> bool:
 
 
 def _check_bias(bias: gs.Tensor, query: gs.Tensor, key: gs.Tensor, heads: int) -> None:
-    """The mask must broadcast to (B|1, N|1, S, L) with S and L static, so it can be expanded."""
-    if bias.shape is None or len(bias.shape) > 4 or not ir.is_static_shape(bias.shape):
-        raise _Miss("the additive mask's shape is not static (rank ≤ 4)")
-    if not ir.is_static_shape(query.shape[1:2]) or not ir.is_static_shape(key.shape[1:2]):
-        raise _Miss("the sequence lengths are not static, so the mask cannot be expanded to (S, L)")
+    """The mask must broadcast to (B|1, N|1, S, L): each dimension 1 or the same (known) size."""
+    if bias.shape is None or len(bias.shape) > 4 or any(d is None or d == "" for d in bias.shape):
+        raise _Miss("the additive mask's shape is unknown (or of rank > 4)")
     if bias.dtype is not None and query.dtype is not None and np.dtype(bias.dtype) != np.dtype(query.dtype):
         raise _Miss("the mask's dtype differs from the queries'")
-    dims = [1] * (4 - len(bias.shape)) + [int(d) for d in bias.shape]
-    batch = query.shape[0]
-    if dims[0] != 1 and dims[0] != batch or dims[1] not in (1, heads) or dims[2] not in (1, query.shape[1]) \
-            or dims[3] not in (1, key.shape[1]):
+    dims = [1] * (4 - len(bias.shape)) + list(bias.shape)
+    wanted = [query.shape[0], heads, query.shape[1], key.shape[1]]
+    if not all(_same_dim(d, 1) or _same_dim(d, w) for d, w in zip(dims, wanted)):
         raise _Miss(f"the mask's shape {list(bias.shape)} does not broadcast to (B|1, N|1, S, L)")
 
 
 def _attention_bias(site: dict, ctx: FuseContext) -> gs.Tensor:
-    """The additive mask broadcast to (B|1, N|1, S, L), MultiHeadAttention's `attention_bias`."""
+    """The additive mask expanded over (S, L) where it broadcasts, as MultiHeadAttention's `attention_bias` needs.
+
+    `Expand` to (1, 1, S, L) keeps the mask's own batch and head dimensions. A static S or L
+    is a constant; a dynamic one is read at run time with `Shape` + `Gather` of Q or K.
+    """
     bias, query, key = site["bias"], site["q"], site["k"]
+    dims = [1] * (4 - len(bias.shape)) + list(bias.shape)
     rows, cols = query.shape[1], key.shape[1]
-    shape = list(bias.shape)
-    shape = [1] * (4 - len(shape)) + shape
-    target = [shape[0], shape[1], rows, cols]
-    if list(bias.shape) == target:
+    if len(bias.shape) == 4 and _same_dim(dims[2], rows) and _same_dim(dims[3], cols):
         return bias
-    for reader in ir.consumers(bias):  # another head of attention already expanded this mask
-        if reader.op == "Expand" and reader.inputs[0] is bias and reader.outputs and len(reader.inputs) == 2:
-            shape_value = ir.constant_value(reader.inputs[1])
-            if shape_value is not None and [int(d) for d in np.asarray(shape_value).reshape(-1)] == target:
-                return reader.outputs[0]
-    expanded = ctx.variable("attention_bias", dtype=bias.dtype, shape=target)
-    ctx.graph.nodes.append(gs.Node("Expand", ctx.fresh_name("Expand"), inputs=[
-        bias, ctx.constant("attention_bias_shape", np.array(target, dtype=np.int64))], outputs=[expanded]))
+    if ir.is_static_shape([rows, cols]):
+        target = [1, 1, int(rows), int(cols)]
+        for reader in ir.consumers(bias):  # another attention block already expanded this mask
+            if reader.op == "Expand" and reader.inputs[0] is bias and reader.outputs and len(reader.inputs) == 2:
+                shape_value = ir.constant_value(reader.inputs[1])
+                if shape_value is not None and [int(d) for d in np.asarray(shape_value).reshape(-1)] == target:
+                    return reader.outputs[0]
+        shape = ctx.constant("attention_bias_shape", np.array(target, dtype=np.int64))
+    else:
+        pieces = [ctx.constant("attention_bias_ones", np.ones(2, dtype=np.int64))]
+        for tensor, size in ((query, rows), (key, cols)):
+            pieces.append(ctx.constant("attention_bias_len", np.array([size], dtype=np.int64))
+                          if isinstance(size, (int, np.integer)) else _runtime_length(tensor, ctx))
+        shape = ctx.variable("attention_bias_shape", dtype=np.int64, shape=[4])
+        ctx.graph.nodes.append(gs.Node("Concat", ctx.fresh_name("Concat"), {"axis": 0}, inputs=pieces, outputs=[shape]))
+    expanded = ctx.variable("attention_bias", dtype=bias.dtype, shape=dims[:2] + [rows, cols])
+    ctx.graph.nodes.append(gs.Node("Expand", ctx.fresh_name("Expand"), inputs=[bias, shape], outputs=[expanded]))
     return expanded
+
+
+def _runtime_length(tensor: gs.Tensor, ctx: FuseContext) -> gs.Tensor:
+    """`Shape(tensor)[1:2]`: the sequence length of a (B, S, D) tensor at run time."""
+    shape = ctx.variable("attention_shape", dtype=np.int64, shape=[3])
+    length = ctx.variable("attention_len", dtype=np.int64, shape=[1])
+    ctx.graph.nodes.append(gs.Node("Shape", ctx.fresh_name("Shape"), inputs=[tensor], outputs=[shape]))
+    ctx.graph.nodes.append(gs.Node("Gather", ctx.fresh_name("Gather"), {"axis": 0},
+                                   inputs=[shape, ctx.constant("attention_axis", np.array([1], dtype=np.int64))],
+                                   outputs=[length]))
+    return length

@@ -164,3 +164,50 @@ def test_torch_sdpa_export_becomes_multi_head_attention(exporter):
     assert op_counts(fused) == {"MatMul": 3, "Add": 3, "Expand": 1, "MultiHeadAttention": 1}
     attrs, _ = mha_attributes(fused)
     assert abs(attrs["scale"] - 8 ** -0.5) < 1e-6
+
+
+@functools.lru_cache(maxsize=None)
+def _dynamic_axes_bytes() -> bytes:
+    """Hand-written masked attention exported by torchscript with dynamic batch and sequence axes:
+    the head split/merge shapes are computed (Shape/Gather/Concat), not constants."""
+    import io
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(32, 32) for _ in range(3))
+
+        def forward(self, x, mask):
+            batch, seq, _ = x.shape
+            q, k, v = (t.view(batch, seq, 4, 8).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
+            scores = torch.matmul(q, k.transpose(-1, -2)) / 8 ** 0.5 + mask[:, None, None, :]
+            context = torch.matmul(torch.softmax(scores, dim=-1), v)
+            return context.transpose(1, 2).reshape(batch, seq, 32)
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SelfAttention().eval(), (torch.randn(2, 16, 32), torch.randn(2, 16)), buffer, dynamo=False,
+                          opset_version=17, input_names=["x", "mask"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
+    return buffer.getvalue()
+
+
+def test_dynamic_axes_export_becomes_multi_head_attention():
+    import graphopt
+    import numpy as np
+
+    model = graphopt.optimize(onnx.load_from_string(_dynamic_axes_bytes()), passes=["cleanup"], verify="off").model
+    rng = np.random.default_rng(0)
+    for batch, seq in ((3, 5), (1, 9)):  # other sizes than the export's: the mask expansion reads S at run time
+        feeds = {"x": rng.standard_normal((batch, seq, 32)).astype(np.float32),
+                 "mask": rng.standard_normal((batch, seq)).astype(np.float32)}
+        fused, stats = fuse_and_check(model, feeds=feeds, target="onnxruntime")
+        assert stats["attention"] == 1
+        counts = op_counts(fused)
+        assert counts["MultiHeadAttention"] == 1 and "Softmax" not in counts and "Transpose" not in counts
