@@ -130,7 +130,9 @@ def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_s
             continue
         weight = node.inputs[1]
         quantized, scale = quantize_blocked(weight.values, target.reduction_axis, block_size)
-        q_const = gs.Constant(names(weight.name), quantized, export_dtype=onnx.TensorProto.INT4)
+        # graphsurgeon cannot convert numpy to INT4; a lazily held TensorProto is exported as is.
+        proto = onnx.helper.make_tensor(names(weight.name), onnx.TensorProto.INT4, quantized.shape, quantized.ravel().tolist())
+        q_const = gs.Constant(proto.name, gs.ir.tensor.LazyValues(proto))
         out = gs.Variable(names(f"{weight.name}_dequantized"), dtype=np.float32, shape=list(weight.shape))
         graph.nodes.append(gs.Node("DequantizeLinear", names(f"{weight.name}_DQ"),
                                    attrs={"axis": target.reduction_axis, "block_size": block_size},
