@@ -69,16 +69,14 @@ def _kl_threshold(magnitudes: np.ndarray, amax: float, levels: int) -> float:
     hist = hist.astype(np.float64)
     best, best_divergence = _BINS, np.inf
     for stop in range(levels, _BINS + 1, 16):
-        reference = hist[:stop].copy()
+        kept = hist[:stop]
+        reference = kept.copy()
         reference[stop - 1] += hist[stop:].sum()  # the clipped tail lands on the last bin
-        if reference.sum() == 0:
-            continue
-        groups = np.array_split(np.arange(stop), levels)
-        candidate = np.zeros(stop)
-        for group in groups:
-            present = hist[group] > 0
-            if present.any():
-                candidate[group[present]] = hist[group].sum() / present.sum()
+        # `levels` groups of bins; each group spreads its mass evenly over its non-empty bins.
+        starts = np.linspace(0, stop, levels + 1).astype(int)[:-1]
+        present = (kept > 0).astype(np.float64)
+        mean = np.add.reduceat(kept, starts) / np.maximum(np.add.reduceat(present, starts), 1.0)
+        candidate = present * np.repeat(mean, np.diff(np.append(starts, stop)))
         p = reference / reference.sum()
         q = candidate / max(candidate.sum(), 1e-12)
         mask = p > 0
