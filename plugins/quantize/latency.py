@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from graphopt import ir
 from graphopt.verify.runner import make_session
 
-__all__ = ["interleaved_medians", "layer_models"]
+__all__ = ["interleaved_medians", "layer_models", "constant_tensors"]
 
 
 def interleaved_medians(models: list[onnx.ModelProto], feeds: list[dict], budget_seconds: float = 0.3,
@@ -49,7 +49,7 @@ def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_sha
                  quantize: Callable[[gs.Graph], None], kernel_only: bool) -> tuple[onnx.ModelProto, onnx.ModelProto, dict, dict] | None:
     """(float model, quantized model, float feed, quantized feed) of node `index` alone, or None."""
     node = model.graph.node[index]
-    initializers = {t.name: t for t in model.graph.initializer}
+    initializers = constant_tensors(model)
     weights = [initializers[name] for name in node.input[1:] if name]
     if len(weights) != len([name for name in node.input[1:] if name]):
         return None
@@ -73,6 +73,18 @@ def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_sha
     quantized_graph.cleanup().toposort(mode="nodes")
     quantized = ir.export_model(quantized_graph, float_model)
     return float_model, quantized, feed, quantized_feed or feed
+
+
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The main graph's initializers and Constant-node values (`value` form), by name."""
+    found = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            found[tensor.name] = tensor
+    return found
 
 
 def _keep_integer_boundaries(graph: gs.Graph, input_name: str) -> dict | None:

@@ -22,7 +22,7 @@ from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
 from graphopt_plugins.quantize.accuracy import fit_to_budget, run_outputs, worst_metrics
 from graphopt_plugins.quantize.calibration import collect_ranges
-from graphopt_plugins.quantize.latency import interleaved_medians, layer_models
+from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
 from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only
 from graphopt_plugins.quantize.targets import Target, find_targets
@@ -39,7 +39,8 @@ class Planner:
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
         self.signed = options.activations == "int8"
         self.ranges: dict[str, tuple[float, float]] = {}
-        self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t),
+        constants = constant_tensors(model)
+        self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants),
                                "sensitivity_sqnr_db": None, "float_ms": None, "int8_ms": None,
                                "decision": "quantized", "why": "within budget"} for t in targets}
 
@@ -154,9 +155,8 @@ class Planner:
         return [], {"rounds": history, "gave_up": True}
 
 
-def _weight_sqnr(model: onnx.ModelProto, target: Target) -> float | None:
-    initializers = {t.name: t for t in model.graph.initializer}
-    tensor = initializers.get(model.graph.node[target.index].input[1])
+def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict) -> float | None:
+    tensor = constants.get(model.graph.node[target.index].input[1])
     if tensor is None:
         return None
     weight = onnx.numpy_helper.to_array(tensor).astype(np.float32)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphopt import ir
 from graphopt_plugins.quantize.numerics import activation_params, quantize_bias, quantize_blocked, quantize_per_channel
 from graphopt_plugins.quantize.targets import Target
 
@@ -58,7 +59,7 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
         x_scale = params[id(node.inputs[0])][0]
         w_scale = _dequantize_weight(graph, names, node, target)
         if len(node.inputs) > 2 and _is_channel_bias(node.inputs[2], len(w_scale)):
-            bias, scale = quantize_bias(node.inputs[2].values, x_scale, w_scale)
+            bias, scale = quantize_bias(ir.constant_value(node.inputs[2]), x_scale, w_scale)
             node.inputs[2] = _dq(graph, names, node.inputs[2].name, bias, scale, np.zeros(len(scale), np.int32), axis=0)
         y = node.outputs[0]
         relu = y.outputs[0] if target.relu_output and not signed else None
@@ -88,7 +89,7 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target]) -> int:
     for target, node in [(t, graph.nodes[t.index]) for t in targets]:
         if target.op not in ("MatMul", "Gemm"):
             continue
-        weight = node.inputs[1].values
+        weight = ir.constant_value(node.inputs[1])
         if target.op == "Gemm" and int(node.attrs.get("transB", 0)):
             weight = weight.T
         q_weight, w_scale = quantize_per_channel(weight, weight.ndim - 1)
@@ -129,7 +130,7 @@ def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_s
             _dequantize_weight(graph, names, node, target)
             continue
         weight = node.inputs[1]
-        quantized, scale = quantize_blocked(weight.values, target.reduction_axis, block_size)
+        quantized, scale = quantize_blocked(ir.constant_value(weight), target.reduction_axis, block_size)
         # graphsurgeon cannot convert numpy to INT4; a lazily held TensorProto is exported as is.
         proto = onnx.helper.make_tensor(names(weight.name), onnx.TensorProto.INT4, quantized.shape, quantized.ravel().tolist())
         q_const = gs.Constant(proto.name, gs.ir.tensor.LazyValues(proto))
@@ -143,14 +144,15 @@ def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_s
 
 def _dequantize_weight(graph, names, node: gs.Node, target: Target) -> np.ndarray:
     weight = node.inputs[1]
-    quantized, scale = quantize_per_channel(weight.values, target.axis)
+    quantized, scale = quantize_per_channel(ir.constant_value(weight), target.axis)
     node.inputs[1] = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis,
                          shape=list(weight.shape))
     return scale
 
 
 def _is_channel_bias(tensor: gs.Tensor, channels: int) -> bool:
-    return isinstance(tensor, gs.Constant) and tensor.values.dtype == np.float32 and tensor.values.shape == (channels,)
+    value = ir.constant_value(tensor)
+    return value is not None and value.dtype == np.float32 and value.shape == (channels,)
 
 
 def _dq(graph, names, base: str, quantized: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, shape=None) -> gs.Variable:
