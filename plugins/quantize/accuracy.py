@@ -1,7 +1,8 @@
 """Accuracy of a candidate plan, and the search that keeps harmful layers in float.
 
 Outputs are compared with the float model's on the evaluation samples, in onnxruntime with
-all optimizations on and one thread: the int8 kernels the user will run, not a simulation.
+all optimizations on and one thread: the int8 kernels the user will run, not a simulation;
+a plan must also pass with optimizations off, as the pipeline's verifier runs it.
 A layer's sensitivity is the output SQNR when only that layer is quantized; the most harmful
 layers are kept in float, fewest first, until the plan meets the budget.
 """
@@ -24,9 +25,9 @@ __all__ = ["run_outputs", "worst_metrics", "fit_to_budget"]
 logger = logging.getLogger(__name__)
 
 
-def run_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each output over all samples, concatenated along a new first axis."""
-    session = make_session(model, optimize=True, threads=1)
+def run_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray], optimize: bool = True) -> dict[str, np.ndarray]:
+    """Each output over all samples, stacked along a new first axis."""
+    session = make_session(model, optimize=optimize, threads=1)
     names = {value.name for value in model.graph.input}
     results = run_samples(session, split_samples({k: v for k, v in samples.items() if k in names}))
     return {name: np.stack([r[name] for r in results]) for name in results[0]}

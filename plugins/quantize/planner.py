@@ -79,7 +79,7 @@ class Planner:
         if timed:
             chosen = self._layer_latency(chosen)
         reference = run_outputs(self.model, self.evaluation)
-        evaluate = lambda subset: worst_metrics(reference, run_outputs(self.build(subset), self.evaluation), self.budget)  # noqa: E731
+        evaluate = lambda subset: self._evaluate(reference, self.build(subset))  # noqa: E731
         if self.options.auto:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
@@ -102,6 +102,14 @@ class Planner:
         if not chosen:
             stats["reason"] = "every layer kept float"
         return chosen, stats
+
+    def _evaluate(self, reference: dict, candidate: onnx.ModelProto) -> dict:
+        """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs it)."""
+        deployed = worst_metrics(reference, run_outputs(candidate, self.evaluation), self.budget)
+        if not deployed["ok"]:
+            return deployed
+        verified = worst_metrics(reference, run_outputs(candidate, self.evaluation, optimize=False), self.budget)
+        return verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
 
     def _keep(self, index: int, why: str) -> None:
         self.rows[index].update(decision="float", why=why)

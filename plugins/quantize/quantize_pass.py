@@ -96,6 +96,9 @@ class Quantize(graphopt.Pass):
             raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset}")
         op_types = [op for op in options.op_types if options.mode != "dynamic" or op in ("MatMul", "Gemm")]
         targets, skipped = find_targets(graph, op_types, options.include, options.exclude)
+        if options.mode == "dynamic":  # MatMulInteger's per-column zero point needs a 2-D weight
+            skipped += [{"node": t.name, "op": t.op, "reason": "dynamic mode needs a 2-D weight"} for t in targets if len(t.weight_shape) != 2]
+            targets = [t for t in targets if len(t.weight_shape) == 2]
         if not targets:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": skipped})
         model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))

@@ -90,6 +90,8 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target]) -> int:
         if target.op not in ("MatMul", "Gemm"):
             continue
         weight = ir.constant_value(node.inputs[1])
+        if weight.ndim != 2:
+            continue  # MatMulInteger's per-column zero point is defined for a 2-D weight only
         if target.op == "Gemm" and int(node.attrs.get("transB", 0)):
             weight = weight.T
         q_weight, w_scale = quantize_per_channel(weight, weight.ndim - 1)
