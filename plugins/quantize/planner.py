@@ -24,8 +24,8 @@ from graphopt_plugins.quantize.accuracy import fit_to_budget, run_outputs, worst
 from graphopt_plugins.quantize.calibration import collect_ranges
 from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
-from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only
-from graphopt_plugins.quantize.targets import Target, find_targets
+from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
+from graphopt_plugins.quantize.targets import Target, find_embeddings, find_targets
 
 __all__ = ["Planner"]
 
@@ -39,6 +39,7 @@ class Planner:
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
         self.signed = options.activations == "int8"
         self.ranges: dict[str, tuple[float, float]] = {}
+        self.embeddings = 0
         constants = constant_tensors(model)
         self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants),
                                "sensitivity_sqnr_db": None, "float_ms": None, "int8_ms": None,
@@ -59,6 +60,8 @@ class Planner:
     def apply(self, graph: gs.Graph, chosen: list[int]) -> None:
         targets, _ = find_targets(graph, self.options.op_types, self.options.include, self.options.exclude)
         wanted = set(chosen)
+        embeddings = find_embeddings(graph, self.options.include, self.options.exclude) if self.options.embeddings and chosen else []
+        self.embeddings = quantize_embeddings(graph, embeddings)  # appends nodes: target indices stay valid
         self.rewrite(graph, [t for t in targets if t.index in wanted])
 
     def build(self, chosen: list[int]) -> onnx.ModelProto:
@@ -96,7 +99,7 @@ class Planner:
             chosen, stats["latency"] = self._guard(chosen)
             if chosen:
                 metrics = evaluate(chosen)
-        stats.update(quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
+        stats.update(embeddings=self.embeddings if chosen else 0, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
                      cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
         if not chosen:

@@ -33,7 +33,8 @@ class Quantize(graphopt.Pass):
     the last axis), int32 bias at x_scale*w_scale, activations per tensor (uint8 asymmetric or
     int8 symmetric) from calibration (minmax, percentile, entropy, mse). `dynamic` rewrites
     MatMul/Gemm to DynamicQuantizeLinear + MatMulInteger. `weight-only` stores weights as int8
-    per channel or int4 blocks (opset 21) behind a DequantizeLinear.
+    per channel or int4 blocks (opset 21) behind a DequantizeLinear. In every mode, embedding
+    tables (Gather from a 2-D float constant) become int8 per row behind a DequantizeLinear.
     Keeps a layer float when the user excludes it, when it is too harmful for the budget (most
     harmful first, by measured sensitivity), or when int8 is slower there on this machine
     (`latency=auto`); if the whole result is still slower than float, nothing is changed.
@@ -58,6 +59,7 @@ class Quantize(graphopt.Pass):
         include: list[str] = dataclasses.field(default_factory=list)  # node-name globs; empty = all
         exclude: list[str] = dataclasses.field(default_factory=list)  # node-name globs or op types kept float
         budget: str | None = None  # accuracy budget (cos:0.99, sqnr:30); else --budget, else cos=0.99
+        embeddings: bool = True  # also store Gather tables (embeddings) as int8 per row, when any layer is quantized
         auto: bool = True  # keep the most harmful layers float until the budget holds
         latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower, measured here
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time

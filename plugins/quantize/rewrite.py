@@ -19,7 +19,7 @@ from graphopt import ir
 from graphopt_plugins.quantize.numerics import activation_params, quantize_bias, quantize_blocked, quantize_per_channel
 from graphopt_plugins.quantize.targets import Target
 
-__all__ = ["apply_static", "apply_dynamic", "apply_weight_only", "activation_tensors"]
+__all__ = ["apply_static", "apply_dynamic", "apply_weight_only", "activation_tensors", "quantize_embeddings"]
 
 
 class _Names:
@@ -142,6 +142,17 @@ def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_s
                                    inputs=[q_const, _const(names, f"{weight.name}_scale", scale)], outputs=[out]))
         node.inputs[1] = out
     return len(targets)
+
+
+def quantize_embeddings(graph: gs.Graph, nodes: list[gs.Node]) -> int:
+    """Gather tables (embeddings) stored as int8 with one scale per row, read through DQ."""
+    names = _Names(graph)
+    for node in nodes:
+        table = node.inputs[0]
+        quantized, scale = quantize_per_channel(ir.constant_value(table), 0)
+        node.inputs[0] = _dq(graph, names, table.name, quantized, scale, np.zeros(len(scale), np.int8), axis=0,
+                             shape=list(quantized.shape))
+    return len(nodes)
 
 
 def _dequantize_weight(graph, names, node: gs.Node, target: Target) -> np.ndarray:

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 
-__all__ = ["Target", "find_targets", "is_quantized", "QUANTIZED_OPS", "weight_axis"]
+__all__ = ["Target", "find_targets", "find_embeddings", "is_quantized", "QUANTIZED_OPS", "weight_axis"]
 
 # Ops that mean a graph was quantized already (by graphopt or by another tool).
 QUANTIZED_OPS = frozenset({
@@ -83,6 +83,23 @@ def find_targets(graph: gs.Graph, op_types, include, exclude) -> tuple[list[Targ
                               relu_output=relu.outputs[0].name if relu is not None else None,
                               output=node.outputs[0].name, macs=_macs(node, weight)))
     return targets, skipped
+
+
+def find_embeddings(graph: gs.Graph, include, exclude) -> list[gs.Node]:
+    """Gathers along axis 0 from a 2-D float32 constant table (an embedding), in the main graph."""
+    found = []
+    for index, node in enumerate(graph.nodes):
+        if node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0:
+            continue
+        name = node.name or f"Gather_{index}"
+        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) or p == "Gather" for p in exclude):
+            continue
+        table = ir.constant_value(node.inputs[0])
+        if table is not None and table.dtype == np.float32 and table.ndim == 2 and table.size >= 1024:
+            found.append(node)
+    return found
 
 
 def _refusal(node: gs.Node, name: str, op_types, include, exclude) -> str | None:

@@ -83,3 +83,18 @@ def test_cli_with_calibration_file_writes_a_report_with_the_layer_table(tmp_path
     again = main(["optimize", str(tmp_path / "cnn.opt.onnx"), "-o", str(tmp_path / "twice.onnx"), "--passes", "quantize",
                   "--report", str(report), "--quiet"])
     assert again == 0 and json.loads(report.read_text())["passes"][0]["details"] == {"already_quantized": True}
+
+
+def test_transformer_embedding_table_is_stored_int8_per_row():
+    model = torch_models.transformer("torchscript", 17)
+    quantized, stats = quantize_and_check(model, _transformer_calibration(), feeds=torch_models.transformer_feeds(seed=9),
+                                          mode="dynamic")
+    assert stats["embeddings"] == 1
+    gather = next(n for n in quantized.graph.node if n.op_type == "Gather")
+    producer = next(n for n in quantized.graph.node if gather.input[0] in n.output)
+    assert producer.op_type == "DequantizeLinear"
+    table = next(t for t in quantized.graph.initializer if t.name == producer.input[0])
+    assert table.data_type == onnx.TensorProto.INT8 and list(table.dims) == [100, 32]
+    _, kept, _ = __import__("quantize_support").quantize(model, _transformer_calibration(), mode="dynamic", latency="off",
+                                                          embeddings=False)
+    assert kept["embeddings"] == 0
