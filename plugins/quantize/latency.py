@@ -1,8 +1,9 @@
 """Does int8 pay here? Per-layer and end-to-end timing in onnxruntime (all optimizations, 1 thread).
 
-Per layer, the float node (with its absorbed Relu) is timed against its quantized kernel as it
-runs inside an int8 chain: uint8 in, the fused int8 op, uint8 out (float in and out for dynamic mode, which
-quantizes its input on every call).
+Per layer, the float node (with its absorbed Relu) is timed against its quantized form as it
+will run in place: 8-bit in when its producer is quantized too (else float in, through Q),
+8-bit out when every reader is quantized too (else through DQ); float in and out in dynamic
+mode, which quantizes its input on every call.
 Depthwise convs, tiny layers and ops onnxruntime cannot fuse come out slower and stay float.
 End to end, the quantized model is timed against the float one, interleaved, since the
 machine is shared: that is the guard that the result is never slower.
@@ -46,7 +47,8 @@ def interleaved_medians(models: list[onnx.ModelProto], feeds: list[dict], budget
 
 
 def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_shape: tuple[int, ...],
-                 quantize: Callable[[gs.Graph], None], kernel_only: bool) -> tuple[onnx.ModelProto, onnx.ModelProto, dict, dict] | None:
+                 quantize: Callable[[gs.Graph], None], integer_in: bool, integer_out: bool
+                 ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict, dict] | None:
     """(float model, quantized model, float feed, quantized feed) of node `index` alone, or None."""
     node = model.graph.node[index]
     initializers = constant_tensors(model)
@@ -68,8 +70,8 @@ def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_sha
     quantize(quantized_graph)
     feed = {node.input[0]: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
     quantized_feed = feed
-    if kernel_only:
-        quantized_feed = _keep_integer_boundaries(quantized_graph, node.input[0])
+    if integer_in or integer_out:
+        quantized_feed = _keep_integer_boundaries(quantized_graph, node.input[0], integer_in, integer_out)
     quantized_graph.cleanup().toposort(mode="nodes")
     quantized = ir.export_model(quantized_graph, float_model)
     return float_model, quantized, feed, quantized_feed or feed
@@ -87,19 +89,21 @@ def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
-def _keep_integer_boundaries(graph: gs.Graph, input_name: str) -> dict | None:
-    """Feeds the uint8 tensor instead of quantizing the float input; returns the int8 output."""
+def _keep_integer_boundaries(graph: gs.Graph, input_name: str, integer_in: bool, integer_out: bool) -> dict | None:
+    """Feeds the 8-bit tensor instead of quantizing the float input (the producer is int8 too),
+    and returns the 8-bit output instead of dequantizing it (every reader is int8 too)."""
+    if integer_out:
+        out = graph.outputs[0]
+        maker = out.inputs[0] if out.inputs else None
+        if maker is not None and maker.op == "DequantizeLinear":
+            graph.outputs = [maker.inputs[0]]
     x = next(t for t in graph.inputs if t.name == input_name)
     q_nodes = [n for n in x.outputs if n.op == "QuantizeLinear"]
-    if not q_nodes:
+    if not integer_in or not q_nodes:
         return None
     quantized = q_nodes[0].outputs[0]
     q_nodes[0].outputs.clear()
     graph.inputs = [quantized]
-    out = graph.outputs[0]
-    maker = out.inputs[0] if out.inputs else None
-    if maker is not None and maker.op == "DequantizeLinear":
-        graph.outputs = [maker.inputs[0]]
     zero = int(np.asarray(q_nodes[0].inputs[2].values)) if len(q_nodes[0].inputs) > 2 else 0
     values = np.random.default_rng(0).integers(0, 256, quantized.shape).astype(quantized.dtype)
     values[values == 0] = zero
