@@ -10,7 +10,7 @@ BERT-style encoder built like `tests/torch_models.py`'s (6 layers, width 384) ex
 torch. Data: synthetic text images drawn with PIL (random words, fonts sizes, colours, noise),
 32 for calibration and 8 others for evaluation; token ids likewise, separate sets.
 Columns: median latency at 1 thread (ORT_ENABLE_ALL; every variant of a model timed in
-alternation, several rounds), bytes, output cosine and SQNR against fp32 on the evaluation
+alternation, 10 rounds of >= 0.25 s each), bytes, output cosine and SQNR against fp32 on the evaluation
 set, seconds to quantize. Writes quantize.{md,json} and quantize.png (latency vs cosine).
 """
 
@@ -149,7 +149,8 @@ def outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> list[np.n
     return [np.stack([r[k] for r in results]) for k in range(len(results[0]))]
 
 
-def interleaved(models: list[onnx.ModelProto], feed: dict, runs: int, rounds: int = 5) -> list[float]:
+def interleaved(models: list[onnx.ModelProto], feed: dict, runs: int, rounds: int = 10, min_seconds: float = 0.25) -> list[float]:
+    """Median ms per model; each round runs every model in turn for >= runs/rounds runs and >= min_seconds."""
     sessions = [make_session(model, optimize=True, threads=1) for model in models]
     times = [[] for _ in models]
     for session in sessions:
@@ -157,10 +158,12 @@ def interleaved(models: list[onnx.ModelProto], feed: dict, runs: int, rounds: in
             session.run(None, feed)
     for _ in range(rounds):
         for index, session in enumerate(sessions):
-            for _ in range(max(runs // rounds, 1)):
+            began, done = time.perf_counter(), 0
+            while done < max(runs // rounds, 1) or time.perf_counter() - began < min_seconds:
                 start = time.perf_counter()
                 session.run(None, feed)
                 times[index].append((time.perf_counter() - start) * 1e3)
+                done += 1
     return [statistics.median(t) for t in times]
 
 
