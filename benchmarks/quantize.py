@@ -256,8 +256,9 @@ def write(rows: list[dict], args) -> None:
     for variant, marker in markers.items():
         axis.scatter([], [], marker=marker, color="gray", label=variant)
     axis.axhline(1.0, color="gray", lw=0.5)
+    axis.set_yscale("log")
     axis.set_xlabel("output cosine vs fp32 (clipped at 0.5)")
-    axis.set_ylabel("latency / fp32 latency (1 thread)")
+    axis.set_ylabel("latency / fp32 latency (1 thread, log scale)")
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(args.out / "quantize.png", dpi=110)
