@@ -52,7 +52,7 @@ def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_sha
     """(float model, quantized model, float feed, quantized feed) of node `index` alone, or None."""
     node = model.graph.node[index]
     initializers = constant_tensors(model)
-    weights = [initializers[name] for name in node.input[1:] if name]
+    weights = [initializers[name] for name in node.input[1:] if name in initializers]
     if len(weights) != len([name for name in node.input[1:] if name]):
         return None
     nodes = [onnx.NodeProto()]
