@@ -1,0 +1,91 @@
+"""Accuracy of a candidate plan, and the search that keeps harmful layers in float.
+
+Outputs are compared with the float model's on the evaluation samples, in onnxruntime with
+all optimizations on and one thread: the int8 kernels the user will run, not a simulation;
+a plan must also pass with optimizations off, as the pipeline's verifier runs it.
+A layer's sensitivity is the output SQNR when only that layer is quantized; the most harmful
+layers are kept in float, fewest first, until the plan meets the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from graphopt.verify.feeds import split_samples
+from graphopt.verify.metrics import Budget, output_metrics
+from graphopt.verify.runner import make_session, run_samples
+
+__all__ = ["run_outputs", "worst_metrics", "fit_to_budget"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray], optimize: bool = True) -> dict[str, np.ndarray]:
+    """Each output over all samples, stacked along a new first axis."""
+    session = make_session(model, optimize=optimize, threads=1)
+    names = {value.name for value in model.graph.input}
+    results = run_samples(session, split_samples({k: v for k, v in samples.items() if k in names}))
+    return {name: np.stack([r[name] for r in results]) for name in results[0]}
+
+
+def worst_metrics(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], budget: Budget | None) -> dict:
+    """The lowest cosine and SQNR over outputs, and the budget's violations."""
+    cosine, sqnr, violations = 1.0, math.inf, []
+    for name, expected in reference.items():
+        if expected.dtype.kind != "f":
+            continue
+        metrics = output_metrics(expected, candidate[name])
+        cosine, sqnr = min(cosine, metrics["cosine"]), min(sqnr, metrics["sqnr_db"])
+        if budget is not None:
+            violations += budget.violations(name, metrics)
+    return {"cosine": cosine, "sqnr_db": sqnr, "ok": not violations, "violations": violations}
+
+
+def fit_to_budget(
+    evaluate: Callable[[list[int]], dict],
+    candidates: list[int],
+    sensitivity_of: Callable[[int], float],
+) -> tuple[list[int], dict, dict[int, float], int]:
+    """(quantized subset, its metrics, sensitivity per candidate, plans tried).
+
+    `evaluate(subset)` returns `worst_metrics` of the plan quantizing `subset`;
+    `sensitivity_of(i)` the output SQNR (dB) with only candidate `i` quantized.
+    """
+    metrics = evaluate(candidates)
+    tried = 1
+    if metrics["ok"] or not candidates:
+        return candidates, metrics, {}, tried
+    sensitivity = {index: sensitivity_of(index) for index in candidates}
+    harmful_first = sorted(candidates, key=lambda index: sensitivity[index])
+
+    def plan(keep_float: int) -> list[int]:
+        kept = set(harmful_first[:keep_float])
+        return [index for index in candidates if index not in kept]
+
+    # Grow the float set geometrically until the budget holds, then bisect down to the fewest.
+    low, high, found = 0, 1, None
+    while high <= len(candidates):
+        tried += 1
+        result = evaluate(plan(high))
+        if result["ok"]:
+            found = (high, result)
+            break
+        low, high = high, min(high * 2, len(candidates)) if high < len(candidates) else len(candidates) + 1
+    if found is None:
+        return [], {"cosine": 1.0, "sqnr_db": math.inf, "ok": True, "violations": []}, sensitivity, tried
+    high, best = found
+    while high - low > 1:
+        middle = (low + high) // 2
+        tried += 1
+        result = evaluate(plan(middle))
+        if result["ok"]:
+            high, best = middle, result
+        else:
+            low = middle
+    logger.debug("kept %d of %d layers in float to meet the budget", high, len(candidates))
+    return plan(high), best, sensitivity, tried

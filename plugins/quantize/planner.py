@@ -1,0 +1,206 @@
+"""Decides which targets end up quantized, and why the others stay float.
+
+In order: calibrate the activation ranges (static); time each layer float vs int8 and keep
+float where int8 loses (`latency=auto`); measure accuracy and, if the budget fails, keep the
+most harmful layers float (`auto`); finally time the whole model against float, interleaved,
+and drop the least profitable layers until it is not slower (or give up: nothing changes).
+Every decision lands in the per-layer table of the pass's stats.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt.activations import iter_activations
+from graphopt.verify.feeds import split_samples
+from graphopt_plugins.quantize.accuracy import fit_to_budget, run_outputs, worst_metrics
+from graphopt_plugins.quantize.calibration import collect_ranges
+from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
+from graphopt_plugins.quantize.numerics import quantize_per_channel
+from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
+from graphopt_plugins.quantize.targets import Target, find_embeddings, find_targets
+
+__all__ = ["Planner"]
+
+logger = logging.getLogger(__name__)
+_GUARD_ROUNDS = 4
+# The whole model must beat float by this much as measured: one timing on a shared machine
+# can be off by a few percent, and "never slower" has to survive the next measurement too.
+_GUARD_MARGIN = 0.97
+
+
+class Planner:
+    def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int):
+        self.model, self.targets, self.options = model, targets, options
+        self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
+        self.signed = options.activations == "int8"
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.embeddings = 0
+        constants = constant_tensors(model)
+        self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants),
+                               "sensitivity_sqnr_db": None, "float_ms": None, "int8_ms": None,
+                               "decision": "quantized", "why": "within budget"} for t in targets}
+
+    # -- building candidates ---------------------------------------------------------------
+    def rewrite(self, graph: gs.Graph, targets: list[Target]) -> None:
+        if self.options.mode == "static":
+            apply_static(graph, targets, self.ranges, self.signed)
+        elif self.options.mode == "dynamic":
+            apply_dynamic(graph, targets)
+        else:
+            apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
+        with ir.quiet_graphsurgeon():
+            graph.cleanup(remove_unused_graph_inputs=False)
+        graph.toposort(mode="nodes")
+
+    def apply(self, graph: gs.Graph, chosen: list[int]) -> None:
+        targets, _ = find_targets(graph, self.options.op_types, self.options.include, self.options.exclude)
+        wanted = set(chosen)
+        embeddings = find_embeddings(graph, self.options.include, self.options.exclude) if self.options.embeddings and chosen else []
+        self.embeddings = quantize_embeddings(graph, embeddings)  # appends nodes: target indices stay valid
+        self.rewrite(graph, [t for t in targets if t.index in wanted])
+
+    def build(self, chosen: list[int]) -> onnx.ModelProto:
+        graph = ir.import_graph(self.model)
+        self.apply(graph, chosen)
+        return ir.export_model(graph, self.model)
+
+    # -- the decisions ---------------------------------------------------------------------
+    def plan(self) -> tuple[list[int], dict]:
+        started = time.perf_counter()
+        stats: dict = {"calibration": self.options.calibrate if self.options.mode == "static" else None}
+        if self.options.mode == "static":
+            names = activation_tensors(self.targets, "static", self.signed)
+            self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
+                                         self.options.percentile, self.signed, self.seed)
+        chosen = [t.index for t in self.targets]
+        timed = self.options.latency == "auto" and self.options.mode != "weight-only"
+        if timed:
+            chosen = self._layer_latency(chosen)
+        reference = run_outputs(self.model, self.evaluation)
+        evaluate = lambda subset: self._evaluate(reference, self.build(subset))  # noqa: E731
+        if self.options.auto:
+            small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
+            small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
+            sensitivity_of = lambda index: worst_metrics(small_reference, run_outputs(self.build([index]), small), None)["sqnr_db"]  # noqa: E731
+            quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, chosen, sensitivity_of)
+            for index, sqnr in sensitivity.items():
+                self.rows[index]["sensitivity_sqnr_db"] = _rounded(sqnr)
+            for index in set(chosen) - set(quantized):
+                self._keep(index, f"too harmful for budget {self.budget.describe()}")
+            chosen, stats["plans_evaluated"] = quantized, tried
+        else:
+            metrics = evaluate(chosen)
+        if timed and chosen:
+            chosen, stats["latency"] = self._guard(chosen)
+            if chosen:
+                metrics = evaluate(chosen)
+        stats.update(embeddings=self.embeddings if chosen else 0, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
+                     cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
+                     layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
+        if not chosen:
+            stats["reason"] = "every layer kept float"
+        return chosen, stats
+
+    def _evaluate(self, reference: dict, candidate: onnx.ModelProto) -> dict:
+        """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs it)."""
+        deployed = worst_metrics(reference, run_outputs(candidate, self.evaluation), self.budget)
+        if not deployed["ok"]:
+            return deployed
+        verified = worst_metrics(reference, run_outputs(candidate, self.evaluation, optimize=False), self.budget)
+        return verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
+
+    def _keep(self, index: int, why: str) -> None:
+        self.rows[index].update(decision="float", why=why)
+
+    def _integer_boundaries(self) -> dict[int, tuple[bool, bool]]:
+        """Per target: (its input comes from another target, every reader of its output is a target)."""
+        if self.options.mode != "static":
+            return {t.index: (False, False) for t in self.targets}
+        final = {t.index: t.relu_output if t.relu_output and not self.signed else t.output for t in self.targets}
+        produced = set(final.values())
+        activation_readers = {(t.index, t.activation) for t in self.targets}
+        readers: dict[str, list[int]] = {}
+        for index, node in enumerate(self.model.graph.node):
+            for name in node.input:
+                readers.setdefault(name, []).append(index)
+        outputs = {value.name for value in self.model.graph.output}
+        found = {}
+        for t in self.targets:
+            out = final[t.index]
+            users = readers.get(out, [])
+            found[t.index] = (t.activation in produced,
+                              bool(users) and out not in outputs and all((i, out) in activation_readers for i in users))
+        return found
+
+    def _layer_latency(self, chosen: list[int]) -> list[int]:
+        shapes = self._input_shapes()
+        boundaries = self._integer_boundaries()
+        kept = []
+        for target in self.targets:
+            shape = shapes.get(target.activation)
+            pair = layer_models(self.model, target.index, target.relu_output, shape,
+                                lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),
+                                *boundaries[target.index]) if shape else None
+            if pair is None:
+                kept.append(target.index)
+                continue
+            float_ms, int8_ms = interleaved_medians([pair[0], pair[1]], [pair[2], pair[3]], budget_seconds=0.12)
+            self.rows[target.index].update(float_ms=round(float_ms, 4), int8_ms=round(int8_ms, 4))
+            if int8_ms <= self.options.latency_margin * float_ms:
+                kept.append(target.index)
+            else:
+                self._keep(target.index, f"int8 slower here ({int8_ms:.3f} vs {float_ms:.3f} ms)")
+        return [index for index in chosen if index in set(kept)]
+
+    def _input_shapes(self) -> dict[str, tuple[int, ...]]:
+        first = split_samples(self.calibration)[0]
+        first = {name: value[None] for name, value in first.items()}
+        names = list(dict.fromkeys(t.activation for t in self.targets))
+        values = next(iter_activations(self.model, first, names))
+        return {name: tuple(np.asarray(value).shape) for name, value in values.items()}
+
+    def _guard(self, chosen: list[int]) -> tuple[list[int], dict]:
+        """Drops the layers that gain least until the whole model is not slower than float."""
+        feed = {name: value[0] for name, value in self.evaluation.items()
+                if name in {i.name for i in self.model.graph.input}}
+        gain = {i: (r["float_ms"] or 0.0) - (r["int8_ms"] or 0.0) for i, r in self.rows.items()}
+        history = []
+        for _ in range(_GUARD_ROUNDS):
+            float_ms, int8_ms = interleaved_medians([self.model, self.build(chosen)], [feed, feed], budget_seconds=2.0, rounds=5)
+            history.append({"layers": len(chosen), "float_ms": round(float_ms, 3), "quantized_ms": round(int8_ms, 3)})
+            if int8_ms <= _GUARD_MARGIN * float_ms:
+                return chosen, {"float_ms": history[-1]["float_ms"], "quantized_ms": history[-1]["quantized_ms"],
+                                "speedup": round(float_ms / int8_ms, 3), "rounds": history}
+            drop = sorted(chosen, key=lambda i: gain[i])[: max(1, len(chosen) // 4)]
+            for index in drop:
+                self._keep(index, "dropped: the whole model was slower than float")
+            chosen = [i for i in chosen if i not in set(drop)]
+            if not chosen:
+                break
+        for index in chosen:
+            self._keep(index, "the whole model stayed slower than float")
+        return [], {"rounds": history, "gave_up": True}
+
+
+def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict) -> float | None:
+    tensor = constants.get(model.graph.node[target.index].input[1])
+    if tensor is None:
+        return None
+    weight = onnx.numpy_helper.to_array(tensor).astype(np.float32)
+    quantized, scale = quantize_per_channel(weight, target.axis)
+    shape = [1] * weight.ndim
+    shape[target.axis] = -1
+    noise = float(np.sum((weight - quantized * scale.reshape(shape)) ** 2))
+    return _rounded(10 * math.log10(float(np.sum(weight ** 2)) / noise) if noise > 0 else math.inf)
+
+
+def _rounded(value):
+    return None if value is None else (value if math.isinf(value) else round(float(value), 2))

@@ -1,0 +1,133 @@
+"""The `quantize` pass: int8 static QDQ / dynamic / weight-only (int8, int4), kept where it pays."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+import graphopt
+from graphopt import ir
+from graphopt.errors import PreconditionError, UsageError
+from graphopt.model_io import infer_model_shapes
+from graphopt.verify.feeds import generate_feeds
+from graphopt.verify.metrics import Budget
+from graphopt_plugins.quantize.calibration import METHODS
+from graphopt_plugins.quantize.planner import Planner
+from graphopt_plugins.quantize.targets import WEIGHT_OPS, find_targets, is_quantized
+
+__all__ = ["Quantize"]
+
+_DEFAULT_BUDGET = Budget(cos=0.99)  # the pipeline's own default for lossy passes
+
+
+class Quantize(graphopt.Pass):
+    """Quantizes Conv/ConvTranspose/Gemm/MatMul weights to int8 per channel (or int4 blocks), activations to 8 bits.
+
+    Modes: `static` inserts QuantizeLinear/DequantizeLinear around each target so that
+    onnxruntime fuses QLinearConv / QGemm / QLinearMatMul / MatMulIntegerToFloat: int8
+    symmetric weights per output channel (Conv axis 0, ConvTranspose 1, Gemm by transB, MatMul
+    the last axis), int32 bias at x_scale*w_scale, activations per tensor (uint8 asymmetric or
+    int8 symmetric) from calibration (minmax, percentile, entropy, mse). `dynamic` rewrites
+    MatMul/Gemm to DynamicQuantizeLinear + MatMulInteger. `weight-only` stores weights as int8
+    per channel or int4 blocks (opset 21) behind a DequantizeLinear. In every mode, embedding
+    tables (Gather from a 2-D float constant) become int8 per row behind a DequantizeLinear.
+    Keeps a layer float when the user excludes it, when it is too harmful for the budget (most
+    harmful first, by measured sensitivity), or when int8 is slower there on this machine
+    (`latency=auto`); if the whole result is still slower than float, nothing is changed.
+    Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
+    that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
+    Refuses (PreconditionError) opset < 13, and int4 below opset 21. Lossy: held to `budget`.
+    """
+
+    name = "quantize"
+    lossless = False
+    after = ("cleanup", "fuse", "factorize", "prune")
+
+    @dataclasses.dataclass
+    class Options:
+        mode: Literal["static", "dynamic", "weight-only"] = "static"  # static QDQ, dynamic, or weight-only
+        calibrate: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"  # activation range method
+        percentile: float = 99.99  # for calibrate=percentile: the kept percentile of each tensor
+        activations: Literal["uint8", "int8"] = "uint8"  # uint8 asymmetric, or int8 symmetric
+        weight_bits: int = 8  # weight-only: 8 (per channel) or 4 (blocks along the reduction axis)
+        block_size: int = 32  # weight-only int4: elements per block (>= 16, a power of two)
+        op_types: list[str] = dataclasses.field(default_factory=lambda: list(WEIGHT_OPS))  # ops to quantize
+        include: list[str] = dataclasses.field(default_factory=list)  # node-name globs; empty = all
+        exclude: list[str] = dataclasses.field(default_factory=list)  # node-name globs or op types kept float
+        budget: str | None = None  # accuracy budget (cos:0.99, sqnr:30); else --budget, else cos=0.99
+        embeddings: bool = True  # also store Gather tables (embeddings) as int8 per row, when any layer is quantized
+        auto: bool = True  # keep the most harmful layers float until the budget holds
+        latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower, measured here
+        latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
+        max_samples: int = 32  # calibration samples used at most
+        sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
+
+        def __post_init__(self):
+            if self.weight_bits not in (4, 8):
+                raise ValueError("weight_bits must be 4 or 8")
+            if self.block_size < 16 or self.block_size & (self.block_size - 1):
+                raise ValueError("block_size must be a power of two >= 16")
+            if not 50.0 < self.percentile <= 100.0:
+                raise ValueError("percentile must be in (50, 100]")
+            if not 0.0 < self.latency_margin <= 1.0:
+                raise ValueError("latency_margin must be in (0, 1]")
+            if self.max_samples < 1 or self.sensitivity_samples < 1:
+                raise ValueError("max_samples and sensitivity_samples must be >= 1")
+            unknown = [op for op in self.op_types if op not in WEIGHT_OPS]
+            if unknown:
+                raise ValueError(f"op_types: {', '.join(unknown)} not among {', '.join(WEIGHT_OPS)}")
+            try:
+                Budget.parse(self.budget)
+            except UsageError as error:
+                raise ValueError(str(error)) from error
+            assert self.calibrate in METHODS
+
+    def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
+        options = self.options
+        if is_quantized(graph):
+            ctx.logger.info("quantize: the graph is already quantized; left alone")
+            return graphopt.PassResult(changed=False, stats={"already_quantized": True})
+        if ctx.opset and ctx.opset < 13:
+            raise PreconditionError(f"pass 'quantize' needs opset >= 13 (per-channel DequantizeLinear); the model has {ctx.opset} "
+                                    "(convert it first: onnx.version_converter.convert_version(model, 13))")
+        if options.mode == "weight-only" and options.weight_bits == 4 and ctx.opset < 21:
+            raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset}")
+        op_types = [op for op in options.op_types if options.mode != "dynamic" or op in ("MatMul", "Gemm")]
+        targets, skipped = find_targets(graph, op_types, options.include, options.exclude)
+        if options.mode == "dynamic":  # MatMulInteger's per-column zero point needs a 2-D weight
+            skipped += [{"node": t.name, "op": t.op, "reason": "dynamic mode needs a 2-D weight"} for t in targets if len(t.weight_shape) != 2]
+            targets = [t for t in targets if len(t.weight_shape) == 2]
+        if not targets:
+            return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": skipped})
+        model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
+        model = infer_model_shapes(model)
+        calibration, evaluation, origin = self._data(model, ctx)
+        budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
+        planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed)
+        chosen, stats = planner.plan()
+        stats.update(data=origin, skipped=skipped, mode=options.mode)
+        if not chosen:
+            ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
+            return graphopt.PassResult(changed=False, stats=stats)
+        planner.apply(graph, chosen)
+        ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(targets), options.mode,
+                        stats.get("cosine", float("nan")))
+        return graphopt.PassResult(changed=True, stats=stats)
+
+    def _data(self, model: onnx.ModelProto, ctx: graphopt.PassContext):
+        limit = self.options.max_samples
+        cut = lambda samples: {name: value[:limit] for name, value in samples.items()}  # noqa: E731
+        if ctx.calibration is not None:
+            calibration, origin = ctx.calibration, "calibration"
+        elif ctx.sample_inputs is not None:
+            calibration, origin = ctx.sample_inputs, "verifier inputs (generated unless --inputs)"
+        else:
+            calibration, origin = generate_feeds(model, seed=ctx.seed, samples=8), "generated"
+        if origin != "calibration" and self.options.mode == "static":
+            ctx.logger.warning("quantize: no --calibration data; calibrating on %s, so ranges and accuracy figures mean little", origin)
+        evaluation = ctx.sample_inputs if ctx.sample_inputs is not None else calibration
+        return cut(calibration), cut(evaluation), origin
