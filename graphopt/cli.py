@@ -189,7 +189,7 @@ def _optimize(args) -> int:
         print(f"wrote {output}")
         print(format_comparison(result.report["input"], result.report["output"]))
         for entry in result.report["passes"]:
-            details = ", ".join(f"{key}={value}" for key, value in entry["details"].items() if value)
+            details = _brief(entry["details"])
             print(f"pass {entry['name']}: {entry['status']} in {entry['seconds']:.3f}s" + (f" ({details})" if details else ""))
     return 0
 
@@ -291,6 +291,20 @@ def _passes(args) -> int:
             for option in entry["options"]:
                 print(f"    {option['name']} ({option['type']}, default {option['default']!r})  {option['help']}")
     return 0
+
+
+def _brief(details: dict) -> str:
+    """A pass's stats on one line: scalars as they are, tables (per-layer lists) by their length."""
+    parts = []
+    for key, value in details.items():
+        if isinstance(value, (list, tuple, dict)):
+            if value:
+                parts.append(f"{key}: {len(value)} rows in the report")
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif value:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def _doc_body(cls) -> str:

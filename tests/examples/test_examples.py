@@ -55,3 +55,17 @@ def test_03_plugin_package_installs_registers_runs_and_passes_its_own_tests(tmp_
     assert rounding["details"]["tensors_rounded"] > 0
     assert "4 passed" in completed.stdout
     onnx.checker.check_model(str(tmp_path / "demo.rounded.onnx"), full_check=True)
+
+
+def test_04_static_quantization_from_images(tmp_path):
+    completed = subprocess.run(["bash", str(EXAMPLES / "04_static_quantization" / "run.sh"), str(tmp_path)],
+                               capture_output=True, text=True, env=_env(), timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    quantize = next(entry for entry in report["passes"] if entry["name"] == "quantize")
+    assert quantize["status"] == "accepted" and quantize["details"]["quantized"] > 0
+    assert report["verification"]["end_to_end"]["ok"]
+    assert report["output"]["bytes"] < report["input"]["bytes"]
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "demo.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "end to end, logits: cosine" in completed.stdout
