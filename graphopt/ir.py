@@ -196,8 +196,10 @@ def is_static_shape(shape) -> bool:
 
 
 def _merged_opsets(original, exported) -> list[onnx.OperatorSetIdProto]:
-    versions = {entry.domain: entry.version for entry in exported}
-    versions.update({entry.domain: entry.version for entry in original})
+    """The original's opsets, a domain a pass newly uses, and a version a pass raised (never lowered)."""
+    versions = {entry.domain: entry.version for entry in original}
+    for entry in exported:
+        versions[entry.domain] = max(entry.version, versions.get(entry.domain, 0))
     return [onnx.helper.make_opsetid(domain, version) for domain, version in versions.items()]
 
 

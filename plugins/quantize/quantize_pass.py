@@ -93,9 +93,10 @@ class Quantize(graphopt.Pass):
             return graphopt.PassResult(changed=False, stats={"already_quantized": True})
         if ctx.opset and ctx.opset < 13:
             raise PreconditionError(f"pass 'quantize' needs opset >= 13 (per-channel DequantizeLinear); the model has {ctx.opset} "
-                                    "(convert it first: onnx.version_converter.convert_version(model, 13))")
+                                    "(convert it first: --passes opset,...)")
         if options.mode == "weight-only" and options.weight_bits == 4 and ctx.opset < 21:
-            raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset}")
+            raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset} "
+                                    "(convert it first: --passes opset,... --set opset.target=21)")
         op_types = [op for op in options.op_types if options.mode != "dynamic" or op in ("MatMul", "Gemm")]
         targets, skipped = find_targets(graph, op_types, options.include, options.exclude)
         if options.mode == "dynamic":  # MatMulInteger's per-column zero point needs a 2-D weight
