@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # label -> (passes, options, global budget); a recipe runs only if all its passes are installed
 RECIPES = {
-    "graphopt cleanup,fuse": (["cleanup", "fuse"], {}, None),
-    "graphopt cleanup,fuse,quantize": (["cleanup", "fuse", "quantize"], {}, "cos=0.99"),
-    "graphopt compress (cos≥0.99)": (["cleanup", "fuse", "factorize", "prune", "quantize"], {}, "cos=0.99"),
+    "graphopt lossless": (["opset", "cleanup", "fuse"], {}, None),
+    "graphopt int8": (["opset", "cleanup", "fuse", "quantize"], {}, "cos=0.99"),
+    "graphopt compress": (["opset", "cleanup", "fuse", "factorize", "prune", "quantize"], {}, "cos=0.99"),
 }
 _KIND = {"PP-OCRv4 det": "det", "PP-OCRv4 rec": "rec", "PP-OCR cls": "cls"}
 
