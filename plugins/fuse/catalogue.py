@@ -7,13 +7,34 @@ larger patterns (activations, normalisation, attention). The pass repeats rounds
 
 from __future__ import annotations
 
+from graphopt_plugins.fuse.bn_fold import fold_batchnorm_into_linear
+from graphopt_plugins.fuse.bn_to_mul_add import batchnorm_to_mul_add
+from graphopt_plugins.fuse.gemm_from_matmul_add import gemm_from_matmul_add
+from graphopt_plugins.fuse.noop_removal import remove_noop_nodes
+from graphopt_plugins.fuse.pad_fold import fold_pad_into_window
+from graphopt_plugins.fuse.reshape_chain import collapse_reshape_chains
 from graphopt_plugins.fuse.rule import Rule
+from graphopt_plugins.fuse.scale_after import fold_channel_constants_after
+from graphopt_plugins.fuse.scale_before import fold_channel_constants_before
+from graphopt_plugins.fuse.squeeze_pair import remove_squeeze_pairs
 from graphopt_plugins.fuse.transpose_chain import merge_transpose_chains
+from graphopt_plugins.fuse.transpose_into_gemm import fold_transpose_into_gemm
 
 __all__ = ["RULES", "rule_names"]
 
 RULES: tuple[Rule, ...] = (
     Rule("transpose_chain", merge_transpose_chains, description="Transpose∘Transpose merged, or removed when it is the identity"),
+    Rule("reshape_chain", collapse_reshape_chains, min_opset=5, description="Reshape∘Reshape (or Flatten) collapsed into one Reshape"),
+    Rule("squeeze_pair", remove_squeeze_pairs, description="Squeeze/Unsqueeze pairs on the same axes removed"),
+    Rule("noop_removal", remove_noop_nodes, description="Reshape/Cast/Slice/Expand/Concat/Split that return their input, removed"),
+    Rule("bn_fold", fold_batchnorm_into_linear, description="BatchNormalization folded into the Conv/ConvTranspose/Gemm/MatMul before it"),
+    Rule("scale_after", fold_channel_constants_after, description="per-channel Mul/Add/Sub/Div by constants folded into the linear node before"),
+    Rule("bn_to_mul_add", batchnorm_to_mul_add, description="a BN before a linear node becomes Add+Mul that fold into it"),
+    Rule("scale_before", fold_channel_constants_before, description="per-channel Mul/Div (Add/Sub where exact) folded into the linear node after"),
+    Rule("pad_fold", fold_pad_into_window, description="constant spatial Pad folded into Conv/AveragePool/MaxPool pads"),
+    Rule("gemm_from_matmul_add", gemm_from_matmul_add, min_opset=7, description="MatMul+Add(bias) on 2-D operands becomes Gemm"),
+    Rule("transpose_into_gemm", fold_transpose_into_gemm, description="a 2-D Transpose folded into Gemm's transA/transB"),
+    # -- pattern rules (activations, norms, attention) --
 )
 
 

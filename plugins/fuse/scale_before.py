@@ -1,0 +1,76 @@
+"""Per-channel Mul/Div (and, where exact, Add/Sub) by a constant folded into the Conv/Gemm/MatMul after it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels, sole_reader
+from graphopt_plugins.fuse.rule import FuseContext
+
+__all__ = ["fold_channel_constants_before"]
+
+RULE = "scale_before"
+_OPS = ("Mul", "Add", "Sub", "Div")
+_GATES = ("Clip", "HardSigmoid")  # HardSwish's decomposed forms
+
+
+def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
+    """Rewrites `Linear(x ∘ c)` for ∘ in {*, /} (and + , - where exact) as `Linear'(x)`, on input channels.
+
+    `Linear` is a Conv (any `group`), a Gemm (`transA`/`transB` respected) or a MatMul, with a
+    constant weight, reading `x ∘ c` as its data input; `c` is a constant that varies along the
+    input-channel axis only (a scalar qualifies). A scale multiplies the weight's input
+    channels. A shift is folded into the bias only where it is exact: into a Gemm, and into a
+    Conv without padding. With padding it is NOT exact — the padded border stays 0 where the
+    shifted input would have been `c` — so it is refused (near miss), as for a MatMul, which
+    has no bias.
+
+    Does not fire when: `x ∘ c` has another reader or is a graph output; the constant is the
+    left operand of Sub/Div, zero in a Div, or varies along other axes; the weight or bias is
+    not a constant; on `/ c` or `* c` that ends a decomposed HardSwish (`x * Clip(x + 3, 0, 6) / 6`):
+    the activation rules fuse the whole form into one node, which saves more than this fold.
+    """
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op not in _OPS:
+            continue
+        operands = constant_operand(node)
+        if operands is None:
+            continue
+        x, value, index = operands
+        linear = sole_reader(node.outputs[0], ctx)
+        if linear is None or not linear.inputs or linear.inputs[0] is not node.outputs[0]:
+            continue
+        channels = input_channels(linear)
+        if channels is None:
+            continue
+        if index == 0 and node.op in ("Sub", "Div"):
+            ctx.near_miss(RULE, node, "the constant is the left operand of Sub/Div")
+            continue
+        if node.op in ("Mul", "Div") and _ends_gated_activation(x):
+            ctx.near_miss(RULE, node, "it ends a gated activation the activation rules fuse")
+            continue
+        rank, axis, count = channels
+        vector = channel_vector(value, rank, axis, count)
+        if vector is None or (node.op == "Div" and not np.all(vector)):
+            ctx.near_miss(RULE, node, "the constant is not a non-zero per-input-channel float")
+            continue
+        scale = {"Mul": vector, "Div": 1.0 / vector}.get(node.op)
+        shift = {"Add": vector, "Sub": -vector}.get(node.op)
+        if not fold_before(linear, scale, shift, ctx):
+            ctx.near_miss(RULE, node, f"a shift before a {linear.op} is not exact (padding, or no bias)")
+            continue
+        node.inputs.clear()
+        node.outputs.clear()
+        linear.inputs[0] = x
+        rewritten += 1
+    return rewritten
+
+
+def _ends_gated_activation(x: gs.Tensor) -> bool:
+    gate = ir.producer(x)
+    if gate is None or gate.op != "Mul" or len(gate.inputs) != 2:
+        return False
+    return any((ir.producer(operand) is not None and ir.producer(operand).op in _GATES) for operand in gate.inputs)
