@@ -26,7 +26,7 @@ def fold_pad_into_window(graph: gs.Graph, ctx: FuseContext) -> int:
     Does not fire when: the Pad's mode is reflect/edge/wrap; an amount is negative (a crop) or
     not a constant, or a batch/channel axis is padded; the value differs from the window's
     (any other value for a Conv, or for an AveragePool with `count_include_pad=0`); the
-    window uses `auto_pad`; the Pad's output has another reader or is a graph output; the
+    window uses `auto_pad`; a pool's pads would reach its kernel size; the Pad's output has another reader or is a graph output; the
     input's rank is unknown.
     """
     rewritten = 0
@@ -67,6 +67,14 @@ def _refusal(pad: gs.Node, window: gs.Node) -> str | None:
     auto_pad = window.attrs.get("auto_pad", "NOTSET")
     if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET":
         return f"the {window.op} uses auto_pad"
+    kernel = window.attrs.get("kernel_shape")
+    if window.op != "Conv":
+        spatial = rank - 2
+        old = [int(p) for p in window.attrs.get("pads", [0] * (2 * spatial))]
+        if kernel is None or any(
+            old[i] + amounts[2 + i] >= kernel[i] or old[spatial + i] + amounts[rank + 2 + i] >= kernel[i] for i in range(spatial)
+        ):
+            return f"the {window.op}'s pads would not stay smaller than its kernel"
     value = _pad_value(pad)
     if value is None:
         return "the pad value is not a constant"

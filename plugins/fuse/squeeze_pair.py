@@ -18,12 +18,12 @@ _INVERSE = {"Squeeze": "Unsqueeze", "Unsqueeze": "Squeeze"}
 def remove_squeeze_pairs(graph: gs.Graph, ctx: FuseContext) -> int:
     """Rewrites `Squeeze(Unsqueeze(x, a), a)` and `Unsqueeze(Squeeze(x, a), a)` as `x`.
 
-    Both name their axes in the rank of the tensor between them (Unsqueeze's output, Squeeze's
-    input), so the pair is the identity when the two axis sets are equal once negative axes are
-    resolved with that rank. Axes come from the attribute (opset < 13) or a constant input.
+    Both name their axes in the rank of the larger tensor (Unsqueeze's output, Squeeze's input):
+    the one between them for Unsqueeze→Squeeze, the outer ones for Squeeze→Unsqueeze. The pair
+    is the identity when the two axis sets are equal once negative axes are resolved with it. Axes come from the attribute (opset < 13) or a constant input.
 
     Does not fire when: an axis list is absent (Squeeze of every unit axis) or not a constant;
-    the intermediate rank is unknown while an axis is negative; the sets differ; the middle
+    the larger rank is unknown while an axis is negative; the sets differ; the middle
     tensor has another reader or is a graph output; the result is a graph output that `x`
     cannot be renamed to (a graph input, or a tensor with other readers).
     """
@@ -38,7 +38,8 @@ def remove_squeeze_pairs(graph: gs.Graph, ctx: FuseContext) -> int:
         if sole_reader(middle, ctx) is not outer:
             ctx.near_miss(RULE, outer, f"the {inner.op}'s output has other readers")
             continue
-        rank = len(middle.shape) if middle.shape is not None else None
+        larger = middle if inner.op == "Unsqueeze" else inner.inputs[0]
+        rank = len(larger.shape) if larger.shape is not None else None
         first, second = _axes(inner, rank), _axes(outer, rank)
         if first is None or second is None or first != second:
             ctx.near_miss(RULE, outer, "the axes are implicit, not constants, or differ")
