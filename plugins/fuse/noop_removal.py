@@ -19,7 +19,7 @@ def remove_noop_nodes(graph: gs.Graph, ctx: FuseContext) -> int:
     """Removes a node whose single output is provably its data input, and points readers at the input.
 
     - Reshape / Expand: the input's and the output's shapes are both fully static and equal.
-    - Cast: to the input's own element type.
+    - Cast: to the input's own element type; CastLike: to the type of an input of that type.
     - Slice: static shapes equal and every step 1 (a same-size, step-1 slice starts at 0).
     - Concat of a single input; Split into a single output.
 
@@ -73,6 +73,8 @@ _CHECKS = {
     "Reshape": _same_static_shape,
     "Expand": _same_static_shape,
     "Cast": _cast_to_own_type,
+    "CastLike": lambda node: len(node.inputs) == 2 and node.inputs[0].dtype is not None
+    and node.inputs[1].dtype is not None and np.dtype(node.inputs[0].dtype) == np.dtype(node.inputs[1].dtype),
     "Slice": _whole_slice,
     "Concat": lambda node: len(node.inputs) == 1,
     "Split": lambda node: len(node.outputs) == 1,

@@ -16,10 +16,11 @@ def test_every_kind_of_noop_goes():
             d = Expand(c, big)
             e = Concat<axis=0>(d)
             f = Split<axis=1>(e)
-            y = Relu(f)
-        }}""", opset=13)
+            h = CastLike(f, x)
+            y = Relu(h)
+        }}""", opset=15)
     fused, stats = fuse_and_check(model)
-    assert stats["noop_removal"] == 6
+    assert stats["noop_removal"] == 7
     assert op_counts(fused) == {"Relu": 1}
 
 
@@ -38,16 +39,17 @@ def test_noop_feeding_a_graph_output_hands_the_name_to_its_producer():
 def test_nodes_that_change_their_input_stay():
     init = weights(shape=np.array([3, 2], np.int64), starts=np.array([1], np.int64), ends=np.array([100], np.int64),
                    axes=np.array([1], np.int64), rev=np.array([-1], np.int64), big=np.array([2, 2, 3], np.int64),
-                   neg=np.array([-1], np.int64), far=np.array([-100], np.int64))
+                   neg=np.array([-1], np.int64), far=np.array([-100], np.int64), one=np.array([1.0]))
     model = model_from_text(f"""
-        g (float[2,3] x, float[2,3] z) => (float[3,2] a, double[2,3] b, float[2,2] c, float[2,3] r, float[2,2,3] d, float[4,3] e) {init} {{
+        g (float[2,3] x, float[2,3] z) => (float[3,2] a, double[2,3] b, float[2,2] c, float[2,3] r, float[2,2,3] d, float[4,3] e, double[2,3] k) {init} {{
             a = Reshape(x, shape)
             b = Cast<to=11>(x)
             c = Slice(x, starts, ends, axes)
             r = Slice(x, neg, far, axes, rev)
             d = Expand(x, big)
             e = Concat<axis=0>(x, z)
-        }}""", opset=13)
+            k = CastLike(x, one)
+        }}""", opset=15)
     fused, stats = fuse_and_check(model)
     assert stats.get("noop_removal", 0) == 0
-    assert sum(op_counts(fused).values()) == 6
+    assert sum(op_counts(fused).values()) == 7
