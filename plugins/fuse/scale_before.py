@@ -25,7 +25,8 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
     channels. A shift is folded into the bias only where it is exact: into a Gemm, and into a
     Conv without padding. With padding it is NOT exact — the padded border stays 0 where the
     shifted input would have been `c` — so it is refused (near miss), as for a MatMul, which
-    has no bias.
+    has no bias. One exception saves a node exactly: `(x * s + c)` before such a node becomes
+    `x + c/s` with `s` folded into the weight (s per-channel and non-zero).
 
     Does not fire when: `x ∘ c` has another reader or is a graph output; the constant is the
     left operand of Sub/Div, zero in a Div, or varies along other axes; the weight or bias is
@@ -60,6 +61,9 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
         scale = {"Mul": vector, "Div": 1.0 / vector}.get(node.op)
         shift = {"Add": vector, "Sub": -vector}.get(node.op)
         if not fold_before(linear, scale, shift, ctx):
+            if _swap_scale_past_shift(node, x, shift, linear, channels, ctx):
+                rewritten += 1
+                continue
             ctx.near_miss(RULE, node, f"a shift before a {linear.op} is not exact (padding, or no bias)")
             continue
         node.inputs.clear()
@@ -67,6 +71,28 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
         linear.inputs[0] = x
         rewritten += 1
     return rewritten
+
+
+def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear: gs.Node, channels, ctx: FuseContext) -> bool:
+    """`(x0 * s + b)` before a linear node that cannot take the shift: rewritten as `x0 + b/s`,
+    with `s` folded into the weight. Needs a per-channel, non-zero `s` read by the Add alone."""
+    mul = ir.producer(x)
+    if mul is None or mul.op != "Mul" or sole_reader(x, ctx) is not add:
+        return False
+    operands = constant_operand(mul)
+    if operands is None or _ends_gated_activation(operands[0]):
+        return False
+    rank, axis, count = channels
+    scale = channel_vector(operands[1], rank, axis, count)
+    if scale is None or not np.all(scale) or not fold_before(linear, scale, None, ctx):
+        return False
+    shape = [1] * rank
+    shape[axis % rank] = count
+    dtype = np.dtype(x.dtype) if x.dtype is not None else operands[1].dtype
+    mul.inputs.clear()
+    mul.outputs.clear()
+    add.inputs[0], add.inputs[1] = operands[0], ctx.constant(f"{add.name}_shift", (shift / scale).reshape(shape).astype(dtype))
+    return True
 
 
 def _ends_gated_activation(x: gs.Tensor) -> bool:

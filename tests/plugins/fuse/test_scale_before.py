@@ -74,3 +74,17 @@ def test_hardswish_tail_is_left_to_the_activation_rules():
     fused, stats = fuse_and_check(model)
     assert stats.get("scale_before", 0) == 0
     assert op_counts(fused)["Div"] == 1
+
+
+def test_scale_then_shift_before_a_padded_conv_keeps_only_the_shift():
+    init = weights(w=rand(4, 1, 3, 3), s=rand(1, 4, 1, 1, low=0.5, high=2), t=np.array([0.3], np.float32))
+    model = model_from_text(f"""
+        g (float[1,4,6,6] x) => (float[1,4,6,6] y) {init} {{
+            r = Relu(x)
+            m = Mul(r, s)
+            a = Add(m, t)
+            y = Conv<group=4, pads=[1,1,1,1]>(a, w)
+        }}""")
+    fused, stats = fuse_and_check(model)
+    assert stats["scale_before"] == 1
+    assert op_counts(fused) == {"Relu": 1, "Add": 1, "Conv": 1}
