@@ -13,6 +13,7 @@ from graphopt_plugins.fuse.gemm_from_matmul_add import gemm_from_matmul_add
 from graphopt_plugins.fuse.noop_removal import remove_noop_nodes
 from graphopt_plugins.fuse.pad_fold import fold_pad_into_window
 from graphopt_plugins.fuse.reshape_chain import collapse_reshape_chains
+from graphopt_plugins.fuse.reshape_own_dims import constant_reshape_targets
 from graphopt_plugins.fuse.rule import Rule
 from graphopt_plugins.fuse.scale_after import fold_channel_constants_after
 from graphopt_plugins.fuse.scale_before import fold_channel_constants_before
@@ -24,6 +25,7 @@ __all__ = ["RULES", "rule_names"]
 
 RULES: tuple[Rule, ...] = (
     Rule("transpose_chain", merge_transpose_chains, description="Transpose∘Transpose merged, or removed when it is the identity"),
+    Rule("reshape_own_dims", constant_reshape_targets, min_opset=5, description="a Reshape target built from the input's own Shape becomes a constant"),
     Rule("reshape_chain", collapse_reshape_chains, min_opset=5, description="Reshape∘Reshape (or Flatten) collapsed into one Reshape"),
     Rule("squeeze_pair", remove_squeeze_pairs, description="Squeeze/Unsqueeze pairs on the same axes removed"),
     Rule("noop_removal", remove_noop_nodes, description="Reshape/Cast/Slice/Expand/Concat/Split that return their input, removed"),
