@@ -127,7 +127,7 @@ def _bias(node: gs.Node, length: int) -> np.ndarray:
 
 
 def _set_input(node: gs.Node, index: int, values: np.ndarray, dtype, ctx: FuseContext) -> None:
-    constant = ctx.constant(f"{node.name or node.op}_w{index}", values.astype(dtype))
+    constant = ctx.constant(f"{node.name or node.op}_w{index}", np.asarray(values, dtype=dtype))
     while len(node.inputs) <= index:
         node.inputs.append(gs.Variable.empty())
     node.inputs[index] = constant
@@ -144,17 +144,18 @@ def fold_after(node: gs.Node, scale: np.ndarray, shift: np.ndarray, ctx: FuseCon
     has_shift = bool(np.any(shift != 0))
     if node.op == "MatMul" and has_shift and _rank(node.inputs[0]) != 2:
         return False
-    w = weight.astype(np.float64)
+    w, scale = weight, np.asarray(scale)  # one product per weight: rounded once, in the weight's dtype
+    channel_scale = scale.astype(dtype)
     if node.op == "Conv":
-        w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        w = w * channel_scale.reshape((-1,) + (1,) * (w.ndim - 1))
     elif node.op == "ConvTranspose":
         group = int(node.attrs.get("group", 1))
         grouped = w.reshape((group, w.shape[0] // group) + w.shape[1:])
-        w = (grouped * scale.reshape((group, 1, -1) + (1,) * (w.ndim - 2))).reshape(w.shape)
+        w = (grouped * channel_scale.reshape((group, 1, -1) + (1,) * (w.ndim - 2))).reshape(w.shape)
     elif node.op == "Gemm":
-        w = w * (scale[:, None] if node.attrs.get("transB", 0) else scale[None, :])
+        w = w * (channel_scale[:, None] if node.attrs.get("transB", 0) else channel_scale[None, :])
     else:
-        w = w * scale[None, :]
+        w = w * channel_scale[None, :]
     if node.op == "MatMul" and has_shift:
         node.op, node.attrs = "Gemm", {}
     had_bias = _optional(node, 2) is not None
@@ -176,7 +177,8 @@ def fold_before(node: gs.Node, scale: np.ndarray | None, shift: np.ndarray | Non
     """
     weight = _weight(node)
     dtype = weight.dtype
-    w = weight.astype(np.float64)
+    w = weight
+    scale = scale.astype(dtype) if scale is not None else None  # a product is rounded once, in the weight's dtype
     if node.op == "Conv":
         group = int(node.attrs.get("group", 1))
         out_channels, per_group = w.shape[0], w.shape[1]
@@ -188,7 +190,7 @@ def fold_before(node: gs.Node, scale: np.ndarray | None, shift: np.ndarray | Non
             return True
         if not _zero_padding(node):
             return False
-        extra = (w * shift[columns].reshape(w.shape[:2] + (1,) * (w.ndim - 2))).reshape(out_channels, -1).sum(axis=1)
+        extra = (w.astype(np.float64) * shift[columns].reshape(w.shape[:2] + (1,) * (w.ndim - 2))).reshape(out_channels, -1).sum(axis=1)
         _set_input(node, 2, _bias(node, out_channels) + extra, dtype, ctx)
         return True
     trans_b = node.op == "Gemm" and node.attrs.get("transB", 0)
@@ -200,7 +202,7 @@ def fold_before(node: gs.Node, scale: np.ndarray | None, shift: np.ndarray | Non
     if node.op != "Gemm":
         return False
     alpha = float(node.attrs.get("alpha", 1.0))
-    _set_input(node, 2, _bias(node, w_kn.shape[1]) + alpha * (shift @ w_kn), dtype, ctx)
+    _set_input(node, 2, _bias(node, w_kn.shape[1]) + alpha * (shift @ w_kn.astype(np.float64)), dtype, ctx)
     node.attrs["beta"] = 1.0
     return True
 
