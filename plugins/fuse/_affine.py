@@ -1,7 +1,7 @@
 """Shared by the folds into weights: per-channel constants, and scaling a linear node's channels.
 
 A *linear* node here is a Conv, ConvTranspose, Gemm or MatMul whose weight is a compile-time
-constant. Its output channels can absorb `y * scale + shift` (the BN fold, per-channel
+constant (an initializer, a Constant node, or a ConstantOfShape fill with a constant shape). Its output channels can absorb `y * scale + shift` (the BN fold, per-channel
 Mul/Add/Sub/Div after it) and its input channels can absorb `x * scale` (and `x + shift` where
 that is exact) before it. New weights are computed in float64 and stored in the weight's dtype,
 always as new constants: a weight shared with another node is never changed in place.
@@ -64,16 +64,36 @@ def channel_vector(value: np.ndarray, rank: int | None, axis: int, channels: int
     return np.broadcast_to(value.reshape(-1).astype(np.float64), (channels,)) if value.size else None
 
 
+def _known_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """A constant's value, or the filled tensor a ConstantOfShape with a constant shape makes.
+
+    cleanup leaves a large ConstantOfShape unfolded to keep the file small; a fold that must
+    change such a weight materializes it (the model grows to the weight's real size).
+    """
+    value = ir.constant_value(tensor)
+    if value is not None:
+        return value
+    node = ir.producer(tensor)
+    if node is None or node.op != "ConstantOfShape" or not node.inputs:
+        return None
+    shape = ir.constant_value(node.inputs[0])
+    fill = node.attrs.get("value")
+    if shape is None:
+        return None
+    fill = fill.values if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
+    return np.full([int(d) for d in np.asarray(shape).reshape(-1)], fill.reshape(-1)[0], dtype=fill.dtype)
+
+
 def _weight(node: gs.Node) -> np.ndarray | None:
     if node.op not in LINEAR_OPS or len(node.inputs) < 2 or len(node.outputs) != 1:
         return None
-    weight = ir.constant_value(node.inputs[1])
+    weight = _known_value(node.inputs[1])
     if weight is None or weight.dtype.type not in _FLOATS:
         return None
     if node.op == "MatMul" and weight.ndim != 2:
         return None
     bias = _optional(node, 2)
-    if node.op != "MatMul" and bias is not None and ir.constant_value(bias) is None:
+    if node.op != "MatMul" and bias is not None and _known_value(bias) is None:
         return None  # a variable bias cannot take a shift
     return weight
 
@@ -122,7 +142,7 @@ def _bias(node: gs.Node, length: int) -> np.ndarray:
     tensor = _optional(node, 2)
     if tensor is None:
         return np.zeros(length)
-    bias = np.asarray(ir.constant_value(tensor), dtype=np.float64)
+    bias = np.asarray(_known_value(tensor), dtype=np.float64)
     return bias * float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else bias
 
 

@@ -77,3 +77,17 @@ def test_bn_after_a_3d_matmul_stays():
     fused, stats = fuse_and_check(model)
     assert stats.get("bn_fold", 0) == 0
     assert op_counts(fused)["BatchNormalization"] == 1
+
+
+def test_bn_folds_into_a_conv_whose_weight_is_a_constant_of_shape_fill():
+    # onnx's light_* models make their weights this way; the fold materializes the weight
+    init = weights(shape=np.array([4, 3, 3, 3], np.int64), **_bn(4))
+    model = model_from_text(f"""
+        g (float[1,3,5,5] x) => (float[1,4,3,3] y) {init} {{
+            w = ConstantOfShape<value=float[1] {{0.25}}>(shape)
+            c = Conv(x, w)
+            y = BatchNormalization(c, gamma, beta, mean, var)
+        }}""")
+    fused, stats = fuse_and_check(model)
+    assert stats["bn_fold"] == 1
+    assert op_counts(fused) == {"Conv": 1}
