@@ -13,7 +13,8 @@ __all__ = ["fold_channel_constants_before"]
 
 RULE = "scale_before"
 _OPS = ("Mul", "Add", "Sub", "Div")
-_GATES = ("Clip", "HardSigmoid")  # HardSwish's decomposed forms
+_HARDSWISH_GATES = ("Clip", "HardSigmoid")  # x * Clip(x + 3, 0, 6) / 6, x * HardSigmoid(x)
+_GELU_GATES = ("Erf", "Tanh")  # x * (1 + Erf(x / √2)) * 0.5, x * (1 + Tanh(…)) * 0.5
 
 
 def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
@@ -30,8 +31,10 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
 
     Does not fire when: `x ∘ c` has another reader or is a graph output; the constant is the
     left operand of Sub/Div, zero in a Div, or varies along other axes; the weight or bias is
-    not a constant; on `/ c` or `* c` that ends a decomposed HardSwish (`x * Clip(x + 3, 0, 6) / 6`):
-    the activation rules fuse the whole form into one node, which saves more than this fold.
+    not a constant; on the `/ 6` that ends a decomposed HardSwish (`x * Clip(x + 3, 0, 6) / 6`,
+    opset ≥ 14) or the `* 0.5` that ends a decomposed GELU (`x * (1 + Erf(x / √2)) * 0.5`, opset ≥
+    20 or `target=onnxruntime`): where the activation rules can fuse the whole form into one
+    node, that saves more than this fold.
     """
     rewritten = 0
     for node in list(graph.nodes):
@@ -50,7 +53,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
         if index == 0 and node.op in ("Sub", "Div"):
             ctx.near_miss(RULE, node, "the constant is the left operand of Sub/Div")
             continue
-        if node.op in ("Mul", "Div") and _ends_gated_activation(x):
+        if node.op in ("Mul", "Div") and _ends_activation(x, ctx):
             ctx.near_miss(RULE, node, "it ends a gated activation the activation rules fuse")
             continue
         rank, axis, count = channels
@@ -80,7 +83,7 @@ def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear
     if mul is None or mul.op != "Mul" or sole_reader(x, ctx) is not add:
         return False
     operands = constant_operand(mul)
-    if operands is None or _ends_gated_activation(operands[0]):
+    if operands is None or _ends_activation(operands[0], ctx):
         return False
     rank, axis, count = channels
     scale = channel_vector(operands[1], rank, axis, count)
@@ -95,8 +98,19 @@ def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear
     return True
 
 
-def _ends_gated_activation(x: gs.Tensor) -> bool:
+def _ends_activation(x: gs.Tensor, ctx: FuseContext) -> bool:
+    """Whether `x` is the gated product of a decomposed HardSwish or GELU that an activation rule
+    could fuse at this opset and target."""
     gate = ir.producer(x)
     if gate is None or gate.op != "Mul" or len(gate.inputs) != 2:
         return False
-    return any((ir.producer(operand) is not None and ir.producer(operand).op in _GATES) for operand in gate.inputs)
+    for operand in gate.inputs:
+        source = ir.producer(operand)
+        if source is None:
+            continue
+        if source.op in _HARDSWISH_GATES and ctx.opset >= 14:
+            return True
+        if source.op == "Add" and (ctx.opset >= 20 or ctx.allows_contrib_ops):
+            if any(ir.producer(t) is not None and ir.producer(t).op in _GELU_GATES for t in source.inputs):
+                return True
+    return False

@@ -88,3 +88,26 @@ def test_scale_then_shift_before_a_padded_conv_keeps_only_the_shift():
     fused, stats = fuse_and_check(model)
     assert stats["scale_before"] == 1
     assert op_counts(fused) == {"Relu": 1, "Add": 1, "Conv": 1}
+
+
+def _gelu_then_matmul(opset: int):
+    init = weights(w=rand(4, 3), root=np.array(1.4142135, np.float32), one=np.array(1.0, np.float32),
+                   half=np.array(0.5, np.float32))
+    return model_from_text(f"""
+        g (float[2,4] x) => (float[2,3] y) {init} {{
+            d = Div(x, root)
+            e = Erf(d)
+            a = Add(e, one)
+            m = Mul(x, a)
+            h = Mul(m, half)
+            y = MatMul(h, w)
+        }}""", opset=opset)
+
+
+def test_gelu_tail_folds_where_no_gelu_op_exists_and_stays_where_one_does():
+    fused, stats = fuse_and_check(_gelu_then_matmul(17))  # no Gelu before opset 20: the 0.5 goes into W
+    assert stats["scale_before"] == 1
+    assert op_counts(fused)["Mul"] == 1
+    fused, stats = fuse_and_check(_gelu_then_matmul(20))  # left whole for the GELU rule
+    assert stats.get("scale_before", 0) == 0
+    assert op_counts(fused)["Mul"] == 2
