@@ -113,8 +113,8 @@ def output_channels(node: gs.Node) -> tuple[int, int, int] | None:
         return weight.ndim, 1, weight.shape[1] * int(node.attrs.get("group", 1))
     if node.op == "Gemm":
         return 2, 1, weight.shape[0 if node.attrs.get("transB", 0) else 1]
-    rank = _rank(node.outputs[0]) or _rank(node.inputs[0])
-    return (max(rank, 2), -1, weight.shape[1]) if rank is not None else None
+    rank = _rank(node.inputs[0])  # A (…, K) @ B (K, N) is (…, N); a 1-D A gives a 1-D (N,)
+    return (rank, -1, weight.shape[1]) if rank is not None and rank >= 1 else None
 
 
 def input_channels(node: gs.Node) -> tuple[int, int, int] | None:
