@@ -61,3 +61,18 @@ def test_conv_output_with_another_reader_keeps_its_scale():
     fused, stats = fuse_and_check(model)
     assert stats.get("scale_after", 0) == 0
     assert op_counts(fused) == {"Conv": 1, "Mul": 1, "Relu": 1}
+
+
+def test_caffe2_style_scale_and_bias_after_a_batchnorm_fold_into_it():
+    init = weights(gamma=rand(4, low=0.5, high=1.5), beta=rand(4, seed=2), mean=rand(4, seed=3),
+                   var=rand(4, low=0.5, high=2, seed=4), s=rand(4, 1, 1, seed=5), t=rand(4, 1, 1, seed=6))
+    model = model_from_text(f"""
+        g (float[1,4,3,3] x) => (float[1,4,3,3] y) {init} {{
+            r = Relu(x)
+            b = BatchNormalization(r, gamma, beta, mean, var)
+            m = Mul(b, s)
+            y = Add(m, t)
+        }}""")
+    fused, stats = fuse_and_check(model)
+    assert stats["scale_after"] == 2
+    assert op_counts(fused) == {"Relu": 1, "BatchNormalization": 1}
