@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt_plugins.fuse._affine import input_channels, sole_reader
+from graphopt_plugins.fuse._affine import input_channels, sole_reader, level_nodes
 from graphopt_plugins.fuse.bn_fold import batchnorm_affine
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -28,6 +28,7 @@ def batchnorm_to_mul_add(graph: gs.Graph, ctx: FuseContext) -> int:
     output, or feeds anything else (two elementwise nodes would then replace one BN).
     """
     rewritten = 0
+    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
     for bn in list(graph.nodes):
         if bn.op != "BatchNormalization" or not bn.inputs:
             continue
@@ -35,7 +36,7 @@ def batchnorm_to_mul_add(graph: gs.Graph, ctx: FuseContext) -> int:
         if affine is None:
             continue
         reader = sole_reader(bn.outputs[0], ctx)
-        channels = input_channels(reader) if reader is not None and reader.inputs[0] is bn.outputs[0] else None
+        channels = input_channels(reader) if reader is not None and id(reader) in local and reader.inputs[0] is bn.outputs[0] else None
         if channels is None or channels[1] % channels[0] != 1 or channels[2] != len(affine[0]):
             ctx.near_miss(RULE, bn, "its output does not feed (only) a linear node with constant weights on its channel axis")
             continue

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader
+from graphopt_plugins.fuse._affine import sole_reader, level_nodes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_pad_into_window"]
@@ -30,11 +30,12 @@ def fold_pad_into_window(graph: gs.Graph, ctx: FuseContext) -> int:
     input's rank is unknown.
     """
     rewritten = 0
+    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
     for pad in list(graph.nodes):
         if pad.op != "Pad" or not pad.inputs:
             continue
         window = sole_reader(pad.outputs[0], ctx)
-        if window is None or window.op not in _WINDOWS or window.inputs[0] is not pad.outputs[0]:
+        if window is None or window.op not in _WINDOWS or id(window) not in local or window.inputs[0] is not pad.outputs[0]:
             continue
         reason = _refusal(pad, window)
         if reason is None:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import LINEAR_OPS, channel_vector, constant_operand, fold_after, output_channels, sole_reader, take_output
+from graphopt_plugins.fuse._affine import LINEAR_OPS, channel_vector, constant_operand, fold_after, output_channels, sole_reader, take_output, level_nodes
 from graphopt_plugins.fuse.bn_fold import batchnorm_affine
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -33,6 +33,7 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
     `c` is zero in a Div; `c` broadcasts along other axes or is not floating point.
     """
     rewritten = 0
+    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
     for node in list(graph.nodes):
         if node.op not in _OPS:
             continue
@@ -41,7 +42,7 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
             continue
         x, value, index = operands
         linear = ir.producer(x)
-        if linear is None or linear.op not in LINEAR_OPS + ("BatchNormalization",):
+        if linear is None or linear.op not in LINEAR_OPS + ("BatchNormalization",) or id(linear) not in local:
             continue
         if index == 0 and node.op in ("Sub", "Div"):
             ctx.near_miss(RULE, node, "the constant is the left operand of Sub/Div")

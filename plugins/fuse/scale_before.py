@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels, sole_reader
+from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels, sole_reader, level_nodes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_channel_constants_before"]
@@ -37,6 +37,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
     node, that saves more than this fold.
     """
     rewritten = 0
+    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
     for node in list(graph.nodes):
         if node.op not in _OPS:
             continue
@@ -45,7 +46,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
             continue
         x, value, index = operands
         linear = sole_reader(node.outputs[0], ctx)
-        if linear is None or not linear.inputs or linear.inputs[0] is not node.outputs[0]:
+        if linear is None or id(linear) not in local or not linear.inputs or linear.inputs[0] is not node.outputs[0]:
             continue
         channels = input_channels(linear)
         if channels is None:
@@ -64,7 +65,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
         scale = {"Mul": vector, "Div": 1.0 / vector}.get(node.op)
         shift = {"Add": vector, "Sub": -vector}.get(node.op)
         if not fold_before(linear, scale, shift, ctx):
-            if _swap_scale_past_shift(node, x, shift, linear, channels, ctx):
+            if _swap_scale_past_shift(node, x, shift, linear, channels, local, ctx):
                 rewritten += 1
                 continue
             ctx.near_miss(RULE, node, f"a shift before a {linear.op} is not exact (padding, or no bias)")
@@ -76,11 +77,11 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
     return rewritten
 
 
-def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear: gs.Node, channels, ctx: FuseContext) -> bool:
+def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear: gs.Node, channels, local: set[int], ctx: FuseContext) -> bool:
     """`(x0 * s + b)` before a linear node that cannot take the shift: rewritten as `x0 + b/s`,
     with `s` folded into the weight. Needs a per-channel, non-zero `s` read by the Add alone."""
     mul = ir.producer(x)
-    if mul is None or mul.op != "Mul" or sole_reader(x, ctx) is not add:
+    if mul is None or mul.op != "Mul" or id(mul) not in local or sole_reader(x, ctx) is not add:
         return False
     operands = constant_operand(mul)
     if operands is None or _ends_activation(operands[0], ctx):

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import bypass, sole_reader
+from graphopt_plugins.fuse._affine import bypass, sole_reader, level_nodes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["remove_squeeze_pairs"]
@@ -28,11 +28,12 @@ def remove_squeeze_pairs(graph: gs.Graph, ctx: FuseContext) -> int:
     cannot be renamed to (a graph input, or a tensor with other readers).
     """
     rewritten = 0
+    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
     for outer in list(graph.nodes):
         if outer.op not in _INVERSE or not outer.inputs:
             continue
         inner = ir.producer(outer.inputs[0])
-        if inner is None or inner.op != _INVERSE[outer.op] or not inner.inputs:
+        if inner is None or inner.op != _INVERSE[outer.op] or id(inner) not in local or not inner.inputs:
             continue
         middle = outer.inputs[0]
         if sole_reader(middle, ctx) is not outer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader
+from graphopt_plugins.fuse._affine import sole_reader, level_nodes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_transpose_into_gemm"]
@@ -23,6 +23,7 @@ def fold_transpose_into_gemm(graph: gs.Graph, ctx: FuseContext) -> int:
     would stay, and nothing is saved); its rank is unknown; it is Gemm's C input.
     """
     rewritten = 0
+    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
     for gemm in list(graph.nodes):
         if gemm.op != "Gemm":
             continue
@@ -30,7 +31,7 @@ def fold_transpose_into_gemm(graph: gs.Graph, ctx: FuseContext) -> int:
             if len(gemm.inputs) <= index:
                 continue
             transpose = ir.producer(gemm.inputs[index])
-            if transpose is None or transpose.op != "Transpose":
+            if transpose is None or transpose.op != "Transpose" or id(transpose) not in local:
                 continue
             if sole_reader(gemm.inputs[index], ctx) is not gemm or sum(t is gemm.inputs[index] for t in gemm.inputs) != 1:
                 ctx.near_miss(RULE, gemm, "the Transpose's output has other readers")

@@ -76,3 +76,25 @@ def test_caffe2_style_scale_and_bias_after_a_batchnorm_fold_into_it():
     fused, stats = fuse_and_check(model)
     assert stats["scale_after"] == 2
     assert op_counts(fused) == {"Relu": 1, "BatchNormalization": 1}
+
+
+def test_rules_stay_within_one_graph_level_and_fire_inside_bodies():
+    init = weights(w=rand(4, 3, 1, 1), s=rand(1, 4, 1, 1, low=0.5, high=2))
+    model = model_from_text(f"""
+        g (float[1,3,4,4] x, bool flag) => (float[1,4,4,4] y) {init} {{
+            c = Conv(x, w)
+            y = If(flag) <
+                then_branch = then_g () => (float[1,4,4,4] a) {{ a = Mul(c, s) }},
+                else_branch = else_g () => (float[1,4,4,4] b) {{
+                    k = Conv(x, w)
+                    b = Mul(k, s)
+                }}
+            >
+        }}""")
+    for flag in (True, False):
+        fused, stats = fuse_and_check(model, feeds={"flag": np.array(flag)})
+        assert stats["scale_after"] == 1  # inside the else body; the then body's Mul reads the outer Conv
+        assert [node.op_type for node in fused.graph.node] == ["Conv", "If"]
+        then_body, else_body = (attr.g for attr in fused.graph.node[1].attribute)
+        assert [node.op_type for node in then_body.node] == ["Mul"]
+        assert [node.op_type for node in else_body.node] == ["Conv"]
