@@ -57,6 +57,11 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
         if output.shape is None:
             output.shape = [source[i] if v == 0 and source is not None else (v if v > 0 else None) for i, v in enumerate(values)]
         rewritten += 1
+    if rewritten:
+        # A constant target lets shape inference see through the Reshape: what follows gets
+        # shapes, and with them more targets (and Gemm/no-op decisions) become provable. The
+        # next round must see them, or a second run of the pass would find more to do.
+        ir.refresh_shapes(graph)
     return rewritten
 
 
