@@ -40,3 +40,29 @@ def test_gathered_dim_moved_to_another_position_stays():
     fused, stats = fuse_and_check(model, feeds={"x": rand(2, 3, seed=5)})
     assert stats.get("reshape_own_dims", 0) == 0
     assert op_counts(fused)["Shape"] == 1
+
+
+def test_a_rewrite_that_makes_later_shapes_known_is_followed_in_the_same_run():
+    # the Casts stop ONNX data propagation, so r's shape is unknown until its target is constant;
+    # the second target reads r's (then static) dim 1, so it is provable only after a refresh
+    init = weights(zero=np.array([0], np.int64), one=np.array([1], np.int64), two=np.array([2], np.int64),
+                   rest=np.array([-1], np.int32))
+    model = model_from_text(f"""
+        g (float[N,3,4] x) => (float[12,N] y) {init} {{
+            s = Shape(x)
+            s32 = Cast<to=6>(s)
+            first = Slice(s32, zero, one, zero, one)
+            t32 = Concat<axis=0>(first, rest)
+            t = Cast<to=7>(t32)
+            r = Reshape(x, t)
+            a = Relu(r)
+            rs = Shape(r)
+            rs32 = Cast<to=6>(rs)
+            width = Slice(rs32, one, two, zero, one)
+            u32 = Concat<axis=0>(width, rest)
+            u = Cast<to=7>(u32)
+            y = Reshape(a, u)
+        }}""", opset=13)
+    fused, stats = fuse_and_check(model, feeds={"x": rand(2, 3, 4, seed=5)})
+    assert stats["reshape_own_dims"] == 2
+    assert op_counts(fused) == {"Reshape": 2, "Relu": 1}
