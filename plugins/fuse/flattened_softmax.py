@@ -19,8 +19,10 @@ def fuse_flattened_softmax(graph: gs.Graph, ctx: FuseContext) -> int:
     paddle2onnx and older exporters write a softmax over the last axis of a rank-r tensor this
     way. Exact at every opset: before 13 Softmax<axis=r-1> coerces x to the same 2-D matrix,
     from 13 on Softmax<axis=-1> is per row. Must not fire when the Flatten axis is not the
-    last one, the Softmax is over another axis of the 2-D matrix, the Reshape target is not
-    `Shape(x)` of the very same x, or an intermediate has other readers or is a graph output.
+    last one, the Softmax is over another axis of the 2-D matrix, the Reshape target is neither
+    `Shape(x)` of the very same x nor a constant equal to x's static shape (what the
+    `reshape_own_dims` rule makes of `Shape(x)`), or an intermediate has other readers or is a
+    graph output.
     """
     rewritten = 0
     for flatten in list(graph.nodes):
@@ -36,12 +38,18 @@ def fuse_flattened_softmax(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, flatten, "the flattened rows are not read by one Softmax over the columns")
             continue
         reshape = sole_reader(softmax.outputs[0], ctx)
-        shape = None if reshape is None or reshape.op != "Reshape" else ir.producer(reshape.inputs[1])
-        if shape is None or shape.op != "Shape" or shape.inputs[0] is not x or shape.attrs.get("start", 0) != 0 \
-                or shape.attrs.get("end") is not None:
-            ctx.near_miss(RULE, flatten, "the Softmax result is not reshaped back to Shape(x)")
+        if reshape is None or reshape.op != "Reshape" or not _restores_shape_of(x, reshape.inputs[1]):
+            ctx.near_miss(RULE, flatten, "the Softmax result is not reshaped back to x's shape")
             continue
         emit(ctx, "Softmax", [x], reshape.outputs[0], {"axis": -1 if ctx.opset >= 13 else rank - 1})
         drop([flatten, softmax, reshape])
         rewritten += 1
     return rewritten
+
+
+def _restores_shape_of(x: gs.Tensor, target: gs.Tensor) -> bool:
+    shape = ir.producer(target)
+    if shape is not None and shape.op == "Shape":
+        return shape.inputs[0] is x and shape.attrs.get("start", 0) == 0 and shape.attrs.get("end") is None
+    value = ir.constant_value(target)
+    return value is not None and ir.is_static_shape(x.shape) and [int(v) for v in value.ravel()] == [int(d) for d in x.shape]
