@@ -24,7 +24,7 @@ def _names(text: str) -> list[str]:
 class Fuse(graphopt.Pass):
     """Fuses operators exactly: BN/scale/Pad into Conv/Gemm, MatMul+Add→Gemm, activations, norms, attention.
 
-    Runs every rule of the catalogue (`graphopt passes` lists them under `rules`) in each graph
+    Runs every rule of the catalogue (docs/passes/fuse.md lists them, in order) in each graph
     level — If/Loop/Scan bodies and local functions included — round after round until none
     fires. By default it emits standard ONNX ops only, and only those the model's opset has
     (LayerNormalization from 17, Gelu from 20; below that the pattern stays as it is);
