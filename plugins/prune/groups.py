@@ -67,6 +67,7 @@ class Sink:
 
     node: gs.Node
     slot: Slot
+    weight: np.ndarray | None = None  # its weight before pruning, kept for the refit
 
 
 @dataclasses.dataclass

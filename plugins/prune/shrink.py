@@ -14,11 +14,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.prune.groups import Group
+from graphopt_plugins.prune.groups import Edit, Group
 
 __all__ = ["shrink_groups", "channel_features", "is_pruned_weight", "pruned_name"]
 
-_TAG = re.compile(r"\.pruned-(in|out|inout)$")
+_TAG = re.compile(r"\.pruned-(in|out|inout)(?=\.|$)")
 
 
 def channel_features(channels: np.ndarray, offset: int, block: int) -> np.ndarray:
@@ -34,7 +34,7 @@ def is_pruned_weight(tensor: gs.Tensor) -> bool:
 
 def pruned_name(name: str, out_axis_edited: bool, taken: set[str]) -> str:
     match = _TAG.search(name)
-    base = name[: match.start()] if match else name
+    base = name[: match.start()] + name[match.end():] if match else name
     had_out = bool(match) and "out" in match.group(1)
     had_in = bool(match) and "in" in match.group(1)
     tag = ("in" if had_in or not out_axis_edited else "") + ("out" if had_out or out_axis_edited else "")
@@ -45,8 +45,11 @@ def pruned_name(name: str, out_axis_edited: bool, taken: set[str]) -> str:
     return candidate
 
 
-def shrink_groups(graph: gs.Graph, plan: list[tuple[Group, np.ndarray]]) -> int:
-    """Deletes `removed` channels (group coordinates) of each group; returns constants rewritten."""
+def shrink_groups(graph: gs.Graph, plan: list[tuple[Group, np.ndarray]]) -> dict[tuple[int, int], dict[int, set[int]]]:
+    """Deletes `removed` channels (group coordinates) of each group.
+
+    Returns what was deleted: `{(id(node), input index): {axis: positions}}`.
+    """
     deletions: dict[tuple[int, int], tuple[gs.Node, int, dict[int, set[int]], bool]] = {}
     shrunk: dict[int, tuple[gs.Tensor, int, int]] = {}
     depthwise: dict[int, gs.Node] = {}
@@ -54,7 +57,11 @@ def shrink_groups(graph: gs.Graph, plan: list[tuple[Group, np.ndarray]]) -> int:
     for group, removed in plan:
         if not len(removed):
             continue
-        for edit in group.edits.values():
+        edits = list(group.edits.values())
+        for root, offset in group.roots:  # a bias the sink refit added after the search
+            if len(root.inputs) > 2 and root.inputs[2].name and not any(e.node is root and e.index == 2 for e in edits):
+                edits.append(Edit(root, 2, ir.constant_value(root.inputs[2]).ndim - 1, offset))
+        for edit in edits:
             key = (id(edit.node), edit.index)
             node, index, axes, out = deletions.setdefault(key, (edit.node, edit.index, {}, False))
             axes.setdefault(edit.axis, set()).update(channel_features(removed, edit.offset, edit.block).tolist())
@@ -85,7 +92,7 @@ def shrink_groups(graph: gs.Graph, plan: list[tuple[Group, np.ndarray]]) -> int:
             if isinstance(shape[axis], (int, np.integer)):
                 shape[axis] = int(shape[axis]) - count
                 tensor.shape = shape
-    return len(deletions)
+    return {key: axes for key, (_, _, axes, _) in deletions.items()}
 
 
 def _is_out_axis(node: gs.Node, axis: int) -> bool:

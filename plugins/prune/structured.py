@@ -17,6 +17,7 @@ from graphopt import ir
 from graphopt_plugins.prune import reconstruct
 from graphopt_plugins.prune.allocation import allocate, loss_curve
 from graphopt_plugins.prune.groups import Group, Sink, prunable_layer
+from graphopt_plugins.prune.refit import SinkRecord, refit_sinks
 from graphopt_plugins.prune.shrink import channel_features, shrink_groups
 from graphopt_plugins.prune.statistics import Request, collect_grams
 
@@ -29,7 +30,7 @@ _MAX_FEATURES = 4096  # a sink input wider than this is refit without data (Gram
 def prune_channels(graph: gs.Graph, groups: list[Group], options, model: onnx.ModelProto | None, samples) -> tuple[int, list[dict]]:
     """Prunes the safe `groups`; returns (constants rewritten, one report row per group)."""
     grams = {}
-    if samples is not None and model is not None and (options.importance == "activation" or options.reconstruct_enabled):
+    if samples is not None and model is not None and options.importance == "activation":
         requests = {_request(sink) for group in groups for sink in group.sinks if _features(sink) <= _MAX_FEATURES}
         grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows)
     scores = [_importance(group, options.importance, grams) for group in groups]
@@ -39,11 +40,17 @@ def prune_channels(graph: gs.Graph, groups: list[Group], options, model: onnx.Mo
         removed = np.sort(np.argsort(score, kind="stable")[:count]) if count else np.zeros(0, dtype=np.int64)
         plan.append((group, removed))
     rows = [{"group": group.name, "roots": len(group.roots), "channels": group.size, "kept": group.size - len(removed)} for group, removed in plan]
-    errors = _refit_sinks(graph, plan, grams, options) if options.reconstruct_enabled and grams else _plain_errors(plan, grams)
+    for group in groups:
+        for sink in group.sinks:
+            sink.weight = ir.constant_value(sink.node.inputs[1])  # before shrinking, for the refit's target
+    refit = options.reconstruct_enabled and samples is not None and model is not None
+    errors = {} if refit else _plain_errors(plan, grams)
+    deleted = shrink_groups(graph, plan)
+    if refit and deleted:
+        errors = _refit_sinks(graph, plan, deleted, model, samples, options)
     for row, (group, _) in zip(rows, plan):
-        row.update(errors.get(id(group), {}))
-    rewritten = shrink_groups(graph, plan)
-    return rewritten, rows
+        row.update({key: round(value, 6) for key, value in errors.get(id(group), {}).items()})
+    return len(deleted), rows
 
 
 def _counts(groups: list[Group], scores: list[np.ndarray], options) -> list[int]:
@@ -132,53 +139,30 @@ def _plain_errors(plan, grams: dict) -> dict[int, dict]:
     return found
 
 
-def _refit_sinks(graph: gs.Graph, plan, grams: dict, options) -> dict[int, dict]:
-    """Folds the least-squares prediction of each sink's removed inputs into its kept weights."""
-    taken = set(graph.tensors().keys())
-    found: dict[int, dict] = {}
-    for sink, removed, owners in _sink_removals(plan).values():
-        gram = grams.get(_request(sink))
-        if gram is None:
-            continue
+def _refit_sinks(graph: gs.Graph, plan, deleted: dict, model: onnx.ModelProto, samples, options) -> dict[int, dict]:
+    """Refits each sink that lost inputs to the unpruned model's output (see `refit`)."""
+    records, owners = [], []
+    for sink, _, groups in _sink_removals(plan).values():
         node = sink.node
-        weight, in_axis = _sink_weight(sink)
-        kept, gone = _split(len(gram) - 1, removed)
-        intercept = node.op in ("Conv", "Gemm")
-        coef = reconstruct.regress_removed(gram, kept, gone, intercept, options.damp)
-        rows = reconstruct.as_rows(weight, in_axis)
-        plain, refit = reconstruct.regression_errors(gram, rows, kept, gone, coef)
-        folded, bias = reconstruct.fold_regression(rows, kept, gone, coef)
-        node.inputs[1] = gs.Constant(_fresh(node.inputs[1].name + ".refit", taken), reconstruct.from_rows(folded, weight, in_axis))
-        if bias is not None:
-            _add_bias(node, bias.reshape(np.moveaxis(weight, in_axis, -1).shape[:-1]), weight.dtype, taken)
-        for owner in owners:
+        weight, in_axis = _sink_weight(sink)  # already shrunk: only its shape is used here
+        original = sink.weight
+        for axis, positions in deleted.get((id(node), 1), {}).items():
+            if axis != in_axis:
+                original = np.delete(original, sorted(positions), axis=axis)
+        bias = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        records.append(SinkRecord(node, sink.slot.tensor.name, sink.slot.axis, in_axis, original, bias))
+        owners.append(groups)
+    refit_sinks(graph, model, records, samples, options.max_rows, options.damp)
+    found: dict[int, dict] = {}
+    for record, groups in zip(records, owners):
+        for owner in groups:
             entry = found.setdefault(owner, {"sink_error": 0.0, "sink_error_refit": 0.0})
-            entry["sink_error"] += plain
-            entry["sink_error_refit"] += refit
+            entry["sink_error"] += record.errors[0]
+            entry["sink_error_refit"] += min(record.errors)
     return found
-
-
-def _add_bias(node: gs.Node, per_row: np.ndarray, dtype, taken: set[str]) -> None:
-    delta = per_row.reshape(per_row.shape[0], -1).sum(axis=1)  # a Conv's kernel taps all add the same offset
-    current = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-    base = np.zeros(len(delta)) if current is None else np.broadcast_to(current, (len(delta),)).astype(np.float64)
-    name = node.inputs[2].name if current is not None else f"{node.name or node.op}.bias"
-    value = gs.Constant(_fresh(name + ".refit", taken), (base + delta).astype(dtype))
-    if len(node.inputs) > 2:
-        node.inputs[2] = value
-    else:
-        node.inputs.append(value)
 
 
 def _split(features: int, removed: set[int]) -> tuple[np.ndarray, np.ndarray]:
     gone = np.array(sorted(removed), dtype=np.int64)
     kept = np.setdiff1d(np.arange(features), gone)
     return kept, gone
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, index = name, 1
-    while candidate in taken:
-        candidate, index = f"{name}.{index}", index + 1
-    taken.add(candidate)
-    return candidate
