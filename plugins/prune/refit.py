@@ -6,8 +6,9 @@ matches the unpruned model's output: with `x_o` the original input features at a
 `x_p` the pruned model's (already refit upstream), `x_o ≈ M [x_p, 1]` is solved by ridge least
 squares and the sink's original weight `W_o` becomes `W_o M` (bias `W_o m`). For Gemm/MatMul this
 is exactly the least-squares fit of the output; for a Conv it is the fit position by position.
-Sinks are refit level by level in topological order, so a later layer sees the earlier refits
-(layer-wise distillation from the original model, no training loop).
+Sinks are refit level by level in topological order (at most 8 rounds: deep models merge
+consecutive levels), so a later layer sees the earlier refits (layer-wise distillation from the
+original model, no training loop).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from graphopt.activations import iter_activations
 from graphopt_plugins.prune.reconstruct import as_rows, from_rows
 
 __all__ = ["SinkRecord", "refit_sinks"]
+
+_MAX_ROUNDS = 8
 
 
 @dataclasses.dataclass
@@ -70,7 +73,11 @@ def _levels(graph: gs.Graph, records: list[SinkRecord]) -> list[list[SinkRecord]
     levels: dict[int, list[SinkRecord]] = {}
     for record in records:
         levels.setdefault(depth[id(record.node)], []).append(record)
-    return [levels[key] for key in sorted(levels)]
+    ordered = [levels[key] for key in sorted(levels)]
+    # Each round costs two model runs over the samples: deep models merge consecutive levels
+    # (a sink then sees the refit of sinks in earlier rounds only).
+    per_round = -(-len(ordered) // _MAX_ROUNDS)
+    return [sum(ordered[i : i + per_round], []) for i in range(0, len(ordered), per_round)]
 
 
 def _refit(record: SinkRecord, gram: np.ndarray, damp: float) -> None:
