@@ -98,8 +98,9 @@ def _refit(record: SinkRecord, gram: np.ndarray, damp: float) -> None:
     offset = rows_o @ coef[kept] if intercept else None
     after = _error(gram, rows_o, new_rows, offset, features, kept)
     record.errors = (before, after)
-    if after >= before:
-        return  # the fit did not help on its own data (degenerate statistics): keep the plain cut
+    if after >= before or gram[-1, -1] < 4 * len(basis):
+        record.errors = (before, before)
+        return  # no gain on its own data, or too few rows to trust the fit: keep the plain cut
     like = ir.constant_value(node.inputs[1])
     node.inputs[1] = gs.Constant(node.inputs[1].name + ".refit", from_rows(new_rows, like, record.in_axis))
     if offset is not None:
