@@ -26,21 +26,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt_plugins.prune.channel_ops import (
+    ELEMENTWISE, PER_CHANNEL, PER_CHANNEL_PARAMS, REDUCE, Unsafe, axis_of, check_per_channel, dim, is_depthwise, rank,
+)
 
 __all__ = ["Slot", "Edit", "Sink", "Group", "find_groups", "prunable_layer"]
-
-# Ops that act on each channel alone, reading one tensor (extra inputs must be scalars).
-_PER_CHANNEL = {
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu", "Selu", "Celu",
-    "Softplus", "Softsign", "Erf", "Gelu", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Identity",
-    "Dropout", "Cast", "Floor", "Ceil", "Round", "Mish", "ThresholdedRelu", "Sign",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize", "Upsample", "Pad",
-}
-# Elementwise with broadcasting: every input carrying the channels joins the group.
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean"}
-_PER_CHANNEL_PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
-_REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"}
-
 
 @dataclasses.dataclass
 class Slot:
@@ -82,10 +72,6 @@ class Group:
     coupling: nx.Graph | None = None  # slots as vertices, one edge per node that couples two
     reshapes: list[tuple[gs.Node, int]] = dataclasses.field(default_factory=list)  # (flattening Reshape, features per channel)
     name: str = ""
-
-
-class _Unsafe(Exception):
-    pass
 
 
 def prunable_layer(node: gs.Node) -> tuple[int, int] | None:
@@ -143,7 +129,7 @@ class _Search:
             while self.queue:
                 slot, _ = self.queue.popleft()
                 self._visit(slot)
-        except _Unsafe as reason:
+        except Unsafe as reason:
             self.group.reason = str(reason)
         self.group.coupling = self.coupling
         return self.group
@@ -157,23 +143,23 @@ class _Search:
         self.coupling.add_node(key)
         channels = _channels(slot)
         if channels is None:
-            raise _Unsafe(f"channel count of '{slot.tensor.name}' unknown")
+            raise Unsafe(f"channel count of '{slot.tensor.name}' unknown")
         if slot.offset + self.group.size * slot.block > channels:
-            raise _Unsafe(f"'{slot.tensor.name}' has fewer channels than the group")
+            raise Unsafe(f"'{slot.tensor.name}' has fewer channels than the group")
         self.group.slots.append(slot)
         self.queue.append((slot, key))
 
     def _visit(self, slot: Slot) -> None:
         tensor = slot.tensor
         if id(tensor) in self.outputs:
-            raise _Unsafe(f"reaches graph output '{tensor.name}'")
+            raise Unsafe(f"reaches graph output '{tensor.name}'")
         source = ir.producer(tensor)
         if source is None:
-            raise _Unsafe(f"reaches graph input '{tensor.name}'")
+            raise Unsafe(f"reaches graph input '{tensor.name}'")
         self._backward(source, slot)
         for node in ir.consumers(tensor):
             if id(node) not in self.main:
-                raise _Unsafe(f"'{tensor.name}' is read inside a subgraph")
+                raise Unsafe(f"'{tensor.name}' is read inside a subgraph")
             self._forward(node, slot)
 
     # --- a node reached from its output -------------------------------------------------
@@ -189,36 +175,36 @@ class _Search:
             return
         if node.op in ("Flatten", "Reshape"):
             if not any(s.tensor is node.inputs[0] for s in self.group.slots):
-                raise _Unsafe(f"{node.op} '{node.name}' output joins the group from below")
+                raise Unsafe(f"{node.op} '{node.name}' output joins the group from below")
             return
         self._channelwise(node, slot, reached_from_output=True)
 
     def _concat_backward(self, node: gs.Node, slot: Slot) -> None:
-        if _axis(node.attrs.get("axis", 0), node.outputs[0]) != slot.axis:
-            raise _Unsafe(f"Concat '{node.name}' stacks along another axis")
+        if axis_of(node.attrs.get("axis", 0), node.outputs[0]) != slot.axis:
+            raise Unsafe(f"Concat '{node.name}' stacks along another axis")
         start = 0
         for tensor in node.inputs:
-            width = _dim(tensor, slot.axis)
+            width = dim(tensor, slot.axis)
             if width is None:
-                raise _Unsafe(f"Concat '{node.name}' input widths unknown")
+                raise Unsafe(f"Concat '{node.name}' input widths unknown")
             if start <= slot.offset and slot.offset + self.group.size * slot.block <= start + width:
                 self._join(Slot(tensor, slot.axis, slot.offset - start, slot.block), _key(slot))
                 return
             start += width
-        raise _Unsafe(f"group spans two inputs of Concat '{node.name}'")
+        raise Unsafe(f"group spans two inputs of Concat '{node.name}'")
 
     # --- a node reached from one of its inputs --------------------------------------------
     def _forward(self, node: gs.Node, slot: Slot) -> None:
         tensor = slot.tensor
         if node.op in ("Conv", "ConvTranspose") and node.inputs[0] is tensor:
-            if _is_depthwise(node, tensor):
+            if is_depthwise(node, tensor):
                 self._channelwise(node, slot, reached_from_output=False)
                 return
             if node.attrs.get("group", 1) == 1 and ir.constant_value(node.inputs[1]) is not None and slot.block == 1:
                 axis = 1 if node.op == "Conv" else 0
                 self._sink(node, Edit(node, 1, axis, slot.offset), slot)
                 return
-            raise _Unsafe(f"grouped {node.op} '{node.name}'")
+            raise Unsafe(f"grouped {node.op} '{node.name}'")
         if node.op in ("Gemm", "MatMul") and node.inputs[0] is tensor and slot.axis == -1 and ir.constant_value(node.inputs[1]) is not None:
             weight = ir.constant_value(node.inputs[1])
             if weight.ndim == 2 and not node.attrs.get("transA", 0):
@@ -226,16 +212,16 @@ class _Search:
                 self._sink(node, Edit(node, 1, axis, slot.offset, slot.block), slot)
                 return
         if node.op == "Concat":
-            axis = _axis(node.attrs.get("axis", 0), node.outputs[0])
+            axis = axis_of(node.attrs.get("axis", 0), node.outputs[0])
             if axis != slot.axis:
-                raise _Unsafe(f"Concat '{node.name}' stacks along another axis")
+                raise Unsafe(f"Concat '{node.name}' stacks along another axis")
             start = 0
             for member in node.inputs:
                 if member is tensor:
                     break
-                width = _dim(member, axis)
+                width = dim(member, axis)
                 if width is None:
-                    raise _Unsafe(f"Concat '{node.name}' input widths unknown")
+                    raise Unsafe(f"Concat '{node.name}' input widths unknown")
                 start += width
             self._join(Slot(node.outputs[0], axis, start + slot.offset, slot.block), _key(slot))
             return
@@ -252,23 +238,23 @@ class _Search:
     def _flatten(self, node: gs.Node, slot: Slot) -> None:
         shape = slot.tensor.shape
         if shape is None or not ir.is_static_shape(shape[1:]):
-            raise _Unsafe(f"{node.op} '{node.name}' input shape unknown")
-        rank = len(shape)
-        position = rank + slot.axis
+            raise Unsafe(f"{node.op} '{node.name}' input shape unknown")
+        ndim = len(shape)
+        position = ndim + slot.axis
         if node.op == "Flatten":
-            start = node.attrs.get("axis", 1) % rank if rank else 0
+            start = node.attrs.get("axis", 1) % ndim if ndim else 0
         else:
             target = ir.constant_value(node.inputs[1])
             flat = math.prod(shape[1:])
             if target is None or len(target) != 2 or (node.attrs.get("allowzero", 0) and 0 in target) or not (
                 (target[0] in (0, shape[0]) and target[1] == -1) or (target[0] in (0, -1, shape[0]) and target[1] == flat)
             ):
-                raise _Unsafe(f"Reshape '{node.name}' mixes channels")
+                raise Unsafe(f"Reshape '{node.name}' mixes channels")
             start = 1
             if target[1] != -1:
                 self.group.reshapes.append((node, slot.block * flat // shape[position]))
         if position != start:
-            raise _Unsafe(f"{node.op} '{node.name}' mixes channels")
+            raise Unsafe(f"{node.op} '{node.name}' mixes channels")
         block = slot.block * math.prod(shape[position + 1:])
         self._join(Slot(node.outputs[0], -1, slot.offset * block // slot.block, block), _key(slot))
 
@@ -276,25 +262,25 @@ class _Search:
         """Nodes that keep channel `c` in channel `c`: the output and every channel-carrying input join."""
         op = node.op
         if len(node.outputs) != 1 and op not in ("Dropout", "BatchNormalization"):
-            raise _Unsafe(f"{op} '{node.name}' has several outputs")
+            raise Unsafe(f"{op} '{node.name}' has several outputs")
         output = node.outputs[0]
-        if op in _PER_CHANNEL or op in _REDUCE:
-            self._check_per_channel(node, slot)
+        if op in PER_CHANNEL or op in REDUCE:
+            check_per_channel(node, slot.axis)
             if not reached_from_output:
                 self._join(Slot(output, slot.axis, slot.offset, slot.block), _key(slot))
             else:
                 self._join(Slot(node.inputs[0], slot.axis, slot.offset, slot.block), _key(slot))
             return
-        if op in _PER_CHANNEL_PARAMS and slot.axis == -_rank(output, 0) + 1 and slot.block == 1:
-            for index in _PER_CHANNEL_PARAMS[op]:
+        if op in PER_CHANNEL_PARAMS and slot.axis == -rank(output, 0) + 1 and slot.block == 1:
+            for index in PER_CHANNEL_PARAMS[op]:
                 if index < len(node.inputs):
                     if ir.constant_value(node.inputs[index]) is None:
-                        raise _Unsafe(f"{op} '{node.name}' parameters are not constant")
+                        raise Unsafe(f"{op} '{node.name}' parameters are not constant")
                     self._edit(Edit(node, index, 0, slot.offset))
             self._join(Slot(output, slot.axis, slot.offset), _key(slot))
             self._join(Slot(node.inputs[0], slot.axis, slot.offset), _key(slot))
             return
-        if op in ("Conv", "ConvTranspose") and _is_depthwise(node, node.inputs[0]) and slot.block == 1:
+        if op in ("Conv", "ConvTranspose") and is_depthwise(node, node.inputs[0]) and slot.block == 1:
             self._edit(Edit(node, 1, 0, slot.offset))
             if len(node.inputs) > 2:
                 self._edit(Edit(node, 2, 0, slot.offset))
@@ -303,64 +289,36 @@ class _Search:
             self._join(Slot(output, slot.axis, slot.offset), _key(slot))
             self._join(Slot(node.inputs[0], slot.axis, slot.offset), _key(slot))
             return
-        if op in _ELEMENTWISE:
-            rank = _rank(output, 0)
+        if op in ELEMENTWISE:
+            out_rank = rank(output, 0)
             for index, tensor in enumerate(node.inputs):
                 value = ir.constant_value(tensor)
                 if value is None and tensor.shape is None:
-                    raise _Unsafe(f"{op} '{node.name}' input '{tensor.name}' shape unknown")
-                position = (len(value.shape) if value is not None else _rank(tensor, 0)) + slot.axis
+                    raise Unsafe(f"{op} '{node.name}' input '{tensor.name}' shape unknown")
+                position = (len(value.shape) if value is not None else rank(tensor, 0)) + slot.axis
                 if position < 0:
                     continue  # broadcast along the channel axis: shared by every channel
-                width = value.shape[position] if value is not None else _dim(tensor, slot.axis)
+                width = value.shape[position] if value is not None else dim(tensor, slot.axis)
                 if width == 1:
                     continue
                 if width is None or width != _channels(slot):
-                    raise _Unsafe(f"{op} '{node.name}' input '{tensor.name}' does not broadcast over the channels")
+                    raise Unsafe(f"{op} '{node.name}' input '{tensor.name}' does not broadcast over the channels")
                 if value is not None:
                     self._edit(Edit(node, index, position, slot.offset, slot.block))
                 else:
                     self._join(Slot(tensor, slot.axis, slot.offset, slot.block), _key(slot))
-            if rank == 0:
-                raise _Unsafe(f"{op} '{node.name}' output rank unknown")
+            if out_rank == 0:
+                raise Unsafe(f"{op} '{node.name}' output rank unknown")
             self._join(Slot(output, slot.axis, slot.offset, slot.block), _key(slot))
             return
-        raise _Unsafe(f"{op} '{node.name}' consumes the channels")
-
-    def _check_per_channel(self, node: gs.Node, slot: Slot) -> None:
-        op = node.op
-        if op in _REDUCE:
-            axes = node.attrs.get("axes")
-            if axes is None and len(node.inputs) > 1:
-                axes = ir.constant_value(node.inputs[1])
-            rank = _rank(node.inputs[0], 0)
-            if axes is None or not node.attrs.get("keepdims", 1) or rank == 0 or (rank + slot.axis) in [a % rank for a in np.atleast_1d(axes)]:
-                raise _Unsafe(f"{op} '{node.name}' reduces over the channels")
-            return
-        if op in ("Resize", "Upsample"):
-            scales = ir.constant_value(node.inputs[-1 if op == "Upsample" else 2]) if len(node.inputs) > (1 if op == "Upsample" else 2) else None
-            if scales is None or scales.size == 0 or scales[len(scales) + slot.axis] != 1:
-                raise _Unsafe(f"{op} '{node.name}' does not keep the channel count by a constant scale of 1")
-            return
-        if op == "Pad":
-            pads = node.attrs.get("pads")
-            if pads is None and len(node.inputs) > 1:
-                pads = ir.constant_value(node.inputs[1])
-            rank = _rank(node.inputs[0], 0)
-            if pads is None or len(node.inputs) > 3 or rank == 0 or pads[rank + slot.axis] or pads[2 * rank + slot.axis]:
-                raise _Unsafe(f"Pad '{node.name}' pads the channels")
-            return
-        for tensor in node.inputs[1:]:
-            value = ir.constant_value(tensor)
-            if tensor.name and (value is None or value.size != 1):
-                raise _Unsafe(f"{op} '{node.name}' has a non-scalar extra input")
+        raise Unsafe(f"{op} '{node.name}' consumes the channels")
 
     def _root_edits(self, node: gs.Node, layer: tuple[int, int], offset: int) -> None:
         self._edit(Edit(node, layer[0], layer[1], offset))
         if len(node.inputs) > 2 and node.inputs[2].name:
             bias = ir.constant_value(node.inputs[2])
             if bias is None:
-                raise _Unsafe(f"{node.op} '{node.name}' bias is not constant")
+                raise Unsafe(f"{node.op} '{node.name}' bias is not constant")
             if bias.ndim and bias.shape[-1] > 1:
                 self._edit(Edit(node, 2, bias.ndim - 1, offset))
 
@@ -368,33 +326,9 @@ class _Search:
         self.group.edits.setdefault((id(edit.node), edit.index, edit.axis, edit.offset), edit)
 
 
-def _is_depthwise(node: gs.Node, tensor: gs.Tensor) -> bool:
-    weight = ir.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    groups = node.attrs.get("group", 1)
-    return node.op == "Conv" and weight is not None and groups > 1 and weight.shape[1] == 1 and weight.shape[0] == groups == _dim(tensor, -3)
-
-
 def _key(slot: Slot) -> tuple[int, int]:
     return id(slot.tensor), slot.offset
 
 
-def _rank(tensor: gs.Tensor, default: int) -> int:
-    return len(tensor.shape) if tensor.shape is not None else default
-
-
-def _dim(tensor: gs.Tensor, axis: int):
-    value = ir.constant_value(tensor)
-    shape = value.shape if value is not None else tensor.shape
-    if shape is None or len(shape) < -axis:
-        return None
-    dim = shape[axis]
-    return int(dim) if isinstance(dim, (int, np.integer)) else None
-
-
 def _channels(slot: Slot):
-    return _dim(slot.tensor, slot.axis)
-
-
-def _axis(axis: int, tensor: gs.Tensor) -> int:
-    rank = _rank(tensor, 0)
-    return axis - rank if axis >= 0 else axis
+    return dim(slot.tensor, slot.axis)
