@@ -146,7 +146,7 @@ def encoder_model(width: int = 256, layers: int = 4, seq: int = 64, vocab: int =
         generator = np.random.default_rng(seed)
         return {"ids": generator.integers(0, vocab, (count, 1, seq), dtype=np.int64), "mask": np.ones((count, 1, seq), dtype=np.int64)}
 
-    return model, feeds(16, 1), feeds(4, 2)
+    return model, feeds(32, 1), feeds(4, 2)
 
 
 def bench_encoder(sparsities, ratios, args) -> list[dict]:
@@ -155,7 +155,7 @@ def bench_encoder(sparsities, ratios, args) -> list[dict]:
     rows = []
     for sparsity in sparsities:
         for variant, reconstruct in (("magnitude", "false"), ("SparseGPT", "true")):
-            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct}, calibration)
+            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct, "samples": 32}, calibration)
             share = details["weights_zeroed"] / max(1, details["weights_in_pruned_layers"])
             row = {"model": "encoder (4×256, torch)", "kind": "weights", "amount": sparsity, "variant": variant, "linear_zeroed": round(share, 4),
                    "cosine": round(worst_cosine(model, pruned, held_out), 5), "prune_s": round(seconds, 1)}
@@ -163,7 +163,7 @@ def bench_encoder(sparsities, ratios, args) -> list[dict]:
             rows.append(row)
     for ratio in ratios:
         for variant, options in STRUCTURED.items():
-            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio), calibration)
+            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio, samples=32), calibration)
             row = {"model": "encoder (4×256, torch)", "kind": "channels", "amount": ratio, "variant": variant, "cosine": round(worst_cosine(model, pruned, held_out), 5),
                    "channels_removed": details.get("channels_removed"), "groups_skipped": details.get("groups_skipped"), "prune_s": round(seconds, 1)}
             row.update(interleaved_latency(model, pruned, feeds, args.rounds, args.runs))
@@ -240,17 +240,29 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one setting per model, to check the script")
+    parser.add_argument("--models", default="det,cls,encoder", help="which models to run; rows of the others are kept from an earlier prune.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("graphopt").setLevel(logging.ERROR)
     folder = fetch_models()
     ratios = [0.1] if args.quick else [0.05, 0.1, 0.2, 0.3]
     sparsities = [0.5] if args.quick else [0.3, 0.4, 0.5, 0.6]
-    rows = bench_ocr("PP-OCRv4 det", folder, ratios, [], args)
-    rows += bench_ocr("PP-OCR cls", folder, ratios, [0.3, 0.5][-1 if args.quick else 0:], args)
-    rows += bench_encoder(sparsities, [0.25] if args.quick else [0.25, 0.5], args)
+    chosen = set(args.models.split(","))
+    rows = []
+    if "det" in chosen:
+        rows += bench_ocr("PP-OCRv4 det", folder, ratios, [], args)
+    if "cls" in chosen:
+        rows += bench_ocr("PP-OCR cls", folder, ratios, [0.3, 0.5][-1 if args.quick else 0:], args)
+    if "encoder" in chosen:
+        rows += bench_encoder(sparsities, [0.25] if args.quick else [0.25, 0.5], args)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/prune.py" + " ".join(f" {a}" for a in sys.argv[1:])
+    previous = args.out / "prune.json"
+    if chosen != {"det", "cls", "encoder"} and previous.exists():
+        earlier = json.loads(previous.read_text())
+        fresh = {row["model"] for row in rows}
+        rows = [row for row in earlier["rows"] if row["model"] not in fresh] + rows
+        command = f"{earlier['command']}; then {command}"
     plots = plot(rows, args.out)
     (args.out / "prune.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
     (args.out / "prune.md").write_text(markdown(rows, command, plots))

@@ -80,9 +80,9 @@ def prune_weights(graph: gs.Graph, layers: list[Layer], options, model: onnx.Mod
     if samples is not None and model is not None and (options.reconstruct_enabled or options.allocation == "sensitivity"):
         requests = {layer.request for layer in layers if layer.request is not None}
         grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows)
-    # A Hessian from fewer rows than ~4× its size (an SE block's pooled input, few samples) is
+    # A Hessian from fewer rows than twice its size (an SE block's pooled input, few samples) is
     # near singular: the OBS update would fit noise, so such a layer is pruned by magnitude.
-    hessians = [grams[layer.request][:-1, :-1] if layer.request in grams and grams[layer.request][-1, -1] >= 4 * len(grams[layer.request]) else None for layer in layers]
+    hessians = [grams[layer.request][:-1, :-1] if layer.request in grams and grams[layer.request][-1, -1] >= 2 * len(grams[layer.request]) else None for layer in layers]
     targets = _targets(layers, hessians, options) if not m else [1 - n / m] * len(layers)
     taken = set(graph.tensors().keys())
     table = []

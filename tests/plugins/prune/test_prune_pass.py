@@ -4,6 +4,8 @@ it claims to lower (on held-out data), idempotence, truthful `changed`, option c
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -123,12 +125,30 @@ def test_sparsity_zero_changes_nothing(resnet):
     assert not details["changed"] and pruned.SerializeToString() == resnet.SerializeToString()
 
 
-def test_reconstruction_without_calibration_uses_verifier_inputs_with_warning(caplog):
-    resnet = torch_models.resnet_like("torchscript")
-    result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.1, "reconstruct": "true"}},
-                               inputs=HELD_OUT, verify="each")
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_reconstruction_without_calibration_uses_verifier_inputs_with_warning():
+    # A handler on the plugin's own logger: other tests configure propagation and logging.disable.
+    records, logger = _Records(), logging.getLogger("graphopt_plugins.prune")
+    logger.addHandler(records)
+    previous = logging.root.manager.disable
+    logging.disable(logging.NOTSET)
+    try:
+        resnet = torch_models.resnet_like("torchscript")
+        result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.1, "reconstruct": "true"}},
+                                   inputs=HELD_OUT, verify="each")
+    finally:
+        logger.removeHandler(records)
+        logging.disable(previous)
     assert result.report["passes"][0]["details"]["reconstructed"]
-    assert any("no --calibration" in record.getMessage() for record in caplog.records)
+    assert any("no --calibration" in message for message in records.messages)
 
 
 @pytest.mark.parametrize(
