@@ -135,17 +135,19 @@ class _Records(logging.Handler):
 
 
 def test_reconstruction_without_calibration_uses_verifier_inputs_with_warning():
-    # A handler on the plugin's own logger: other tests configure propagation and logging.disable.
+    # A handler on the plugin's own logger: other tests change propagation, levels and logging.disable.
     records, logger = _Records(), logging.getLogger("graphopt_plugins.prune")
     logger.addHandler(records)
-    previous = logging.root.manager.disable
+    previous, previous_level = logging.root.manager.disable, logger.level
     logging.disable(logging.NOTSET)
+    logger.setLevel(logging.WARNING)  # the CLI tests leave `graphopt_plugins` at ERROR
     try:
         resnet = torch_models.resnet_like("torchscript")
         result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.1, "reconstruct": "true"}},
                                    inputs=HELD_OUT, verify="each")
     finally:
         logger.removeHandler(records)
+        logger.setLevel(previous_level)
         logging.disable(previous)
     assert result.report["passes"][0]["details"]["reconstructed"]
     assert any("no --calibration" in message for message in records.messages)
