@@ -1,0 +1,280 @@
+"""graphopt `prune`: accuracy against sparsity / channel ratio, with and without reconstruction,
+and 1-thread latency of structured pruning, in one run.
+
+    python benchmarks/prune.py [--out benchmarks/results] [--runs 20] [--rounds 5]
+
+Models: PP-OCRv4 det and PP-OCR cls (wheel `rapidocr-onnxruntime==1.4.4`, cached by
+`common.fetch_models`), and a BERT-style encoder exported from torch (4 layers, width 256,
+random weights: no trained checkpoint is reachable offline). Inputs: the OCR models get
+rendered text images (random words, Pillow's bundled font, the models' own normalization),
+8 for calibration and 4 held out; cosine is the worst output cosine over the held-out samples.
+Latency is `graphopt.bench.measure_latency` at 1 thread, baseline and candidate measured in
+alternation (`--rounds` × `--runs` each), reported as medians and the ratio of medians.
+Writes `prune.json`, `prune.md` and `prune_*.png` to `--out`. Needs matplotlib (bench extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import graphopt
+from common import PP_OCR_MODELS, fetch_models
+from graphopt.bench import measure_latency
+from graphopt.verify.metrics import output_metrics
+from graphopt.verify.runner import make_session
+
+HERE = Path(__file__).resolve().parent
+_WORDS = "graph optimize prune channel onnx runtime budget verify tensor kernel layer 2026 model text detect".split()
+_NORMALIZE = {  # (mean, std) per model, as PaddleOCR preprocesses
+    "PP-OCRv4 det": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "PP-OCR cls": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def text_images(count: int, shape, mean, std, seed: int) -> np.ndarray:
+    """(count, *shape) float32 NCHW renderings of dark words on light backgrounds, normalized."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    _, _, height, width = shape
+    images = []
+    for _ in range(count):
+        image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(170, 256, 3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(max(1, height // 40)):
+            size = int(rng.integers(max(12, height // 10), max(14, height // 3) + 1))
+            font = ImageFont.load_default(size=size)
+            xy = (int(rng.integers(0, max(1, width // 3))), int(rng.integers(0, max(1, height - size))))
+            draw.text(xy, " ".join(rng.choice(_WORDS, 3)), fill=tuple(int(v) for v in rng.integers(0, 90, 3)), font=font)
+        array = (np.asarray(image, dtype=np.float32) / 255.0 - np.array(mean)) / np.array(std)
+        images.append(array.transpose(2, 0, 1)[None].astype(np.float32))
+    return np.stack(images)
+
+
+def worst_cosine(reference: onnx.ModelProto, candidate: onnx.ModelProto, held_out: dict) -> float:
+    ref_session, cand_session = make_session(reference), make_session(candidate)
+    worst = 1.0
+    for index in range(next(iter(held_out.values())).shape[0]):
+        sample = {name: value[index] for name, value in held_out.items()}
+        for expected, actual in zip(ref_session.run(None, sample), cand_session.run(None, sample)):
+            worst = min(worst, output_metrics(expected, actual)["cosine"])
+    return worst
+
+
+def interleaved_latency(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict, rounds: int, runs: int) -> dict:
+    base, cand = [], []
+    for _ in range(rounds):
+        base.append(measure_latency(baseline, feeds, threads=1, runs=runs)["median_ms"])
+        cand.append(measure_latency(candidate, feeds, threads=1, runs=runs)["median_ms"])
+    base_ms, cand_ms = statistics.median(base), statistics.median(cand)
+    return {"baseline_ms": round(base_ms, 3), "pruned_ms": round(cand_ms, 3), "speedup": round(base_ms / cand_ms, 3)}
+
+
+CLEANUP_FIRST = []  # --cleanup: fold constant subgraphs (a Reshape of a Constant bias) before pruning
+
+
+def prune_once(model, options, calibration) -> tuple[onnx.ModelProto, dict, float]:
+    start = time.perf_counter()
+    passes = CLEANUP_FIRST + ["prune"]
+    result = graphopt.optimize(model, passes=passes, options={"prune": options}, calibration=calibration, verify="off")
+    return result.model, result.report["passes"][-1].get("details", {}), time.perf_counter() - start
+
+
+def parameters(model: onnx.ModelProto) -> int:
+    count = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    count += int(np.prod(attribute.t.dims))
+    return count
+
+
+STRUCTURED = {
+    "l2, no refit": {"importance": "l2", "reconstruct": "false"},
+    "activation + refit": {"importance": "activation", "reconstruct": "true"},
+    "activation + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8},
+}
+
+
+def bench_ocr(label: str, folder: Path, ratios, sparsities, args) -> list[dict]:
+    file, shapes = PP_OCR_MODELS[label]
+    model = onnx.load(str(folder / file))
+    (name, shape), = shapes.items()
+    mean, std = _NORMALIZE[label]
+    calibration = {name: text_images(8, shape, mean, std, seed=1)}
+    held_out = {name: text_images(4, shape, mean, std, seed=2)}
+    feeds = {name: held_out[name][0]}
+    rows = []
+    for ratio in ratios:
+        for variant, options in STRUCTURED.items():
+            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio), calibration)
+            row = {"model": label, "kind": "channels", "amount": ratio, "variant": variant, "cosine": round(worst_cosine(model, pruned, held_out), 5),
+                   "params": parameters(pruned), "params_before": parameters(model), "channels_removed": details.get("channels_removed"),
+                   "groups_skipped": details.get("groups_skipped"), "prune_s": round(seconds, 1)}
+            row.update(interleaved_latency(model, pruned, feeds, args.rounds, args.runs))
+            logging.info("%s", row)
+            rows.append(row)
+    for sparsity in sparsities:
+        for variant, reconstruct in (("magnitude", "false"), ("SparseGPT", "true")):
+            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct}, calibration)
+            row = {"model": label, "kind": "weights", "amount": sparsity, "variant": variant,
+                   "cosine": round(worst_cosine(model, pruned, held_out), 5), "prune_s": round(seconds, 1),
+                   "zeroed": details.get("weights_zeroed"), "zip_bytes_before": details.get("zip_bytes_before"), "zip_bytes_after": details.get("zip_bytes_after")}
+            logging.info("%s", row)
+            rows.append(row)
+    return rows
+
+
+def encoder_model(width: int = 256, layers: int = 4, seq: int = 64, vocab: int = 1000):
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import torch
+    import torch_models
+
+    module = torch_models._transformer_module(0, vocab=vocab, width=width, heads=4, layers=layers, gelu="none")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, (1, seq), dtype=np.int64)
+    mask = np.ones((1, seq), dtype=np.int64)
+    model = torch_models._export(module, (torch.from_numpy(ids), torch.from_numpy(mask)), "torchscript", 17, ["ids", "mask"], ["hidden"])
+
+    def feeds(count: int, seed: int) -> dict:
+        generator = np.random.default_rng(seed)
+        return {"ids": generator.integers(0, vocab, (count, 1, seq), dtype=np.int64), "mask": np.ones((count, 1, seq), dtype=np.int64)}
+
+    return model, feeds(32, 1), feeds(4, 2)
+
+
+def bench_encoder(sparsities, ratios, args) -> list[dict]:
+    model, calibration, held_out = encoder_model()
+    feeds = {name: value[0] for name, value in held_out.items()}
+    rows = []
+    for sparsity in sparsities:
+        for variant, reconstruct in (("magnitude", "false"), ("SparseGPT", "true")):
+            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct, "samples": 32}, calibration)
+            share = details["weights_zeroed"] / max(1, details["weights_in_pruned_layers"])
+            row = {"model": "encoder (4×256, torch)", "kind": "weights", "amount": sparsity, "variant": variant, "linear_zeroed": round(share, 4),
+                   "cosine": round(worst_cosine(model, pruned, held_out), 5), "prune_s": round(seconds, 1)}
+            logging.info("%s", row)
+            rows.append(row)
+    for ratio in ratios:
+        for variant, options in STRUCTURED.items():
+            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio, samples=32), calibration)
+            row = {"model": "encoder (4×256, torch)", "kind": "channels", "amount": ratio, "variant": variant, "cosine": round(worst_cosine(model, pruned, held_out), 5),
+                   "channels_removed": details.get("channels_removed"), "groups_skipped": details.get("groups_skipped"), "prune_s": round(seconds, 1)}
+            row.update(interleaved_latency(model, pruned, feeds, args.rounds, args.runs))
+            logging.info("%s", row)
+            rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for kind, xlabel in (("channels", "channel ratio removed"), ("weights", "weight sparsity")):
+        models = sorted({row["model"] for row in rows if row["kind"] == kind})
+        if not models:
+            continue
+        figure, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False)
+        for axis, model in zip(axes[0], models):
+            for variant in sorted({row["variant"] for row in rows if row["kind"] == kind and row["model"] == model}):
+                points = sorted((row["amount"], row["cosine"]) for row in rows if row["kind"] == kind and row["model"] == model and row["variant"] == variant)
+                axis.plot(*zip(*points), marker="o", label=variant)
+            axis.set_title(model)
+            axis.set_xlabel(xlabel)
+            axis.set_ylabel("worst output cosine (held out)")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
+        figure.tight_layout()
+        path = out / f"prune_{kind}_cosine.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path.name)
+    timed = [row for row in rows if "speedup" in row]
+    if timed:
+        figure, axis = plt.subplots(figsize=(5.5, 3.8))
+        for (model, variant) in sorted({(row["model"], row["variant"]) for row in timed}):
+            points = sorted((row["cosine"], row["speedup"]) for row in timed if row["model"] == model and row["variant"] == variant)
+            axis.plot(*zip(*points), marker="o", label=f"{model}: {variant}")
+        axis.axhline(1.3, color="grey", linestyle="--", linewidth=0.8)
+        axis.axvline(0.98, color="grey", linestyle=":", linewidth=0.8)
+        axis.set_xlabel("worst output cosine (held out)")
+        axis.set_ylabel("1-thread speedup (×)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6)
+        figure.tight_layout()
+        path = out / "prune_speedup.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path.name)
+    return written
+
+
+def markdown(rows: list[dict], command: str, plots: list[str]) -> str:
+    lines = ["# prune benchmark", "", f"Command: `{command}`", ""]
+    lines += ["## Structured (channels)", "", "| model | ratio | variant | worst cosine | channels removed | groups skipped | params | baseline ms | pruned ms | speedup | prune s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["kind"] == "channels":
+            lines.append(f"| {row['model']} | {row['amount']} | {row['variant']} | {row['cosine']} | {row.get('channels_removed')} | {row.get('groups_skipped')} | "
+                         f"{row.get('params', '')} / {row.get('params_before', '')} | {row['baseline_ms']} | {row['pruned_ms']} | {row['speedup']} | {row['prune_s']} |")
+    lines += ["", "## Unstructured (weights)", "", "| model | sparsity | variant | worst cosine | linear weights zeroed | zip bytes before → after | prune s |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["kind"] == "weights":
+            zipped = f"{row['zip_bytes_before']} → {row['zip_bytes_after']}" if row.get("zip_bytes_before") else ""
+            lines.append(f"| {row['model']} | {row['amount']} | {row['variant']} | {row['cosine']} | {row.get('linear_zeroed', '')} | {zipped} | {row['prune_s']} |")
+    lines += [""] + [f"![{name}]({name})" for name in plots]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one setting per model, to check the script")
+    parser.add_argument("--models", default="det,cls,encoder", help="which models to run; rows of the others are kept from an earlier prune.json")
+    parser.add_argument("--cleanup", action="store_true", help="run the cleanup pass before prune")
+    args = parser.parse_args()
+    if args.cleanup:
+        CLEANUP_FIRST.append("cleanup")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("graphopt").setLevel(logging.ERROR)
+    folder = fetch_models()
+    ratios = [0.1] if args.quick else [0.05, 0.1, 0.2, 0.3]
+    sparsities = [0.5] if args.quick else [0.3, 0.4, 0.5, 0.6]
+    chosen = set(args.models.split(","))
+    rows = []
+    if "det" in chosen:
+        rows += bench_ocr("PP-OCRv4 det", folder, ratios, [], args)
+    if "cls" in chosen:
+        rows += bench_ocr("PP-OCR cls", folder, ratios, [0.3, 0.5][-1 if args.quick else 0:], args)
+    if "encoder" in chosen:
+        rows += bench_encoder(sparsities, [0.25] if args.quick else [0.25, 0.5], args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/prune.py" + " ".join(f" {a}" for a in sys.argv[1:])
+    previous = args.out / "prune.json"
+    if chosen != {"det", "cls", "encoder"} and previous.exists():
+        earlier = json.loads(previous.read_text())
+        fresh = {row["model"] for row in rows}
+        rows = [row for row in earlier["rows"] if row["model"] not in fresh] + rows
+        command = f"{earlier['command']}; then {command}"
+    plots = plot(rows, args.out)
+    (args.out / "prune.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    (args.out / "prune.md").write_text(markdown(rows, command, plots))
+    print(markdown(rows, command, plots))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The `prune` pass: unstructured / n:m weight pruning, or structured channel pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import types
+from typing import Literal
+
+import onnx_graphsurgeon as gs
+
+import graphopt
+from graphopt import ir
+from graphopt.verify.metrics import Budget
+from graphopt_plugins.prune.groups import find_groups, prunable_layer
+from graphopt_plugins.prune.shrink import is_pruned_weight
+from graphopt_plugins.prune.statistics import calibration_samples
+from graphopt_plugins.prune.structured import prune_channels
+from graphopt_plugins.prune.unstructured import find_layers, prune_weights
+
+__all__ = ["Prune"]
+
+logger = logging.getLogger(__name__)
+
+
+class Prune(graphopt.Pass):
+    """Prunes weights (magnitude, n:m) or whole channels (dependency groups), with reconstruction.
+
+    `structured=none` zeroes the least important weights of Conv/Gemm/MatMul layers with
+    constant weights: per layer, by one global magnitude threshold, or by measured sensitivity;
+    `pattern=n:m` keeps n nonzeros in each m along the reduction axis. Zeros alone make no dense
+    kernel faster; the report gives dense and zip-compressed bytes.
+
+    `structured=channels` removes output channels of Conv/ConvTranspose/Gemm/MatMul and
+    everything that depends on them (BN and per-channel constants, activations, depthwise
+    convs, Concat offsets, residual Add/Mul groups, Flatten/Reshape into a Gemm/MatMul, pooling,
+    Resize); tensors physically shrink. A group that reaches a graph output, a channel-mixing
+    Reshape, a Gather, a Split, a Softmax over channels, a subgraph or an unknown op is skipped
+    and reported with its reason. Layers whose outputs were already pruned (weights named
+    `*.pruned-out`) are left alone, so a second run changes nothing.
+
+    With calibration data (`reconstruct`, default when `--calibration` is given) the remaining
+    weights are refit layer by layer to the unpruned layer's output on the calibration
+    activations: SparseGPT for weights, least squares of the next layer for channels.
+    Weights live in initializers or Constant nodes; nested graphs are left alone. Lossy: held
+    to `budget`, else `--budget`, else cos=0.99.
+    """
+
+    name = "prune"
+    lossless = False
+    after = ("cleanup", "fuse")
+
+    @dataclasses.dataclass
+    class Options:
+        structured: Literal["none", "channels"] = "none"  # none: zero weights; channels: remove output channels
+        sparsity: float = 0.5  # unstructured: share of weights zeroed (per layer, or overall with allocation)
+        pattern: str = ""  # unstructured n:m, e.g. 2:4: at most n nonzeros in every m along the reduction axis
+        ratio: float = 0.25  # structured: share of channels removed (per group, or overall with allocation)
+        importance: Literal["l1", "l2", "activation"] = "l2"  # channel ranking: weight norm, or calibrated output energy
+        allocation: Literal["uniform", "global", "sensitivity"] = "uniform"  # per-layer amounts: equal, one threshold, least estimated loss
+        reconstruct: Literal["auto", "true", "false"] = "auto"  # refit remaining weights on calibration data (auto: with --calibration)
+        max_ratio: float = 0.9  # allocation never removes more than this share of one layer or group
+        min_channels: int = 1  # a group keeps at least this many channels
+        channel_multiple: int = 1  # channels are removed in multiples of this
+        min_weights: int = 0  # unstructured: layers with fewer weights stay dense
+        damp: float = 0.01  # ridge added to Gram/Hessian diagonals, relative to their mean
+        samples: int = 16  # calibration samples used at most
+        max_rows: int = 2048  # activation rows kept per sample for statistics
+        budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
+
+        def __post_init__(self):
+            if not 0.0 <= self.sparsity < 1.0:
+                raise ValueError("sparsity must be in [0, 1)")
+            if not 0.0 <= self.ratio < 1.0:
+                raise ValueError("ratio must be in [0, 1)")
+            if not 0.0 < self.max_ratio < 1.0:
+                raise ValueError("max_ratio must be in (0, 1)")
+            if self.pattern and not re.fullmatch(r"\d+:\d+", self.pattern):
+                raise ValueError("pattern must be n:m, e.g. 2:4")
+            if self.pattern:
+                n, m = map(int, self.pattern.split(":"))
+                if not 0 < n < m:
+                    raise ValueError("pattern n:m needs 0 < n < m")
+            if self.structured == "channels" and self.allocation == "global":
+                raise ValueError("allocation=global is for unstructured pruning; use sensitivity for channels")
+            if self.structured == "channels" and self.pattern:
+                raise ValueError("pattern applies to unstructured pruning only")
+            if self.min_channels < 1 or self.channel_multiple < 1 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
+                raise ValueError("min_channels, channel_multiple, samples and max_rows must be >= 1, min_weights >= 0")
+            if self.damp < 0:
+                raise ValueError("damp must be >= 0")
+            Budget.parse(self.budget)  # a malformed budget is a usage error now, not after the work
+
+    def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
+        options = self.options
+        settings = types.SimpleNamespace(**dataclasses.asdict(options))
+        settings.pattern_nm = tuple(map(int, options.pattern.split(":"))) if options.pattern else (0, 0)
+        settings.reconstruct_enabled = options.reconstruct == "true" or (options.reconstruct == "auto" and ctx.calibration is not None)
+        wants_data = settings.reconstruct_enabled or options.importance == "activation" or options.allocation == "sensitivity"
+        samples = calibration_samples(ctx, options.samples, logger) if wants_data else None
+        if settings.reconstruct_enabled and samples is None:
+            logger.warning("prune: reconstruction needs data (--calibration or verification inputs); pruning without it")
+            settings.reconstruct_enabled = False
+        model = ctx.model
+        if options.structured == "channels":
+            stats = self._channels(graph, settings, model, samples)
+        else:
+            stats = self._weights(graph, settings, model, samples)
+        stats["reconstructed"] = settings.reconstruct_enabled and stats["changed"]
+        changed = stats.pop("changed")
+        if changed:
+            with ir.quiet_graphsurgeon():
+                graph.cleanup(remove_unused_graph_inputs=False)  # the Constant nodes and initializers replaced
+            graph.toposort(mode="nodes")
+        ctx.logger.info("prune: %s", {k: v for k, v in stats.items() if not isinstance(v, list)})
+        return graphopt.PassResult(changed=changed, stats=stats)
+
+    def _channels(self, graph: gs.Graph, settings, model, samples) -> dict:
+        if settings.ratio == 0:
+            return {"changed": False, "groups": 0}
+        groups = find_groups(graph)
+        safe, skipped = [], []
+        for group in groups:
+            reason = group.reason
+            if reason is None and any(is_pruned_weight(root.inputs[prunable_layer(root)[0]]) for root, _ in group.roots):
+                reason = "already pruned"
+            if reason is None:
+                safe.append(group)
+            else:
+                skipped.append({"group": group.name, "reason": reason})
+                logger.debug("prune: group of '%s' skipped: %s", group.name, reason)
+        rewritten, table = prune_channels(graph, safe, settings, model, samples) if safe else (0, [])
+        removed = sum(row["channels"] - row["kept"] for row in table)
+        return {
+            "changed": rewritten > 0,
+            "groups": len(groups),
+            "groups_pruned": sum(1 for row in table if row["kept"] < row["channels"]),
+            "groups_skipped": len(skipped),
+            "channels_removed": removed,
+            "channels_total": sum(row["channels"] for row in table),
+            "skipped": skipped,
+            "layers": table,
+        }
+
+    def _weights(self, graph: gs.Graph, settings, model, samples) -> dict:
+        if settings.sparsity == 0 and not settings.pattern:
+            return {"changed": False, "layers_pruned": 0}
+        layers = find_layers(graph, settings.min_weights)
+        table = prune_weights(graph, layers, settings, model, samples)
+        zeroed = sum(int(round(row["sparsity"] * row["weights"])) for row in table)
+        stats = {
+            "changed": bool(table),
+            "layers_pruned": len(table),
+            "weights_zeroed": zeroed,
+            "weights_in_pruned_layers": sum(row["weights"] for row in table),
+            "dense_bytes": sum(row["dense_bytes"] for row in table),
+            "zip_bytes_before": sum(row["zip_bytes_before"] for row in table),
+            "zip_bytes_after": sum(row["zip_bytes_after"] for row in table),
+            "layers": table,
+        }
+        return stats

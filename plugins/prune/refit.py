@@ -1,0 +1,126 @@
+"""Sequential least-squares refit of the layers that lost input channels (structured reconstruction).
+
+After the graph has shrunk, each *sink* (a Conv/ConvTranspose/Gemm/MatMul whose input lost
+channels) is refit so that, on calibration data, its output from the pruned model's input
+matches the unpruned model's output: with `x_o` the original input features at a position and
+`x_p` the pruned model's (already refit upstream), `x_o ≈ M [x_p, 1]` is solved by ridge least
+squares and the sink's original weight `W_o` becomes `W_o M` (bias `W_o m`). For Gemm/MatMul this
+is exactly the least-squares fit of the output; for a Conv it is the fit position by position.
+Sinks are refit level by level in topological order (at most 8 rounds: deep models merge
+consecutive levels), so a later layer sees the earlier refits (layer-wise distillation from the
+original model, no training loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt.activations import iter_activations
+from graphopt_plugins.prune.reconstruct import as_rows, from_rows
+
+__all__ = ["SinkRecord", "refit_sinks"]
+
+_MAX_ROUNDS = 8
+
+
+@dataclasses.dataclass
+class SinkRecord:
+    node: gs.Node
+    tensor: str  # the sink's input (same name in both models)
+    axis: int  # its feature axis
+    in_axis: int  # the weight's input-feature axis
+    weight: np.ndarray  # the original weight, output rows already cut to what the sink keeps
+    bias: np.ndarray | None  # the original bias (cut likewise), or None
+    errors: tuple[float, float] = (0.0, 0.0)  # relative output error before / after the refit
+
+
+def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRecord], samples: dict, max_rows: int, damp: float) -> None:
+    """Refits every record's node in place, level by level; fills `record.errors`."""
+    for level in _levels(graph, records):
+        pruned = onnx.shape_inference.infer_shapes(ir.export_model(graph, original), strict_mode=False)
+        names = sorted({record.tensor for record in level})
+        grams: dict[int, np.ndarray] = {}
+        for values_o, values_p in zip(iter_activations(original, samples, names), iter_activations(pruned, samples, names)):
+            for record in level:
+                x_o = _rows(values_o[record.tensor], record.axis)
+                x_p = _rows(values_p[record.tensor], record.axis)
+                keep = np.linspace(0, len(x_o) - 1, min(len(x_o), max_rows)).round().astype(np.int64)
+                joint = np.concatenate([x_o[keep], x_p[keep], np.ones((len(keep), 1))], axis=1)
+                grams[id(record)] = grams.get(id(record), 0) + joint.T @ joint
+        for record in level:
+            _refit(record, grams[id(record)], damp)
+
+
+def _rows(value: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(value, axis, -1)
+    return moved.reshape(-1, moved.shape[-1]).astype(np.float64)
+
+
+def _levels(graph: gs.Graph, records: list[SinkRecord]) -> list[list[SinkRecord]]:
+    """Records grouped so that no sink in a level feeds another sink of the same level."""
+    view = ir.to_networkx(graph)
+    by_node = {id(record.node): record for record in records}
+    depth: dict[int, int] = {}
+    for vertex in nx.topological_sort(view):
+        above = [depth[p] + (1 if p in by_node else 0) for p in view.predecessors(vertex)]
+        depth[vertex] = max(above, default=0)
+    levels: dict[int, list[SinkRecord]] = {}
+    for record in records:
+        levels.setdefault(depth[id(record.node)], []).append(record)
+    ordered = [levels[key] for key in sorted(levels)]
+    # Each round costs two model runs over the samples: deep models merge consecutive levels
+    # (a sink then sees the refit of sinks in earlier rounds only).
+    per_round = -(-len(ordered) // _MAX_ROUNDS)
+    return [sum(ordered[i : i + per_round], []) for i in range(0, len(ordered), per_round)]
+
+
+def _refit(record: SinkRecord, gram: np.ndarray, damp: float) -> None:
+    node = record.node
+    rows_o = as_rows(record.weight, record.in_axis).astype(np.float64)
+    features = rows_o.shape[1]
+    kept = len(gram) - 1 - features
+    intercept = node.op in ("Conv", "Gemm")
+    basis = np.arange(features, features + kept + (1 if intercept else 0))
+    if intercept:
+        basis[-1] = len(gram) - 1
+    system = gram[np.ix_(basis, basis)]
+    scale = float(np.diag(system).mean()) or 1.0
+    coef = np.linalg.solve(system + damp * scale * np.eye(len(basis)), gram[np.ix_(basis, np.arange(features))])  # (basis, F)
+    current = as_rows(ir.constant_value(node.inputs[1]), record.in_axis).astype(np.float64)
+    new_rows = rows_o @ coef[:kept].T
+    before = _error(gram, rows_o, current, None, features, kept)
+    offset = rows_o @ coef[kept] if intercept else None
+    after = _error(gram, rows_o, new_rows, offset, features, kept)
+    record.errors = (before, after)
+    if after >= before or gram[-1, -1] < 4 * len(basis):
+        record.errors = (before, before)
+        return  # no gain on its own data, or too few rows to trust the fit: keep the plain cut
+    like = ir.constant_value(node.inputs[1])
+    node.inputs[1] = gs.Constant(node.inputs[1].name + ".refit", from_rows(new_rows, like, record.in_axis))
+    if offset is not None:
+        delta = offset.reshape(np.moveaxis(like, record.in_axis, -1).shape[:-1])
+        delta = delta.reshape(delta.shape[0], -1).sum(axis=1)  # every kernel tap adds the same offset
+        base = np.zeros(len(delta)) if record.bias is None else np.broadcast_to(record.bias, (len(delta),)).astype(np.float64)
+        bias = gs.Constant(f"{node.inputs[1].name}.bias", (base + delta).astype(record.weight.dtype))
+        if len(node.inputs) > 2:
+            node.inputs[2] = bias
+        else:
+            node.inputs.append(bias)
+
+
+def _error(gram: np.ndarray, rows_o: np.ndarray, rows: np.ndarray, offset, features: int, kept: int) -> float:
+    """‖W_o x_o − (W x_p + b)‖² / ‖W_o x_o‖² on the calibration rows, from the joint Gram."""
+    combined = np.zeros((rows_o.shape[0], len(gram)))
+    combined[:, :features] = rows_o
+    combined[:, features : features + kept] = -rows
+    if offset is not None:
+        combined[:, -1] = -offset
+    error = float(np.einsum("ij,jk,ik->", combined, gram, combined))
+    total = float(np.einsum("ij,jk,ik->", rows_o, gram[:features, :features], rows_o)) or 1.0
+    return error / total
