@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import contextlib
 import inspect
 import os
 import sys
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         args = parser.parse_args(argv)
-        _configure_logging(args)
-        return args.handler(args)
+        with _logging_for(args):
+            return args.handler(args)
     except GraphoptError as error:
         return _fail(error, error.exit_code, debug)
     except KeyboardInterrupt:
@@ -125,16 +126,30 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(args) -> None:
+@contextlib.contextmanager
+def _logging_for(args):
+    """Our loggers print to stderr at the level the flags ask for, for this command only.
+
+    The previous state is put back afterwards, so `main()` called in-process (embedding,
+    tests) leaves the host's logging as it found it.
+    """
     level = logging.DEBUG if args.debug else logging.ERROR if args.quiet else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("graphopt: %(levelname)s: %(message)s"))
     # First-party plugins log under graphopt_plugins.* (their module names); show them alike.
-    for name in ("graphopt", "graphopt_plugins"):
-        configured = logging.getLogger(name)
-        configured.handlers[:] = [handler]
-        configured.setLevel(level)
-        configured.propagate = False
+    loggers = [logging.getLogger(name) for name in ("graphopt", "graphopt_plugins")]
+    saved = [(list(each.handlers), each.level, each.propagate) for each in loggers]
+    for each in loggers:
+        each.handlers[:] = [handler]
+        each.setLevel(level)
+        each.propagate = False
+    try:
+        yield
+    finally:
+        for each, (handlers, previous_level, propagate) in zip(loggers, saved):
+            each.handlers[:] = handlers
+            each.setLevel(previous_level)
+            each.propagate = propagate
 
 
 def _optimize(args) -> int:

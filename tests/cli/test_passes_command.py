@@ -26,3 +26,12 @@ def test_a_closed_pipe_is_not_an_error():
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0
     assert "error" not in stderr.lower()
+
+
+def test_main_leaves_the_hosts_logging_as_it_found_it(capsys):
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("graphopt", "graphopt_plugins")]
+    before = [(list(each.handlers), each.level, each.propagate) for each in loggers]
+    assert main(["passes", "--quiet"]) == 0
+    assert [(list(each.handlers), each.level, each.propagate) for each in loggers] == before

@@ -125,32 +125,13 @@ def test_sparsity_zero_changes_nothing(resnet):
     assert not details["changed"] and pruned.SerializeToString() == resnet.SerializeToString()
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-def test_reconstruction_without_calibration_uses_verifier_inputs_with_warning():
-    # A handler on the plugin's own logger: other tests change propagation, levels and logging.disable.
-    records, logger = _Records(), logging.getLogger("graphopt_plugins.prune")
-    logger.addHandler(records)
-    previous, previous_level = logging.root.manager.disable, logger.level
-    logging.disable(logging.NOTSET)
-    logger.setLevel(logging.WARNING)  # the CLI tests leave `graphopt_plugins` at ERROR
-    try:
-        resnet = torch_models.resnet_like("torchscript")
+def test_reconstruction_without_calibration_uses_verifier_inputs_with_warning(caplog):
+    resnet = torch_models.resnet_like("torchscript")
+    with caplog.at_level(logging.WARNING, logger="graphopt_plugins.prune"):
         result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.1, "reconstruct": "true"}},
                                    inputs=HELD_OUT, verify="each")
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(previous_level)
-        logging.disable(previous)
     assert result.report["passes"][0]["details"]["reconstructed"]
-    assert any("no --calibration" in message for message in records.messages)
+    assert any("no --calibration" in record.getMessage() for record in caplog.records)
 
 
 @pytest.mark.parametrize(
