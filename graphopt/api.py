@@ -18,7 +18,17 @@ from onnx import external_data_helper
 
 from graphopt import __version__
 from graphopt.errors import InputError, UsageError, VerificationError
-from graphopt.model_io import check_model, copy_model, infer_model_shapes, iter_tensors, load_model
+from graphopt.model_io import (
+    PROTOBUF_LIMIT,
+    check_model,
+    copy_model,
+    infer_model_shapes,
+    initializer_nbytes,
+    iter_tensors,
+    load_model,
+    materialize_external_data,
+    uses_external_data,
+)
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
 from graphopt.summary import summarize
@@ -108,6 +118,12 @@ def optimize(
         },
         "warnings": list(loaded.warnings),
     }
+    if uses_external_data(final) and initializer_nbytes(final) + final.ByteSize() < PROTOBUF_LIMIT:
+        # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
+        # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies them.
+        if final is outcome.model or final is source:
+            final = copy_model(final)
+        materialize_external_data(final)
     return Result(final, report)
 
 

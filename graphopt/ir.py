@@ -12,14 +12,19 @@ If/Loop/Scan bodies as they were unless a pass changed them.
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import external_data_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from graphopt.model_io import iter_graph_protos
+from graphopt.model_io import external_data_dir, iter_graph_protos
 
 __all__ = [
     "import_graph",
@@ -32,6 +37,10 @@ __all__ = [
     "constant_value",
     "replace_all_uses",
     "to_networkx",
+    "all_reads",
+    "toposort",
+    "toposorted_nodes",
+    "remove_dead_nodes",
     "opset_version",
     "quiet_graphsurgeon",
     "refresh_shapes",
@@ -50,6 +59,9 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """
     with quiet_graphsurgeon():
         graph = gs.import_onnx(model)
+    folder = external_data_dir(model)
+    if folder is not None:
+        _map_external_constants(graph, folder)
     overridable = _overridable_inputs(model)
     if overridable:
         constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name in overridable}
@@ -69,6 +81,65 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+class _MappedValues(LazyValues):
+    """A constant whose values stay in the model's external data file, memory-mapped read-only.
+
+    graphsurgeon would read an external tensor relative to the current directory; this reads
+    it from the model's folder. Reading `.values` maps the bytes without copying them, and a
+    constant whose values a pass did not replace is exported as the same reference again
+    (`_unmap_external_constants`), so untouched weights never enter the exported proto.
+    """
+
+    def __init__(self, tensor: onnx.TensorProto, folder: Path):
+        reference = onnx.TensorProto()
+        reference.CopyFrom(tensor)  # graphsurgeon renames the proto it exports: keep our own
+        super().__init__(reference)
+        self.folder = folder
+        self._array = lambda: None  # a weak reference: the array points back here, no cycle
+
+    def load(self) -> np.ndarray:
+        info = external_data_helper.ExternalDataInfo(self.tensor)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
+        shape = tuple(self.tensor.dims)
+        if math.prod(shape) == 0:
+            return np.zeros(shape, dtype=dtype)
+        array = np.memmap(self.folder / info.location, dtype=dtype, mode="r", offset=int(info.offset or 0), shape=shape)
+        array._graphopt_source = self
+        self._array = weakref.ref(array)
+        return array
+
+    @property
+    def array(self) -> np.ndarray | None:
+        """The array `load` mapped, while something still holds it."""
+        return self._array()
+
+
+def _external_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    for owner in iter_graphs(graph):
+        for tensor in owner.tensors().values():
+            if isinstance(tensor, gs.Constant):
+                yield tensor
+        for node in owner.nodes:
+            value = node.attrs.get("value") if node.op == "Constant" else None
+            if isinstance(value, gs.Constant):
+                yield value
+
+
+def _map_external_constants(graph: gs.Graph, folder: Path) -> None:
+    for constant in _external_constants(graph):
+        values = constant._values
+        if type(values) is LazyValues and external_data_helper.uses_external_data(values.tensor):
+            constant._values = _MappedValues(values.tensor, folder)
+
+
+def _unmap_external_constants(graph: gs.Graph) -> None:
+    """Turns constants still holding the very array mapped from the data file back into references."""
+    for constant in _external_constants(graph):
+        source = getattr(constant._values, "_graphopt_source", None)  # views and copies do not carry it
+        if source is not None and source.array is constant._values:
+            constant._values = source
+
+
 def _overridable_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Initializers listed as graph inputs, which onnxruntime lets a caller override from IR 4 on."""
     if model.ir_version < 4:
@@ -79,6 +150,8 @@ def _overridable_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Exports `graph`, carrying over what graphsurgeon drops from the `template` model."""
+    if external_data_dir(template) is not None:
+        _unmap_external_constants(graph)
     with quiet_graphsurgeon():
         exported = gs.export_onnx(graph, do_type_check=False)
     model = onnx.ModelProto()
@@ -298,11 +371,88 @@ def to_networkx(graph: gs.Graph) -> nx.MultiDiGraph:
 
 
 def all_reads(node: gs.Node) -> Iterator[gs.Tensor]:
+    """The node's inputs and everything its If/Loop/Scan bodies read (outer values included).
+
+    A body's outputs count as reads too: a body may return an outer value directly.
+    """
     yield from node.inputs
     for attribute in node.attrs.values():
         for subgraph in _subgraphs_of(attribute):
-            for _, inner in iter_nodes(subgraph):
-                yield from inner.inputs
+            for owner in iter_graphs(subgraph, functions=False):
+                yield from owner.outputs
+                for inner in owner.nodes:
+                    yield from inner.inputs
+
+
+def toposort(graph: gs.Graph) -> None:
+    """Sorts the nodes of every graph level (bodies and local functions too) topologically.
+
+    O(nodes + edges) per level, where graphsurgeon's `toposort` spends seconds on a 100k-node
+    graph computing hierarchy levels. Stable: an already sorted level keeps its order, and
+    otherwise a node moves only behind what it reads. A node with bodies depends on every
+    outer value its bodies read.
+    """
+    for owner in iter_graphs(graph):
+        owner.nodes = toposorted_nodes(owner)
+
+
+def toposorted_nodes(level: gs.Graph) -> list[gs.Node]:
+    """One graph level's nodes in topological order (see `toposort`); the level is not modified."""
+    nodes = level.nodes
+    local = {id(node): node for node in nodes}
+    done: set[int] = set()
+    ordered: list[gs.Node] = []
+    for root in nodes:
+        if id(root) in done:
+            continue
+        # Iterative depth-first post-order over producers: no recursion limit on long chains.
+        stack = [(root, iter(list(all_reads(root))))]
+        done.add(id(root))
+        while stack:
+            node, reads = stack[-1]
+            for tensor in reads:
+                writer = producer(tensor)
+                if writer is not None and id(writer) in local and id(writer) not in done:
+                    done.add(id(writer))
+                    stack.append((writer, iter(list(all_reads(writer)))))
+                    break
+            else:
+                stack.pop()
+                ordered.append(node)
+    return ordered
+
+
+def remove_dead_nodes(graph: gs.Graph) -> int:
+    """Removes, at every graph level, the nodes no graph output depends on; returns how many.
+
+    The linear-time counterpart of graphsurgeon's `cleanup(remove_unused_graph_inputs=False)`:
+    a sweep back from each level's outputs through producers, innermost levels first (a dead
+    node in a body no longer keeps an outer value alive). Removed nodes are unlinked from
+    their tensors, so `consumers()` stops listing them. Graph inputs are kept, and a node
+    that writes a graph input is dropped, as graphsurgeon does.
+    """
+    removed = 0
+    for owner in reversed(list(iter_graphs(graph))):
+        for tensor in owner.inputs:
+            tensor.inputs.clear()
+        local = {id(node) for node in owner.nodes}
+        live: set[int] = set()
+        stack = list(owner.outputs)
+        while stack:
+            writer = producer(stack.pop())
+            if writer is None or id(writer) not in local or id(writer) in live:
+                continue
+            live.add(id(writer))
+            stack.extend(all_reads(writer))
+        if len(live) == len(owner.nodes):
+            continue
+        for node in owner.nodes:
+            if id(node) not in live:
+                node.inputs.clear()
+                node.outputs.clear()
+                removed += 1
+        owner.nodes = [node for node in owner.nodes if id(node) in live]
+    return removed
 
 
 @contextlib.contextmanager
