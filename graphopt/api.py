@@ -22,6 +22,7 @@ from graphopt.model_io import (
     PROTOBUF_LIMIT,
     check_model,
     copy_model,
+    external_data_dir,
     infer_model_shapes,
     initializer_nbytes,
     iter_tensors,
@@ -139,7 +140,8 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelPro
         return pristine, infer_model_shapes(pristine)
     if not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
-    if any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
+    # A model graphopt loaded (an over-2-GiB result) knows where its data lives; others do not.
+    if external_data_dir(model) is None and any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
     check_model(model)
     return model, infer_model_shapes(model)

@@ -201,6 +201,15 @@ def test_api_result_of_an_external_data_model_is_self_contained(tmp_path, feeds)
     assert_close(expected, run_ort(result.model, feeds))
 
 
+def test_api_takes_a_model_graphopt_loaded_with_its_weights_still_on_disk(tmp_path, feeds):
+    source = save_split_all(folded_mlp_model(), tmp_path / "in")
+    loaded = load_model(source)
+    assert external_data_dir(loaded) is not None
+    result = graphopt.optimize(loaded, passes=["cleanup"])
+    assert result.report["passes"][0]["status"] == "accepted"
+    assert_close(run_ort(source, feeds), run_ort(result.model, feeds))
+
+
 def test_hard_linked_external_file_is_refused(tmp_path):
     source = save_split(mlp_model(), tmp_path / "in")
     os.link(source.parent / "part1.bin", tmp_path / "elsewhere.bin")
