@@ -1,7 +1,8 @@
 """Scale: graphs of 1k-100k nodes, and a transformer-like model with ~2.5 GiB of external weights.
 
     python benchmarks/scale.py [--sizes 1000,10000,100000] [--families chain,wide,relu]
-                               [--big-gib 2.5] [--skip-big] [--skip-others] [--timeout 600]
+                               [--big-gib 2.5] [--skip-big] [--skip-graphs] [--timeout 600]
+                               [--compare onnxsim,onnxoptimizer]
                                [--out benchmarks/results]
 
 Models are generated into `$GRAPHOPT_BENCH_CACHE/scale` (default `~/.cache/graphopt-bench`),
@@ -98,7 +99,10 @@ def nodes_of(path: Path) -> int | None:
         return None
 
 
-def bench_graphs(folder: Path, families: list[str], sizes: list[int], timeout: float) -> list[dict]:
+COMPARED = {"onnxsim": onnxsim_command, "onnxoptimizer": onnxoptimizer_command}
+
+
+def bench_graphs(folder: Path, families: list[str], sizes: list[int], timeout: float, tools: list[str]) -> list[dict]:
     rows = []
     for family in families:
         for size in sizes:
@@ -115,14 +119,14 @@ def bench_graphs(folder: Path, families: list[str], sizes: list[int], timeout: f
             row["phases_peak_rss_mib"] = phases["peak_rss_mib"]
             graphopt_run = run_child(graphopt_command(path, out, "cleanup,fuse"), timeout)
             row["graphopt"] = {**graphopt_run, "nodes_after": nodes_of(out) if graphopt_run["ok"] else None}
-            for tool, command in (("onnxsim", onnxsim_command), ("onnxoptimizer", onnxoptimizer_command)):
+            for tool, command in ((t, COMPARED[t]) for t in tools):
                 out.unlink(missing_ok=True)
                 result = run_child(command(path, out), timeout)
                 row[tool] = {**result, "nodes_after": nodes_of(out) if result["ok"] else None}
-            for tool in ("graphopt", "onnxsim", "onnxoptimizer"):
-                if row[tool].get("seconds") and nodes:
+            for tool in ("graphopt", *tools):
+                if row[tool].get("seconds") and row[tool].get("cpu_seconds") is not None and nodes:
                     row[tool]["us_per_node"] = round(row[tool]["seconds"] / nodes * 1e6, 1)
-                row[tool]["cpu_us_per_node"] = round(row[tool]["cpu_seconds"] / nodes * 1e6, 1)
+                    row[tool]["cpu_us_per_node"] = round(row[tool]["cpu_seconds"] / nodes * 1e6, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -179,6 +183,8 @@ def to_markdown(document: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for row in document["graphs"]:
             for tool in ("graphopt", "onnxsim", "onnxoptimizer"):
+                if tool not in row:
+                    continue
                 r = row[tool]
                 seconds = f"{r['seconds']:.2f}" if r.get("seconds") is not None else r.get("error", "failed")
                 lines.append(f"| {row['model']} | {row['nodes']} | {tool} | {seconds} | {r.get('us_per_node', '–')} | {r.get('cpu_us_per_node', '–')} | "
@@ -210,13 +216,15 @@ def main() -> None:
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--skip-graphs", action="store_true")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--compare", default="onnxsim,onnxoptimizer", help="other tools to run on the graphs")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     folder = cache_dir() / "scale"
     folder.mkdir(parents=True, exist_ok=True)
     document = {"command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
     if not args.skip_graphs:
-        document["graphs"] = bench_graphs(folder, args.families.split(","), [int(s) for s in args.sizes.split(",")], args.timeout)
+        tools = [t for t in args.compare.split(",") if t]
+        document["graphs"] = bench_graphs(folder, args.families.split(","), [int(s) for s in args.sizes.split(",")], args.timeout, tools)
     if not args.skip_big:
         document["big"] = bench_big(folder, args.big_gib, args.timeout)
     out = Path(args.out)
