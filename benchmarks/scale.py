@@ -189,7 +189,8 @@ def to_markdown(document: dict) -> str:
                 seconds = f"{r['seconds']:.2f}" if r.get("seconds") is not None else r.get("error", "failed")
                 lines.append(f"| {row['model']} | {row['nodes']} | {tool} | {seconds} | {r.get('us_per_node', '–')} | {r.get('cpu_us_per_node', '–')} | "
                              f"{r.get('peak_rss_mib') or '–'} | {r.get('nodes_after') or '–'} |")
-        lines += ["", "graphopt phases (in-process, one `cleanup,fuse` run with verification; µs per node):", ""]
+        lines += ["", "graphopt phases (`scale_phases.py`: in-process CPU time of one `cleanup,fuse` run with verification, "
+                  "summed over both passes; µs per node):", ""]
         keys = list(document["graphs"][0]["phases"]["seconds"]) if document["graphs"][0].get("phases") else []
         lines += ["| graph | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for row in document["graphs"]:
