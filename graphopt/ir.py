@@ -12,18 +12,14 @@ If/Loop/Scan bodies as they were unless a pass changed them.
 from __future__ import annotations
 
 import contextlib
-import math
-import weakref
 from collections.abc import Iterator
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import external_data_helper
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from graphopt.mapped_weights import map_external_constants, unmap_external_constants
 from graphopt.model_io import external_data_dir, iter_graph_protos
 
 __all__ = [
@@ -61,7 +57,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         graph = gs.import_onnx(model)
     folder = external_data_dir(model)
     if folder is not None:
-        _map_external_constants(graph, folder)
+        map_external_constants(iter_graphs(graph), folder)
     overridable = _overridable_inputs(model)
     if overridable:
         constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name in overridable}
@@ -81,65 +77,6 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-class _MappedValues(LazyValues):
-    """A constant whose values stay in the model's external data file, memory-mapped read-only.
-
-    graphsurgeon would read an external tensor relative to the current directory; this reads
-    it from the model's folder. Reading `.values` maps the bytes without copying them, and a
-    constant whose values a pass did not replace is exported as the same reference again
-    (`_unmap_external_constants`), so untouched weights never enter the exported proto.
-    """
-
-    def __init__(self, tensor: onnx.TensorProto, folder: Path):
-        reference = onnx.TensorProto()
-        reference.CopyFrom(tensor)  # graphsurgeon renames the proto it exports: keep our own
-        super().__init__(reference)
-        self.folder = folder
-        self._array = lambda: None  # a weak reference: the array points back here, no cycle
-
-    def load(self) -> np.ndarray:
-        info = external_data_helper.ExternalDataInfo(self.tensor)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
-        shape = tuple(self.tensor.dims)
-        if math.prod(shape) == 0:
-            return np.zeros(shape, dtype=dtype)
-        array = np.memmap(self.folder / info.location, dtype=dtype, mode="r", offset=int(info.offset or 0), shape=shape)
-        array._graphopt_source = self
-        self._array = weakref.ref(array)
-        return array
-
-    @property
-    def array(self) -> np.ndarray | None:
-        """The array `load` mapped, while something still holds it."""
-        return self._array()
-
-
-def _external_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
-    for owner in iter_graphs(graph):
-        for tensor in owner.tensors().values():
-            if isinstance(tensor, gs.Constant):
-                yield tensor
-        for node in owner.nodes:
-            value = node.attrs.get("value") if node.op == "Constant" else None
-            if isinstance(value, gs.Constant):
-                yield value
-
-
-def _map_external_constants(graph: gs.Graph, folder: Path) -> None:
-    for constant in _external_constants(graph):
-        values = constant._values
-        if type(values) is LazyValues and external_data_helper.uses_external_data(values.tensor):
-            constant._values = _MappedValues(values.tensor, folder)
-
-
-def _unmap_external_constants(graph: gs.Graph) -> None:
-    """Turns constants still holding the very array mapped from the data file back into references."""
-    for constant in _external_constants(graph):
-        source = getattr(constant._values, "_graphopt_source", None)  # views and copies do not carry it
-        if source is not None and source.array is constant._values:
-            constant._values = source
-
-
 def _overridable_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Initializers listed as graph inputs, which onnxruntime lets a caller override from IR 4 on."""
     if model.ir_version < 4:
@@ -151,7 +88,7 @@ def _overridable_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Exports `graph`, carrying over what graphsurgeon drops from the `template` model."""
     if external_data_dir(template) is not None:
-        _unmap_external_constants(graph)
+        unmap_external_constants(iter_graphs(graph))
     with quiet_graphsurgeon():
         exported = gs.export_onnx(graph, do_type_check=False)
     model = onnx.ModelProto()
