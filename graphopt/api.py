@@ -18,7 +18,18 @@ from onnx import external_data_helper
 
 from graphopt import __version__
 from graphopt.errors import InputError, UsageError, VerificationError
-from graphopt.model_io import check_model, copy_model, infer_model_shapes, iter_tensors, load_model
+from graphopt.model_io import (
+    PROTOBUF_LIMIT,
+    check_model,
+    copy_model,
+    external_data_dir,
+    infer_model_shapes,
+    initializer_nbytes,
+    iter_tensors,
+    load_model,
+    materialize_external_data,
+    uses_external_data,
+)
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
 from graphopt.summary import model_bytes, summarize
@@ -111,6 +122,12 @@ def optimize(
         },
         "warnings": list(loaded.warnings),
     }
+    if uses_external_data(final) and initializer_nbytes(final) + final.ByteSize() < PROTOBUF_LIMIT:
+        # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
+        # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies them.
+        if final is outcome.model or final is source:
+            final = copy_model(final)
+        materialize_external_data(final)
     return Result(final, report)
 
 
@@ -126,7 +143,8 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelPro
         return pristine, infer_model_shapes(pristine)
     if not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
-    if any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
+    # A model graphopt loaded (an over-2-GiB result) knows where its data lives; others do not.
+    if external_data_dir(model) is None and any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
     check_model(model)
     return model, infer_model_shapes(model)

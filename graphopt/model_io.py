@@ -3,17 +3,25 @@
 Loading refuses external data that would be read from outside the model's own folder (a
 crafted model must not make graphopt read `/etc/shadow` or a neighbour's file), and writing
 is atomic: a temporary file in the target folder, checked, then renamed over the target.
+
+External data is not read into memory (a 2.5 GiB model must not cost 2.5 GiB per copy):
+large tensors keep pointing at their files, and the model's folder is recorded in its
+`metadata_props` under `EXTERNAL_DIR_KEY`. onnxruntime reads them from there
+(`verify.runner.make_session`), graphsurgeon memory-maps them (`ir.import_graph`), the checker
+sees them as graph inputs (`check_model`), and `save_model` streams them into the output's
+data file. Tensors under `INLINE_EXTERNAL_BYTES` are read in, so shape inference can use them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper
@@ -22,6 +30,12 @@ from graphopt.errors import InputError, UsageError, first_line
 
 __all__ = [
     "PROTOBUF_LIMIT",
+    "EXTERNAL_DIR_KEY",
+    "INLINE_EXTERNAL_BYTES",
+    "external_data_dir",
+    "uses_external_data",
+    "materialize_external_data",
+    "serialized_too_big",
     "load_model",
     "save_model",
     "check_model",
@@ -39,6 +53,12 @@ logger = logging.getLogger(__name__)
 # Protobuf cannot serialise a message of 2 GiB or more; stay clear of it with some headroom
 # for the graph structure itself.
 PROTOBUF_LIMIT = 2**31 - 64 * 2**20
+# Where the external data of a model loaded from disk lives (absolute folder); removed on save.
+EXTERNAL_DIR_KEY = "graphopt.external_data_dir"
+# External tensors smaller than this are read into memory at load (shape tensors, biases).
+INLINE_EXTERNAL_BYTES = 64 * 2**10
+# Offsets in written data files are page-aligned, so onnxruntime can memory-map each tensor.
+_ALIGNMENT = 4096
 
 
 def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.ModelProto:
@@ -68,8 +88,8 @@ def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.Mo
 
 def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Runs ONNX shape inference once; a model it cannot infer is kept as it is."""
-    if initializer_nbytes(model) >= PROTOBUF_LIMIT:
-        logger.info("model is over 2 GiB; skipping in-memory shape inference")
+    if serialized_too_big(model):
+        logger.info("model is over 2 GiB in memory; skipping in-memory shape inference")
         return model
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
@@ -81,8 +101,12 @@ def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool = False) -> None:
     """Runs the ONNX checker; raises InputError with its first line."""
     try:
-        if initializer_nbytes(model) >= PROTOBUF_LIMIT:
+        if serialized_too_big(model):
             return  # checked by path after writing; the checker cannot take it in memory
+        if uses_external_data(model):
+            model = _checkable_copy(model)
+            if model is None:
+                return  # external tensors in bodies or Constant nodes: checked by path after writing
         onnx.checker.check_model(model, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError) as error:
         raise InputError(f"invalid model: {first_line(error)}", path=path) from error
@@ -108,7 +132,7 @@ def save_model(
         raise UsageError("output folder does not exist", path=str(path))
     if path.is_dir():
         raise UsageError("output path is a folder", path=str(path))
-    external_data = external_data or initializer_nbytes(model) >= PROTOBUF_LIMIT
+    external_data = external_data or uses_external_data(model) or serialized_too_big(model)
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.") as staging:
         staged = Path(staging) / path.name
         data_name = f"{path.name}.data"
@@ -132,16 +156,119 @@ def save_model(
 def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, data_name: str, *, size_threshold: int = 1024) -> None:
     """Writes `model` to `path` with every tensor of `size_threshold` bytes or more in `data_name` beside it.
 
-    `model` is not modified. Unlike `onnx.save_model(save_as_external_data=True)`, which refuses
-    when a file named `data_name` exists in the *current directory*, this only looks at
-    `path`'s folder; the caller makes sure `data_name` does not exist there yet.
+    `model` is not modified. Tensors still in the input's external data files are copied from
+    there in chunks, never whole into memory; offsets are page-aligned. Unlike
+    `onnx.save_model(save_as_external_data=True)`, which refuses when a file named `data_name`
+    exists in the *current directory*, this only looks at `path`'s folder; the caller makes
+    sure `data_name` does not exist there yet.
     """
-    model = copy_model(model)
-    # Every tensor, not only initializers: exporters keep weights in Constant nodes and functions.
-    for tensor in iter_tensors(model):
-        if tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
-            external_data_helper.set_external_data(tensor, data_name)
-    onnx.save_model(model, str(path))  # writes the marked tensors' raw_data to path's folder / data_name
+    source_dir = external_data_dir(model)
+    model = copy_model(model)  # weights still on disk are references here: the copy is small
+    _drop_external_dir(model)
+    path = Path(path)
+    with open(path.with_name(data_name), "wb") as data:
+        # Every tensor, not only initializers: exporters keep weights in Constant nodes and functions.
+        for tensor in iter_tensors(model):
+            if external_data_helper.uses_external_data(tensor):
+                if source_dir is None:
+                    raise InputError(f"tensor '{tensor.name}' refers to external data whose folder is unknown")
+                info = external_data_helper.ExternalDataInfo(tensor)
+                length = int(info.length) if info.length else tensor_nbytes(tensor)
+                offset = _append(data, _chunks(source_dir / info.location, int(info.offset or 0), length))
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
+                raw = tensor.raw_data
+                length = len(raw)
+                offset = _append(data, iter((raw,)))
+                del raw
+                tensor.ClearField("raw_data")
+            else:
+                continue
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+    with open(path, "wb") as handle:
+        handle.write(model.SerializeToString())
+
+
+def _append(data, chunks) -> int:
+    offset = -(-data.tell() // _ALIGNMENT) * _ALIGNMENT
+    data.seek(offset)
+    for chunk in chunks:
+        data.write(chunk)
+    return offset
+
+
+def _chunks(file: Path, offset: int, length: int, size: int = 64 * 2**20):
+    with open(file, "rb") as source:
+        source.seek(offset)
+        while length > 0:
+            chunk = source.read(min(size, length))
+            if not chunk:
+                raise InputError(f"external data file ended early", path=str(file))
+            length -= len(chunk)
+            yield chunk
+
+
+def external_data_dir(model: onnx.ModelProto) -> Path | None:
+    """The folder the model's unloaded external data is read from (set by `load_model`)."""
+    for entry in model.metadata_props:
+        if entry.key == EXTERNAL_DIR_KEY:
+            return Path(entry.value)
+    return None
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """Whether some tensor of `model` still refers to an external data file."""
+    return any(external_data_helper.uses_external_data(t) for t in iter_tensors(model))
+
+
+def serialized_too_big(model: onnx.ModelProto) -> bool:
+    """Whether `model`, as held in memory, is too big for protobuf to serialise."""
+    try:
+        return model.ByteSize() >= PROTOBUF_LIMIT
+    except Exception:  # noqa: BLE001 - protobuf refuses to size a message over 2 GiB
+        return True
+
+
+def materialize_external_data(model: onnx.ModelProto) -> None:
+    """Reads every external tensor of `model` into memory, in place (for models under 2 GiB)."""
+    folder = external_data_dir(model)
+    if folder is not None:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    _drop_external_dir(model)
+
+
+def _drop_external_dir(model: onnx.ModelProto) -> None:
+    kept = [entry for entry in model.metadata_props if entry.key != EXTERNAL_DIR_KEY]
+    if len(kept) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+
+
+def _checkable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy the in-memory checker can take: external initializers become graph inputs.
+
+    The checker looks for an external file relative to the *current directory* (and refuses
+    absolute paths), so in memory it cannot check a model whose data sits beside its file.
+    Those files were checked at load (`_check_external_location`); the structure is what is
+    left to check. None if external tensors sit where they cannot become inputs.
+    """
+    copy = copy_model(model)
+    inputs = {value.name for value in copy.graph.input}
+    kept = []
+    for tensor in copy.graph.initializer:
+        if external_data_helper.uses_external_data(tensor):
+            if tensor.name not in inputs:
+                copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+        else:
+            kept.append(tensor)
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    if uses_external_data(copy):
+        return None
+    return copy
 
 
 def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -165,14 +292,20 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     """The in-memory size of a tensor's values, whether stored inline or externally."""
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError, ValueError):
-        itemsize = 1
+    # math.prod over Python ints and a cached itemsize: this runs once per tensor, several
+    # times per pass, so on a 100k-node graph np.prod's overhead alone took seconds.
+    count = math.prod(tensor.dims)
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return (count + 1) // 2
-    return count * itemsize
+    return count * _itemsize(tensor.data_type)
+
+
+@functools.cache
+def _itemsize(data_type: int) -> int:
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 1
 
 
 def initializer_nbytes(model: onnx.ModelProto) -> int:
@@ -226,7 +359,14 @@ def _load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str
     root = folder.resolve()
     for tensor in external:
         _check_external_location(tensor, root, path)
-    external_data_helper.load_external_data_for_model(model, str(folder))
+    for tensor in external:
+        if tensor_nbytes(tensor) < INLINE_EXTERNAL_BYTES:
+            external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    if any(external_data_helper.uses_external_data(tensor) for tensor in external):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = EXTERNAL_DIR_KEY, str(root)
 
 
 def _check_external_location(tensor: onnx.TensorProto, root: Path, path: str) -> None:

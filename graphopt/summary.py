@@ -13,7 +13,9 @@ import math
 import numpy as np
 import onnx
 
-from graphopt.model_io import iter_graph_protos, iter_tensors, tensor_nbytes
+from onnx import external_data_helper
+
+from graphopt.model_io import external_data_dir, iter_graph_protos, iter_tensors, tensor_nbytes
 
 __all__ = ["summarize", "format_comparison", "model_bytes"]
 
@@ -80,7 +82,7 @@ def model_bytes(model: onnx.ModelProto, *, value_info: bool = True) -> int:
     field of the model, each value_info a length-delimited field of the graph (one-byte tags).
     """
     try:
-        size = model.ByteSize()
+        size = model.ByteSize() + _external_bytes(model)
         if value_info or not len(model.graph.value_info):
             return size
         graph = model.graph.ByteSize()
@@ -90,22 +92,38 @@ def model_bytes(model: onnx.ModelProto, *, value_info: bool = True) -> int:
         return sum(tensor_nbytes(t) for t in iter_tensors(model))
 
 
+def _external_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the weights still in the input's data files (a model loaded lazily)."""
+    if external_data_dir(model) is None:
+        return 0
+    return sum(tensor_nbytes(t) for t in iter_tensors(model) if external_data_helper.uses_external_data(t))
+
+
 def _varint_size(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Shapes of the tensors the MAC-counted ops read or write (only those: reading every
+    value_info's dims through protobuf costs seconds on a 100k-node graph)."""
+    wanted = {name for node in model.graph.node if node.op_type in _MAC_OPS for name in (*node.input[:2], *node.output[:1])}
     shapes = {}
+    if not wanted:
+        return shapes
     for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+        if value.name in wanted and value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
             shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
     for tensor in model.graph.initializer:
-        shapes[tensor.name] = list(tensor.dims)
+        if tensor.name in wanted:
+            shapes[tensor.name] = list(tensor.dims)
     return shapes
 
 
+_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
-    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+    if node.op_type not in _MAC_OPS:
         return 0
     def static(name):
         shape = shapes.get(name)

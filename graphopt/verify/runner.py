@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from graphopt.errors import first_line
-from graphopt.model_io import PROTOBUF_LIMIT, initializer_nbytes, write_with_external_data
+from graphopt.model_io import external_data_dir, serialized_too_big, write_with_external_data
 
 __all__ = ["make_session", "run_samples", "SessionError"]
 
@@ -35,8 +35,12 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool =
         options.inter_op_num_threads = 1
     try:
         if isinstance(model, onnx.ModelProto):
-            if initializer_nbytes(model) >= PROTOBUF_LIMIT:
+            if serialized_too_big(model):
                 return _session_from_disk(model, options)
+            folder = external_data_dir(model)
+            if folder is not None:
+                # Weights still in the input's data files: ORT reads them from there, in place.
+                options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types without a common base

@@ -27,7 +27,7 @@ def eliminate_common_subexpressions(graph: gs.Graph) -> int:
     """
     merged = 0
     for owner in ir.iter_graphs(graph):
-        owner.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
+        owner.nodes = ir.toposorted_nodes(owner)
         outputs = ir.graph_output_ids(owner)
         seen: dict[tuple, gs.Node] = {}
         for node in list(owner.nodes):

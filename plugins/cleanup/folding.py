@@ -35,7 +35,7 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     before = _node_count(graph)
     # graphsurgeon evaluates in sessions of its own, whose warnings would reach the terminal.
     onnxruntime.set_default_logger_severity(4)
-    graph.toposort(mode="nodes")  # not "full": see cleanup_pass.py
+    ir.toposort(graph)
     shapes_folded = _fold_static_shapes(graph)
     # graphsurgeon's fold copies the graph and builds a session even when nothing folds; the
     # fix-point loop's confirming round would pay that for nothing.
@@ -52,7 +52,7 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
                 should_exclude_node=lambda node: _should_not_fold(node, growth_limit),
                 recurse_functions=True,
             )
-        graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=True)
+    ir.remove_dead_nodes(graph)
     return max(before - _node_count(graph), 0)
 
 

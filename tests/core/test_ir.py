@@ -138,3 +138,74 @@ def test_node_graph_and_function_annotations_survive_a_change():
     assert [(p.key, p.value) for p in exported.graph.metadata_props] == [("graph", "main")]
     assert [(p.key, p.value) for p in exported.functions[0].metadata_props] == [("fn", "f")]
     onnx.checker.check_model(exported, full_check=True)
+
+
+# --- linear-time toposort and dead-node removal ------------------------------------------------
+
+UNSORTED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2] x, bool c) => (float[2] z) {
+  z = Add(b, w)
+  dead = Neg(x)
+  w = If(c) <then_branch = t () => (float[2] p) { p = Neg(a) }, else_branch = e () => (float[2] q) { q = Identity(a) }>
+  b = Relu(a)
+  a = Abs(x)
+}
+"""
+
+
+def _positions(graph: gs.Graph) -> dict[str, int]:
+    return {node.outputs[0].name: index for index, node in enumerate(graph.nodes)}
+
+
+def test_toposort_puts_every_producer_first_including_outer_reads_of_bodies():
+    graph = ir.import_graph(onnx.parser.parse_model(UNSORTED))
+    ir.toposort(graph)
+    at = _positions(graph)
+    assert at["a"] < at["b"] < at["z"]
+    assert at["a"] < at["w"] < at["z"]  # the If reads `a` only inside its bodies
+    exported = ir.export_model(graph, onnx.parser.parse_model(UNSORTED))
+    onnx.checker.check_model(exported, full_check=True)
+
+
+def test_toposort_keeps_a_sorted_graph_in_its_order():
+    graph = ir.import_graph(onnx.parser.parse_model(UNSORTED))
+    ir.toposort(graph)
+    order = [id(node) for node in graph.nodes]
+    ir.toposort(graph)
+    assert [id(node) for node in graph.nodes] == order
+
+
+def test_toposort_handles_a_chain_deeper_than_the_recursion_limit():
+    import sys
+
+    depth = sys.getrecursionlimit() + 500
+    text = "\n".join(f"  t{i + 1} = Relu(t{i})" for i in range(depth))
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] t0) => (float[2] t{depth}) {{\n{text}\n}}')
+    graph = ir.import_graph(model)
+    graph.nodes.reverse()
+    ir.toposort(graph)
+    assert [node.outputs[0].name for node in graph.nodes] == [f"t{i + 1}" for i in range(depth)]
+
+
+def test_remove_dead_nodes_keeps_what_outputs_and_bodies_read_and_unlinks_the_rest():
+    graph = ir.import_graph(onnx.parser.parse_model(UNSORTED))
+    x = _tensor(graph, "x")
+    assert len(ir.consumers(x)) == 2  # Abs and the dead Neg
+    assert ir.remove_dead_nodes(graph) == 1
+    assert sorted(node.op for node in graph.nodes) == ["Abs", "Add", "If", "Relu"]
+    assert [node.op for node in ir.consumers(x)] == ["Abs"]
+    assert ir.remove_dead_nodes(graph) == 0
+
+
+def test_remove_dead_nodes_sweeps_bodies_and_keeps_the_outer_values_they_read():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x, bool c) => (float[2] z) {
+      a = Abs(x)
+      z = If(c) <then_branch = t () => (float[2] p) { unused = Neg(x)  p = Identity(x) }, else_branch = e () => (float[2] a2) { a2 = Identity(a) }>
+    }
+    """
+    graph = ir.import_graph(onnx.parser.parse_model(text))
+    assert ir.remove_dead_nodes(graph) == 1  # the body's unused Neg
+    assert [node.op for node in graph.nodes] == ["Abs", "If"]

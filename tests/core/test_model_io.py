@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 import graphopt
 from graphopt.cli import main
 from graphopt.errors import InputError, UsageError
-from graphopt.model_io import load_model, save_model
+from graphopt.model_io import external_data_dir, load_model, save_model
+from graphopt.verify.runner import make_session, run_samples
 from graphopt.verify import tolerance_for
 
 F32 = tolerance_for(np.float32)
@@ -102,8 +103,12 @@ def test_split_external_data_loads_optimizes_and_writes_external(tmp_path, feeds
     expected = run_ort(source, feeds)
 
     loaded = load_model(source)
-    assert not any(onnx.external_data_helper.uses_external_data(t) for t in loaded.graph.initializer)
-    assert_close(expected, run_ort(loaded, feeds))
+    # Big weights stay in their files (read in place); the 2 KB bias is read in.
+    external = {t.name for t in loaded.graph.initializer if onnx.external_data_helper.uses_external_data(t)}
+    assert external == {"w1", "w2", "w3"}
+    assert external_data_dir(loaded) == source.parent.resolve()
+    assert loaded.ByteSize() < 8192
+    assert_close(expected, run_samples(make_session(loaded), [feeds])[0].values())
 
     out = tmp_path / "out"
     out.mkdir()
@@ -122,6 +127,87 @@ def test_split_external_data_loads_optimizes_and_writes_external(tmp_path, feeds
     assert_close(expected, run_ort(out / "mlp.onnx", feeds))
     # the input, and the files it reads, are untouched
     assert_close(expected, run_ort(source, feeds))
+
+
+def folded_mlp_model() -> onnx.ModelProto:
+    """mlp_model with w3 stored transposed behind a Transpose (cleanup folds it into a new weight)
+    and w2 duplicated as w2_copy (cleanup merges the two)."""
+    model = mlp_model()
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    del model.graph.initializer[:]
+    weights["w3t"] = np.ascontiguousarray(weights.pop("w3").T)
+    weights["w2_copy"] = weights["w2"].copy()
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in weights.items())
+    for node in model.graph.node:
+        if node.name == "fc3":
+            node.input[1] = "w3"
+        if node.name == "act2":
+            node.input[0] = "h2_sum"
+    model.graph.node.insert(0, helper.make_node("Transpose", ["w3t"], ["w3"], name="unfold", perm=[1, 0]))
+    model.graph.node.insert(5, helper.make_node("MatMul", ["a1_copy", "w2_copy"], ["h2_again"], name="fc2_again"))
+    model.graph.node.insert(7, helper.make_node("Add", ["h2", "h2_again"], ["h2_sum"], name="fc2_sum"))
+    return model
+
+
+def save_split_all(model: onnx.ModelProto, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    return folder / "model.onnx"
+
+
+def test_pipeline_keeps_untouched_weights_in_their_files_and_save_streams_them(tmp_path, feeds):
+    from graphopt import ir
+    from graphopt.model_io import check_model, infer_model_shapes
+    from graphopt_plugins.cleanup import Cleanup
+
+    source = save_split_all(folded_mlp_model(), tmp_path / "in")
+    assert len(os.listdir(tmp_path / "in")) == 6, "one file per weight (5) and the model"
+    expected = run_ort(source, feeds)
+    model = infer_model_shapes(load_model(source))
+    graph = ir.import_graph(model)
+    result = Cleanup().run(graph, graphopt.PassContext(opset=17, model=model))
+    assert result.stats["constants_folded"] == 1 and result.stats["initializers_deduped"] == 1
+    candidate = infer_model_shapes(ir.export_model(graph, model))
+    check_model(candidate, full=True)
+    by_name = {t.name: t for t in candidate.graph.initializer}
+    # dedupe read every weight (memory-mapped); the untouched ones are still references
+    assert {n for n, t in by_name.items() if onnx.external_data_helper.uses_external_data(t)} == {"w1", "w2_copy"}
+    folded = next(t for n, t in by_name.items() if n not in ("w1", "w2_copy", "b1"))
+    assert len(folded.raw_data) == HIDDEN * 256 * 4  # the folded transpose: new values, in memory
+    assert candidate.ByteSize() < len(folded.raw_data) + 16384
+    assert_close(expected, list(run_samples(make_session(candidate), [feeds])[0].values()))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    save_model(candidate, out / "model.onnx", source=source)
+    assert sorted(os.listdir(out)) == ["model.onnx", "model.onnx.data"]
+    written = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert not [entry for entry in written.metadata_props if entry.key.startswith("graphopt")]
+    offsets = [int(e.value) for t in written.graph.initializer for e in t.external_data if e.key == "offset"]
+    assert len(offsets) == 4 and all(offset % 4096 == 0 for offset in offsets)
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    assert_close(expected, run_ort(out / "model.onnx", feeds))
+    assert_close(expected, run_ort(source, feeds))  # the input's files are untouched
+
+
+def test_api_result_of_an_external_data_model_is_self_contained(tmp_path, feeds):
+    source = save_split_all(folded_mlp_model(), tmp_path / "in")
+    expected = run_ort(source, feeds)
+    result = graphopt.optimize(str(source), passes=["cleanup"])
+    assert result.report["passes"][0]["status"] == "accepted"
+    assert result.report["input"]["bytes"] > 4 * 3 * HIDDEN * HIDDEN  # the weights on disk count
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in result.model.graph.initializer)
+    assert external_data_dir(result.model) is None
+    assert_close(expected, run_ort(result.model, feeds))
+
+
+def test_api_takes_a_model_graphopt_loaded_with_its_weights_still_on_disk(tmp_path, feeds):
+    source = save_split_all(folded_mlp_model(), tmp_path / "in")
+    loaded = load_model(source)
+    assert external_data_dir(loaded) is not None
+    result = graphopt.optimize(loaded, passes=["cleanup"])
+    assert result.report["passes"][0]["status"] == "accepted"
+    assert_close(run_ort(source, feeds), run_ort(result.model, feeds))
 
 
 def test_hard_linked_external_file_is_refused(tmp_path):
