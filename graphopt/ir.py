@@ -37,6 +37,7 @@ __all__ = [
     "toposort",
     "toposorted_nodes",
     "remove_dead_nodes",
+    "remove_dead_nodes_in_level",
     "opset_version",
     "quiet_graphsurgeon",
     "refresh_shapes",
@@ -370,27 +371,31 @@ def remove_dead_nodes(graph: gs.Graph) -> int:
     their tensors, so `consumers()` stops listing them. Graph inputs are kept, and a node
     that writes a graph input is dropped, as graphsurgeon does.
     """
-    removed = 0
-    for owner in reversed(list(iter_graphs(graph))):
-        for tensor in owner.inputs:
-            tensor.inputs.clear()
-        local = {id(node) for node in owner.nodes}
-        live: set[int] = set()
-        stack = list(owner.outputs)
-        while stack:
-            writer = producer(stack.pop())
-            if writer is None or id(writer) not in local or id(writer) in live:
-                continue
-            live.add(id(writer))
-            stack.extend(all_reads(writer))
-        if len(live) == len(owner.nodes):
+    return sum(remove_dead_nodes_in_level(owner) for owner in reversed(list(iter_graphs(graph))))
+
+
+def remove_dead_nodes_in_level(owner: gs.Graph) -> int:
+    """`remove_dead_nodes` for one graph level only (its bodies' reads of it count as uses)."""
+    for tensor in owner.inputs:
+        tensor.inputs.clear()
+    local = {id(node) for node in owner.nodes}
+    live: set[int] = set()
+    stack = list(owner.outputs)
+    while stack:
+        writer = producer(stack.pop())
+        if writer is None or id(writer) not in local or id(writer) in live:
             continue
-        for node in owner.nodes:
-            if id(node) not in live:
-                node.inputs.clear()
-                node.outputs.clear()
-                removed += 1
-        owner.nodes = [node for node in owner.nodes if id(node) in live]
+        live.add(id(writer))
+        stack.extend(all_reads(writer))
+    if len(live) == len(owner.nodes):
+        return 0
+    removed = 0
+    for node in owner.nodes:
+        if id(node) not in live:
+            node.inputs.clear()
+            node.outputs.clear()
+            removed += 1
+    owner.nodes = [node for node in owner.nodes if id(node) in live]
     return removed
 
 

@@ -75,32 +75,8 @@ class Fuse(graphopt.Pass):
                 if not fired:
                     break
                 stats.update(fired)
-                remove_dead_nodes(owner)
+                ir.remove_dead_nodes_in_level(owner)
         if stats:
             ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
         ctx.logger.info("fuse: %s", dict(stats))
         return graphopt.PassResult(changed=bool(stats), stats=dict(stats))
-
-
-def remove_dead_nodes(graph: gs.Graph) -> int:
-    """Drops the nodes of one graph level that no graph output depends on, in O(nodes + edges).
-
-    Rules leave their replaced nodes disconnected or unread; this sweeps them, where
-    graphsurgeon's own cleanup would copy and re-sort the whole graph each round.
-    Nodes with subgraphs count their bodies' outer reads as inputs.
-    """
-    local = {id(node): node for node in graph.nodes}
-    live: set[int] = set()
-    stack = [tensor for tensor in graph.outputs]
-    while stack:
-        writer = ir.producer(stack.pop())
-        if writer is None or id(writer) not in local or id(writer) in live:
-            continue
-        live.add(id(writer))
-        stack.extend(ir.all_reads(writer))
-    dead = [node for node in graph.nodes if id(node) not in live]
-    for node in dead:
-        node.inputs.clear()
-        node.outputs.clear()
-    graph.nodes = [node for node in graph.nodes if id(node) in live]
-    return len(dead)
