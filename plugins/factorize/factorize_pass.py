@@ -17,8 +17,10 @@ from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import make_session, run_samples
 from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd
+from graphopt_plugins.factorize.refit import refit_second_factors
 from graphopt_plugins.factorize.ranks import parse_target, ranks_by_rule, ranks_for_target
 from graphopt_plugins.factorize.rewrite import factorize_site
+from graphopt_plugins.factorize.sensitivity import measure_sensitivity
 from graphopt_plugins.factorize.sites import Site, find_sites, is_factorized
 from graphopt_plugins.factorize.statistics import LayerData, collect, conv_geometry
 
@@ -43,7 +45,9 @@ class Factorize(graphopt.Pass):
     transA, If/Loop/Scan bodies and local functions (their inputs cannot be captured), or a
     model this pass already factorized (idempotence: factor nodes carry a name mark).
     Data-aware by default: with `--calibration` (else the verifier's inputs, with a warning)
-    each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD);
+    each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD),
+    then (`refit`) each V is refitted by least squares on the inputs the factorized model
+    really feeds the layer, kept when that brings the outputs closer on the data;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
     Lossy: before returning, the pass runs the factorized model on its data and backs off
     (halving `strength`) until the outputs meet its budget (`budget`, else `--budget`, else
@@ -68,6 +72,9 @@ class Factorize(graphopt.Pass):
         ops: str = "MatMul,Gemm,Conv"  # op types to consider
         max_samples: int = 32  # calibration samples used at most
         rows_per_sample: int = 512  # input rows (tokens, conv positions) per sample fed to each fit
+        sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
+        sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
+        refit: bool = True  # data method: refit each V by least squares on the inputs the factorized model feeds it
         backoff: int = 4  # times strength is halved when the budget is missed
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
 
@@ -76,6 +83,8 @@ class Factorize(graphopt.Pass):
                 raise ValueError(f"method must be one of {', '.join(_METHODS)}, not {self.method!r}")
             if self.rank_by not in _RULES:
                 raise ValueError(f"rank_by must be one of {', '.join(_RULES)}, not {self.rank_by!r}")
+            if self.sensitivity not in ("model", "layer"):
+                raise ValueError(f"sensitivity must be model or layer, not {self.sensitivity!r}")
             if self.conv not in _CONV_MODES:
                 raise ValueError(f"conv must be one of {', '.join(_CONV_MODES)}, not {self.conv!r}")
             unknown = set(self.op_set()) - set(_OPS)
@@ -86,7 +95,7 @@ class Factorize(graphopt.Pass):
                     raise ValueError(f"{name} must be in (0, 1]")
             if not 0.0 <= self.margin < 1.0:
                 raise ValueError("margin must be in [0, 1)")
-            for name in ("rank_multiple", "max_samples", "rows_per_sample"):
+            for name in ("rank_multiple", "max_samples", "rows_per_sample", "sensitivity_samples"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1")
             if self.backoff < 0:
@@ -123,26 +132,41 @@ class Factorize(graphopt.Pass):
         fits = {site.index: _fit(site, method, data) for site in sites}
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
-        ranks, strength, measured = {}, 1.0, None
+        weights = None
+        if options.rank_by == "target" and options.sensitivity == "model" and data is not None:
+            probe = {name: array[:options.sensitivity_samples] for name, array in samples.items()}
+            reference = LayerData({}, {}, {k: v[:options.sensitivity_samples] for k, v in data.outputs.items()}, {})
+            weights = measure_sensitivity(
+                sites, fits, lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference)),
+                options.margin, options.rank_multiple)
+        ranks, factors, strength, measured, refitted = {}, {}, 1.0, None, False
         for attempt in range(options.backoff + 1):
             strength = 0.5**attempt
-            ranks = self._ranks(sites, fits, strength, totals)
+            ranks = self._ranks(sites, fits, strength, totals, weights)
+            factors = {index: fits[index].factors(rank) for index, rank in ranks.items()}
             if not ranks or data is None:
                 break
-            candidate = _factorized_copy(model, options, fits, ranks)
+            candidate = _factorized_copy(model, options, factors)
             measured = _metrics(candidate, samples, data)
+            if method == "data" and options.refit:
+                # kept only where it helps on the data: a one-shot refit can overshoot
+                again = refit_second_factors(model, candidate, samples, sites, factors, options.rows_per_sample, ctx.seed)
+                remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
+                refitted = _worst_cosine(remeasured) > _worst_cosine(measured)
+                if refitted:
+                    factors, measured = again, remeasured
             if not any(budget.violations(name, values) for name, values in measured.items()):
                 break
             log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), _cosines(measured))
             ranks = {}
         stats.update(method=method, data=origin, rank_by=options.rank_by, strength=strength,
-                     budget=budget.describe(), sites=len(sites))
+                     budget=budget.describe(), sites=len(sites), refitted=refitted)
         if measured and ranks:
             stats["calibration_metrics"] = measured
         if not ranks:
             log.info("factorize: nothing factorized (%d candidate layers)", len(sites))
             return graphopt.PassResult(changed=False, stats=stats)
-        stats.update(_apply(graph, sites, fits, ranks))
+        stats.update(_apply(graph, sites, fits, factors))
         stats["factorized"] = len(ranks)
         for key, total in totals.items():
             stats[f"model_{key}_before"] = total
@@ -150,12 +174,13 @@ class Factorize(graphopt.Pass):
                  stats["macs_after"], method, strength)
         return graphopt.PassResult(changed=True, stats=stats)
 
-    def _ranks(self, sites: list[Site], fits: dict[int, Factorization], strength: float, totals: dict) -> dict[int, int]:
+    def _ranks(self, sites: list[Site], fits: dict[int, Factorization], strength: float, totals: dict,
+               weights: dict[int, float] | None) -> dict[int, int]:
         options = self.options
         if options.rank_by == "target":
             metric, fraction = parse_target(options.target)
             return ranks_for_target(sites, fits, metric, fraction * strength, totals[metric], options.margin,
-                                    options.rank_multiple)
+                                    options.rank_multiple, weights)
         value = getattr(options, options.rank_by)
         return ranks_by_rule(sites, fits, options.rank_by, value, strength, options.margin, options.rank_multiple)
 
@@ -206,14 +231,20 @@ def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site
                     dim.dim_value = int(size)
         static = infer_model_shapes(static)
     summary = summarize(static)
-    site_macs = sum(site.macs() or 0 for site in sites)
-    return {"macs": max(int(summary["macs"]), site_macs), "params": int(summary["parameters"])}
+    # The summary counts a MatMul/Conv only where inference found its shapes; the sites' own
+    # counts come from the captured activations, so add those it had to leave out.
+    known = {value.name for value in list(static.graph.value_info) + list(static.graph.output)
+             if value.type.tensor_type.HasField("shape")
+             and all(dim.HasField("dim_value") for dim in value.type.tensor_type.shape.dim)}
+    missed = sum(site.macs() or 0 for site in sites
+                 if not ({site.node.outputs[0].name, site.input.name} <= known | set(samples or ())))
+    return {"macs": int(summary["macs"]) + missed, "params": int(summary["parameters"])}
 
 
-def _factorized_copy(model: onnx.ModelProto, options, fits: dict[int, Factorization], ranks: dict[int, int]) -> onnx.ModelProto:
+def _factorized_copy(model: onnx.ModelProto, options, factors: dict[int, tuple]) -> onnx.ModelProto:
     graph = ir.import_graph(model)
     sites, _ = find_sites(graph, options.conv, options.op_set())
-    _apply(graph, sites, fits, ranks)
+    _apply(graph, sites, None, factors)
     return ir.export_model(graph, model)
 
 
@@ -228,26 +259,34 @@ def _input_names(model: onnx.ModelProto) -> set[str]:
     return {value.name for value in model.graph.input}
 
 
+def _worst_cosine(measured: dict[str, dict]) -> float:
+    return min(values["cosine"] for values in measured.values())
+
+
 def _cosines(measured: dict[str, dict]) -> str:
     return ", ".join(f"{name}: cos {values['cosine']:.5f}" for name, values in measured.items())
 
 
-def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization], ranks: dict[int, int]) -> dict:
-    """Rewrites the chosen sites; returns the per-layer report and the totals over them."""
+def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | None, factors: dict[int, tuple]) -> dict:
+    """Rewrites the chosen sites with their (U, V); returns the per-layer report and totals.
+
+    A layer's `error` is its own fit's relative output error on its original inputs.
+    """
     taken = {node.name for node in graph.nodes} | set(graph.tensors())
     layers = []
     for site in sites:
-        rank = ranks.get(site.index)
-        if rank is None:
+        if site.index not in factors:
             continue
-        fit = fits[site.index]
-        first, second = fit.factors(rank)
-        layers.append({
-            "node": site.name, "op": site.node.op, "kind": site.kind, "rank": rank, "full_rank": fit.full_rank,
-            "params_before": site.params(), "params_after": site.params(rank),
-            "macs_before": site.macs(), "macs_after": site.macs(rank),
-            "error": round(float(fit.errors[rank]), 6), "error_on": fit.measured_on,
-        })
+        first, second = factors[site.index]
+        rank = first.shape[1]
+        if fits is not None:
+            fit = fits[site.index]
+            layers.append({
+                "node": site.name, "op": site.node.op, "kind": site.kind, "rank": rank, "full_rank": fit.full_rank,
+                "params_before": site.params(), "params_after": site.params(rank),
+                "macs_before": site.macs(), "macs_after": site.macs(rank),
+                "error": round(float(fit.errors[rank]), 6), "error_on": fit.measured_on,
+            })
         factorize_site(graph, site, first, second, taken=taken)
     graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
     graph.toposort(mode="nodes")  # "full" recurses forever given local functions and If bodies (gs 0.6)

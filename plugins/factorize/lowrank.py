@@ -5,6 +5,8 @@ by `U @ V` (K×r and r×N). Plain SVD minimises the weight error ‖W − UV‖;
 minimises the output error ‖XW − XUV‖ over the layer's real inputs, which only the inputs'
 Gram matrix `G = XᵀX` enters: with `G = LLᵀ`, the best rank-r output is the truncated SVD of
 `LᵀW = PΣRᵀ`, reached by `V = R_rᵀ` and `U = W R_r` (so no inverse of `G` is ever formed).
+For that fixed U, `V = R_rᵀ` is also the least-squares refit argmin_V ‖XW − XUV‖: the second
+factor comes out refitted in closed form.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import numpy as np
 
 __all__ = [
     "Factorization",
-    "whitening",
     "fit_svd",
     "fit_data_aware",
     "rank_for_energy",
@@ -49,13 +50,12 @@ class Factorization:
         return self.left[:, :rank], self.right[:rank]
 
 
-def whitening(gram: np.ndarray) -> np.ndarray:
-    """A K×K matrix `S` with `SᵀS = G + ridge·I`, so that ‖XM‖_F = ‖SM‖_F for any M."""
+def _ridged(gram: np.ndarray) -> np.ndarray:
+    """G + ridge·I, symmetrised, in float64."""
     gram = np.asarray(gram, dtype=np.float64)
     gram = (gram + gram.T) / 2
     ridge = _RIDGE * max(float(np.trace(gram)) / len(gram), 1e-30)
-    values, vectors = np.linalg.eigh(gram + ridge * np.eye(len(gram)))
-    return np.sqrt(np.clip(values, 0.0, None))[:, None] * vectors.T
+    return gram + ridge * np.eye(len(gram))
 
 
 def _relative_tail(energies: np.ndarray) -> np.ndarray:
@@ -72,17 +72,32 @@ def fit_svd(weight: np.ndarray, gram: np.ndarray | None = None) -> Factorization
     root = np.sqrt(singular)
     if gram is None:
         return Factorization(left * root, root[:, None] * right, _relative_tail(singular**2), "weights")
-    # ‖S(W − W_r)‖² = Σ_{i,j>r} σ_i σ_j (S p_i)·(S p_j) q_i·q_j = Σ_{i>r} σ_i² ‖S p_i‖², q orthonormal.
-    whitened = whitening(gram) @ left
-    energies = singular**2 * np.einsum("ij,ij->j", whitened, whitened)
+    # ‖X(W − W_r)‖² = Σ_{i,j>r} σ_i σ_j (p_iᵀ G p_j)(q_i·q_j) = Σ_{i>r} σ_i² p_iᵀ G p_i, q orthonormal.
+    energies = singular**2 * np.einsum("ij,ij->j", _ridged(gram) @ left, left)
     return Factorization(left * root, root[:, None] * right, _relative_tail(energies), "data")
 
 
 def fit_data_aware(weight: np.ndarray, gram: np.ndarray) -> Factorization:
-    """The rank-r factors minimising ‖XW − XUV‖ for every r (activation-whitened SVD)."""
+    """The rank-r factors minimising ‖XW − XUV‖ for every r (activation-whitened SVD).
+
+    Only the right singular vectors R of LᵀW are needed. When N ≤ K they are the eigenvectors
+    of WᵀGW (N×N), so no K×K factorization is formed; when N > K (a wide head), the SVD of LᵀW
+    with L the Cholesky factor of G is the smaller problem.
+    """
     weight = np.asarray(weight, dtype=np.float64)
-    _, singular, right = np.linalg.svd(whitening(gram) @ weight, full_matrices=False)
-    return Factorization(weight @ right.T, right, _relative_tail(singular**2), "data")
+    ridged = _ridged(gram)
+    keep = min(weight.shape)
+    if weight.shape[1] <= weight.shape[0]:
+        moment = weight.T @ ridged @ weight
+        values, vectors = np.linalg.eigh((moment + moment.T) / 2)
+        order = np.argsort(values)[::-1][:keep]
+        energies, right = np.clip(values[order], 0.0, None), vectors[:, order].T
+    else:
+        _, singular, right = np.linalg.svd(np.linalg.cholesky(ridged).T @ weight, full_matrices=False)
+        energies = singular**2
+    errors = _relative_tail(energies)
+    errors[-1] = 0.0  # at full rank U·V = W R Rᵀ = W: R spans W's row space
+    return Factorization(weight @ right.T, right, np.minimum.accumulate(errors), "data")
 
 
 def rank_for_energy(singular_energy_errors: np.ndarray, energy: float) -> int:

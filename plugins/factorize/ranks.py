@@ -8,7 +8,8 @@ goes, which is how the pass backs off when the result misses its accuracy budget
 The global target (`params=0.3`, `macs=0.25`: that fraction of the whole model removed) is
 allocated greedily, as AIMET's compression-ratio selection does: every candidate layer's
 output error is known at every rank on the calibration data (the fits give it exactly), and
-the step taken next is always the one that saves the most per unit of added squared error.
+the step taken next is always the one that saves the most per unit of added loss, a layer's
+loss being its squared error weighted by its measured end-to-end sensitivity (sensitivity.py).
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def ranks_by_rule(sites: list[Site], fits: dict[int, Factorization], rule: str, 
 
 
 def ranks_for_target(sites: list[Site], fits: dict[int, Factorization], metric: str, fraction: float,
-                     total: int, margin: float, multiple: int) -> dict[int, int]:
-    """Ranks removing `fraction` of `total` (the model's MACs or params) at the least summed squared error."""
+                     total: int, margin: float, multiple: int, weights: dict[int, float] | None = None) -> dict[int, int]:
+    """Ranks removing `fraction` of `total` (the model's MACs or params) at the least summed loss.
+
+    A layer's loss at rank r is weights[layer]·e(r)² (its measured sensitivity; 1 without).
+    """
     goal = fraction * total
     cost = {"macs": lambda site, rank: site.macs(rank), "params": lambda site, rank: site.params(rank)}[metric]
     state: dict[int, int] = {}
@@ -71,7 +75,8 @@ def ranks_for_target(sites: list[Site], fits: dict[int, Factorization], metric: 
         before = cost(site, None) if current is None else cost(site, current)
         saving = before - cost(site, nxt)
         errors = fits[site.index].errors
-        loss = errors[nxt] ** 2 - (0.0 if current is None else errors[current] ** 2)
+        weight = 1.0 if weights is None else weights.get(site.index, 1.0)
+        loss = weight * (errors[nxt] ** 2 - (0.0 if current is None else errors[current] ** 2))
         if saving > 0:
             heapq.heappush(heap, (max(loss, 0.0) / saving, site.index, nxt, saving))
 

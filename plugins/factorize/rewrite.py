@@ -66,8 +66,12 @@ def factorize_site(graph: gs.Graph, site: Site, first: np.ndarray, second: np.nd
         first_node = gs.Node("Conv", f"{base}{MARK}/u", attrs=first_attrs, inputs=[node.inputs[0], u], outputs=[hidden])
         second_inputs = [hidden, v] + ([new_bias] if new_bias is not None else [])
         second_node = gs.Node("Conv", f"{base}{MARK}/v", attrs=second_attrs, inputs=second_inputs, outputs=[output])
+    weight = node.inputs[1]
     node.inputs.clear()
     node.outputs.clear()  # the caller drops disconnected nodes and re-sorts once, after all sites
+    source = weight.inputs[0] if weight.inputs else None
+    if source is not None and source.op == "Constant" and not weight.outputs:
+        source.outputs.clear()  # a weight held in a Constant node (paddle2onnx) goes with its reader
     graph.nodes.extend([first_node, second_node])
 
 

@@ -82,8 +82,8 @@ def collect(model: onnx.ModelProto, samples: dict[str, np.ndarray], sites: list[
         for site in sites:
             shapes.setdefault(site.index, tuple(values[site.input.name].shape))
         for site in wanted:
-            rows = _rows(site, np.asarray(values[site.input.name], dtype=np.float64), rows_per_sample, rng)
-            grams[site.index] += rows.T @ rows
+            rows = _rows(site, np.asarray(values[site.input.name], dtype=np.float32), rows_per_sample, rng)
+            grams[site.index] += (rows.T @ rows).astype(np.float64)  # float32 products, float64 sum
             rows_seen[site.index] += len(rows)
         for name in outputs:
             collected[name].append(values[name])
