@@ -13,7 +13,7 @@ For each model, method (`svd`, `data`) and global MAC target, the `factorize` pa
 its budget check off (so the whole curve shows); MACs and params are counted by graphopt's
 summary at the benchmark's static shapes, cosine is measured on held-out inputs the fit never
 saw, and 1-thread latency (onnxruntime, ORT_ENABLE_ALL) is timed interleaved with the original
-in the same run. Writes factorize.{json,md} and PNG curves to `--out`.
+in the same run (medians; an A/A timing of the original against itself gives the noise floor). Writes factorize.{json,md} and PNG curves to `--out`.
 """
 
 from __future__ import annotations
@@ -117,19 +117,23 @@ def _cosine(reference, candidate) -> float:
                for j in range(len(reference[0])))
 
 
-def interleaved_latency(original, candidate, feeds, runs: int) -> tuple[float, float]:
-    """Median ms of one 1-thread run (ORT_ENABLE_ALL) of each model, alternating run by run."""
+def interleaved_latency(original, candidate, feeds, runs: int) -> tuple[float, float, float, float]:
+    """Median and min ms of one 1-thread run (ORT_ENABLE_ALL) of each model, interleaved run by run.
+
+    The order alternates (AB, BA, …): on the loaded machine an A/A test showed the second of a
+    pair 5–12% slower, a bias a fixed order would credit to one model.
+    """
     sessions = [make_session(original, optimize=True, threads=1), make_session(candidate, optimize=True, threads=1)]
     for session in sessions:
         for _ in range(3):
             session.run(None, feeds)
     times: list[list[float]] = [[], []]
-    for _ in range(runs):
-        for index, session in enumerate(sessions):
+    for round_index in range(runs):
+        for index in ((0, 1) if round_index % 2 == 0 else (1, 0)):
             start = time.perf_counter()
-            session.run(None, feeds)
+            sessions[index].run(None, feeds)
             times[index].append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return statistics.median(times[0]), statistics.median(times[1]), min(times[0]), min(times[1])
 
 
 def bench(label, model, calibration, held_out, targets, svd_targets, runs) -> list[dict]:
@@ -137,6 +141,8 @@ def bench(label, model, calibration, held_out, targets, svd_targets, runs) -> li
     before = summarize(model)
     reference = _outputs(model, held_out)
     feeds = {k: v[0] for k, v in held_out.items()}
+    # The noise floor: the original against itself, timed the same way (1.00 on a quiet machine).
+    aa_base, aa_same, _, _ = interleaved_latency(model, model, feeds, runs)
     rows = []
     for method, method_targets in (("svd", svd_targets), ("data", targets)):
         for target in method_targets:
@@ -152,7 +158,7 @@ def bench(label, model, calibration, held_out, targets, svd_targets, runs) -> li
             # cannot follow (the SVTR neck of rec), the pass counts them from real activations.
             saved = details.get("macs_before", 0) - details.get("macs_after", 0)
             total = details.get("model_macs_before") or before["macs"]
-            base_ms, new_ms = interleaved_latency(model, result.model, feeds, runs)
+            base_ms, new_ms, base_min, new_min = interleaved_latency(model, result.model, feeds, runs)
             row = {
                 "model": label, "method": method, "target": target, "layers": details.get("factorized", 0),
                 "macs_before": total, "macs_after": total - saved, "macs_reduction": saved / total,
@@ -160,7 +166,8 @@ def bench(label, model, calibration, held_out, targets, svd_targets, runs) -> li
                 "params_reduction": 1 - after["parameters"] / before["parameters"],
                 "cosine": _cosine(reference, _outputs(result.model, held_out)),
                 "calibration_cosine": min((v["cosine"] for v in details.get("calibration_metrics", {}).values()), default=None),
-                "refitted": details.get("refitted"), "latency_ms": new_ms, "baseline_ms": base_ms, "speedup": base_ms / new_ms, "pass_seconds": seconds,
+                "refitted": details.get("refitted"), "latency_ms": new_ms, "baseline_ms": base_ms, "speedup": base_ms / new_ms, "aa_ratio": aa_base / aa_same,
+                "min_ms": new_min, "baseline_min_ms": base_min, "speedup_min": base_min / new_min, "pass_seconds": seconds,
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -198,12 +205,12 @@ def plot(rows: list[dict], out: Path) -> list[str]:
 
 def to_markdown(rows: list[dict], command: str, plots: list[str]) -> str:
     lines = [f"Command: `{command}`", "",
-             "| model | method | MAC target | layers | MACs −% | params −% | cosine | ms | original ms | speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | method | MAC target | layers | MACs −% | params −% | cosine | ms | original ms | speedup | A/A |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['target']:.2f} | {r['layers']} | {100 * r['macs_reduction']:.1f} | "
                      f"{100 * r['params_reduction']:.1f} | {r['cosine']:.4f} | {r['latency_ms']:.2f} | {r['baseline_ms']:.2f} | "
-                     f"{r['speedup']:.2f}× |")
+                     f"{r['speedup']:.2f}× | {r['aa_ratio']:.2f} |")
     lines += [""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 
@@ -218,8 +225,8 @@ def main() -> None:
     parser.add_argument("--models", default="det,rec,transformer")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")))
     args = parser.parse_args()
-    targets = [float(t) for t in args.targets.split(",")]
-    svd_targets = [float(t) for t in args.svd_targets.split(",")]
+    targets = [float(t) for t in args.targets.split(",") if t]
+    svd_targets = [float(t) for t in args.svd_targets.split(",") if t]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
