@@ -1,0 +1,300 @@
+"""The `factorize` pass: low-rank factorization of MatMul/Gemm/Conv, fitted to real activations."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+import graphopt
+from graphopt import ir
+from graphopt.model_io import infer_model_shapes
+from graphopt.summary import summarize
+from graphopt.verify.feeds import split_samples
+from graphopt.verify.metrics import Budget, output_metrics
+from graphopt.verify.runner import make_session, run_samples
+from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd
+from graphopt_plugins.factorize.refit import refit_second_factors
+from graphopt_plugins.factorize.ranks import parse_target, ranks_by_rule, ranks_for_target
+from graphopt_plugins.factorize.rewrite import factorize_site
+from graphopt_plugins.factorize.sensitivity import measure_sensitivity
+from graphopt_plugins.factorize.sites import Site, find_sites, is_factorized
+from graphopt_plugins.factorize.statistics import LayerData, collect, conv_geometry
+
+__all__ = ["Factorize"]
+
+_METHODS = ("auto", "data", "svd")
+_RULES = ("energy", "rank_ratio", "max_error", "target")
+_CONV_MODES = ("channel", "spatial", "off")
+_OPS = ("MatMul", "Gemm", "Conv")
+_DEFAULT_BUDGET = Budget(cos=0.99)
+
+
+class Factorize(graphopt.Pass):
+    """Splits MatMul/Gemm/Conv weights into two low-rank factors where that really saves MACs.
+
+    Rewrites, in the main graph: MatMul and Gemm with a constant 2-D weight W (K×N) into two
+    MatMuls X·U·V (bias and beta on the second); dense 2-D Conv into a k×k Cin→r Conv then a
+    1×1 r→Cout Conv (`conv=channel`) or into kh×1 then 1×kw Convs (`conv=spatial`, k×k only).
+    A layer is only rewritten at a rank r (a multiple of `rank_multiple`) where
+    r·(K+N) ≤ (1 − margin)·K·N in parameters and MACs.
+    Must not fire on: grouped/depthwise Conv, non-constant or non-float weights, Gemm with
+    transA, If/Loop/Scan bodies and local functions (their inputs cannot be captured), or a
+    model this pass already factorized (idempotence: factor nodes carry a name mark).
+    Data-aware by default: with `--calibration` (else the verifier's inputs, with a warning)
+    each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD),
+    then (`refit`) each V is refitted by least squares on the inputs the factorized model
+    really feeds the layer, kept when that brings the outputs closer on the data;
+    `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
+    Lossy: before returning, the pass runs the factorized model on its data and backs off
+    (halving `strength`) until the outputs meet its budget (`budget`, else `--budget`, else
+    cos=0.99); if no setting does, it leaves the model unchanged.
+    """
+
+    name = "factorize"
+    lossless = False
+    after = ("cleanup", "fuse")
+
+    @dataclasses.dataclass
+    class Options:
+        method: str = "auto"  # data (activation-whitened SVD) | svd (plain) | auto: data when inputs exist
+        rank_by: str = "max_error"  # energy | rank_ratio | max_error | target (global, allocated by sensitivity)
+        energy: float = 0.99  # rank_by=energy: fraction of squared singular values (on the data) kept
+        rank_ratio: float = 0.5  # rank_by=rank_ratio: rank as a fraction of the full rank
+        max_error: float = 0.1  # rank_by=max_error: relative output error allowed per layer
+        target: str = "macs=0.25"  # rank_by=target: 'macs=F' or 'params=F', fraction of the model removed
+        margin: float = 0.1  # factorize only where factors cost <= (1 - margin) x the original
+        rank_multiple: int = 8  # ranks are multiples of this
+        conv: str = "channel"  # channel (kxk then 1x1) | spatial (kx1 then 1xk) | off
+        ops: str = "MatMul,Gemm,Conv"  # op types to consider
+        max_samples: int = 32  # calibration samples used at most
+        rows_per_sample: int = 512  # input rows (tokens, conv positions) per sample fed to each fit
+        sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
+        sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
+        refit: bool = True  # data method: refit each V by least squares on the inputs the factorized model feeds it
+        backoff: int = 4  # times strength is halved when the budget is missed
+        budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
+
+        def __post_init__(self):
+            if self.method not in _METHODS:
+                raise ValueError(f"method must be one of {', '.join(_METHODS)}, not {self.method!r}")
+            if self.rank_by not in _RULES:
+                raise ValueError(f"rank_by must be one of {', '.join(_RULES)}, not {self.rank_by!r}")
+            if self.sensitivity not in ("model", "layer"):
+                raise ValueError(f"sensitivity must be model or layer, not {self.sensitivity!r}")
+            if self.conv not in _CONV_MODES:
+                raise ValueError(f"conv must be one of {', '.join(_CONV_MODES)}, not {self.conv!r}")
+            unknown = set(self.op_set()) - set(_OPS)
+            if unknown:
+                raise ValueError(f"ops must be among {', '.join(_OPS)}; unknown: {', '.join(sorted(unknown))}")
+            for name in ("energy", "rank_ratio", "max_error"):
+                if not 0.0 < getattr(self, name) <= 1.0:
+                    raise ValueError(f"{name} must be in (0, 1]")
+            if not 0.0 <= self.margin < 1.0:
+                raise ValueError("margin must be in [0, 1)")
+            for name in ("rank_multiple", "max_samples", "rows_per_sample", "sensitivity_samples"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be >= 1")
+            if self.backoff < 0:
+                raise ValueError("backoff must be >= 0")
+            parse_target(self.target)
+            try:
+                Budget.parse(self.budget)
+            except graphopt.UsageError as error:
+                raise ValueError(str(error)) from error
+
+        def op_set(self) -> set[str]:
+            ops = {part.strip() for part in self.ops.split(",") if part.strip()}
+            return ops - {"Conv"} if self.conv == "off" else ops
+
+    def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
+        options, log = self.options, ctx.logger
+        if any(is_factorized(node) for node in graph.nodes):
+            log.info("factorize: the model is already factorized; left as it is")
+            return graphopt.PassResult(changed=False, stats={"factorized": 0, "already_factorized": True})
+        sites, refused = find_sites(graph, options.conv, options.op_set())
+        stats: dict = {"factorized": 0, "left_alone": refused}
+        if not sites:
+            return graphopt.PassResult(changed=False, stats=stats)
+        model = ctx.model if ctx.model is not None else infer_model_shapes(gs.export_onnx(graph, do_type_check=False))
+        samples, origin = _samples(ctx, options.max_samples)
+        method = options.method if options.method != "auto" else ("data" if samples else "svd")
+        if samples is None:
+            log.warning("factorize: no calibration data nor verifier inputs; plain SVD, budget unchecked")
+            method = "svd"
+        elif origin == "sample_inputs":
+            log.warning("factorize: no --calibration; fitting to the verifier's inputs, whose figures may mean little")
+        data = collect(model, samples, sites, options.rows_per_sample, ctx.rng()) if samples else None
+        _set_rows(sites, data)
+        fits = {site.index: _fit(site, method, data) for site in sites}
+        totals = _model_totals(model, samples, sites)
+        budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
+        weights = None
+        if options.rank_by == "target" and options.sensitivity == "model" and data is not None:
+            probe = {name: array[:options.sensitivity_samples] for name, array in samples.items()}
+            reference = LayerData({}, {}, {k: v[:options.sensitivity_samples] for k, v in data.outputs.items()}, {})
+            weights = measure_sensitivity(
+                sites, fits, lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference)),
+                options.margin, options.rank_multiple)
+        ranks, factors, strength, measured, refitted = {}, {}, 1.0, None, False
+        for attempt in range(options.backoff + 1):
+            strength = 0.5**attempt
+            ranks = self._ranks(sites, fits, strength, totals, weights)
+            factors = {index: fits[index].factors(rank) for index, rank in ranks.items()}
+            if not ranks or data is None:
+                break
+            candidate = _factorized_copy(model, options, factors)
+            measured = _metrics(candidate, samples, data)
+            if method == "data" and options.refit:
+                # kept only where it helps on the data: a one-shot refit can overshoot
+                again = refit_second_factors(model, candidate, samples, sites, factors, options.rows_per_sample, ctx.seed)
+                remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
+                refitted = _worst_cosine(remeasured) > _worst_cosine(measured)
+                if refitted:
+                    factors, measured = again, remeasured
+            if not any(budget.violations(name, values) for name, values in measured.items()):
+                break
+            log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), _cosines(measured))
+            ranks = {}
+        stats.update(method=method, data=origin, rank_by=options.rank_by, strength=strength,
+                     budget=budget.describe(), sites=len(sites), refitted=refitted)
+        if measured and ranks:
+            stats["calibration_metrics"] = measured
+        if not ranks:
+            log.info("factorize: nothing factorized (%d candidate layers)", len(sites))
+            return graphopt.PassResult(changed=False, stats=stats)
+        stats.update(_apply(graph, sites, fits, factors))
+        stats["factorized"] = len(ranks)
+        for key, total in totals.items():
+            stats[f"model_{key}_before"] = total
+        log.info("factorize: %d layers, MACs %s → %s (%s, strength %.3g)", len(ranks), stats["macs_before"],
+                 stats["macs_after"], method, strength)
+        return graphopt.PassResult(changed=True, stats=stats)
+
+    def _ranks(self, sites: list[Site], fits: dict[int, Factorization], strength: float, totals: dict,
+               weights: dict[int, float] | None) -> dict[int, int]:
+        options = self.options
+        if options.rank_by == "target":
+            metric, fraction = parse_target(options.target)
+            return ranks_for_target(sites, fits, metric, fraction * strength, totals[metric], options.margin,
+                                    options.rank_multiple, weights)
+        value = getattr(options, options.rank_by)
+        return ranks_by_rule(sites, fits, options.rank_by, value, strength, options.margin, options.rank_multiple)
+
+
+def _samples(ctx: graphopt.PassContext, limit: int) -> tuple[dict | None, str]:
+    for origin, given in (("calibration", ctx.calibration), ("sample_inputs", ctx.sample_inputs)):
+        if given:
+            return {name: np.asarray(array)[:limit] for name, array in given.items()}, origin
+    return None, "none"
+
+
+def _set_rows(sites: list[Site], data: LayerData | None) -> None:
+    """Output positions per sample, from the captured inputs' shapes, else from static graph shapes."""
+    for site in sites:
+        shape = data.input_shapes.get(site.index) if data is not None else None
+        if shape is None and ir.is_static_shape(site.input.shape):
+            shape = tuple(site.input.shape)
+        if shape is None:
+            continue
+        if site.kind in ("matmul", "gemm"):
+            site.rows = math.prod(shape[:-1])
+        elif len(shape) == 4:
+            batch, out_h, out_w, in_w = conv_geometry(site, shape)
+            site.rows, site.first_rows = batch * out_h * out_w, batch * out_h * in_w
+
+
+def _fit(site: Site, method: str, data: LayerData | None) -> Factorization:
+    gram = data.grams.get(site.index) if data is not None else None
+    if gram is not None and not data.rows_seen[site.index]:
+        gram = None
+    if method == "data" and gram is not None:
+        return fit_data_aware(site.weight, gram)
+    return fit_svd(site.weight, gram)
+
+
+def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site]) -> dict[str, int]:
+    """The whole model's MACs and parameters, shapes fixed to the samples' when the model's are dynamic."""
+    static = model
+    if samples:
+        static = onnx.ModelProto()
+        static.CopyFrom(model)
+        del static.graph.value_info[:]
+        for value in static.graph.input:
+            if value.name in samples and value.type.HasField("tensor_type"):
+                dims = value.type.tensor_type.shape.dim
+                for dim, size in zip(dims, samples[value.name].shape[1:]):
+                    dim.Clear()
+                    dim.dim_value = int(size)
+        static = infer_model_shapes(static)
+    summary = summarize(static)
+    # The summary counts a MatMul/Conv only where inference found its shapes; the sites' own
+    # counts come from the captured activations, so add those it had to leave out.
+    known = {value.name for value in list(static.graph.value_info) + list(static.graph.output)
+             if value.type.tensor_type.HasField("shape")
+             and all(dim.HasField("dim_value") for dim in value.type.tensor_type.shape.dim)}
+    missed = sum(site.macs() or 0 for site in sites
+                 if not ({site.node.outputs[0].name, site.input.name} <= known | set(samples or ())))
+    return {"macs": int(summary["macs"]) + missed, "params": int(summary["parameters"])}
+
+
+def _factorized_copy(model: onnx.ModelProto, options, factors: dict[int, tuple]) -> onnx.ModelProto:
+    graph = ir.import_graph(model)
+    sites, _ = find_sites(graph, options.conv, options.op_set())
+    _apply(graph, sites, None, factors)
+    return ir.export_model(graph, model)
+
+
+def _metrics(candidate: onnx.ModelProto, samples: dict, data: LayerData) -> dict[str, dict]:
+    session = make_session(candidate)
+    names = list(data.outputs)
+    runs = run_samples(session, split_samples({k: v for k, v in samples.items() if k in _input_names(candidate)}), names)
+    return {name: output_metrics(data.outputs[name], np.stack([run[name] for run in runs])) for name in names}
+
+
+def _input_names(model: onnx.ModelProto) -> set[str]:
+    return {value.name for value in model.graph.input}
+
+
+def _worst_cosine(measured: dict[str, dict]) -> float:
+    return min(values["cosine"] for values in measured.values())
+
+
+def _cosines(measured: dict[str, dict]) -> str:
+    return ", ".join(f"{name}: cos {values['cosine']:.5f}" for name, values in measured.items())
+
+
+def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | None, factors: dict[int, tuple]) -> dict:
+    """Rewrites the chosen sites with their (U, V); returns the per-layer report and totals.
+
+    A layer's `error` is its own fit's relative output error on its original inputs.
+    """
+    taken = {node.name for node in graph.nodes} | set(graph.tensors())
+    layers = []
+    for site in sites:
+        if site.index not in factors:
+            continue
+        first, second = factors[site.index]
+        rank = first.shape[1]
+        if fits is not None:
+            fit = fits[site.index]
+            layers.append({
+                "node": site.name, "op": site.node.op, "kind": site.kind, "rank": rank, "full_rank": fit.full_rank,
+                "params_before": site.params(), "params_after": site.params(rank),
+                "macs_before": site.macs(), "macs_after": site.macs(rank),
+                "error": round(float(fit.errors[rank]), 6), "error_on": fit.measured_on,
+            })
+        factorize_site(graph, site, first, second, taken=taken)
+    graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
+    graph.toposort(mode="nodes")  # "full" recurses forever given local functions and If bodies (gs 0.6)
+    known = [layer for layer in layers if layer["macs_before"] is not None]
+    return {
+        "params_before": sum(layer["params_before"] for layer in layers),
+        "params_after": sum(layer["params_after"] for layer in layers),
+        "macs_before": sum(layer["macs_before"] for layer in known),
+        "macs_after": sum(layer["macs_after"] for layer in known),
+        "layers": layers,
+    }
