@@ -69,3 +69,17 @@ def test_04_static_quantization_from_images(tmp_path):
     ops = {node.op_type for node in onnx.load(str(tmp_path / "demo.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert "end to end, logits: cosine" in completed.stdout
+
+
+def test_05_compress_to_a_budget_and_read_the_report(tmp_path):
+    completed = subprocess.run(["bash", str(EXAMPLES / "05_compress_to_budget" / "run.sh"), str(tmp_path)],
+                               capture_output=True, text=True, env=_env(), timeout=900)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [entry["name"] for entry in report["passes"]] == ["cleanup", "fuse", "factorize", "prune", "quantize"]
+    assert all(entry["status"] in ("accepted", "unchanged", "rolled_back") for entry in report["passes"])
+    end_to_end = report["verification"]["end_to_end"]
+    assert end_to_end["ok"] and end_to_end["outputs"]["logits"]["cosine"] >= 0.99
+    assert report["output"]["bytes"] < report["input"]["bytes"]
+    assert "end to end against the original (budget cos=0.99): ok" in completed.stdout
+    onnx.checker.check_model(str(tmp_path / "demo.small.onnx"), full_check=True)
