@@ -180,9 +180,22 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
             budget = _budget_for(pass_, settings)
             verdict, candidate_outputs = _verify(verifier, stage_outputs, model, candidate, pass_, budget)
             entry["verification"] = verdict.to_dict()
+            message = _failure_message(pass_, verdict)
+            if verdict.ok and not pass_.lossless:
+                # The global budget is what the lossy passes keep *together*: a pass within its
+                # own budget that takes the model as a whole outside it goes back, so with
+                # --keep-going the passes that fit are kept and the end-to-end check holds.
+                overall = settings.budget or DEFAULT_LOSSY_BUDGET
+                so_far = verifier.judge(reference_outputs, candidate_outputs, budget=overall)
+                entry["verification"]["end_to_end_so_far"] = so_far.to_dict()
+                if not so_far.ok:
+                    so_far.first_divergence = verifier.localize(original, candidate, budget=overall)
+                    entry["verification"].update(ok=False, end_to_end_so_far=so_far.to_dict())
+                    verdict = so_far
+                    message = (f"pass '{pass_.name}' would take the model outside the end-to-end budget "
+                               f"({overall.describe()}): {so_far.summary()}")
             if not verdict.ok:
                 entry.update(status="rolled_back", rolled_back=True)
-                message = _failure_message(pass_, verdict)
                 if not settings.keep_going:
                     _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=result, accepted=False)
                     entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)

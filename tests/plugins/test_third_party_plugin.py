@@ -411,3 +411,20 @@ def test_declared_ordering_respected_runs():
     cleanup, after = result.report["passes"]
     assert after["plugin"] == "ordering_plugin" and after["details"] == {"ran": 1}
     assert after["options"] == {"strict": True}
+
+
+def test_a_lossy_pass_within_its_own_budget_that_breaks_the_end_to_end_budget_goes_back():
+    # y = x * w with w = 1. Each scale-weights run multiplies w by 1.4: the second run moves the
+    # output by 0.56 from the stage before (within its own abs=0.6) but by 0.96 from the
+    # original, past the global abs=0.8. It must be rolled back, and the run must succeed.
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1] x) => (float[1] y) <float[1] w = {1.0}> { y = Mul(x, w) }""")
+    inputs = {"x": np.ones((1, 1), np.float32)}
+    result = graphopt.optimize(model, passes=["scale-weights", "scale-weights"], inputs=inputs, budget="abs=0.8",
+                               keep_going=True, options={"scale-weights": {"factor": 1.4, "budget": "abs=0.6"}})
+    first, second = result.report["passes"]
+    assert first["status"] == "accepted" and first["verification"]["end_to_end_so_far"]["ok"]
+    assert second["status"] == "rolled_back"
+    assert second["verification"]["ok"] is False
+    assert result.report["verification"]["end_to_end"]["ok"]
+    np.testing.assert_allclose(onnx.numpy_helper.to_array(result.model.graph.initializer[0]), [1.4], rtol=1e-6)
