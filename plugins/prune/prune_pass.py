@@ -110,9 +110,8 @@ class Prune(graphopt.Pass):
         stats["reconstructed"] = settings.reconstruct_enabled and stats["changed"]
         changed = stats.pop("changed")
         if changed:
-            with ir.quiet_graphsurgeon():
-                graph.cleanup(remove_unused_graph_inputs=False)  # the Constant nodes and initializers replaced
-            graph.toposort(mode="nodes")
+            ir.remove_dead_nodes(graph)  # the Constant nodes and initializers replaced
+            ir.toposort(graph)
         ctx.logger.info("prune: %s", {k: v for k, v in stats.items() if not isinstance(v, list)})
         return graphopt.PassResult(changed=changed, stats=stats)
 

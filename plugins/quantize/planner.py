@@ -56,9 +56,8 @@ class Planner:
             apply_dynamic(graph, targets)
         else:
             apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
-        with ir.quiet_graphsurgeon():
-            graph.cleanup(remove_unused_graph_inputs=False)
-        graph.toposort(mode="nodes")
+        ir.remove_dead_nodes(graph)
+        ir.toposort(graph)
 
     def apply(self, graph: gs.Graph, chosen: list[int]) -> None:
         targets, _ = find_targets(graph, self.options.op_types, self.options.include, self.options.exclude)
