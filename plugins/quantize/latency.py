@@ -17,9 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt.model_io import external_data_dir
 from graphopt.verify.runner import make_session
 
 __all__ = ["interleaved_medians", "layer_models", "constant_tensors"]
@@ -77,9 +79,30 @@ def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_sha
     return float_model, quantized, feed, quantized_feed or feed
 
 
+class _LoadedOnRead(dict):
+    """Tensors by name; one whose data is still in the model's external file is read when asked for.
+
+    graphopt leaves big weights in their files (`model_io.load_model`); a per-layer model or a
+    weight statistic needs the values, and reading them one at a time keeps memory to one weight.
+    """
+
+    def __init__(self, tensors, folder):
+        super().__init__(tensors)
+        self._folder = folder
+
+    def __getitem__(self, name):
+        tensor = super().__getitem__(name)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL or self._folder is None:
+            return tensor
+        return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor, base_dir=str(self._folder)), tensor.name)
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """The main graph's initializers and Constant-node values (`value` form), by name."""
-    found = {t.name: t for t in model.graph.initializer}
+    found = _LoadedOnRead({t.name: t for t in model.graph.initializer}, external_data_dir(model))
     for node in model.graph.node:
         if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
             tensor = onnx.TensorProto()
