@@ -58,6 +58,18 @@ class PassContext:
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
 
+    def fitting_data(self, limit: int | None = None) -> tuple[dict[str, np.ndarray] | None, str]:
+        """What a data-aware pass fits to: `(samples, origin)`, at most `limit` samples per input.
+
+        `--calibration` data (origin "calibration") when given, else the verifier's inputs
+        ("sample_inputs": generated unless `--inputs` was given, so the pass should warn that
+        its figures mean little), else `(None, "none")`.
+        """
+        for origin, given in (("calibration", self.calibration), ("sample_inputs", self.sample_inputs)):
+            if given:
+                return {name: np.asarray(array)[:limit] for name, array in given.items()}, origin
+        return None, "none"
+
 
 class Pass:
     """Base class of every pass. Subclasses set `name`, write a docstring and implement `run`."""

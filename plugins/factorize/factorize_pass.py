@@ -120,7 +120,7 @@ class Factorize(graphopt.Pass):
         if not sites:
             return graphopt.PassResult(changed=False, stats=stats)
         model = ctx.model if ctx.model is not None else infer_model_shapes(gs.export_onnx(graph, do_type_check=False))
-        samples, origin = _samples(ctx, options.max_samples)
+        samples, origin = ctx.fitting_data(options.max_samples)
         method = options.method if options.method != "auto" else ("data" if samples else "svd")
         if samples is None:
             log.warning("factorize: no calibration data nor verifier inputs; plain SVD, budget unchecked")
@@ -183,13 +183,6 @@ class Factorize(graphopt.Pass):
                                     options.rank_multiple, weights)
         value = getattr(options, options.rank_by)
         return ranks_by_rule(sites, fits, options.rank_by, value, strength, options.margin, options.rank_multiple)
-
-
-def _samples(ctx: graphopt.PassContext, limit: int) -> tuple[dict | None, str]:
-    for origin, given in (("calibration", ctx.calibration), ("sample_inputs", ctx.sample_inputs)):
-        if given:
-            return {name: np.asarray(array)[:limit] for name, array in given.items()}, origin
-    return None, "none"
 
 
 def _set_rows(sites: list[Site], data: LayerData | None) -> None:

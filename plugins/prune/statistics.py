@@ -34,14 +34,11 @@ class Request:
 
 def calibration_samples(ctx, limit: int, logger: logging.Logger) -> dict[str, np.ndarray] | None:
     """`--calibration` data, else the verifier's inputs (with a warning), at most `limit` samples."""
-    samples = ctx.calibration
-    if samples is None and ctx.sample_inputs is not None:
+    samples, origin = ctx.fitting_data(limit)
+    if origin == "sample_inputs":
         logger.warning("prune: no --calibration given; importance and reconstruction use the verifier's "
                        "inputs, which are generated unless --inputs was given, so they may mean little")
-        samples = ctx.sample_inputs
-    if samples is None:
-        return None
-    return {name: array[:limit] for name, array in samples.items()}
+    return samples
 
 
 def collect_grams(model: onnx.ModelProto, samples: dict, requests: list[Request], max_rows: int) -> dict[Request, np.ndarray]:

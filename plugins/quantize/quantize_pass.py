@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -122,11 +121,10 @@ class Quantize(graphopt.Pass):
     def _data(self, model: onnx.ModelProto, ctx: graphopt.PassContext):
         limit = self.options.max_samples
         cut = lambda samples: {name: value[:limit] for name, value in samples.items()}  # noqa: E731
-        if ctx.calibration is not None:
-            calibration, origin = ctx.calibration, "calibration"
-        elif ctx.sample_inputs is not None:
-            calibration, origin = ctx.sample_inputs, "verifier inputs (generated unless --inputs)"
-        else:
+        calibration, origin = ctx.fitting_data(limit)
+        if origin == "sample_inputs":
+            origin = "verifier inputs (generated unless --inputs)"
+        elif calibration is None:
             calibration, origin = generate_feeds(model, seed=ctx.seed, samples=8), "generated"
         if origin != "calibration" and self.options.mode == "static":
             ctx.logger.warning("quantize: no --calibration data; calibrating on %s, so ranges and accuracy figures mean little", origin)

@@ -152,3 +152,13 @@ def test_per_pass_sizes_are_measured_as_the_output_is_stored():
     entry = result.report["passes"][0]
     assert entry["bytes_before"] == result.report["input"]["bytes"]
     assert entry["bytes_after"] == result.report["output"]["bytes"] == result.model.ByteSize()
+
+
+def test_fitting_data_prefers_calibration_then_the_verifier_inputs():
+    calibration = {"x": np.ones((5, 2, 3), np.float32)}
+    verifier = {"x": np.zeros((3, 2, 3), np.float32)}
+    samples, origin = graphopt.PassContext(opset=17, calibration=calibration, sample_inputs=verifier).fitting_data(2)
+    assert origin == "calibration" and samples["x"].shape == (2, 2, 3) and samples["x"].all()
+    samples, origin = graphopt.PassContext(opset=17, sample_inputs=verifier).fitting_data()
+    assert origin == "sample_inputs" and samples["x"].shape == (3, 2, 3)
+    assert graphopt.PassContext(opset=17).fitting_data(4) == (None, "none")
