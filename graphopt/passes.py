@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, ClassVar
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from tqdm import tqdm
 
 from graphopt.verify.metrics import Budget
+
+Item = TypeVar("Item")
 
 __all__ = ["Pass", "PassResult", "PassContext", "NoOptions"]
 
@@ -45,6 +49,8 @@ class PassContext:
     verifier's inputs in the same form as `calibration` (from `--inputs`, or generated), for a
     pass that needs data when no calibration was given (it should warn that figures on
     generated inputs mean little); None when verification is off and nothing was given.
+    `progress` is whether long loops may draw a progress bar (a terminal, not `--quiet`):
+    wrap them in `ctx.track(...)` rather than reading it.
     """
 
     opset: int
@@ -54,6 +60,15 @@ class PassContext:
     model: onnx.ModelProto | None = None
     budget: Budget | None = None
     sample_inputs: dict[str, np.ndarray] | None = None
+    progress: bool = False
+
+    def track(self, items: Iterable[Item], desc: str, total: int | None = None) -> Iterator[Item]:
+        """`items`, drawing a progress bar named `desc` when the run shows progress.
+
+        For the long loops DESIGN.md names (calibration, sensitivity sweeps); the bar goes to
+        stderr and disappears when done, so logs and reports are unchanged.
+        """
+        return iter(tqdm(items, desc=desc, total=total, unit="step", leave=False, disable=not self.progress))
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)

@@ -261,6 +261,7 @@ def _apply(
         calibration=calibration,
         budget=settings.budget,
         sample_inputs=sample_inputs,
+        progress=settings.progress,
         logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
         model=model,
     )

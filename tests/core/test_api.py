@@ -162,3 +162,29 @@ def test_fitting_data_prefers_calibration_then_the_verifier_inputs():
     samples, origin = graphopt.PassContext(opset=17, sample_inputs=verifier).fitting_data()
     assert origin == "sample_inputs" and samples["x"].shape == (3, 2, 3)
     assert graphopt.PassContext(opset=17).fitting_data(4) == (None, "none")
+
+
+def test_track_draws_a_bar_only_when_the_run_shows_progress(capsys):
+    assert list(graphopt.PassContext(opset=17).track(range(3), desc="calibrating")) == [0, 1, 2]
+    assert "calibrating" not in capsys.readouterr().err
+    assert list(graphopt.PassContext(opset=17, progress=True).track(range(3), desc="calibrating")) == [0, 1, 2]
+    assert "calibrating" in capsys.readouterr().err
+
+
+def test_the_pipeline_hands_its_progress_setting_to_passes(tmp_path):
+    seen = []
+
+    class Spy(graphopt.Pass):
+        """Records whether it was told to show progress."""
+        name = "spy"
+
+        def run(self, graph, ctx):
+            seen.append(ctx.progress)
+            return graphopt.PassResult(changed=False)
+
+    from graphopt.pipeline import PipelineSettings, run_pipeline
+    from graphopt.registry import load_registry
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]> g (float[2] x) => (float[2] y) { y = Relu(x) }""")
+    for progress in (False, True):
+        run_pipeline(model, [Spy()], load_registry(), PipelineSettings(progress=progress, verify="off"), verifier=None)
+    assert seen == [False, True]
