@@ -18,6 +18,7 @@ from onnx import external_data_helper
 
 from graphopt import __version__
 from graphopt.errors import InputError, UsageError, VerificationError
+from graphopt.external_data import spill_folder
 from graphopt.model_io import (
     PROTOBUF_LIMIT,
     check_model,
@@ -93,12 +94,15 @@ def optimize(
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
                                 inputs_origin=origin, keeps_value_info=bool(len(pristine.graph.value_info)))
-    try:
-        outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds)
-    except VerificationError as error:
-        if error.report is not None:
-            error.report["input"] = summarize(source, size_of=pristine)
-        raise
+    with spill_folder(source) as running:
+        try:
+            outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds)
+        except VerificationError as error:
+            if error.report is not None:
+                error.report["input"] = summarize(source, size_of=pristine)
+            raise
+        # The spill folder goes with this block: what passes wrote there comes back in memory.
+        materialize_external_data(outcome.model, spilled_only=True)
     changed = any(entry["status"] == "accepted" for entry in outcome.passes)
     # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
     output_summary = summarize(outcome.model)

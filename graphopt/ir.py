@@ -12,6 +12,7 @@ If/Loop/Scan bodies as they were unless a pass changed them.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator
 
 import networkx as nx
@@ -19,12 +20,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.mapped_weights import map_external_constants, unmap_external_constants
-from graphopt.model_io import external_data_dir, iter_graph_protos
+from graphopt.external_data import external_data_dir, spill_dir
+from graphopt.mapped_weights import map_external_constants, spill_new_constants, unmap_external_constants
+from graphopt.proto_walk import iter_graph_protos
 
 __all__ = [
     "import_graph",
     "export_model",
+    "release_graph",
     "iter_graphs",
     "iter_nodes",
     "producer",
@@ -89,6 +92,9 @@ def _overridable_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Exports `graph`, carrying over what graphsurgeon drops from the `template` model."""
     if external_data_dir(template) is not None:
+        spill = spill_dir(template)
+        if spill is not None:
+            spill_new_constants(graph, spill)
         unmap_external_constants(iter_graphs(graph))
     with quiet_graphsurgeon():
         exported = gs.export_onnx(graph, do_type_check=False)
@@ -109,6 +115,20 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     _restore_interface(model, template)
     _restore_annotations(model, template)
     return model
+
+
+def release_graph(graph: gs.Graph, template: onnx.ModelProto) -> None:
+    """Frees `graph` now when its constants map `template`'s external data files.
+
+    A graphsurgeon graph is cyclic (tensors and nodes list each other), so only the cycle
+    collector frees it; until then the weights it mapped, and the arrays a pass made, stay
+    resident while onnxruntime loads the exported model, doubling peak memory on a
+    multi-GiB model. The graph is unusable afterwards.
+    """
+    if external_data_dir(template) is not None:
+        for links in (graph.nodes, graph.inputs, graph.outputs):
+            links.clear()  # the caller's frame still holds `graph`: cut what reaches the weights
+        gc.collect()
 
 
 def _restore_annotations(model: onnx.ModelProto, template: onnx.ModelProto) -> None:

@@ -2,12 +2,12 @@
 
 `ir.import_graph` wraps each constant whose tensor refers to external data (a model loaded by
 `model_io.load_model`, which leaves big weights on disk) in `_MappedValues`; `ir.export_model`
-turns a constant still holding the array it mapped back into the same file reference.
+turns a constant still holding the array it mapped back into the same file reference, and
+(in a run that spills) writes large arrays a pass created to the spill file first.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +18,9 @@ import onnx_graphsurgeon as gs
 from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-__all__ = ["map_external_constants", "unmap_external_constants"]
+from graphopt.external_data import INLINE_EXTERNAL_BYTES, read_external, spill_array
+
+__all__ = ["map_external_constants", "unmap_external_constants", "spill_new_constants"]
 
 
 class _MappedValues(LazyValues):
@@ -38,12 +40,9 @@ class _MappedValues(LazyValues):
         self._array = lambda: None  # a weak reference: the array points back here, no cycle
 
     def load(self) -> np.ndarray:
-        info = external_data_helper.ExternalDataInfo(self.tensor)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
-        shape = tuple(self.tensor.dims)
-        if math.prod(shape) == 0:
-            return np.zeros(shape, dtype=dtype)
-        array = np.memmap(self.folder / info.location, dtype=dtype, mode="r", offset=int(info.offset or 0), shape=shape)
+        array = read_external(self.tensor, self.folder)
+        if not isinstance(array, np.memmap):
+            return array  # an empty tensor: nothing mapped, nothing to export as a reference
         array._graphopt_source = self
         self._array = weakref.ref(array)
         return array
@@ -79,3 +78,21 @@ def unmap_external_constants(levels: Iterable[gs.Graph]) -> None:
         source = getattr(constant._values, "_graphopt_source", None)  # views and copies do not carry it
         if source is not None and source.array is constant._values:
             constant._values = source
+
+
+def spill_new_constants(graph: gs.Graph, folder: Path) -> None:
+    """Moves the large arrays passes created in `graph`'s own constants to the spill file.
+
+    Only the main graph's: onnxruntime is handed spilled weights as external initializers
+    (`verify.runner.make_session`), which it accepts for the main graph alone.
+    """
+    for constant in graph.tensors().values():
+        if not isinstance(constant, gs.Constant) or isinstance(constant._values, LazyValues):
+            continue
+        values = constant._values
+        source = getattr(values, "_graphopt_source", None)
+        if source is not None and source.array is values:
+            continue  # untouched: exported as its original reference
+        if values.dtype.kind in "biufc" and values.nbytes >= INLINE_EXTERNAL_BYTES:
+            data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+            constant._values = _MappedValues(spill_array(values, constant.name, data_type, folder), folder)

@@ -8,7 +8,6 @@ implementations, not in this loop.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from graphopt import ir
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
-from graphopt.model_io import check_model, external_data_dir, infer_model_shapes, save_model
+from graphopt.model_io import check_model, infer_model_shapes, save_model
 from graphopt.options import build_options, describe_options
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import PassRegistry, Plugins
@@ -274,11 +273,11 @@ def _apply(
     if not isinstance(result, PassResult):
         raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a graphopt.PassResult", pass_name=pass_.name)
     if not result.changed:
-        _release(graph, model)
+        ir.release_graph(graph, model)
         return result, model
     try:
         candidate = infer_model_shapes(ir.export_model(graph, model))
-        _release(graph, model)
+        ir.release_graph(graph, model)
         check_model(candidate, full=True)
     except InputError as error:
         raise PassError(f"pass '{pass_.name}' produced an invalid model: {error.message}", pass_name=pass_.name) from error
@@ -286,19 +285,6 @@ def _apply(
         raise PassError(f"pass '{pass_.name}' produced a graph that cannot be exported: {type(error).__name__}: {error}", pass_name=pass_.name) from error
     _check_interface(pass_, model, candidate)
     return result, candidate
-
-
-def _release(graph, model: onnx.ModelProto) -> None:
-    """Frees the pass's graph now, when its constants map the input's external data files.
-
-    A graphsurgeon graph is cyclic (tensors and nodes list each other), so only the cycle
-    collector frees it; until then the weights it mapped stay resident while verification
-    has onnxruntime load them again, doubling peak memory on a multi-GiB model.
-    """
-    if external_data_dir(model) is not None:
-        for links in (graph.nodes, graph.inputs, graph.outputs):
-            links.clear()  # the caller's frame still holds `graph`: cut what reaches the weights
-        gc.collect()
 
 
 def _check_interface(pass_: Pass, before: onnx.ModelProto, after: onnx.ModelProto) -> None:

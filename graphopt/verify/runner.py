@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from graphopt.errors import first_line
+from graphopt.external_data import read_external, spilled_initializers
 from graphopt.model_io import external_data_dir, serialized_too_big, write_with_external_data
 
 __all__ = ["make_session", "run_samples", "SessionError"]
@@ -41,7 +42,15 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool =
             if folder is not None:
                 # Weights still in the input's data files: ORT reads them from there, in place.
                 options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            # Weights a pass spilled live outside that folder, which ORT refuses to read from:
+            # they are handed over mapped, and must outlive the session.
+            spilled = spilled_initializers(model)
+            mapped = [ort.OrtValue.ortvalue_from_numpy(read_external(tensor, None)) for tensor in spilled]
+            if spilled:
+                options.add_external_initializers([tensor.name for tensor in spilled], mapped)
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            session._graphopt_spilled = mapped
+            return session
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types without a common base
         raise SessionError(first_line(error, limit=400)) from error

@@ -69,7 +69,9 @@ class Planner:
     def build(self, chosen: list[int]) -> onnx.ModelProto:
         graph = ir.import_graph(self.model)
         self.apply(graph, chosen)
-        return ir.export_model(graph, self.model)
+        candidate = ir.export_model(graph, self.model)
+        ir.release_graph(graph, self.model)  # evaluated next: its session must not sit on this graph's weights
+        return candidate
 
     # -- the decisions ---------------------------------------------------------------------
     def plan(self) -> tuple[list[int], dict]:

@@ -1,0 +1,329 @@
+"""Weights that stay outside the ModelProto: the input's data files, and graphopt's spill file.
+
+A model loaded from disk keeps its large tensors in their files (a 2.5 GiB model must not
+cost 2.5 GiB per copy). Its folder is recorded in `metadata_props` under `EXTERNAL_DIR_KEY`:
+onnxruntime reads the files from there (`verify.runner.make_session`), graphsurgeon
+memory-maps them (`ir.import_graph`), the checker sees them as graph inputs (`check_model`),
+and `write_with_external_data` streams them into the output's data file. Tensors under
+`INLINE_EXTERNAL_BYTES` are read in, so shape inference can use them.
+
+Weights a pass *creates* in such a model (a folded or quantized matrix) would otherwise sit
+in the ModelProto, and every export, shape inference, check and session would copy them
+again. When the model also names a spill folder (`SPILL_DIR_KEY`, set for the length of a
+run by `spill_folder`), `ir.export_model` appends them to a file there and refers to it by
+absolute path instead; `materialize_external_data` reads them back before the run returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from graphopt.errors import InputError, first_line
+from graphopt.proto_walk import copy_model, iter_tensors, tensor_nbytes
+
+__all__ = [
+    "EXTERNAL_DIR_KEY",
+    "SPILL_DIR_KEY",
+    "INLINE_EXTERNAL_BYTES",
+    "external_data_dir",
+    "spill_dir",
+    "spill_folder",
+    "spill_array",
+    "external_file",
+    "spilled_initializers",
+    "uses_external_data",
+    "materialize_external_data",
+    "write_with_external_data",
+    "checkable_copy",
+    "load_confined_external_data",
+    "is_external_file_of",
+    "same_file",
+]
+
+# Where the external data of a model loaded from disk lives (absolute folder); removed on save.
+EXTERNAL_DIR_KEY = "graphopt.external_data_dir"
+# The folder of this run's spill file (absolute); removed on save and before a run returns.
+SPILL_DIR_KEY = "graphopt.spill_dir"
+# External tensors smaller than this are read into memory at load (shape tensors, biases).
+INLINE_EXTERNAL_BYTES = 64 * 2**10
+# Offsets in written data files are page-aligned, so onnxruntime can memory-map each tensor.
+_ALIGNMENT = 4096
+_SPILL_FILE = "spilled.data"
+
+
+def external_data_dir(model: onnx.ModelProto) -> Path | None:
+    """The folder the model's unloaded external data is read from (set by `load_model`)."""
+    return _metadata_path(model, EXTERNAL_DIR_KEY)
+
+
+def spill_dir(model: onnx.ModelProto) -> Path | None:
+    """The folder new large weights of this run are spilled to, if the run spills."""
+    return _metadata_path(model, SPILL_DIR_KEY)
+
+
+def _metadata_path(model: onnx.ModelProto, key: str) -> Path | None:
+    for entry in model.metadata_props:
+        if entry.key == key:
+            return Path(entry.value)
+    return None
+
+
+@contextlib.contextmanager
+def spill_folder(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
+    """`model` (copied) set to spill new large weights for as long as the block runs.
+
+    Only a model whose weights stay in its data files spills: one held wholly in memory has
+    nothing to gain. The spill folder is deleted on leaving; materialize what must outlive it.
+    """
+    if external_data_dir(model) is None:
+        yield model
+        return
+    folder = Path(tempfile.mkdtemp(prefix="graphopt-spill-"))
+    try:
+        model = copy_model(model)  # weights are references here: the copy is small
+        entry = model.metadata_props.add()
+        entry.key, entry.value = SPILL_DIR_KEY, str(folder)
+        yield model
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def spill_array(array: np.ndarray, name: str, data_type: int, folder: Path) -> onnx.TensorProto:
+    """Appends `array` to the spill file in `folder`; returns a TensorProto referring to it."""
+    file = folder / _SPILL_FILE
+    with open(file, "ab") as data:  # append mode ignores seeks: pad to the alignment by hand
+        end = data.tell()
+        offset = -(-end // _ALIGNMENT) * _ALIGNMENT
+        data.write(bytes(offset - end))
+        data.write(np.ascontiguousarray(array).data)
+    tensor = onnx.TensorProto(name=name, data_type=data_type, dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", str(file)), ("offset", str(offset)), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def external_file(tensor: onnx.TensorProto, folder: Path | None) -> Path:
+    """The file an external tensor's bytes are in: its spill file, or `folder`/location."""
+    location = external_data_helper.ExternalDataInfo(tensor).location
+    if os.path.isabs(location):
+        return Path(location)  # only `spill_array` writes absolute locations: loading refuses them
+    if folder is None:
+        raise InputError(f"tensor '{tensor.name}' refers to external data whose folder is unknown")
+    return folder / location
+
+
+def spilled_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The main graph's initializers that live in this run's spill file."""
+    if spill_dir(model) is None:
+        return []
+    return [t for t in model.graph.initializer
+            if external_data_helper.uses_external_data(t) and os.path.isabs(external_data_helper.ExternalDataInfo(t).location)]
+
+
+def read_external(tensor: onnx.TensorProto, folder: Path | None) -> np.ndarray:
+    """An external tensor's values, memory-mapped read-only."""
+    info = external_data_helper.ExternalDataInfo(tensor)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    shape = tuple(tensor.dims)
+    if 0 in shape:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(external_file(tensor, folder), dtype=dtype, mode="r", offset=int(info.offset or 0), shape=shape)
+
+
+def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, data_name: str, *, size_threshold: int = 1024) -> None:
+    """Writes `model` to `path` with every tensor of `size_threshold` bytes or more in `data_name` beside it.
+
+    `model` is not modified. Tensors still in the input's external data files are copied from
+    there in chunks, never whole into memory; offsets are page-aligned. Unlike
+    `onnx.save_model(save_as_external_data=True)`, which refuses when a file named `data_name`
+    exists in the *current directory*, this only looks at `path`'s folder; the caller makes
+    sure `data_name` does not exist there yet.
+    """
+    source_dir = external_data_dir(model)
+    model = copy_model(model)  # weights still on disk are references here: the copy is small
+    _drop_graphopt_keys(model)
+    path = Path(path)
+    with open(path.with_name(data_name), "wb") as data:
+        # Every tensor, not only initializers: exporters keep weights in Constant nodes and functions.
+        for tensor in iter_tensors(model):
+            if external_data_helper.uses_external_data(tensor):
+                info = external_data_helper.ExternalDataInfo(tensor)
+                length = int(info.length) if info.length else tensor_nbytes(tensor)
+                offset = _append(data, _chunks(external_file(tensor, source_dir), int(info.offset or 0), length))
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
+                raw = tensor.raw_data
+                length = len(raw)
+                offset = _append(data, iter((raw,)))
+                del raw
+                tensor.ClearField("raw_data")
+            else:
+                continue
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+    with open(path, "wb") as handle:
+        handle.write(model.SerializeToString())
+
+
+def _append(data, chunks) -> int:
+    offset = -(-data.tell() // _ALIGNMENT) * _ALIGNMENT
+    data.seek(offset)
+    for chunk in chunks:
+        data.write(chunk)
+    return offset
+
+
+def _chunks(file: Path, offset: int, length: int, size: int = 64 * 2**20):
+    with open(file, "rb") as source:
+        source.seek(offset)
+        while length > 0:
+            chunk = source.read(min(size, length))
+            if not chunk:
+                raise InputError("external data file ended early", path=str(file))
+            length -= len(chunk)
+            yield chunk
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """Whether some tensor of `model` still refers to an external data file."""
+    return any(external_data_helper.uses_external_data(t) for t in iter_tensors(model))
+
+
+def materialize_external_data(model: onnx.ModelProto, *, spilled_only: bool = False) -> None:
+    """Reads external tensors of `model` into memory, in place.
+
+    Every one (for a result under 2 GiB), or with `spilled_only` just those in the spill
+    file, so the model outlives its spill folder while big weights stay in the input's files.
+    """
+    folder = external_data_dir(model)
+    for tensor in iter_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        if spilled_only and not os.path.isabs(external_data_helper.ExternalDataInfo(tensor).location):
+            continue
+        tensor.raw_data = read_external(tensor, folder).tobytes()
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    _drop_graphopt_keys(model, keep_external_dir=spilled_only)
+
+
+def _drop_graphopt_keys(model: onnx.ModelProto, *, keep_external_dir: bool = False) -> None:
+    dropped = {SPILL_DIR_KEY} if keep_external_dir else {SPILL_DIR_KEY, EXTERNAL_DIR_KEY}
+    kept = [entry for entry in model.metadata_props if entry.key not in dropped]
+    if len(kept) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+
+
+def checkable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy the in-memory checker can take: external initializers become graph inputs.
+
+    The checker looks for an external file relative to the *current directory* (and refuses
+    absolute paths), so in memory it cannot check a model whose data sits beside its file.
+    Those files were checked at load (`_check_external_location`); the structure is what is
+    left to check. None if external tensors sit where they cannot become inputs.
+    """
+    copy = copy_model(model)
+    inputs = {value.name for value in copy.graph.input}
+    kept = []
+    for tensor in copy.graph.initializer:
+        if external_data_helper.uses_external_data(tensor):
+            if tensor.name not in inputs:
+                copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+        else:
+            kept.append(tensor)
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    if uses_external_data(copy):
+        return None
+    return copy
+
+
+def load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str) -> None:
+    external = [t for t in iter_tensors(model) if external_data_helper.uses_external_data(t)]
+    if not external:
+        return
+    root = folder.resolve()
+    for tensor in external:
+        _check_external_location(tensor, root, path)
+    for tensor in external:
+        if tensor_nbytes(tensor) < INLINE_EXTERNAL_BYTES:
+            external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    if any(external_data_helper.uses_external_data(tensor) for tensor in external):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = EXTERNAL_DIR_KEY, str(root)
+
+
+def _check_external_location(tensor: onnx.TensorProto, root: Path, path: str) -> None:
+    try:
+        info = external_data_helper.ExternalDataInfo(tensor)
+    except ValueError as error:  # offset or length that is not a non-negative integer
+        raise InputError(f"external data of tensor '{tensor.name}' is malformed: {first_line(error)}", path=path) from error
+    location = info.location
+    refuse = f"external data of tensor '{tensor.name}' at '{location}'"
+    if not location:
+        raise InputError(f"{refuse} names no file", path=path)
+    if "\x00" in location:
+        raise InputError(f"{refuse} is not a valid file name", path=path)
+    if os.path.isabs(location) or Path(location).drive:
+        raise InputError(f"{refuse} is an absolute path; only files inside the model's folder are read", path=path)
+    if ".." in Path(location).parts:
+        raise InputError(f"{refuse} leaves the model's folder ('..')", path=path)
+    target = root / location
+    resolved = target.resolve()
+    if not resolved.is_relative_to(root):
+        raise InputError(f"{refuse} is a link that leaves the model's folder", path=path)
+    if not resolved.is_file():
+        raise InputError(f"{refuse} does not exist", path=path)
+    stat = resolved.stat()
+    if stat.st_nlink > 1:
+        # A hard link cannot be told apart from its other names: it may be a file outside.
+        raise InputError(f"{refuse} is a file with several hard links; refusing to read it", path=path)
+    offset = int(info.offset or 0)
+    length = int(info.length) if info.length else stat.st_size - offset
+    needed = max(length, tensor_nbytes(tensor) if not info.length else length)
+    if offset < 0 or length < 0 or offset + needed > stat.st_size:
+        raise InputError(
+            f"{refuse} asks for bytes {offset}..{offset + needed} of a {stat.st_size}-byte file",
+            path=path,
+        )
+
+
+def is_external_file_of(candidate: Path, source: Path) -> bool:
+    """Whether `candidate` is one of the external data files the model at `source` reads."""
+    if not candidate.exists() or not source.is_file():
+        return False
+    try:
+        model = onnx.load_model(str(source), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the source was read before; if it cannot be now, nothing to protect
+        return False
+    for tensor in iter_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            location = external_data_helper.ExternalDataInfo(tensor).location
+            if location and same_file(candidate, source.parent / location):
+                return True
+    return False
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (same path after resolving links, or the same inode)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -1,0 +1,89 @@
+"""graphopt.external_data's spill file: weights a pass creates in a model whose weights stay on
+disk go to a scratch file, not into the ModelProto that every export, check and session copies."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import external_data_helper
+
+import graphopt
+from graphopt import ir
+from graphopt.external_data import spill_dir, spill_folder, spilled_initializers
+from graphopt.hookspecs import hookimpl
+from graphopt.model_io import check_model, infer_model_shapes, load_model, save_model
+from graphopt.verify.runner import make_session, run_samples
+from test_model_io import HIDDEN, assert_close, folded_mlp_model, run_ort, save_split_all
+
+
+@pytest.fixture
+def feeds():
+    return {"x": np.random.default_rng(1).standard_normal((1, HIDDEN)).astype(np.float32)}
+
+
+def test_a_folded_weight_is_spilled_and_every_consumer_reads_it(tmp_path, feeds):
+    from graphopt_plugins.cleanup import Cleanup
+
+    source = save_split_all(folded_mlp_model(), tmp_path / "in")
+    expected = run_ort(source, feeds)
+    with spill_folder(infer_model_shapes(load_model(source))) as model:
+        folder = spill_dir(model)
+        assert folder is not None and folder.is_dir()
+        graph = ir.import_graph(model)
+        assert Cleanup().run(graph, graphopt.PassContext(opset=17, model=model)).stats["constants_folded"] == 1
+        candidate = infer_model_shapes(ir.export_model(graph, model))
+        spilled = spilled_initializers(candidate)
+        assert len(spilled) == 1 and Path(external_data_helper.ExternalDataInfo(spilled[0]).location).parent == folder
+        assert candidate.ByteSize() < 16384, "the folded 512x256 weight must not be in the proto"
+        check_model(candidate, full=True)
+        assert_close(expected, list(run_samples(make_session(candidate), [feeds])[0].values()))
+        # a second pass maps the spilled weight back, and exports it as the same reference
+        again = ir.export_model(ir.import_graph(candidate), candidate)
+        assert [t.SerializeToString() for t in spilled_initializers(again)] == [t.SerializeToString() for t in spilled]
+        out = tmp_path / "out"
+        out.mkdir()
+        save_model(candidate, out / "model.onnx", source=source)
+    assert not folder.exists(), "the spill folder lives as long as the block"
+    written = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    locations = {e.value for t in written.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    assert_close(expected, run_ort(out / "model.onnx", feeds))
+
+
+class _SpillsAfterPasses:
+    """Notes, as each pass ends, where the model's spill folder is and what sits in it."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def graphopt_after_pass(self, model):
+        self.seen.append((spill_dir(model), len(spilled_initializers(model)), model.ByteSize()))
+
+
+def test_optimize_spills_while_it_runs_and_returns_a_model_without_spill_references(tmp_path, feeds):
+    source = save_split_all(folded_mlp_model(), tmp_path / "in")
+    spy = _SpillsAfterPasses()
+    result = graphopt.optimize(str(source), passes=["cleanup"], plugins=[spy])
+    [(folder, spilled, size)] = spy.seen
+    assert spilled == 1 and size < 16384
+    assert not folder.exists()
+    assert spill_dir(result.model) is None and not spilled_initializers(result.model)
+    assert not any(external_data_helper.uses_external_data(t) for t in result.model.graph.initializer)
+    assert_close(run_ort(source, feeds), run_ort(result.model, feeds))
+
+
+def test_a_model_held_in_memory_never_spills(feeds):
+    model = folded_mlp_model()
+    before = set(Path(tempfile.gettempdir()).glob("graphopt-spill-*"))
+    with spill_folder(model) as running:
+        assert running is model and spill_dir(running) is None
+    result = graphopt.optimize(model, passes=["cleanup"])
+    assert_close(run_ort(model, feeds), run_ort(result.model, feeds))
+    assert not any(entry.key.startswith("graphopt") for entry in result.model.metadata_props)
+    assert set(Path(tempfile.gettempdir()).glob("graphopt-spill-*")) == before
