@@ -44,6 +44,7 @@ __all__ = [
     "opset_version",
     "quiet_graphsurgeon",
     "refresh_shapes",
+    "apply_inferred_shapes",
     "is_static_shape",
 ]
 
@@ -204,6 +205,14 @@ def refresh_shapes(graph: gs.Graph) -> int:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # a graph inference cannot follow keeps the shapes it had
         return 0
+    return apply_inferred_shapes(graph, inferred)
+
+
+def apply_inferred_shapes(graph: gs.Graph, inferred: onnx.ModelProto) -> int:
+    """Copies the shapes `inferred` (an export of `graph`, shape-inferred) knows into `graph`.
+
+    Returns tensors updated. Main graph only; a tensor whose shape is already static keeps it.
+    """
     known = {value.name: value.type.tensor_type for value in inferred.graph.value_info}
     updated = 0
     for tensor in graph.tensors().values():

@@ -1,8 +1,9 @@
 """The pass manager: configures passes, checks their declared order, runs and verifies each.
 
-Each pass gets a fresh IR graph imported from the model the pipeline holds, so rolling a pass
-back is keeping the previous `ModelProto`. Instrumentation (timing, dumps) lives in hook
-implementations, not in this loop.
+The pipeline holds a `ModelProto`; rolling a pass back is keeping the previous one. Each pass
+runs on an IR graph of that model: the graph the previous pass left, when it was accepted or
+did nothing (importing again costs as much as a small pass: 12 s on a 100k-node graph), else
+a fresh import. Instrumentation (timing, dumps) lives in hook implementations, not in this loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from graphopt import ir
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
-from graphopt.model_io import check_model, infer_model_shapes, save_model
+from graphopt.model_io import check_model, external_data_dir, infer_model_shapes, save_model
 from graphopt.options import build_options, describe_options
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import PassRegistry, Plugins
@@ -157,12 +158,14 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
     stage_outputs = reference_outputs
     sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
     reports, lossy_ran = [], False
+    live_graph = None  # the IR of `model` the last pass left, when it is still that
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
         entry = _entry(pass_, plugins.registry, model, settings)
-        result, candidate = None, model
+        result, candidate, graph = None, model, live_graph
+        live_graph = None  # the pass may leave it half-rewritten, whatever happens next
         try:
-            result, candidate = _apply(pass_, model, settings, calibration, sample_inputs)
+            result, candidate, graph = _apply(pass_, model, graph, settings, calibration, sample_inputs)
         except PreconditionError as error:
             entry.update(status="skipped", error=str(error))
             logger.warning("pass '%s' skipped: %s", pass_.name, error)
@@ -207,6 +210,8 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
         if entry["status"] == "accepted":
             lossy_ran = lossy_ran or not pass_.lossless
             model = candidate
+        if entry["status"] in ("accepted", "unchanged"):
+            live_graph = graph
         _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=result,
                    accepted=entry["status"] == "accepted")
         entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
@@ -251,9 +256,11 @@ def _stacked(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _apply(
-    pass_: Pass, model: onnx.ModelProto, settings: PipelineSettings, calibration, sample_inputs
-) -> tuple[PassResult, onnx.ModelProto]:
-    graph = ir.import_graph(model)
+    pass_: Pass, model: onnx.ModelProto, graph, settings: PipelineSettings, calibration, sample_inputs
+) -> tuple[PassResult, onnx.ModelProto, object]:
+    """(what the pass did, the model it produced, its IR graph if still usable, else None)."""
+    if graph is None:
+        graph = ir.import_graph(model)
     ctx = PassContext(
         opset=ir.opset_version(graph) or 0,
         seed=settings.seed,
@@ -272,19 +279,24 @@ def _apply(
         raise PassError(f"pass '{pass_.name}' raised {type(error).__name__}: {error}", pass_name=pass_.name) from error
     if not isinstance(result, PassResult):
         raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a graphopt.PassResult", pass_name=pass_.name)
+    keep = external_data_dir(model) is None  # a graph mapping weights must not outlive the pass
     if not result.changed:
-        ir.release_graph(graph, model)
-        return result, model
+        if not keep:
+            ir.release_graph(graph, model)
+        return result, model, graph if keep else None
     try:
         candidate = infer_model_shapes(ir.export_model(graph, model))
-        ir.release_graph(graph, model)
+        if keep:
+            ir.apply_inferred_shapes(graph, candidate)  # as a fresh import of `candidate` would have them
+        else:
+            ir.release_graph(graph, model)
         check_model(candidate, full=True)
     except InputError as error:
         raise PassError(f"pass '{pass_.name}' produced an invalid model: {error.message}", pass_name=pass_.name) from error
     except Exception as error:
         raise PassError(f"pass '{pass_.name}' produced a graph that cannot be exported: {type(error).__name__}: {error}", pass_name=pass_.name) from error
     _check_interface(pass_, model, candidate)
-    return result, candidate
+    return result, candidate, graph if keep else None
 
 
 def _check_interface(pass_: Pass, before: onnx.ModelProto, after: onnx.ModelProto) -> None:

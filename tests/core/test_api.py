@@ -188,3 +188,41 @@ def test_the_pipeline_hands_its_progress_setting_to_passes(tmp_path):
     for progress in (False, True):
         run_pipeline(model, [Spy()], load_registry(), PipelineSettings(progress=progress, verify="off"), verifier=None)
     assert seen == [False, True]
+
+
+def test_a_pass_runs_on_the_graph_the_accepted_pass_before_it_left(tmp_path):
+    graphs = []
+
+    class Rename(graphopt.Pass):
+        """Renames the graph's only node, once."""
+        name = "rename"
+
+        def run(self, graph, ctx):
+            graphs.append(graph)
+            node = graph.nodes[0]
+            if node.name == "renamed":
+                return graphopt.PassResult(changed=False)
+            node.name = "renamed"
+            return graphopt.PassResult(changed=True)
+
+    class Refuse(graphopt.Pass):
+        """Always fails verification: changes the output."""
+        name = "refuse"
+
+        def run(self, graph, ctx):
+            graphs.append(graph)
+            graph.nodes[0].op = "Neg"
+            return graphopt.PassResult(changed=True)
+
+    from graphopt.pipeline import PipelineSettings, run_pipeline
+    from graphopt.registry import load_registry
+    from graphopt.verify import Verifier, generate_feeds, split_samples
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]> g (float[2] x) => (float[2] y) { y = Relu(x) }""")
+    verifier = Verifier(split_samples(generate_feeds(model)))
+    outcome = run_pipeline(model, [Rename(), Rename(), Refuse(), Rename()], load_registry(),
+                           PipelineSettings(keep_going=True), verifier=verifier)
+    # the second rename reuses the first's graph (and finds nothing to do); the one after the
+    # rolled-back pass gets a fresh import of the model that was kept
+    assert graphs[1] is graphs[0] and graphs[2] is graphs[1] and graphs[3] is not graphs[2]
+    assert [e["status"] for e in outcome.passes] == ["accepted", "unchanged", "rolled_back", "unchanged"]
+    assert [n.op_type for n in outcome.model.graph.node] == ["Relu"] and outcome.model.graph.node[0].name == "renamed"
