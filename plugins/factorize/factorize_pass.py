@@ -47,8 +47,10 @@ class Factorize(graphopt.Pass):
     model this pass already factorized (idempotence: factor nodes carry a name mark).
     Data-aware by default: with `--calibration` (else the verifier's inputs, with a warning)
     each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD),
-    then (`refit`) each V is refitted by least squares on the inputs the factorized model
-    really feeds the layer, kept when that brings the outputs closer on the data;
+    then (`refit`) V alone, or U and V together, are refitted by least squares on the inputs
+    the factorized model really feeds the layer, each kept when it brings the outputs closer;
+    `saving_by=latency` times each layer alone in onnxruntime and allocates a global target
+    only to layers whose factors run faster, by milliseconds saved per unit of loss;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
     Lossy: before returning, the pass runs the factorized model on its data and backs off
     (halving `strength`) until the outputs meet its budget (`budget`, else `--budget`, else
