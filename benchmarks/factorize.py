@@ -1,7 +1,8 @@
 """graphopt `factorize`: MACs/params saved against output cosine, plain SVD vs data-aware, with latency.
 
-    python benchmarks/factorize.py [--targets 0.1,0.2,0.3] [--svd-targets 0.1,0.2] [--calibration 16] [--held-out 8]
-                                   [--latency-runs 30] [--models det,rec,transformer] [--out benchmarks/results]
+    python benchmarks/factorize.py [--targets 0.1,0.2,0.3] [--svd-targets 0.1,0.2] [--latency-targets 0.1,0.2]
+                                   [--calibration 16] [--held-out 8] [--latency-runs 30] [--rank-multiple 16]
+                                   [--pre opset,cleanup,fuse] [--models det,rec,transformer] [--out benchmarks/results]
 
 Models: PP-OCRv4 det and rec from the `rapidocr-onnxruntime==1.4.4` wheel (trained weights;
 fetched into `$GRAPHOPT_BENCH_CACHE` by `common.fetch_models`), fed synthetic text images
@@ -9,7 +10,10 @@ fetched into `$GRAPHOPT_BENCH_CACHE` by `common.fetch_models`), fed synthetic te
 exported from torch the way `tests/torch_models.py` builds its test model, but 384 wide with 6
 layers — randomly initialised, so *not* low-rank the way trained networks are.
 
-For each model, method (`svd`, `data`) and global MAC target, the `factorize` pass runs with
+Each model first goes through the lossless `--pre` passes (as `benchmarks/run.py` does: BN
+folded, activations fused), and that model is the baseline. For each method (`svd`, `data`,
+and `data` with `saving_by=latency`, which times every layer alone in onnxruntime and spends
+the loss where the split buys time) and global MAC target, the `factorize` pass runs with
 its budget check off (so the whole curve shows); MACs and params are counted by graphopt's
 summary at the benchmark's static shapes, cosine is measured on held-out inputs the fit never
 saw, and 1-thread latency (onnxruntime, ORT_ENABLE_ALL) is timed interleaved with the original
@@ -136,7 +140,7 @@ def interleaved_latency(original, candidate, feeds, runs: int) -> tuple[float, f
     return statistics.median(times[0]), statistics.median(times[1]), min(times[0]), min(times[1])
 
 
-def bench(label, model, calibration, held_out, targets, svd_targets, runs) -> list[dict]:
+def bench(label, model, calibration, held_out, variants, runs, rank_multiple) -> list[dict]:
     model = _static(model, calibration)
     before = summarize(model)
     reference = _outputs(model, held_out)
@@ -144,10 +148,11 @@ def bench(label, model, calibration, held_out, targets, svd_targets, runs) -> li
     # The noise floor: the original against itself, timed the same way (1.00 on a quiet machine).
     aa_base, aa_same, _, _ = interleaved_latency(model, model, feeds, runs)
     rows = []
-    for method, method_targets in (("svd", svd_targets), ("data", targets)):
+    for method, method_targets in variants:
         for target in method_targets:
-            options = {"method": method, "rank_by": "target", "target": f"macs={target}", "backoff": 0, "budget": "cos=-1",
-                       "sensitivity_samples": 4}
+            options = {"method": method.split("/")[0], "rank_by": "target", "target": f"macs={target}", "backoff": 0,
+                       "budget": "cos=-1", "sensitivity_samples": 4, "rank_multiple": rank_multiple,
+                       "saving_by": "latency" if method.endswith("/latency") else "macs"}
             start = time.perf_counter()
             result = graphopt.optimize(model, passes=["factorize"], options={"factorize": options},
                                        calibration=calibration, verify="off")
@@ -183,7 +188,7 @@ def plot(rows: list[dict], out: Path) -> list[str]:
     files = []
     for label in dict.fromkeys(row["model"] for row in rows):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for method, style in (("svd", "o--"), ("data", "s-")):
+        for method, style in (("svd", "o--"), ("data", "s-"), ("data/latency", "^-")):
             points = [row for row in rows if row["model"] == label and row["method"] == method]
             xs = [100 * row["macs_reduction"] for row in points]
             axes[0].plot(xs, [row["cosine"] for row in points], style, label=f"{method}")
@@ -221,12 +226,18 @@ def main() -> None:
     parser.add_argument("--svd-targets", default="0.1,0.2")
     parser.add_argument("--calibration", type=int, default=16)
     parser.add_argument("--held-out", type=int, default=8)
+    parser.add_argument("--latency-targets", default="0.1,0.2")
     parser.add_argument("--latency-runs", type=int, default=30)
+    parser.add_argument("--rank-multiple", type=int, default=16)
+    parser.add_argument("--pre", default="opset,cleanup,fuse", help="lossless passes run first; their result is the baseline")
     parser.add_argument("--models", default="det,rec,transformer")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")))
     args = parser.parse_args()
     targets = [float(t) for t in args.targets.split(",") if t]
     svd_targets = [float(t) for t in args.svd_targets.split(",") if t]
+    latency_targets = [float(t) for t in args.latency_targets.split(",") if t]
+    variants = [("svd", svd_targets), ("data", targets), ("data/latency", latency_targets)]
+    pre = [name for name in args.pre.split(",") if name]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -240,7 +251,9 @@ def main() -> None:
             label = "Encoder 384x6"
             model, make_inputs = transformer_model(384, 6, 64)
             calibration, held_out = make_inputs(args.calibration, 0), make_inputs(args.held_out, 1)
-        rows += bench(label, model, calibration, held_out, targets, svd_targets, args.latency_runs)
+        if pre:
+            model = graphopt.optimize(model, passes=pre, verify="off").model
+        rows += bench(label, model, calibration, held_out, variants, args.latency_runs, args.rank_multiple)
         write(rows, out)  # after each model, so a long run leaves what it measured
 
 

@@ -16,9 +16,10 @@ from graphopt.summary import summarize
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import make_session, run_samples
-from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd
-from graphopt_plugins.factorize.refit import refit_second_factors
-from graphopt_plugins.factorize.ranks import parse_target, ranks_by_rule, ranks_for_target
+from graphopt_plugins.factorize.latency import LayerTiming, time_layers
+from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd, round_rank
+from graphopt_plugins.factorize.refit import refit_factors
+from graphopt_plugins.factorize.ranks import first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
 from graphopt_plugins.factorize.rewrite import factorize_site
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
 from graphopt_plugins.factorize.sites import Site, find_sites, is_factorized
@@ -46,8 +47,10 @@ class Factorize(graphopt.Pass):
     model this pass already factorized (idempotence: factor nodes carry a name mark).
     Data-aware by default: with `--calibration` (else the verifier's inputs, with a warning)
     each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD),
-    then (`refit`) each V is refitted by least squares on the inputs the factorized model
-    really feeds the layer, kept when that brings the outputs closer on the data;
+    then (`refit`) V alone, or U and V together, are refitted by least squares on the inputs
+    the factorized model really feeds the layer, each kept when it brings the outputs closer;
+    `saving_by=latency` times each layer alone in onnxruntime and allocates a global target
+    only to layers whose factors run faster, by milliseconds saved per unit of loss;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
     Lossy: before returning, the pass runs the factorized model on its data and backs off
     (halving `strength`) until the outputs meet its budget (`budget`, else `--budget`, else
@@ -74,7 +77,8 @@ class Factorize(graphopt.Pass):
         rows_per_sample: int = 512  # input rows (tokens, conv positions) per sample fed to each fit
         sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
         sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
-        refit: bool = True  # data method: refit each V by least squares on the inputs the factorized model feeds it
+        saving_by: str = "macs"  # rank_by=target: spend the loss where it saves macs, or measured latency (each layer timed in ORT)
+        refit: bool = True  # data method: refit V, or U and V, by least squares on the inputs the factorized model feeds them
         backoff: int = 4  # times strength is halved when the budget is missed
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
 
@@ -83,6 +87,8 @@ class Factorize(graphopt.Pass):
                 raise ValueError(f"method must be one of {', '.join(_METHODS)}, not {self.method!r}")
             if self.rank_by not in _RULES:
                 raise ValueError(f"rank_by must be one of {', '.join(_RULES)}, not {self.rank_by!r}")
+            if self.saving_by not in ("macs", "latency"):
+                raise ValueError(f"saving_by must be macs or latency, not {self.saving_by!r}")
             if self.sensitivity not in ("model", "layer"):
                 raise ValueError(f"sensitivity must be model or layer, not {self.sensitivity!r}")
             if self.conv not in _CONV_MODES:
@@ -127,34 +133,48 @@ class Factorize(graphopt.Pass):
             method = "svd"
         elif origin == "sample_inputs":
             log.warning("factorize: no --calibration; fitting to the verifier's inputs, whose figures may mean little")
-        data = collect(model, samples, sites, options.rows_per_sample, ctx.rng()) if samples else None
+        data = None
+        if samples:
+            count = len(next(iter(samples.values())))
+            data = collect(model, samples, sites, options.rows_per_sample, ctx.rng(),
+                           track=lambda items: ctx.track(items, desc="factorize: calibration", total=count))
         _set_rows(sites, data)
         fits = {site.index: _fit(site, method, data) for site in sites}
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
-        weights = None
+        weights, timings, candidates = None, None, sites
+        if options.rank_by == "target" and options.saving_by == "latency":
+            timings = self._timings(sites, fits, data, graph.opset, ctx)
+            # only layers whose factors run faster are worth a sensitivity probe
+            candidates = [site for site in sites if site.index in timings and first_paying_rank(
+                site, lambda s, r: timings[s.index].ms(r), options.margin, options.rank_multiple) > 0]
+            stats["paying_in_latency"] = len(candidates)
         if options.rank_by == "target" and options.sensitivity == "model" and data is not None:
             probe = {name: array[:options.sensitivity_samples] for name, array in samples.items()}
             reference = LayerData({}, {}, {k: v[:options.sensitivity_samples] for k, v in data.outputs.items()}, {})
             weights = measure_sensitivity(
-                sites, fits, lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference)),
+                ctx.track(candidates, desc="factorize: sensitivity", total=len(candidates)), fits,
+                lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference)),
                 options.margin, options.rank_multiple)
         ranks, factors, strength, measured, refitted = {}, {}, 1.0, None, False
         for attempt in range(options.backoff + 1):
             strength = 0.5**attempt
-            ranks = self._ranks(sites, fits, strength, totals, weights)
+            ranks = self._ranks(candidates, fits, strength, totals, weights, timings)
             factors = {index: fits[index].factors(rank) for index, rank in ranks.items()}
             if not ranks or data is None:
                 break
             candidate = _factorized_copy(model, options, factors)
             measured = _metrics(candidate, samples, data)
+            refitted = False
             if method == "data" and options.refit:
-                # kept only where it helps on the data: a one-shot refit can overshoot
-                again = refit_second_factors(model, candidate, samples, sites, factors, options.rows_per_sample, ctx.seed)
-                remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
-                refitted = _worst_cosine(remeasured) > _worst_cosine(measured)
-                if refitted:
-                    factors, measured = again, remeasured
+                # each kept only where it helps on the data: a one-shot refit can overshoot
+                count = len(next(iter(samples.values())))
+                variants = refit_factors(model, candidate, samples, sites, factors, options.rows_per_sample, ctx.seed,
+                                         track=lambda items: ctx.track(items, desc="factorize: refit", total=count))
+                for name, again in variants.items():
+                    remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
+                    if _worst_cosine(remeasured) > _worst_cosine(measured):
+                        factors, measured, refitted = again, remeasured, name
             if not any(budget.violations(name, values) for name, values in measured.items()):
                 break
             log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), _cosines(measured))
@@ -174,13 +194,29 @@ class Factorize(graphopt.Pass):
                  stats["macs_after"], method, strength)
         return graphopt.PassResult(changed=True, stats=stats)
 
+    def _timings(self, sites: list[Site], fits: dict[int, Factorization], data: LayerData | None, opset: int,
+                 ctx: graphopt.PassContext) -> dict[int, LayerTiming]:
+        """Each layer timed alone in onnxruntime, as it is and at three ranks it could take."""
+        multiple = self.options.rank_multiple
+        shapes = dict(data.input_shapes) if data is not None else {}
+        for site in sites:
+            if site.index not in shapes and ir.is_static_shape(site.input.shape):
+                shapes[site.index] = tuple(site.input.shape)
+
+        def ranks_of(site: Site) -> list[int]:
+            top = site.max_saving_rank(self.options.margin, multiple)
+            return [rank for rank in (top, round_rank(top // 2, multiple, top), multiple) if 0 < rank <= top]
+
+        timed = [site for site in sites if site.index in shapes and site.max_saving_rank(self.options.margin, multiple) > 0]
+        return time_layers(ctx.track(timed, desc="factorize: timing layers", total=len(timed)), fits, shapes, ranks_of, opset)
+
     def _ranks(self, sites: list[Site], fits: dict[int, Factorization], strength: float, totals: dict,
-               weights: dict[int, float] | None) -> dict[int, int]:
+               weights: dict[int, float] | None, timings: dict[int, LayerTiming] | None) -> dict[int, int]:
         options = self.options
         if options.rank_by == "target":
             metric, fraction = parse_target(options.target)
             return ranks_for_target(sites, fits, metric, fraction * strength, totals[metric], options.margin,
-                                    options.rank_multiple, weights)
+                                    options.rank_multiple, weights, timings)
         value = getattr(options, options.rank_by)
         return ranks_by_rule(sites, fits, options.rank_by, value, strength, options.margin, options.rank_multiple)
 

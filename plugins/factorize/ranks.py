@@ -10,6 +10,7 @@ allocated greedily, as AIMET's compression-ratio selection does: every candidate
 output error is known at every rank on the calibration data (the fits give it exactly), and
 the step taken next is always the one that saves the most per unit of added loss, a layer's
 loss being its squared error weighted by its measured end-to-end sensitivity (sensitivity.py).
+With measured layer timings (latency.py), "saves the most" is counted in milliseconds.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import heapq
 import logging
 
+from graphopt_plugins.factorize.latency import LayerTiming
 from graphopt_plugins.factorize.lowrank import Factorization, rank_for_energy, rank_for_error, round_rank
 from graphopt_plugins.factorize.sites import Site
 
-__all__ = ["parse_target", "ranks_by_rule", "ranks_for_target"]
+__all__ = ["parse_target", "ranks_by_rule", "ranks_for_target", "first_paying_rank"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,29 +58,37 @@ def ranks_by_rule(sites: list[Site], fits: dict[int, Factorization], rule: str, 
 
 
 def ranks_for_target(sites: list[Site], fits: dict[int, Factorization], metric: str, fraction: float,
-                     total: int, margin: float, multiple: int, weights: dict[int, float] | None = None) -> dict[int, int]:
+                     total: int, margin: float, multiple: int, weights: dict[int, float] | None = None,
+                     timings: dict[int, LayerTiming] | None = None) -> dict[int, int]:
     """Ranks removing `fraction` of `total` (the model's MACs or params) at the least summed loss.
 
     A layer's loss at rank r is weights[layer]·e(r)² (its measured sensitivity; 1 without).
+    With `timings` (latency.py) the steps are ordered by measured milliseconds saved per unit
+    of loss instead of by `metric` saved, and a layer is only taken at ranks where its two
+    factors run at least `margin` faster than it: the target is still counted in `metric`.
     """
     goal = fraction * total
     cost = {"macs": lambda site, rank: site.macs(rank), "params": lambda site, rank: site.params(rank)}[metric]
+    if timings is None:
+        gain = cost
+    else:
+        def gain(site: Site, rank: int | None) -> float | None:
+            return timings[site.index].ms(rank) if site.index in timings else None
     state: dict[int, int] = {}
-    heap: list[tuple[float, int, int, int]] = []  # (added error per unit saved, site, next rank, saving)
+    heap: list[tuple[float, int, int, int]] = []  # (added loss per unit gained, site, next rank, saving)
 
     def push(site: Site, current: int | None) -> None:
-        top = site.max_saving_rank(margin, multiple)
         step = max(multiple, 1)
-        nxt = top if current is None else current - step
-        if nxt <= 0 or top <= 0 or cost(site, nxt) is None:
+        nxt = first_paying_rank(site, gain, margin, multiple) if current is None else current - step
+        if nxt <= 0 or cost(site, nxt) is None or gain(site, nxt) is None:
             return
-        before = cost(site, None) if current is None else cost(site, current)
-        saving = before - cost(site, nxt)
+        saving = cost(site, current) - cost(site, nxt)
+        gained = gain(site, current) - gain(site, nxt)
         errors = fits[site.index].errors
         weight = 1.0 if weights is None else weights.get(site.index, 1.0)
         loss = weight * (errors[nxt] ** 2 - (0.0 if current is None else errors[current] ** 2))
         if saving > 0:
-            heapq.heappush(heap, (max(loss, 0.0) / saving, site.index, nxt, saving))
+            heapq.heappush(heap, (max(loss, 0.0) / max(gained, 1e-12), site.index, nxt, saving))
 
     by_index = {site.index: site for site in sites}
     for site in sites:
@@ -93,3 +103,14 @@ def ranks_for_target(sites: list[Site], fits: dict[int, Factorization], metric: 
         logger.warning("factorize: target %s=%.3g not reachable; the layers it can touch save %.3g", metric, fraction,
                        saved / total if total else 0.0)
     return state
+
+
+def first_paying_rank(site: Site, gain, margin: float, multiple: int) -> int:
+    """The largest rank that saves MACs and params, and whose `gain` (MACs or ms) is ≤ (1 − margin)× the layer's."""
+    rank = site.max_saving_rank(margin, multiple)
+    now = gain(site, None)
+    if now is None:
+        return 0
+    while rank > 0 and gain(site, rank) > (1.0 - margin) * now:
+        rank -= max(multiple, 1)
+    return rank

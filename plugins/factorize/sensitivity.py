@@ -11,7 +11,7 @@ layer's squared error by its k — AIMET's per-layer evaluation, one run per lay
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from graphopt_plugins.factorize.lowrank import Factorization, rank_for_error, round_rank
 from graphopt_plugins.factorize.sites import Site
@@ -21,7 +21,7 @@ __all__ = ["measure_sensitivity"]
 logger = logging.getLogger(__name__)
 
 
-def measure_sensitivity(sites: list[Site], fits: dict[int, Factorization], loss_with: Callable[[dict], float],
+def measure_sensitivity(sites: Iterable[Site], fits: dict[int, Factorization], loss_with: Callable[[dict], float],
                         margin: float, multiple: int, probe_error: float = 0.1) -> dict[int, float]:
     """k per site: `loss_with({index: (U, V)})` is the end-to-end loss with only that site factorized."""
     weights = {}

@@ -9,6 +9,7 @@ activations, never the whole set. A Conv's rows are its im2col patches, at most
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -69,8 +70,11 @@ def _rows(site: Site, value: np.ndarray, limit: int, rng: np.random.Generator) -
 
 
 def collect(model: onnx.ModelProto, samples: dict[str, np.ndarray], sites: list[Site],
-            rows_per_sample: int, rng: np.random.Generator) -> LayerData:
-    """Runs `model` over `samples` once and accumulates every data-aware site's input Gram."""
+            rows_per_sample: int, rng: np.random.Generator,
+            track: Callable[[Iterable], Iterable] = iter) -> LayerData:
+    """Runs `model` over `samples` once and accumulates every data-aware site's input Gram.
+
+    `track` wraps the per-sample stream (the pass's progress bar)."""
     wanted = [site for site in sites if site.kind != "conv_spatial"]
     inputs = list(dict.fromkeys(site.input.name for site in sites))
     outputs = [value.name for value in model.graph.output]
@@ -78,7 +82,7 @@ def collect(model: onnx.ModelProto, samples: dict[str, np.ndarray], sites: list[
     rows_seen = {site.index: 0 for site in wanted}
     shapes: dict[int, tuple[int, ...]] = {}
     collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
-    for values in iter_activations(model, samples, list(dict.fromkeys(inputs + outputs))):
+    for values in track(iter_activations(model, samples, list(dict.fromkeys(inputs + outputs)))):
         for site in sites:
             shapes.setdefault(site.index, tuple(values[site.input.name].shape))
         for site in wanted:

@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 import graphopt
 
-__all__ = ["single_layer", "run", "factorize", "op_counts"]
+__all__ = ["single_layer", "run", "factorize", "op_counts", "matmul_sites"]
 
 
 def single_layer(op: str, x_shape, weight: np.ndarray, bias: np.ndarray | None = None, opset: int = 17,
@@ -48,3 +48,20 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def matmul_sites(weights: list[np.ndarray], rows: int = 4):
+    """One MatMul site per weight (its own one-layer model), indexed 0, 1, …, with `rows` input rows,
+    and each one's plain SVD fit: `(sites, fits)`."""
+    from graphopt import ir
+    from graphopt_plugins.factorize.lowrank import fit_svd
+    from graphopt_plugins.factorize.sites import find_sites
+
+    sites, fits = [], {}
+    for index, weight in enumerate(weights):
+        model = single_layer("MatMul", [rows, weight.shape[0]], weight)
+        site = find_sites(ir.import_graph(model), "channel", {"MatMul"})[0][0]
+        site.index, site.rows = index, rows
+        sites.append(site)
+        fits[index] = fit_svd(site.weight)
+    return sites, fits

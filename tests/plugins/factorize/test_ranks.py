@@ -3,26 +3,19 @@
 import numpy as np
 import pytest
 
-from factorize_support import single_layer
-from graphopt import ir
-from graphopt_plugins.factorize.lowrank import fit_svd
+from factorize_support import matmul_sites
 from graphopt_plugins.factorize.ranks import parse_target, ranks_by_rule, ranks_for_target
-from graphopt_plugins.factorize.sites import find_sites
 
 
 def _two_layers(spectra):
     """Two 64×64 MatMul sites (4 rows each) with the given singular value spectra."""
     rng = np.random.default_rng(0)
-    sites, fits = [], {}
-    for index, spectrum in enumerate(spectra):
+    weights = []
+    for spectrum in spectra:
         q1, _ = np.linalg.qr(rng.standard_normal((64, 64)))
         q2, _ = np.linalg.qr(rng.standard_normal((64, 64)))
-        model = single_layer("MatMul", [4, 64], q1 * spectrum @ q2)
-        site = find_sites(ir.import_graph(model), "channel", {"MatMul"})[0][0]
-        site.index, site.rows = index, 4
-        sites.append(site)
-        fits[index] = fit_svd(site.weight)
-    return sites, fits
+        weights.append(q1 * spectrum @ q2)
+    return matmul_sites(weights)
 
 
 def test_parse_target():
