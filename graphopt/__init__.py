@@ -21,12 +21,13 @@ from graphopt.errors import (  # noqa: E402
 )
 from graphopt.hookspecs import hookimpl  # noqa: E402
 from graphopt.passes import Pass, PassContext, PassResult  # noqa: E402
-from graphopt.api import Result, optimize  # noqa: E402
+from graphopt.api import Result, optimize, optimize_to_file  # noqa: E402
 from graphopt.model_io import load_model, save_model  # noqa: E402
 
 __all__ = [
     "__version__",
     "optimize",
+    "optimize_to_file",
     "Result",
     "Pass",
     "PassResult",

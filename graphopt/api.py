@@ -6,9 +6,10 @@ global state; logging goes through `logging.getLogger("graphopt")`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from graphopt.model_io import (
     iter_tensors,
     load_model,
     materialize_external_data,
+    save_model,
     uses_external_data,
 )
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
@@ -37,7 +39,7 @@ from graphopt.summary import model_bytes, summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
 from graphopt.verify.feeds import check_feeds
 
-__all__ = ["Result", "optimize", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
+__all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
 
 REPORT_SCHEMA = "graphopt.report/1"
 _VERIFY_MODES = ("each", "end", "off")
@@ -74,6 +76,54 @@ def optimize(
     besides those of the `graphopt` entry-point group. `set_options` takes option values as
     text, as `--set` does. Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
+    with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
+                    input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
+                    set_options=set_options, progress=progress) as (final, report):
+        # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
+        # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
+        # them. What passes spilled comes back in memory: the spill folder goes with the block.
+        if not _read_in_if_it_fits(final):
+            materialize_external_data(final, spilled_only=True)
+        return Result(final, report)
+
+
+def optimize_to_file(
+    model: onnx.ModelProto | str | os.PathLike,
+    output: str | os.PathLike,
+    passes: Iterable[str] | str = ("cleanup",),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    external_data: bool = False,
+    **settings: Any,
+) -> dict:
+    """`optimize`, then the result written to `output` (atomic, checked); returns the report.
+
+    Takes `optimize`'s keyword arguments. Weights still in the input's data files, or spilled
+    there by passes, are streamed into the output's data file, never gathered in memory: the
+    way to write a model of several GiB. `external_data` writes one even when it would fit.
+    """
+    source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    with _optimized(model, passes, options, **settings) as (final, report):
+        if not external_data:
+            _read_in_if_it_fits(final)
+        save_model(final, output, external_data=external_data, source=source)
+        return report
+
+
+def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
+    """Reads every external weight of `model` (the run's own) into it, in place, if that fits in a proto."""
+    if uses_external_data(model) and initializer_nbytes(model) + model.ByteSize() < PROTOBUF_LIMIT:
+        materialize_external_data(model)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _optimized(
+    model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
+    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False,
+) -> Iterator[tuple[onnx.ModelProto, dict]]:
+    """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
     if verify not in _VERIFY_MODES:
         raise UsageError(f"verify must be one of {', '.join(_VERIFY_MODES)}; got '{verify}'")
     names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else list(passes)
@@ -101,38 +151,30 @@ def optimize(
             if error.report is not None:
                 error.report["input"] = summarize(source, size_of=pristine)
             raise
-        # The spill folder goes with this block: what passes wrote there comes back in memory.
-        materialize_external_data(outcome.model, spilled_only=True)
-    changed = any(entry["status"] == "accepted" for entry in outcome.passes)
-    # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
-    output_summary = summarize(outcome.model)
-    final = outcome.model if changed else copy_model(pristine)
-    if changed and not len(pristine.graph.value_info):
-        # The shapes graphopt inferred for its own use are not the user's; don't ship them.
-        del final.graph.value_info[:]
-    output_summary["bytes"] = model_bytes(final)
-    report = {
-        "schema": REPORT_SCHEMA,
-        "graphopt_version": __version__,
-        "input": summarize(source, size_of=pristine),
-        "output": output_summary,
-        "passes": outcome.passes,
-        "verification": {
-            "mode": verify,
-            "samples": len(verifier.samples) if verifier else 0,
-            "inputs": origin,
-            "budget": global_budget.describe() if global_budget else None,
-            "end_to_end": outcome.end_to_end,
-        },
-        "warnings": list(loaded.warnings),
-    }
-    if uses_external_data(final) and initializer_nbytes(final) + final.ByteSize() < PROTOBUF_LIMIT:
-        # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
-        # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies them.
-        if final is outcome.model or final is source:
-            final = copy_model(final)
-        materialize_external_data(final)
-    return Result(final, report)
+        changed = any(entry["status"] == "accepted" for entry in outcome.passes)
+        # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
+        output_summary = summarize(outcome.model)
+        final = outcome.model if changed else copy_model(pristine)
+        if changed and not len(pristine.graph.value_info):
+            # The shapes graphopt inferred for its own use are not the user's; don't ship them.
+            del final.graph.value_info[:]
+        output_summary["bytes"] = model_bytes(final)
+        report = {
+            "schema": REPORT_SCHEMA,
+            "graphopt_version": __version__,
+            "input": summarize(source, size_of=pristine),
+            "output": output_summary,
+            "passes": outcome.passes,
+            "verification": {
+                "mode": verify,
+                "samples": len(verifier.samples) if verifier else 0,
+                "inputs": origin,
+                "budget": global_budget.describe() if global_budget else None,
+                "end_to_end": outcome.end_to_end,
+            },
+            "warnings": list(loaded.warnings),
+        }
+        yield final, report
 
 
 def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:

@@ -153,8 +153,7 @@ def _logging_for(args):
 
 
 def _optimize(args) -> int:
-    from graphopt.api import optimize as run_optimize  # heavy imports only for the commands that need them
-    from graphopt.model_io import save_model
+    from graphopt.api import optimize_to_file  # heavy imports only for the commands that need them
     from graphopt.summary import format_comparison
 
     source = Path(args.model)
@@ -176,9 +175,11 @@ def _optimize(args) -> int:
         text_options.setdefault(pass_name, {})[option] = value
     progress = not args.quiet and sys.stderr.isatty()
     try:
-        result = run_optimize(
+        report = optimize_to_file(
             str(source),
+            output,
             passes=passes,
+            external_data=args.external_data,
             options=recipe,
             set_options=text_options,
             inputs=args.inputs,
@@ -197,13 +198,12 @@ def _optimize(args) -> int:
         if isinstance(error, VerificationError) and args.report and error.report is not None:
             _write_json(Path(args.report), {"schema": "graphopt.report/1", "failed": error.message, **error.report})
         raise
-    save_model(result.model, output, external_data=args.external_data, source=source)
     if args.report:
-        _write_json(Path(args.report), result.report)
+        _write_json(Path(args.report), report)
     if not args.quiet:
         print(f"wrote {output}")
-        print(format_comparison(result.report["input"], result.report["output"]))
-        for entry in result.report["passes"]:
+        print(format_comparison(report["input"], report["output"]))
+        for entry in report["passes"]:
             details = _brief(entry["details"])
             print(f"pass {entry['name']}: {entry['status']} in {entry['seconds']:.3f}s" + (f" ({details})" if details else ""))
     return 0

@@ -25,7 +25,11 @@ class SessionError(Exception):
     """onnxruntime could not load or run a model; the message is ORT's first line."""
 
 
-def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = False, threads: int = 0):
+    """An ORT session (or one that feeds spilled weights itself: same `run` and `get_inputs`).
+
+    Optimizations off unless `optimize`; `threads` 0 leaves ORT's default. Raises SessionError.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -42,18 +46,52 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool =
             if folder is not None:
                 # Weights still in the input's data files: ORT reads them from there, in place.
                 options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
-            # Weights a pass spilled live outside that folder, which ORT refuses to read from:
-            # they are handed over mapped, and must outlive the session.
             spilled = spilled_initializers(model)
+            if spilled and not optimize:
+                return _session_feeding_spilled(model, spilled, options)
+            # Weights a pass spilled live outside that folder, which ORT refuses to read from.
+            # Optimizing needs them as initializers (prepacking, fusions): ORT copies them.
             mapped = [ort.OrtValue.ortvalue_from_numpy(read_external(tensor, None)) for tensor in spilled]
             if spilled:
                 options.add_external_initializers([tensor.name for tensor in spilled], mapped)
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            session._graphopt_spilled = mapped
-            return session
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types without a common base
         raise SessionError(first_line(error, limit=400)) from error
+
+
+class _FeedingSession:
+    """A session that feeds the spilled weights as inputs on every run, mapped, never copied.
+
+    Handed over as initializers, ORT copies them (a second 1.7 GB on the 2.5 GiB benchmark
+    model, at the peak of the run); fed as inputs, it reads the mapped pages. Only for
+    unoptimized sessions: as inputs they are not constants ORT could prepack or fuse.
+    """
+
+    def __init__(self, session: ort.InferenceSession, weights: dict[str, np.ndarray]):
+        self._session, self._weights = session, weights
+
+    def run(self, output_names, input_feed, run_options=None):
+        return self._session.run(output_names, {**input_feed, **self._weights}, run_options)
+
+    def get_inputs(self):
+        return [value for value in self._session.get_inputs() if value.name not in self._weights]
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def _session_feeding_spilled(model: onnx.ModelProto, spilled: list[onnx.TensorProto], options) -> _FeedingSession:
+    names = {tensor.name for tensor in spilled}
+    as_inputs = onnx.ModelProto()
+    as_inputs.CopyFrom(model)  # the spilled weights are references: the copy is small
+    kept = [tensor for tensor in as_inputs.graph.initializer if tensor.name not in names]
+    del as_inputs.graph.initializer[:]
+    as_inputs.graph.initializer.extend(kept)
+    declared = {value.name for value in as_inputs.graph.input}
+    as_inputs.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in spilled if t.name not in declared)
+    session = ort.InferenceSession(as_inputs.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return _FeedingSession(session, {tensor.name: read_external(tensor, None) for tensor in spilled})
 
 
 def _session_from_disk(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
