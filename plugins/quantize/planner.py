@@ -22,6 +22,7 @@ from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
 from graphopt_plugins.quantize.accuracy import fit_to_budget, run_outputs, worst_metrics
 from graphopt_plugins.quantize.calibration import collect_ranges
+from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
 from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
@@ -41,19 +42,22 @@ class Planner:
         self.model, self.targets, self.options = model, targets, options
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
         self.signed = options.activations == "int8"
+        # Weights that an integer kernel multiplies: held to 7 bits where its int16 pair sums saturate.
+        integer_kernels = options.mode in ("static", "dynamic")
+        self.qmax = weight_qmax(options.reduce_range, self.signed and options.mode == "static") if integer_kernels else FULL_RANGE
         self.ranges: dict[str, tuple[float, float]] = {}
         self.embeddings = 0
         constants = constant_tensors(model)
-        self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants),
+        self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
                                "sensitivity_sqnr_db": None, "float_ms": None, "int8_ms": None,
                                "decision": "quantized", "why": "within budget"} for t in targets}
 
     # -- building candidates ---------------------------------------------------------------
     def rewrite(self, graph: gs.Graph, targets: list[Target]) -> None:
         if self.options.mode == "static":
-            apply_static(graph, targets, self.ranges, self.signed)
+            apply_static(graph, targets, self.ranges, self.signed, self.qmax)
         elif self.options.mode == "dynamic":
-            apply_dynamic(graph, targets)
+            apply_dynamic(graph, targets, self.qmax)
         else:
             apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
         ir.remove_dead_nodes(graph)
@@ -101,7 +105,7 @@ class Planner:
             chosen, stats["latency"] = self._guard(chosen)
             if chosen:
                 metrics = evaluate(chosen)
-        stats.update(embeddings=self.embeddings if chosen else 0, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
+        stats.update(embeddings=self.embeddings if chosen else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
                      cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
         if not chosen:
@@ -189,12 +193,12 @@ class Planner:
         return [], {"rounds": history, "gave_up": True}
 
 
-def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict) -> float | None:
+def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict, qmax: int) -> float | None:
     tensor = constants.get(model.graph.node[target.index].input[1])
     if tensor is None:
         return None
     weight = onnx.numpy_helper.to_array(tensor).astype(np.float32)
-    quantized, scale = quantize_per_channel(weight, target.axis)
+    quantized, scale = quantize_per_channel(weight, target.axis, qmax)
     shape = [1] * weight.ndim
     shape[target.axis] = -1
     noise = float(np.sum((weight - quantized * scale.reshape(shape)) ** 2))
