@@ -38,8 +38,10 @@ _GUARD_MARGIN = 0.97
 
 
 class Planner:
-    def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int):
+    def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int,
+                 track=lambda items, desc, total: items):
         self.model, self.targets, self.options = model, targets, options
+        self.track = track  # PassContext.track: a progress bar over the long loops, when the run shows one
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
         self.signed = options.activations == "int8"
         # Weights that an integer kernel multiplies: held to 7 bits where its int16 pair sums saturate.
@@ -82,7 +84,7 @@ class Planner:
         if self.options.mode == "static":
             names = activation_tensors(self.targets, "static", self.signed)
             self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
-                                         self.options.percentile, self.signed, self.seed)
+                                         self.options.percentile, self.signed, self.seed, self.track)
         chosen = [t.index for t in self.targets]
         timed = self.options.latency == "auto" and self.options.mode != "weight-only"
         if timed:
@@ -93,7 +95,7 @@ class Planner:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
             sensitivity_of = lambda index: worst_metrics(small_reference, run_outputs(self.build([index]), small), None)["sqnr_db"]  # noqa: E731
-            quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, chosen, sensitivity_of)
+            quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, chosen, sensitivity_of, self.track)
             for index, sqnr in sensitivity.items():
                 self.rows[index]["sensitivity_sqnr_db"] = _rounded(sqnr)
             for index in set(chosen) - set(quantized):
@@ -147,7 +149,7 @@ class Planner:
         shapes = self._input_shapes()
         boundaries = self._integer_boundaries()
         kept = []
-        for target in self.targets:
+        for target in self.track(self.targets, "quantize: timing layers", len(self.targets)):
             shape = shapes.get(target.activation)
             pair = layer_models(self.model, target.index, target.relu_output, shape,
                                 lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),

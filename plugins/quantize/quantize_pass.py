@@ -110,7 +110,8 @@ class Quantize(graphopt.Pass):
         model = infer_model_shapes(model)
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
-        planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed)
+        planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed,
+                          track=lambda items, desc, total: ctx.track(items, desc=desc, total=total))
         chosen, stats = planner.plan()
         stats.update(data=origin, skipped=skipped, mode=options.mode)
         if not chosen:
