@@ -35,7 +35,7 @@ class Quantize(graphopt.Pass):
     per channel or int4 blocks (opset 21) behind a DequantizeLinear. Where this machine's
     int8 GEMM saturates its int16 pair sums (x86 without VNNI; probed), the weights an integer
     kernel multiplies are held to [-63, 63] (`reduce_range`). In every mode, embedding
-    tables (Gather from a 2-D float constant) become int8 per row behind a DequantizeLinear.
+    tables (Gather from a 2-D float constant) become int8 per row; only the gathered rows are scaled.
     Keeps a layer float when the user excludes it, when it is too harmful for the budget (most
     harmful first, by measured sensitivity), or when int8 is slower there on this machine
     (`latency=auto`); if the whole result is still slower than float, nothing is changed.
