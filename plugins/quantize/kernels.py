@@ -26,7 +26,7 @@ FULL_RANGE = 127
 REDUCED_RANGE = 63  # 2 x 255 x 63 < 32767: a pair of products always fits a saturating int16
 
 
-@functools.cache
+@functools.cache  # a fact about this process's onnxruntime and CPU: probed once, not per pass run
 def int8_pairs_saturate(signed_activations: bool) -> bool:
     """True when onnxruntime's int8 GEMM here loses products to int16 saturation."""
     rows, depth, columns = 4, 64, 16  # big enough for the packed GEMM path, not a special case
