@@ -31,8 +31,7 @@ def _largest_weight(model: onnx.ModelProto) -> int:
 def test_probe_agrees_with_the_settings():
     assert weight_qmax("on", False) == REDUCED_RANGE and weight_qmax("off", False) == FULL_RANGE
     assert weight_qmax("auto", False) == (REDUCED_RANGE if int8_pairs_saturate(False) else FULL_RANGE)
-    # int8 x int8 pairs (at most 2 x 128 x 127) fit an int16 on every kernel we know of.
-    assert weight_qmax("auto", True) == FULL_RANGE
+    assert weight_qmax("auto", True) == (REDUCED_RANGE if int8_pairs_saturate(True) else FULL_RANGE)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
