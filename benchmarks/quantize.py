@@ -10,7 +10,8 @@ BERT-style encoder built like `tests/torch_models.py`'s (6 layers, width 384) ex
 torch. Data: synthetic text images drawn with PIL (random words, fonts sizes, colours, noise),
 32 for calibration and 8 others for evaluation; token ids likewise, separate sets.
 Columns: median latency at 1 thread (ORT_ENABLE_ALL; every variant of a model timed in
-alternation, 10 rounds of >= 0.25 s each), bytes, output cosine and SQNR against fp32 on the evaluation
+alternation, 10 rounds of >= 0.25 s each; also the median CPU time of the calling thread, which
+leaves out the time other processes held the core), bytes, output cosine and SQNR against fp32 on the evaluation
 set, seconds to quantize. Writes quantize.{md,json} and quantize.png (latency vs cosine).
 """
 
@@ -127,17 +128,26 @@ def ort_static(path: Path, out: Path, calibration) -> onnx.ModelProto:
     return onnx.load(str(out))
 
 
-def ort_dynamic(path: Path, out: Path, calibration) -> onnx.ModelProto:
+def ort_dynamic(path: Path, out: Path, calibration, reduce_range: bool = False) -> onnx.ModelProto:
     from onnxruntime.quantization import quantize_dynamic
-    quantize_dynamic(str(path), str(out), per_channel=True)
+    quantize_dynamic(str(path), str(out), per_channel=True, reduce_range=reduce_range)
     return onnx.load(str(out))
 
 
-def graphopt_quantize(options: dict):
+def ort_dynamic_reduced(path: Path, out: Path, calibration) -> onnx.ModelProto:
+    """quantize_dynamic with 7-bit weights: its own answer to the int16 saturation of AVX2 without VNNI."""
+    return ort_dynamic(path, out, calibration, reduce_range=True)
+
+
+def graphopt_quantize(options: dict, fuse: dict | None = None, quantize: bool = True):
+    """graphopt's `cleanup[,fuse],quantize` (or `cleanup,fuse` alone: how much is fusion, not int8)."""
+    passes = ["cleanup"] + (["fuse"] if fuse is not None else []) + (["quantize"] if quantize else [])
+
     def run(path: Path, out: Path, calibration, evaluation, shapes):
-        result = graphopt.optimize(str(path), passes=["cleanup", "quantize"], options={"quantize": options},
+        given = {"quantize": options, "fuse": fuse or {}}
+        result = graphopt.optimize(str(path), passes=passes, options={name: given[name] for name in passes if name in given},
                                    calibration=calibration, inputs=evaluation, input_shapes=shapes)
-        run.details = result.report["passes"][1]["details"]
+        run.details = result.report["passes"][-1]["details"] if quantize else None
         return result.model
     return run
 
@@ -149,10 +159,14 @@ def outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> list[np.n
     return [np.stack([r[k] for r in results]) for k in range(len(results[0]))]
 
 
-def interleaved(models: list[onnx.ModelProto], feed: dict, runs: int, rounds: int = 10, min_seconds: float = 0.25) -> list[float]:
-    """Median ms per model; each round runs every model in turn for >= runs/rounds runs and >= min_seconds."""
+def interleaved(models: list[onnx.ModelProto], feed: dict, runs: int, rounds: int = 10,
+                min_seconds: float = 0.25) -> tuple[list[float], list[float]]:
+    """(median wall ms, median CPU ms) per model; each round runs every model in turn for >= runs/rounds
+    runs and >= min_seconds. CPU time is the calling thread's (1-thread onnxruntime runs there): on
+    a shared machine it leaves out the time other processes held the core."""
     sessions = [make_session(model, optimize=True, threads=1) for model in models]
     times = [[] for _ in models]
+    cpu = [[] for _ in models]
     for session in sessions:
         for _ in range(3):
             session.run(None, feed)
@@ -160,11 +174,12 @@ def interleaved(models: list[onnx.ModelProto], feed: dict, runs: int, rounds: in
         for index, session in enumerate(sessions):
             began, done = time.perf_counter(), 0
             while done < max(runs // rounds, 1) or time.perf_counter() - began < min_seconds:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.thread_time()
                 session.run(None, feed)
                 times[index].append((time.perf_counter() - start) * 1e3)
+                cpu[index].append((time.thread_time() - cpu_start) * 1e3)
                 done += 1
-    return [statistics.median(t) for t in times]
+    return [statistics.median(t) for t in times], [statistics.median(t) for t in cpu]
 
 
 def bench(label: str, model: onnx.ModelProto, calibration, evaluation, shapes, variants, runs: int, scratch: Path) -> list[dict]:
@@ -184,16 +199,17 @@ def bench(label: str, model: onnx.ModelProto, calibration, evaluation, shapes, v
             continue
         built.append((name, quantized, time.perf_counter() - start, getattr(quantizer, "details", None)))
     feed = {name: values[0] for name, values in evaluation.items()}
-    latencies = interleaved([m for _, m, _, _ in built], feed, runs)
-    for (name, quantized, seconds, details), latency in zip(built, latencies):
+    latencies, cpu_times = interleaved([m for _, m, _, _ in built], feed, runs)
+    for (name, quantized, seconds, details), latency, cpu_ms in zip(built, latencies, cpu_times):
         got = outputs(quantized, evaluation)
         metrics = [output_metrics(r, g) for r, g in zip(reference, got)]
         row = {"model": label, "variant": name, "latency_ms": round(latency, 3), "vs_fp32": round(latency / latencies[0], 3),
+               "cpu_ms": round(cpu_ms, 3), "cpu_vs_fp32": round(cpu_ms / cpu_times[0], 3),
                "bytes": quantized.ByteSize(), "size_vs_fp32": round(quantized.ByteSize() / model.ByteSize(), 3),
                "cosine": round(min(m["cosine"] for m in metrics), 5), "sqnr_db": round(min(m["sqnr_db"] for m in metrics), 2),
                "quantize_s": round(seconds, 1)}
         if details:
-            row["graphopt"] = {k: details.get(k) for k in ("quantized", "kept_float", "latency", "plans_evaluated")}
+            row["graphopt"] = {k: details.get(k) for k in ("quantized", "kept_float", "weight_qmax", "latency", "plans_evaluated")}
             row["graphopt"]["why_float"] = sorted({r["why"].split(" (")[0] for r in details.get("layers", []) if r["decision"] == "float"})
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -223,8 +239,11 @@ def main() -> None:
         if "encoder" in wanted:
             model = encoder()
             calibration, evaluation = token_set(32, 0), token_set(8, 1)
-            variants = [("ort static", ort_static), ("ort dynamic", ort_dynamic),
-                        ("graphopt dynamic", graphopt_quantize({"mode": "dynamic"})), ("graphopt static", graphopt_quantize({}))]
+            contrib = {"target": "onnxruntime"}  # MultiHeadAttention, SkipLayerNormalization, Gelu
+            variants = [("ort static", ort_static), ("ort dynamic", ort_dynamic), ("ort dynamic reduce_range", ort_dynamic_reduced),
+                        ("graphopt dynamic", graphopt_quantize({"mode": "dynamic"})), ("graphopt static", graphopt_quantize({})),
+                        ("graphopt fuse (fp32)", graphopt_quantize({}, fuse=contrib, quantize=False)),
+                        ("graphopt fuse+dynamic", graphopt_quantize({"mode": "dynamic"}, fuse=contrib))]
             rows += bench("encoder 6x384", model, calibration, evaluation, None, variants, args.runs, scratch)
     write(rows, args)
 
@@ -234,20 +253,22 @@ def write(rows: list[dict], args) -> None:
     command = "python benchmarks/quantize.py " + " ".join(sys.argv[1:])
     (args.out / "quantize.json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=1))
     lines = [f"Command: `{command.strip()}`", "",
-             "| model | variant | latency ms | vs fp32 | bytes | size vs fp32 | cosine | SQNR dB | quantize s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | variant | latency ms | vs fp32 | CPU ms | CPU vs fp32 | bytes | size vs fp32 | cosine | SQNR dB | quantize s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['model']} | {row['variant']} | failed: {row['error'][:80]} | | | | | | |")
+            lines.append(f"| {row['model']} | {row['variant']} | failed: {row['error'][:80]} | | | | | | | | |")
             continue
-        lines.append(f"| {row['model']} | {row['variant']} | {row['latency_ms']} | {row['vs_fp32']} | {row['bytes']} | "
+        lines.append(f"| {row['model']} | {row['variant']} | {row['latency_ms']} | {row['vs_fp32']} | {row['cpu_ms']} | "
+                     f"{row['cpu_vs_fp32']} | {row['bytes']} | "
                      f"{row['size_vs_fp32']} | {row['cosine']} | {row['sqnr_db']} | {row['quantize_s']} |")
     (args.out / "quantize.md").write_text("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    markers = {"fp32": "o", "ort static": "s", "ort dynamic": "^", "graphopt static": "*", "graphopt dynamic": "P"}
+    markers = {"fp32": "o", "ort static": "s", "ort dynamic": "^", "graphopt static": "*", "graphopt dynamic": "P",
+               "graphopt fuse (fp32)": "D", "graphopt fuse+dynamic": "X", "ort dynamic reduce_range": "v"}
     for model in dict.fromkeys(r["model"] for r in rows):
         points = [r for r in rows if r["model"] == model and "error" not in r]
         line, = axis.plot([], [], label=model)

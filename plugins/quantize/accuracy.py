@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -50,17 +50,19 @@ def fit_to_budget(
     evaluate: Callable[[list[int]], dict],
     candidates: list[int],
     sensitivity_of: Callable[[int], float],
+    track: Callable[[Iterable, str, int], Iterable] = lambda items, desc, total: items,
 ) -> tuple[list[int], dict, dict[int, float], int]:
     """(quantized subset, its metrics, sensitivity per candidate, plans tried).
 
     `evaluate(subset)` returns `worst_metrics` of the plan quantizing `subset`;
-    `sensitivity_of(i)` the output SQNR (dB) with only candidate `i` quantized.
+    `sensitivity_of(i)` the output SQNR (dB) with only candidate `i` quantized; `track`
+    draws the progress of the sensitivity sweep.
     """
     metrics = evaluate(candidates)
     tried = 1
     if metrics["ok"] or not candidates:
         return candidates, metrics, {}, tried
-    sensitivity = {index: sensitivity_of(index) for index in candidates}
+    sensitivity = {index: sensitivity_of(index) for index in track(candidates, "quantize: layer sensitivity", len(candidates))}
     harmful_first = sorted(candidates, key=lambda index: sensitivity[index])
 
     def plan(keep_float: int) -> list[int]:

@@ -7,7 +7,7 @@ which percentile, entropy and mse choose a clipping range. minmax uses the exact
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -23,13 +23,16 @@ _BINS = 2048
 
 
 def collect_ranges(model: onnx.ModelProto, samples: Mapping[str, np.ndarray], names: Sequence[str], method: str,
-                   percentile: float, signed: bool, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """`{tensor: (low, high)}` for every name, observed over all samples."""
+                   percentile: float, signed: bool, seed: int = 0,
+                   track: Callable[[Iterable, str, int], Iterable] = lambda items, desc, total: items,
+                   ) -> dict[str, tuple[float, float]]:
+    """`{tensor: (low, high)}` for every name, observed over all samples (`track` draws the progress)."""
     rng = np.random.default_rng(seed)
     lows = {name: np.inf for name in names}
     highs = {name: -np.inf for name in names}
     kept: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for values in iter_activations(model, samples, list(names)):
+    count = len(next(iter(samples.values()))) if samples else 0
+    for values in track(iter_activations(model, samples, list(names)), "quantize: calibrating", count):
         for name in names:
             flat = np.asarray(values[name], np.float32).ravel()
             if not flat.size:

@@ -22,6 +22,7 @@ from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
 from graphopt_plugins.quantize.accuracy import fit_to_budget, run_outputs, worst_metrics
 from graphopt_plugins.quantize.calibration import collect_ranges
+from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
 from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
@@ -37,23 +38,28 @@ _GUARD_MARGIN = 0.97
 
 
 class Planner:
-    def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int):
+    def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int,
+                 track=lambda items, desc, total: items):
         self.model, self.targets, self.options = model, targets, options
+        self.track = track  # PassContext.track: a progress bar over the long loops, when the run shows one
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
         self.signed = options.activations == "int8"
+        # Weights that an integer kernel multiplies: held to 7 bits where its int16 pair sums saturate.
+        integer_kernels = options.mode in ("static", "dynamic")
+        self.qmax = weight_qmax(options.reduce_range, self.signed and options.mode == "static") if integer_kernels else FULL_RANGE
         self.ranges: dict[str, tuple[float, float]] = {}
         self.embeddings = 0
         constants = constant_tensors(model)
-        self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants),
+        self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
                                "sensitivity_sqnr_db": None, "float_ms": None, "int8_ms": None,
                                "decision": "quantized", "why": "within budget"} for t in targets}
 
     # -- building candidates ---------------------------------------------------------------
     def rewrite(self, graph: gs.Graph, targets: list[Target]) -> None:
         if self.options.mode == "static":
-            apply_static(graph, targets, self.ranges, self.signed)
+            apply_static(graph, targets, self.ranges, self.signed, self.qmax)
         elif self.options.mode == "dynamic":
-            apply_dynamic(graph, targets)
+            apply_dynamic(graph, targets, self.qmax)
         else:
             apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
         ir.remove_dead_nodes(graph)
@@ -80,7 +86,7 @@ class Planner:
         if self.options.mode == "static":
             names = activation_tensors(self.targets, "static", self.signed)
             self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
-                                         self.options.percentile, self.signed, self.seed)
+                                         self.options.percentile, self.signed, self.seed, self.track)
         chosen = [t.index for t in self.targets]
         timed = self.options.latency == "auto" and self.options.mode != "weight-only"
         if timed:
@@ -91,7 +97,7 @@ class Planner:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
             sensitivity_of = lambda index: worst_metrics(small_reference, run_outputs(self.build([index]), small), None)["sqnr_db"]  # noqa: E731
-            quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, chosen, sensitivity_of)
+            quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, chosen, sensitivity_of, self.track)
             for index, sqnr in sensitivity.items():
                 self.rows[index]["sensitivity_sqnr_db"] = _rounded(sqnr)
             for index in set(chosen) - set(quantized):
@@ -103,7 +109,7 @@ class Planner:
             chosen, stats["latency"] = self._guard(chosen)
             if chosen:
                 metrics = evaluate(chosen)
-        stats.update(embeddings=self.embeddings if chosen else 0, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
+        stats.update(embeddings=self.embeddings if chosen else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
                      cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
         if not chosen:
@@ -145,7 +151,7 @@ class Planner:
         shapes = self._input_shapes()
         boundaries = self._integer_boundaries()
         kept = []
-        for target in self.targets:
+        for target in self.track(self.targets, "quantize: timing layers", len(self.targets)):
             shape = shapes.get(target.activation)
             pair = layer_models(self.model, target.index, target.relu_output, shape,
                                 lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),
@@ -191,12 +197,12 @@ class Planner:
         return [], {"rounds": history, "gave_up": True}
 
 
-def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict) -> float | None:
+def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict, qmax: int) -> float | None:
     tensor = constants.get(model.graph.node[target.index].input[1])
     if tensor is None:
         return None
     weight = onnx.numpy_helper.to_array(tensor).astype(np.float32)
-    quantized, scale = quantize_per_channel(weight, target.axis)
+    quantized, scale = quantize_per_channel(weight, target.axis, qmax)
     shape = [1] * weight.ndim
     shape[target.axis] = -1
     noise = float(np.sum((weight - quantized * scale.reshape(shape)) ** 2))

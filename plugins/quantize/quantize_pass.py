@@ -32,8 +32,10 @@ class Quantize(graphopt.Pass):
     the last axis), int32 bias at x_scale*w_scale, activations per tensor (uint8 asymmetric or
     int8 symmetric) from calibration (minmax, percentile, entropy, mse). `dynamic` rewrites
     MatMul/Gemm to DynamicQuantizeLinear + MatMulInteger. `weight-only` stores weights as int8
-    per channel or int4 blocks (opset 21) behind a DequantizeLinear. In every mode, embedding
-    tables (Gather from a 2-D float constant) become int8 per row behind a DequantizeLinear.
+    per channel or int4 blocks (opset 21) behind a DequantizeLinear. Where this machine's
+    int8 GEMM saturates its int16 pair sums (x86 without VNNI; probed), the weights an integer
+    kernel multiplies are held to [-63, 63] (`reduce_range`). In every mode, embedding
+    tables (Gather from a 2-D float constant) become int8 per row; only the gathered rows are scaled.
     Keeps a layer float when the user excludes it, when it is too harmful for the budget (most
     harmful first, by measured sensitivity), or when int8 is slower there on this machine
     (`latency=auto`); if the whole result is still slower than float, nothing is changed.
@@ -52,6 +54,7 @@ class Quantize(graphopt.Pass):
         calibrate: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"  # activation range method
         percentile: float = 99.99  # for calibrate=percentile: the kept percentile of each tensor
         activations: Literal["uint8", "int8"] = "uint8"  # uint8 asymmetric, or int8 symmetric
+        reduce_range: Literal["auto", "on", "off"] = "auto"  # int8 weights in [-63, 63]; auto: where this machine's int8 kernel saturates
         weight_bits: int = 8  # weight-only: 8 (per channel) or 4 (blocks along the reduction axis)
         block_size: int = 32  # weight-only int4: elements per block (>= 16, a power of two)
         op_types: list[str] = dataclasses.field(default_factory=lambda: list(WEIGHT_OPS))  # ops to quantize
@@ -107,7 +110,8 @@ class Quantize(graphopt.Pass):
         model = infer_model_shapes(model)
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
-        planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed)
+        planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed,
+                          track=lambda items, desc, total: ctx.track(items, desc=desc, total=total))
         chosen, stats = planner.plan()
         stats.update(data=origin, skipped=skipped, mode=options.mode)
         if not chosen:

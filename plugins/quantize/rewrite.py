@@ -44,7 +44,7 @@ def activation_tensors(targets: list[Target], mode: str, signed: bool) -> list[s
     return list(dict.fromkeys(names))
 
 
-def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: bool) -> int:
+def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: bool, qmax: int = 127) -> int:
     names = _Names(graph)
     nodes = [graph.nodes[t.index] for t in targets]
     dequantized: dict[int, gs.Variable] = {}  # id(float tensor) -> its Q/DQ'd twin
@@ -57,7 +57,7 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
             params[id(dequantized[id(x)])] = (scale, zero)
         node.inputs[0] = dequantized[id(x)]
         x_scale = params[id(node.inputs[0])][0]
-        w_scale = _dequantize_weight(graph, names, node, target)
+        w_scale = _dequantize_weight(graph, names, node, target, qmax)
         if len(node.inputs) > 2 and _is_channel_bias(node.inputs[2], len(w_scale)):
             bias, scale = quantize_bias(ir.constant_value(node.inputs[2]), x_scale, w_scale)
             node.inputs[2] = _dq(graph, names, node.inputs[2].name, bias, scale, np.zeros(len(scale), np.int32), axis=0)
@@ -81,8 +81,10 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
     return len(targets)
 
 
-def apply_dynamic(graph: gs.Graph, targets: list[Target]) -> int:
-    """MatMul / Gemm -> DynamicQuantizeLinear, MatMulInteger (u8 x s8), Cast, Mul by both scales."""
+def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127) -> int:
+    """MatMul / Gemm -> DynamicQuantizeLinear, MatMulInteger (u8 x s8), Cast, Mul by both scales.
+
+    Weights are int8 in [-qmax, qmax]: 63 where the int8 kernel saturates (see `kernels`)."""
     names = _Names(graph)
     done = 0
     quantized_inputs: dict[int, tuple] = {}
@@ -94,7 +96,7 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target]) -> int:
             continue  # MatMulInteger's per-column zero point is defined for a 2-D weight only
         if target.op == "Gemm" and int(node.attrs.get("transB", 0)):
             weight = weight.T
-        q_weight, w_scale = quantize_per_channel(weight, weight.ndim - 1)
+        q_weight, w_scale = quantize_per_channel(weight, weight.ndim - 1, qmax)
         x = node.inputs[0]
         if id(x) not in quantized_inputs:
             outs = [gs.Variable(names(f"{x.name}_{kind}"), dtype=dtype, shape=shape)
@@ -145,19 +147,33 @@ def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_s
 
 
 def quantize_embeddings(graph: gs.Graph, nodes: list[gs.Node]) -> int:
-    """Gather tables (embeddings) stored as int8 with one scale per row, read through DQ."""
+    """Gather tables (embeddings) stored as int8 with one scale per row; only the rows read are dequantized.
+
+    `Gather(int8 table, ids) -> Cast -> Mul(Gather(row scales, ids))`: a DequantizeLinear in
+    front of the Gather would dequantize the whole table on every run (onnxruntime does not
+    fold it), which for a 30k-word vocabulary costs more than the layers quantization saves.
+    """
     names = _Names(graph)
     for node in nodes:
-        table = node.inputs[0]
+        table, ids, rows = node.inputs[0], node.inputs[1], node.outputs[0]
         quantized, scale = quantize_per_channel(ir.constant_value(table), 0)
-        node.inputs[0] = _dq(graph, names, table.name, quantized, scale, np.zeros(len(scale), np.int8), axis=0,
-                             shape=list(quantized.shape))
+        gathered = gs.Variable(names(f"{rows.name}_int8"), dtype=np.int8)
+        as_float = gs.Variable(names(f"{rows.name}_float"), dtype=np.float32)
+        row_scales = gs.Variable(names(f"{rows.name}_scale"), dtype=np.float32)
+        node.inputs[0] = _const(names, table.name, quantized)
+        node.outputs[0] = gathered
+        graph.nodes.append(gs.Node("Cast", names(f"{node.name}_Cast"), attrs={"to": onnx.TensorProto.FLOAT},
+                                   inputs=[gathered], outputs=[as_float]))
+        # (V, 1) so that the gathered scales, (*ids.shape, 1), broadcast over each row.
+        graph.nodes.append(gs.Node("Gather", names(f"{node.name}_scales"), attrs={"axis": 0},
+                                   inputs=[_const(names, f"{table.name}_scale", scale[:, None]), ids], outputs=[row_scales]))
+        graph.nodes.append(gs.Node("Mul", names(f"{node.name}_dequantize"), inputs=[as_float, row_scales], outputs=[rows]))
     return len(nodes)
 
 
-def _dequantize_weight(graph, names, node: gs.Node, target: Target) -> np.ndarray:
+def _dequantize_weight(graph, names, node: gs.Node, target: Target, qmax: int = 127) -> np.ndarray:
     weight = node.inputs[1]
-    quantized, scale = quantize_per_channel(ir.constant_value(weight), target.axis)
+    quantized, scale = quantize_per_channel(ir.constant_value(weight), target.axis, qmax)
     node.inputs[1] = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis,
                          shape=list(weight.shape))
     return scale
