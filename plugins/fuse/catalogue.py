@@ -22,6 +22,7 @@ from graphopt_plugins.fuse.noop_removal import remove_noop_nodes
 from graphopt_plugins.fuse.pad_fold import fold_pad_into_window
 from graphopt_plugins.fuse.reshape_chain import collapse_reshape_chains
 from graphopt_plugins.fuse.reshape_own_dims import constant_reshape_targets
+from graphopt_plugins.fuse.residual_sum import keep_residual_norm_unfused
 from graphopt_plugins.fuse.rms_norm import fuse_rms_norm
 from graphopt_plugins.fuse.rule import Rule
 from graphopt_plugins.fuse.scale_after import fold_channel_constants_after
@@ -44,7 +45,8 @@ RULES: tuple[Rule, ...] = (
     Rule("hardswish", fuse_hardswish, min_opset=6, description="x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14); below 14, x*relu6(x+3)/6 → x*HardSigmoid(x)"),
     Rule("layer_norm", fuse_layer_norm, min_opset=17, description="ReduceMean/Sub/Pow/Sqrt/Div[/Mul/Add] → LayerNormalization (opset ≥ 17)"),
     Rule("rms_norm", fuse_rms_norm, min_opset=23, description="x/sqrt(mean(x²)+eps)*γ → RMSNormalization (opset ≥ 23)"),
-    Rule("skip_layer_norm", fuse_skip_layer_norm, needs_contrib_ops=True, description="residual Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime)"),
+    Rule("residual_sum", keep_residual_norm_unfused, min_opset=17, description="a residual Add before a LayerNormalization → Sum, which onnxruntime does not fuse into its slower SkipLayerNormalization"),
+    Rule("skip_layer_norm", fuse_skip_layer_norm, needs_contrib_ops=True, description="residual Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime; only with fuse.skip=residual_sum)"),
     Rule("gelu", fuse_gelu, description="GELU in erf or tanh form → Gelu (opset ≥ 20) or contrib Gelu/FastGelu (onnxruntime)"),
     Rule("flattened_softmax", fuse_flattened_softmax, description="Flatten→Softmax→Reshape(Shape(x)) → Softmax over x's last axis"),
     Rule("flattened_transpose", fuse_flattened_transpose, description="Reshape(merge leading axes)→Transpose→Reshape(split back) → one Transpose"),

@@ -65,9 +65,9 @@ def test_onnxruntime_target_fuses_every_block(exporter):
     fused, stats = check(cleaned(exporter, 18), target="onnxruntime")
     assert stats["gelu"] == LAYERS
     assert stats["attention"] == LAYERS
-    assert stats["skip_layer_norm"] == 2 * LAYERS
+    assert stats["residual_sum"] == 2 * LAYERS  # ahead of skip_layer_norm: ORT's kernel for it is slower
     counts = op_counts(fused)
-    assert counts["MultiHeadAttention"] == LAYERS and counts["SkipLayerNormalization"] == 2 * LAYERS
+    assert counts["MultiHeadAttention"] == LAYERS and counts["Sum"] == 2 * LAYERS and "SkipLayerNormalization" not in counts
     assert counts["Gelu"] == LAYERS and "Softmax" not in counts and "Erf" not in counts
     assert "Transpose" not in counts and "Reshape" not in counts  # head split/merge absorbed
 
@@ -92,8 +92,9 @@ def test_tanh_gelu_becomes_standard_gelu_at_opset_20_when_exported_decomposed(ex
 def test_opset_20_export_already_has_gelu_and_still_gets_attention_and_skip_layer_norm():
     model = cleaned("torchscript", 20)
     assert op_counts(model)["Gelu"] == LAYERS
-    fused, stats = check(model, target="onnxruntime")
+    fused, stats = check(model, target="onnxruntime", skip="residual_sum")
     assert stats.get("gelu", 0) == 0
     assert stats["attention"] == LAYERS and stats["skip_layer_norm"] == 2 * LAYERS
     fused, stats = check(model)
-    assert not any(stats.values())  # nothing left for standard ops at 20: the exporter fused it all
+    # for standard ops at 20 the exporter fused it all; only the residual Adds become Sums
+    assert {rule: count for rule, count in stats.items() if count} == {"residual_sum": 2 * LAYERS}
