@@ -31,9 +31,10 @@ class Cleanup(graphopt.Pass):
     - constant subgraphs, folded to initializers, unless a folded value would grow the model
       by more than `fold_growth_limit` bytes (Tile/Expand/ConstantOfShape stay nodes then);
     - initializers with equal values, merged; nodes computing the same thing, merged.
-    Refuses nothing; never touches graph input or output names. Lossless: outputs equal to
-    the per-dtype tolerance (folding evaluates in onnxruntime, so results are bit-identical
-    to what the runtime would compute).
+    Never folds random ops (RandomNormal/Uniform[Like], Bernoulli, Multinomial) or nodes with
+    bodies. Refuses nothing; never touches graph input or output names. Lossless: outputs equal
+    to the per-dtype tolerance (folding gives the runtime's own bits: numpy only for the cheap
+    ops where it agrees with onnxruntime exactly, onnxruntime with optimizations off for the rest).
     """
 
     name = "cleanup"
