@@ -61,6 +61,12 @@ class Fuse(graphopt.Pass):
         return [rule for rule in RULES if (asked is None or rule.name in asked) and rule.name not in skipped]
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
+        with ir.collector_paused():  # see ir.collector_paused: full collections made big graphs superlinear
+            stats = self._fuse(graph, ctx)
+        ctx.logger.info("fuse: %s", stats)
+        return graphopt.PassResult(changed=bool(stats), stats=stats)
+
+    def _fuse(self, graph: gs.Graph, ctx: graphopt.PassContext) -> dict[str, int]:
         rules = self.selected_rules()
         taken = {tensor for owner in ir.iter_graphs(graph) for tensor in owner.tensors()} | {
             node.name for _, node in ir.iter_nodes(graph)
@@ -83,5 +89,4 @@ class Fuse(graphopt.Pass):
             level_of.update((id(node), (index, node)) for node in owner.nodes)
         if stats:
             ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
-        ctx.logger.info("fuse: %s", dict(stats))
-        return graphopt.PassResult(changed=bool(stats), stats=dict(stats))
+        return dict(stats)
