@@ -52,6 +52,7 @@ class FuseContext:
     _counter: itertools.count = dataclasses.field(default_factory=itertools.count)
     _taken: set[str] = dataclasses.field(default_factory=set)
     level_members: LevelMembership | None = None  # None: membership is computed from graph.nodes
+    _near_misses: set[tuple] = dataclasses.field(default_factory=set)
 
     def local_nodes(self) -> LevelMembership | set[int]:
         """What `id(node) in ...` asks of: is the node one of this graph level's? (see `LevelMembership`)"""
@@ -81,7 +82,15 @@ class FuseContext:
         return gs.Variable(self.fresh_name(hint), dtype=dtype, shape=shape)
 
     def near_miss(self, rule: str, node: gs.Node, reason: str) -> None:
-        """Logs, at debug level, why `rule` did not fire at `node` (`--debug` shows these)."""
+        """Logs, at debug level, why `rule` did not fire at `node` (`--debug` shows these).
+
+        Once per site and reason: every round of the fix point revisits the sites that did not
+        match, and the log would otherwise repeat them once per round.
+        """
+        site = (rule, node.name or id(node), reason)
+        if site in self._near_misses:
+            return
+        self._near_misses.add(site)
         logger.debug("fuse.%s: %s '%s' not rewritten: %s", rule, node.op, node.name, reason)
 
 
