@@ -147,7 +147,8 @@ def _numpy_dtype(dtype) -> bool:
 def _replace_by_constants(node: gs.Node, values: list[np.ndarray], growth_limit: int) -> int:
     """Makes the node's outputs constants unless that grows the model too much; returns how many."""
     grown = sum(value.nbytes for value in values) - _constant_bytes(node)
-    if grown > growth_limit:
+    # A Constant node's value is in the model already: as an initializer it grows nothing.
+    if grown > growth_limit and node.op != "Constant":
         logger.debug("not folding %s (%s): it would grow the model by %d bytes", node.name, node.op, grown)
         return 0
     for tensor, value in zip(list(node.outputs), values):

@@ -219,3 +219,19 @@ def test_constants_inside_an_if_body_fold_in_the_body():
     body = cleaned.graph.node[0].attribute[0].g
     assert [node.op_type for node in body.node] == ["Add"]
     assert stats["constants_folded"] == 2
+
+
+def test_a_constant_node_bigger_than_the_growth_limit_still_becomes_an_initializer():
+    """Its value is in the model already (paddle2onnx stores 3 MB weights this way in PP-OCR rec)."""
+    weight = np.arange(512 * 1024, dtype=np.float32).reshape(1024, 512) / 1e6  # 2 MiB
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(weight)),
+         onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 1024])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 512])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    cleaned, stats = _cleanup(model, feeds={"x": np.ones((2, 1024), np.float32)})
+    assert [node.op_type for node in cleaned.graph.node] == ["MatMul"]
+    assert stats["constants_folded"] == 1
