@@ -81,7 +81,12 @@ def _constant(node, inputs):
     attrs = node.attrs
     if isinstance(attrs.get("value"), gs.Constant):
         value = attrs["value"]
-        return None if value.values.dtype not in _CASTABLE or value.export_dtype != value.values.dtype else [value.values]
+        # The stored type first: reading `values` of a bfloat16 constant converts (and warns).
+        if not isinstance(value.export_dtype, np.dtype) and not isinstance(value.export_dtype, type):
+            return None
+        if np.dtype(value.export_dtype) not in _CASTABLE or np.dtype(value.export_dtype) != value.values.dtype:
+            return None
+        return [value.values]
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
         if key in attrs:
             return [np.array(attrs[key], dtype=dtype)]

@@ -50,9 +50,10 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     ir.toposort(graph)
     folded = fold_static_shapes(graph)
     root_opsets = _opsets(graph)
-    for owner in ir.iter_graphs(graph):
-        opsets = _opsets(owner) if isinstance(owner, gs.Function) else root_opsets
-        folded += _fold_level(owner, growth_limit, opsets)
+    with ir.quiet_graphsurgeon():  # it warns on the terminal when a bfloat16 constant is read
+        for owner in ir.iter_graphs(graph):
+            opsets = _opsets(owner) if isinstance(owner, gs.Function) else root_opsets
+            folded += _fold_level(owner, growth_limit, opsets)
     if not folded:
         return 0
     ir.remove_dead_nodes(graph)
@@ -146,6 +147,11 @@ def _numpy_dtype(dtype) -> bool:
 
 def _replace_by_constants(node: gs.Node, values: list[np.ndarray], growth_limit: int) -> int:
     """Makes the node's outputs constants unless that grows the model too much; returns how many."""
+    for tensor, value in zip(node.outputs, values):
+        # A type numpy lacks (bfloat16, float8) comes back from the runtime as something else.
+        if tensor.dtype is not None and (not _numpy_dtype(tensor.dtype) or np.dtype(tensor.dtype) != value.dtype):
+            logger.debug("not folding %s (%s): %s is %s, the value %s", node.name, node.op, tensor.name, tensor.dtype, value.dtype)
+            return 0
     grown = sum(value.nbytes for value in values) - _constant_bytes(node)
     # A Constant node's value is in the model already: as an initializer it grows nothing.
     if grown > growth_limit and node.op != "Constant":

@@ -235,3 +235,18 @@ def test_a_constant_node_bigger_than_the_growth_limit_still_becomes_an_initializ
     cleaned, stats = _cleanup(model, feeds={"x": np.ones((2, 1024), np.float32)})
     assert [node.op_type for node in cleaned.graph.node] == ["MatMul"]
     assert stats["constants_folded"] == 1
+
+
+def test_a_bfloat16_constant_is_never_folded_into_another_type():
+    """numpy has no bfloat16: the runtime evaluates the chain, and only the float result folds."""
+    value = onnx.helper.make_tensor("v", onnx.TensorProto.BFLOAT16, [2], [1.5, 2.0])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["c"], value=value), onnx.helper.make_node("Cast", ["c"], ["y"], to=onnx.TensorProto.FLOAT)],
+        "g",
+        [],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    cleaned, _ = _cleanup(model)
+    assert {t.data_type for t in cleaned.graph.initializer} <= {onnx.TensorProto.FLOAT}
+    assert _run(cleaned)[0].tolist() == [1.5, 2.0]
