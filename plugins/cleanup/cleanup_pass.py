@@ -56,7 +56,8 @@ class Cleanup(graphopt.Pass):
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
         stats = {"unused_initializers": _unused_initializers(ctx.model) if ctx.model is not None else 0}
-        with ir.collector_paused(), _distinct_node_names(graph):
+        # Quiet: graphsurgeon warns on the terminal whenever a step reads a bfloat16 constant's values.
+        with ir.collector_paused(), ir.quiet_graphsurgeon(), _distinct_node_names(graph):
             for round_index in range(_MAX_ROUNDS):
                 if round_index and options.fold_constants and decides_by_unknown_shapes(graph):
                     ir.refresh_shapes(graph)  # what the last round created has no shapes yet

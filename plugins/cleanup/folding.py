@@ -50,10 +50,9 @@ def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     ir.toposort(graph)
     folded = fold_static_shapes(graph)
     root_opsets = _opsets(graph)
-    with ir.quiet_graphsurgeon():  # it warns on the terminal when a bfloat16 constant is read
-        for owner in ir.iter_graphs(graph):
-            opsets = _opsets(owner) if isinstance(owner, gs.Function) else root_opsets
-            folded += _fold_level(owner, growth_limit, opsets)
+    for owner in ir.iter_graphs(graph):
+        opsets = _opsets(owner) if isinstance(owner, gs.Function) else root_opsets
+        folded += _fold_level(owner, growth_limit, opsets)
     if not folded:
         return 0
     ir.remove_dead_nodes(graph)
