@@ -29,6 +29,7 @@ __all__ = [
     "export_model",
     "release_graph",
     "iter_graphs",
+    "node_subgraphs",
     "iter_nodes",
     "producer",
     "consumers",
@@ -43,6 +44,7 @@ __all__ = [
     "remove_dead_nodes_in_level",
     "opset_version",
     "quiet_graphsurgeon",
+    "collector_paused",
     "refresh_shapes",
     "apply_inferred_shapes",
     "is_static_shape",
@@ -58,7 +60,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     An initializer that is also a graph input (IR >= 4) is a default the caller may override,
     so it is imported as an input Variable, not as a Constant a pass could fold away.
     """
-    with quiet_graphsurgeon():
+    with quiet_graphsurgeon(), collector_paused():
         graph = gs.import_onnx(model)
     folder = external_data_dir(model)
     if folder is not None:
@@ -97,7 +99,7 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
         if spill is not None:
             spill_new_constants(graph, spill)
         unmap_external_constants(iter_graphs(graph))
-    with quiet_graphsurgeon():
+    with quiet_graphsurgeon(), collector_paused():
         exported = gs.export_onnx(graph, do_type_check=False)
     model = onnx.ModelProto()
     for field, value in template.ListFields():
@@ -255,20 +257,25 @@ def iter_graphs(graph: gs.Graph, *, functions: bool = True) -> Iterator[gs.Graph
     """The graph, every nested If/Loop/Scan body (depth first) and, if asked, local functions."""
     yield graph
     for node in graph.nodes:
-        for attribute in node.attrs.values():
-            for subgraph in _subgraphs_of(attribute):
+        if node.attrs:
+            for subgraph in node_subgraphs(node):
                 yield from iter_graphs(subgraph, functions=False)
     if functions:
         for function in getattr(graph, "functions", ()) or ():
             yield from iter_graphs(function, functions=False)
 
 
-def _subgraphs_of(attribute) -> list[gs.Graph]:
-    if isinstance(attribute, gs.Graph):
-        return [attribute]
-    if isinstance(attribute, (list, tuple)):
-        return [item for item in attribute if isinstance(item, gs.Graph)]
-    return []
+def node_subgraphs(node: gs.Node) -> list[gs.Graph]:
+    """The bodies a node holds in its attributes (If/Loop/Scan, or any op with a graph attribute)."""
+    found = []
+    for attribute in node.attrs.values():
+        # Type checks first and a list looked at by its first item: this runs for every
+        # attribute of every node on each traversal, and almost none holds a graph.
+        if isinstance(attribute, gs.Graph):
+            found.append(attribute)
+        elif isinstance(attribute, (list, tuple)) and attribute and isinstance(attribute[0], gs.Graph):
+            found.extend(item for item in attribute if isinstance(item, gs.Graph))
+    return found
 
 
 def iter_nodes(graph: gs.Graph) -> Iterator[tuple[gs.Graph, gs.Node]]:
@@ -345,12 +352,18 @@ def all_reads(node: gs.Node) -> Iterator[gs.Tensor]:
     A body's outputs count as reads too: a body may return an outer value directly.
     """
     yield from node.inputs
-    for attribute in node.attrs.values():
-        for subgraph in _subgraphs_of(attribute):
-            for owner in iter_graphs(subgraph, functions=False):
-                yield from owner.outputs
-                for inner in owner.nodes:
-                    yield from inner.inputs
+    for subgraph in node_subgraphs(node) if node.attrs else ():
+        for owner in iter_graphs(subgraph, functions=False):
+            yield from owner.outputs
+            for inner in owner.nodes:
+                yield from inner.inputs
+
+
+def _reads(node: gs.Node) -> list[gs.Tensor]:
+    """`all_reads` as a list, without the generator for the common node that has no body."""
+    if node.attrs and node_subgraphs(node):
+        return list(all_reads(node))
+    return list(node.inputs)
 
 
 def toposort(graph: gs.Graph) -> None:
@@ -368,23 +381,25 @@ def toposort(graph: gs.Graph) -> None:
 def toposorted_nodes(level: gs.Graph) -> list[gs.Node]:
     """One graph level's nodes in topological order (see `toposort`); the level is not modified."""
     nodes = level.nodes
-    local = {id(node): node for node in nodes}
+    local = {id(node) for node in nodes}
     done: set[int] = set()
     ordered: list[gs.Node] = []
     for root in nodes:
         if id(root) in done:
             continue
         # Iterative depth-first post-order over producers: no recursion limit on long chains.
-        stack = [(root, iter(list(all_reads(root))))]
+        stack = [(root, iter(_reads(root)))]
         done.add(id(root))
         while stack:
             node, reads = stack[-1]
             for tensor in reads:
-                writer = producer(tensor)
-                if writer is not None and id(writer) in local and id(writer) not in done:
-                    done.add(id(writer))
-                    stack.append((writer, iter(list(all_reads(writer)))))
-                    break
+                writers = tensor.inputs
+                if writers:
+                    writer = writers[0]
+                    if id(writer) in local and id(writer) not in done:
+                        done.add(id(writer))
+                        stack.append((writer, iter(_reads(writer))))
+                        break
             else:
                 stack.pop()
                 ordered.append(node)
@@ -411,11 +426,14 @@ def remove_dead_nodes_in_level(owner: gs.Graph) -> int:
     live: set[int] = set()
     stack = list(owner.outputs)
     while stack:
-        writer = producer(stack.pop())
-        if writer is None or id(writer) not in local or id(writer) in live:
+        writers = stack.pop().inputs
+        if not writers:
+            continue
+        writer = writers[0]
+        if id(writer) not in local or id(writer) in live:
             continue
         live.add(id(writer))
-        stack.extend(all_reads(writer))
+        stack.extend(_reads(writer))
     if len(live) == len(owner.nodes):
         return 0
     removed = 0
@@ -440,3 +458,22 @@ def quiet_graphsurgeon():
         yield
     finally:
         gs.logger.G_LOGGER.severity = previous
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Pauses Python's cyclic garbage collector for the duration; reference counting still frees.
+
+    Importing, rewriting or exporting a 100k-node graph allocates millions of objects that stay
+    alive, and every full collection walks all of them: with the collector on, import, cleanup,
+    fuse and export cost 1.7x more per node at 100k nodes than at 1k, against 1.2x with it
+    paused. The cycles a pass leaves behind (a removed node and its tensors point at each other)
+    are collected once the collector runs again. Restored only if it was on, so nesting is safe.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

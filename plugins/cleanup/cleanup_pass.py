@@ -31,9 +31,10 @@ class Cleanup(graphopt.Pass):
     - constant subgraphs, folded to initializers, unless a folded value would grow the model
       by more than `fold_growth_limit` bytes (Tile/Expand/ConstantOfShape stay nodes then);
     - initializers with equal values, merged; nodes computing the same thing, merged.
-    Refuses nothing; never touches graph input or output names. Lossless: outputs equal to
-    the per-dtype tolerance (folding evaluates in onnxruntime, so results are bit-identical
-    to what the runtime would compute).
+    Never folds random ops (RandomNormal/Uniform[Like], Bernoulli, Multinomial) or nodes with
+    bodies. Refuses nothing; never touches graph input or output names. Lossless: outputs equal
+    to the per-dtype tolerance (folding gives the runtime's own bits: numpy only for the cheap
+    ops where it agrees with onnxruntime exactly, onnxruntime with optimizations off for the rest).
     """
 
     name = "cleanup"
@@ -55,7 +56,8 @@ class Cleanup(graphopt.Pass):
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
         stats = {"unused_initializers": _unused_initializers(ctx.model) if ctx.model is not None else 0}
-        with _distinct_node_names(graph):
+        # Quiet: graphsurgeon warns on the terminal whenever a step reads a bfloat16 constant's values.
+        with ir.collector_paused(), ir.quiet_graphsurgeon(), _distinct_node_names(graph):
             for round_index in range(_MAX_ROUNDS):
                 if round_index and options.fold_constants and decides_by_unknown_shapes(graph):
                     ir.refresh_shapes(graph)  # what the last round created has no shapes yet

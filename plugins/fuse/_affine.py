@@ -26,20 +26,10 @@ __all__ = [
     "fold_before",
     "take_output",
     "bypass",
-    "level_nodes",
 ]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOATS = (np.float16, np.float32, np.float64)
-
-
-def level_nodes(graph: gs.Graph) -> set[int]:
-    """Ids of the nodes of one graph level: a rule merges a node only with partners from its own level.
-
-    A body of If/Loop/Scan reads outer tensors directly, so `producer`/`consumers` can lead to
-    a node of another level; moving a tensor between levels would break both graphs.
-    """
-    return {id(node) for node in graph.nodes}
 
 
 def sole_reader(tensor: gs.Tensor, ctx: FuseContext) -> gs.Node | None:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import LINEAR_OPS, fold_after, output_channels, sole_reader, take_output, level_nodes
+from graphopt_plugins.fuse._affine import LINEAR_OPS, fold_after, output_channels, sole_reader, take_output
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_batchnorm_into_linear", "batchnorm_affine"]
@@ -29,7 +29,7 @@ def fold_batchnorm_into_linear(graph: gs.Graph, ctx: FuseContext) -> int:
     axis other than the output channels (a MatMul with a 3-D output).
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for bn in list(graph.nodes):
         if bn.op != "BatchNormalization" or not bn.inputs:
             continue

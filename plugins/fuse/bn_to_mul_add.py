@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt_plugins.fuse._affine import input_channels, sole_reader, level_nodes
+from graphopt_plugins.fuse._affine import input_channels, sole_reader
 from graphopt_plugins.fuse.bn_fold import batchnorm_affine
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -28,7 +28,7 @@ def batchnorm_to_mul_add(graph: gs.Graph, ctx: FuseContext) -> int:
     output, or feeds anything else (two elementwise nodes would then replace one BN).
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for bn in list(graph.nodes):
         if bn.op != "BatchNormalization" or not bn.inputs:
             continue

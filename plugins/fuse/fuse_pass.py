@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 import graphopt
 from graphopt import ir
 from graphopt_plugins.fuse.catalogue import RULES, rule_names
-from graphopt_plugins.fuse.rule import ONNXRUNTIME, STANDARD, FuseContext, Rule
+from graphopt_plugins.fuse.rule import ONNXRUNTIME, STANDARD, FuseContext, LevelMembership, Rule
 
 __all__ = ["Fuse"]
 
@@ -61,13 +61,22 @@ class Fuse(graphopt.Pass):
         return [rule for rule in RULES if (asked is None or rule.name in asked) and rule.name not in skipped]
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
+        with ir.collector_paused():  # see ir.collector_paused: full collections made big graphs superlinear
+            stats = self._fuse(graph, ctx)
+        ctx.logger.info("fuse: %s", stats)
+        return graphopt.PassResult(changed=bool(stats), stats=stats)
+
+    def _fuse(self, graph: gs.Graph, ctx: graphopt.PassContext) -> dict[str, int]:
         rules = self.selected_rules()
         taken = {tensor for owner in ir.iter_graphs(graph) for tensor in owner.tensors()} | {
             node.name for _, node in ir.iter_nodes(graph)
         }
         stats: Counter[str] = Counter()
-        for owner in ir.iter_graphs(graph):
-            level = FuseContext(opset=ctx.opset, target=self.options.target, graph=owner, _taken=taken)
+        levels = list(ir.iter_graphs(graph))
+        level_of = {id(node): (index, node) for index, owner in enumerate(levels) for node in owner.nodes}
+        for index, owner in enumerate(levels):
+            members = LevelMembership(level_of, index)
+            level = FuseContext(opset=ctx.opset, target=self.options.target, graph=owner, _taken=taken, level_members=members)
             enabled = [rule for rule in rules if rule.enabled(level)]
             for _ in range(self.options.max_rounds):
                 fired = Counter({rule.name: rule.apply(owner, level) for rule in enabled})
@@ -76,7 +85,8 @@ class Fuse(graphopt.Pass):
                     break
                 stats.update(fired)
                 ir.remove_dead_nodes_in_level(owner)
+            # The nodes its rules created, indexed before the next level's rules ask about them.
+            level_of.update((id(node), (index, node)) for node in owner.nodes)
         if stats:
             ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
-        ctx.logger.info("fuse: %s", dict(stats))
-        return graphopt.PassResult(changed=bool(stats), stats=dict(stats))
+        return dict(stats)

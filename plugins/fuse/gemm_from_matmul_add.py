@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader, take_output, level_nodes
+from graphopt_plugins.fuse._affine import sole_reader, take_output
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["gemm_from_matmul_add"]
@@ -26,7 +26,7 @@ def gemm_from_matmul_add(graph: gs.Graph, ctx: FuseContext) -> int:
     reader or is a graph output; the dtype is not a float Gemm takes.
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for add in list(graph.nodes):
         if add.op != "Add" or len(add.inputs) != 2:
             continue

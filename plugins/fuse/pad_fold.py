@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader, level_nodes
+from graphopt_plugins.fuse._affine import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_pad_into_window"]
@@ -30,7 +30,7 @@ def fold_pad_into_window(graph: gs.Graph, ctx: FuseContext) -> int:
     input's rank is unknown.
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for pad in list(graph.nodes):
         if pad.op != "Pad" or not pad.inputs:
             continue

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader, level_nodes
+from graphopt_plugins.fuse._affine import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["collapse_reshape_chains"]
@@ -26,7 +26,7 @@ def collapse_reshape_chains(graph: gs.Graph, ctx: FuseContext) -> int:
     a constant; `s2` holds a 0 with `allowzero=1`, or a 0 whose dimension is unknown.
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for outer in list(graph.nodes):
         if outer.op != "Reshape" or len(outer.inputs) != 2:
             continue

@@ -16,12 +16,30 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-__all__ = ["Rule", "FuseContext", "STANDARD", "ONNXRUNTIME"]
+__all__ = ["Rule", "FuseContext", "LevelMembership", "STANDARD", "ONNXRUNTIME"]
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])  # graphopt_plugins.fuse
 
 STANDARD = "onnx"  # standard ONNX ops only: the result runs on any runtime
 ONNXRUNTIME = "onnxruntime"  # com.microsoft contrib ops allowed too
+
+
+class LevelMembership:
+    """`id(node) in membership`: whether a node belongs to one graph level, without a set of the
+    level's nodes built per rule and round (that cost a scan of the graph per rule per round).
+
+    `level_of` maps every node of the model, at any level, to its level's index, holding the node
+    too so that no id is reused while the pass runs. A node missing from it was created by the
+    rules of the level being rewritten, since only that level changes while its rules run.
+    """
+
+    def __init__(self, level_of: dict[int, tuple[int, gs.Node]], level: int):
+        self._level_of = level_of
+        self._level = level
+
+    def __contains__(self, node_id: int) -> bool:
+        entry = self._level_of.get(node_id)
+        return entry is None or entry[0] == self._level
 
 
 @dataclasses.dataclass
@@ -33,6 +51,14 @@ class FuseContext:
     graph: gs.Graph
     _counter: itertools.count = dataclasses.field(default_factory=itertools.count)
     _taken: set[str] = dataclasses.field(default_factory=set)
+    level_members: LevelMembership | None = None  # None: membership is computed from graph.nodes
+    _near_misses: set[tuple] = dataclasses.field(default_factory=set)
+
+    def local_nodes(self) -> LevelMembership | set[int]:
+        """What `id(node) in ...` asks of: is the node one of this graph level's? (see `LevelMembership`)"""
+        if self.level_members is not None:
+            return self.level_members
+        return {id(node) for node in self.graph.nodes}
 
     @property
     def allows_contrib_ops(self) -> bool:
@@ -56,7 +82,15 @@ class FuseContext:
         return gs.Variable(self.fresh_name(hint), dtype=dtype, shape=shape)
 
     def near_miss(self, rule: str, node: gs.Node, reason: str) -> None:
-        """Logs, at debug level, why `rule` did not fire at `node` (`--debug` shows these)."""
+        """Logs, at debug level, why `rule` did not fire at `node` (`--debug` shows these).
+
+        Once per site and reason: every round of the fix point revisits the sites that did not
+        match, and the log would otherwise repeat them once per round.
+        """
+        site = (rule, node.name or id(node), reason)
+        if site in self._near_misses:
+            return
+        self._near_misses.add(site)
         logger.debug("fuse.%s: %s '%s' not rewritten: %s", rule, node.op, node.name, reason)
 
 

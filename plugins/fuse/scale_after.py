@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import LINEAR_OPS, channel_vector, constant_operand, fold_after, output_channels, sole_reader, take_output, level_nodes
+from graphopt_plugins.fuse._affine import LINEAR_OPS, channel_vector, constant_operand, fold_after, output_channels, sole_reader, take_output
 from graphopt_plugins.fuse.bn_fold import batchnorm_affine
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -33,7 +33,7 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
     `c` is zero in a Div; `c` broadcasts along other axes or is not floating point.
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for node in list(graph.nodes):
         if node.op not in _OPS:
             continue

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels, sole_reader, level_nodes
+from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_channel_constants_before"]
@@ -37,7 +37,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
     node, that saves more than this fold.
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for node in list(graph.nodes):
         if node.op not in _OPS:
             continue
@@ -77,7 +77,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
     return rewritten
 
 
-def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear: gs.Node, channels, local: set[int], ctx: FuseContext) -> bool:
+def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear: gs.Node, channels, local, ctx: FuseContext) -> bool:
     """`(x0 * s + b)` before a linear node that cannot take the shift: rewritten as `x0 + b/s`,
     with `s` folded into the weight. Needs a per-channel, non-zero `s` read by the Add alone."""
     mul = ir.producer(x)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import bypass, sole_reader, level_nodes
+from graphopt_plugins.fuse._affine import bypass, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["remove_squeeze_pairs"]
@@ -28,7 +28,7 @@ def remove_squeeze_pairs(graph: gs.Graph, ctx: FuseContext) -> int:
     cannot be renamed to (a graph input, or a tensor with other readers).
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for outer in list(graph.nodes):
         if outer.op not in _INVERSE or not outer.inputs:
             continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import level_nodes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["merge_transpose_chains"]
@@ -24,7 +23,7 @@ def merge_transpose_chains(graph: gs.Graph, ctx: FuseContext) -> int:
     are pointed at `x`.
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for outer in list(graph.nodes):
         if outer.op != "Transpose" or not outer.inputs:
             continue

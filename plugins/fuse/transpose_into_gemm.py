@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader, level_nodes
+from graphopt_plugins.fuse._affine import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_transpose_into_gemm"]
@@ -23,7 +23,7 @@ def fold_transpose_into_gemm(graph: gs.Graph, ctx: FuseContext) -> int:
     would stay, and nothing is saved); its rank is unknown; it is Gemm's C input.
     """
     rewritten = 0
-    local = level_nodes(graph)  # partners in nested bodies or outer graphs are never merged
+    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for gemm in list(graph.nodes):
         if gemm.op != "Gemm":
             continue

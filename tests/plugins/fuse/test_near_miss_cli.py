@@ -29,3 +29,14 @@ def test_without_debug_near_misses_are_not_shown(tmp_path, capsys):
     onnx.save(model_from_text(GELU_AT_18, opset=18), path)
     assert main(["optimize", str(path), "-o", str(tmp_path / "out.onnx"), "--passes", "fuse"]) == 0
     assert "not rewritten" not in capsys.readouterr().err
+
+
+def test_a_near_miss_is_logged_once_though_the_fix_point_takes_several_rounds(tmp_path, capsys):
+    """The Transpose pair fires in round 1, so round 2 revisits the Gelu site that cannot fuse."""
+    text = GELU_AT_18.replace("y = Mul(m, half)", "h = Mul(m, half)\n        t = Transpose <perm = [1, 0]> (h)\n        y = Transpose <perm = [1, 0]> (t)")
+    path = tmp_path / "gelu_transposes.onnx"
+    onnx.save(model_from_text(text, opset=18), path)
+    assert main(["optimize", str(path), "-o", str(tmp_path / "out.onnx"), "--passes", "fuse", "--debug"]) == 0
+    err = capsys.readouterr().err
+    assert "transpose_chain" in err  # it fired, so a second round ran
+    assert err.count("fuse.gelu: Erf") == 1
