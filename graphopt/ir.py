@@ -201,6 +201,9 @@ def refresh_shapes(graph: gs.Graph) -> int:
     that decides by shape (folding a `Shape`, a size cap) would find more to do when run again.
     Running this between fix-point rounds makes such a pass idempotent. Main graph only.
     """
+    # Weights still mapped from the input's files go out as their file references (inference
+    # needs no values of them), not read into the throwaway proto: 2.4 GiB on the scale model.
+    unmap_external_constants(iter_graphs(graph))
     with quiet_graphsurgeon():
         model = gs.export_onnx(graph, do_type_check=False)
     try:

@@ -105,3 +105,16 @@ def test_optimize_to_file_streams_spilled_and_untouched_weights_into_the_output(
     report = graphopt.optimize_to_file(str(source), tmp_path / "one.onnx", passes=["cleanup"])
     assert not (tmp_path / "one.onnx.data").exists()
     assert_close(run_ort(source, feeds), run_ort(tmp_path / "one.onnx", feeds))
+
+
+def test_refreshing_shapes_leaves_mapped_weights_on_disk(tmp_path):
+    source = save_split_all(folded_mlp_model(), tmp_path / "in")
+    model = infer_model_shapes(load_model(source))
+    graph = ir.import_graph(model)
+    weight = graph.tensors()["w1"]
+    mapped = weight.values
+    assert isinstance(mapped, np.memmap)
+    ir.refresh_shapes(graph)
+    # exported as its file reference, so the constant holds the reference again, not a copy
+    assert type(weight._values).__name__ == "_MappedValues"
+    np.testing.assert_array_equal(weight.values, mapped)
