@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 import graphopt
 from graphopt import ir
 from graphopt.verify.metrics import Budget
+from graphopt_plugins.prune.backoff import adopt_graph, search_strength
 from graphopt_plugins.prune.groups import find_groups, prunable_layer
 from graphopt_plugins.prune.shrink import is_pruned_weight
 from graphopt_plugins.prune.statistics import calibration_samples
@@ -22,6 +23,7 @@ from graphopt_plugins.prune.unstructured import find_layers, prune_weights
 __all__ = ["Prune"]
 
 logger = logging.getLogger(__name__)
+_DEFAULT_BUDGET = Budget(cos=0.99)
 
 
 class Prune(graphopt.Pass):
@@ -37,14 +39,18 @@ class Prune(graphopt.Pass):
     convs, Concat offsets, residual Add/Mul groups, Flatten/Reshape into a Gemm/MatMul, pooling,
     Resize); tensors physically shrink. A group that reaches a graph output, a channel-mixing
     Reshape, a Gather, a Split, a Softmax over channels, a subgraph or an unknown op is skipped
-    and reported with its reason. Layers whose outputs were already pruned (weights named
-    `*.pruned-out`) are left alone, so a second run changes nothing.
+    and reported with its reason.
 
     With calibration data (`reconstruct`, default when `--calibration` is given) the remaining
     weights are refit layer by layer to the unpruned layer's output on the calibration
     activations: SparseGPT for weights, least squares of the next layer for channels.
     Weights live in initializers or Constant nodes; nested graphs are left alone. Lossy: held
-    to `budget`, else `--budget`, else cos=0.99.
+    to `budget`, else `--budget`, else cos=0.99. Before returning, the pass measures its result
+    on the fitting data and, when it misses the budget, bisects the amount (sparsity, ratio, or
+    for n:m the share of layers given the pattern, least harmful first) for `backoff` tries,
+    keeping the largest that holds; if none does, the model is left unchanged. Layers this
+    pass already pruned (`*.sparse`, `*.pruned-out` weights) are left alone, so a second run
+    changes nothing.
     """
 
     name = "prune"
@@ -68,6 +74,7 @@ class Prune(graphopt.Pass):
         samples: int = 16  # calibration samples used at most
         max_rows: int = 2048  # activation rows kept per sample for statistics
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
+        backoff: int = 5  # bisection steps on the amount when the budget is missed (-1: no budget check)
 
         def __post_init__(self):
             if not 0.0 <= self.sparsity < 1.0:
@@ -88,6 +95,8 @@ class Prune(graphopt.Pass):
                 raise ValueError("pattern applies to unstructured pruning only")
             if self.min_channels < 1 or self.channel_multiple < 1 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
                 raise ValueError("min_channels, channel_multiple, samples and max_rows must be >= 1, min_weights >= 0")
+            if self.backoff < -1:
+                raise ValueError("backoff must be >= -1")
             if self.damp < 0:
                 raise ValueError("damp must be >= 0")
             Budget.parse(self.budget)  # a malformed budget is a usage error now, not after the work
@@ -96,17 +105,22 @@ class Prune(graphopt.Pass):
         options = self.options
         settings = types.SimpleNamespace(**dataclasses.asdict(options))
         settings.pattern_nm = tuple(map(int, options.pattern.split(":"))) if options.pattern else (0, 0)
+        settings.pattern_share = 1.0
         settings.reconstruct_enabled = options.reconstruct == "true" or (options.reconstruct == "auto" and ctx.calibration is not None)
+        settings.track = ctx.track
         wants_data = settings.reconstruct_enabled or options.importance == "activation" or options.allocation == "sensitivity"
-        samples = calibration_samples(ctx, options.samples, logger) if wants_data else None
+        checks_budget = options.backoff >= 0 and not self._nothing_asked(settings)
+        samples = calibration_samples(ctx, options.samples, logger) if wants_data or checks_budget else None
         if settings.reconstruct_enabled and samples is None:
             logger.warning("prune: reconstruction needs data (--calibration or verification inputs); pruning without it")
             settings.reconstruct_enabled = False
         model = ctx.model
-        if options.structured == "channels":
-            stats = self._channels(graph, settings, model, samples)
+        if checks_budget and samples is None:
+            logger.warning("prune: no calibration data nor verifier inputs; budget unchecked")
+        if checks_budget and samples is not None:
+            stats = self._within_budget(graph, settings, model or ir.export_model(graph, gs.export_onnx(graph)), samples, ctx)
         else:
-            stats = self._weights(graph, settings, model, samples)
+            stats = self._prune(graph, settings, model, samples)
         stats["reconstructed"] = settings.reconstruct_enabled and stats["changed"]
         changed = stats.pop("changed")
         if changed:
@@ -114,6 +128,49 @@ class Prune(graphopt.Pass):
             ir.toposort(graph)
         ctx.logger.info("prune: %s", {k: v for k, v in stats.items() if not isinstance(v, list)})
         return graphopt.PassResult(changed=changed, stats=stats)
+
+    @staticmethod
+    def _nothing_asked(settings) -> bool:
+        if settings.structured == "channels":
+            return settings.ratio == 0
+        return settings.sparsity == 0 and not settings.pattern
+
+    def _prune(self, graph: gs.Graph, settings, model, samples) -> dict:
+        if settings.structured == "channels":
+            return self._channels(graph, settings, model, samples)
+        return self._weights(graph, settings, model, samples)
+
+    def _within_budget(self, graph: gs.Graph, settings, model, samples, ctx) -> dict:
+        """Prunes at the largest strength (share of the requested amount) that meets the budget."""
+        budget = Budget.parse(self.options.budget) or ctx.budget or _DEFAULT_BUDGET
+
+        def prune_copy(strength: float):
+            copy = ir.import_graph(model)
+            scaled = types.SimpleNamespace(**vars(settings))
+            scaled.sparsity, scaled.ratio = settings.sparsity * strength, settings.ratio * strength
+            scaled.pattern_share = strength
+            return copy, self._prune(copy, scaled, model, samples)
+
+        best, tried = search_strength(prune_copy, model, samples, budget, self.options.backoff,
+                                      track=lambda steps: ctx.track(steps, desc="prune: budget search"))
+        for attempt in tried[1:] if tried else ():
+            logger.info("prune: strength %.3g %s", attempt.strength, "within budget" if not attempt.violations else "misses " + budget.describe())
+        if best is None:
+            if tried and tried[0].stats.get("changed"):
+                logger.info("prune: no strength meets %s; model left unchanged", budget.describe())
+            nothing = {"groups_pruned": 0, "channels_removed": 0} if settings.structured == "channels" else {"layers_pruned": 0}
+            stats = dict(nothing, changed=False, strength=0.0)
+        else:
+            adopt_graph(graph, best.graph)
+            stats = dict(best.stats, strength=round(best.strength, 4), calibration_metrics=best.metrics)
+            if settings.structured == "channels":
+                stats["ratio"] = round(settings.ratio * best.strength, 4)
+            elif settings.pattern:
+                stats["pattern_share"] = round(best.strength, 4)
+            else:
+                stats["sparsity"] = round(settings.sparsity * best.strength, 4)
+        stats.update(budget=budget.describe(), attempts=[attempt.summary() for attempt in tried])
+        return stats
 
     def _channels(self, graph: gs.Graph, settings, model, samples) -> dict:
         if settings.ratio == 0:

@@ -40,9 +40,14 @@ class SinkRecord:
     errors: tuple[float, float] = (0.0, 0.0)  # relative output error before / after the refit
 
 
-def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRecord], samples: dict, max_rows: int, damp: float) -> None:
-    """Refits every record's node in place, level by level; fills `record.errors`."""
-    for level in _levels(graph, records):
+def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRecord], samples: dict, max_rows: int, damp: float,
+                track=lambda items, desc, total: items) -> None:
+    """Refits every record's node in place, level by level; fills `record.errors`.
+
+    `track` is `PassContext.track` (a progress bar over the levels) or the default no-op.
+    """
+    levels = _levels(graph, records)
+    for level in track(levels, desc="prune: refit", total=len(levels)):
         pruned = onnx.shape_inference.infer_shapes(ir.export_model(graph, original), strict_mode=False)
         names = sorted({record.tensor for record in level})
         grams: dict[int, np.ndarray] = {}

@@ -32,7 +32,7 @@ def prune_channels(graph: gs.Graph, groups: list[Group], options, model: onnx.Mo
     grams = {}
     if samples is not None and model is not None and options.importance == "activation":
         requests = {_request(sink) for group in groups for sink in group.sinks if _features(sink) <= _MAX_FEATURES}
-        grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows)
+        grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows, track=options.track)
     scores = [_importance(group, options.importance, grams) for group in groups]
     counts = _counts(groups, scores, options)
     plan = []
@@ -152,7 +152,7 @@ def _refit_sinks(graph: gs.Graph, plan, deleted: dict, model: onnx.ModelProto, s
         bias = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
         records.append(SinkRecord(node, sink.slot.tensor.name, sink.slot.axis, in_axis, original, bias))
         owners.append(groups)
-    refit_sinks(graph, model, records, samples, options.max_rows, options.damp)
+    refit_sinks(graph, model, records, samples, options.max_rows, options.damp, track=options.track)
     found: dict[int, dict] = {}
     for record, groups in zip(records, owners):
         for owner in groups:
