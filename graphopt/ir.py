@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.mapped_weights import map_external_constants, unmap_external_constants
 from graphopt.model_io import external_data_dir, iter_graph_protos
+from graphopt.sparse_tensors import densify_sparse_tensors
 
 __all__ = [
     "import_graph",
@@ -54,6 +55,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     An initializer that is also a graph input (IR >= 4) is a default the caller may override,
     so it is imported as an input Variable, not as a Constant a pass could fold away.
     """
+    model = densify_sparse_tensors(model)  # graphsurgeon would drop them
     with quiet_graphsurgeon():
         graph = gs.import_onnx(model)
     folder = external_data_dir(model)
