@@ -32,7 +32,10 @@ class Prune(graphopt.Pass):
     `structured=none` zeroes the least important weights of Conv/Gemm/MatMul layers with
     constant weights: per layer, by one global magnitude threshold, or by measured sensitivity;
     `pattern=n:m` keeps n nonzeros in each m along the reduction axis. Zeros alone make no dense
-    kernel faster; the report gives dense and zip-compressed bytes.
+    kernel faster; the report gives dense, stored and zip-compressed bytes. `storage=sparse`
+    writes a pruned weight as a Constant with a COO `sparse_value` where that is smaller than
+    dense (int64 indices: above 2/3 zeros for float32); onnxruntime densifies it at load, so
+    this shrinks the file, not memory or latency.
 
     `structured=channels` removes output channels of Conv/ConvTranspose/Gemm/MatMul and
     everything that depends on them (BN and per-channel constants, activations, depthwise
@@ -73,6 +76,7 @@ class Prune(graphopt.Pass):
         damp: float = 0.01  # ridge added to Gram/Hessian diagonals, relative to their mean
         samples: int = 16  # calibration samples used at most
         max_rows: int = 2048  # activation rows kept per sample for statistics
+        storage: Literal["dense", "sparse"] = "dense"  # unstructured: sparse writes a pruned weight as Constant(sparse_value) where that is smaller (above ~2/3 zeros)
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
         backoff: int = 5  # bisection steps on the amount when the budget is missed (-1: no budget check)
 
@@ -91,6 +95,8 @@ class Prune(graphopt.Pass):
                     raise ValueError("pattern n:m needs 0 < n < m")
             if self.structured == "channels" and self.allocation == "global":
                 raise ValueError("allocation=global is for unstructured pruning; use sensitivity for channels")
+            if self.structured == "channels" and self.storage == "sparse":
+                raise ValueError("storage=sparse applies to unstructured pruning only (channels shrink tensors instead)")
             if self.structured == "channels" and self.pattern:
                 raise ValueError("pattern applies to unstructured pruning only")
             if self.min_channels < 1 or self.channel_multiple < 1 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
@@ -211,6 +217,8 @@ class Prune(graphopt.Pass):
             "weights_zeroed": zeroed,
             "weights_in_pruned_layers": sum(row["weights"] for row in table),
             "dense_bytes": sum(row["dense_bytes"] for row in table),
+            "stored_bytes": sum(row["stored_bytes"] for row in table),
+            "layers_stored_sparse": sum(1 for row in table if row["stored_bytes"] < row["dense_bytes"]),
             "zip_bytes_before": sum(row["zip_bytes_before"] for row in table),
             "zip_bytes_after": sum(row["zip_bytes_after"] for row in table),
             "layers": table,
