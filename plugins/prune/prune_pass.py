@@ -15,6 +15,7 @@ from graphopt import ir
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.prune.backoff import adopt_graph, search_strength
 from graphopt_plugins.prune.groups import find_groups, prunable_layer
+from graphopt_plugins.prune.latency_allocation import GroupCost, group_gains, group_losses, probe_count
 from graphopt_plugins.prune.shrink import is_pruned_weight
 from graphopt_plugins.prune.statistics import calibration_samples
 from graphopt_plugins.prune.structured import prune_channels
@@ -67,7 +68,7 @@ class Prune(graphopt.Pass):
         pattern: str = ""  # unstructured n:m, e.g. 2:4: at most n nonzeros in every m along the reduction axis
         ratio: float = 0.25  # structured: share of channels removed (per group, or overall with allocation)
         importance: Literal["l1", "l2", "activation"] = "l2"  # channel ranking: weight norm, or calibrated output energy
-        allocation: Literal["uniform", "global", "sensitivity"] = "uniform"  # per-layer amounts: equal, one threshold, least estimated loss
+        allocation: Literal["uniform", "global", "sensitivity", "latency"] = "uniform"  # per-layer amounts: equal, one threshold, least estimated loss, least measured loss per MAC (channels; ratio is then a share of MACs)
         reconstruct: Literal["auto", "true", "false"] = "auto"  # refit remaining weights on calibration data (auto: with --calibration)
         max_ratio: float = 0.9  # allocation never removes more than this share of one layer or group
         min_channels: int = 1  # a group keeps at least this many channels
@@ -75,6 +76,7 @@ class Prune(graphopt.Pass):
         min_weights: int = 0  # unstructured: layers with fewer weights stay dense
         damp: float = 0.01  # ridge added to Gram/Hessian diagonals, relative to their mean
         samples: int = 16  # calibration samples used at most
+        sensitivity_samples: int = 8  # allocation=latency: samples each group's loss is measured on
         max_rows: int = 2048  # activation rows kept per sample for statistics
         storage: Literal["dense", "sparse"] = "dense"  # unstructured: sparse writes a pruned weight as Constant(sparse_value) where that is smaller (above ~2/3 zeros)
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
@@ -95,10 +97,14 @@ class Prune(graphopt.Pass):
                     raise ValueError("pattern n:m needs 0 < n < m")
             if self.structured == "channels" and self.allocation == "global":
                 raise ValueError("allocation=global is for unstructured pruning; use sensitivity for channels")
+            if self.allocation == "latency" and self.structured != "channels":
+                raise ValueError("allocation=latency is for structured=channels")
             if self.structured == "channels" and self.storage == "sparse":
                 raise ValueError("storage=sparse applies to unstructured pruning only (channels shrink tensors instead)")
             if self.structured == "channels" and self.pattern:
                 raise ValueError("pattern applies to unstructured pruning only")
+            if self.sensitivity_samples < 1:
+                raise ValueError("sensitivity_samples must be >= 1")
             if self.min_channels < 1 or self.channel_multiple < 1 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
                 raise ValueError("min_channels, channel_multiple, samples and max_rows must be >= 1, min_weights >= 0")
             if self.backoff < -1:
@@ -114,17 +120,19 @@ class Prune(graphopt.Pass):
         settings.pattern_share = 1.0
         settings.reconstruct_enabled = options.reconstruct == "true" or (options.reconstruct == "auto" and ctx.calibration is not None)
         settings.track = ctx.track
-        wants_data = settings.reconstruct_enabled or options.importance == "activation" or options.allocation == "sensitivity"
+        wants_data = settings.reconstruct_enabled or options.importance == "activation" or options.allocation in ("sensitivity", "latency")
         checks_budget = options.backoff >= 0 and not self._nothing_asked(settings)
         samples = calibration_samples(ctx, options.samples, logger) if wants_data or checks_budget else None
         if settings.reconstruct_enabled and samples is None:
             logger.warning("prune: reconstruction needs data (--calibration or verification inputs); pruning without it")
             settings.reconstruct_enabled = False
-        model = ctx.model
+        model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
+        if options.allocation == "latency" and samples is not None and not self._nothing_asked(settings):
+            settings.group_costs = self._group_costs(graph, settings, model, samples, ctx)
         if checks_budget and samples is None:
             logger.warning("prune: no calibration data nor verifier inputs; budget unchecked")
         if checks_budget and samples is not None:
-            stats = self._within_budget(graph, settings, model or ir.export_model(graph, gs.export_onnx(graph)), samples, ctx)
+            stats = self._within_budget(graph, settings, model, samples, ctx)
         else:
             stats = self._prune(graph, settings, model, samples)
         stats["reconstructed"] = settings.reconstruct_enabled and stats["changed"]
@@ -178,20 +186,32 @@ class Prune(graphopt.Pass):
         stats.update(budget=budget.describe(), attempts=[attempt.summary() for attempt in tried])
         return stats
 
+    def _group_costs(self, graph: gs.Graph, settings, model, samples, ctx) -> dict[str, GroupCost]:
+        """Per safe group: MACs per channel, and the loss measured with it alone half pruned."""
+        safe = _safe_groups(find_groups(graph))[0]
+        if not safe:
+            return {}
+        gains = group_gains(safe, model, samples)
+        probe_samples = {name: value[: self.options.sensitivity_samples] for name, value in samples.items()}
+        probes = {g.name: probe_count(g.size, settings.channel_multiple, settings.min_channels) for g in safe}
+
+        def prune_one(copy: gs.Graph, name: str) -> bool:
+            group = next((g for g in _safe_groups(find_groups(copy))[0] if g.name == name), None)
+            if group is None or not probes[name]:
+                return False
+            probe = types.SimpleNamespace(**vars(settings))
+            probe.allocation, probe.reconstruct_enabled, probe.ratio = "uniform", False, (probes[name] + 0.5) / group.size
+            prune_channels(copy, [group], probe, model, probe_samples)
+            return True
+
+        losses = group_losses(model, probe_samples, [g.name for g in safe if probes[g.name]], prune_one, ctx.track)
+        return {name: GroupCost(gains[name], loss, probes[name]) for name, loss in losses.items()}
+
     def _channels(self, graph: gs.Graph, settings, model, samples) -> dict:
         if settings.ratio == 0:
             return {"changed": False, "groups": 0}
         groups = find_groups(graph)
-        safe, skipped = [], []
-        for group in groups:
-            reason = group.reason
-            if reason is None and any(is_pruned_weight(root.inputs[prunable_layer(root)[0]]) for root, _ in group.roots):
-                reason = "already pruned"
-            if reason is None:
-                safe.append(group)
-            else:
-                skipped.append({"group": group.name, "reason": reason})
-                logger.debug("prune: group of '%s' skipped: %s", group.name, reason)
+        safe, skipped = _safe_groups(groups)
         rewritten, table = prune_channels(graph, safe, settings, model, samples) if safe else (0, [])
         removed = sum(row["channels"] - row["kept"] for row in table)
         return {
@@ -199,6 +219,7 @@ class Prune(graphopt.Pass):
             "groups": len(groups),
             "groups_pruned": sum(1 for row in table if row["kept"] < row["channels"]),
             "groups_skipped": len(skipped),
+            "allocation": settings.allocation,
             "channels_removed": removed,
             "channels_total": sum(row["channels"] for row in table),
             "skipped": skipped,
@@ -224,3 +245,18 @@ class Prune(graphopt.Pass):
             "layers": table,
         }
         return stats
+
+
+def _safe_groups(groups: list) -> tuple[list, list[dict]]:
+    """(groups that can be pruned, one `{group, reason}` per group that cannot)."""
+    safe, skipped = [], []
+    for group in groups:
+        reason = group.reason
+        if reason is None and any(is_pruned_weight(root.inputs[prunable_layer(root)[0]]) for root, _ in group.roots):
+            reason = "already pruned"
+        if reason is None:
+            safe.append(group)
+        else:
+            skipped.append({"group": group.name, "reason": reason})
+            logger.debug("prune: group of '%s' skipped: %s", group.name, reason)
+    return safe, skipped
