@@ -6,10 +6,12 @@ and 1-thread latency of structured pruning, in one run.
 Models: PP-OCRv4 det and PP-OCR cls (wheel `rapidocr-onnxruntime==1.4.4`, cached by
 `common.fetch_models`), and a BERT-style encoder exported from torch (4 layers, width 256,
 random weights: no trained checkpoint is reachable offline). Inputs: the OCR models get
-rendered text images (random words, Pillow's bundled font, the models' own normalization),
-8 for calibration and 4 held out; cosine is the worst output cosine over the held-out samples.
-Latency is `graphopt.bench.measure_latency` at 1 thread, baseline and candidate measured in
-alternation (`--rounds` × `--runs` each), reported as medians and the ratio of medians.
+synthetic text images (`text_images.py`), `--calibration` of them for fitting (64 by default)
+and 16 others held out; cosine is the worst output cosine over the held-out images (one image
+at a time), with the cosine over all of them stacked (what the verifier and the pass's budget
+measure) beside it. Latency is `graphopt.bench.compare_latency` at 1 thread, baseline and
+pruned models run in turn (`--runs` rounds, repeated `--rounds` times), medians and the ratio
+of medians. `--quick` runs one setting per model.
 Writes `prune.json`, `prune.md` and `prune_*.png` to `--out`. Needs matplotlib (bench extra).
 """
 
@@ -28,53 +30,39 @@ import onnx
 
 import graphopt
 from common import PP_OCR_MODELS, fetch_models
-from graphopt.bench import measure_latency
+from graphopt.bench import compare_latency
+from text_images import text_images
 from graphopt.verify.metrics import output_metrics
 from graphopt.verify.runner import make_session
 
 HERE = Path(__file__).resolve().parent
-_WORDS = "graph optimize prune channel onnx runtime budget verify tensor kernel layer 2026 model text detect".split()
-_NORMALIZE = {  # (mean, std) per model, as PaddleOCR preprocesses
-    "PP-OCRv4 det": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "PP-OCR cls": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
+_KIND = {"PP-OCRv4 det": "det", "PP-OCR cls": "cls"}  # text_images kind per model
 
 
-def text_images(count: int, shape, mean, std, seed: int) -> np.ndarray:
-    """(count, *shape) float32 NCHW renderings of dark words on light backgrounds, normalized."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng = np.random.default_rng(seed)
-    _, _, height, width = shape
-    images = []
-    for _ in range(count):
-        image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(170, 256, 3)))
-        draw = ImageDraw.Draw(image)
-        for _ in range(max(1, height // 40)):
-            size = int(rng.integers(max(12, height // 10), max(14, height // 3) + 1))
-            font = ImageFont.load_default(size=size)
-            xy = (int(rng.integers(0, max(1, width // 3))), int(rng.integers(0, max(1, height - size))))
-            draw.text(xy, " ".join(rng.choice(_WORDS, 3)), fill=tuple(int(v) for v in rng.integers(0, 90, 3)), font=font)
-        array = (np.asarray(image, dtype=np.float32) / 255.0 - np.array(mean)) / np.array(std)
-        images.append(array.transpose(2, 0, 1)[None].astype(np.float32))
-    return np.stack(images)
+def cosines(reference: onnx.ModelProto, candidate: onnx.ModelProto, held_out: dict) -> tuple[float, float]:
+    """(worst output cosine over single held-out samples, worst output cosine over them stacked)."""
+    ref_session, cand_session = make_session(reference), make_session(candidate)
+    worst, pairs = 1.0, []
+    for index in range(next(iter(held_out.values())).shape[0]):
+        sample = {name: value[index] for name, value in held_out.items()}
+        pair = (ref_session.run(None, sample), cand_session.run(None, sample))
+        pairs.append(pair)
+        for expected, actual in zip(*pair):
+            worst = min(worst, output_metrics(expected, actual)["cosine"])
+    stacked = min(output_metrics(np.stack([p[0][k] for p in pairs]), np.stack([p[1][k] for p in pairs]))["cosine"] for k in range(len(pairs[0][0])))
+    return worst, stacked
 
 
 def worst_cosine(reference: onnx.ModelProto, candidate: onnx.ModelProto, held_out: dict) -> float:
-    ref_session, cand_session = make_session(reference), make_session(candidate)
-    worst = 1.0
-    for index in range(next(iter(held_out.values())).shape[0]):
-        sample = {name: value[index] for name, value in held_out.items()}
-        for expected, actual in zip(ref_session.run(None, sample), cand_session.run(None, sample)):
-            worst = min(worst, output_metrics(expected, actual)["cosine"])
-    return worst
+    return cosines(reference, candidate, held_out)[0]
 
 
 def interleaved_latency(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict, rounds: int, runs: int) -> dict:
     base, cand = [], []
     for _ in range(rounds):
-        base.append(measure_latency(baseline, feeds, threads=1, runs=runs)["median_ms"])
-        cand.append(measure_latency(candidate, feeds, threads=1, runs=runs)["median_ms"])
+        timing = compare_latency({"baseline": baseline, "pruned": candidate}, feeds, threads=1, runs=runs)
+        base.append(timing["baseline"]["median_ms"])
+        cand.append(timing["pruned"]["median_ms"])
     base_ms, cand_ms = statistics.median(base), statistics.median(cand)
     return {"baseline_ms": round(base_ms, 3), "pruned_ms": round(cand_ms, 3), "speedup": round(base_ms / cand_ms, 3)}
 
@@ -104,21 +92,26 @@ STRUCTURED = {
     "activation + refit": {"importance": "activation", "reconstruct": "true"},
     "activation + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8},
 }
+# det: uniform ratios against ratios of MACs placed by measured loss per MAC (allocation=latency)
+STRUCTURED_DET = {
+    "activation + refit, ×8": STRUCTURED["activation + refit, ×8"],
+    "latency + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8, "allocation": "latency", "max_ratio": 0.75},
+}
 
 
-def bench_ocr(label: str, folder: Path, ratios, sparsities, args) -> list[dict]:
+def bench_ocr(label: str, folder: Path, ratios, sparsities, args, variants=STRUCTURED) -> list[dict]:
     file, shapes = PP_OCR_MODELS[label]
     model = onnx.load(str(folder / file))
-    (name, shape), = shapes.items()
-    mean, std = _NORMALIZE[label]
-    calibration = {name: text_images(8, shape, mean, std, seed=1)}
-    held_out = {name: text_images(4, shape, mean, std, seed=2)}
+    (name, _), = shapes.items()
+    calibration = {name: text_images(_KIND[label], args.calibration, seed=1)}
+    held_out = {name: text_images(_KIND[label], 16, seed=2)}
     feeds = {name: held_out[name][0]}
     rows = []
     for ratio in ratios:
-        for variant, options in STRUCTURED.items():
-            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio), calibration)
-            row = {"model": label, "kind": "channels", "amount": ratio, "variant": variant, "cosine": round(worst_cosine(model, pruned, held_out), 5),
+        for variant, options in variants.items():
+            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio, samples=args.calibration, backoff=-1), calibration)
+            worst, stacked = cosines(model, pruned, held_out)
+            row = {"model": label, "kind": "channels", "amount": ratio, "variant": variant, "cosine": round(worst, 5), "cosine_stacked": round(stacked, 5),
                    "params": parameters(pruned), "params_before": parameters(model), "channels_removed": details.get("channels_removed"),
                    "groups_skipped": details.get("groups_skipped"), "prune_s": round(seconds, 1)}
             row.update(interleaved_latency(model, pruned, feeds, args.rounds, args.runs))
@@ -126,7 +119,7 @@ def bench_ocr(label: str, folder: Path, ratios, sparsities, args) -> list[dict]:
             rows.append(row)
     for sparsity in sparsities:
         for variant, reconstruct in (("magnitude", "false"), ("SparseGPT", "true")):
-            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct}, calibration)
+            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct, "samples": args.calibration, "backoff": -1}, calibration)
             row = {"model": label, "kind": "weights", "amount": sparsity, "variant": variant,
                    "cosine": round(worst_cosine(model, pruned, held_out), 5), "prune_s": round(seconds, 1),
                    "zeroed": details.get("weights_zeroed"), "zip_bytes_before": details.get("zip_bytes_before"), "zip_bytes_after": details.get("zip_bytes_after")}
@@ -159,7 +152,7 @@ def bench_encoder(sparsities, ratios, args) -> list[dict]:
     rows = []
     for sparsity in sparsities:
         for variant, reconstruct in (("magnitude", "false"), ("SparseGPT", "true")):
-            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct, "samples": 32}, calibration)
+            pruned, details, seconds = prune_once(model, {"sparsity": sparsity, "reconstruct": reconstruct, "samples": 32, "backoff": -1}, calibration)
             share = details["weights_zeroed"] / max(1, details["weights_in_pruned_layers"])
             row = {"model": "encoder (4×256, torch)", "kind": "weights", "amount": sparsity, "variant": variant, "linear_zeroed": round(share, 4),
                    "cosine": round(worst_cosine(model, pruned, held_out), 5), "prune_s": round(seconds, 1)}
@@ -167,7 +160,7 @@ def bench_encoder(sparsities, ratios, args) -> list[dict]:
             rows.append(row)
     for ratio in ratios:
         for variant, options in STRUCTURED.items():
-            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio, samples=32), calibration)
+            pruned, details, seconds = prune_once(model, dict(options, structured="channels", ratio=ratio, samples=32, backoff=-1), calibration)
             row = {"model": "encoder (4×256, torch)", "kind": "channels", "amount": ratio, "variant": variant, "cosine": round(worst_cosine(model, pruned, held_out), 5),
                    "channels_removed": details.get("channels_removed"), "groups_skipped": details.get("groups_skipped"), "prune_s": round(seconds, 1)}
             row.update(interleaved_latency(model, pruned, feeds, args.rounds, args.runs))
@@ -224,10 +217,10 @@ def plot(rows: list[dict], out: Path) -> list[str]:
 
 def markdown(rows: list[dict], command: str, plots: list[str]) -> str:
     lines = ["# prune benchmark", "", f"Command: `{command}`", ""]
-    lines += ["## Structured (channels)", "", "| model | ratio | variant | worst cosine | channels removed | groups skipped | params | baseline ms | pruned ms | speedup | prune s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Structured (channels)", "", "| model | ratio | variant | worst cosine | stacked cosine | channels removed | groups skipped | params | baseline ms | pruned ms | speedup | prune s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["kind"] == "channels":
-            lines.append(f"| {row['model']} | {row['amount']} | {row['variant']} | {row['cosine']} | {row.get('channels_removed')} | {row.get('groups_skipped')} | "
+            lines.append(f"| {row['model']} | {row['amount']} | {row['variant']} | {row['cosine']} | {row.get('cosine_stacked', '')} | {row.get('channels_removed')} | {row.get('groups_skipped')} | "
                          f"{row.get('params', '')} / {row.get('params_before', '')} | {row['baseline_ms']} | {row['pruned_ms']} | {row['speedup']} | {row['prune_s']} |")
     lines += ["", "## Unstructured (weights)", "", "| model | sparsity | variant | worst cosine | linear weights zeroed | zip bytes before → after | prune s |", "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -246,18 +239,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one setting per model, to check the script")
     parser.add_argument("--models", default="det,cls,encoder", help="which models to run; rows of the others are kept from an earlier prune.json")
     parser.add_argument("--cleanup", action="store_true", help="run the cleanup pass before prune")
+    parser.add_argument("--calibration", type=int, default=64, help="synthetic text images the OCR models are fitted on")
+    parser.add_argument("--ratios", default="", help="channel ratios for the OCR models, comma-separated (default 0.05,0.1,0.2,0.3)")
     args = parser.parse_args()
     if args.cleanup:
         CLEANUP_FIRST.append("cleanup")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("graphopt").setLevel(logging.ERROR)
     folder = fetch_models()
-    ratios = [0.1] if args.quick else [0.05, 0.1, 0.2, 0.3]
+    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else [0.1] if args.quick else [0.05, 0.1, 0.2, 0.3]
     sparsities = [0.5] if args.quick else [0.3, 0.4, 0.5, 0.6]
     chosen = set(args.models.split(","))
     rows = []
     if "det" in chosen:
-        rows += bench_ocr("PP-OCRv4 det", folder, ratios, [], args)
+        rows += bench_ocr("PP-OCRv4 det", folder, ratios, [], args, STRUCTURED_DET)
     if "cls" in chosen:
         rows += bench_ocr("PP-OCR cls", folder, ratios, [0.3, 0.5][-1 if args.quick else 0:], args)
     if "encoder" in chosen:

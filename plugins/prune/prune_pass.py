@@ -74,7 +74,9 @@ class Prune(graphopt.Pass):
         min_channels: int = 1  # a group keeps at least this many channels
         channel_multiple: int = 1  # channels are removed in multiples of this
         min_weights: int = 0  # unstructured: layers with fewer weights stay dense
+        refit_rounds: int = 8  # structured refit: at most this many sequential rounds (two model runs each); more is closer to layer after layer
         damp: float = 0.01  # ridge added to Gram/Hessian diagonals, relative to their mean
+        tune_damp: bool = True  # structured refit: each sink's ridge by two-fold cross-validation over the samples (else damp)
         samples: int = 16  # calibration samples used at most
         sensitivity_samples: int = 8  # allocation=latency: samples each group's loss is measured on
         max_rows: int = 2048  # activation rows kept per sample for statistics
@@ -103,8 +105,8 @@ class Prune(graphopt.Pass):
                 raise ValueError("storage=sparse applies to unstructured pruning only (channels shrink tensors instead)")
             if self.structured == "channels" and self.pattern:
                 raise ValueError("pattern applies to unstructured pruning only")
-            if self.sensitivity_samples < 1:
-                raise ValueError("sensitivity_samples must be >= 1")
+            if self.sensitivity_samples < 1 or self.refit_rounds < 1:
+                raise ValueError("sensitivity_samples and refit_rounds must be >= 1")
             if self.min_channels < 1 or self.channel_multiple < 1 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
                 raise ValueError("min_channels, channel_multiple, samples and max_rows must be >= 1, min_weights >= 0")
             if self.backoff < -1:

@@ -170,7 +170,8 @@ def _refit_sinks(graph: gs.Graph, plan, deleted: dict, model: onnx.ModelProto, s
         bias = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
         records.append(SinkRecord(node, sink.slot.tensor.name, sink.slot.axis, in_axis, original, bias))
         owners.append(groups)
-    refit_sinks(graph, model, records, samples, options.max_rows, options.damp, track=options.track)
+    refit_sinks(graph, model, records, samples, options.max_rows, options.damp, options.refit_rounds, track=options.track,
+                tune_damp=options.tune_damp)
     found: dict[int, dict] = {}
     for record, groups in zip(records, owners):
         for owner in groups:
