@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--models", default="det,cls,encoder", help="which models to run; rows of the others are kept from an earlier prune.json")
     parser.add_argument("--cleanup", action="store_true", help="run the cleanup pass before prune")
     parser.add_argument("--calibration", type=int, default=64, help="synthetic text images the OCR models are fitted on")
+    parser.add_argument("--variants", default="", help="structured variants to run (name prefixes, comma-separated; default all)")
     parser.add_argument("--ratios", default="", help="channel ratios for the OCR models, comma-separated (default 0.05,0.1,0.2,0.3)")
     args = parser.parse_args()
     if args.cleanup:
@@ -250,6 +251,11 @@ def main() -> None:
     ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else [0.1] if args.quick else [0.05, 0.1, 0.2, 0.3]
     sparsities = [0.5] if args.quick else [0.3, 0.4, 0.5, 0.6]
     chosen = set(args.models.split(","))
+    if args.variants:
+        wanted = tuple(args.variants.split(","))
+        for table in (STRUCTURED, STRUCTURED_DET):
+            for name in [name for name in table if not name.startswith(wanted)]:
+                del table[name]
     rows = []
     if "det" in chosen:
         rows += bench_ocr("PP-OCRv4 det", folder, ratios, [], args, STRUCTURED_DET)
