@@ -96,6 +96,8 @@ STRUCTURED = {
 STRUCTURED_DET = {
     "activation + refit, ×8": STRUCTURED["activation + refit, ×8"],
     "latency + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8, "allocation": "latency", "max_ratio": 0.75},
+    "latency + refit, ×8, 24 rounds": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8, "allocation": "latency",
+                                       "max_ratio": 0.75, "refit_rounds": 24},
 }
 
 
@@ -240,7 +242,7 @@ def main() -> None:
     parser.add_argument("--models", default="det,cls,encoder", help="which models to run; rows of the others are kept from an earlier prune.json")
     parser.add_argument("--cleanup", action="store_true", help="run the cleanup pass before prune")
     parser.add_argument("--calibration", type=int, default=64, help="synthetic text images the OCR models are fitted on")
-    parser.add_argument("--variants", default="", help="structured variants to run (name prefixes, comma-separated; default all)")
+    parser.add_argument("--variants", default="", help="structured variants to run (exact names, separated by ;), default all")
     parser.add_argument("--ratios", default="", help="channel ratios for the OCR models, comma-separated (default 0.05,0.1,0.2,0.3)")
     args = parser.parse_args()
     if args.cleanup:
@@ -252,9 +254,9 @@ def main() -> None:
     sparsities = [0.5] if args.quick else [0.3, 0.4, 0.5, 0.6]
     chosen = set(args.models.split(","))
     if args.variants:
-        wanted = tuple(args.variants.split(","))
+        wanted = tuple(args.variants.split(";"))
         for table in (STRUCTURED, STRUCTURED_DET):
-            for name in [name for name in table if not name.startswith(wanted)]:
+            for name in [name for name in table if name not in wanted]:
                 del table[name]
     rows = []
     if "det" in chosen:
@@ -268,8 +270,8 @@ def main() -> None:
     previous = args.out / "prune.json"
     if chosen != {"det", "cls", "encoder"} and previous.exists():
         earlier = json.loads(previous.read_text())
-        fresh = {row["model"] for row in rows}
-        rows = [row for row in earlier["rows"] if row["model"] not in fresh] + rows
+        fresh = {(row["model"], row["kind"], row["variant"]) for row in rows}  # re-run variants replace their old rows
+        rows = [row for row in earlier["rows"] if (row["model"], row["kind"], row["variant"]) not in fresh] + rows
         command = f"{earlier['command']}; then {command}"
     plots = plot(rows, args.out)
     (args.out / "prune.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
