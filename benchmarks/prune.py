@@ -171,6 +171,27 @@ def bench_encoder(sparsities, ratios, args) -> list[dict]:
     return rows
 
 
+def bench_storage() -> list[dict]:
+    """`storage=sparse` against dense on the encoder's linear weights: bytes, and equal outputs in onnxruntime."""
+    import zlib
+
+    model, _, held_out = encoder_model()
+    rows = []
+    for sparsity in (0.5, 0.7, 0.8, 0.9):
+        built = {}
+        for storage in ("dense", "sparse"):
+            built[storage] = prune_once(model, {"sparsity": sparsity, "reconstruct": "false", "storage": storage, "backoff": -1}, None)
+        (dense, _, _), (sparse, details, _) = built["dense"], built["sparse"]
+        worst, _ = cosines(dense, sparse, held_out)
+        rows.append({"model": "encoder (4×256, torch)", "kind": "storage", "variant": "magnitude", "amount": sparsity,
+                     "dense_bytes": details["dense_bytes"], "stored_bytes": details["stored_bytes"], "zip_bytes": details["zip_bytes_after"],
+                     "file_dense": dense.ByteSize(), "file_sparse": sparse.ByteSize(),
+                     "file_dense_zip": len(zlib.compress(dense.SerializeToString(), 6)), "file_sparse_zip": len(zlib.compress(sparse.SerializeToString(), 6)),
+                     "cosine_sparse_vs_dense": round(worst, 7)})
+        logging.info("%s", rows[-1])
+    return rows
+
+
 def plot(rows: list[dict], out: Path) -> list[str]:
     import matplotlib
 
@@ -229,6 +250,12 @@ def markdown(rows: list[dict], command: str, plots: list[str]) -> str:
         if row["kind"] == "weights":
             zipped = f"{row['zip_bytes_before']} → {row['zip_bytes_after']}" if row.get("zip_bytes_before") else ""
             lines.append(f"| {row['model']} | {row['amount']} | {row['variant']} | {row['cosine']} | {row.get('linear_zeroed', '')} | {zipped} | {row['prune_s']} |")
+    storage = [row for row in rows if row["kind"] == "storage"]
+    if storage:
+        lines += ["", "## Sparse storage (storage=sparse)", "", "| model | sparsity | pruned weights dense | stored | zip | file dense | file sparse | file zipped dense / sparse | cosine sparse vs dense |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['amount']} | {r['dense_bytes']} | {r['stored_bytes']} | {r['zip_bytes']} | {r['file_dense']} | {r['file_sparse']} | "
+                  f"{r['file_dense_zip']} / {r['file_sparse_zip']} | {r['cosine_sparse_vs_dense']} |" for r in storage]
     lines += [""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 
@@ -239,7 +266,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one setting per model, to check the script")
-    parser.add_argument("--models", default="det,cls,encoder", help="which models to run; rows of the others are kept from an earlier prune.json")
+    parser.add_argument("--models", default="det,cls,encoder,storage", help="which models to run; rows of the others are kept from an earlier prune.json")
     parser.add_argument("--cleanup", action="store_true", help="run the cleanup pass before prune")
     parser.add_argument("--calibration", type=int, default=64, help="synthetic text images the OCR models are fitted on")
     parser.add_argument("--variants", default="", help="structured variants to run (exact names, separated by ;), default all")
@@ -263,12 +290,14 @@ def main() -> None:
         rows += bench_ocr("PP-OCRv4 det", folder, ratios, [], args, STRUCTURED_DET)
     if "cls" in chosen:
         rows += bench_ocr("PP-OCR cls", folder, ratios, [0.3, 0.5][-1 if args.quick else 0:], args)
+    if "storage" in chosen:
+        rows += bench_storage()
     if "encoder" in chosen:
         rows += bench_encoder(sparsities, [0.25] if args.quick else [0.25, 0.5], args)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/prune.py" + " ".join(f" {a}" for a in sys.argv[1:])
     previous = args.out / "prune.json"
-    if chosen != {"det", "cls", "encoder"} and previous.exists():
+    if chosen != {"det", "cls", "encoder", "storage"} and previous.exists():
         earlier = json.loads(previous.read_text())
         fresh = {(row["model"], row["kind"], row["variant"]) for row in rows}  # re-run variants replace their old rows
         rows = [row for row in earlier["rows"] if (row["model"], row["kind"], row["variant"]) not in fresh] + rows
