@@ -129,7 +129,9 @@ class Prune(graphopt.Pass):
             logger.warning("prune: reconstruction needs data (--calibration or verification inputs); pruning without it")
             settings.reconstruct_enabled = False
         model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
-        if options.allocation == "latency" and samples is not None and not self._nothing_asked(settings):
+        if options.allocation == "latency" and samples is None:
+            logger.warning("prune: allocation=latency measures each group's loss and needs data; nothing pruned")
+        elif options.allocation == "latency" and not self._nothing_asked(settings):
             settings.group_costs = self._group_costs(graph, settings, model, samples, ctx)
         if checks_budget and samples is None:
             logger.warning("prune: no calibration data nor verifier inputs; budget unchecked")
