@@ -90,12 +90,13 @@ def parameters(model: onnx.ModelProto) -> int:
 STRUCTURED = {
     "l2, no refit": {"importance": "l2", "reconstruct": "false"},
     "activation + refit": {"importance": "activation", "reconstruct": "true"},
-    "activation + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8},
+    "activation + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8, "refit_rounds": 8},
 }
 # det: uniform ratios against ratios of MACs placed by measured loss per MAC (allocation=latency)
 STRUCTURED_DET = {
     "activation + refit, ×8": STRUCTURED["activation + refit, ×8"],
-    "latency + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8, "allocation": "latency", "max_ratio": 0.75},
+    "latency + refit, ×8": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8, "allocation": "latency", "max_ratio": 0.75,
+                            "refit_rounds": 8},
     "latency + refit, ×8, 24 rounds": {"importance": "activation", "reconstruct": "true", "channel_multiple": 8, "allocation": "latency",
                                        "max_ratio": 0.75, "refit_rounds": 24},
 }
@@ -299,8 +300,8 @@ def main() -> None:
     previous = args.out / "prune.json"
     if chosen != {"det", "cls", "encoder", "storage"} and previous.exists():
         earlier = json.loads(previous.read_text())
-        fresh = {(row["model"], row["kind"], row["variant"]) for row in rows}  # re-run variants replace their old rows
-        rows = [row for row in earlier["rows"] if (row["model"], row["kind"], row["variant"]) not in fresh] + rows
+        fresh = {(row["model"], row["kind"], row["variant"], row["amount"]) for row in rows}  # a re-run setting replaces its old row
+        rows = [row for row in earlier["rows"] if (row["model"], row["kind"], row["variant"], row["amount"]) not in fresh] + rows
         command = f"{earlier['command']}; then {command}"
     plots = plot(rows, args.out)
     (args.out / "prune.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))

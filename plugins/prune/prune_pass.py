@@ -74,7 +74,7 @@ class Prune(graphopt.Pass):
         min_channels: int = 1  # a group keeps at least this many channels
         channel_multiple: int = 1  # channels are removed in multiples of this
         min_weights: int = 0  # unstructured: layers with fewer weights stay dense
-        refit_rounds: int = 8  # structured refit: at most this many sequential rounds (two model runs each); more is closer to layer after layer
+        refit_rounds: int = 32  # structured refit: at most this many sequential rounds (two model runs over the samples each); layer after layer up to 32 levels
         damp: float = 0.01  # ridge added to Gram/Hessian diagonals, relative to their mean
         tune_damp: bool = True  # structured refit: each sink's ridge by two-fold cross-validation over the samples (else damp)
         samples: int = 16  # calibration samples used at most

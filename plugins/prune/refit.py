@@ -39,7 +39,7 @@ class SinkRecord:
 
 
 def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRecord], samples: dict, max_rows: int, damp: float,
-                rounds: int = 8, track=lambda items, desc, total: items, tune_damp: bool = False) -> None:
+                rounds: int = 32, track=lambda items, desc, total: items, tune_damp: bool = False) -> None:
     """Refits every record's node in place, level by level; fills `record.errors`.
 
     With `tune_damp`, each sink's ridge is chosen from `_DAMP_GRID` by two-fold cross-validation
