@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from graphopt.external_data import external_data_dir, spill_dir
 from graphopt.mapped_weights import map_external_constants, spill_new_constants, unmap_external_constants
 from graphopt.proto_walk import iter_graph_protos
+from graphopt.sparse_tensors import densify_sparse_tensors
 
 __all__ = [
     "import_graph",
@@ -60,6 +61,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     An initializer that is also a graph input (IR >= 4) is a default the caller may override,
     so it is imported as an input Variable, not as a Constant a pass could fold away.
     """
+    model = densify_sparse_tensors(model)  # graphsurgeon would drop them
     with quiet_graphsurgeon(), collector_paused():
         graph = gs.import_onnx(model)
     folder = external_data_dir(model)

@@ -23,30 +23,37 @@ def loss_curve(importance: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(ordered) / total])
 
 
-def allocate(curves: list[np.ndarray], target: int, step: float = 0.05, cap: float = 0.9, weights: list[float] | None = None) -> list[int]:
-    """Elements to remove per unit, summing to at least `target` (if the caps allow) at least loss.
+def allocate(curves: list[np.ndarray], target: float, step: float = 0.05, cap: float = 0.9, weights: list[float] | None = None,
+             gains: list[float] | None = None, multiple: int = 1) -> list[int]:
+    """Elements to remove per unit, whose gains sum to at least `target` (if the caps allow) at least loss.
 
     `curves[u]` has one entry per count 0..size; `weights[u]` scales unit u's loss (its share of
-    the model's output, 1 by default). No unit loses more than `cap` of its elements.
+    the model's output, 1 by default); `gains[u]` is what removing one of its elements saves
+    (1 by default: `target` counts elements; MACs per channel make it a compute target, and the
+    greedy order loss per MAC saved). Counts are multiples of `multiple`; no unit loses more
+    than `cap` of its elements.
     """
     weights = weights or [1.0] * len(curves)
+    gains = gains or [1.0] * len(curves)
     counts = [0] * len(curves)
     heap = []
 
     def push(unit: int) -> None:
         size = len(curves[unit]) - 1
         limit = int(np.floor(cap * size))
-        nxt = min(limit, counts[unit] + max(1, int(round(step * size))))
-        if nxt > counts[unit]:
-            cost = weights[unit] * (curves[unit][nxt] - curves[unit][counts[unit]]) / (nxt - counts[unit])
+        limit -= limit % multiple
+        increment = max(1, int(round(step * size)))
+        nxt = min(limit, counts[unit] + increment + (-increment) % multiple)
+        if nxt > counts[unit] and gains[unit] > 0:
+            cost = weights[unit] * (curves[unit][nxt] - curves[unit][counts[unit]]) / ((nxt - counts[unit]) * gains[unit])
             heapq.heappush(heap, (cost, unit, nxt))
 
     for unit in range(len(curves)):
         push(unit)
-    removed = 0
+    removed = 0.0
     while removed < target and heap:
         _, unit, nxt = heapq.heappop(heap)
-        removed += nxt - counts[unit]
+        removed += (nxt - counts[unit]) * gains[unit]
         counts[unit] = nxt
         push(unit)
     return counts

@@ -13,7 +13,9 @@ import onnx_graphsurgeon as gs
 import graphopt
 from graphopt import ir
 from graphopt.verify.metrics import Budget
+from graphopt_plugins.prune.backoff import adopt_graph, search_strength
 from graphopt_plugins.prune.groups import find_groups, prunable_layer
+from graphopt_plugins.prune.latency_allocation import GroupCost, group_gains, group_losses, probe_count
 from graphopt_plugins.prune.shrink import is_pruned_weight
 from graphopt_plugins.prune.statistics import calibration_samples
 from graphopt_plugins.prune.structured import prune_channels
@@ -22,6 +24,7 @@ from graphopt_plugins.prune.unstructured import find_layers, prune_weights
 __all__ = ["Prune"]
 
 logger = logging.getLogger(__name__)
+_DEFAULT_BUDGET = Budget(cos=0.99)
 
 
 class Prune(graphopt.Pass):
@@ -30,21 +33,28 @@ class Prune(graphopt.Pass):
     `structured=none` zeroes the least important weights of Conv/Gemm/MatMul layers with
     constant weights: per layer, by one global magnitude threshold, or by measured sensitivity;
     `pattern=n:m` keeps n nonzeros in each m along the reduction axis. Zeros alone make no dense
-    kernel faster; the report gives dense and zip-compressed bytes.
+    kernel faster; the report gives dense, stored and zip-compressed bytes. `storage=sparse`
+    writes a pruned weight as a Constant with a COO `sparse_value` where that is smaller than
+    dense (int64 indices: above 2/3 zeros for float32); onnxruntime densifies it at load, so
+    this shrinks the file, not memory or latency.
 
     `structured=channels` removes output channels of Conv/ConvTranspose/Gemm/MatMul and
     everything that depends on them (BN and per-channel constants, activations, depthwise
     convs, Concat offsets, residual Add/Mul groups, Flatten/Reshape into a Gemm/MatMul, pooling,
     Resize); tensors physically shrink. A group that reaches a graph output, a channel-mixing
     Reshape, a Gather, a Split, a Softmax over channels, a subgraph or an unknown op is skipped
-    and reported with its reason. Layers whose outputs were already pruned (weights named
-    `*.pruned-out`) are left alone, so a second run changes nothing.
+    and reported with its reason.
 
     With calibration data (`reconstruct`, default when `--calibration` is given) the remaining
     weights are refit layer by layer to the unpruned layer's output on the calibration
     activations: SparseGPT for weights, least squares of the next layer for channels.
     Weights live in initializers or Constant nodes; nested graphs are left alone. Lossy: held
-    to `budget`, else `--budget`, else cos=0.99.
+    to `budget`, else `--budget`, else cos=0.99. Before returning, the pass measures its result
+    on the fitting data and, when it misses the budget, bisects the amount (sparsity, ratio, or
+    for n:m the share of layers given the pattern, least harmful first) for `backoff` tries,
+    keeping the largest that holds; if none does, the model is left unchanged. Layers this
+    pass already pruned (`*.sparse`, `*.pruned-out` weights) are left alone, so a second run
+    changes nothing.
     """
 
     name = "prune"
@@ -58,16 +68,21 @@ class Prune(graphopt.Pass):
         pattern: str = ""  # unstructured n:m, e.g. 2:4: at most n nonzeros in every m along the reduction axis
         ratio: float = 0.25  # structured: share of channels removed (per group, or overall with allocation)
         importance: Literal["l1", "l2", "activation"] = "l2"  # channel ranking: weight norm, or calibrated output energy
-        allocation: Literal["uniform", "global", "sensitivity"] = "uniform"  # per-layer amounts: equal, one threshold, least estimated loss
+        allocation: Literal["uniform", "global", "sensitivity", "latency"] = "uniform"  # per-layer amounts: equal, one threshold, least estimated loss, least measured loss per MAC (channels; ratio is then a share of MACs)
         reconstruct: Literal["auto", "true", "false"] = "auto"  # refit remaining weights on calibration data (auto: with --calibration)
         max_ratio: float = 0.9  # allocation never removes more than this share of one layer or group
         min_channels: int = 1  # a group keeps at least this many channels
         channel_multiple: int = 1  # channels are removed in multiples of this
         min_weights: int = 0  # unstructured: layers with fewer weights stay dense
+        refit_rounds: int = 32  # structured refit: at most this many sequential rounds (two model runs over the samples each); layer after layer up to 32 levels
         damp: float = 0.01  # ridge added to Gram/Hessian diagonals, relative to their mean
+        tune_damp: bool = True  # structured refit: each sink's ridge by two-fold cross-validation over the samples (else damp)
         samples: int = 16  # calibration samples used at most
+        sensitivity_samples: int = 8  # allocation=latency: samples each group's loss is measured on
         max_rows: int = 2048  # activation rows kept per sample for statistics
+        storage: Literal["dense", "sparse"] = "dense"  # unstructured: sparse writes a pruned weight as Constant(sparse_value) where that is smaller (above ~2/3 zeros)
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
+        backoff: int = 5  # bisection steps on the amount when the budget is missed (-1: no budget check)
 
         def __post_init__(self):
             if not 0.0 <= self.sparsity < 1.0:
@@ -84,10 +99,18 @@ class Prune(graphopt.Pass):
                     raise ValueError("pattern n:m needs 0 < n < m")
             if self.structured == "channels" and self.allocation == "global":
                 raise ValueError("allocation=global is for unstructured pruning; use sensitivity for channels")
+            if self.allocation == "latency" and self.structured != "channels":
+                raise ValueError("allocation=latency is for structured=channels")
+            if self.structured == "channels" and self.storage == "sparse":
+                raise ValueError("storage=sparse applies to unstructured pruning only (channels shrink tensors instead)")
             if self.structured == "channels" and self.pattern:
                 raise ValueError("pattern applies to unstructured pruning only")
+            if self.sensitivity_samples < 1 or self.refit_rounds < 1:
+                raise ValueError("sensitivity_samples and refit_rounds must be >= 1")
             if self.min_channels < 1 or self.channel_multiple < 1 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
                 raise ValueError("min_channels, channel_multiple, samples and max_rows must be >= 1, min_weights >= 0")
+            if self.backoff < -1:
+                raise ValueError("backoff must be >= -1")
             if self.damp < 0:
                 raise ValueError("damp must be >= 0")
             Budget.parse(self.budget)  # a malformed budget is a usage error now, not after the work
@@ -96,17 +119,26 @@ class Prune(graphopt.Pass):
         options = self.options
         settings = types.SimpleNamespace(**dataclasses.asdict(options))
         settings.pattern_nm = tuple(map(int, options.pattern.split(":"))) if options.pattern else (0, 0)
+        settings.pattern_share = 1.0
         settings.reconstruct_enabled = options.reconstruct == "true" or (options.reconstruct == "auto" and ctx.calibration is not None)
-        wants_data = settings.reconstruct_enabled or options.importance == "activation" or options.allocation == "sensitivity"
-        samples = calibration_samples(ctx, options.samples, logger) if wants_data else None
+        settings.track = ctx.track
+        wants_data = settings.reconstruct_enabled or options.importance == "activation" or options.allocation in ("sensitivity", "latency")
+        checks_budget = options.backoff >= 0 and not self._nothing_asked(settings)
+        samples = calibration_samples(ctx, options.samples, logger) if wants_data or checks_budget else None
         if settings.reconstruct_enabled and samples is None:
             logger.warning("prune: reconstruction needs data (--calibration or verification inputs); pruning without it")
             settings.reconstruct_enabled = False
-        model = ctx.model
-        if options.structured == "channels":
-            stats = self._channels(graph, settings, model, samples)
+        model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
+        if options.allocation == "latency" and samples is None:
+            logger.warning("prune: allocation=latency measures each group's loss and needs data; nothing pruned")
+        elif options.allocation == "latency" and not self._nothing_asked(settings):
+            settings.group_costs = self._group_costs(graph, settings, model, samples, ctx)
+        if checks_budget and samples is None:
+            logger.warning("prune: no calibration data nor verifier inputs; budget unchecked")
+        if checks_budget and samples is not None:
+            stats = self._within_budget(graph, settings, model, samples, ctx)
         else:
-            stats = self._weights(graph, settings, model, samples)
+            stats = self._prune(graph, settings, model, samples)
         stats["reconstructed"] = settings.reconstruct_enabled and stats["changed"]
         changed = stats.pop("changed")
         if changed:
@@ -115,20 +147,75 @@ class Prune(graphopt.Pass):
         ctx.logger.info("prune: %s", {k: v for k, v in stats.items() if not isinstance(v, list)})
         return graphopt.PassResult(changed=changed, stats=stats)
 
+    @staticmethod
+    def _nothing_asked(settings) -> bool:
+        if settings.structured == "channels":
+            return settings.ratio == 0
+        return settings.sparsity == 0 and not settings.pattern
+
+    def _prune(self, graph: gs.Graph, settings, model, samples) -> dict:
+        if settings.structured == "channels":
+            return self._channels(graph, settings, model, samples)
+        return self._weights(graph, settings, model, samples)
+
+    def _within_budget(self, graph: gs.Graph, settings, model, samples, ctx) -> dict:
+        """Prunes at the largest strength (share of the requested amount) that meets the budget."""
+        budget = Budget.parse(self.options.budget) or ctx.budget or _DEFAULT_BUDGET
+
+        def prune_copy(strength: float):
+            copy = ir.import_graph(model)
+            scaled = types.SimpleNamespace(**vars(settings))
+            scaled.sparsity, scaled.ratio = settings.sparsity * strength, settings.ratio * strength
+            scaled.pattern_share = strength
+            return copy, self._prune(copy, scaled, model, samples)
+
+        best, tried = search_strength(prune_copy, model, samples, budget, self.options.backoff,
+                                      track=lambda steps: ctx.track(steps, desc="prune: budget search"))
+        for attempt in tried[1:] if tried else ():
+            logger.info("prune: strength %.3g %s", attempt.strength, "within budget" if not attempt.violations else "misses " + budget.describe())
+        if best is None:
+            if tried and tried[0].stats.get("changed"):
+                logger.info("prune: no strength meets %s; model left unchanged", budget.describe())
+            nothing = {"groups_pruned": 0, "channels_removed": 0} if settings.structured == "channels" else {"layers_pruned": 0}
+            stats = dict(nothing, changed=False, strength=0.0)
+        else:
+            adopt_graph(graph, best.graph)
+            stats = dict(best.stats, strength=round(best.strength, 4), calibration_metrics=best.metrics)
+            if settings.structured == "channels":
+                stats["ratio"] = round(settings.ratio * best.strength, 4)
+            elif settings.pattern:
+                stats["pattern_share"] = round(best.strength, 4)
+            else:
+                stats["sparsity"] = round(settings.sparsity * best.strength, 4)
+        stats.update(budget=budget.describe(), attempts=[attempt.summary() for attempt in tried])
+        return stats
+
+    def _group_costs(self, graph: gs.Graph, settings, model, samples, ctx) -> dict[str, GroupCost]:
+        """Per safe group: MACs per channel, and the loss measured with it alone half pruned."""
+        safe = _safe_groups(find_groups(graph))[0]
+        if not safe:
+            return {}
+        gains = group_gains(safe, model, samples)
+        probe_samples = {name: value[: self.options.sensitivity_samples] for name, value in samples.items()}
+        probes = {g.name: probe_count(g.size, settings.channel_multiple, settings.min_channels) for g in safe}
+
+        def prune_one(copy: gs.Graph, name: str) -> bool:
+            group = next((g for g in _safe_groups(find_groups(copy))[0] if g.name == name), None)
+            if group is None or not probes[name]:
+                return False
+            probe = types.SimpleNamespace(**vars(settings))
+            probe.allocation, probe.reconstruct_enabled, probe.ratio = "uniform", False, (probes[name] + 0.5) / group.size
+            prune_channels(copy, [group], probe, model, probe_samples)
+            return True
+
+        losses = group_losses(model, probe_samples, [g.name for g in safe if probes[g.name]], prune_one, ctx.track)
+        return {name: GroupCost(gains[name], loss, probes[name]) for name, loss in losses.items()}
+
     def _channels(self, graph: gs.Graph, settings, model, samples) -> dict:
         if settings.ratio == 0:
             return {"changed": False, "groups": 0}
         groups = find_groups(graph)
-        safe, skipped = [], []
-        for group in groups:
-            reason = group.reason
-            if reason is None and any(is_pruned_weight(root.inputs[prunable_layer(root)[0]]) for root, _ in group.roots):
-                reason = "already pruned"
-            if reason is None:
-                safe.append(group)
-            else:
-                skipped.append({"group": group.name, "reason": reason})
-                logger.debug("prune: group of '%s' skipped: %s", group.name, reason)
+        safe, skipped = _safe_groups(groups)
         rewritten, table = prune_channels(graph, safe, settings, model, samples) if safe else (0, [])
         removed = sum(row["channels"] - row["kept"] for row in table)
         return {
@@ -136,6 +223,7 @@ class Prune(graphopt.Pass):
             "groups": len(groups),
             "groups_pruned": sum(1 for row in table if row["kept"] < row["channels"]),
             "groups_skipped": len(skipped),
+            "allocation": settings.allocation,
             "channels_removed": removed,
             "channels_total": sum(row["channels"] for row in table),
             "skipped": skipped,
@@ -154,8 +242,25 @@ class Prune(graphopt.Pass):
             "weights_zeroed": zeroed,
             "weights_in_pruned_layers": sum(row["weights"] for row in table),
             "dense_bytes": sum(row["dense_bytes"] for row in table),
+            "stored_bytes": sum(row["stored_bytes"] for row in table),
+            "layers_stored_sparse": sum(1 for row in table if row["stored_bytes"] < row["dense_bytes"]),
             "zip_bytes_before": sum(row["zip_bytes_before"] for row in table),
             "zip_bytes_after": sum(row["zip_bytes_after"] for row in table),
             "layers": table,
         }
         return stats
+
+
+def _safe_groups(groups: list) -> tuple[list, list[dict]]:
+    """(groups that can be pruned, one `{group, reason}` per group that cannot)."""
+    safe, skipped = [], []
+    for group in groups:
+        reason = group.reason
+        if reason is None and any(is_pruned_weight(root.inputs[prunable_layer(root)[0]]) for root, _ in group.roots):
+            reason = "already pruned"
+        if reason is None:
+            safe.append(group)
+        else:
+            skipped.append({"group": group.name, "reason": reason})
+            logger.debug("prune: group of '%s' skipped: %s", group.name, reason)
+    return safe, skipped

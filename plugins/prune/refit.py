@@ -6,8 +6,8 @@ matches the unpruned model's output: with `x_o` the original input features at a
 `x_p` the pruned model's (already refit upstream), `x_o ≈ M [x_p, 1]` is solved by ridge least
 squares and the sink's original weight `W_o` becomes `W_o M` (bias `W_o m`). For Gemm/MatMul this
 is exactly the least-squares fit of the output; for a Conv it is the fit position by position.
-Sinks are refit level by level in topological order (at most 8 rounds: deep models merge
-consecutive levels), so a later layer sees the earlier refits (layer-wise distillation from the
+Sinks are refit level by level in topological order (at most `rounds` rounds: deep models
+merge consecutive levels), so a later layer sees the earlier refits (layer-wise distillation from the
 original model, no training loop).
 """
 
@@ -26,8 +26,6 @@ from graphopt_plugins.prune.reconstruct import as_rows, from_rows
 
 __all__ = ["SinkRecord", "refit_sinks"]
 
-_MAX_ROUNDS = 8
-
 
 @dataclasses.dataclass
 class SinkRecord:
@@ -40,21 +38,31 @@ class SinkRecord:
     errors: tuple[float, float] = (0.0, 0.0)  # relative output error before / after the refit
 
 
-def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRecord], samples: dict, max_rows: int, damp: float) -> None:
-    """Refits every record's node in place, level by level; fills `record.errors`."""
-    for level in _levels(graph, records):
+def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRecord], samples: dict, max_rows: int, damp: float,
+                rounds: int = 32, track=lambda items, desc, total: items, tune_damp: bool = False) -> None:
+    """Refits every record's node in place, level by level; fills `record.errors`.
+
+    With `tune_damp`, each sink's ridge is chosen from `_DAMP_GRID` by two-fold cross-validation
+    over the samples (even ones fit, odd ones judge, and back), and the refit is kept only when
+    it beats the plain cut on the held-out fold: one-shot least squares on few images overfits
+    (PP-OCR cls lost accuracy on unseen images). `track` is `PassContext.track` or a no-op.
+    """
+    levels = _levels(graph, records, rounds)
+    for level in track(levels, desc="prune: refit", total=len(levels)):
         pruned = onnx.shape_inference.infer_shapes(ir.export_model(graph, original), strict_mode=False)
         names = sorted({record.tensor for record in level})
-        grams: dict[int, np.ndarray] = {}
-        for values_o, values_p in zip(iter_activations(original, samples, names), iter_activations(pruned, samples, names)):
+        folds: dict[int, list] = {id(record): [0, 0] for record in level}  # Gram of even / odd samples
+        pairs = zip(iter_activations(original, samples, names), iter_activations(pruned, samples, names))
+        for index, (values_o, values_p) in enumerate(pairs):
             for record in level:
                 x_o = _rows(values_o[record.tensor], record.axis)
                 x_p = _rows(values_p[record.tensor], record.axis)
                 keep = np.linspace(0, len(x_o) - 1, min(len(x_o), max_rows)).round().astype(np.int64)
                 joint = np.concatenate([x_o[keep], x_p[keep], np.ones((len(keep), 1))], axis=1)
-                grams[id(record)] = grams.get(id(record), 0) + joint.T @ joint
+                folds[id(record)][index % 2] = folds[id(record)][index % 2] + joint.T @ joint
         for record in level:
-            _refit(record, grams[id(record)], damp)
+            even, odd = folds[id(record)]
+            _refit(record, even + odd, _best_damp(record, even, odd) if tune_damp and not np.isscalar(odd) else damp)
 
 
 def _rows(value: np.ndarray, axis: int) -> np.ndarray:
@@ -62,7 +70,7 @@ def _rows(value: np.ndarray, axis: int) -> np.ndarray:
     return moved.reshape(-1, moved.shape[-1]).astype(np.float64)
 
 
-def _levels(graph: gs.Graph, records: list[SinkRecord]) -> list[list[SinkRecord]]:
+def _levels(graph: gs.Graph, records: list[SinkRecord], rounds: int) -> list[list[SinkRecord]]:
     """Records grouped so that no sink in a level feeds another sink of the same level."""
     view = ir.to_networkx(graph)
     by_node = {id(record.node): record for record in records}
@@ -76,29 +84,56 @@ def _levels(graph: gs.Graph, records: list[SinkRecord]) -> list[list[SinkRecord]
     ordered = [levels[key] for key in sorted(levels)]
     # Each round costs two model runs over the samples: deep models merge consecutive levels
     # (a sink then sees the refit of sinks in earlier rounds only).
-    per_round = -(-len(ordered) // _MAX_ROUNDS)
+    per_round = -(-len(ordered) // rounds)
     return [sum(ordered[i : i + per_round], []) for i in range(0, len(ordered), per_round)]
 
 
-def _refit(record: SinkRecord, gram: np.ndarray, damp: float) -> None:
-    node = record.node
+_DAMP_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge relative to the mean diagonal, tried by tune_damp
+
+
+def _solve(record: SinkRecord, gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(refit rows, offset or None): `W_o M` fitted on `gram` with ridge `damp`."""
     rows_o = as_rows(record.weight, record.in_axis).astype(np.float64)
     features = rows_o.shape[1]
     kept = len(gram) - 1 - features
-    intercept = node.op in ("Conv", "Gemm")
+    intercept = record.node.op in ("Conv", "Gemm")
     basis = np.arange(features, features + kept + (1 if intercept else 0))
     if intercept:
         basis[-1] = len(gram) - 1
     system = gram[np.ix_(basis, basis)]
     scale = float(np.diag(system).mean()) or 1.0
     coef = np.linalg.solve(system + damp * scale * np.eye(len(basis)), gram[np.ix_(basis, np.arange(features))])  # (basis, F)
+    return rows_o @ coef[:kept].T, (rows_o @ coef[kept] if intercept else None)
+
+
+def _best_damp(record: SinkRecord, even: np.ndarray, odd: np.ndarray) -> float | None:
+    """The grid ridge with the least two-fold held-out error, or None when none beats the plain cut."""
+    rows_o = as_rows(record.weight, record.in_axis).astype(np.float64)
+    features = rows_o.shape[1]
+    kept = len(even) - 1 - features
+    current = as_rows(ir.constant_value(record.node.inputs[1]), record.in_axis).astype(np.float64)
+    plain = sum(_error(held, rows_o, current, None, features, kept) for held in (even, odd))
+    scores = {damp: sum(_error(held, rows_o, *_solve(record, fit, damp), features, kept) for fit, held in ((even, odd), (odd, even)))
+              for damp in _DAMP_GRID}
+    best = min(scores, key=scores.get)
+    return best if scores[best] < plain else None
+
+
+def _refit(record: SinkRecord, gram: np.ndarray, damp: float | None) -> None:
+    node = record.node
+    rows_o = as_rows(record.weight, record.in_axis).astype(np.float64)
+    features = rows_o.shape[1]
+    kept = len(gram) - 1 - features
     current = as_rows(ir.constant_value(node.inputs[1]), record.in_axis).astype(np.float64)
-    new_rows = rows_o @ coef[:kept].T
     before = _error(gram, rows_o, current, None, features, kept)
-    offset = rows_o @ coef[kept] if intercept else None
+    if damp is None:
+        record.errors = (before, before)
+        return  # worse than the plain cut on held-out samples
+    new_rows, offset = _solve(record, gram, damp)
     after = _error(gram, rows_o, new_rows, offset, features, kept)
     record.errors = (before, after)
-    if after >= before or gram[-1, -1] < 4 * len(basis):
+    basis = kept + (1 if offset is not None else 0)
+    if after >= before or gram[-1, -1] < 4 * basis:
         record.errors = (before, before)
         return  # no gain on its own data, or too few rows to trust the fit: keep the plain cut
     like = ir.constant_value(node.inputs[1])

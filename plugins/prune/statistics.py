@@ -36,16 +36,21 @@ def calibration_samples(ctx, limit: int, logger: logging.Logger) -> dict[str, np
     """`--calibration` data, else the verifier's inputs (with a warning), at most `limit` samples."""
     samples, origin = ctx.fitting_data(limit)
     if origin == "sample_inputs":
-        logger.warning("prune: no --calibration given; importance and reconstruction use the verifier's "
+        logger.warning("prune: no --calibration given; importance, reconstruction and the budget check use the verifier's "
                        "inputs, which are generated unless --inputs was given, so they may mean little")
     return samples
 
 
-def collect_grams(model: onnx.ModelProto, samples: dict, requests: list[Request], max_rows: int) -> dict[Request, np.ndarray]:
-    """`{request: Gram (F+1, F+1)}` in float64, the last row/column being the constant 1 feature."""
+def collect_grams(model: onnx.ModelProto, samples: dict, requests: list[Request], max_rows: int,
+                  track=lambda items, desc, total: items) -> dict[Request, np.ndarray]:
+    """`{request: Gram (F+1, F+1)}` in float64, the last row/column being the constant 1 feature.
+
+    `track` is `PassContext.track` (a progress bar over the samples) or the default no-op.
+    """
     names = sorted({request.tensor for request in requests})
     grams: dict[Request, np.ndarray] = {}
-    for values in iter_activations(model, samples, names):
+    count = len(next(iter(samples.values()))) if samples else 0
+    for values in track(iter_activations(model, samples, names), desc="prune: statistics", total=count):
         for request in requests:
             rows = _rows(values[request.tensor], request)
             rows = rows[_evenly(len(rows), max_rows)].astype(np.float64)

@@ -32,7 +32,7 @@ def prune_channels(graph: gs.Graph, groups: list[Group], options, model: onnx.Mo
     grams = {}
     if samples is not None and model is not None and options.importance == "activation":
         requests = {_request(sink) for group in groups for sink in group.sinks if _features(sink) <= _MAX_FEATURES}
-        grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows)
+        grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows, track=options.track)
     scores = [_importance(group, options.importance, grams) for group in groups]
     counts = _counts(groups, scores, options)
     plan = []
@@ -60,9 +60,27 @@ def _counts(groups: list[Group], scores: list[np.ndarray], options) -> list[int]
         return max(0, count - count % multiple)
     if options.allocation == "uniform" or not groups:
         return [fit(group.size, int(np.floor(options.ratio * group.size))) for group in groups]
+    if options.allocation == "latency":
+        return [fit(group.size, count) for group, count in zip(groups, _latency_counts(groups, scores, options, multiple))]
     target = int(np.floor(options.ratio * sum(group.size for group in groups)))
     counts = allocate([loss_curve(score) for score in scores], target, cap=options.max_ratio)
     return [fit(group.size, count) for group, count in zip(groups, counts)]
+
+
+def _latency_counts(groups: list[Group], scores: list[np.ndarray], options, multiple: int) -> list[int]:
+    """Counts removing `ratio` of the groups' MACs at least measured loss per MAC (see latency_allocation)."""
+    costs = getattr(options, "group_costs", None) or {}
+    curves, weights, gains = [], [], []
+    for group, score in zip(groups, scores):
+        curve = loss_curve(score)
+        cost = costs.get(group.name)
+        usable = cost is not None and cost.probe > 0 and curve[cost.probe] > 0
+        curves.append(curve)
+        # the measured loss at the probe, spread along the group's importance curve
+        weights.append(cost.loss / curve[cost.probe] if usable else 0.0)
+        gains.append(cost.gain if usable else 0.0)  # unmeasured groups are left whole
+    target = options.ratio * sum(gain * group.size for gain, group in zip(gains, groups))
+    return allocate(curves, target, cap=options.max_ratio, weights=weights, gains=gains, multiple=multiple)
 
 
 def _importance(group: Group, kind: str, grams: dict) -> np.ndarray:
@@ -152,7 +170,8 @@ def _refit_sinks(graph: gs.Graph, plan, deleted: dict, model: onnx.ModelProto, s
         bias = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
         records.append(SinkRecord(node, sink.slot.tensor.name, sink.slot.axis, in_axis, original, bias))
         owners.append(groups)
-    refit_sinks(graph, model, records, samples, options.max_rows, options.damp)
+    refit_sinks(graph, model, records, samples, options.max_rows, options.damp, options.refit_rounds, track=options.track,
+                tune_damp=options.tune_damp)
     found: dict[int, dict] = {}
     for record, groups in zip(records, owners):
         for owner in groups:

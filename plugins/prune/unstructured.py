@@ -22,6 +22,7 @@ from graphopt_plugins.prune.statistics import Request, collect_grams
 
 __all__ = ["Layer", "find_layers", "prune_weights"]
 
+_MARK = ".sparse"  # suffix of weights this pass wrote: such layers are left alone (idempotence)
 _MAX_COLUMNS = 4096  # a reduction wider than this gets no Hessian (F² memory): magnitude only
 
 
@@ -55,6 +56,8 @@ def find_layers(graph: gs.Graph, min_weights: int) -> list[Layer]:
         weight = ir.constant_value(node.inputs[1])
         if weight is None or weight.dtype.kind != "f" or weight.size < min_weights or ir.constant_value(node.inputs[0]) is not None:
             continue
+        if node.inputs[1].name.rstrip("_").endswith(_MARK):
+            continue  # pruned by an earlier run, perhaps backed off below today's target
         if node.op != "Conv" and weight.ndim != 2:
             continue
         layers.append(Layer(node, _request(node, weight)))
@@ -79,16 +82,16 @@ def prune_weights(graph: gs.Graph, layers: list[Layer], options, model: onnx.Mod
     grams = {}
     if samples is not None and model is not None and (options.reconstruct_enabled or options.allocation == "sensitivity"):
         requests = {layer.request for layer in layers if layer.request is not None}
-        grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows)
+        grams = collect_grams(model, samples, sorted(requests, key=repr), options.max_rows, track=options.track)
     # A Hessian from fewer rows than twice its size (an SE block's pooled input, few samples) is
     # near singular: the OBS update would fit noise, so such a layer is pruned by magnitude.
     hessians = [grams[layer.request][:-1, :-1] if layer.request in grams and grams[layer.request][-1, -1] >= 2 * len(grams[layer.request]) else None for layer in layers]
-    targets = _targets(layers, hessians, options) if not m else [1 - n / m] * len(layers)
+    targets = _targets(layers, hessians, options) if not m else _pattern_targets(layers, n, m, options.pattern_share)
     taken = set(graph.tensors().keys())
     table = []
-    for layer, hessian, target in zip(layers, hessians, targets):
+    for layer, hessian, target in options.track(list(zip(layers, hessians, targets)), desc="prune: layers", total=len(layers)):
         rows = layer.rows().astype(np.float64)
-        if _done(rows, target, n, m):
+        if target == 0 or _done(rows, target, n, m):
             continue
         plain = magnitude_mask(rows, target, n, m)
         row = {"layer": layer.node.name, "weights": int(rows.size), "sparsity": round(float((plain == 0).mean()), 4)}
@@ -103,13 +106,46 @@ def prune_weights(graph: gs.Graph, layers: list[Layer], options, model: onnx.Mod
         row["zip_bytes_before"] = len(zlib.compress(before.tobytes(), 6))
         row["zip_bytes_after"] = len(zlib.compress(after.tobytes(), 6))
         row["dense_bytes"] = int(after.nbytes)
-        name = layer.node.inputs[1].name + ".sparse"
+        name = layer.node.inputs[1].name + _MARK
         while name in taken:
             name += "_"
         taken.add(name)
-        layer.node.inputs[1] = gs.Constant(name, np.ascontiguousarray(after))
+        row["stored_bytes"] = _store(graph, layer.node, name, np.ascontiguousarray(after), options.storage)
         table.append(row)
     return table
+
+
+def _store(graph: gs.Graph, node: gs.Node, name: str, weight: np.ndarray, storage: str) -> int:
+    """Makes `weight` the node's weight, dense or (when smaller) sparse; returns the bytes stored.
+
+    Sparse is a Constant node with a COO `sparse_value` (values, and int64 linear indices as
+    ONNX requires): 12 bytes per nonzero float32, so it only pays above 2/3 sparsity.
+    onnxruntime densifies it at load, so it saves file size, not memory or time.
+    """
+    nonzero = np.flatnonzero(weight)
+    sparse_bytes = int(nonzero.size * (weight.itemsize + 8))
+    if storage != "sparse" or sparse_bytes >= weight.nbytes:
+        node.inputs[1] = gs.Constant(name, weight)
+        return int(weight.nbytes)
+    values = onnx.numpy_helper.from_array(weight.ravel()[nonzero], name)
+    indices = onnx.numpy_helper.from_array(nonzero.astype(np.int64), name + ".indices")
+    stored = gs.Variable(name, dtype=weight.dtype, shape=list(weight.shape))
+    graph.nodes.append(gs.Node("Constant", name=name + ".constant", attrs={"sparse_value": onnx.helper.make_sparse_tensor(values, indices, weight.shape)},
+                               outputs=[stored]))
+    node.inputs[1] = stored
+    return sparse_bytes
+
+
+def _pattern_targets(layers: list[Layer], n: int, m: int, share: float) -> list[float]:
+    """n:m for the `share` of layers it harms least (relative weight energy it removes), dense for the rest."""
+    if share >= 1.0:
+        return [1 - n / m] * len(layers)
+    harm = []
+    for layer in layers:
+        rows = layer.rows().astype(np.float64)
+        harm.append(float(((rows - magnitude_mask(rows, 0.0, n, m)) ** 2).sum() / ((rows**2).sum() or 1.0)))
+    chosen = set(np.argsort(harm, kind="stable")[: int(np.floor(share * len(layers)))].tolist())
+    return [1 - n / m if index in chosen else 0.0 for index in range(len(layers))]
 
 
 def _targets(layers: list[Layer], hessians, options) -> list[float]:

@@ -1,0 +1,94 @@
+"""`allocation=latency`: prune where the compute is, spare the groups the output is sensitive to.
+
+Each group gets a *gain* — the multiply-accumulates one of its channels costs: its share of its
+roots' outputs, of its sinks' inputs and of its depthwise convs, from the layer shapes on one
+real sample (detection models have dynamic spatial sizes) — and a *measured loss*: 1 − the
+worst output cosine on the fitting data when that group alone loses half its channels
+(rounded to `channel_multiple`), ranked as the pass ranks them, without refit. The allocator
+then removes channels in order of loss per MAC saved until `ratio` of the MACs the groups
+carry is gone, each group's loss growing along its importance curve. On PP-OCRv4 det the two
+3×3 convs at 1/4 resolution take ~half the MACs, which uniform ratios barely touch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt.activations import capture_activations
+from graphopt.verify.metrics import output_metrics
+from graphopt_plugins.prune.backoff import run_outputs
+from graphopt_plugins.prune.groups import Group, prunable_layer
+
+__all__ = ["GroupCost", "group_gains", "group_losses", "probe_count"]
+
+
+@dataclasses.dataclass
+class GroupCost:
+    gain: float  # MACs saved per channel removed
+    loss: float  # measured 1 - worst cosine with `probe` channels removed
+    probe: int  # channels removed when the loss was measured
+
+
+def probe_count(size: int, multiple: int, min_channels: int) -> int:
+    count = min(size // 2, size - min_channels)
+    return max(0, count - count % multiple)
+
+
+def group_gains(groups: list[Group], model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dict[str, float]:
+    """`{group name: MACs per channel}` from the layer shapes on the first sample."""
+    layers = {id(node): node for group in groups for node in [root for root, _ in group.roots] + [s.node for s in group.sinks] + group.depthwise}
+    names = sorted({t.name for node in layers.values() for t in (node.inputs[0], node.outputs[0])})
+    first = {name: value[:1] for name, value in samples.items()}
+    shapes = {name: value.shape[1:] for name, value in capture_activations(model, first, names).items()}
+    macs = {key: _macs(node, shapes) for key, node in layers.items()}
+    gains = {}
+    for group in groups:
+        gain = 0.0
+        for root, _ in group.roots:
+            index, axis = prunable_layer(root)
+            gain += macs[id(root)] / ir.constant_value(root.inputs[index]).shape[axis]
+        for sink in group.sinks:
+            gain += macs[id(sink.node)] * sink.slot.block / _in_features(sink.node)
+        for node in group.depthwise:
+            gain += macs[id(node)] / ir.constant_value(node.inputs[1]).shape[0]
+        gains[group.name] = gain
+    return gains
+
+
+def _macs(node: gs.Node, shapes: dict[str, tuple]) -> float:
+    weight = ir.constant_value(node.inputs[1])
+    if node.op == "ConvTranspose":
+        return float(np.prod(shapes[node.inputs[0].name]) * np.prod(weight.shape[1:]))
+    if node.op == "Conv":
+        return float(np.prod(shapes[node.outputs[0].name]) * np.prod(weight.shape[1:]))
+    return float(np.prod(shapes[node.outputs[0].name]) * _in_features(node))
+
+
+def _in_features(node: gs.Node) -> int:
+    weight = ir.constant_value(node.inputs[1])
+    if node.op == "Conv":
+        return weight.shape[1] * node.attrs.get("group", 1)
+    if node.op == "ConvTranspose":
+        return weight.shape[0]
+    return weight.shape[1] if node.attrs.get("transB", 0) else weight.shape[0]
+
+
+def group_losses(model: onnx.ModelProto, samples: dict[str, np.ndarray], names: list[str],
+                 prune_one: Callable[[gs.Graph, str], bool], track) -> dict[str, float]:
+    """`{group name: 1 - worst output cosine}` with that group alone pruned by `prune_one(copy, name)`."""
+    reference = run_outputs(model, samples)
+    losses = {}
+    for name in track(names, desc="prune: group sensitivity", total=len(names)):
+        graph = ir.import_graph(model)
+        if not prune_one(graph, name):
+            continue
+        outputs = run_outputs(ir.export_model(graph, model), samples)
+        worst = min(output_metrics(expected, outputs[key])["cosine"] for key, expected in reference.items() if expected.dtype.kind == "f")
+        losses[name] = max(0.0, 1.0 - worst)
+    return losses
