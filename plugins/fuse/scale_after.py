@@ -60,7 +60,9 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, node, "the constant is not a non-zero per-output-channel float")
             continue
         ones, zeros = np.ones(count), np.zeros(count)
-        scale, shift = {"Mul": (vector, zeros), "Div": (1.0 / vector, zeros), "Add": (ones, vector), "Sub": (ones, -vector)}[node.op]
+        # Each pair built only for its op: 1/vector of a Mul's zeros would warn of a division by zero.
+        scale, shift = {"Mul": lambda: (vector, zeros), "Div": lambda: (1.0 / vector, zeros),
+                        "Add": lambda: (ones, vector), "Sub": lambda: (ones, -vector)}[node.op]()
         if linear.op == "BatchNormalization":
             _fold_into_batchnorm(linear, scale, shift, ctx)
         elif not fold_after(linear, scale, shift, ctx):

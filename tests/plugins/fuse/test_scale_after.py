@@ -98,3 +98,16 @@ def test_rules_stay_within_one_graph_level_and_fire_inside_bodies():
         then_body, else_body = (attr.g for attr in fused.graph.node[1].attribute)
         assert [node.op_type for node in then_body.node] == ["Mul"]
         assert [node.op_type for node in else_body.node] == ["Conv"]
+
+
+def test_a_mul_by_a_vector_holding_zeros_folds_without_a_division_warning():
+    import warnings
+    model = model_from_text("""
+        g (float[2,4] x) => (float[2,3] y) <float[4,3] w = {1,2,3,4,5,6,7,8,9,10,11,12}, float[3] s = {0, 2, -1}> {
+            h = MatMul(x, w)
+            y = Mul(h, s)
+        }""")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused, stats = fuse_and_check(model)
+    assert stats["scale_after"] == 1 and op_counts(fused) == {"MatMul": 1}
