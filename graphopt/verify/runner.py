@@ -18,7 +18,7 @@ from graphopt.errors import first_line
 from graphopt.external_data import read_external, spilled_initializers
 from graphopt.model_io import external_data_dir, serialized_too_big, write_with_external_data
 
-__all__ = ["make_session", "run_samples", "SessionError"]
+__all__ = ["make_session", "run_samples", "stacked_outputs", "SessionError"]
 
 
 class SessionError(Exception):
@@ -115,3 +115,17 @@ def run_samples(
             raise SessionError(first_line(error, limit=400)) from error
         results.append(dict(zip(names, values)))
     return results
+
+
+def stacked_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray], *, optimize: bool = False) -> dict[str, np.ndarray]:
+    """Each output of `model` over all `samples` (`{input: (N, *shape)}`), stacked along a new first axis.
+
+    One session at 1 thread; optimizations off (as the verifier runs) unless `optimize` (as
+    deployed). Inputs of `samples` the model does not take are ignored.
+    """
+    from graphopt.verify.feeds import split_samples  # the package imports this module first
+
+    session = make_session(model, optimize=optimize, threads=1)
+    names = {value.name for value in model.graph.input}
+    results = run_samples(session, split_samples({k: v for k, v in samples.items() if k in names}))
+    return {name: np.stack([result[name] for result in results]) for name in results[0]}

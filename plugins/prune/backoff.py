@@ -17,11 +17,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, output_metrics
-from graphopt.verify.runner import make_session, run_samples
+from graphopt.verify.runner import stacked_outputs
 
-__all__ = ["Attempt", "search_strength", "run_outputs", "adopt_graph"]
+__all__ = ["Attempt", "search_strength", "adopt_graph"]
 
 
 @dataclasses.dataclass
@@ -38,14 +37,6 @@ class Attempt:
                 "changed": bool(self.stats.get("changed"))}
 
 
-def run_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each output over all samples, stacked; ORT optimizations off, as the verifier runs."""
-    session = make_session(model, optimize=False, threads=1)
-    names = {value.name for value in model.graph.input}
-    results = run_samples(session, split_samples({k: v for k, v in samples.items() if k in names}))
-    return {name: np.stack([r[name] for r in results]) for name in results[0]}
-
-
 def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], template: onnx.ModelProto,
                     samples: dict[str, np.ndarray], budget: Budget, steps: int, track=iter) -> tuple[Attempt | None, list[Attempt]]:
     """(the strongest attempt within `budget`, or None; every attempt made, in order).
@@ -53,13 +44,13 @@ def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], templa
     `prune_copy(strength)` prunes a fresh copy of `template`'s graph and returns it with the
     pass's stats (`stats["changed"]` false means it found nothing to do at that strength).
     """
-    reference = run_outputs(template, samples)
+    reference = stacked_outputs(template, samples)
 
     def attempt(strength: float) -> Attempt:
         graph, stats = prune_copy(strength)
         if not stats.get("changed"):
             return Attempt(strength, stats, {}, [], graph)
-        outputs = run_outputs(ir.export_model(graph, template), samples)
+        outputs = stacked_outputs(ir.export_model(graph, template), samples)
         metrics = {name: output_metrics(expected, outputs[name]) for name, expected in reference.items() if expected.dtype.kind == "f"}
         violations = [text for name, values in metrics.items() for text in budget.violations(name, values)]
         return Attempt(strength, stats, metrics, violations, graph)

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from graphopt import ir
 from graphopt.activations import capture_activations
 from graphopt.verify.metrics import output_metrics
-from graphopt_plugins.prune.backoff import run_outputs
+from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.prune.groups import Group, prunable_layer
 
 __all__ = ["GroupCost", "group_gains", "group_losses", "probe_count"]
@@ -82,13 +82,13 @@ def _in_features(node: gs.Node) -> int:
 def group_losses(model: onnx.ModelProto, samples: dict[str, np.ndarray], names: list[str],
                  prune_one: Callable[[gs.Graph, str], bool], track) -> dict[str, float]:
     """`{group name: 1 - worst output cosine}` with that group alone pruned by `prune_one(copy, name)`."""
-    reference = run_outputs(model, samples)
+    reference = stacked_outputs(model, samples)
     losses = {}
     for name in track(names, desc="prune: group sensitivity", total=len(names)):
         graph = ir.import_graph(model)
         if not prune_one(graph, name):
             continue
-        outputs = run_outputs(ir.export_model(graph, model), samples)
+        outputs = stacked_outputs(ir.export_model(graph, model), samples)
         worst = min(output_metrics(expected, outputs[key])["cosine"] for key, expected in reference.items() if expected.dtype.kind == "f")
         losses[name] = max(0.0, 1.0 - worst)
     return losses

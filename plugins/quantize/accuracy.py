@@ -14,23 +14,12 @@ import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
-import onnx
 
-from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, output_metrics
-from graphopt.verify.runner import make_session, run_samples
 
-__all__ = ["run_outputs", "worst_metrics", "fit_to_budget"]
+__all__ = ["worst_metrics", "fit_to_budget"]
 
 logger = logging.getLogger(__name__)
-
-
-def run_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray], optimize: bool = True) -> dict[str, np.ndarray]:
-    """Each output over all samples, stacked along a new first axis."""
-    session = make_session(model, optimize=optimize, threads=1)
-    names = {value.name for value in model.graph.input}
-    results = run_samples(session, split_samples({k: v for k, v in samples.items() if k in names}))
-    return {name: np.stack([r[name] for r in results]) for name in results[0]}
 
 
 def worst_metrics(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], budget: Budget | None) -> dict:

@@ -20,7 +20,8 @@ import onnx_graphsurgeon as gs
 from graphopt import ir
 from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
-from graphopt_plugins.quantize.accuracy import fit_to_budget, run_outputs, worst_metrics
+from graphopt.verify.runner import stacked_outputs
+from graphopt_plugins.quantize.accuracy import fit_to_budget, worst_metrics
 from graphopt_plugins.quantize.calibration import collect_ranges
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
@@ -91,12 +92,12 @@ class Planner:
         timed = self.options.latency == "auto" and self.options.mode != "weight-only"
         if timed:
             chosen = self._layer_latency(chosen)
-        reference = run_outputs(self.model, self.evaluation)
+        reference = stacked_outputs(self.model, self.evaluation, optimize=True)
         evaluate = lambda subset: self._evaluate(reference, self.build(subset))  # noqa: E731
         if self.options.auto:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
-            sensitivity_of = lambda index: worst_metrics(small_reference, run_outputs(self.build([index]), small), None)["sqnr_db"]  # noqa: E731
+            sensitivity_of = lambda index: worst_metrics(small_reference, stacked_outputs(self.build([index]), small, optimize=True), None)["sqnr_db"]  # noqa: E731
             quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, chosen, sensitivity_of, self.track)
             for index, sqnr in sensitivity.items():
                 self.rows[index]["sensitivity_sqnr_db"] = _rounded(sqnr)
@@ -118,10 +119,10 @@ class Planner:
 
     def _evaluate(self, reference: dict, candidate: onnx.ModelProto) -> dict:
         """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs it)."""
-        deployed = worst_metrics(reference, run_outputs(candidate, self.evaluation), self.budget)
+        deployed = worst_metrics(reference, stacked_outputs(candidate, self.evaluation, optimize=True), self.budget)
         if not deployed["ok"]:
             return deployed
-        verified = worst_metrics(reference, run_outputs(candidate, self.evaluation, optimize=False), self.budget)
+        verified = worst_metrics(reference, stacked_outputs(candidate, self.evaluation), self.budget)
         return verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
 
     def _keep(self, index: int, why: str) -> None:
