@@ -209,3 +209,21 @@ def test_remove_dead_nodes_sweeps_bodies_and_keeps_the_outer_values_they_read():
     graph = ir.import_graph(onnx.parser.parse_model(text))
     assert ir.remove_dead_nodes(graph) == 1  # the body's unused Neg
     assert [node.op for node in graph.nodes] == ["Abs", "If"]
+
+
+def test_refresh_shapes_infers_through_large_weights_and_leaves_their_values_alone():
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    weight = np.arange(64 * 32, dtype=np.float32).reshape(64, 32)  # 8 KiB: exported as a placeholder
+    shape = np.array([2, -1], dtype=np.int64)  # a shape tensor: kept, data propagation reads it
+    x = gs.Variable("x", dtype=np.float32, shape=[4, 64])
+    product, flat, y = gs.Variable("product"), gs.Variable("flat"), gs.Variable("y", dtype=np.float32)
+    graph = gs.Graph(nodes=[gs.Node("MatMul", inputs=[x, gs.Constant("w", weight)], outputs=[product]),
+                            gs.Node("Reshape", inputs=[product, gs.Constant("shape", shape)], outputs=[flat]),
+                            gs.Node("Relu", inputs=[flat], outputs=[y])],
+                     inputs=[x], outputs=[y], opset=17)
+    assert ir.refresh_shapes(graph) == 2
+    assert list(product.shape) == [4, 32] and list(flat.shape) == [2, 64]
+    constant = graph.tensors()["w"]
+    assert type(constant._values) is np.ndarray and constant.values is weight
