@@ -17,6 +17,7 @@ import onnxruntime as ort
 from graphopt.errors import first_line
 from graphopt.external_data import read_external, spilled_initializers
 from graphopt.model_io import external_data_dir, serialized_too_big, write_with_external_data
+from graphopt.verify.feeds import split_samples
 
 __all__ = ["make_session", "run_samples", "stacked_outputs", "SessionError"]
 
@@ -123,8 +124,6 @@ def stacked_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray], *, o
     One session at 1 thread; optimizations off (as the verifier runs) unless `optimize` (as
     deployed). Inputs of `samples` the model does not take are ignored.
     """
-    from graphopt.verify.feeds import split_samples  # the package imports this module first
-
     session = make_session(model, optimize=optimize, threads=1)
     names = {value.name for value in model.graph.input}
     results = run_samples(session, split_samples({k: v for k, v in samples.items() if k in names}))
