@@ -35,7 +35,7 @@ from graphopt.model_io import (
 )
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
-from graphopt.summary import model_bytes, summarize
+from graphopt.summary import summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
 from graphopt.verify.feeds import check_feeds
 
@@ -152,13 +152,13 @@ def _optimized(
                 error.report["input"] = summarize(source, size_of=pristine)
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
-        # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
-        output_summary = summarize(outcome.model)
         final = outcome.model if changed else copy_model(pristine)
+        # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
+        output_summary = summarize(outcome.model, size_of=final,
+                                   value_info=bool(len(pristine.graph.value_info)) or not changed)
         if changed and not len(pristine.graph.value_info):
             # The shapes graphopt inferred for its own use are not the user's; don't ship them.
             del final.graph.value_info[:]
-        output_summary["bytes"] = model_bytes(final)
         report = {
             "schema": REPORT_SCHEMA,
             "graphopt_version": __version__,

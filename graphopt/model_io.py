@@ -43,6 +43,7 @@ __all__ = [
     "load_model",
     "save_model",
     "check_model",
+    "inferred_and_checked",
     "iter_tensors",
     "iter_graph_protos",
     "tensor_nbytes",
@@ -108,6 +109,24 @@ def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool =
         onnx.checker.check_model(model, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError) as error:
         raise InputError(f"invalid model: {first_line(error)}", path=path) from error
+
+
+def inferred_and_checked(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`infer_model_shapes(model)`, having checked it as `check_model(full=True)` does; InputError if invalid.
+
+    A full check is the structural check plus strict, type-checking shape inference. Run that
+    inference with data propagation and its result is the shapes too: one inference where
+    inferring, then checking, ran two (a third of a pass's bookkeeping on PP-OCRv4 rec).
+    """
+    if not serialized_too_big(model) and not uses_external_data(model):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+            onnx.checker.check_model(inferred)
+            return inferred
+        except Exception:  # noqa: BLE001 - invalid, or only data propagation tripped: the slow path tells which
+            pass
+    check_model(model, full=True)
+    return infer_model_shapes(model)
 
 
 def save_model(

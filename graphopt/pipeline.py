@@ -22,7 +22,7 @@ from graphopt import ir
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
-from graphopt.model_io import check_model, external_data_dir, infer_model_shapes, save_model
+from graphopt.model_io import external_data_dir, inferred_and_checked, save_model
 from graphopt.options import build_options, describe_options
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import PassRegistry, Plugins
@@ -159,9 +159,13 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
     sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
     reports, lossy_ran = [], False
     live_graph = None  # the IR of `model` the last pass left, when it is still that
+    model_size = None  # model_bytes(model): sizing walks the whole proto, so once per model
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
-        entry = _entry(pass_, plugins.registry, model, settings)
+        if model_size is None:
+            model_size = model_bytes(model, value_info=settings.keeps_value_info)
+        entry = _entry(pass_, plugins.registry, model, model_size)
+        before = model
         result, candidate, graph = None, model, live_graph
         live_graph = None  # the pass may leave it half-rewritten, whatever happens next
         try:
@@ -216,7 +220,9 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
                    accepted=entry["status"] == "accepted")
         entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
         entry["nodes_after"] = len(model.graph.node)
-        entry["bytes_after"] = model_bytes(model, value_info=settings.keeps_value_info)
+        if model is not before:
+            model_size = model_bytes(model, value_info=settings.keeps_value_info)
+        entry["bytes_after"] = model_size
         logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
         reports.append(entry)
 
@@ -285,12 +291,11 @@ def _apply(
             ir.release_graph(graph, model)
         return result, model, graph if keep else None
     try:
-        candidate = infer_model_shapes(ir.export_model(graph, model))
+        candidate = inferred_and_checked(ir.export_model(graph, model))
         if keep:
             ir.apply_inferred_shapes(graph, candidate)  # as a fresh import of `candidate` would have them
         else:
             ir.release_graph(graph, model)
-        check_model(candidate, full=True)
     except InputError as error:
         raise PassError(f"pass '{pass_.name}' produced an invalid model: {error.message}", pass_name=pass_.name) from error
     except Exception as error:
@@ -342,7 +347,7 @@ def _failure_message(pass_: Pass, verdict) -> str:
     return message
 
 
-def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, settings: PipelineSettings) -> dict:
+def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, model_size: int) -> dict:
     return {
         "name": pass_.name,
         "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
@@ -354,5 +359,5 @@ def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, settings
         "details": {},
         "verification": None,
         "nodes_before": len(model.graph.node),
-        "bytes_before": model_bytes(model, value_info=settings.keeps_value_info),
+        "bytes_before": model_size,
     }

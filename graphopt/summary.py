@@ -20,9 +20,10 @@ from graphopt.model_io import external_data_dir, iter_graph_protos, iter_tensors
 __all__ = ["summarize", "format_comparison", "model_bytes"]
 
 
-def summarize(model: onnx.ModelProto, *, size_of: onnx.ModelProto | None = None) -> dict:
+def summarize(model: onnx.ModelProto, *, size_of: onnx.ModelProto | None = None, value_info: bool = True) -> dict:
     """The summary of `model`; `bytes` is measured on `size_of` when given (the model as stored,
-    where `model` is its shape-inferred copy, whose value_info would inflate the count).
+    where `model` is its shape-inferred copy, whose value_info would inflate the count), without
+    the main graph's value_info when `value_info` is false (it is to be dropped before storing).
     """
     shapes = _known_shapes(model)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
@@ -42,7 +43,7 @@ def summarize(model: onnx.ModelProto, *, size_of: onnx.ModelProto | None = None)
         # Constant nodes count too: some exporters (paddle2onnx) keep every weight in one.
         "parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1 for t in tensors)),
         "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
-        "bytes": model_bytes(size_of if size_of is not None else model),
+        "bytes": model_bytes(size_of if size_of is not None else model, value_info=value_info),
         "macs": int(macs),
         "macs_unknown": dict(unknown),
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},

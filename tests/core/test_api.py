@@ -77,6 +77,31 @@ def test_hooks_see_every_pass_and_a_lossless_pass_that_breaks_numerics_is_rolled
     assert result.report["passes"][0]["verification"]["first_divergence"]["op"] == "Add"
 
 
+def test_a_pass_whose_output_only_the_full_check_rejects_is_a_pass_error():
+    class Mistype(graphopt.Pass):
+        """Makes the bias int64: the structure stays valid, Add's types no longer match."""
+
+        name = "mistype"
+
+        def run(self, graph, ctx):
+            constant = next(t for t in graph.tensors().values() if hasattr(t, "values") and t.values.size > 1)
+            constant.values = constant.values.astype(np.int64)
+            return graphopt.PassResult(changed=True, stats={})
+
+    plugin = types.SimpleNamespace(graphopt_register_passes=graphopt.hookimpl(lambda registry: registry.add(Mistype)))
+    with pytest.raises(graphopt.PassError, match="pass 'mistype' produced an invalid model") as caught:
+        graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["mistype"], plugins=[plugin], verify="off")
+    assert caught.value.pass_name == "mistype"
+
+
+def test_inferred_and_checked_gives_the_shapes_inference_gives():
+    from graphopt.model_io import infer_model_shapes, inferred_and_checked
+
+    model = onnx.parser.parse_model(MODEL)
+    assert inferred_and_checked(model) == infer_model_shapes(model)
+    assert {value.name for value in inferred_and_checked(model).graph.value_info} == {"i", "s", "t"}
+
+
 def test_dump_dir_writes_the_model_after_each_pass(tmp_path):
     graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"], dump_dir=tmp_path)
     dumped = tmp_path / "01_cleanup.onnx"
