@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt.local_shapes import node_positions, propagate_shapes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["constant_reshape_targets"]
@@ -33,6 +34,7 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
     piece keeps its meaning, since every piece keeps its position.)
     """
     rewritten = 0
+    position = node_positions(graph)
     for reshape in list(graph.nodes):
         if reshape.op != "Reshape" or len(reshape.inputs) != 2 or int(reshape.attrs.get("allowzero", 0)):
             continue
@@ -53,14 +55,13 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, reshape, "a piece of the target is not a constant or a copy of the input's own dims")
             continue
         reshape.inputs[1] = ctx.constant(f"{reshape.name or 'reshape'}_shape", np.asarray(values, dtype=np.int64))
-        output, source = reshape.outputs[0], reshape.inputs[0].shape
-        if output.shape is None:
-            output.shape = [source[i] if v == 0 and source is not None else (v if v > 0 else None) for i, v in enumerate(values)]
+        # A constant target lets shape inference see through the Reshape: what follows gets
+        # shapes, and the next Reshape downstream (attention's split, then merge) its target.
+        propagate_shapes(graph, [reshape.inputs[1]], position)
         rewritten += 1
     if rewritten:
-        # A constant target lets shape inference see through the Reshape: what follows gets
-        # shapes, and with them more targets (and Gemm/no-op decisions) become provable. The
-        # next round must see them, or a second run of the pass would find more to do.
+        # What only a whole-graph inference finds (through Shape arithmetic) the next round and
+        # the other rules must see too, or a second run of the pass would find more to do.
         ir.refresh_shapes(graph)
     return rewritten
 
