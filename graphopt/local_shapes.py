@@ -11,6 +11,7 @@ Shape arithmetic, no subgraph bodies), so it complements `refresh_shapes`, never
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -99,7 +100,8 @@ def _input_types(node: gs.Node) -> tuple[dict[str, onnx.TypeProto], dict[str, on
         shape = None if tensor.shape is None else [d if isinstance(d, (int, np.integer)) and d >= 0 else
                                                    (d if isinstance(d, str) and d else None) for d in tensor.shape]
         types[tensor.name] = onnx.helper.make_tensor_type_proto(elem_type, shape)
-        if isinstance(tensor, gs.Constant) and tensor.values.size <= _DATA_ELEMENTS:
+        # sized by its shape first: reading `values` would load a weight still mapped from a file
+        if isinstance(tensor, gs.Constant) and math.prod(tensor.shape) <= _DATA_ELEMENTS:
             data[tensor.name] = onnx.numpy_helper.from_array(np.asarray(tensor.values), tensor.name)
     return types, data
 
