@@ -115,8 +115,8 @@ def inferred_and_checked(model: onnx.ModelProto) -> onnx.ModelProto:
     """`infer_model_shapes(model)`, having checked it as `check_model(full=True)` does; InputError if invalid.
 
     A full check is the structural check plus strict, type-checking shape inference. Run that
-    inference with data propagation and its result is the shapes too: one inference where
-    inferring, then checking, ran two (a third of a pass's bookkeeping on PP-OCRv4 rec).
+    inference with data propagation and its result is the shapes too: one inference per pass
+    output where inferring, then checking, ran two.
     """
     if not serialized_too_big(model) and not uses_external_data(model):
         try:
