@@ -27,7 +27,9 @@ from graphopt_plugins.fuse.rms_norm import fuse_rms_norm
 from graphopt_plugins.fuse.rule import Rule
 from graphopt_plugins.fuse.scale_after import fold_channel_constants_after
 from graphopt_plugins.fuse.scale_before import fold_channel_constants_before
+from graphopt_plugins.fuse.scale_upstream import fold_scalars_upstream
 from graphopt_plugins.fuse.skip_layer_norm import fuse_skip_layer_norm
+from graphopt_plugins.fuse.squeeze_chain import merge_squeeze_chains
 from graphopt_plugins.fuse.squeeze_pair import remove_squeeze_pairs
 from graphopt_plugins.fuse.transpose_chain import merge_transpose_chains
 from graphopt_plugins.fuse.transpose_into_gemm import fold_transpose_into_gemm
@@ -40,6 +42,7 @@ RULES: tuple[Rule, ...] = (
     Rule("reshape_own_dims", constant_reshape_targets, min_opset=5, description="a Reshape target built from the input's own Shape becomes a constant"),
     Rule("reshape_chain", collapse_reshape_chains, min_opset=5, description="Reshape∘Reshape (or Flatten) collapsed into one Reshape"),
     Rule("squeeze_pair", remove_squeeze_pairs, description="Squeeze/Unsqueeze pairs on the same axes removed"),
+    Rule("squeeze_chain", merge_squeeze_chains, description="Unsqueeze∘Unsqueeze and Squeeze∘Squeeze merged into one"),
     Rule("noop_removal", remove_noop_nodes, description="Reshape/Cast/Slice/Expand/Concat/Split that return their input, removed"),
     # -- pattern rules (activations, norms, attention) --
     Rule("hardswish", fuse_hardswish, min_opset=6, description="x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14); below 14, x*relu6(x+3)/6 → x*HardSigmoid(x)"),
@@ -54,6 +57,7 @@ RULES: tuple[Rule, ...] = (
     # -- folds into weights and Gemm --
     Rule("bn_fold", fold_batchnorm_into_linear, description="BatchNormalization folded into the Conv/ConvTranspose/Gemm/MatMul before it"),
     Rule("scale_after", fold_channel_constants_after, description="per-channel Mul/Add/Sub/Div by constants folded into the linear node before"),
+    Rule("scale_upstream", fold_scalars_upstream, description="a scalar Mul/Div after MatMul(q, kᵀ) folded, through Reshape/Transpose and bias Adds, into the projection's weights (standard target)"),
     Rule("bn_to_mul_add", batchnorm_to_mul_add, description="a BN before a linear node becomes Add+Mul that fold into it"),
     Rule("scale_before", fold_channel_constants_before, description="per-channel Mul/Div (Add/Sub where exact) folded into the linear node after"),
     Rule("pad_fold", fold_pad_into_window, description="constant spatial Pad folded into Conv/AveragePool/MaxPool pads"),

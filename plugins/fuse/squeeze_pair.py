@@ -9,7 +9,7 @@ from graphopt import ir
 from graphopt_plugins.fuse._affine import bypass, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
-__all__ = ["remove_squeeze_pairs"]
+__all__ = ["remove_squeeze_pairs", "axes_of"]
 
 RULE = "squeeze_pair"
 _INVERSE = {"Squeeze": "Unsqueeze", "Unsqueeze": "Squeeze"}
@@ -41,7 +41,7 @@ def remove_squeeze_pairs(graph: gs.Graph, ctx: FuseContext) -> int:
             continue
         larger = middle if inner.op == "Unsqueeze" else inner.inputs[0]
         rank = len(larger.shape) if larger.shape is not None else None
-        first, second = _axes(inner, rank), _axes(outer, rank)
+        first, second = axes_of(inner, rank), axes_of(outer, rank)
         if first is None or second is None or first != second:
             ctx.near_miss(RULE, outer, "the axes are implicit, not constants, or differ")
             continue
@@ -55,7 +55,7 @@ def remove_squeeze_pairs(graph: gs.Graph, ctx: FuseContext) -> int:
     return rewritten
 
 
-def _axes(node: gs.Node, rank: int | None) -> set[int] | None:
+def axes_of(node: gs.Node, rank: int | None) -> set[int] | None:
     if "axes" in node.attrs:
         values = node.attrs["axes"]
     elif len(node.inputs) > 1 and node.inputs[1].name:
