@@ -33,6 +33,7 @@ from graphopt_plugins.fuse.squeeze_chain import merge_squeeze_chains
 from graphopt_plugins.fuse.squeeze_pair import remove_squeeze_pairs
 from graphopt_plugins.fuse.transpose_chain import merge_transpose_chains
 from graphopt_plugins.fuse.transpose_into_gemm import fold_transpose_into_gemm
+from graphopt_plugins.fuse.value_bias import fold_value_bias
 
 __all__ = ["RULES", "rule_names"]
 
@@ -58,6 +59,7 @@ RULES: tuple[Rule, ...] = (
     Rule("bn_fold", fold_batchnorm_into_linear, description="BatchNormalization folded into the Conv/ConvTranspose/Gemm/MatMul before it"),
     Rule("scale_after", fold_channel_constants_after, description="per-channel Mul/Add/Sub/Div by constants folded into the linear node before"),
     Rule("scale_upstream", fold_scalars_upstream, description="a scalar Mul/Div after MatMul(q, kᵀ) folded, through Reshape/Transpose and bias Adds, into the projection's weights (standard target)"),
+    Rule("value_bias", fold_value_bias, description="attention's value bias moved past softmax(…)·V into the output projection's bias (standard target)"),
     Rule("bn_to_mul_add", batchnorm_to_mul_add, description="a BN before a linear node becomes Add+Mul that fold into it"),
     Rule("scale_before", fold_channel_constants_before, description="per-channel Mul/Div (Add/Sub where exact) folded into the linear node after"),
     Rule("pad_fold", fold_pad_into_window, description="constant spatial Pad folded into Conv/AveragePool/MaxPool pads"),

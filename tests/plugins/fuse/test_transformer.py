@@ -97,7 +97,7 @@ def test_opset_20_export_already_has_gelu_and_still_gets_attention_and_skip_laye
     assert stats["attention"] == LAYERS and stats["skip_layer_norm"] == 2 * LAYERS
     fused, stats = check(model)
     # for standard ops at 20 the exporter fused the activations and norms; what is left: the
-    # residual Adds become Sums, each layer's 1/√d moves into its q projection, and the mask's
-    # two Unsqueezes become one
+    # residual Adds become Sums, each layer's 1/√d moves into its q projection and its value
+    # bias into its output projection, and the mask's two Unsqueezes become one
     assert {rule: count for rule, count in stats.items() if count} == {
-        "residual_sum": 2 * LAYERS, "scale_upstream": LAYERS, "squeeze_chain": 1}
+        "residual_sum": 2 * LAYERS, "scale_upstream": LAYERS, "value_bias": LAYERS, "squeeze_chain": 1}
