@@ -48,7 +48,7 @@ def fold_value_bias(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, matmul, "the values do not come, through Reshape/Transpose, from an Add of a constant bias")
             continue
         add, pattern = found
-        if pattern.shape[-2] != 1:
+        if pattern.ndim < 2 or pattern.shape[-2] != 1:
             ctx.near_miss(RULE, matmul, "the bias varies along the axis the softmax weights sum over")
             continue
         result = matmul.outputs[0]
