@@ -2,7 +2,7 @@
 
     python benchmarks/factorize.py [--targets 0.1,0.2,0.3] [--svd-targets 0.1,0.2] [--latency-targets 0.1,0.2]
                                    [--calibration 16] [--held-out 8] [--latency-runs 30] [--rank-multiple 16]
-                                   [--pre opset,cleanup,fuse] [--models det,rec,transformer] [--out benchmarks/results]
+                                   [--conv auto] [--pre opset,cleanup,fuse] [--models det,rec,transformer] [--out benchmarks/results]
 
 Models: PP-OCRv4 det and rec from the `rapidocr-onnxruntime==1.4.4` wheel (trained weights;
 fetched into `$GRAPHOPT_BENCH_CACHE` by `common.fetch_models`), fed synthetic text images
@@ -140,7 +140,7 @@ def interleaved_latency(original, candidate, feeds, runs: int) -> tuple[float, f
     return statistics.median(times[0]), statistics.median(times[1]), min(times[0]), min(times[1])
 
 
-def bench(label, model, calibration, held_out, variants, runs, rank_multiple) -> list[dict]:
+def bench(label, model, calibration, held_out, variants, runs, rank_multiple, conv) -> list[dict]:
     model = _static(model, calibration)
     before = summarize(model)
     reference = _outputs(model, held_out)
@@ -151,7 +151,7 @@ def bench(label, model, calibration, held_out, variants, runs, rank_multiple) ->
     for method, method_targets in variants:
         for target in method_targets:
             options = {"method": method.split("/")[0], "rank_by": "target", "target": f"macs={target}", "backoff": 0,
-                       "budget": "cos=-1", "sensitivity_samples": 4, "rank_multiple": rank_multiple,
+                       "budget": "cos=-1", "sensitivity_samples": 4, "rank_multiple": rank_multiple, "conv": conv,
                        "saving_by": "latency" if method.endswith("/latency") else "macs"}
             start = time.perf_counter()
             result = graphopt.optimize(model, passes=["factorize"], options={"factorize": options},
@@ -229,6 +229,7 @@ def main() -> None:
     parser.add_argument("--latency-targets", default="0.1,0.2")
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--rank-multiple", type=int, default=16)
+    parser.add_argument("--conv", default="auto", help="the factorize pass's conv option (channel, input, auto…)")
     parser.add_argument("--pre", default="opset,cleanup,fuse", help="lossless passes run first; their result is the baseline")
     parser.add_argument("--models", default="det,rec,transformer")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")))
@@ -253,7 +254,7 @@ def main() -> None:
             calibration, held_out = make_inputs(args.calibration, 0), make_inputs(args.held_out, 1)
         if pre:
             model = graphopt.optimize(model, passes=pre, verify="off").model
-        rows += bench(label, model, calibration, held_out, variants, args.latency_runs, args.rank_multiple)
+        rows += bench(label, model, calibration, held_out, variants, args.latency_runs, args.rank_multiple, args.conv)
         write(rows, out)  # after each model, so a long run leaves what it measured
 
 

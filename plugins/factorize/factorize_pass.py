@@ -18,6 +18,7 @@ from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import make_session, run_samples
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
 from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd, round_rank
+from graphopt_plugins.factorize.input_split import fit_input_split, split_cost
 from graphopt_plugins.factorize.refit import refit_factors
 from graphopt_plugins.factorize.ranks import first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
 from graphopt_plugins.factorize.rewrite import factorize_site
@@ -29,7 +30,7 @@ __all__ = ["Factorize"]
 
 _METHODS = ("auto", "data", "svd")
 _RULES = ("energy", "rank_ratio", "max_error", "target")
-_CONV_MODES = ("channel", "spatial", "off")
+_CONV_MODES = ("channel", "spatial", "input", "auto", "off")
 _OPS = ("MatMul", "Gemm", "Conv")
 _DEFAULT_BUDGET = Budget(cos=0.99)
 
@@ -39,7 +40,10 @@ class Factorize(graphopt.Pass):
 
     Rewrites, in the main graph: MatMul and Gemm with a constant 2-D weight W (K×N) into two
     MatMuls X·U·V (bias and beta on the second); dense 2-D Conv into a k×k Cin→r Conv then a
-    1×1 r→Cout Conv (`conv=channel`) or into kh×1 then 1×kw Convs (`conv=spatial`, k×k only).
+    1×1 r→Cout Conv (`conv=channel`), a 1×1 Cin→r Conv then a k×k r→Cout Conv (`conv=input`),
+    whichever of the two leaves less output error per MAC on the data, layer by layer
+    (`conv=auto`, the default; channel without data), or into kh×1 then 1×kw Convs
+    (`conv=spatial`, k×k only).
     A layer is only rewritten at a rank r (a multiple of `rank_multiple`) where
     r·(K+N) ≤ (1 − margin)·K·N in parameters and MACs.
     Must not fire on: grouped/depthwise Conv, non-constant or non-float weights, Gemm with
@@ -71,7 +75,7 @@ class Factorize(graphopt.Pass):
         target: str = "macs=0.25"  # rank_by=target: 'macs=F' or 'params=F', fraction of the model removed
         margin: float = 0.1  # factorize only where factors cost <= (1 - margin) x the original
         rank_multiple: int = 8  # ranks are multiples of this
-        conv: str = "channel"  # channel (kxk then 1x1) | spatial (kx1 then 1xk) | off
+        conv: str = "auto"  # channel (kxk then 1x1) | input (1x1 then kxk) | auto (per layer, channel or input, whichever fits the data better) | spatial (kx1 then 1xk) | off
         ops: str = "MatMul,Gemm,Conv"  # op types to consider
         max_samples: int = 32  # calibration samples used at most
         rows_per_sample: int = 512  # input rows (tokens, conv positions) per sample fed to each fit
@@ -139,7 +143,7 @@ class Factorize(graphopt.Pass):
             data = collect(model, samples, sites, options.rows_per_sample, ctx.rng(),
                            track=lambda items: ctx.track(items, desc="factorize: calibration", total=count))
         _set_rows(sites, data)
-        fits = {site.index: _fit(site, method, data) for site in sites}
+        fits = {site.index: _fit(site, method, data, options.conv, options.rank_multiple) for site in sites}
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         weights, timings, candidates = None, None, sites
@@ -234,15 +238,32 @@ def _set_rows(sites: list[Site], data: LayerData | None) -> None:
         elif len(shape) == 4:
             batch, out_h, out_w, in_w = conv_geometry(site, shape)
             site.rows, site.first_rows = batch * out_h * out_w, batch * out_h * in_w
+            site.input_pixels = batch * shape[2] * shape[3]
 
 
-def _fit(site: Site, method: str, data: LayerData | None) -> Factorization:
+def _fit(site: Site, method: str, data: LayerData | None, conv_mode: str, multiple: int):
+    """The site's factors at every rank; with `conv=auto`, a k×k Conv takes the split that fits its data better."""
     gram = data.grams.get(site.index) if data is not None else None
     if gram is not None and not data.rows_seen[site.index]:
         gram = None
-    if method == "data" and gram is not None:
-        return fit_data_aware(site.weight, gram)
-    return fit_svd(site.weight, gram)
+    if method != "data" or gram is None:
+        if site.kind == "conv_input":
+            return fit_svd(site.weight.reshape(site.split_shape), gram=None)
+        return fit_svd(site.weight, gram)
+    in_channels, kk = site.node.inputs[1].shape[1], site.weight.shape[0] // site.node.inputs[1].shape[1]
+    if site.kind == "conv_input":
+        return fit_input_split(site.weight, gram, in_channels, kk)
+    fit = fit_data_aware(site.weight, gram)
+    if conv_mode != "auto" or site.kind != "conv_channel" or kk == 1 or site.rows is None:
+        return fit
+    other = fit_input_split(site.weight, gram, in_channels, kk)
+    as_input = dataclasses.replace(site, kind="conv_input")
+    mine = split_cost(fit.errors, lambda rank: site.macs(rank) / site.macs(), multiple)
+    theirs = split_cost(other.errors, lambda rank: as_input.macs(rank) / as_input.macs(), multiple)
+    if theirs < mine:
+        site.kind = "conv_input"
+        return other
+    return fit
 
 
 def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site]) -> dict[str, int]:

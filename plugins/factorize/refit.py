@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from graphopt.activations import iter_activations
+from graphopt_plugins.factorize.input_split import second_for
 from graphopt_plugins.factorize.lowrank import fit_data_aware
 from graphopt_plugins.factorize.sites import Site
 from graphopt_plugins.factorize.statistics import patches
@@ -43,7 +44,8 @@ def refit_factors(original: onnx.ModelProto, factorized: onnx.ModelProto, sample
     X·W is the whitened truncation (`fit_data_aware`) of the full least-squares map
     W* = Ĝ⁻¹·X̂ᵀX·W, because ‖XW − X̂M‖² = ‖XW − X̂W*‖² + ‖X̂(W* − M)‖² for every M.
     Both need only Ĝ = X̂ᵀX̂ and X̂ᵀX (K×K) per site. conv_spatial sites keep their factors
-    (their rows are not X·W).
+    (their rows are not X·W); conv_input sites get V refitted in both (U is a 1×1 conv, whose
+    pair refit has no closed form).
     """
     chosen = [site for site in sites if site.index in factors and site.kind != "conv_spatial"]
     if not chosen:
@@ -63,6 +65,9 @@ def refit_factors(original: onnx.ModelProto, factorized: onnx.ModelProto, sample
     for site in chosen:
         first, _ = factors[site.index]
         gram, target = np.asarray(seen_gram[site.index]), np.asarray(cross[site.index]) @ site.weight  # X̂ᵀXW
+        if site.kind == "conv_input":  # U is a 1×1 conv: only V is refitted, in im2col space
+            second[site.index] = both[site.index] = (first, second_for(first, gram, target, len(gram) // len(first)))
+            continue
         small = first.T @ gram @ first
         second[site.index] = (first, np.linalg.solve(_ridged(small), first.T @ target))
         best_map = np.linalg.solve(_ridged(gram), target)
