@@ -19,7 +19,7 @@ from graphopt.verify.runner import make_session, run_samples
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
 from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd, round_rank
 from graphopt_plugins.factorize.input_split import fit_input_split, split_cost
-from graphopt_plugins.factorize.refit import refit_factors
+from graphopt_plugins.factorize.refit import refit_in_order
 from graphopt_plugins.factorize.ranks import first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
 from graphopt_plugins.factorize.rewrite import factorize_site
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
@@ -51,8 +51,8 @@ class Factorize(graphopt.Pass):
     model this pass already factorized (idempotence: factor nodes carry a name mark).
     Data-aware by default: with `--calibration` (else the verifier's inputs, with a warning)
     each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD),
-    then (`refit`) V alone, or U and V together, are refitted by least squares on the inputs
-    the factorized model really feeds the layer, each kept when it brings the outputs closer;
+    then (`refit`) each V is refitted by least squares, layer by layer in graph order, on the
+    inputs the factorized model really feeds it, kept when it brings the outputs closer;
     `saving_by=latency` times each layer alone in onnxruntime and allocates a global target
     only to layers whose factors run faster, by milliseconds saved per unit of loss;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
@@ -82,7 +82,7 @@ class Factorize(graphopt.Pass):
         sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
         sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
         saving_by: str = "macs"  # rank_by=target: spend the loss where it saves macs, or measured latency (each layer timed in ORT)
-        refit: bool = True  # data method: refit V, or U and V, by least squares on the inputs the factorized model feeds them
+        refit: bool = True  # data method: refit each V by least squares, layer by layer, on the inputs the factorized model feeds it
         backoff: int = 4  # times strength is halved when the budget is missed
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
 
@@ -171,14 +171,14 @@ class Factorize(graphopt.Pass):
             measured = _metrics(candidate, samples, data)
             refitted = False
             if method == "data" and options.refit:
-                # each kept only where it helps on the data: a one-shot refit can overshoot
-                count = len(next(iter(samples.values())))
-                variants = refit_factors(model, candidate, samples, sites, factors, options.rows_per_sample, ctx.seed,
-                                         track=lambda items: ctx.track(items, desc="factorize: refit", total=count))
-                for name, again in variants.items():
-                    remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
-                    if _worst_cosine(remeasured) > _worst_cosine(measured):
-                        factors, measured, refitted = again, remeasured, name
+                # kept only where it helps on the data; a refit fits to the data it is judged on,
+                # but refits only V, in order (refit.py says what overfitted and was dropped)
+                again = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), samples, sites,
+                                       factors, options.rows_per_sample, ctx.seed,
+                                       track=lambda items: ctx.track(items, desc="factorize: refit", total=len(ranks)))
+                remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
+                if _worst_cosine(remeasured) > _worst_cosine(measured):
+                    factors, measured, refitted = again, remeasured, True
             if not any(budget.violations(name, values) for name, values in measured.items()):
                 break
             log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), _cosines(measured))
