@@ -51,8 +51,9 @@ class Factorize(graphopt.Pass):
     model this pass already factorized (idempotence: factor nodes carry a name mark).
     Data-aware by default: with `--calibration` (else the verifier's inputs, with a warning)
     each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD),
-    then (`refit`) each V is refitted by least squares, layer by layer in graph order, on the
-    inputs the factorized model really feeds it, kept when it brings the outputs closer;
+    then (`refit`) each V (and a Conv's bias) is refitted by least squares, layer by layer in
+    graph order, on the inputs the factorized model really feeds it, kept when it brings the
+    outputs closer;
     `saving_by=latency` times each layer alone in onnxruntime and allocates a global target
     only to layers whose factors run faster, by milliseconds saved per unit of loss;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
@@ -82,7 +83,7 @@ class Factorize(graphopt.Pass):
         sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
         sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
         saving_by: str = "macs"  # rank_by=target: spend the loss where it saves macs, or measured latency (each layer timed in ORT)
-        refit: bool = True  # data method: refit each V by least squares, layer by layer, on the inputs the factorized model feeds it
+        refit: bool = True  # data method: refit each V (and a Conv's bias) by least squares, layer by layer, on the inputs the factorized model feeds it
         backoff: int = 4  # times strength is halved when the budget is missed
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
 
@@ -175,7 +176,8 @@ class Factorize(graphopt.Pass):
                 # but refits only V, in order (refit.py says what overfitted and was dropped)
                 again = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), samples, sites,
                                        factors, options.rows_per_sample, ctx.seed,
-                                       track=lambda items: ctx.track(items, desc="factorize: refit", total=len(ranks)))
+                                       track=lambda items: ctx.track(items, desc="factorize: refit", total=len(ranks)),
+                                       bias=True)
                 remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
                 if _worst_cosine(remeasured) > _worst_cosine(measured):
                     factors, measured, refitted = again, remeasured, True
@@ -327,7 +329,7 @@ def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | 
     for site in sites:
         if site.index not in factors:
             continue
-        first, second = factors[site.index]
+        first, second, *bias = factors[site.index]  # (U, V) or (U, V, the refitted bias)
         rank = first.shape[1]
         if fits is not None:
             fit = fits[site.index]
@@ -337,7 +339,7 @@ def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | 
                 "macs_before": site.macs(), "macs_after": site.macs(rank),
                 "error": round(float(fit.errors[rank]), 6), "error_on": fit.measured_on,
             })
-        factorize_site(graph, site, first, second, taken=taken)
+        factorize_site(graph, site, first, second, bias[0] if bias else None, taken=taken)
     graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
     ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
     known = [layer for layer in layers if layer["macs_before"] is not None]

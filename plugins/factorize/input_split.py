@@ -20,7 +20,7 @@ import numpy as np
 
 from graphopt_plugins.factorize.lowrank import fit_data_aware
 
-__all__ = ["InputSplitFit", "channel_gram", "expand_first", "fit_input_split", "second_for"]
+__all__ = ["InputSplitFit", "channel_gram", "compact_second", "expand_first", "fit_input_split", "split_cost"]
 
 _RIDGE = 1e-6
 
@@ -36,18 +36,9 @@ def expand_first(first: np.ndarray, kk: int) -> np.ndarray:
     return np.kron(first, np.eye(kk))
 
 
-def _compact(second_patch: np.ndarray, rank: int, kk: int) -> np.ndarray:
-    """Ṽ (r·kk×N, rows (ρ, t)) → V (r×kk·N, columns (t, n))."""
+def compact_second(second_patch: np.ndarray, rank: int, kk: int) -> np.ndarray:
+    """Ṽ (r·kk×N, rows (ρ, t)) → V (r×kk·N, columns (t, n)); kk = 1 leaves it as it is."""
     return second_patch.reshape(rank, kk * second_patch.shape[1])
-
-
-def second_for(first: np.ndarray, gram: np.ndarray, cross: np.ndarray, kk: int) -> np.ndarray:
-    """argmin_V ‖Y − X̂·Ũ·Ṽ‖ in compact form, given Ĝ = X̂ᵀX̂ (`gram`) and X̂ᵀY (`cross`, K×N)."""
-    expanded = expand_first(first, kk)
-    moment = expanded.T @ np.asarray(gram, dtype=np.float64) @ expanded
-    ridge = _RIDGE * max(float(np.trace(moment)) / len(moment), 1e-30)
-    solved = np.linalg.solve(moment + ridge * np.eye(len(moment)), expanded.T @ cross)
-    return _compact(solved, first.shape[1], kk)
 
 
 class InputSplitFit:
@@ -69,7 +60,7 @@ class InputSplitFit:
         # the leading block of a Cholesky factor is the Cholesky factor of the leading block
         chol = self._chol[:size, :size]
         second = np.linalg.solve(chol.T, self._solved[:size])
-        return self.left[:, :rank], _compact(second, rank, self._kk)
+        return self.left[:, :rank], compact_second(second, rank, self._kk)
 
 
 def fit_input_split(weight: np.ndarray, gram: np.ndarray, in_channels: int, kk: int) -> InputSplitFit:

@@ -26,7 +26,8 @@ import onnx
 from graphopt.activations import expose_tensors
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.runner import make_session
-from graphopt_plugins.factorize.input_split import second_for
+from graphopt import ir
+from graphopt_plugins.factorize.input_split import compact_second, expand_first
 from graphopt_plugins.factorize.sites import Site
 from graphopt_plugins.factorize.statistics import patches
 
@@ -58,19 +59,21 @@ def _values_of(model: onnx.ModelProto, samples: dict[str, np.ndarray], name: str
 
 
 def refit_in_order(original: onnx.ModelProto, build: Callable[[dict], onnx.ModelProto], samples: dict[str, np.ndarray],
-                   sites: list[Site], factors: dict[int, tuple[np.ndarray, np.ndarray]], rows_per_sample: int,
-                   seed: int, track: Callable[[Iterable], Iterable] = iter) -> dict[int, tuple]:
-    """New (U, V) per site, V refitted in graph order; `build(factors)` is the model factorized so.
+                   sites: list[Site], factors: dict[int, tuple], rows_per_sample: int, seed: int,
+                   track: Callable[[Iterable], Iterable] = iter, bias: bool = False) -> dict[int, tuple]:
+    """New factors per site, V refitted in graph order; `build(factors)` is the model factorized so.
 
     `sites` must be in graph (topological) order, as `find_sites` returns them: layer k's input
     then depends only on layers before it. conv_spatial sites keep their factors (their rows are
-    not X·W); a conv_input site's V is solved in im2col space (input_split.second_for).
+    not X·W); a conv_input site's V is solved in im2col space (U ⊗ I acting on patches). With
+    `bias`, a Conv's bias is refitted with V, (U, V, new bias): the layer's per-channel mean
+    error, which the next activation would turn into a shift, is solved away with the rest.
     """
     current = dict(factors)
     chosen = [site for site in sites if site.index in factors and site.kind != "conv_spatial"]
     for site in track(chosen):
         name = site.input.name
-        seen_gram, cross = 0.0, 0.0  # X̂ᵀX̂, X̂ᵀX
+        seen_gram, cross, seen_sum, exact_sum, count = 0.0, 0.0, 0.0, 0.0, 0  # X̂ᵀX̂, X̂ᵀX, ΣX̂, ΣX, rows
         pairs = zip(_values_of(original, samples, name), _values_of(build(current), samples, name))
         for number, (before, after) in enumerate(pairs):
             seed_here = seed + 7919 * number + site.index
@@ -78,13 +81,34 @@ def refit_in_order(original: onnx.ModelProto, build: Callable[[dict], onnx.Model
             seen = _rows(site, after, rows_per_sample, seed_here)
             seen_gram = seen_gram + (seen.T @ seen).astype(np.float64)
             cross = cross + (seen.T @ exact).astype(np.float64)
-        first, _ = current[site.index]
-        gram, target = np.asarray(seen_gram), np.asarray(cross) @ site.weight  # X̂ᵀX̂, X̂ᵀXW
-        if site.kind == "conv_input":
-            current[site.index] = (first, second_for(first, gram, target, len(gram) // len(first)))
-        else:
-            current[site.index] = (first, np.linalg.solve(_ridged(first.T @ gram @ first), first.T @ target))
+            seen_sum, exact_sum, count = seen_sum + seen.sum(0, dtype=np.float64), exact_sum + exact.sum(0, dtype=np.float64), count + len(seen)
+        first = current[site.index][0]
+        kk = len(site.weight) // len(first) if site.kind == "conv_input" else 1
+        expanded = expand_first(first, kk) if kk > 1 else first  # X̂ → the second factor's input rows
+        moment = expanded.T @ np.asarray(seen_gram) @ expanded
+        target = expanded.T @ (np.asarray(cross) @ site.weight)  # (X̂U)ᵀXW
+        old_bias = _conv_bias(site) if bias else None
+        if old_bias is None:
+            current[site.index] = (first, compact_second(np.linalg.solve(_ridged(moment), target), first.shape[1], kk))
+            continue
+        # [X̂U, 1]·[V; δ] ≈ XW: the ones column's rows of the normal equations are the sums
+        sums = expanded.T @ seen_sum
+        moment = np.block([[moment, sums[:, None]], [sums[None, :], np.array([[float(count)]])]])
+        target = np.vstack([target, (exact_sum @ site.weight)[None, :]])
+        solved = np.linalg.solve(_ridged(moment), target)
+        current[site.index] = (first, compact_second(solved[:-1], first.shape[1], kk), old_bias + solved[-1])
     return current
+
+
+def _conv_bias(site: Site) -> np.ndarray | None:
+    """A Conv's constant 1-D bias (zeros when it has none); None for other sites."""
+    if not site.kind.startswith("conv"):
+        return None
+    inputs = site.node.inputs
+    if len(inputs) < 3 or not inputs[2].name:
+        return np.zeros(site.weight.shape[1])
+    value = ir.constant_value(inputs[2])
+    return None if value is None or value.ndim != 1 else value.astype(np.float64)
 
 
 def _ridged(gram: np.ndarray) -> np.ndarray:

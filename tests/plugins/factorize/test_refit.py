@@ -83,3 +83,30 @@ def test_refit_brings_the_model_back_in_onnxruntime():
     before = np.linalg.norm(run(_factorized_copy(model, options, factors), feeds)[0] - expected)
     after = np.linalg.norm(run(_factorized_copy(model, options, refitted), feeds)[0] - expected)
     assert after < 0.9 * before
+
+
+def test_bias_is_refitted_with_v_on_a_conv():
+    from factorize_support import single_layer
+
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    model = single_layer("Conv", [1, 8, 6, 6], weight, bias=rng.standard_normal(16), pads=[1, 1, 1, 1])
+    # inputs with a mean: a truncated layer is then off on average too, which a bias can take back
+    samples = {"x": (rng.standard_normal((4, 1, 8, 6, 6)) + 1.5).astype(np.float32)}
+    sites, _ = find_sites(ir.import_graph(model), "channel", {"Conv"})
+    options = Factorize.Options(conv="channel")
+    factors = {0: fit_data_aware(sites[0].weight, np.eye(72)).factors(4)}  # fitted as if inputs were white
+    build = lambda chosen: _factorized_copy(model, options, chosen)  # noqa: E731
+    plain = refit_in_order(model, build, samples, sites, factors, rows_per_sample=100, seed=0)
+    biased = refit_in_order(model, build, samples, sites, factors, rows_per_sample=100, seed=0, bias=True)
+    assert len(plain[0]) == 2 and len(biased[0]) == 3
+    def per_channel_mean_error(refitted):
+        errors = [run(build(refitted), {"x": x})[0] - run(model, {"x": x})[0] for x in samples["x"]]
+        return np.abs(np.mean(errors, axis=(0, 1, 3, 4)))
+
+    def error(refitted):
+        return sum(np.linalg.norm(run(build(refitted), {"x": x})[0] - run(model, {"x": x})[0]) for x in samples["x"])
+
+    assert error(biased) < error(plain) < 0.9 * error(factors)
+    # over the data it was fitted to, the layer is no longer off on average in any channel
+    assert per_channel_mean_error(biased).max() < 1e-3 * per_channel_mean_error(plain).max()
