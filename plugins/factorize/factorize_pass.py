@@ -17,7 +17,7 @@ from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import make_session, run_samples
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
-from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd, round_rank
+from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd, held_out_errors, round_rank
 from graphopt_plugins.factorize.input_split import fit_input_split, split_cost
 from graphopt_plugins.factorize.refit import refit_in_order
 from graphopt_plugins.factorize.ranks import first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
@@ -252,20 +252,34 @@ def _fit(site: Site, method: str, data: LayerData | None, conv_mode: str, multip
         if site.kind == "conv_input":
             return fit_svd(site.weight.reshape(site.split_shape), gram=None)
         return fit_svd(site.weight, gram)
-    in_channels, kk = site.node.inputs[1].shape[1], site.weight.shape[0] // site.node.inputs[1].shape[1]
     if site.kind == "conv_input":
-        return fit_input_split(site.weight, gram, in_channels, kk)
+        return fit_input_split(site.weight, gram, site.node.inputs[1].shape[1], site.weight.shape[0] // site.node.inputs[1].shape[1])
     fit = fit_data_aware(site.weight, gram)
-    if conv_mode != "auto" or site.kind != "conv_channel" or kk == 1 or site.rows is None:
+    if conv_mode == "auto" and site.kind == "conv_channel" and site.rows is not None:
+        in_channels = site.node.inputs[1].shape[1]
+        kk = site.weight.shape[0] // in_channels
+        other = fit_input_split(site.weight, gram, in_channels, kk) if kk > 1 else None
+        as_input = dataclasses.replace(site, kind="conv_input")
+        if other is not None and split_cost(other.errors, lambda rank: as_input.macs(rank) / as_input.macs(), multiple) < \
+                split_cost(fit.errors, lambda rank: site.macs(rank) / site.macs(), multiple):
+            site.kind = "conv_input"
+            return other
+    return _judged_on_the_other_half(site, fit, gram, data.odd_grams.get(site.index))
+
+
+def _judged_on_the_other_half(site: Site, fit: Factorization, gram: np.ndarray, odd: np.ndarray | None) -> Factorization:
+    """`fit` with each rank's error no lower than the two-fold held-out one (fit on the even
+    samples, judged on the odd, and back): the allocation must not take an error that only
+    the samples it was fitted to bear out (lowrank.held_out_errors)."""
+    if odd is None:
         return fit
-    other = fit_input_split(site.weight, gram, in_channels, kk)
-    as_input = dataclasses.replace(site, kind="conv_input")
-    mine = split_cost(fit.errors, lambda rank: site.macs(rank) / site.macs(), multiple)
-    theirs = split_cost(other.errors, lambda rank: as_input.macs(rank) / as_input.macs(), multiple)
-    if theirs < mine:
-        site.kind = "conv_input"
-        return other
-    return fit
+    even = gram - odd
+    if np.trace(odd) <= 0 or np.trace(even) <= 0:
+        return fit
+    held_out = np.sqrt((held_out_errors(site.weight, even, odd) ** 2 + held_out_errors(site.weight, odd, even) ** 2) / 2)
+    errors = np.minimum.accumulate(np.maximum(fit.errors, held_out))
+    errors[-1] = 0.0  # at full rank U·V = W
+    return dataclasses.replace(fit, errors=errors)
 
 
 def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site]) -> dict[str, int]:
