@@ -17,8 +17,8 @@ from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import make_session, run_samples
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
-from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd, held_out_errors, round_rank
-from graphopt_plugins.factorize.input_split import fit_input_split, split_cost
+from graphopt_plugins.factorize.lowrank import Factorization, round_rank
+from graphopt_plugins.factorize.fits import fit_site
 from graphopt_plugins.factorize.refit import refit_in_order
 from graphopt_plugins.factorize.ranks import first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
 from graphopt_plugins.factorize.rewrite import factorize_site
@@ -144,7 +144,7 @@ class Factorize(graphopt.Pass):
             data = collect(model, samples, sites, options.rows_per_sample, ctx.rng(),
                            track=lambda items: ctx.track(items, desc="factorize: calibration", total=count))
         _set_rows(sites, data)
-        fits = {site.index: _fit(site, method, data, options.conv, options.rank_multiple) for site in sites}
+        fits = {site.index: fit_site(site, method, data, options.conv, options.rank_multiple) for site in sites}
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         weights, timings, candidates = None, None, sites
@@ -241,45 +241,6 @@ def _set_rows(sites: list[Site], data: LayerData | None) -> None:
             batch, out_h, out_w, in_w = conv_geometry(site, shape)
             site.rows, site.first_rows = batch * out_h * out_w, batch * out_h * in_w
             site.input_pixels = batch * shape[2] * shape[3]
-
-
-def _fit(site: Site, method: str, data: LayerData | None, conv_mode: str, multiple: int):
-    """The site's factors at every rank; with `conv=auto`, a k×k Conv takes the split that fits its data better."""
-    gram = data.grams.get(site.index) if data is not None else None
-    if gram is not None and not data.rows_seen[site.index]:
-        gram = None
-    if method != "data" or gram is None:
-        if site.kind == "conv_input":
-            return fit_svd(site.weight.reshape(site.split_shape), gram=None)
-        return fit_svd(site.weight, gram)
-    if site.kind == "conv_input":
-        return fit_input_split(site.weight, gram, site.node.inputs[1].shape[1], site.weight.shape[0] // site.node.inputs[1].shape[1])
-    fit = fit_data_aware(site.weight, gram)
-    if conv_mode == "auto" and site.kind == "conv_channel" and site.rows is not None:
-        in_channels = site.node.inputs[1].shape[1]
-        kk = site.weight.shape[0] // in_channels
-        other = fit_input_split(site.weight, gram, in_channels, kk) if kk > 1 else None
-        as_input = dataclasses.replace(site, kind="conv_input")
-        if other is not None and split_cost(other.errors, lambda rank: as_input.macs(rank) / as_input.macs(), multiple) < \
-                split_cost(fit.errors, lambda rank: site.macs(rank) / site.macs(), multiple):
-            site.kind = "conv_input"
-            return other
-    return _judged_on_the_other_half(site, fit, gram, data.odd_grams.get(site.index))
-
-
-def _judged_on_the_other_half(site: Site, fit: Factorization, gram: np.ndarray, odd: np.ndarray | None) -> Factorization:
-    """`fit` with each rank's error no lower than the two-fold held-out one (fit on the even
-    samples, judged on the odd, and back): the allocation must not take an error that only
-    the samples it was fitted to bear out (lowrank.held_out_errors)."""
-    if odd is None:
-        return fit
-    even = gram - odd
-    if np.trace(odd) <= 0 or np.trace(even) <= 0:
-        return fit
-    held_out = np.sqrt((held_out_errors(site.weight, even, odd) ** 2 + held_out_errors(site.weight, odd, even) ** 2) / 2)
-    errors = np.minimum.accumulate(np.maximum(fit.errors, held_out))
-    errors[-1] = 0.0  # at full rank U·V = W
-    return dataclasses.replace(fit, errors=errors)
 
 
 def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site]) -> dict[str, int]:

@@ -127,3 +127,16 @@ def test_input_split_site_keeps_the_im2col_weight_for_the_data():
     np.testing.assert_array_equal(channel.weight, inputs.weight)  # the same Gram serves both splits
     assert dataclasses.replace(channel, kind="conv_input").split_shape == (6, 27)
     assert fit_data_aware(channel.weight, np.eye(54)).full_rank == channel.full_rank == 3
+
+
+def test_latency_timing_builds_the_input_split_alone():
+    from graphopt_plugins.factorize.latency import layer_model
+
+    model = single_layer("Conv", [1, 4, 10, 10], RNG.standard_normal((8, 4, 3, 3)), bias=RNG.standard_normal(8),
+                         pads=[1, 1, 1, 1])
+    site = find_sites(ir.import_graph(model), "input", {"Conv"})[0][0]
+    split = layer_model(site, (1, 4, 10, 10), 17, fit_svd(site.weight.reshape(site.split_shape)).factors(4))
+    kernels = [tuple(a.ints) for node in split.graph.node for a in node.attribute if a.name == "kernel_shape"]
+    assert kernels == [(1, 1), (3, 3)]
+    x = RNG.standard_normal((1, 4, 10, 10)).astype(np.float32)
+    assert np.allclose(run(split, {"x": x})[0], run(model, {"x": x})[0], atol=1e-4)  # full rank: exact
