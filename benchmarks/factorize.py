@@ -1,8 +1,8 @@
 """graphopt `factorize`: MACs/params saved against output cosine, plain SVD vs data-aware, with latency.
 
     python benchmarks/factorize.py [--targets 0.1,0.2,0.3] [--svd-targets 0.1,0.2] [--latency-targets 0.1,0.2]
-                                   [--calibration 16] [--held-out 8] [--latency-runs 30] [--rank-multiple 16]
-                                   [--pre opset,cleanup,fuse] [--models det,rec,transformer] [--out benchmarks/results]
+                                   [--calibration 32] [--held-out 16] [--latency-runs 30] [--rank-multiple 16]
+                                   [--conv auto] [--pre opset,cleanup,fuse] [--models det,rec,transformer] [--out benchmarks/results]
 
 Models: PP-OCRv4 det and rec from the `rapidocr-onnxruntime==1.4.4` wheel (trained weights;
 fetched into `$GRAPHOPT_BENCH_CACHE` by `common.fetch_models`), fed synthetic text images
@@ -14,7 +14,9 @@ Each model first goes through the lossless `--pre` passes (as `benchmarks/run.py
 folded, activations fused), and that model is the baseline. For each method (`svd`, `data`,
 and `data` with `saving_by=latency`, which times every layer alone in onnxruntime and spends
 the loss where the split buys time) and global MAC target, the `factorize` pass runs with
-its budget check off (so the whole curve shows); MACs and params are counted by graphopt's
+its budget check off (so the whole curve shows) and `conv=auto` (each k×k Conv split on
+its input or its output side, whichever fits the data better; `--conv channel` for the
+output side only); MACs and params are counted by graphopt's
 summary at the benchmark's static shapes, cosine is measured on held-out inputs the fit never
 saw, and 1-thread latency (onnxruntime, ORT_ENABLE_ALL) is timed interleaved with the original
 in the same run (medians; an A/A timing of the original against itself gives the noise floor). Writes factorize.{json,md} and PNG curves to `--out`.
@@ -140,7 +142,7 @@ def interleaved_latency(original, candidate, feeds, runs: int) -> tuple[float, f
     return statistics.median(times[0]), statistics.median(times[1]), min(times[0]), min(times[1])
 
 
-def bench(label, model, calibration, held_out, variants, runs, rank_multiple) -> list[dict]:
+def bench(label, model, calibration, held_out, variants, runs, rank_multiple, conv) -> list[dict]:
     model = _static(model, calibration)
     before = summarize(model)
     reference = _outputs(model, held_out)
@@ -151,7 +153,7 @@ def bench(label, model, calibration, held_out, variants, runs, rank_multiple) ->
     for method, method_targets in variants:
         for target in method_targets:
             options = {"method": method.split("/")[0], "rank_by": "target", "target": f"macs={target}", "backoff": 0,
-                       "budget": "cos=-1", "sensitivity_samples": 4, "rank_multiple": rank_multiple,
+                       "budget": "cos=-1", "sensitivity_samples": 4, "rank_multiple": rank_multiple, "conv": conv,
                        "saving_by": "latency" if method.endswith("/latency") else "macs"}
             start = time.perf_counter()
             result = graphopt.optimize(model, passes=["factorize"], options={"factorize": options},
@@ -224,11 +226,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="0.1,0.2,0.3")
     parser.add_argument("--svd-targets", default="0.1,0.2")
-    parser.add_argument("--calibration", type=int, default=16)
-    parser.add_argument("--held-out", type=int, default=8)
+    # synthetic images are cheap to draw: held-out cosines over 16 vary less than over 8; more
+    # calibration images cost the pass time (the refit runs the model once per layer and image)
+    parser.add_argument("--calibration", type=int, default=32)
+    parser.add_argument("--held-out", type=int, default=16)
     parser.add_argument("--latency-targets", default="0.1,0.2")
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--rank-multiple", type=int, default=16)
+    parser.add_argument("--conv", default="auto", help="the factorize pass's conv option (channel, input, auto…)")
     parser.add_argument("--pre", default="opset,cleanup,fuse", help="lossless passes run first; their result is the baseline")
     parser.add_argument("--models", default="det,rec,transformer")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")))
@@ -253,7 +258,7 @@ def main() -> None:
             calibration, held_out = make_inputs(args.calibration, 0), make_inputs(args.held_out, 1)
         if pre:
             model = graphopt.optimize(model, passes=pre, verify="off").model
-        rows += bench(label, model, calibration, held_out, variants, args.latency_runs, args.rank_multiple)
+        rows += bench(label, model, calibration, held_out, variants, args.latency_runs, args.rank_multiple, args.conv)
         write(rows, out)  # after each model, so a long run leaves what it measured
 
 

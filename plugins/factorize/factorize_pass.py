@@ -17,8 +17,9 @@ from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import make_session, run_samples
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
-from graphopt_plugins.factorize.lowrank import Factorization, fit_data_aware, fit_svd, round_rank
-from graphopt_plugins.factorize.refit import refit_factors
+from graphopt_plugins.factorize.lowrank import Factorization, round_rank
+from graphopt_plugins.factorize.fits import fit_site
+from graphopt_plugins.factorize.refit import refit_in_order
 from graphopt_plugins.factorize.ranks import first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
 from graphopt_plugins.factorize.rewrite import factorize_site
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
@@ -29,7 +30,7 @@ __all__ = ["Factorize"]
 
 _METHODS = ("auto", "data", "svd")
 _RULES = ("energy", "rank_ratio", "max_error", "target")
-_CONV_MODES = ("channel", "spatial", "off")
+_CONV_MODES = ("channel", "spatial", "input", "auto", "off")
 _OPS = ("MatMul", "Gemm", "Conv")
 _DEFAULT_BUDGET = Budget(cos=0.99)
 
@@ -39,7 +40,10 @@ class Factorize(graphopt.Pass):
 
     Rewrites, in the main graph: MatMul and Gemm with a constant 2-D weight W (K×N) into two
     MatMuls X·U·V (bias and beta on the second); dense 2-D Conv into a k×k Cin→r Conv then a
-    1×1 r→Cout Conv (`conv=channel`) or into kh×1 then 1×kw Convs (`conv=spatial`, k×k only).
+    1×1 r→Cout Conv (`conv=channel`), a 1×1 Cin→r Conv then a k×k r→Cout Conv (`conv=input`),
+    whichever of the two leaves less output error per MAC on the data, layer by layer
+    (`conv=auto`, the default; channel without data), or into kh×1 then 1×kw Convs
+    (`conv=spatial`, k×k only).
     A layer is only rewritten at a rank r (a multiple of `rank_multiple`) where
     r·(K+N) ≤ (1 − margin)·K·N in parameters and MACs.
     Must not fire on: grouped/depthwise Conv, non-constant or non-float weights, Gemm with
@@ -47,8 +51,9 @@ class Factorize(graphopt.Pass):
     model this pass already factorized (idempotence: factor nodes carry a name mark).
     Data-aware by default: with `--calibration` (else the verifier's inputs, with a warning)
     each layer's factors minimise ‖XW − XUV‖ over its real inputs X (activation-whitened SVD),
-    then (`refit`) V alone, or U and V together, are refitted by least squares on the inputs
-    the factorized model really feeds the layer, each kept when it brings the outputs closer;
+    then (`refit`) each V (and a Conv's bias) is refitted by least squares, layer by layer in
+    graph order, on the inputs the factorized model really feeds it, kept when it brings the
+    outputs closer;
     `saving_by=latency` times each layer alone in onnxruntime and allocates a global target
     only to layers whose factors run faster, by milliseconds saved per unit of loss;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
@@ -71,14 +76,14 @@ class Factorize(graphopt.Pass):
         target: str = "macs=0.25"  # rank_by=target: 'macs=F' or 'params=F', fraction of the model removed
         margin: float = 0.1  # factorize only where factors cost <= (1 - margin) x the original
         rank_multiple: int = 8  # ranks are multiples of this
-        conv: str = "channel"  # channel (kxk then 1x1) | spatial (kx1 then 1xk) | off
+        conv: str = "auto"  # channel (kxk then 1x1) | input (1x1 then kxk) | auto (per layer, channel or input, whichever fits the data better) | spatial (kx1 then 1xk) | off
         ops: str = "MatMul,Gemm,Conv"  # op types to consider
         max_samples: int = 32  # calibration samples used at most
         rows_per_sample: int = 512  # input rows (tokens, conv positions) per sample fed to each fit
         sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
         sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
         saving_by: str = "macs"  # rank_by=target: spend the loss where it saves macs, or measured latency (each layer timed in ORT)
-        refit: bool = True  # data method: refit V, or U and V, by least squares on the inputs the factorized model feeds them
+        refit: bool = True  # data method: refit each V (and a Conv's bias) by least squares, layer by layer, on the inputs the factorized model feeds it
         backoff: int = 4  # times strength is halved when the budget is missed
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
 
@@ -139,7 +144,7 @@ class Factorize(graphopt.Pass):
             data = collect(model, samples, sites, options.rows_per_sample, ctx.rng(),
                            track=lambda items: ctx.track(items, desc="factorize: calibration", total=count))
         _set_rows(sites, data)
-        fits = {site.index: _fit(site, method, data) for site in sites}
+        fits = {site.index: fit_site(site, method, data, options.conv, options.rank_multiple) for site in sites}
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         weights, timings, candidates = None, None, sites
@@ -167,14 +172,15 @@ class Factorize(graphopt.Pass):
             measured = _metrics(candidate, samples, data)
             refitted = False
             if method == "data" and options.refit:
-                # each kept only where it helps on the data: a one-shot refit can overshoot
-                count = len(next(iter(samples.values())))
-                variants = refit_factors(model, candidate, samples, sites, factors, options.rows_per_sample, ctx.seed,
-                                         track=lambda items: ctx.track(items, desc="factorize: refit", total=count))
-                for name, again in variants.items():
-                    remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
-                    if _worst_cosine(remeasured) > _worst_cosine(measured):
-                        factors, measured, refitted = again, remeasured, name
+                # kept only where it helps on the data; a refit fits to the data it is judged on,
+                # but refits only V, in order (refit.py says what overfitted and was dropped)
+                again = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), samples, sites,
+                                       factors, options.rows_per_sample, ctx.seed,
+                                       track=lambda items: ctx.track(items, desc="factorize: refit", total=len(ranks)),
+                                       bias=True)
+                remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
+                if _worst_cosine(remeasured) > _worst_cosine(measured):
+                    factors, measured, refitted = again, remeasured, True
             if not any(budget.violations(name, values) for name, values in measured.items()):
                 break
             log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), _cosines(measured))
@@ -234,15 +240,7 @@ def _set_rows(sites: list[Site], data: LayerData | None) -> None:
         elif len(shape) == 4:
             batch, out_h, out_w, in_w = conv_geometry(site, shape)
             site.rows, site.first_rows = batch * out_h * out_w, batch * out_h * in_w
-
-
-def _fit(site: Site, method: str, data: LayerData | None) -> Factorization:
-    gram = data.grams.get(site.index) if data is not None else None
-    if gram is not None and not data.rows_seen[site.index]:
-        gram = None
-    if method == "data" and gram is not None:
-        return fit_data_aware(site.weight, gram)
-    return fit_svd(site.weight, gram)
+            site.input_pixels = batch * shape[2] * shape[3]
 
 
 def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site]) -> dict[str, int]:
@@ -306,7 +304,7 @@ def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | 
     for site in sites:
         if site.index not in factors:
             continue
-        first, second = factors[site.index]
+        first, second, *bias = factors[site.index]  # (U, V) or (U, V, the refitted bias)
         rank = first.shape[1]
         if fits is not None:
             fit = fits[site.index]
@@ -316,7 +314,7 @@ def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | 
                 "macs_before": site.macs(), "macs_after": site.macs(rank),
                 "error": round(float(fit.errors[rank]), 6), "error_on": fit.measured_on,
             })
-        factorize_site(graph, site, first, second, taken=taken)
+        factorize_site(graph, site, first, second, bias[0] if bias else None, taken=taken)
     graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
     ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
     known = [layer for layer in layers if layer["macs_before"] is not None]

@@ -19,6 +19,7 @@ __all__ = [
     "Factorization",
     "fit_svd",
     "fit_data_aware",
+    "held_out_errors",
     "rank_for_energy",
     "rank_for_error",
     "round_rank",
@@ -98,6 +99,24 @@ def fit_data_aware(weight: np.ndarray, gram: np.ndarray) -> Factorization:
     errors = _relative_tail(energies)
     errors[-1] = 0.0  # at full rank U·V = W R Rᵀ = W: R spans W's row space
     return Factorization(weight @ right.T, right, np.minimum.accumulate(errors), "data")
+
+
+def held_out_errors(weight: np.ndarray, fit_gram: np.ndarray, judge_gram: np.ndarray) -> np.ndarray:
+    """Relative output errors, at every rank, of the fit to `fit_gram`'s data, on `judge_gram`'s data.
+
+    A Gram from fewer rows than K is singular: on its own data the whitened fit is exact at a rank
+    as low as the row count (a squeeze-excite conv seeing one row per image looks free to cut),
+    which other inputs do not bear out. With R the fit's right vectors (orthonormal, spanning
+    W's row space), W − UV = W·Σ_{i≥r} rᵢrᵢᵀ, so the squared error at rank r is Σ_{i≥r} rᵢᵀ·WᵀĜW·rᵢ:
+    one product for all r.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    right = fit_data_aware(weight, fit_gram).right
+    judged = weight.T @ _ridged(judge_gram) @ weight
+    energies = np.einsum("in,nm,im->i", right, judged, right)
+    tails = np.concatenate([np.cumsum(energies[::-1])[::-1], [0.0]])
+    total = float(np.trace(judged))
+    return np.sqrt(np.clip(tails / total, 0.0, None)) if total > 0 else np.zeros(len(tails))
 
 
 def rank_for_energy(singular_energy_errors: np.ndarray, energy: float) -> int:

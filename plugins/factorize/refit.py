@@ -1,26 +1,37 @@
-"""Least-squares refit of the factors on the inputs the factorized model really feeds them.
+"""Least-squares refit of the second factors, layer by layer, on the inputs the factorized model feeds them.
 
 Each layer was fitted to the original model's inputs X, but once the layers before it are
 factorized it sees X̂ ≠ X, and errors compound down the network. The refit pulls each
-factorized layer back to the original layer's output X·W from where it actually stands:
-either V alone (U kept: V = argmin ‖X·W − X̂·U·V‖) or both factors (the best rank-r map from
-X̂ to X·W). Both models run in lockstep, one sample at a time; per site X̂ᵀX̂ and X̂ᵀX (K×K)
-are kept. Conv sites sample the same patch positions in both models.
+factorized layer back to the original layer's output X·W from where it actually stands,
+V = argmin ‖X·W − X̂·U·V‖ (U kept), one layer at a time in graph order: layer k is refitted on
+the X̂ that the *already refitted* layers before it produce. Per layer, the original and the
+factorized model run in lockstep, one sample at a time, and X̂ᵀX̂ and X̂ᵀX (K×K) are kept;
+Conv sites sample the same patch positions in both.
+
+What was dropped, and why (PP-OCRv4, held-out images): refitting every layer at once from
+one run fits each to upstream errors that the upstream refit then removes, and overshoots
+(rec: calibration cosine 0.985 → 0.81 at 64 images, held-out 0.967 → 0.90); refitting U and V
+together (the best rank-r map from X̂, K×K least squares) gained on the calibration images
+and lost on held-out ones (rec 0.988 → 0.95, det 0.984 → 0.974). In order, V alone: rec
+0.967 → 0.974, det 0.9960 → 0.9964.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
 
-from graphopt.activations import iter_activations
-from graphopt_plugins.factorize.lowrank import fit_data_aware
+from graphopt.activations import expose_tensors
+from graphopt.verify.feeds import split_samples
+from graphopt.verify.runner import make_session
+from graphopt import ir
+from graphopt_plugins.factorize.input_split import compact_second, expand_first
 from graphopt_plugins.factorize.sites import Site
 from graphopt_plugins.factorize.statistics import patches
 
-__all__ = ["refit_factors"]
+__all__ = ["refit_in_order"]
 
 _RIDGE = 1e-6
 
@@ -34,40 +45,70 @@ def _rows(site: Site, value: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return patches(site, value, limit, rng)
 
 
-def refit_factors(original: onnx.ModelProto, factorized: onnx.ModelProto, samples: dict[str, np.ndarray],
-                  sites: list[Site], factors: dict[int, tuple[np.ndarray, np.ndarray]], rows_per_sample: int,
-                  seed: int, track: Callable[[Iterable], Iterable] = iter) -> dict[str, dict[int, tuple]]:
-    """Two refits from one lockstep run: `{"second": ..., "both": ...}`, each new (U, V) per site.
+def _values_of(model: onnx.ModelProto, samples: dict[str, np.ndarray], name: str) -> Iterator[np.ndarray]:
+    """`name`'s value on each sample. ORT's optimizations on: a layer per run makes this the
+    refit's whole cost, and the inputs' rounding differs from the reference by ~1e-6 only."""
+    inputs = {value.name for value in model.graph.input}
+    feeds = split_samples({key: value for key, value in samples.items() if key in inputs})
+    if name in inputs:
+        yield from (feed[name] for feed in feeds)
+        return
+    session = make_session(expose_tensors(model, [name]), optimize=True)
+    for feed in feeds:
+        yield session.run([name], feed)[0]
 
-    `second` keeps U and solves V. `both` refits the pair: the rank-r map from X̂ closest to
-    X·W is the whitened truncation (`fit_data_aware`) of the full least-squares map
-    W* = Ĝ⁻¹·X̂ᵀX·W, because ‖XW − X̂M‖² = ‖XW − X̂W*‖² + ‖X̂(W* − M)‖² for every M.
-    Both need only Ĝ = X̂ᵀX̂ and X̂ᵀX (K×K) per site. conv_spatial sites keep their factors
-    (their rows are not X·W).
+
+def refit_in_order(original: onnx.ModelProto, build: Callable[[dict], onnx.ModelProto], samples: dict[str, np.ndarray],
+                   sites: list[Site], factors: dict[int, tuple], rows_per_sample: int, seed: int,
+                   track: Callable[[Iterable], Iterable] = iter, bias: bool = False) -> dict[int, tuple]:
+    """New factors per site, V refitted in graph order; `build(factors)` is the model factorized so.
+
+    `sites` must be in graph (topological) order, as `find_sites` returns them: layer k's input
+    then depends only on layers before it. conv_spatial sites keep their factors (their rows are
+    not X·W); a conv_input site's V is solved in im2col space (U ⊗ I acting on patches). With
+    `bias`, a Conv's bias is refitted with V, (U, V, new bias): the layer's per-channel mean
+    error, which the next activation would turn into a shift, is solved away with the rest.
     """
+    current = dict(factors)
     chosen = [site for site in sites if site.index in factors and site.kind != "conv_spatial"]
-    if not chosen:
-        return {"second": dict(factors), "both": dict(factors)}
-    names = list(dict.fromkeys(site.input.name for site in chosen))
-    seen_gram = {site.index: 0.0 for site in chosen}  # X̂ᵀX̂
-    cross = {site.index: 0.0 for site in chosen}  # X̂ᵀX
-    stream = zip(iter_activations(original, samples, names), iter_activations(factorized, samples, names))
-    for number, (before, after) in enumerate(track(stream)):
-        for site in chosen:
+    for site in track(chosen):
+        name = site.input.name
+        seen_gram, cross, seen_sum, exact_sum, count = 0.0, 0.0, 0.0, 0.0, 0  # X̂ᵀX̂, X̂ᵀX, ΣX̂, ΣX, rows
+        pairs = zip(_values_of(original, samples, name), _values_of(build(current), samples, name))
+        for number, (before, after) in enumerate(pairs):
             seed_here = seed + 7919 * number + site.index
-            exact = _rows(site, before[site.input.name], rows_per_sample, seed_here)
-            seen = _rows(site, after[site.input.name], rows_per_sample, seed_here)
-            seen_gram[site.index] = seen_gram[site.index] + (seen.T @ seen).astype(np.float64)
-            cross[site.index] = cross[site.index] + (seen.T @ exact).astype(np.float64)
-    second, both = dict(factors), dict(factors)
-    for site in chosen:
-        first, _ = factors[site.index]
-        gram, target = np.asarray(seen_gram[site.index]), np.asarray(cross[site.index]) @ site.weight  # X̂ᵀXW
-        small = first.T @ gram @ first
-        second[site.index] = (first, np.linalg.solve(_ridged(small), first.T @ target))
-        best_map = np.linalg.solve(_ridged(gram), target)
-        both[site.index] = fit_data_aware(best_map, gram).factors(first.shape[1])
-    return {"second": second, "both": both}
+            exact = _rows(site, before, rows_per_sample, seed_here)
+            seen = _rows(site, after, rows_per_sample, seed_here)
+            seen_gram = seen_gram + (seen.T @ seen).astype(np.float64)
+            cross = cross + (seen.T @ exact).astype(np.float64)
+            seen_sum, exact_sum, count = seen_sum + seen.sum(0, dtype=np.float64), exact_sum + exact.sum(0, dtype=np.float64), count + len(seen)
+        first = current[site.index][0]
+        kk = len(site.weight) // len(first) if site.kind == "conv_input" else 1
+        expanded = expand_first(first, kk) if kk > 1 else first  # X̂ → the second factor's input rows
+        moment = expanded.T @ np.asarray(seen_gram) @ expanded
+        target = expanded.T @ (np.asarray(cross) @ site.weight)  # (X̂U)ᵀXW
+        old_bias = _conv_bias(site) if bias else None
+        if old_bias is None:
+            current[site.index] = (first, compact_second(np.linalg.solve(_ridged(moment), target), first.shape[1], kk))
+            continue
+        # [X̂U, 1]·[V; δ] ≈ XW: the ones column's rows of the normal equations are the sums
+        sums = expanded.T @ seen_sum
+        moment = np.block([[moment, sums[:, None]], [sums[None, :], np.array([[float(count)]])]])
+        target = np.vstack([target, (exact_sum @ site.weight)[None, :]])
+        solved = np.linalg.solve(_ridged(moment), target)
+        current[site.index] = (first, compact_second(solved[:-1], first.shape[1], kk), old_bias + solved[-1])
+    return current
+
+
+def _conv_bias(site: Site) -> np.ndarray | None:
+    """A Conv's constant 1-D bias (zeros when it has none); None for other sites."""
+    if not site.kind.startswith("conv"):
+        return None
+    inputs = site.node.inputs
+    if len(inputs) < 3 or not inputs[2].name:
+        return np.zeros(site.weight.shape[1])
+    value = ir.constant_value(inputs[2])
+    return None if value is None or value.ndim != 1 else value.astype(np.float64)
 
 
 def _ridged(gram: np.ndarray) -> np.ndarray:

@@ -4,6 +4,9 @@
 - Gemm(X, B, C)           → Gemm(MatMul(X, U), V, C, beta) — alpha and transB folded into U, V
 - Conv k×k Cin→Cout       → Conv k×k Cin→r (the original's pads/strides/dilations) → Conv 1×1 r→Cout (+bias)
 - Conv k×k, spatial split → Conv kh×1 Cin→r (vertical stride/pad/dilation) → Conv 1×kw r→Cout (+bias)
+- Conv k×k, input split   → Conv 1×1 Cin→r → Conv k×k r→Cout (the original's attributes, +bias);
+                            told apart from the channel split by U's rows (Cin, not Cin·kh·kw),
+                            so a copy re-found with another `conv` mode is rewritten the same way
 
 The original node is disconnected (the caller sweeps it and re-sorts the graph once); both new
 nodes carry `MARK` in their names. Factors keep the weight's dtype.
@@ -46,7 +49,12 @@ def factorize_site(graph: gs.Graph, site: Site, first: np.ndarray, second: np.nd
     else:
         out_channels, in_channels, kh, kw = node.inputs[1].shape
         attrs = {key: value for key, value in node.attrs.items() if key != "kernel_shape"}
-        if site.kind == "conv_channel":
+        if kh * kw > 1 and first.shape[0] == in_channels and site.kind != "conv_spatial":  # input split
+            u_weight = first.T.reshape(rank, in_channels, 1, 1)
+            v_weight = second.reshape(rank, kh, kw, out_channels).transpose(3, 0, 1, 2)
+            first_attrs = {"kernel_shape": [1, 1]}
+            second_attrs = {**attrs, "kernel_shape": [kh, kw]}
+        elif site.kind == "conv_channel":
             u_weight = first.T.reshape(rank, in_channels, kh, kw)
             v_weight = second.T.reshape(out_channels, rank, 1, 1)
             first_attrs = {**attrs, "kernel_shape": [kh, kw]}

@@ -31,7 +31,10 @@ def is_factorized(node: gs.Node) -> bool:
 
 @dataclasses.dataclass(eq=False)
 class Site:
-    """One layer that could be factorized. `kind`: matmul, gemm, conv_channel or conv_spatial."""
+    """One layer that could be factorized. `kind`: matmul, gemm, conv_channel, conv_input or conv_spatial.
+
+    conv_input (input_split.py) keeps the im2col `weight` view; its factors are U (Cin×r, a 1×1
+    conv) and V (r×kk·N, the k×k conv)."""
 
     index: int  # position among the sites, stable for a given model
     node: gs.Node
@@ -40,6 +43,16 @@ class Site:
     dtype: np.dtype  # the weight's own dtype, which the factors keep
     rows: int | None = None  # output positions over one sample: rows of X (spatial: of the 2nd conv)
     first_rows: int | None = None  # conv_spatial: output positions of the vertical conv
+    input_pixels: int | None = None  # conv_input: positions the 1×1 conv runs on (all input pixels)
+
+    @property
+    def split_shape(self) -> tuple[int, int]:
+        """The matrix the factors multiply to: K×N, or Cin×(kk·N) for conv_input."""
+        k, n = self.weight.shape
+        if self.kind != "conv_input":
+            return k, n
+        in_channels = self.node.inputs[1].shape[1]
+        return in_channels, k // in_channels * n
 
     @property
     def name(self) -> str:
@@ -51,10 +64,10 @@ class Site:
 
     @property
     def full_rank(self) -> int:
-        return min(self.weight.shape)
+        return min(self.split_shape)
 
     def params(self, rank: int | None = None) -> int:
-        k, n = self.weight.shape
+        k, n = self.split_shape
         return k * n if rank is None else rank * (k + n)
 
     def macs(self, rank: int | None = None) -> int | None:
@@ -65,6 +78,9 @@ class Site:
             return self.rows * k * n
         if self.kind == "conv_spatial":
             return (self.first_rows or self.rows) * rank * k + self.rows * rank * n
+        if self.kind == "conv_input":  # the 1×1 conv runs on every input pixel, the k×k on every output
+            in_channels, wide = self.split_shape
+            return (self.input_pixels or self.rows) * rank * in_channels + self.rows * rank * wide
         return self.rows * rank * (k + n)
 
     def max_saving_rank(self, margin: float, multiple: int) -> int:
@@ -130,6 +146,8 @@ def _site_of(node: gs.Node, conv_mode: str):
         if node.attrs.get("group", 1) != 1:
             return "grouped or depthwise Conv"
         out_channels, in_channels, kh, kw = value.shape
+        if conv_mode == "input" and kh * kw > 1:
+            return "conv_input", value.reshape(out_channels, -1).T, dtype
         if conv_mode == "spatial" and kh > 1 and kw > 1:
             if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
                 return "spatial split of an auto_pad SAME Conv"

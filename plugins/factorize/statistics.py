@@ -22,12 +22,16 @@ __all__ = ["LayerData", "collect", "conv_geometry", "patches"]
 
 @dataclasses.dataclass
 class LayerData:
-    """Per site: the Gram of its inputs (K×K) and how many rows went in."""
+    """Per site: the Gram of its inputs (K×K) and how many rows went in.
+
+    `odd_grams` holds the part of each Gram from the odd-numbered samples: the two halves let a
+    fit be judged on samples it was not fitted to (lowrank.held_out_errors)."""
 
     grams: dict[int, np.ndarray]
     rows_seen: dict[int, int]
     outputs: dict[str, np.ndarray]  # the model's outputs on the samples, stacked, for the budget check
     input_shapes: dict[int, tuple[int, ...]]  # one sample's input shape per site
+    odd_grams: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def conv_geometry(site: Site, shape) -> tuple[int, int, int, int]:
@@ -82,14 +86,18 @@ def collect(model: onnx.ModelProto, samples: dict[str, np.ndarray], sites: list[
     rows_seen = {site.index: 0 for site in wanted}
     shapes: dict[int, tuple[int, ...]] = {}
     collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
-    for values in track(iter_activations(model, samples, list(dict.fromkeys(inputs + outputs)))):
+    odd_grams = {site.index: np.zeros((site.weight.shape[0],) * 2) for site in wanted}
+    for number, values in enumerate(track(iter_activations(model, samples, list(dict.fromkeys(inputs + outputs))))):
         for site in sites:
             shapes.setdefault(site.index, tuple(values[site.input.name].shape))
         for site in wanted:
             rows = _rows(site, np.asarray(values[site.input.name], dtype=np.float32), rows_per_sample, rng)
-            grams[site.index] += (rows.T @ rows).astype(np.float64)  # float32 products, float64 sum
+            product = (rows.T @ rows).astype(np.float64)  # float32 products, float64 sum
+            grams[site.index] += product
+            if number % 2:
+                odd_grams[site.index] += product
             rows_seen[site.index] += len(rows)
         for name in outputs:
             collected[name].append(values[name])
     stacked = {name: np.stack(arrays) for name, arrays in collected.items()}
-    return LayerData(grams, rows_seen, stacked, shapes)
+    return LayerData(grams, rows_seen, stacked, shapes, odd_grams)

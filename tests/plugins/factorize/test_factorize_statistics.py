@@ -36,5 +36,7 @@ def test_collect_accumulates_each_sites_input_gram_and_the_outputs():
     data = collect(model, samples, [site], rows_per_sample=100, rng=np.random.default_rng(0))
     rows = samples["x"].reshape(-1, 6).astype(np.float64)
     np.testing.assert_allclose(data.grams[site.index], rows.T @ rows, rtol=1e-5)
+    odd = samples["x"][1::2].reshape(-1, 6).astype(np.float64)  # samples 1 and 3
+    np.testing.assert_allclose(data.odd_grams[site.index], odd.T @ odd, rtol=1e-5)
     assert data.rows_seen[site.index] == 15 and data.input_shapes[site.index] == (3, 6)
     assert data.outputs["y"].shape == (5, 3, 4)

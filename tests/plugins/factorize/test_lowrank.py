@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from graphopt_plugins.factorize.lowrank import fit_data_aware, fit_svd, rank_for_energy, rank_for_error, round_rank
+from graphopt_plugins.factorize.lowrank import (fit_data_aware, fit_svd, held_out_errors, rank_for_energy, rank_for_error,
+                                                round_rank)
 
 
 def _correlated_inputs(rows=2000, width=48, seed=0):
@@ -70,3 +71,28 @@ def test_rank_rules():
     assert round_rank(3, 8, 40) == 8
     assert round_rank(17, 8, 20) == 20
     assert round_rank(5, 1, 40) == 5
+
+
+@pytest.mark.parametrize("shape", [(48, 32), (24, 40)])  # N ≤ K (eigh) and N > K (Cholesky)
+def test_held_out_errors_are_the_errors_of_the_fit_on_other_inputs(shape):
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal(shape)
+    fitted_on = _correlated_inputs(rows=500, width=shape[0], seed=1)
+    judged_on = _correlated_inputs(rows=500, width=shape[0], seed=2) + 0.3 * rng.standard_normal((500, shape[0]))
+    errors = held_out_errors(weight, fitted_on.T @ fitted_on, judged_on.T @ judged_on)
+    fit = fit_data_aware(weight, fitted_on.T @ fitted_on)
+    for rank in (4, 8, 16):
+        assert abs(errors[rank] - _output_error(judged_on, weight, fit, rank)) < 1e-3
+    assert errors[0] == pytest.approx(1.0) and errors[-1] == pytest.approx(0.0, abs=1e-6)
+    # judged on its own data, it is the fit's own error curve
+    np.testing.assert_allclose(held_out_errors(weight, fitted_on.T @ fitted_on, fitted_on.T @ fitted_on), fit.errors,
+                               atol=1e-6)
+
+
+def test_a_fit_to_fewer_rows_than_inputs_is_exact_only_on_its_own_rows():
+    # a squeeze-excite conv sees one row per image: 8 rows, 64 inputs
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((64, 64))
+    fitted_on, judged_on = rng.standard_normal((8, 64)), rng.standard_normal((8, 64))
+    assert fit_data_aware(weight, fitted_on.T @ fitted_on).errors[8] < 1e-3
+    assert held_out_errors(weight, fitted_on.T @ fitted_on, judged_on.T @ judged_on)[8] > 0.5
