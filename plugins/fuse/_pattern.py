@@ -33,7 +33,7 @@ __all__ = [
 
 
 FLOAT_16_32 = (np.float16, np.float32)  # what onnxruntime's CPU kernels for HardSwish, Gelu and the contrib ops take
-FLOATS = (np.float16, np.float32, np.float64)  # LayerNormalization, RMSNormalization
+FLOATS = (np.float16, np.float32, np.float64)  # what the norms take and constants the folds accept
 
 
 def has_dtype(tensor: gs.Tensor, allowed) -> bool:

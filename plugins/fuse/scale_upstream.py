@@ -7,6 +7,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt_plugins.fuse._affine import LINEAR_OPS, bypass, constant_operand, fold_after, output_channels, sole_reader
+from graphopt_plugins.fuse._pattern import FLOATS
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, FuseContext
 
 __all__ = ["fold_scalars_upstream"]
@@ -14,7 +15,6 @@ __all__ = ["fold_scalars_upstream"]
 RULE = "scale_upstream"
 # Ops a scalar factor passes through unchanged: they only move or regroup elements.
 _LAYOUT_OPS = ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
-_FLOATS = (np.float16, np.float32, np.float64)
 
 
 def fold_scalars_upstream(graph: gs.Graph, ctx: FuseContext) -> int:
@@ -75,7 +75,7 @@ def fold_scalars_upstream(graph: gs.Graph, ctx: FuseContext) -> int:
 
 
 def _factor(node: gs.Node, value: np.ndarray, index: int) -> float | None:
-    if value.size != 1 or value.dtype.type not in _FLOATS:
+    if value.size != 1 or value.dtype.type not in FLOATS:
         return None
     scalar = float(value.reshape(-1)[0])
     if node.op == "Mul":
@@ -94,7 +94,7 @@ def _path_to_linear(tensor: gs.Tensor, reader: gs.Node, local, ctx: FuseContext)
             return None
         if node.op in _LAYOUT_OPS and node.inputs:
             reader, tensor = node, node.inputs[0]
-        elif node.op == "Add" and (operands := constant_operand(node)) is not None and operands[1].dtype.type in _FLOATS:
+        elif node.op == "Add" and (operands := constant_operand(node)) is not None and operands[1].dtype.type in FLOATS:
             adds.append(node)
             reader, tensor = node, operands[0]
         elif node.op in LINEAR_OPS and output_channels(node) is not None:

@@ -9,12 +9,12 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt_plugins.fuse._affine import bypass, constant_operand, sole_reader
+from graphopt_plugins.fuse._pattern import FLOATS
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, FuseContext
 
 __all__ = ["fold_value_bias"]
 
 RULE = "value_bias"
-_FLOATS = (np.float16, np.float32, np.float64)
 
 
 def fold_value_bias(graph: gs.Graph, ctx: FuseContext) -> int:
@@ -90,7 +90,7 @@ def _bias_above(matmul: gs.Node, local, ctx: FuseContext) -> tuple[gs.Node, np.n
             tensor, reader = node.inputs[0], node
             continue
         operands = constant_operand(node) if node.op == "Add" else None
-        if operands is None or operands[1].dtype.type not in _FLOATS or tensor.shape is None:
+        if operands is None or operands[1].dtype.type not in FLOATS or tensor.shape is None:
             return None
         rank = len(tensor.shape)
         if operands[1].ndim > rank:
