@@ -25,13 +25,14 @@ from graphopt.model_io import (
     check_model,
     copy_model,
     external_data_dir,
-    infer_model_shapes,
+    inferred_with_size,
     initializer_nbytes,
     iter_tensors,
-    load_model,
     materialize_external_data,
+    read_model,
     save_model,
     uses_external_data,
+    wire_bytes,
 )
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
@@ -131,7 +132,8 @@ def _optimized(
     global_budget = Budget.parse(budget)
     loaded = load_registry(plugins)
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
-    pristine, source = _prepared(model)
+    prepared = _prepared(model)
+    pristine, source = prepared.given, prepared.running
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
     calibration_feeds = prepare_feeds(calibration, source, option="--calibration") if calibration is not None else None
     verifier = None
@@ -143,26 +145,27 @@ def _optimized(
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
-                                inputs_origin=origin, keeps_value_info=bool(len(pristine.graph.value_info)))
+                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info)
     with spill_folder(source) as running:
         try:
-            outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds)
+            outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds,
+                                   model_size=prepared.running_size)
         except VerificationError as error:
             if error.report is not None:
-                error.report["input"] = summarize(source, size_of=pristine)
+                error.report["input"] = summarize(source, size=prepared.given_size, size_of=pristine)
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
         final = outcome.model if changed else copy_model(pristine)
         # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
-        output_summary = summarize(outcome.model, size_of=final,
-                                   value_info=bool(len(pristine.graph.value_info)) or not changed)
-        if changed and not len(pristine.graph.value_info):
+        output_summary = summarize(outcome.model, size=outcome.size if changed else prepared.given_size,
+                                   size_of=final, value_info=prepared.keeps_value_info or not changed)
+        if changed and not prepared.keeps_value_info:
             # The shapes graphopt inferred for its own use are not the user's; don't ship them.
             del final.graph.value_info[:]
         report = {
             "schema": REPORT_SCHEMA,
             "graphopt_version": __version__,
-            "input": summarize(source, size_of=pristine),
+            "input": summarize(source, size=prepared.given_size, size_of=pristine),
             "output": output_summary,
             "passes": outcome.passes,
             "verification": {
@@ -179,22 +182,39 @@ def _optimized(
 
 def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """A checked, shape-inferred model from a path or a ModelProto (the caller's proto is not modified)."""
-    return _prepared(model)[1]
+    return _prepared(model).running
 
 
-def _prepared(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(the model as given, its shape-inferred copy for passes and verification)."""
+@dataclasses.dataclass
+class _Prepared:
+    """The model as given, and the shape-inferred copy passes and verification run on."""
+
+    given: onnx.ModelProto
+    running: onnx.ModelProto
+    given_size: int | None  # sizes, when serialising once for the checker and inference gave them
+    running_size: int | None  # as the pipeline counts it: value_info only if the given model has some
+
+    @property
+    def keeps_value_info(self) -> bool:
+        return bool(len(self.given.graph.value_info))
+
+
+def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
     if isinstance(model, (str, os.PathLike)):
-        pristine = load_model(model, infer_shapes=False)
-        return pristine, infer_model_shapes(pristine)
-    if not isinstance(model, onnx.ModelProto):
+        given, data = read_model(model)
+    elif not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
-    # A model graphopt loaded (an over-2-GiB result) knows where its data lives; others do not.
-    if external_data_dir(model) is None and any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
+    elif external_data_dir(model) is not None:  # a model graphopt loaded (an over-2-GiB result) knows where its data lives
+        given, data = model, None
+        check_model(model)
+    elif any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
-    check_model(model)
-    return model, infer_model_shapes(model)
-
+    else:
+        given, data = model, wire_bytes(model)
+        check_model(model, data=data)
+    keeps = bool(len(given.graph.value_info))
+    running, running_size = inferred_with_size(given, data=data, value_info=keeps)
+    return _Prepared(given, running, len(data) if data is not None else None, running_size if data is not None else None)
 
 
 def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:

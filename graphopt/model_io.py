@@ -14,7 +14,10 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError, EncodeError, Message
+# onnx.shape_inference.infer_shapes parses its result back into a proto and drops the bytes,
+# whose length is the model's size: the function under it returns them.
+from onnx.onnx_cpp2py_export import shape_inference as c_shape_inference
 
 from graphopt.errors import InputError, UsageError, first_line
 from graphopt.external_data import (
@@ -29,7 +32,7 @@ from graphopt.external_data import (
     uses_external_data,
     write_with_external_data,
 )
-from graphopt.proto_walk import copy_model, initializer_nbytes, iter_graph_protos, iter_tensors, tensor_nbytes
+from graphopt.proto_walk import copy_model, initializer_nbytes, iter_graph_protos, iter_tensors, stored_size, tensor_nbytes
 
 # The walkers and external-data helpers are re-exported: callers knew them from here first.
 __all__ = [
@@ -40,6 +43,9 @@ __all__ = [
     "uses_external_data",
     "materialize_external_data",
     "serialized_too_big",
+    "wire_bytes",
+    "inferred_with_size",
+    "read_model",
     "load_model",
     "save_model",
     "check_model",
@@ -60,10 +66,14 @@ logger = logging.getLogger(__name__)
 PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 
 
-def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.ModelProto:
-    """Loads an ONNX model file, its external data confined to the model's folder.
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes | None]:
+    """The valid model in the file `path`, with the file's bytes when they hold all of it.
 
-    Raises InputError, naming the file, for anything that is not a readable, valid model.
+    The bytes (None when weights stay in external files, or the file is not binary protobuf)
+    let callers check, infer and size the model without serialising it again: on a 5 MB
+    model each serialisation costs as much as the checker. Loading refuses external data
+    outside the model's folder; anything that is not a readable, valid model is an
+    InputError naming the file.
     """
     path = Path(path)
     if not path.exists():
@@ -72,61 +82,105 @@ def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.Mo
         raise InputError("not a file", path=str(path))
     if path.stat().st_size == 0:
         raise InputError("empty file, not an ONNX model", path=str(path))
+    # onnx.load_model's choice of format: by extension (.txtpb, .json…), else binary protobuf.
+    format_name = onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf"
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        data = path.read_bytes()
+        model = onnx.serialization.registry.get(format_name).deserialize_proto(data, onnx.ModelProto())
     except (DecodeError, RuntimeError, ValueError, OSError) as error:
         raise InputError(f"not an ONNX model: {first_line(error)}", path=str(path)) from error
     _require_model_shape(model, str(path))
     _require_utf8_strings(model, str(path))
+    if format_name != "protobuf" or len(data) >= PROTOBUF_LIMIT or uses_external_data(model):
+        data = None
     load_confined_external_data(model, path.parent, str(path))
-    check_model(model, path=str(path))
-    if infer_shapes:
-        model = infer_model_shapes(model)
-    return model
+    check_model(model, path=str(path), data=data)
+    return model, data
 
 
-def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Runs ONNX shape inference once; a model it cannot infer is kept as it is."""
-    if serialized_too_big(model):
-        logger.info("model is over 2 GiB in memory; skipping in-memory shape inference")
-        return model
+def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.ModelProto:
+    """Loads an ONNX model file (see `read_model`), shape-inferred unless `infer_shapes=False`."""
+    model, data = read_model(path)
+    return infer_model_shapes(model, data=data) if infer_shapes else model
+
+
+def wire_bytes(model: onnx.ModelProto) -> bytes | None:
+    """`model` serialised, or None when protobuf cannot hold it (`PROTOBUF_LIMIT`)."""
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        data = model.SerializeToString()
+    except EncodeError:  # what upb raises at 2 GiB
+        return None
+    return data if len(data) < PROTOBUF_LIMIT else None
+
+
+def infer_model_shapes(model: onnx.ModelProto, *, data: bytes | None = None) -> onnx.ModelProto:
+    """Runs ONNX shape inference once; a model it cannot infer is kept as it is.
+
+    `data`: `model` already serialised, which spares serialising it again.
+    """
+    return inferred_with_size(model, data=data)[0]
+
+
+def inferred_with_size(
+    model: onnx.ModelProto, *, data: bytes | None = None, value_info: bool = True
+) -> tuple[onnx.ModelProto, int | None]:
+    """(`infer_model_shapes(model)`, its serialised size or None), the size read off the
+    inference's own bytes, without the main graph's value_info when `value_info` is false."""
+    data = data if data is not None else wire_bytes(model)
+    if data is None:
+        logger.info("model is over 2 GiB in memory; skipping in-memory shape inference")
+        return model, None
+    try:
+        inferred = c_shape_inference.infer_shapes(data, False, False, True)  # check_type, strict_mode, data_prop
     except Exception as error:  # onnx raises several unrelated types here
         logger.warning("shape inference failed, going on without it: %s", first_line(error))
-        return model
+        return model, stored_size(data, model, value_info=value_info)
+    result = onnx.load_model_from_string(inferred)
+    return result, stored_size(inferred, result, value_info=value_info)
 
 
-def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool = False) -> None:
-    """Runs the ONNX checker; raises InputError with its first line."""
+def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool = False, data: bytes | None = None) -> None:
+    """Runs the ONNX checker; raises InputError with its first line. `data`: `model` serialised."""
     try:
-        if serialized_too_big(model):
-            return  # checked by path after writing; the checker cannot take it in memory
-        if uses_external_data(model):
+        if data is None and uses_external_data(model):
+            if serialized_too_big(model):
+                return  # checked by path after writing; the checker cannot take it in memory
             model = checkable_copy(model)
             if model is None:
                 return  # external tensors in bodies or Constant nodes: checked by path after writing
-        onnx.checker.check_model(model, full_check=full)
+            data = model.SerializeToString()
+        data = data if data is not None else wire_bytes(model)
+        if data is None:
+            return  # checked by path after writing; the checker cannot take it in memory
+        onnx.checker.check_model(data, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError) as error:
         raise InputError(f"invalid model: {first_line(error)}", path=path) from error
 
 
-def inferred_and_checked(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`infer_model_shapes(model)`, having checked it as `check_model(full=True)` does; InputError if invalid.
+def inferred_and_checked(model: onnx.ModelProto, *, value_info: bool = True) -> tuple[onnx.ModelProto, int | None]:
+    """(`infer_model_shapes(model)`, its stored size or None), having checked `model` as `check_model(full=True)` does.
 
     A full check is the structural check plus strict, type-checking shape inference. Run that
     inference with data propagation and its result is the shapes too: one inference per pass
-    output where inferring, then checking, ran two.
+    output where inferring, then checking, ran two. The size comes from the same bytes, without
+    the main graph's value_info when `value_info` is false (as `summary.model_bytes`); it is
+    None when no bytes were at hand (external data, 2 GiB). Raises InputError if `model` is invalid.
     """
-    if not serialized_too_big(model) and not uses_external_data(model):
+    data = None if uses_external_data(model) else wire_bytes(model)
+    if data is not None:
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+            inferred = _strict_inference(data)
             onnx.checker.check_model(inferred)
-            return inferred
+            result = onnx.load_model_from_string(inferred)
+            return result, stored_size(inferred, result, value_info=value_info)
         except Exception:  # noqa: BLE001 - invalid, or only data propagation tripped: the slow path tells which
             pass
-    check_model(model, full=True)
-    return infer_model_shapes(model)
+    check_model(model, full=True, data=data)
+    return infer_model_shapes(model, data=data), None
+
+
+def _strict_inference(data: bytes) -> bytes:
+    return c_shape_inference.infer_shapes(data, True, True, True)  # check_type, strict_mode, data_prop
 
 
 def save_model(

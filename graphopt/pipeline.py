@@ -23,7 +23,7 @@ from graphopt.errors import GraphoptError, InputError, PassError, PluginError, P
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
 from graphopt.model_io import external_data_dir, inferred_and_checked, save_model
-from graphopt.options import build_options, describe_options
+from graphopt.options import build_options
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import PassRegistry, Plugins
 from graphopt.summary import model_bytes
@@ -90,6 +90,7 @@ class PipelineOutcome:
     model: onnx.ModelProto
     passes: list[dict]
     end_to_end: dict | None
+    size: int | None = None  # `model`'s stored size (`PipelineSettings.keeps_value_info`), when a pass ran
 
 
 class _PassTimer:
@@ -126,8 +127,14 @@ def run_pipeline(
     settings: PipelineSettings,
     verifier: Verifier | None,
     calibration: dict | None = None,
+    *,
+    model_size: int | None = None,
 ) -> PipelineOutcome:
-    """Runs `passes` in order over `model`; raises VerificationError or PassError as DESIGN.md says."""
+    """Runs `passes` in order over `model`; raises VerificationError or PassError as DESIGN.md says.
+
+    `model_size`: `model`'s stored size (`summary.model_bytes` with the settings' value_info
+    choice) when the caller knows it; measured otherwise.
+    """
     timer = _PassTimer()
     instruments: list[Any] = [timer]
     if settings.dump_dir is not None:
@@ -137,13 +144,13 @@ def run_pipeline(
     for instrument in instruments:
         plugins.manager.register(instrument)
     try:
-        return _run(model, passes, plugins, settings, verifier, calibration, timer)
+        return _run(model, passes, plugins, settings, verifier, calibration, timer, model_size)
     finally:
         for instrument in instruments:
             plugins.manager.unregister(instrument)
 
 
-def _run(model, passes, plugins, settings, verifier, calibration, timer) -> PipelineOutcome:
+def _run(model, passes, plugins, settings, verifier, calibration, timer, model_size) -> PipelineOutcome:
     original = model
     verify_each = settings.verify == "each" and verifier is not None
     try:
@@ -159,17 +166,17 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
     sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
     reports, lossy_ran = [], False
     live_graph = None  # the IR of `model` the last pass left, when it is still that
-    model_size = None  # model_bytes(model): sizing walks the whole proto, so once per model
+    # model_bytes(model), once per model: sizing serialises the whole proto
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
         if model_size is None:
             model_size = model_bytes(model, value_info=settings.keeps_value_info)
         entry = _entry(pass_, plugins.registry, model, model_size)
         before = model
-        result, candidate, graph = None, model, live_graph
+        result, candidate, graph, candidate_size = None, model, live_graph, None
         live_graph = None  # the pass may leave it half-rewritten, whatever happens next
         try:
-            result, candidate, graph = _apply(pass_, model, graph, settings, calibration, sample_inputs)
+            result, candidate, graph, candidate_size = _apply(pass_, model, graph, settings, calibration, sample_inputs)
         except PreconditionError as error:
             entry.update(status="skipped", error=str(error))
             logger.warning("pass '%s' skipped: %s", pass_.name, error)
@@ -221,7 +228,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
         entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
         entry["nodes_after"] = len(model.graph.node)
         if model is not before:
-            model_size = model_bytes(model, value_info=settings.keeps_value_info)
+            model_size = candidate_size if candidate_size is not None else model_bytes(model, value_info=settings.keeps_value_info)
         entry["bytes_after"] = model_size
         logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
         reports.append(entry)
@@ -236,7 +243,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer) -> Pipe
             end_to_end = verdict.to_dict()
             raise VerificationError(f"end-to-end verification failed: {verdict.summary()}", report={"passes": reports, "verification": end_to_end})
         end_to_end = verdict.to_dict()
-    return PipelineOutcome(model, reports, end_to_end)
+    return PipelineOutcome(model, reports, end_to_end, model_size)
 
 
 def _call_hook(plugins: Plugins, name: str, **kwargs) -> None:
@@ -263,8 +270,9 @@ def _stacked(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _apply(
     pass_: Pass, model: onnx.ModelProto, graph, settings: PipelineSettings, calibration, sample_inputs
-) -> tuple[PassResult, onnx.ModelProto, object]:
-    """(what the pass did, the model it produced, its IR graph if still usable, else None)."""
+) -> tuple[PassResult, onnx.ModelProto, object, int | None]:
+    """(what the pass did, the model it produced, its IR graph if still usable, else None, the
+    model's stored size when known from its checking)."""
     if graph is None:
         graph = ir.import_graph(model)
     ctx = PassContext(
@@ -289,9 +297,9 @@ def _apply(
     if not result.changed:
         if not keep:
             ir.release_graph(graph, model)
-        return result, model, graph if keep else None
+        return result, model, graph if keep else None, None
     try:
-        candidate = inferred_and_checked(ir.export_model(graph, model))
+        candidate, size = inferred_and_checked(ir.export_model(graph, model), value_info=settings.keeps_value_info)
         if keep:
             ir.apply_inferred_shapes(graph, candidate)  # as a fresh import of `candidate` would have them
         else:
@@ -301,7 +309,7 @@ def _apply(
     except Exception as error:
         raise PassError(f"pass '{pass_.name}' produced a graph that cannot be exported: {type(error).__name__}: {error}", pass_name=pass_.name) from error
     _check_interface(pass_, model, candidate)
-    return result, candidate, graph if keep else None
+    return result, candidate, graph if keep else None, size
 
 
 def _check_interface(pass_: Pass, before: onnx.ModelProto, after: onnx.ModelProto) -> None:
@@ -352,7 +360,8 @@ def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, model_si
         "name": pass_.name,
         "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
         "lossless": pass_.lossless,
-        "options": to_jsonable({info.name: getattr(pass_.options, info.name) for info in describe_options(type(pass_.options))}),
+        # Names from the dataclass: describe_options would parse the source for help text.
+        "options": to_jsonable({field.name: getattr(pass_.options, field.name) for field in dataclasses.fields(pass_.options)}),
         "status": "unchanged",
         "changed": False,
         "rolled_back": False,

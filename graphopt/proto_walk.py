@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import onnx
 
-__all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nbytes", "copy_model"]
+__all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nbytes", "copy_model", "stored_size",
+           "size_without_value_info"]
 
 
 def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -70,6 +71,67 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield from _graph_tensors(attribute.g)
         for graph in attribute.graphs:
             yield from _graph_tensors(graph)
+
+
+def stored_size(data: bytes, model: onnx.ModelProto, *, value_info: bool = True) -> int:
+    """The size of `model`, serialised as `data`; with `value_info=False`, as if its main graph had none."""
+    if value_info or not len(model.graph.value_info):
+        return len(data)
+    return size_without_value_info(len(data), _field_length(data, _MODEL_GRAPH_FIELD), model.graph.value_info)
+
+
+def size_without_value_info(model_size: int, graph_size: int, value_info) -> int:
+    """A model's serialised size less its main graph's `value_info`, from its own and its graph's size.
+
+    The graph is a length-delimited field of the model, each value_info one of the graph, all
+    with one-byte tags: what changes is the entries and the varint giving the graph's length.
+    """
+    trimmed = graph_size - sum(1 + _varint_size(size) + size for size in (entry.ByteSize() for entry in value_info))
+    return model_size - _varint_size(graph_size) - graph_size + _varint_size(trimmed) + trimmed
+
+
+_MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _field_length(data: bytes, number: int) -> int:
+    """The length of the first length-delimited field `number` at the top level of the wire bytes `data`.
+
+    Reads the model's few top-level fields only (ir_version, producer…): sizing the graph
+    through protobuf would serialise it again.
+    """
+    position = 0
+    while position < len(data):
+        key, position = _read_varint(data, position)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, position = _read_varint(data, position)
+        elif wire_type == 1:
+            position += 8
+        elif wire_type == 5:
+            position += 4
+        elif wire_type == 2:
+            length, position = _read_varint(data, position)
+            if key >> 3 == number:
+                return length
+            position += length
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire_type}")
+    raise ValueError(f"no field {number} in the message")
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -10,20 +10,23 @@ from __future__ import annotations
 import collections
 import math
 
-import numpy as np
 import onnx
 
 from onnx import external_data_helper
 
 from graphopt.model_io import external_data_dir, iter_graph_protos, iter_tensors, tensor_nbytes
+from graphopt.proto_walk import size_without_value_info
 
 __all__ = ["summarize", "format_comparison", "model_bytes"]
 
 
-def summarize(model: onnx.ModelProto, *, size_of: onnx.ModelProto | None = None, value_info: bool = True) -> dict:
-    """The summary of `model`; `bytes` is measured on `size_of` when given (the model as stored,
-    where `model` is its shape-inferred copy, whose value_info would inflate the count), without
-    the main graph's value_info when `value_info` is false (it is to be dropped before storing).
+def summarize(
+    model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None, value_info: bool = True
+) -> dict:
+    """The summary of `model`; `bytes` is `size` when the caller knows it, else measured on
+    `size_of` when given (the model as stored, where `model` is its shape-inferred copy, whose
+    value_info would inflate the count), without the main graph's value_info when `value_info`
+    is false (it is to be dropped before storing).
     """
     shapes = _known_shapes(model)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
@@ -41,9 +44,9 @@ def summarize(model: onnx.ModelProto, *, size_of: onnx.ModelProto | None = None,
         "nodes": sum(ops.values()),
         "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
         # Constant nodes count too: some exporters (paddle2onnx) keep every weight in one.
-        "parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1 for t in tensors)),
+        "parameters": sum(math.prod(t.dims) for t in tensors),
         "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
-        "bytes": model_bytes(size_of if size_of is not None else model, value_info=value_info),
+        "bytes": size if size is not None else model_bytes(size_of if size_of is not None else model, value_info=value_info),
         "macs": int(macs),
         "macs_unknown": dict(unknown),
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
@@ -79,16 +82,13 @@ def _all_nodes(graph: onnx.GraphProto):
 def model_bytes(model: onnx.ModelProto, *, value_info: bool = True) -> int:
     """The serialized size of `model`; with `value_info=False`, as if the main graph had none.
 
-    Computed from the protobuf sizes, without copying the model: the graph is a length-delimited
-    field of the model, each value_info a length-delimited field of the graph (one-byte tags).
+    Computed from the protobuf sizes, without copying the model (`proto_walk.size_without_value_info`).
     """
     try:
         size = model.ByteSize() + _external_bytes(model)
         if value_info or not len(model.graph.value_info):
             return size
-        graph = model.graph.ByteSize()
-        trimmed = graph - sum(1 + _varint_size(v.ByteSize()) + v.ByteSize() for v in model.graph.value_info)
-        return size - _varint_size(graph) - graph + _varint_size(trimmed) + trimmed
+        return size_without_value_info(size, model.graph.ByteSize(), model.graph.value_info)
     except Exception:  # over 2 GiB protobuf refuses; weights dominate anyway
         return sum(tensor_nbytes(t) for t in iter_tensors(model))
 
@@ -98,10 +98,6 @@ def _external_bytes(model: onnx.ModelProto) -> int:
     if external_data_dir(model) is None:
         return 0
     return sum(tensor_nbytes(t) for t in iter_tensors(model) if external_data_helper.uses_external_data(t))
-
-
-def _varint_size(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

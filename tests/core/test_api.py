@@ -98,8 +98,25 @@ def test_inferred_and_checked_gives_the_shapes_inference_gives():
     from graphopt.model_io import infer_model_shapes, inferred_and_checked
 
     model = onnx.parser.parse_model(MODEL)
-    assert inferred_and_checked(model) == infer_model_shapes(model)
-    assert {value.name for value in inferred_and_checked(model).graph.value_info} == {"i", "s", "t"}
+    inferred, size = inferred_and_checked(model)
+    assert inferred == infer_model_shapes(model)
+    assert {value.name for value in inferred.graph.value_info} == {"i", "s", "t"}
+    assert size == inferred.ByteSize()
+
+
+def test_inferred_and_checked_sizes_the_model_as_stored_without_value_info():
+    from graphopt.model_io import inferred_and_checked
+
+    # Fields before the graph on the wire (ir_version, producer, a long doc_string) and a graph
+    # whose length takes a three-byte varint: what the size is read past and from.
+    model = onnx.load(str(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples/demo/demo.onnx"))
+    model.producer_name, model.doc_string = "test", "d" * 300
+    inferred, size = inferred_and_checked(model, value_info=False)
+    assert len(inferred.graph.value_info) > 10 and inferred.graph.ByteSize() >= 2**14
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(inferred)
+    del stripped.graph.value_info[:]
+    assert size == stripped.ByteSize()
 
 
 def test_dump_dir_writes_the_model_after_each_pass(tmp_path):
