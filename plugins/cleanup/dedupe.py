@@ -47,7 +47,7 @@ def _same_type_and_shape(owner: gs.Graph) -> list[list[gs.Constant]]:
             seen.add(id(tensor))
             if any(id(reader) not in local_nodes for reader in tensor.outputs):
                 continue
-            groups.setdefault((str(tensor.dtype), tuple(tensor.shape)), []).append(tensor)
+            groups.setdefault((tensor.dtype, tuple(tensor.shape)), []).append(tensor)
     return [group for group in groups.values() if len(group) > 1]
 
 
