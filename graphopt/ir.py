@@ -114,7 +114,13 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
         unmap_external_constants(iter_graphs(graph))
     with quiet_graphsurgeon(), collector_paused():
         exported = gs.export_onnx(graph, do_type_check=False)
-    model = onnx.ModelProto()
+    # The exported proto becomes the model, its other fields the template's: copying its graph
+    # into a fresh one would copy every weight once more.
+    model = exported
+    opsets = _merged_opsets(template.opset_import, exported.opset_import)
+    for field, _ in model.ListFields():
+        if field.name not in _REBUILT_FIELDS:
+            model.ClearField(field.name)
     for field, value in template.ListFields():
         if field.name in _REBUILT_FIELDS:
             continue
@@ -125,9 +131,8 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
             target.extend(value)
         else:
             target.CopyFrom(value)
-    model.graph.CopyFrom(exported.graph)
-    model.functions.extend(exported.functions)
-    model.opset_import.extend(_merged_opsets(template.opset_import, exported.opset_import))
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
     _restore_interface(model, template)
     _restore_annotations(model, template)
     return model
