@@ -174,6 +174,21 @@ def test_dropout_whose_training_mode_is_a_graph_input_is_kept():
     assert "Dropout" in _ops(cleaned.graph)
 
 
+def test_dropout_whose_training_mode_folds_to_false_is_removed_in_a_later_round():
+    # Passthrough removal runs before folding; it must run again once folding gave the mode.
+    model = _model("""
+        g (float[2,3] x) => (float[2,3] y)
+        <float ratio = {0.5}, bool yes = {1}> {
+            r = Relu (x)
+            no = Not (yes)
+            d = Dropout (r, ratio, no)
+            y = Neg (d)
+        }""")
+    cleaned, stats, changed = _cleanup(model)
+    assert stats["constants_folded"] == 1 and stats["passthrough_removed"] == 1
+    assert _ops(cleaned.graph) == ["Relu", "Neg"]
+
+
 def test_dropout_in_training_mode_is_kept():
     model = _model("""
         g (float[2,3] x) => (float[2,3] y)
