@@ -33,7 +33,7 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
     dim to another position; a piece is computed in any other way. (A 0 already in a constant
     piece keeps its meaning, since every piece keeps its position.)
     """
-    rewritten = 0
+    rewritten = []
     position = node_positions(graph)
     for reshape in list(graph.nodes):
         if reshape.op != "Reshape" or len(reshape.inputs) != 2 or int(reshape.attrs.get("allowzero", 0)):
@@ -58,12 +58,37 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
         # A constant target lets shape inference see through the Reshape: what follows gets
         # shapes, and the next Reshape downstream (attention's split, then merge) its target.
         propagate_shapes(graph, [reshape.inputs[1]], position)
-        rewritten += 1
-    if rewritten:
+        rewritten.append(reshape)
+    if _shape_read_downstream(rewritten, position):
         # What only a whole-graph inference finds (through Shape arithmetic) the next round and
         # the other rules must see too, or a second run of the pass would find more to do.
         ir.refresh_shapes(graph)
-    return rewritten
+    return len(rewritten)
+
+
+def _shape_read_downstream(nodes: list[gs.Node], position: dict[int, int]) -> bool:
+    """Whether a Shape or Size node, a node with a body, or one of a body (not in `position`,
+    the level's nodes) reads anything downstream of `nodes`.
+
+    Only there does a whole-graph inference learn more than `propagate_shapes` did: data
+    propagation turns shapes into values only through Shape and Size, and bodies are not
+    propagated into. Without one (a classifier's final flatten) the export and inference of
+    the whole graph would find nothing new.
+    """
+    seen: set[int] = set()
+    pending = list(nodes)
+    while pending:
+        node = pending.pop()
+        for tensor in node.outputs:
+            for consumer in tensor.outputs:
+                if id(consumer) in seen:
+                    continue
+                if (consumer.op in ("Shape", "Size") or id(consumer) not in position
+                        or (consumer.attrs and ir.node_subgraphs(consumer))):
+                    return True
+                seen.add(id(consumer))
+                pending.append(consumer)
+    return False
 
 
 def _strip_casts(tensor: gs.Tensor) -> gs.Tensor:

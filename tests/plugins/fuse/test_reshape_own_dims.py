@@ -66,3 +66,44 @@ def test_a_rewrite_that_makes_later_shapes_known_is_followed_in_the_same_run():
     fused, stats = fuse_and_check(model, feeds={"x": rand(2, 3, 4, seed=5)})
     assert stats["reshape_own_dims"] == 2
     assert op_counts(fused) == {"Reshape": 2, "Relu": 1}
+
+
+def _counting_refreshes(monkeypatch) -> list:
+    from graphopt import ir
+
+    calls, refresh = [], ir.refresh_shapes
+    monkeypatch.setattr(ir, "refresh_shapes", lambda graph: calls.append(graph) or refresh(graph))
+    return calls
+
+
+def test_a_flatten_with_no_shape_read_downstream_needs_no_whole_graph_inference(monkeypatch):
+    init = weights(zero=np.array([0], np.int64), one=np.array([1], np.int64), rest=np.array([-1], np.int64),
+                   w=rand(12, 2))
+    model = model_from_text(f"""
+        g (float[N,3,2,2] x) => (float[N,2] y) {init} {{
+            s = Shape(x)
+            first = Slice(s, zero, one, zero, one)
+            target = Concat<axis=0>(first, rest)
+            flat = Reshape(x, target)
+            y = MatMul(flat, w)
+        }}""", opset=13)
+    refreshes = _counting_refreshes(monkeypatch)
+    fused, stats = fuse_and_check(model, feeds={"x": rand(2, 3, 2, 2, seed=5)})
+    assert stats["reshape_own_dims"] == 1
+    assert refreshes == []
+
+
+def test_a_shape_read_downstream_of_the_rewrite_gets_a_whole_graph_inference(monkeypatch):
+    init = weights(zero=np.array([0], np.int64), one=np.array([1], np.int64), rest=np.array([-1], np.int64))
+    model = model_from_text(f"""
+        g (float[N,3,2,2] x) => (float[N,12] y, int64[2] s2) {init} {{
+            s = Shape(x)
+            first = Slice(s, zero, one, zero, one)
+            target = Concat<axis=0>(first, rest)
+            y = Reshape(x, target)
+            s2 = Shape(y)
+        }}""", opset=13)
+    refreshes = _counting_refreshes(monkeypatch)
+    fused, stats = fuse_and_check(model, feeds={"x": rand(2, 3, 2, 2, seed=5)})
+    assert stats["reshape_own_dims"] == 1
+    assert len(refreshes) >= 1
