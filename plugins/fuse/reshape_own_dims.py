@@ -59,10 +59,12 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
         # shapes, and the next Reshape downstream (attention's split, then merge) its target.
         propagate_shapes(graph, [reshape.inputs[1]], position)
         rewritten.append(reshape)
-    if _shape_read_downstream(rewritten, position):
-        # What only a whole-graph inference finds (through Shape arithmetic) the next round and
-        # the other rules must see too, or a second run of the pass would find more to do.
-        ir.refresh_shapes(graph)
+    if rewritten:
+        ir.remove_dead_nodes_in_level(graph)  # the Shape chains that built the old targets: gone, they read nothing
+        if _shape_read_downstream(rewritten, position):
+            # What only a whole-graph inference finds (through Shape arithmetic) the next round
+            # and the other rules must see too, or a second run of the pass would find more to do.
+            ir.refresh_shapes(graph)
     return len(rewritten)
 
 

@@ -107,3 +107,27 @@ def test_a_shape_read_downstream_of_the_rewrite_gets_a_whole_graph_inference(mon
     fused, stats = fuse_and_check(model, feeds={"x": rand(2, 3, 2, 2, seed=5)})
     assert stats["reshape_own_dims"] == 1
     assert len(refreshes) >= 1
+
+
+def test_a_shape_read_only_by_targets_the_rule_made_constant_needs_no_whole_graph_inference(monkeypatch):
+    # Shape(r) feeds only the second target, which the same call makes constant: once that
+    # chain is dead, nothing downstream reads a shape
+    init = weights(zero=np.array([0], np.int64), one=np.array([1], np.int64), two=np.array([2], np.int64),
+                   rest=np.array([-1], np.int64))
+    model = model_from_text(f"""
+        g (float[N,3,4] x) => (float[N,12] y) {init} {{
+            s = Shape(x)
+            first = Slice(s, zero, one, zero, one)
+            t = Concat<axis=0>(first, rest)
+            r = Reshape(x, t)
+            a = Relu(r)
+            rs = Shape(r)
+            lead = Slice(rs, zero, one, zero, one)
+            u = Concat<axis=0>(lead, rest)
+            y = Reshape(a, u)
+        }}""", opset=13)
+    refreshes = _counting_refreshes(monkeypatch)
+    fused, stats = fuse_and_check(model, feeds={"x": rand(2, 3, 4, seed=5)})
+    assert stats["reshape_own_dims"] == 2
+    assert op_counts(fused) == {"Reshape": 2, "Relu": 1}
+    assert refreshes == []
