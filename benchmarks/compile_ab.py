@@ -1,0 +1,105 @@
+"""Compile CPU time of `cleanup,fuse`: a base commit against the working tree, and onnxsim, interleaved.
+
+Each round runs, in turn, one fresh subprocess per side (base, working tree, onnxsim), so a
+slow stretch of a shared machine hits all three alike; a subprocess warms up once and reports
+the least of `--inner` runs of `graphopt.optimize(path, passes=["cleanup", "fuse"],
+verify="off")` (or `onnxsim.simplify(onnx.load(path))`). The table gives each side's minimum
+over `--rounds`, and the ratios.
+
+The base is a detached `git worktree` of `--base` in a temporary folder, put first on
+PYTHONPATH as `graphopt` and `graphopt_plugins` (the entry points name modules, so the
+installed plugins resolve to the base's files). Subprocesses run outside the repository: run
+from its root, `python -c` would import the working tree's `graphopt` on both sides (each
+base child checks where its modules came from). The working-tree side is whatever `import
+graphopt` gives this interpreter: an editable install of this checkout.
+
+Usage: `python benchmarks/compile_ab.py --base REV [--models det,rec,cls] [--rounds 7] [--inner 3] [--out benchmarks/results]`;
+writes `compile_ab.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import PP_OCR_MODELS, fetch_models
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT_NAMES = {"det": "PP-OCRv4 det", "rec": "PP-OCRv4 rec", "cls": "PP-OCR cls"}
+
+_CHILD = r"""
+import sys, time
+path, tool = sys.argv[1], sys.argv[2]
+if tool == "onnxsim":
+    import onnx, onnxsim as module
+    def once(): module.simplify(onnx.load(path))
+else:
+    import graphopt as module, graphopt_plugins
+    assert graphopt_plugins.__file__.startswith(module.__file__.rsplit("/graphopt/", 1)[0]), "core and plugins from two trees"
+    def once(): module.optimize(path, passes=["cleanup", "fuse"], verify="off")
+once()
+times = []
+for _ in range(int(sys.argv[3])):
+    start = time.process_time(); once(); times.append(time.process_time() - start)
+print(min(times), module.__file__)
+"""
+
+
+def _child_seconds(path: Path, tool: str, pythonpath: str | None, inner: int, workdir: str) -> float:
+    """The child's best time; a base child must have imported the base's files."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(path), tool, str(inner)],
+                          env=env, cwd=workdir, capture_output=True, text=True, check=True)
+    seconds, imported = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    if pythonpath is not None and not imported.startswith(pythonpath):
+        raise RuntimeError(f"the base side imported {imported}, not the base worktree")
+    return float(seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
+    parser.add_argument("--models", default="det,rec,cls")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--out", default=str(Path(__file__).with_name("results")), help="folder for compile_ab.md")
+    args = parser.parse_args(argv)
+    folder = fetch_models()
+    with tempfile.TemporaryDirectory(prefix="graphopt-ab-") as scratch:
+        base = Path(scratch) / "base"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base), args.base], check=True)
+        try:
+            shim = Path(scratch) / "shim"
+            shim.mkdir()
+            (shim / "graphopt").symlink_to(base / "graphopt")
+            (shim / "graphopt_plugins").symlink_to(base / "plugins")
+            sides = {"base": str(shim), "tree": None, "onnxsim": None}
+            lines = [f"base {args.base}, min of {args.rounds} rounds x {args.inner} runs, CPU s", "",
+                     "| model | base s | working tree s | onnxsim s | tree / base | tree / onnxsim |", "|---|---|---|---|---|---|"]
+            print("\n".join(lines))
+            for short in args.models.split(","):
+                path = folder / PP_OCR_MODELS[SHORT_NAMES[short]][0]
+                best = {side: float("inf") for side in sides}
+                for _ in range(args.rounds):
+                    for side, pythonpath in sides.items():
+                        tool = "onnxsim" if side == "onnxsim" else "graphopt"
+                        best[side] = min(best[side], _child_seconds(path, tool, pythonpath, args.inner, scratch))
+                lines.append(f"| {SHORT_NAMES[short]} | {best['base']:.3f} | {best['tree']:.3f} | {best['onnxsim']:.3f} "
+                             f"| {best['tree'] / best['base']:.2f} | {best['tree'] / best['onnxsim']:.2f} |")
+                print(lines[-1])
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compile_ab.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
