@@ -166,7 +166,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
     sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
     reports, lossy_ran = [], False
     live_graph = None  # the IR of `model` the last pass left, when it is still that
-    # model_bytes(model), once per model: sizing serialises the whole proto
+    # model_size is model_bytes(model), measured once per model (sizing serialises it all) unless given
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
         if model_size is None:
