@@ -251,10 +251,11 @@ def checkable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return copy
 
 
-def load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str) -> None:
+def load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str) -> bool:
+    """Reads the small external tensors in, leaves the big ones mapped; whether there were any."""
     external = [t for t in iter_tensors(model) if external_data_helper.uses_external_data(t)]
     if not external:
-        return
+        return False
     root = folder.resolve()
     for tensor in external:
         _check_external_location(tensor, root, path)
@@ -266,6 +267,7 @@ def load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str)
     if any(external_data_helper.uses_external_data(tensor) for tensor in external):
         entry = model.metadata_props.add()
         entry.key, entry.value = EXTERNAL_DIR_KEY, str(root)
+    return True
 
 
 def _check_external_location(tensor: onnx.TensorProto, root: Path, path: str) -> None:

@@ -91,9 +91,8 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes | None]:
         raise InputError(f"not an ONNX model: {first_line(error)}", path=str(path)) from error
     _require_model_shape(model, str(path))
     _require_utf8_strings(model, str(path))
-    if format_name != "protobuf" or len(data) >= PROTOBUF_LIMIT or uses_external_data(model):
-        data = None
-    load_confined_external_data(model, path.parent, str(path))
+    if load_confined_external_data(model, path.parent, str(path)) or format_name != "protobuf" or len(data) >= PROTOBUF_LIMIT:
+        data = None  # the model in memory is no longer (or never was) these bytes
     check_model(model, path=str(path), data=data)
     return model, data
 

@@ -70,7 +70,7 @@ class Cleanup(graphopt.Pass):
         steps = [(key, step) for key, step in steps if step is not None]
         # Every step rewrites all it can in one call, so it needs running again only once another
         # has changed the graph since: the fix point is reached when none has anything to do.
-        # Skipping the others' confirming reruns saves a quarter of cleanup's time.
+        # Skipping the confirming reruns saves a fifth to a quarter of cleanup's time on PP-OCR.
         version, ran_at = 0, {}
         # Quiet: graphsurgeon warns on the terminal whenever a step reads a bfloat16 constant's values.
         with ir.collector_paused(), ir.quiet_graphsurgeon(), _distinct_node_names(graph):
