@@ -33,7 +33,7 @@ from graphopt.ir_traversal import (
     toposort,
     toposorted_nodes,
 )
-from graphopt.proto_walk import iter_graph_protos
+from graphopt.proto_walk import copy_fields, iter_graph_protos
 from graphopt.sparse_tensors import densify_sparse_tensors
 
 __all__ = [
@@ -121,16 +121,7 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     for field, _ in model.ListFields():
         if field.name not in _REBUILT_FIELDS:
             model.ClearField(field.name)
-    for field, value in template.ListFields():
-        if field.name in _REBUILT_FIELDS:
-            continue
-        target = getattr(model, field.name)
-        if isinstance(value, (str, bytes, int, float)):
-            setattr(model, field.name, value)
-        elif hasattr(target, "extend"):
-            target.extend(value)
-        else:
-            target.CopyFrom(value)
+    copy_fields(template, model, skip=_REBUILT_FIELDS)
     del model.opset_import[:]
     model.opset_import.extend(opsets)
     _restore_interface(model, template)

@@ -33,6 +33,7 @@ from graphopt.external_data import (
     write_with_external_data,
 )
 from graphopt.proto_walk import copy_model, initializer_nbytes, iter_graph_protos, iter_tensors, stored_size, tensor_nbytes
+from graphopt.weightless import skeleton_of
 
 # The walkers and external-data helpers are re-exported: callers knew them from here first.
 __all__ = [
@@ -161,19 +162,23 @@ def inferred_and_checked(model: onnx.ModelProto, *, value_info: bool = True) -> 
 
     A full check is the structural check plus strict, type-checking shape inference. Run that
     inference with data propagation and its result is the shapes too: one inference per pass
-    output where inferring, then checking, ran two. The size comes from the same bytes, without
+    output where inferring, then checking, ran two. Both run on the model's skeleton
+    (`graphopt.weightless`), so its weights are not copied through them. The size comes from the same bytes, without
     the main graph's value_info when `value_info` is false (as `summary.model_bytes`); it is
     None when no bytes were at hand (external data, 2 GiB). Raises InputError if `model` is invalid.
+    `model` may be modified: the result can be it, its weights never copied.
     """
-    data = None if uses_external_data(model) else wire_bytes(model)
+    skeleton = None if uses_external_data(model) else skeleton_of(model)
+    data = wire_bytes(skeleton.model) if skeleton is not None else None
     if data is not None:
         try:
             inferred = _strict_inference(data)
             onnx.checker.check_model(inferred)
-            result = onnx.load_model_from_string(inferred)
-            return result, stored_size(inferred, result, value_info=value_info)
+            result = skeleton.restored(onnx.load_model_from_string(inferred), model)
+            return result, stored_size(inferred, result, value_info=value_info, graph_delta=skeleton.graph_delta)
         except Exception:  # noqa: BLE001 - invalid, or only data propagation tripped: the slow path tells which
             pass
+    data = data if skeleton is None or skeleton.model is model else None
     check_model(model, full=True, data=data)
     return infer_model_shapes(model, data=data), None
 

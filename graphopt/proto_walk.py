@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import onnx
 
-__all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nbytes", "copy_model", "stored_size",
-           "size_without_value_info"]
+__all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nbytes", "copy_model", "copy_fields",
+           "stored_size", "size_without_value_info", "varint_size"]
 
 
 def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -73,11 +73,20 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield from _graph_tensors(graph)
 
 
-def stored_size(data: bytes, model: onnx.ModelProto, *, value_info: bool = True) -> int:
-    """The size of `model`, serialised as `data`; with `value_info=False`, as if its main graph had none."""
-    if value_info or not len(model.graph.value_info):
+def stored_size(data: bytes, model: onnx.ModelProto, *, value_info: bool = True, graph_delta: int = 0) -> int:
+    """The size of `model`, serialised as `data`; with `value_info=False`, as if its main graph had none.
+
+    `graph_delta`: how many bytes longer `model`'s main graph is than the one in `data` (the
+    weights `graphopt.weightless` left out of it).
+    """
+    trim = not value_info and len(model.graph.value_info)
+    if not graph_delta and not trim:
         return len(data)
-    return size_without_value_info(len(data), _field_length(data, _MODEL_GRAPH_FIELD), model.graph.value_info)
+    graph_size = _field_length(data, _MODEL_GRAPH_FIELD)
+    size = len(data) - varint_size(graph_size) - graph_size
+    graph_size += graph_delta
+    size += varint_size(graph_size) + graph_size
+    return size_without_value_info(size, graph_size, model.graph.value_info) if trim else size
 
 
 def size_without_value_info(model_size: int, graph_size: int, value_info) -> int:
@@ -86,14 +95,15 @@ def size_without_value_info(model_size: int, graph_size: int, value_info) -> int
     The graph is a length-delimited field of the model, each value_info one of the graph, all
     with one-byte tags: what changes is the entries and the varint giving the graph's length.
     """
-    trimmed = graph_size - sum(1 + _varint_size(size) + size for size in (entry.ByteSize() for entry in value_info))
-    return model_size - _varint_size(graph_size) - graph_size + _varint_size(trimmed) + trimmed
+    trimmed = graph_size - sum(1 + varint_size(size) + size for size in (entry.ByteSize() for entry in value_info))
+    return model_size - varint_size(graph_size) - graph_size + varint_size(trimmed) + trimmed
 
 
 _MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 
 
-def _varint_size(value: int) -> int:
+def varint_size(value: int) -> int:
+    """How many bytes protobuf's varint encoding of `value` (>= 0) takes."""
     return max(1, (value.bit_length() + 6) // 7)
 
 
@@ -132,6 +142,20 @@ def _read_varint(data: bytes, position: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, position
         shift += 7
+
+
+def copy_fields(source, target, *, skip=()) -> None:
+    """Copies every set field of the message `source` but those named in `skip` onto `target`, of the same type."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        held = getattr(target, field.name)
+        if isinstance(value, (str, bytes, int, float)):
+            setattr(target, field.name, value)
+        elif hasattr(held, "extend"):
+            held.extend(value)
+        else:
+            held.CopyFrom(value)
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
