@@ -13,7 +13,10 @@ from its root, `python -c` would import the working tree's `graphopt` on both si
 base child checks where its modules came from). The working-tree side is whatever `import
 graphopt` gives this interpreter: an editable install of this checkout.
 
-Usage: `python benchmarks/compile_ab.py --base REV [--models det,rec,cls] [--rounds 7] [--inner 3] [--out benchmarks/results]`;
+Models are PP-OCR's `det`, `rec`, `cls` (fetched) and the onnx package's `light_*` models by
+name (`resnet50`, `densenet121`...: weights that cleanup materialises, tens of MB).
+
+Usage: `python benchmarks/compile_ab.py --base REV [--models det,rec,cls,resnet50] [--rounds 7] [--inner 3] [--out benchmarks/results]`;
 writes `compile_ab.md`.
 """
 
@@ -25,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import onnx
 
 from common import PP_OCR_MODELS, fetch_models
 
@@ -62,6 +67,16 @@ def _child_seconds(path: Path, tool: str, pythonpath: str | None, inner: int, wo
     return float(seconds)
 
 
+def _model_path(short: str) -> tuple[str, Path]:
+    """(label, file) of a model named on the command line."""
+    if short in SHORT_NAMES:
+        return SHORT_NAMES[short], fetch_models() / PP_OCR_MODELS[SHORT_NAMES[short]][0]
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{short}.onnx"
+    if not path.is_file():
+        raise SystemExit(f"unknown model '{short}': give det, rec, cls or a light_* name such as resnet50")
+    return f"light {short}", path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
@@ -70,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")), help="folder for compile_ab.md")
     args = parser.parse_args(argv)
-    folder = fetch_models()
+    models = [_model_path(short) for short in args.models.split(",")]
     with tempfile.TemporaryDirectory(prefix="graphopt-ab-") as scratch:
         base = Path(scratch) / "base"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base), args.base], check=True)
@@ -83,14 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             lines = [f"base {args.base}, min of {args.rounds} rounds x {args.inner} runs, CPU s", "",
                      "| model | base s | working tree s | onnxsim s | tree / base | tree / onnxsim |", "|---|---|---|---|---|---|"]
             print("\n".join(lines))
-            for short in args.models.split(","):
-                path = folder / PP_OCR_MODELS[SHORT_NAMES[short]][0]
+            for label, path in models:
                 best = {side: float("inf") for side in sides}
                 for _ in range(args.rounds):
                     for side, pythonpath in sides.items():
                         tool = "onnxsim" if side == "onnxsim" else "graphopt"
                         best[side] = min(best[side], _child_seconds(path, tool, pythonpath, args.inner, scratch))
-                lines.append(f"| {SHORT_NAMES[short]} | {best['base']:.3f} | {best['tree']:.3f} | {best['onnxsim']:.3f} "
+                lines.append(f"| {label} | {best['base']:.3f} | {best['tree']:.3f} | {best['onnxsim']:.3f} "
                              f"| {best['tree'] / best['base']:.2f} | {best['tree'] / best['onnxsim']:.2f} |")
                 print(lines[-1])
         finally:
