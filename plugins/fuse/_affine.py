@@ -164,28 +164,33 @@ def fold_after(node: gs.Node, scale: np.ndarray, shift: np.ndarray, ctx: FuseCon
     has_shift = bool(np.any(shift != 0))
     if node.op == "MatMul" and has_shift and _rank(node.inputs[0]) != 2:
         return False
-    w, scale = weight, np.asarray(scale)  # one product per weight: rounded once, in the weight's dtype
-    channel_scale = scale.astype(dtype)
-    if node.op == "Conv":
-        w = w * channel_scale.reshape((-1,) + (1,) * (w.ndim - 1))
-    elif node.op == "ConvTranspose":
-        group = int(node.attrs.get("group", 1))
-        grouped = w.reshape((group, w.shape[0] // group) + w.shape[1:])
-        w = (grouped * channel_scale.reshape((group, 1, -1) + (1,) * (w.ndim - 2))).reshape(w.shape)
-    elif node.op == "Gemm":
-        w = w * (channel_scale[:, None] if node.attrs.get("transB", 0) else channel_scale[None, :])
-    else:
-        w = w * channel_scale[None, :]
+    scale = np.asarray(scale)
+    channel_scale = scale.astype(dtype)  # one product per weight: rounded once, in the weight's dtype
     if node.op == "MatMul" and has_shift:
         node.op, node.attrs = "Gemm", {}
     had_bias = _optional(node, 2) is not None
     bias = _bias(node, len(scale)) * scale + shift
-    _set_input(node, 1, w, dtype, ctx)
+    # A bias Add scales by ones, and w * 1 == w: copying the weight for it cost more than the rest.
+    if not np.all(channel_scale == 1):
+        _set_input(node, 1, _scaled_output_channels(node, weight, channel_scale), dtype, ctx)
     if node.op != "MatMul" and (has_shift or had_bias):
         _set_input(node, 2, bias, dtype, ctx)
         if node.op == "Gemm":
             node.attrs["beta"] = 1.0
     return True
+
+
+def _scaled_output_channels(node: gs.Node, w: np.ndarray, channel_scale: np.ndarray) -> np.ndarray:
+    """The weight `w` of the linear `node` with each output channel multiplied by `channel_scale`."""
+    if node.op == "Conv":
+        return w * channel_scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    if node.op == "ConvTranspose":
+        group = int(node.attrs.get("group", 1))
+        grouped = w.reshape((group, w.shape[0] // group) + w.shape[1:])
+        return (grouped * channel_scale.reshape((group, 1, -1) + (1,) * (w.ndim - 2))).reshape(w.shape)
+    if node.op == "Gemm":
+        return w * (channel_scale[:, None] if node.attrs.get("transB", 0) else channel_scale[None, :])
+    return w * channel_scale[None, :]
 
 
 def fold_before(node: gs.Node, scale: np.ndarray | None, shift: np.ndarray | None, ctx: FuseContext) -> bool:
