@@ -102,3 +102,18 @@ def test_skeleton_of_a_model_without_large_weights_is_the_model_itself():
         [helper.make_node("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]))
     assert skeleton_of(model).model is model
+
+
+@pytest.mark.parametrize("value_info", [True, False])
+def test_the_input_s_inference_on_the_skeleton_equals_inference_on_the_whole_model(value_info):
+    from graphopt.model_io import inferred_with_size
+
+    model = weights_model()
+    given = copy_model(model)
+    inferred, size = inferred_with_size(given, data=given.SerializeToString(), value_info=value_info)
+    assert given == model  # the caller's model is not the one filled in
+    assert inferred == onnx.shape_inference.infer_shapes(model, data_prop=True)
+    stored = copy_model(inferred)
+    if not value_info:
+        del stored.graph.value_info[:]
+    assert size == stored.ByteSize()
