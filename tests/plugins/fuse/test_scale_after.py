@@ -1,6 +1,7 @@
 """plugins/fuse/scale_after.py: per-channel Mul/Add/Sub/Div after a linear node folded into it."""
 
 import numpy as np
+from onnx import numpy_helper
 from fuse_support import fuse_and_check, model_from_text, op_counts
 from weights_support import rand, weights
 
@@ -33,6 +34,21 @@ def test_scale_folds_into_3d_matmul_and_shift_into_gemm():
     assert stats["scale_after"] == 2
     assert op_counts(fused) == {"MatMul": 1, "Gemm": 1}
 
+
+
+def test_a_shift_alone_leaves_the_weight_as_it_was():
+    init = weights(w=rand(4, 3, 3, 3), t=rand(1, 4, 1, 1, seed=2))
+    model = model_from_text(f"""
+        g (float[1,3,6,6] x) => (float[1,4,4,4] y) {init} {{
+            c = Conv(x, w)
+            y = Add(c, t)
+        }}""")
+    fused, stats = fuse_and_check(model)
+    assert stats["scale_after"] == 1 and op_counts(fused) == {"Conv": 1}
+    conv = fused.graph.node[0]
+    assert conv.input[1] == "w"  # the weight itself, not a rescaled copy of it
+    weight = {t.name: numpy_helper.to_array(t) for t in fused.graph.initializer}["w"]
+    assert np.array_equal(weight, numpy_helper.to_array(model.graph.initializer[0]))
 
 def test_shift_after_a_3d_matmul_or_spatial_constants_stay():
     init = weights(w=rand(4, 5), t=rand(5), k=rand(3, 3, 1, 1), cw=rand(3, 3, 1, 1, seed=4), p=rand(1, 1, 4, 4, seed=5))
