@@ -416,6 +416,31 @@ def test_initializers_with_equal_bytes_but_different_dtypes_are_not_merged():
     assert len(cleaned.graph.initializer) == 2
 
 
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_large_initializers_that_agree_where_sampled_are_merged_only_if_equal_everywhere(differ):
+    # 4096 values, sampled every 64th: the two differ (or not) at index 1, which is not sampled.
+    base = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    other = base.copy()
+    if differ:
+        other[0, 1] += 1.0
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w1"], ["a"]), onnx.helper.make_node("MatMul", ["a", "w2"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 64])],
+        [onnx.numpy_helper.from_array(base, "w1"), onnx.numpy_helper.from_array(other, "w2")])
+    model = _model_from_graph(graph)
+    cleaned, stats, changed = _cleanup(model)
+    assert stats["initializers_deduped"] == (0 if differ else 1)
+    assert len(cleaned.graph.initializer) == (2 if differ else 1)
+
+
+def _model_from_graph(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
 # --- common-subexpression elimination -------------------------------------------------------
 
 
