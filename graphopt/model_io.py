@@ -94,7 +94,8 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes | None]:
     _require_utf8_strings(model, str(path))
     if load_confined_external_data(model, path.parent, str(path)) or format_name != "protobuf" or len(data) >= PROTOBUF_LIMIT:
         data = None  # the model in memory is no longer (or never was) these bytes
-    check_model(model, path=str(path), data=data)
+    skeleton = skeleton_of(model)  # the checker reads no weight's values: spare it copies of them
+    check_model(skeleton.model, path=str(path), data=data if skeleton.model is model else None)
     return model, data
 
 
@@ -256,7 +257,8 @@ def _require_model_shape(model: onnx.ModelProto, path: str) -> None:
 def _require_utf8_strings(message, path: str) -> None:
     # ONNX is proto2: protobuf parses invalid UTF-8 in string fields and hands it back as bytes,
     # which the checker and onnx-graphsurgeon then trip over far from the cause.
-    for field, value in message.ListFields():
+    fields = _tensor_text_fields(message) if isinstance(message, onnx.TensorProto) else message.ListFields()
+    for field, value in fields:
         if field.type == field.TYPE_STRING:
             for item in (value,) if isinstance(value, (str, bytes)) else value:
                 if not isinstance(item, str):
@@ -264,3 +266,14 @@ def _require_utf8_strings(message, path: str) -> None:
         elif field.type == field.TYPE_MESSAGE:
             for item in (value,) if isinstance(value, Message) else value:
                 _require_utf8_strings(item, path)
+
+
+# (field, repeated) for the fields of a TensorProto that hold text or messages.
+_TENSOR_TEXT_FIELDS = [(field, hasattr(getattr(onnx.TensorProto(), field.name), "extend"))
+                       for field in onnx.TensorProto.DESCRIPTOR.fields if field.type in (field.TYPE_STRING, field.TYPE_MESSAGE)]
+
+
+def _tensor_text_fields(tensor: onnx.TensorProto) -> list:
+    """The set fields of `tensor` that hold text: `ListFields` would copy its raw data out too."""
+    return [(field, getattr(tensor, field.name)) for field, repeated in _TENSOR_TEXT_FIELDS
+            if (len(getattr(tensor, field.name)) if repeated else tensor.HasField(field.name))]

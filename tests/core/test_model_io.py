@@ -397,3 +397,23 @@ def test_load_save_load_is_byte_stable(tmp_path):
     save_model(first, tmp_path / "copy.onnx")
     second = load_model(tmp_path / "copy.onnx", infer_shapes=False)
     assert second.SerializeToString() == first.SerializeToString()
+
+
+@pytest.mark.parametrize("field", ["name", "metadata_props"])
+def test_invalid_utf8_in_a_weight_s_text_is_refused_naming_the_file(tmp_path, field):
+    from graphopt.model_io import read_model
+
+    model = mlp_model()
+    lonely = numpy_helper.from_array(np.zeros(2048, np.float32), "lonely_tensor")  # large: left out of the skeleton
+    if field == "metadata_props":
+        entry = lonely.metadata_props.add()
+        entry.key, entry.value = "note", "lonely_note"
+    model.graph.initializer.append(lonely)
+    data = bytearray(model.SerializeToString())
+    needle = b"lonely_tensor" if field == "name" else b"lonely_note"
+    data[data.index(needle) + 1] = 0xE8  # same length: the protobuf framing stays valid
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="UTF-8") as error:
+        read_model(path)
+    assert "corrupt.onnx" in str(error.value)
