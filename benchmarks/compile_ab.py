@@ -13,8 +13,10 @@ from its root, `python -c` would import the working tree's `graphopt` on both si
 base child checks where its modules came from). The working-tree side is whatever `import
 graphopt` gives this interpreter: an editable install of this checkout.
 
-Models are PP-OCR's `det`, `rec`, `cls` (fetched) and the onnx package's `light_*` models by
-name (`resnet50`, `densenet121`...: weights that cleanup materialises, tens of MB).
+Models are PP-OCR's `det`, `rec`, `cls` (fetched), the onnx package's `light_*` models by
+name (`resnet50`, `densenet121`...: weights that cleanup materialises, tens of MB), and `mlp`:
+22 MatMul+Add+Relu layers of 1024x1024 with seeded random weights, 92 MB of initializers, as a
+torch export stores them (built once into the benchmark cache).
 
 Usage: `python benchmarks/compile_ab.py --base REV [--models det,rec,cls,resnet50] [--rounds 7] [--inner 3] [--out benchmarks/results]`;
 writes `compile_ab.md`.
@@ -29,9 +31,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from common import PP_OCR_MODELS, fetch_models
+from common import PP_OCR_MODELS, cache_dir, fetch_models
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_NAMES = {"det": "PP-OCRv4 det", "rec": "PP-OCRv4 rec", "cls": "PP-OCR cls"}
@@ -67,13 +70,34 @@ def _child_seconds(path: Path, tool: str, pythonpath: str | None, inner: int, wo
     return float(seconds)
 
 
+def _mlp(path: Path, width: int = 1024, layers: int = 22) -> Path:
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(0)
+    nodes, weights, x = [], [], "x"
+    for i in range(layers):
+        weights += [onnx.numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"),
+                    onnx.numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"b{i}")]
+        nodes += [onnx.helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"fc{i}"),
+                  onnx.helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"fc{i}_bias"),
+                  onnx.helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    graph = onnx.helper.make_graph(nodes, "mlp", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, width])],
+                                   [onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [4, width])], weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
 def _model_path(short: str) -> tuple[str, Path]:
     """(label, file) of a model named on the command line."""
+    if short == "mlp":
+        return "MLP 1024x22 (92 MB)", _mlp(cache_dir() / "mlp_1024x22.onnx")
     if short in SHORT_NAMES:
         return SHORT_NAMES[short], fetch_models() / PP_OCR_MODELS[SHORT_NAMES[short]][0]
     path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{short}.onnx"
     if not path.is_file():
-        raise SystemExit(f"unknown model '{short}': give det, rec, cls or a light_* name such as resnet50")
+        raise SystemExit(f"unknown model '{short}': give det, rec, cls, mlp or a light_* name such as resnet50")
     return f"light {short}", path
 
 
