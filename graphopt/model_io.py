@@ -174,10 +174,11 @@ def inferred_and_checked(model: onnx.ModelProto, *, value_info: bool = True) -> 
     A full check is the structural check plus strict, type-checking shape inference. Run that
     inference with data propagation and its result is the shapes too: one inference per pass
     output where inferring, then checking, ran two. Both run on the model's skeleton
-    (`graphopt.weightless`), so its weights are not copied through them. The size comes from the same bytes, without
-    the main graph's value_info when `value_info` is false (as `summary.model_bytes`); it is
-    None when no bytes were at hand (external data, 2 GiB). Raises InputError if `model` is invalid.
-    `model` may be modified: the result can be it, its weights never copied.
+    (`graphopt.weightless`), so its weights are not copied through them. The size comes from
+    the same bytes, without the main graph's value_info when `value_info` is false (as
+    `summary.model_bytes`); it is None when no bytes were at hand (external data, 2 GiB).
+    Raises InputError if `model` is invalid. `model` may be modified: the result can be it,
+    its weights never copied.
     """
     skeleton = None if uses_external_data(model) else skeleton_of(model)
     data = wire_bytes(skeleton.model) if skeleton is not None else None
