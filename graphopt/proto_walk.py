@@ -145,17 +145,35 @@ def _read_varint(data: bytes, position: int) -> tuple[int, int]:
 
 
 def copy_fields(source, target, *, skip=()) -> None:
-    """Copies every set field of the message `source` but those named in `skip` onto `target`, of the same type."""
-    for field, value in source.ListFields():
-        if field.name in skip:
+    """Copies every set field of the message `source` but those named in `skip` onto `target`, of the same type.
+
+    Field by field rather than through `ListFields`, which hands out a copy of every set bytes
+    field, a skipped one too: a weight's raw data, copied to be thrown away.
+    """
+    for name, kind in _field_kinds(type(source)):
+        if name in skip:
             continue
-        held = getattr(target, field.name)
-        if isinstance(value, (str, bytes, int, float)):
-            setattr(target, field.name, value)
-        elif hasattr(held, "extend"):
-            held.extend(value)
-        else:
-            held.CopyFrom(value)
+        if kind == "repeated":
+            values = getattr(source, name)
+            if len(values):
+                getattr(target, name).extend(values)
+        elif source.HasField(name):
+            if kind == "message":
+                getattr(target, name).CopyFrom(getattr(source, name))
+            else:
+                setattr(target, name, getattr(source, name))
+
+
+@functools.cache
+def _field_kinds(message_type) -> list[tuple[str, str]]:
+    """(name, "repeated" | "message" | "scalar") for each field of a proto2 message type."""
+    empty = message_type()
+    kinds = []
+    for field in message_type.DESCRIPTOR.fields:
+        value = getattr(empty, field.name)
+        kind = "repeated" if hasattr(value, "extend") else "message" if field.type == field.TYPE_MESSAGE else "scalar"
+        kinds.append((field.name, kind))
+    return kinds
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
