@@ -32,7 +32,15 @@ from graphopt.external_data import (
     uses_external_data,
     write_with_external_data,
 )
-from graphopt.proto_walk import copy_model, initializer_nbytes, iter_graph_protos, iter_tensors, stored_size, tensor_nbytes
+from graphopt.proto_walk import (
+    copy_model,
+    field_kinds,
+    initializer_nbytes,
+    iter_graph_protos,
+    iter_tensors,
+    stored_size,
+    tensor_nbytes,
+)
 from graphopt.weightless import skeleton_of
 
 # The walkers and external-data helpers are re-exported: callers knew them from here first.
@@ -269,12 +277,12 @@ def _require_utf8_strings(message, path: str) -> None:
                 _require_utf8_strings(item, path)
 
 
-# (field, repeated) for the fields of a TensorProto that hold text or messages.
-_TENSOR_TEXT_FIELDS = [(field, hasattr(getattr(onnx.TensorProto(), field.name), "extend"))
-                       for field in onnx.TensorProto.DESCRIPTOR.fields if field.type in (field.TYPE_STRING, field.TYPE_MESSAGE)]
+# (field, kind) for the fields of a TensorProto that hold text or messages.
+_TENSOR_TEXT_FIELDS = [(field, kind) for field, kind in field_kinds(onnx.TensorProto)
+                       if field.type in (field.TYPE_STRING, field.TYPE_MESSAGE)]
 
 
 def _tensor_text_fields(tensor: onnx.TensorProto) -> list:
     """The set fields of `tensor` that hold text: `ListFields` would copy its raw data out too."""
-    return [(field, getattr(tensor, field.name)) for field, repeated in _TENSOR_TEXT_FIELDS
-            if (len(getattr(tensor, field.name)) if repeated else tensor.HasField(field.name))]
+    return [(field, getattr(tensor, field.name)) for field, kind in _TENSOR_TEXT_FIELDS
+            if (len(getattr(tensor, field.name)) if kind == "repeated" else tensor.HasField(field.name))]

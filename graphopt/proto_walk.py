@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import onnx
 
 __all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nbytes", "copy_model", "copy_fields",
-           "stored_size", "size_without_value_info", "varint_size"]
+           "field_kinds", "stored_size", "size_without_value_info", "varint_size"]
 
 
 def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -150,7 +150,8 @@ def copy_fields(source, target, *, skip=()) -> None:
     Field by field rather than through `ListFields`, which hands out a copy of every set bytes
     field, a skipped one too: a weight's raw data, copied to be thrown away.
     """
-    for name, kind in _field_kinds(type(source)):
+    for field, kind in field_kinds(type(source)):
+        name = field.name
         if name in skip:
             continue
         if kind == "repeated":
@@ -165,14 +166,17 @@ def copy_fields(source, target, *, skip=()) -> None:
 
 
 @functools.cache
-def _field_kinds(message_type) -> list[tuple[str, str]]:
-    """(name, "repeated" | "message" | "scalar") for each field of a proto2 message type."""
+def field_kinds(message_type) -> list[tuple[object, str]]:
+    """(field descriptor, "repeated" | "message" | "scalar") for each field of a proto2 message type.
+
+    Repeatedness is read off an empty message: protobuf 7 dropped `FieldDescriptor.label`.
+    """
     empty = message_type()
     kinds = []
     for field in message_type.DESCRIPTOR.fields:
         value = getattr(empty, field.name)
         kind = "repeated" if hasattr(value, "extend") else "message" if field.type == field.TYPE_MESSAGE else "scalar"
-        kinds.append((field.name, kind))
+        kinds.append((field, kind))
     return kinds
 
 

@@ -50,6 +50,7 @@ def test_a_shift_alone_leaves_the_weight_as_it_was():
     weight = {t.name: numpy_helper.to_array(t) for t in fused.graph.initializer}["w"]
     assert np.array_equal(weight, numpy_helper.to_array(model.graph.initializer[0]))
 
+
 def test_shift_after_a_3d_matmul_or_spatial_constants_stay():
     init = weights(w=rand(4, 5), t=rand(5), k=rand(3, 3, 1, 1), cw=rand(3, 3, 1, 1, seed=4), p=rand(1, 1, 4, 4, seed=5))
     model = model_from_text(f"""
