@@ -1,4 +1,4 @@
-"""The `cleanup` pass (plugins/cleanup/): each rewrite fires where it should and only there.
+"""The `cleanup` pass (graphopt_plugins/cleanup/): each rewrite fires where it should and only there.
 
 Every case is a tiny graph in ONNX text, run through `graphopt.optimize(..., verify="off")`;
 `_cleanup` then checks what every case must hold: the result passes the full ONNX checker, its

@@ -1,4 +1,4 @@
-"""Constant folding (plugins/cleanup/folding.py, fold_numpy.py, fold_onnxruntime.py, fold_shapes.py).
+"""Constant folding (graphopt_plugins/cleanup/folding.py, fold_numpy.py, fold_onnxruntime.py, fold_shapes.py).
 
 Which evaluator folds a node is observed by wrapping the two evaluators; every folded value is
 compared *exactly* with what onnxruntime computes on the original model, since folding must give

@@ -1,4 +1,4 @@
-"""plugins/factorize/latency.py: layers lifted out alone, timing curves, and the allocation by time.
+"""graphopt_plugins/factorize/latency.py: layers lifted out alone, timing curves, and the allocation by time.
 
 No assertion here is on a measured time (the machine is shared): timings are given, and the
 models the timer would run are checked for what they compute.

@@ -1,4 +1,4 @@
-"""plugins/factorize/factorize_pass.py: what fires, what must not, budget, idempotence, data sources."""
+"""graphopt_plugins/factorize/factorize_pass.py: what fires, what must not, budget, idempotence, data sources."""
 
 import logging
 

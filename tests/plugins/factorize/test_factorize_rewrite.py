@@ -1,4 +1,4 @@
-"""plugins/factorize/rewrite.py (and sites.py): at full rank each decomposition is the original layer."""
+"""graphopt_plugins/factorize/rewrite.py (and sites.py): at full rank each decomposition is the original layer."""
 
 import numpy as np
 import onnx

@@ -1,4 +1,4 @@
-"""plugins/factorize/statistics.py: im2col patches times the weight matrix are the Conv's output."""
+"""graphopt_plugins/factorize/statistics.py: im2col patches times the weight matrix are the Conv's output."""
 
 import numpy as np
 import pytest

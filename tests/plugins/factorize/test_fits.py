@@ -1,4 +1,4 @@
-"""plugins/factorize/fits.py: which fit a site gets, and error curves judged on samples the fit did not see."""
+"""graphopt_plugins/factorize/fits.py: which fit a site gets, and error curves judged on samples the fit did not see."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""plugins/factorize/input_split.py: the 1×1 Cin→r then k×k r→Cout split, its fit, and when `conv=auto` takes it."""
+"""graphopt_plugins/factorize/input_split.py: the 1×1 Cin→r then k×k r→Cout split, its fit, and when `conv=auto` takes it."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""plugins/factorize/lowrank.py: plain and activation-whitened SVD, their error curves, ranks."""
+"""graphopt_plugins/factorize/lowrank.py: plain and activation-whitened SVD, their error curves, ranks."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""plugins/factorize/ranks.py: per-layer rules and the global target allocated by loss."""
+"""graphopt_plugins/factorize/ranks.py: per-layer rules and the global target allocated by loss."""
 
 import numpy as np
 import pytest

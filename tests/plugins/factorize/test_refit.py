@@ -1,4 +1,4 @@
-"""plugins/factorize/refit.py: refitting each V in order, on the inputs the refitted layers before it feed it."""
+"""graphopt_plugins/factorize/refit.py: refitting each V in order, on the inputs the refitted layers before it feed it."""
 
 import numpy as np
 import onnx

@@ -1,4 +1,4 @@
-"""plugins/factorize/sensitivity.py: a layer whose error the model amplifies weighs more."""
+"""graphopt_plugins/factorize/sensitivity.py: a layer whose error the model amplifies weighs more."""
 
 import numpy as np
 

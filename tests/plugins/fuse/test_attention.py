@@ -1,4 +1,4 @@
-"""plugins/fuse/attention.py: scaled dot-product attention → contrib MultiHeadAttention (target=onnxruntime)."""
+"""graphopt_plugins/fuse/attention.py: scaled dot-product attention → contrib MultiHeadAttention (target=onnxruntime)."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""plugins/fuse/bn_fold.py: BatchNormalization folded into the Conv/ConvTranspose/Gemm/MatMul before it."""
+"""graphopt_plugins/fuse/bn_fold.py: BatchNormalization folded into the Conv/ConvTranspose/Gemm/MatMul before it."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

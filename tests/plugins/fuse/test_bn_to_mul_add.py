@@ -1,4 +1,4 @@
-"""plugins/fuse/bn_to_mul_add.py: a BN no linear node absorbs becomes Add+Mul that fold into the next one."""
+"""graphopt_plugins/fuse/bn_to_mul_add.py: a BN no linear node absorbs becomes Add+Mul that fold into the next one."""
 
 from fuse_support import fuse_and_check, model_from_text, op_counts
 from weights_support import rand, weights

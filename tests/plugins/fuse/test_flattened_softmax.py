@@ -1,4 +1,4 @@
-"""plugins/fuse/flattened_softmax.py: Flatten→Softmax→Reshape(Shape(x)) → Softmax(x) over the last axis."""
+"""graphopt_plugins/fuse/flattened_softmax.py: Flatten→Softmax→Reshape(Shape(x)) → Softmax(x) over the last axis."""
 
 import onnx
 import pytest

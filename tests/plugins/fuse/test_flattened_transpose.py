@@ -1,4 +1,4 @@
-"""plugins/fuse/flattened_transpose.py: Reshape→Transpose→Reshape around merged leading axes → one Transpose."""
+"""graphopt_plugins/fuse/flattened_transpose.py: Reshape→Transpose→Reshape around merged leading axes → one Transpose."""
 
 import pytest
 from fuse_support import fuse_and_check, model_from_text, op_counts

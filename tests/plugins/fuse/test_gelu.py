@@ -1,4 +1,4 @@
-"""plugins/fuse/gelu.py: GELU in its erf and tanh forms → Gelu (opset 20) or contrib Gelu/FastGelu."""
+"""graphopt_plugins/fuse/gelu.py: GELU in its erf and tanh forms → Gelu (opset 20) or contrib Gelu/FastGelu."""
 
 import numpy as np
 import onnx

@@ -1,4 +1,4 @@
-"""plugins/fuse/gemm_from_matmul_add.py: MatMul + Add(bias) on 2-D operands becomes Gemm."""
+"""graphopt_plugins/fuse/gemm_from_matmul_add.py: MatMul + Add(bias) on 2-D operands becomes Gemm."""
 
 from fuse_support import fuse_and_check, model_from_text, op_counts
 from weights_support import rand, weights

@@ -1,4 +1,4 @@
-"""plugins/fuse/hardswish.py: x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14)."""
+"""graphopt_plugins/fuse/hardswish.py: x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""plugins/fuse/layer_norm.py: decomposed LayerNorm → LayerNormalization (opset ≥ 17)."""
+"""graphopt_plugins/fuse/layer_norm.py: decomposed LayerNorm → LayerNormalization (opset ≥ 17)."""
 
 import numpy as np
 import onnx

@@ -1,4 +1,4 @@
-"""plugins/fuse/noop_removal.py: Reshape/Cast/Slice/Expand/Concat/Split that return their input, removed."""
+"""graphopt_plugins/fuse/noop_removal.py: Reshape/Cast/Slice/Expand/Concat/Split that return their input, removed."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

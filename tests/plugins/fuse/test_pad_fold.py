@@ -1,4 +1,4 @@
-"""plugins/fuse/pad_fold.py: a constant spatial Pad folded into the pads of Conv/AveragePool/MaxPool."""
+"""graphopt_plugins/fuse/pad_fold.py: a constant spatial Pad folded into the pads of Conv/AveragePool/MaxPool."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

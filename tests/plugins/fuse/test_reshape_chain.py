@@ -1,4 +1,4 @@
-"""plugins/fuse/reshape_chain.py: Reshape∘Reshape (or Flatten) collapsed into one Reshape."""
+"""graphopt_plugins/fuse/reshape_chain.py: Reshape∘Reshape (or Flatten) collapsed into one Reshape."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

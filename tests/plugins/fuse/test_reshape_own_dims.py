@@ -1,4 +1,4 @@
-"""plugins/fuse/reshape_own_dims.py: a Reshape target built from the input's own Shape becomes a constant."""
+"""graphopt_plugins/fuse/reshape_own_dims.py: a Reshape target built from the input's own Shape becomes a constant."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

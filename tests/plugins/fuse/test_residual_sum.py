@@ -1,4 +1,4 @@
-"""plugins/fuse/residual_sum.py: a residual Add before a LayerNormalization becomes Sum, so that
+"""graphopt_plugins/fuse/residual_sum.py: a residual Add before a LayerNormalization becomes Sum, so that
 onnxruntime does not fuse the pair into its (slower) SkipLayerNormalization at load."""
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""plugins/fuse/rms_norm.py: x/sqrt(mean(x²)+eps)*γ → RMSNormalization (opset ≥ 23)."""
+"""graphopt_plugins/fuse/rms_norm.py: x/sqrt(mean(x²)+eps)*γ → RMSNormalization (opset ≥ 23)."""
 
 import functools
 

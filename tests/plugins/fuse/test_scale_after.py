@@ -1,4 +1,4 @@
-"""plugins/fuse/scale_after.py: per-channel Mul/Add/Sub/Div after a linear node folded into it."""
+"""graphopt_plugins/fuse/scale_after.py: per-channel Mul/Add/Sub/Div after a linear node folded into it."""
 
 import numpy as np
 from onnx import numpy_helper

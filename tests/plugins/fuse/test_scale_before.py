@@ -1,4 +1,4 @@
-"""plugins/fuse/scale_before.py: per-channel constants before a linear node folded into its input channels."""
+"""graphopt_plugins/fuse/scale_before.py: per-channel constants before a linear node folded into its input channels."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

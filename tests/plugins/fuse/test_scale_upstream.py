@@ -1,4 +1,4 @@
-"""plugins/fuse/scale_upstream.py: attention's scalar scale folded into the projection feeding q·kᵀ."""
+"""graphopt_plugins/fuse/scale_upstream.py: attention's scalar scale folded into the projection feeding q·kᵀ."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

@@ -1,4 +1,4 @@
-"""plugins/fuse/skip_layer_norm.py: Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime).
+"""graphopt_plugins/fuse/skip_layer_norm.py: Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime).
 
 The rule runs only when `residual_sum`, which comes first, is skipped.
 """

@@ -1,4 +1,4 @@
-"""plugins/fuse/squeeze_chain.py: Unsqueeze∘Unsqueeze and Squeeze∘Squeeze merged into one node."""
+"""graphopt_plugins/fuse/squeeze_chain.py: Unsqueeze∘Unsqueeze and Squeeze∘Squeeze merged into one node."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

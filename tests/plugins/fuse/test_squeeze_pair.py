@@ -1,4 +1,4 @@
-"""plugins/fuse/squeeze_pair.py: Squeeze/Unsqueeze pairs on the same axes removed."""
+"""graphopt_plugins/fuse/squeeze_pair.py: Squeeze/Unsqueeze pairs on the same axes removed."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

@@ -1,4 +1,4 @@
-"""plugins/fuse/transpose_chain.py: Transpose∘Transpose merged or cancelled."""
+"""graphopt_plugins/fuse/transpose_chain.py: Transpose∘Transpose merged or cancelled."""
 
 from fuse_support import fuse_and_check, model_from_text, op_counts
 

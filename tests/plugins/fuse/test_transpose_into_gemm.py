@@ -1,4 +1,4 @@
-"""plugins/fuse/transpose_into_gemm.py: a 2-D Transpose folded into Gemm's transA/transB."""
+"""graphopt_plugins/fuse/transpose_into_gemm.py: a 2-D Transpose folded into Gemm's transA/transB."""
 
 from fuse_support import fuse_and_check, model_from_text, op_counts
 

@@ -1,4 +1,4 @@
-"""plugins/fuse/value_bias.py: the value bias moved past softmax(…)·V into the output projection's bias."""
+"""graphopt_plugins/fuse/value_bias.py: the value bias moved past softmax(…)·V into the output projection's bias."""
 
 import numpy as np
 from fuse_support import fuse_and_check, model_from_text, op_counts

@@ -1,4 +1,4 @@
-"""plugins/opset: a model converted to a newer opset computes the same, and unlocks newer fusions."""
+"""graphopt_plugins/opset: a model converted to a newer opset computes the same, and unlocks newer fusions."""
 
 import numpy as np
 import onnx

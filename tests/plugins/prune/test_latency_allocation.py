@@ -1,4 +1,4 @@
-"""`allocation=latency` (plugins/prune/latency_allocation.py): MACs per channel from real shapes,
+"""`allocation=latency` (graphopt_plugins/prune/latency_allocation.py): MACs per channel from real shapes,
 and channels taken where the measured loss per MAC is least, not where the MACs alone are."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Budget back-off of the prune pass (plugins/prune/backoff.py): the amount is lowered until the
+"""Budget back-off of the prune pass (graphopt_plugins/prune/backoff.py): the amount is lowered until the
 outputs meet the budget on the fitting data, the settled amount is reported, a budgeted pipeline
 keeps the pass instead of rolling it back, and a budget nothing meets leaves the model unchanged."""
 

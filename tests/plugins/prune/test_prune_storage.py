@@ -1,4 +1,4 @@
-"""`storage=sparse` (plugins/prune/unstructured.py `_store`): pruned weights written as
+"""`storage=sparse` (graphopt_plugins/prune/unstructured.py `_store`): pruned weights written as
 Constant(sparse_value) where that is smaller; the file shrinks, onnxruntime loads it with the same
 outputs as dense storage, and later passes (which see it dense) and a second run keep it valid."""
 

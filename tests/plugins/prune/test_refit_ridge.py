@@ -1,4 +1,4 @@
-"""tune_damp in the structured refit (plugins/prune/refit.py `_best_damp`): the ridge is chosen by
+"""tune_damp in the structured refit (graphopt_plugins/prune/refit.py `_best_damp`): the ridge is chosen by
 two-fold cross-validation, and a refit that only fits noise in its own samples is refused."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""plugins/quantize/calibration.py: each method's range on data whose answer is known."""
+"""graphopt_plugins/quantize/calibration.py: each method's range on data whose answer is known."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""plugins/quantize/kernels.py: the int16-saturation probe, and the weight range it sets."""
+"""graphopt_plugins/quantize/kernels.py: the int16-saturation probe, and the weight range it sets."""
 
 from __future__ import annotations
 

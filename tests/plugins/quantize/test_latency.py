@@ -1,4 +1,4 @@
-"""plugins/quantize/latency.py: the per-layer models timed float vs int8, and the timer."""
+"""graphopt_plugins/quantize/latency.py: the per-layer models timed float vs int8, and the timer."""
 
 from __future__ import annotations
 

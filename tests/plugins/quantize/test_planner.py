@@ -1,4 +1,4 @@
-"""plugins/quantize/planner.py (+ accuracy.py, latency.py): which layers stay float, and why."""
+"""graphopt_plugins/quantize/planner.py (+ accuracy.py, latency.py): which layers stay float, and why."""
 
 from __future__ import annotations
 

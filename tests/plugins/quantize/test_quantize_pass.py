@@ -1,4 +1,4 @@
-"""plugins/quantize/quantize_pass.py: the pass end to end on torch-exported models and the CLI."""
+"""graphopt_plugins/quantize/quantize_pass.py: the pass end to end on torch-exported models and the CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""plugins/quantize: the long loops (calibration, layer timing, sensitivity) report progress through ctx.track."""
+"""graphopt_plugins/quantize: the long loops (calibration, layer timing, sensitivity) report progress through ctx.track."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""plugins/quantize/rewrite.py: static QDQ, dynamic and weight-only rewrites, per op and axis."""
+"""graphopt_plugins/quantize/rewrite.py: static QDQ, dynamic and weight-only rewrites, per op and axis."""
 
 from __future__ import annotations
 
