@@ -26,7 +26,8 @@ from graphopt_plugins.quantize.calibration import collect_ranges
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
-from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
+from graphopt_plugins.quantize.regions import find_region, insert_pairs, shared_ranges
+from graphopt_plugins.quantize.rewrite import UniqueNames, activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
 from graphopt_plugins.quantize.targets import Target, find_embeddings, find_targets
 
 __all__ = ["Planner"]
@@ -58,13 +59,23 @@ class Planner:
     # -- building candidates ---------------------------------------------------------------
     def rewrite(self, graph: gs.Graph, targets: list[Target]) -> None:
         if self.options.mode == "static":
-            apply_static(graph, targets, self.ranges, self.signed, self.qmax)
+            region = self._region(graph, targets)
+            ranges = shared_ranges(self.ranges, region) if region else self.ranges
+            apply_static(graph, targets, ranges, self.signed, self.qmax)
+            if region:
+                insert_pairs(graph, region, ranges, self.signed, UniqueNames(graph))
         elif self.options.mode == "dynamic":
             apply_dynamic(graph, targets, self.qmax)
         else:
             apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
         ir.remove_dead_nodes(graph)
         ir.toposort(graph)
+
+    def _region(self, graph: gs.Graph, targets: list[Target]):
+        """The activation-only ops that run in 8 bits with `targets` (full_graph), else None."""
+        if not self.options.full_graph or not targets:
+            return None
+        return find_region(graph, {t.relu_output if t.relu_output and not self.signed else t.output for t in targets})
 
     def apply(self, graph: gs.Graph, chosen: list[int]) -> None:
         targets, _ = find_targets(graph, self.options.op_types, self.options.include, self.options.exclude)
@@ -86,6 +97,9 @@ class Planner:
         stats: dict = {"calibration": self.options.calibrate if self.options.mode == "static" else None}
         if self.options.mode == "static":
             names = activation_tensors(self.targets, "static", self.signed)
+            region = self._region(ir.import_graph(self.model), self.targets)
+            names = list(dict.fromkeys(names + (region.tensors if region else [])))
+            stats["int8_activation_ops"] = len(region.nodes) if region else 0
             self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
                                          self.options.percentile, self.signed, self.seed, self.track)
         chosen = [t.index for t in self.targets]

@@ -65,6 +65,7 @@ class Quantize(graphopt.Pass):
         auto: bool = True  # keep the most harmful layers float until the budget holds
         latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower, measured here
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
+        full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
 
@@ -86,7 +87,8 @@ class Quantize(graphopt.Pass):
                 Budget.parse(self.budget)
             except UsageError as error:
                 raise ValueError(str(error)) from error
-            assert self.calibrate in METHODS
+            if self.calibrate not in METHODS:
+                raise UsageError(f"calibrate must be one of {', '.join(METHODS)}, not {self.calibrate!r}")
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options

@@ -22,7 +22,7 @@ from graphopt_plugins.quantize.targets import Target
 __all__ = ["apply_static", "apply_dynamic", "apply_weight_only", "activation_tensors", "quantize_embeddings"]
 
 
-class _Names:
+class UniqueNames:
     def __init__(self, graph: gs.Graph):
         self.taken = set(graph.tensors().keys()) | {node.name for node in graph.nodes}
 
@@ -45,7 +45,7 @@ def activation_tensors(targets: list[Target], mode: str, signed: bool) -> list[s
 
 
 def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: bool, qmax: int = 127) -> int:
-    names = _Names(graph)
+    names = UniqueNames(graph)
     nodes = [graph.nodes[t.index] for t in targets]
     dequantized: dict[int, gs.Variable] = {}  # id(float tensor) -> its Q/DQ'd twin
     params: dict[int, tuple] = {}
@@ -85,7 +85,7 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127) -> in
     """MatMul / Gemm -> DynamicQuantizeLinear, MatMulInteger (u8 x s8), Cast, Mul by both scales.
 
     Weights are int8 in [-qmax, qmax]: 63 where the int8 kernel saturates (see `kernels`)."""
-    names = _Names(graph)
+    names = UniqueNames(graph)
     done = 0
     quantized_inputs: dict[int, tuple] = {}
     for target, node in [(t, graph.nodes[t.index]) for t in targets]:
@@ -128,7 +128,7 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127) -> in
 
 def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_size: int) -> int:
     """Weights stored as int8 per channel, or int4 in blocks along the reduction axis, read through DQ."""
-    names = _Names(graph)
+    names = UniqueNames(graph)
     for target, node in [(t, graph.nodes[t.index]) for t in targets]:
         if bits == 8:
             _dequantize_weight(graph, names, node, target)
@@ -153,7 +153,7 @@ def quantize_embeddings(graph: gs.Graph, nodes: list[gs.Node]) -> int:
     front of the Gather would dequantize the whole table on every run (onnxruntime does not
     fold it), which for a 30k-word vocabulary costs more than the layers quantization saves.
     """
-    names = _Names(graph)
+    names = UniqueNames(graph)
     for node in nodes:
         table, ids, rows = node.inputs[0], node.inputs[1], node.outputs[0]
         quantized, scale = quantize_per_channel(ir.constant_value(table), 0)
