@@ -51,6 +51,7 @@ class Planner:
         self.qmax = weight_qmax(options.reduce_range, self.signed and options.mode == "static") if integer_kernels else FULL_RANGE
         self.ranges: dict[str, tuple[float, float]] = {}
         self.embeddings = 0
+        self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
         constants = constant_tensors(model)
         self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
                                "sensitivity_sqnr_db": None, "float_ms": None, "int8_ms": None,
@@ -100,6 +101,7 @@ class Planner:
             region = self._region(ir.import_graph(self.model), self.targets)
             names = list(dict.fromkeys(names + (region.tensors if region else [])))
             stats["int8_activation_ops"] = len(region.nodes) if region else 0
+            self.region_outputs = {t.name for node in region.nodes for t in node.outputs} if region else set()
             self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
                                          self.options.percentile, self.signed, self.seed, self.track)
         chosen = [t.index for t in self.targets]
@@ -147,8 +149,11 @@ class Planner:
         if self.options.mode != "static":
             return {t.index: (False, False) for t in self.targets}
         final = {t.index: t.relu_output if t.relu_output and not self.signed else t.output for t in self.targets}
-        produced = set(final.values())
+        produced = set(final.values()) | self.region_outputs
         activation_readers = {(t.index, t.activation) for t in self.targets}
+        # an activation-only op of the 8-bit region reads 8 bits too
+        activation_readers |= {(i, name) for i, node in enumerate(self.model.graph.node)
+                               if any(o in self.region_outputs for o in node.output) for name in node.input}
         readers: dict[str, list[int]] = {}
         for index, node in enumerate(self.model.graph.node):
             for name in node.input:
