@@ -15,8 +15,9 @@ from graphopt.model_io import infer_model_shapes
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
+from graphopt_plugins.quantize.mode_choice import candidate_modes, fastest, targets_for, trial_row
 from graphopt_plugins.quantize.planner import Planner
-from graphopt_plugins.quantize.targets import WEIGHT_OPS, find_targets, is_quantized
+from graphopt_plugins.quantize.targets import WEIGHT_OPS, is_quantized
 
 __all__ = ["Quantize"]
 
@@ -50,7 +51,7 @@ class Quantize(graphopt.Pass):
 
     @dataclasses.dataclass
     class Options:
-        mode: Literal["static", "dynamic", "weight-only"] = "static"  # static QDQ, dynamic, or weight-only
+        mode: Literal["auto", "static", "dynamic", "weight-only"] = "auto"  # auto: the fastest of static QDQ and dynamic, timed here
         calibrate: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"  # activation range method
         percentile: float = 99.99  # for calibrate=percentile: the kept percentile of each tensor
         activations: Literal["uint8", "int8"] = "uint8"  # uint8 asymmetric, or int8 symmetric
@@ -101,26 +102,37 @@ class Quantize(graphopt.Pass):
         if options.mode == "weight-only" and options.weight_bits == 4 and ctx.opset < 21:
             raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset} "
                                     "(convert it first: --passes opset,... --set opset.target=21)")
-        op_types = [op for op in options.op_types if options.mode != "dynamic" or op in ("MatMul", "Gemm")]
-        targets, skipped = find_targets(graph, op_types, options.include, options.exclude)
-        if options.mode == "dynamic":  # MatMulInteger's per-column zero point needs a 2-D weight
-            skipped += [{"node": t.name, "op": t.op, "reason": "dynamic mode needs a 2-D weight"} for t in targets if len(t.weight_shape) != 2]
-            targets = [t for t in targets if len(t.weight_shape) == 2]
-        if not targets:
-            return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": skipped})
+        modes = candidate_modes(graph, options) if options.mode == "auto" else [options.mode]
+        found = {mode: targets_for(graph, options, mode) for mode in modes}
+        found = {mode: pair for mode, pair in found.items() if pair[0]}
+        if not found:
+            return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": targets_for(graph, options, modes[0])[1]})
         model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
         model = infer_model_shapes(model)
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
-        planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed,
-                          track=lambda items, desc, total: ctx.track(items, desc=desc, total=total))
-        chosen, stats = planner.plan()
-        stats.update(data=origin, skipped=skipped, mode=options.mode)
+        plans = {}
+        for mode, (targets, skipped) in found.items():
+            planner = Planner(model, targets, dataclasses.replace(options, mode=mode), calibration, evaluation, budget, ctx.seed,
+                              track=lambda items, desc, total: ctx.track(items, desc=desc, total=total))
+            chosen, stats = planner.plan()
+            stats.update(data=origin, skipped=skipped, mode=mode)
+            plans[mode] = (planner, chosen, stats)
+        mode, timings = next(iter(plans)), {}
+        useful = {m: p for m, p in plans.items() if p[1]}
+        if len(useful) > 1:
+            feed = {name: value[0] for name, value in evaluation.items() if name in {i.name for i in model.graph.input}}
+            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()}, feed)
+        elif useful:
+            mode = next(iter(useful))
+        planner, chosen, stats = plans[mode]
+        if options.mode == "auto":
+            stats.update(mode_requested="auto", mode_trials=[trial_row(m, p[2], timings.get(m)) for m, p in plans.items()])
         if not chosen:
             ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
             return graphopt.PassResult(changed=False, stats=stats)
         planner.apply(graph, chosen)
-        ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(targets), options.mode,
+        ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(planner.targets), mode,
                         stats.get("cosine", float("nan")))
         return graphopt.PassResult(changed=True, stats=stats)
 
@@ -132,7 +144,7 @@ class Quantize(graphopt.Pass):
             origin = "verifier inputs (generated unless --inputs)"
         elif calibration is None:
             calibration, origin = generate_feeds(model, seed=ctx.seed, samples=8), "generated"
-        if origin != "calibration" and self.options.mode == "static":
+        if origin != "calibration" and self.options.mode in ("static", "auto"):
             ctx.logger.warning("quantize: no --calibration data; calibrating on %s, so ranges and accuracy figures mean little", origin)
         evaluation = ctx.sample_inputs if ctx.sample_inputs is not None else calibration
         return cut(calibration), cut(evaluation), origin

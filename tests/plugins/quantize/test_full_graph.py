@@ -75,3 +75,36 @@ def test_full_graph_off_leaves_activation_ops_float():
     assert stats["int8_activation_ops"] == 0
     ops = ort_optimized_ops(quantized)
     assert ops["QLinearConv"] == stats["quantized"] and ops["QLinearSigmoid"] == 0 and ops["QuantizeLinear"] >= 10, ops
+
+
+def test_auto_mode_times_static_against_dynamic_and_reports_it():
+    """On a MatMul model both modes apply: each is planned, timed against float, the faster kept."""
+    import torch_models
+
+    model = torch_models.transformer("torchscript", 17)
+    feeds = [torch_models.transformer_feeds(seed=100 + s) for s in range(4)]
+    calibration = {name: np.stack([f[name] for f in feeds]) for name in ("ids", "mask")}
+    quantized, stats, entry = quantize(model, calibration, sensitivity_samples=2)
+    assert stats["mode_requested"] == "auto"
+    trials = {row["mode"]: row for row in stats["mode_trials"]}
+    assert set(trials) == {"static", "dynamic"}, stats["mode_trials"]
+    kept = [row for row in trials.values() if row["quantized"]]
+    assert all("why" in row for row in trials.values() if not row["quantized"]), stats["mode_trials"]
+    if not kept:  # this tiny model runs faster in float in both modes: nothing changes
+        assert entry["status"] == "unchanged" and stats["quantized"] == 0
+        return
+    if len(kept) == 2:  # both paid: timed together against float, the faster one kept
+        assert stats["mode"] == min(kept, key=lambda row: row["ms"])["mode"] and all(row["float_ms"] > 0 for row in kept)
+    ops = ort_optimized_ops(quantized)
+    assert (ops["QLinearMatMul"] if stats["mode"] == "static" else ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"]) > 0, ops
+
+
+def test_auto_mode_without_timing_picks_by_model_kind():
+    import torch_models
+
+    _, stats, _ = quantize(trait_models.yolo_like(), _images(100, samples=2), latency="off", auto=False)
+    assert stats["mode"] == "static" and stats["mode_requested"] == "auto"
+    model = torch_models.transformer("torchscript", 17)
+    calibration = {name: value[None] for name, value in torch_models.transformer_feeds(seed=3).items()}
+    _, stats, _ = quantize(model, calibration, latency="off", auto=False)
+    assert stats["mode"] == "dynamic"

@@ -44,7 +44,7 @@ def test_transformer_dynamic_runs_dynamicquantizematmul(exporter):
 
 def test_transformer_static_runs_qlinearmatmul():
     model = torch_models.transformer("torchscript", 17)
-    quantized, stats = quantize_and_check(model, _transformer_calibration(), feeds=torch_models.transformer_feeds(seed=9))
+    quantized, stats = quantize_and_check(model, _transformer_calibration(), feeds=torch_models.transformer_feeds(seed=9), mode="static")
     assert ort_optimized_ops(quantized)["QLinearMatMul"] == 12
 
 

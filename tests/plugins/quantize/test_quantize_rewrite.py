@@ -36,14 +36,14 @@ def test_static_conv_relu_fuses_to_qlinearconv_with_int32_bias():
 @pytest.mark.parametrize("trans_b, axis", [(1, 0), (0, 1)])
 def test_static_gemm_weight_axis_follows_trans_b(trans_b, axis):
     model = single_op_model("Gemm", trans_b=trans_b)
-    quantized, _ = quantize_and_check(model)
+    quantized, _ = quantize_and_check(model, mode="static")
     assert _dq_axis_of_weight(quantized) == axis
     assert ort_optimized_ops(quantized)["QGemm"] == 1
 
 
 def test_static_matmul_per_column_weights_fuse_to_qlinearmatmul():
     model = single_op_model("MatMul")
-    quantized, _ = quantize_and_check(model)
+    quantized, _ = quantize_and_check(model, mode="static")
     assert _dq_axis_of_weight(quantized) == 1
     (scale,) = initializer(quantized, "w_scale")
     assert list(scale.dims) == [32]
