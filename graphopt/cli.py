@@ -113,6 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance")
     verify.add_argument("--seed", type=int, default=0, help="random seed for generated inputs")
     verify.add_argument("--json", action="store_true", help="metrics per output as JSON")
+    verify.add_argument("--per-tensor", action="store_true", help="also SQNR and cosine of every tensor both models share, worst first")
     verify.set_defaults(handler=_verify)
 
     bench = commands.add_parser("bench", parents=[common], help="median latency in onnxruntime")
@@ -366,10 +367,14 @@ def _inspect(args) -> int:
     return 0
 
 
+_PER_TENSOR_ROWS = 30  # `verify --per-tensor` lists this many tensors, worst first
+
+
 def _verify(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.model_io import load_model
     from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, input_specs, split_samples
+    from graphopt.verify.tensor_errors import per_tensor_errors
 
     reference, candidate = load_model(args.reference), load_model(args.candidate)
     interface = {spec.name: spec.dtype for spec in input_specs(reference)}
@@ -388,8 +393,9 @@ def _verify(args) -> int:
     verdict = verifier.judge(outputs["reference"], outputs["candidate"], budget=budget)
     if not verdict.ok:
         verdict.first_divergence = verifier.localize(reference, candidate, budget=budget)
+    tensors = per_tensor_errors(reference, candidate, feeds, limit=_PER_TENSOR_ROWS) if args.per_tensor else None
     if args.json:
-        print(json.dumps(verdict.to_dict(), indent=2))
+        print(json.dumps({**verdict.to_dict(), **({"per_tensor": tensors} if tensors is not None else {})}, indent=2, default=str))
     else:
         for name, metrics in verdict.outputs.items():
             print(f"{name}: cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB, max abs {metrics['max_abs']}, "
@@ -397,6 +403,8 @@ def _verify(args) -> int:
         if verdict.first_divergence:
             where = verdict.first_divergence
             print(f"first divergence: node '{where['node']}' ({where['op']}), tensor '{where['tensor']}'")
+        for row in tensors or []:
+            print(f"tensor {row['tensor']}: SQNR {row['sqnr_db']:.2f} dB, cosine {row['cosine']:.6f}, max abs {row['max_abs']:.4g}")
     if not verdict.ok:
         raise VerificationError(f"candidate disagrees with reference: {verdict.summary()}", path=args.candidate)
     return 0
