@@ -26,6 +26,7 @@ from graphopt_plugins.quantize.calibration import collect_ranges
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
+from graphopt_plugins.quantize.smoothing import channel_extremes, smooth, smoothing_sites
 from graphopt_plugins.quantize.regions import find_region, insert_pairs, shared_ranges
 from graphopt_plugins.quantize.rewrite import UniqueNames, activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
 from graphopt_plugins.quantize.targets import Target, find_embeddings, find_targets
@@ -51,6 +52,7 @@ class Planner:
         self.qmax = weight_qmax(options.reduce_range, self.signed and options.mode == "static") if integer_kernels else FULL_RANGE
         self.ranges: dict[str, tuple[float, float]] = {}
         self.embeddings = 0
+        self.extremes: dict = {}  # per LayerNorm output read by a quantized MatMul: per-channel (min, max), for `smooth`
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
         constants = constant_tensors(model)
         self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
@@ -59,9 +61,14 @@ class Planner:
 
     # -- building candidates ---------------------------------------------------------------
     def rewrite(self, graph: gs.Graph, targets: list[Target]) -> None:
+        smoothed = {}
+        if self.extremes and self.options.mode in ("static", "dynamic"):
+            sites = smoothing_sites(graph, {t.name for t in targets})
+            smoothed = smooth(graph, sites, self.extremes, self.options.smooth, {t.name for t in targets})
         if self.options.mode == "static":
             region = self._region(graph, targets)
-            ranges = shared_ranges(self.ranges, region) if region else self.ranges
+            ranges = {**self.ranges, **smoothed}
+            ranges = shared_ranges(ranges, region) if region else ranges
             apply_static(graph, targets, ranges, self.signed, self.qmax)
             if region:
                 insert_pairs(graph, region, ranges, self.signed, UniqueNames(graph))
@@ -96,6 +103,10 @@ class Planner:
     def plan(self) -> tuple[list[int], dict]:
         started = time.perf_counter()
         stats: dict = {"calibration": self.options.calibrate if self.options.mode == "static" else None}
+        if self.options.smooth > 0 and self.options.mode in ("static", "dynamic"):
+            sites = smoothing_sites(ir.import_graph(self.model), {t.name for t in self.targets})
+            self.extremes = channel_extremes(self.model, self.calibration, sites) if sites else {}
+            stats["smoothed_tensors"] = len(sites)
         if self.options.mode == "static":
             names = activation_tensors(self.targets, "static", self.signed)
             region = self._region(ir.import_graph(self.model), self.targets)

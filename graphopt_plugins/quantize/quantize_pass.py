@@ -66,6 +66,7 @@ class Quantize(graphopt.Pass):
         auto: bool = True  # keep the most harmful layers float until the budget holds
         latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower, measured here
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
+        smooth: float = 0.5  # SmoothQuant alpha for MatMuls fed by LayerNorm (outlier channels into the weights); 0 = off
         full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
@@ -88,6 +89,8 @@ class Quantize(graphopt.Pass):
                 Budget.parse(self.budget)
             except UsageError as error:
                 raise ValueError(str(error)) from error
+            if not 0.0 <= self.smooth < 1.0:
+                raise UsageError(f"smooth must be in [0, 1) (0 turns it off), not {self.smooth}")
             if self.calibrate not in METHODS:
                 raise UsageError(f"calibrate must be one of {', '.join(METHODS)}, not {self.calibrate!r}")
 
