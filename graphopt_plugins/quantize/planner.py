@@ -22,6 +22,7 @@ from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.quantize.accuracy import fit_to_budget, worst_metrics
+from graphopt_plugins.quantize.bias_correction import bias_shifts
 from graphopt_plugins.quantize.calibration import collect_ranges
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
@@ -52,6 +53,7 @@ class Planner:
         self.qmax = weight_qmax(options.reduce_range, self.signed and options.mode == "static") if integer_kernels else FULL_RANGE
         self.ranges: dict[str, tuple[float, float]] = {}
         self.embeddings = 0
+        self.bias_shift: dict[int, np.ndarray] = {}  # bias correction per target index (static)
         self.extremes: dict = {}  # per LayerNorm output read by a quantized MatMul: per-channel (min, max), for `smooth`
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
         constants = constant_tensors(model)
@@ -69,7 +71,7 @@ class Planner:
             region = self._region(graph, targets)
             ranges = {**self.ranges, **smoothed}
             ranges = shared_ranges(ranges, region) if region else ranges
-            apply_static(graph, targets, ranges, self.signed, self.qmax)
+            apply_static(graph, targets, ranges, self.signed, self.qmax, self.bias_shift)
             if region:
                 insert_pairs(graph, region, ranges, self.signed, UniqueNames(graph))
         elif self.options.mode == "dynamic":
@@ -115,6 +117,11 @@ class Planner:
             self.region_outputs = {t.name for node in region.nodes for t in node.outputs} if region else set()
             self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
                                          self.options.percentile, self.signed, self.seed, self.track)
+        if self.options.mode == "static" and self.options.bias_correction:
+            finals = {t.index: t.relu_output if t.relu_output and not self.signed else t.output for t in self.targets}
+            self.bias_shift = bias_shifts(self.model, self.build([t.index for t in self.targets]), self.calibration,
+                                          self.targets, finals)
+            stats["bias_corrected"] = len(self.bias_shift)
         chosen = [t.index for t in self.targets]
         timed = self.options.latency == "auto" and self.options.mode != "weight-only"
         if timed:

@@ -66,6 +66,7 @@ class Quantize(graphopt.Pass):
         auto: bool = True  # keep the most harmful layers float until the budget holds
         latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower, measured here
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
+        bias_correction: bool = False  # static: move each layer's mean output error per channel into its bias
         smooth: float = 0.5  # SmoothQuant alpha for MatMuls fed by LayerNorm (outlier channels into the weights); 0 = off
         full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most

@@ -44,7 +44,9 @@ def activation_tensors(targets: list[Target], mode: str, signed: bool) -> list[s
     return list(dict.fromkeys(names))
 
 
-def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: bool, qmax: int = 127) -> int:
+def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: bool, qmax: int = 127,
+                 bias_shift: dict[int, np.ndarray] | None = None) -> int:
+    """Static QDQ on `targets`; `bias_shift[index]` (bias correction) is subtracted from a target's float bias."""
     names = UniqueNames(graph)
     nodes = [graph.nodes[t.index] for t in targets]
     dequantized: dict[int, gs.Variable] = {}  # id(float tensor) -> its Q/DQ'd twin
@@ -59,7 +61,10 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
         x_scale = params[id(node.inputs[0])][0]
         w_scale = _dequantize_weight(graph, names, node, target, qmax)
         if len(node.inputs) > 2 and _is_channel_bias(node.inputs[2], len(w_scale)):
-            bias, scale = quantize_bias(ir.constant_value(node.inputs[2]), x_scale, w_scale)
+            float_bias = ir.constant_value(node.inputs[2])
+            if bias_shift and target.index in bias_shift and bias_shift[target.index].shape == float_bias.shape:
+                float_bias = float_bias - bias_shift[target.index]
+            bias, scale = quantize_bias(float_bias, x_scale, w_scale)
             node.inputs[2] = _dq(graph, names, node.inputs[2].name, bias, scale, np.zeros(len(scale), np.int32), axis=0)
         y = node.outputs[0]
         relu = y.outputs[0] if target.relu_output and not signed else None
