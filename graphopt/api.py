@@ -218,11 +218,19 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
 
 
 def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:
-    """Checked `{input: (N, *shape) array}` from a mapping or an `.npz` path."""
+    """Checked `{input: (N, *shape) array}` from a mapping, an `.npz`, a folder of samples or an iterable of samples."""
+    from graphopt.verify.calibration_sources import CalibrationFolder, stack_samples
+
+    if isinstance(feeds, (str, os.PathLike)) and os.path.isdir(feeds):  # one .npy/.npz/image file per sample
+        feeds = CalibrationFolder(Path(feeds))
+    if isinstance(feeds, CalibrationFolder):
+        return check_feeds(feeds.stacked(model), model, option=option)
     if isinstance(feeds, (str, os.PathLike)):
         return load_feeds(feeds, model, option=option)
     if isinstance(feeds, Mapping):
         return check_feeds(dict(feeds), model, option=option)
+    if isinstance(feeds, Iterable):  # {input: array} per sample, read lazily up to MAX_SAMPLES
+        return check_feeds(stack_samples(feeds, model), model, option=option)
     raise UsageError(f"{option} must be a mapping of arrays or an .npz path")
 
 

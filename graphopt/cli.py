@@ -82,7 +82,11 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="set a pass option (repeatable); `graphopt passes` lists them")
     optimize.add_argument("--recipe", help="TOML file with passes, options and budget")
     optimize.add_argument("--inputs", help=".npz with one (N, *shape) array per model input, for verification")
-    optimize.add_argument("--calibration", help=".npz like --inputs, for passes that calibrate")
+    optimize.add_argument("--calibration", help=(
+        "calibration data for passes that calibrate: an .npz with one (N, *input_shape) array per input "
+        "(e.g. images of shape (32, 1, 3, 640, 640) for an input images (batch, 3, 640, 640): 32 samples of batch 1), "
+        "or a folder of .npy/.npz files (one sample each) or of images (preprocessing in the recipe's [calibration] "
+        "table: resize, scale, mean, std, layout, channels)"))
     optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
     optimize.add_argument("--verify", choices=("each", "end", "off"), help="verify after each pass (default), at the end, or not")
     optimize.add_argument("--report", help="write the JSON report here")
@@ -161,6 +165,7 @@ def _optimize(args) -> int:
     recipe = _read_recipe(Path(args.recipe)) if args.recipe else {}
     # Flags win over the recipe; what is left of it is one options table per pass.
     recipe_passes, recipe_budget, recipe_verify = (recipe.pop(key, None) for key in ("passes", "budget", "verify"))
+    calibration = _calibration_source(args.calibration, recipe.pop("calibration", None), args.recipe)
     passes = args.passes or recipe_passes or "cleanup"
     if isinstance(passes, list):
         passes = ",".join(passes)
@@ -184,7 +189,7 @@ def _optimize(args) -> int:
             options=recipe,
             set_options=text_options,
             inputs=args.inputs,
-            calibration=args.calibration,
+            calibration=calibration,
             verify=verify,
             budget=budget,
             input_shapes=dict(parse_input_shape(item) for item in args.input_shape),
@@ -230,6 +235,15 @@ def _check_report_path(report: Path, source: Path, output: Path) -> None:
     for other, what in ((source, "the input"), (output, "the output")):
         if same_file(report, other):
             raise UsageError(f"--report would overwrite {what}; choose another path", path=str(report))
+
+
+def _calibration_source(given: str | None, table: dict | None, recipe: str | None):
+    """--calibration as given, or a folder of samples with the recipe's [calibration] preprocessing."""
+    from graphopt.verify.calibration_sources import CalibrationFolder, Preprocessing
+
+    if given is None or not Path(given).is_dir():
+        return given
+    return CalibrationFolder(Path(given), Preprocessing.from_table(table, recipe))
 
 
 def _read_recipe(path: Path) -> dict:
