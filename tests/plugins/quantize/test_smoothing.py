@@ -78,3 +78,10 @@ def test_smooth_out_of_range_is_a_usage_error():
 
     with pytest.raises(graphopt.UsageError, match="smooth"):
         quantize(trait_models.encoder_with_outliers(), _tokens(100, 2), smooth=1.5)
+
+
+def test_unknown_calibration_method_is_a_usage_error():
+    import graphopt
+
+    with pytest.raises(graphopt.UsageError, match="calibrate"):
+        quantize(trait_models.encoder_with_outliers(), _tokens(100, 2), calibrate="median")
