@@ -21,6 +21,7 @@ from pathlib import Path
 from graphopt import __version__
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.model_io import same_file
+from graphopt.emit.cli_args import add_target_arguments, target_settings
 from graphopt.options import describe_options, parse_assignment
 from graphopt.verify.feeds import parse_input_shape
 
@@ -91,6 +92,7 @@ def _build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
     optimize.add_argument("--dump-dir", help="write the model after each pass here as NN_pass.onnx")
     optimize.add_argument("--seed", type=int, default=0, help="random seed for generated inputs and passes")
+    add_target_arguments(optimize)
     optimize.set_defaults(handler=_optimize)
 
     passes = commands.add_parser("passes", parents=[common], help="list registered passes and their options")
@@ -191,6 +193,7 @@ def _optimize(args) -> int:
             seed=args.seed,
             dump_dir=args.dump_dir,
             progress=progress,
+            **target_settings(args),
         )
     except GraphoptError as error:
         if error.path is None and not isinstance(error, UsageError):
