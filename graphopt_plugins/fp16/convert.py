@@ -24,7 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.ir_traversal import node_subgraphs
+from graphopt.ir_traversal import iter_graphs, node_subgraphs
 
 __all__ = ["Conversion", "convert_graph", "has_float16", "FP16_MAX"]
 
@@ -48,12 +48,21 @@ def has_float16(graph: gs.Graph) -> bool:
     return any(_is(tensor, np.float16) for tensor in graph.tensors().values())
 
 
-def convert_graph(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[int] = frozenset(),
-                  conversion: Conversion | None = None, main: bool = True) -> Conversion:
+def convert_graph(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[int] = frozenset()) -> Conversion:
     """Converts `graph` (and its bodies) in place; `keep` holds main-graph node indices to leave fp32."""
-    conversion = conversion if conversion is not None else Conversion()
-    names = set(graph.tensors())
-    half: dict[int, gs.Tensor] = {}
+    names: set[str] = set()
+    for level in iter_graphs(graph, functions=False):
+        names.update(level.tensors())
+    conversion = Conversion()
+    _convert_level(graph, opset, block_ops, keep, conversion, names, {}, main=True)
+    return conversion
+
+
+def _convert_level(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[int], conversion: Conversion,
+                   names: set[str], outer_half: dict[int, gs.Tensor], main: bool) -> None:
+    """One graph level; `outer_half` maps the enclosing levels' fp32 tensors to their fp16 forms,
+    which a body reads directly (names are unique across levels: a body may see every outer one)."""
+    half: dict[int, gs.Tensor] = dict(outer_half)
     added: list[gs.Node] = []
 
     def unique(base: str) -> str:
@@ -81,7 +90,7 @@ def convert_graph(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[in
 
     for index, node in enumerate(list(graph.nodes)):
         for body in node_subgraphs(node) if node.attrs else ():
-            convert_graph(body, opset, block_ops, frozenset(), conversion, main=False)
+            _convert_level(body, opset, block_ops, frozenset(), conversion, names, half, main=False)
         if main and index in keep:
             continue
         inputs, outputs = _switched_slots(node, opset, block_ops)
@@ -104,7 +113,6 @@ def convert_graph(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[in
         if main:
             conversion.switched.append(index)
     graph.nodes.extend(added)
-    return conversion
 
 
 def _switched_slots(node: gs.Node, opset: int, block_ops: set[str]) -> tuple[list[int], list[int]]:

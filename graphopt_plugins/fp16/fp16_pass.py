@@ -148,7 +148,8 @@ def _sensitivity_ranking(model: onnx.ModelProto, candidate: onnx.ModelProto, con
         node = nodes[index]
         out = max((error[name] for name in node.output if name in error), default=0.0)
         read = max((error[name] for name in node.input if name in error), default=0.0)
-        growth[index] = out - read
+        # A node reading an overflowed tensor cannot be blamed for its own; one that overflows first is.
+        growth[index] = 0.0 if np.isinf(read) else out - read
     return sorted(growth, key=lambda index: -growth[index])
 
 
