@@ -102,14 +102,16 @@ def optimize_to_file(
 ) -> dict:
     """`optimize`, then the result written to `output` (atomic, checked); returns the report.
 
-    Takes `optimize`'s keyword arguments. Weights still in the input's data files, or spilled
+    Takes `optimize`'s keyword arguments, and `emit` (`"ort"`, `"tflite"`) with `emit_precision`
+    (tflite: `"fp32"`, `"fp16"`, `"int8"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
     there by passes, are streamed into the output's data file, never gathered in memory: the
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     emit, precision = settings.pop("emit", None) or "onnx", settings.pop("emit_precision", "fp32")
     with _optimized(model, passes, options, **settings) as (final, report):
-        if emit != "onnx":
+        if emit != "onnx":  # verified in its runtime, then written (graphopt/emit)
+            _read_in_if_it_fits(final)
             report["emit"] = emit_model(final, output, emit, precision, settings)
             return report
         if not external_data:

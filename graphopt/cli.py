@@ -21,7 +21,7 @@ from pathlib import Path
 from graphopt import __version__
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.model_io import same_file
-from graphopt.emit.cli_args import add_target_arguments, target_settings
+from graphopt.emit.cli_args import add_target_arguments, default_suffix, target_settings
 from graphopt.options import describe_options, parse_assignment
 from graphopt.verify.feeds import parse_input_shape
 
@@ -167,7 +167,7 @@ def _optimize(args) -> int:
         passes = ",".join(passes)
     budget = args.budget or recipe_budget
     verify = args.verify or recipe_verify or "each"
-    output = Path(args.output) if args.output else _default_output(source)
+    output = Path(args.output) if args.output else _default_output(source, default_suffix(args))
     _check_output_path(output, source)
     if args.report:
         _check_report_path(Path(args.report), source, output)
@@ -212,9 +212,9 @@ def _optimize(args) -> int:
     return 0
 
 
-def _default_output(source: Path) -> Path:
+def _default_output(source: Path, suffix: str = ".opt.onnx") -> Path:
     stem = source.name[: -len(".onnx")] if source.name.endswith(".onnx") else source.name
-    return source.with_name(f"{stem}.opt.onnx")
+    return source.with_name(f"{stem}{suffix}")
 
 
 def _check_output_path(output: Path, source: Path) -> None:

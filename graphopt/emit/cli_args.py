@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_target_arguments", "target_settings", "EMIT_FORMATS"]
+__all__ = ["add_target_arguments", "target_settings", "default_suffix", "EMIT_FORMATS"]
 
 EMIT_FORMATS = ("onnx", "ort", "tflite")
 
@@ -29,3 +29,8 @@ def target_settings(args: argparse.Namespace) -> dict:
     if args.emit != "onnx":
         settings.update(emit=args.emit, emit_precision=args.emit_precision)
     return settings
+
+
+def default_suffix(args: argparse.Namespace) -> str:
+    """What `-o` defaults to after MODEL's stem: `.opt.onnx`, `.opt.ort`, `.opt.tflite`."""
+    return f".opt.{args.emit}"
