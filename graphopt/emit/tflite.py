@@ -28,7 +28,7 @@ import onnx
 
 from graphopt.errors import InputError, UsageError
 
-__all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "TfliteModel", "PRECISIONS"]
+__all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "prepare_interpreter", "TfliteModel", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _FILES = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_integer_quant.tflite"}
@@ -64,7 +64,7 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
         source = Path(folder) / "model.onnx"
         onnx.save_model(model, str(source))  # a copy: onnx2tf renames ops in the file it reads
         settings = dict(input_onnx_file_path=str(source), output_folder_path=str(Path(folder) / "out"),
-                        tflite_backend="flatbuffer_direct", non_verbose=True)
+                        tflite_backend="flatbuffer_direct", non_verbose=True, not_use_onnxsim=True)
         if precision == "int8":
             if not calibration:
                 raise UsageError("--emit tflite with int8 needs calibration data (--calibration)")
@@ -130,21 +130,25 @@ def run_tflite(flatbuffer: bytes, samples: list[dict[str, np.ndarray]], model: o
         raise InputError(f"LiteRT cannot run the flatbuffer: {' '.join(str(error).split())[:300]}") from error
 
 
-def _run(interpreter, samples, model):
+def prepare_interpreter(interpreter, model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> dict[str, str]:
+    """Allocates `interpreter` and sets one ONNX-layout sample as its inputs; the layout change per input."""
     interpreter.allocate_tensors()
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    onnx_inputs = [v for v in model.graph.input if v.name in samples[0]]
+    onnx_inputs = [v.name for v in model.graph.input if v.name in sample]
+    layouts = {}
+    for name, detail in _matched(onnx_inputs, interpreter.get_input_details()).items():
+        value, layouts[name] = _to_shape(np.asarray(sample[name]), tuple(detail["shape"]))
+        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+    return layouts
+
+
+def _run(interpreter, samples, model):
     onnx_outputs = [v.name for v in model.graph.output]
-    input_detail = _matched([v.name for v in onnx_inputs], inputs)
-    output_detail = _matched(onnx_outputs, outputs)
     layouts: dict[str, str] = {}
     results = []
+    output_detail = None
     for sample in samples:
-        for name, detail in input_detail.items():
-            value = np.asarray(sample[name])
-            value, how = _to_shape(value, tuple(detail["shape"]))
-            layouts[name] = how
-            interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+        layouts.update(prepare_interpreter(interpreter, model, sample))
+        output_detail = output_detail or _matched(onnx_outputs, interpreter.get_output_details())
         interpreter.invoke()
         got = {}
         for name, detail in output_detail.items():

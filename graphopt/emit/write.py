@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from graphopt.errors import UsageError, VerificationError
+from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.verify.metrics import output_metrics
 
 __all__ = ["emit_model", "EXTENSIONS", "verify_outputs"]
@@ -36,13 +36,13 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
     if emit != "tflite" and precision != "fp32":
         raise UsageError("--emit-precision is for --emit tflite; quantize or fp16 the ONNX model with passes instead")
     samples, calibration = _feeds(model, settings)
-    reference = _onnxruntime_outputs(model, samples)
     layouts: dict[str, str] = {}
     if emit == "ort":
         from graphopt.emit.ort_format import convert_to_ort, ort_session
 
         stem = output.name[: -len(".ort")] if output.name.endswith(".ort") else output.name
         converted = convert_to_ort(model, stem)
+        reference = _onnxruntime_outputs(model, samples)
         files = {output: converted.pop(f"{stem}.ort")}
         files.update({output.with_name(name): data for name, data in converted.items()})
         session = ort_session(files[output])
@@ -53,6 +53,7 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
         from graphopt.emit.tflite import convert_to_tflite, restore_layout, run_tflite
 
         converted = convert_to_tflite(model, precision, calibration)
+        reference = _onnxruntime_outputs(model, samples)
         files = {output: converted.flatbuffer}
         raw, layouts = run_tflite(converted.flatbuffer, samples, model)
         got, output_layouts = restore_layout(raw, reference)
@@ -110,9 +111,12 @@ def _feeds(model: onnx.ModelProto, settings: dict) -> tuple[list[dict], dict | N
 
 
 def _onnxruntime_outputs(model: onnx.ModelProto, samples: list[dict]) -> list[dict]:
-    from graphopt.verify.runner import make_session
+    from graphopt.verify.runner import SessionError, make_session
 
-    session = make_session(model, optimize=True, threads=1)
+    try:
+        session = make_session(model, optimize=True, threads=1)
+    except SessionError as error:
+        raise InputError(f"onnxruntime cannot run the optimized model to verify the emitted one: {error}") from error
     names = [value.name for value in model.graph.output]
     return [dict(zip(names, session.run(None, sample))) for sample in samples]
 
