@@ -21,7 +21,7 @@ from pathlib import Path
 from graphopt import __version__
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.model_io import same_file
-from graphopt.emit.cli_args import add_target_arguments, default_suffix, target_settings
+from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
 from graphopt.options import describe_options, parse_assignment
 from graphopt.verify.feeds import parse_input_shape
 
@@ -206,6 +206,8 @@ def _optimize(args) -> int:
     if not args.quiet:
         print(f"wrote {output}")
         print(format_comparison(report["input"], report["output"]))
+        if describe_emit(report):
+            print(describe_emit(report))
         for entry in report["passes"]:
             details = _brief(entry["details"])
             print(f"pass {entry['name']}: {entry['status']} in {entry['seconds']:.3f}s" + (f" ({details})" if details else ""))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_target_arguments", "target_settings", "default_suffix", "EMIT_FORMATS"]
+__all__ = ["add_target_arguments", "target_settings", "default_suffix", "describe_emit", "EMIT_FORMATS"]
 
 EMIT_FORMATS = ("onnx", "ort", "tflite")
 
@@ -34,3 +34,17 @@ def target_settings(args: argparse.Namespace) -> dict:
 def default_suffix(args: argparse.Namespace) -> str:
     """What `-o` defaults to after MODEL's stem: `.opt.onnx`, `.opt.ort`, `.opt.tflite`."""
     return f".opt.{args.emit}"
+
+
+def describe_emit(report: dict) -> str | None:
+    """One terminal line on the emitted files and their verification, when `--emit` wrote another format."""
+    emitted = report.get("emit")
+    if not emitted:
+        return None
+    verification = emitted["verification"]
+    worst = min(row["cosine"] for row in verification["outputs"].values())
+    files = ", ".join(f"{path} ({size:,} bytes)" for path, size in emitted["bytes"].items())
+    layout = "; layout " + ", ".join(f"{name} {how}" for name, how in emitted["layout"].items() if how != "same") \
+        if any(how != "same" for how in emitted.get("layout", {}).values()) else ""
+    return (f"emitted {emitted['format']} {emitted['precision']}: {files}; verified in {verification['runtime']} "
+            f"({verification['bar']}, worst cosine {worst:.6f}){layout}")
