@@ -100,6 +100,8 @@ def test_latency_on_none_quantizes_every_conv_of_a_mobilenet_style_cnn_within_th
     assert stats["latency_backend"] is None and stats["cosine"] >= 0.99
     assert result.report["latency"] == {"backend": "none", "measures": False, "comparisons": {}}
     assert result.report["verification"]["end_to_end"]["ok"]
+    before, after = result.report["input"], result.report["output"]
+    assert after["macs_by_dtype"]["int8"] > 0 and after["energy_proxy"]["total_pj"] < before["energy_proxy"]["total_pj"]
 
 
 @pytest.mark.parametrize("int8_fast", [True, False])
