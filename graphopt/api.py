@@ -109,6 +109,8 @@ def optimize_to_file(
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     emit, precision = settings.pop("emit", None) or "onnx", settings.pop("emit_precision", "fp32")
+    if emit == "tflite" and settings.get("latency_on") is None:
+        settings["latency_on"] = "host-litert"  # decisions timed where the flatbuffer will run
     with _optimized(model, passes, options, **settings) as (final, report):
         if emit != "onnx":  # verified in its runtime, then written (graphopt/emit)
             _read_in_if_it_fits(final)

@@ -61,6 +61,7 @@ def test_emit_tflite_fp32_verifies_in_litert_with_the_layout_change_stated(cnn_p
     assert emitted["verification"]["ok"] and emitted["verification"]["outputs"]["logits"]["max_abs_over_range"] <= 1e-4
     assert emitted["layout"]["image"] == "NCHW→NHWC" and "channels last" in emitted["layout_note"]
     assert emitted["verification"]["runtime"].startswith("LiteRT")
+    assert report["latency"]["backend"] == "host-litert"  # the default where a flatbuffer is emitted
 
 
 def test_emit_tflite_int8_is_calibrated_on_the_given_data_and_keeps_cosine_0_99(cnn_path, tmp_path):
