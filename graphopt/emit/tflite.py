@@ -6,8 +6,8 @@ It lays images out as TFLite does, channels last: a rank-3/4/5 input `(N, C, ...
 layout, transposing where the shapes say the layout changed, and reports which tensors it
 transposed. onnx2tf rewrites the ONNX file it reads (op names), so it is always handed a copy.
 
-Precisions: `fp32`; `fp16` (float16 weights and tensors; onnx2tf's float16 flatbuffer, whose
-inputs and outputs are float16 too: fed and read as float32 here); `int8`, integer
+Precisions: `fp32`; `fp16` (float16 weights behind DEQUANTIZE ops, float32 compute and
+interface: TFLite's float16 quantization, `tflite_fp16`); `int8`, integer
 kernels throughout (int8 weights per tensor and activations, float32 inputs and outputs,
 onnx2tf's `_integer_quant` flatbuffer), calibrated on the given samples. onnx2tf's int8
 writer is strict: an op it cannot quantize (a MatMul of two activations, a comparison) fails the
@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphopt.emit.tflite_fp16 import with_float16_weights
 from graphopt.errors import InputError, UsageError
 
 __all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "prepare_interpreter", "TfliteModel", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
-_FILES = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_integer_quant.tflite"}
+# fp16 starts from the float32 flatbuffer: its weights are halved behind DEQUANTIZE (tflite_fp16)
+_FILES = {"fp32": "_float32.tflite", "fp16": "_float32.tflite", "int8": "_integer_quant.tflite"}
 
 
 def require_tflite(what: str) -> None:
@@ -86,7 +88,8 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
                                  f"{_reason(error, captured.getvalue())}") from error
         if not written.is_file():
             raise InputError(f"onnx2tf wrote no {precision} flatbuffer: {_reason(None, captured.getvalue())}")
-        return TfliteModel(written.read_bytes(), precision)
+        data = written.read_bytes()
+        return TfliteModel(with_float16_weights(data) if precision == "fp16" else data, precision)
 
 
 def _calibration_files(model: onnx.ModelProto, calibration: dict[str, np.ndarray], folder: Path) -> list:

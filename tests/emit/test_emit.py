@@ -96,3 +96,19 @@ def test_host_litert_times_in_litert_and_the_report_says_so():
     timer = latency.backend("host-litert")
     timings = timer.compare({"a": model, "b": model}, torch_models.cnn_feeds(), seconds=0.05, rounds=2)
     assert timings["a"]["median_ms"] > 0 and timings["b"]["backend"] == "host-litert"
+
+
+def test_emit_tflite_fp16_stores_float16_weights_behind_dequantize_and_runs_in_litert(cnn_path, tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    half = graphopt.optimize_to_file(str(cnn_path), tmp_path / "h.tflite", passes=["cleanup", "fuse"], emit="tflite",
+                                     emit_precision="fp16")
+    full = graphopt.optimize_to_file(str(cnn_path), tmp_path / "f.tflite", passes=["cleanup", "fuse"], emit="tflite")
+    assert half["emit"]["verification"]["outputs"]["logits"]["cosine"] >= 0.999
+    assert half["emit"]["bytes"][str(tmp_path / "h.tflite")] < full["emit"]["bytes"][str(tmp_path / "f.tflite")]
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs((tmp_path / "h.tflite").read_bytes(), 0))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    graph = model.subgraphs[0]
+    dequantized = [op for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.DEQUANTIZE]
+    assert dequantized and all(graph.tensors[op.inputs[0]].type == schema.TensorType.FLOAT16 for op in dequantized)
+    assert graph.tensors[graph.inputs[0]].type == schema.TensorType.FLOAT32  # the interface stays float32
