@@ -109,13 +109,20 @@ def _calibration_files(model: onnx.ModelProto, calibration: dict[str, np.ndarray
 
 
 def _reason(error: BaseException | None, log: str) -> str:
-    text = f"{log}\n{error!r}" if error is not None else log
+    """The most specific reason onnx2tf gave: its innermost chained exception, else a line of its log."""
+    chain = []
+    while error is not None and len(chain) < 10:
+        chain.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    if len(chain) > 1:
+        return " ".join(chain[-1].split())[:300]
+    text = f"{log}\n{chain[0]}" if chain else log
     for pattern in (r"Unsupported op[^\n]*", r"[A-Za-z]*QuantizationError: [^\n]*", r"Cannot set tensor[^\n]*",
                     r"[A-Za-z]*Error: [^\n]*", r"not supported[^\n]*"):
         found = re.findall(pattern, text)
         if found:
             return found[-1].strip()[:300]
-    return (str(error) if error is not None else "no reason given")[:300]
+    return (chain[0] if chain else "no reason given")[:300]
 
 
 def run_tflite(flatbuffer: bytes, samples: list[dict[str, np.ndarray]], model: onnx.ModelProto,
