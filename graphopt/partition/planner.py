@@ -1,0 +1,191 @@
+"""Choosing the cuts: a dynamic program over positions in the node order.
+
+The objective is `slowest stage / whole cost + cut_weight × crossing MiB` (every cut's
+crossing bytes summed), subject to an optional cap on the weight bytes each stage holds.
+For a bound T on the slowest stage, `_fewest_bytes` finds the cuts that move the fewest
+bytes with every stage under T, in O(K·n) (a sliding-window minimum: the stages that may end
+at a position start in a window that only moves right). The smallest feasible T is found
+by bisection; the trade-off between balance and bytes is then searched over T from there
+up to where a better balance could no longer pay for its bytes. Each result is exact for its
+own slowest stage: no cut set as balanced moves fewer bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import math
+
+from graphopt.errors import InputError
+
+__all__ = ["Plan", "plan_cuts", "enumerate_cuts"]
+
+MIB = float(1 << 20)
+_BISECTION_STEPS = 60
+_TRADE_OFF_POINTS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    cuts: tuple[int, ...]  # positions: stage s holds nodes [bounds[s], bounds[s+1])
+    stage_costs: tuple[float, ...]
+    cut_bytes: tuple[int, ...]  # bytes crossing each cut
+    objective: float
+    n_nodes: int
+
+    @property
+    def bounds(self) -> tuple[int, ...]:
+        return (0, *self.cuts, self.n_nodes)
+
+
+def plan_cuts(
+    costs: list[float],
+    crossing_bytes: list[int],
+    stages: int,
+    *,
+    cut_weight: float = 0.0,
+    weights: list[dict[str, int]] | None = None,
+    max_stage_bytes: int | None = None,
+) -> Plan:
+    """The K−1 cuts minimising `max stage / total + cut_weight × MiB crossing`.
+
+    `costs[i]`: cost of node i; `crossing_bytes[p]`: bytes crossing the cut before node p
+    (p = 1..n−1 are the candidate cuts); `weights[i]`: `{initializer: bytes}` node i reads
+    (a weight two nodes share is held once per stage). Raises InputError when no cut set
+    satisfies the cap or there are fewer nodes than stages.
+    """
+    n = len(costs)
+    if stages < 1:
+        raise InputError(f"stages must be at least 1, got {stages}")
+    if n < stages:
+        raise InputError(f"the model has {n} top-level nodes, fewer than the {stages} stages asked for")
+    prefix = [0.0, *itertools.accumulate(max(c, 0.0) for c in costs)]
+    total = prefix[-1] or 1.0
+    cap_start = _cap_window_starts(weights, max_stage_bytes, n)
+
+    def solve(bound: float):
+        return _fewest_bytes(prefix, crossing_bytes, stages, bound, cap_start)
+
+    low, high = max(max(costs, default=0.0), prefix[-1] / stages), prefix[-1]
+    if solve(high) is None:
+        raise InputError(f"no {stages}-stage cut keeps every stage's weights under {max_stage_bytes} bytes")
+    for _ in range(_BISECTION_STEPS):
+        if high - low <= 1e-9 * total:
+            break
+        middle = (low + high) / 2
+        if solve(middle) is None:
+            low = middle
+        else:
+            high = middle
+    best = _as_plan(solve(high), prefix, crossing_bytes, total, cut_weight, n)
+    # A looser balance can only pay off while its gain in balance exceeds the bytes it saves.
+    ceiling = best.objective * total
+    if cut_weight > 0 and ceiling > high:
+        for step in range(1, _TRADE_OFF_POINTS + 1):
+            found = solve(high + (ceiling - high) * step / _TRADE_OFF_POINTS)
+            candidate = _as_plan(found, prefix, crossing_bytes, total, cut_weight, n)
+            if candidate.objective < best.objective - 1e-12:
+                best = candidate
+    return best
+
+
+def enumerate_cuts(
+    costs: list[float], crossing_bytes: list[int], stages: int, *, max_stage_cost: float,
+    weights: list[dict[str, int]] | None = None, max_stage_bytes: int | None = None,
+) -> tuple[int, tuple[int, ...]] | None:
+    """Brute force, the reference for tests and benchmarks: (fewest crossing bytes, cuts) over
+    every cut set whose slowest stage is ≤ `max_stage_cost` (and within the weight cap)."""
+    n = len(costs)
+    prefix = [0.0, *itertools.accumulate(max(c, 0.0) for c in costs)]
+    slack = 1e-9 * (prefix[-1] or 1.0)
+    best = None
+    for cuts in itertools.combinations(range(1, n), stages - 1):
+        bounds = (0, *cuts, n)
+        if any(prefix[b] - prefix[a] > max_stage_cost + slack for a, b in zip(bounds, bounds[1:])):
+            continue
+        if max_stage_bytes is not None and weights is not None and any(
+            _stage_weight_bytes(weights, a, b) > max_stage_bytes for a, b in zip(bounds, bounds[1:])
+        ):
+            continue
+        moved = sum(crossing_bytes[c] for c in cuts)
+        if best is None or moved < best[0]:
+            best = (moved, cuts)
+    return best
+
+
+def _fewest_bytes(prefix, crossing_bytes, stages, bound, cap_start):
+    """Cuts with every stage's cost ≤ bound (and within the cap) moving the fewest bytes, or None."""
+    n = len(prefix) - 1
+    slack = bound * 1e-12 + 1e-15
+    # start[j]: the earliest node a stage ending before node j may begin at.
+    start, left = [0] * (n + 1), 0
+    for j in range(1, n + 1):
+        while prefix[j] - prefix[left] > bound + slack:
+            left += 1
+        start[j] = max(left, cap_start[j])
+    inf = math.inf
+    # One stage so far: it can end before node j only if it may start at node 0.
+    best = [inf] + [0.0 if start[j] == 0 else inf for j in range(1, n + 1)]
+    back = [[0] * (n + 1)]
+    for _ in range(1, stages):
+        previous, best, choice = best, [inf] * (n + 1), [0] * (n + 1)
+        window: collections.deque[int] = collections.deque()
+        for j in range(1, n + 1):
+            i = j - 1  # the newest possible start: the cut right before node j-1
+            if i >= 1 and previous[i] < inf:
+                value = previous[i] + crossing_bytes[i]
+                while window and previous[window[-1]] + crossing_bytes[window[-1]] >= value:
+                    window.pop()
+                window.append(i)
+            while window and window[0] < start[j]:
+                window.popleft()
+            if window:
+                chosen = window[0]
+                best[j], choice[j] = previous[chosen] + crossing_bytes[chosen], chosen
+        back.append(choice)
+    if best[n] == inf:
+        return None
+    cuts, position = [], n
+    for stage in range(stages - 1, 0, -1):
+        position = back[stage][position]
+        cuts.append(position)
+    return tuple(reversed(cuts))
+
+
+def _as_plan(cuts, prefix, crossing_bytes, total, cut_weight, n) -> Plan:
+    bounds = (0, *cuts, n)
+    stage_costs = tuple(prefix[b] - prefix[a] for a, b in zip(bounds, bounds[1:]))
+    moved = tuple(int(crossing_bytes[c]) for c in cuts)
+    objective = max(stage_costs) / total + cut_weight * sum(moved) / MIB
+    return Plan(tuple(cuts), stage_costs, moved, objective, n)
+
+
+def _cap_window_starts(weights, cap, n) -> list[int]:
+    """For each end j, the earliest start i with the weights of nodes [i, j) within the cap."""
+    if cap is None or weights is None:
+        return [0] * (n + 1)
+    for node, read in enumerate(weights):
+        if sum(read.values()) > cap:
+            raise InputError(f"node {node} alone reads {sum(read.values())} weight bytes, over --max-stage-bytes {cap}")
+    starts, uses, held, left = [0] * (n + 1), collections.Counter(), 0, 0
+    for j in range(1, n + 1):
+        for name, size in weights[j - 1].items():
+            if uses[name] == 0:
+                held += size
+            uses[name] += 1
+        while held > cap:
+            for name, size in weights[left].items():
+                uses[name] -= 1
+                if uses[name] == 0:
+                    held -= size
+            left += 1
+        starts[j] = left
+    return starts
+
+
+def _stage_weight_bytes(weights, start, end) -> int:
+    held = {}
+    for read in weights[start:end]:
+        held.update(read)
+    return sum(held.values())
