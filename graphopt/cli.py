@@ -1,4 +1,4 @@
-"""The `graphopt` command line: optimize, passes, inspect, verify, bench.
+"""The `graphopt` command line: optimize, passes, inspect, verify, bench (and partition, run).
 
 Errors are one line on stderr, `graphopt: error: <what> (<file>)`, with the exit codes of
 DESIGN.md (0 done, 1 verification failed, 2 bad usage or input, 3 a pass or plugin failed);
@@ -22,6 +22,7 @@ from graphopt import __version__
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.model_io import same_file
 from graphopt.options import describe_options, parse_assignment
+from graphopt.partition.commands import add_commands as add_partition_commands
 from graphopt.verify.feeds import parse_input_shape
 
 __all__ = ["main"]
@@ -123,6 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--inputs", help=".npz of inputs; the first sample is used")
     bench.add_argument("--json", action="store_true", help="latency figures as JSON")
     bench.set_defaults(handler=_bench)
+    add_partition_commands(commands, common)  # partition, run, and optimize --partition K
     return parser
 
 
