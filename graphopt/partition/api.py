@@ -42,6 +42,8 @@ class Partition:
     stages: list[onnx.ModelProto]
     manifest: dict
     report: dict
+    node_costs: list[float]  # what the planner saw, by top-level node (for comparisons)
+    cut_bytes: list[int]  # bytes crossing the cut before each node position
 
 
 def partition(
@@ -98,7 +100,7 @@ def partition(
         "crossing_bytes": sum(plan.cut_bytes),
         "verification": verification,
     }
-    return Partition(stage_models, manifest, report)
+    return Partition(stage_models, manifest, report, costs, cut_bytes)
 
 
 def partition_to_dir(model: onnx.ModelProto | str | os.PathLike, folder: str | os.PathLike, stages: int = 2, **settings) -> Partition:

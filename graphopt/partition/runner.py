@@ -4,7 +4,8 @@
 one `{output name: array}` per sample, in order. Backends:
 
 - `local`: one process per stage on this machine, connected by bounded multiprocessing
-  queues. Every get and put has a timeout; the driver watches the workers between gets, so a
+  queues that carry descriptors; the tensors themselves travel in shared memory
+  (`graphopt.partition.shared_tensors`). Every get and put has a timeout; the driver watches the workers between gets, so a
   worker that dies or raises ends the run with a PipelineError naming the stage (within a
   second or so), and a run that makes no progress for `timeout` seconds ends the same way.
 - `ray` (extra `graphopt[ray]`): each stage a Ray actor; see `graphopt.partition.ray_backend`.
@@ -20,6 +21,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from graphopt.errors import GraphoptError, UsageError, first_line
 from graphopt.partition.manifest import load_manifest
+from graphopt.partition.shared_tensors import pack, remove_leftovers, unpack
 
 __all__ = ["run", "PipelineError", "BACKENDS", "stage_session"]
 
@@ -102,15 +105,17 @@ def _run_local(files, inputs, settings, *, queue_size: int, timeout: float) -> I
     context = multiprocessing.get_context("spawn")  # no fork: the parent may hold ORT threads
     links = [context.Queue(maxsize=max(queue_size, 1)) for _ in range(len(files) + 1)]
     stop = context.Event()
+    prefix = f"graphopt_{uuid.uuid4().hex[:8]}_"  # this run's shared-memory blocks
     workers = [
         context.Process(target=_stage_worker, name=f"graphopt-stage-{index}", daemon=True,
-                        args=(index, str(path), settings["threads"], settings["providers"], links[index], links[index + 1], stop))
+                        args=(index, str(path), settings["threads"], settings["providers"], links[index], links[index + 1],
+                              stop, prefix))
         for index, path in enumerate(files)
     ]
     for worker in workers:
         worker.start()
     feeder_errors: list[str] = []
-    feeder = threading.Thread(target=_feed, args=(inputs, links[0], stop, feeder_errors), daemon=True)
+    feeder = threading.Thread(target=_feed, args=(inputs, links[0], stop, feeder_errors, prefix), daemon=True)
     feeder.start()
     try:
         expected, last_progress = 0, time.monotonic()
@@ -132,7 +137,7 @@ def _run_local(files, inputs, settings, *, queue_size: int, timeout: float) -> I
             if item[1] != expected:  # a FIFO chain cannot reorder; if it did, say so rather than mislabel
                 raise PipelineError(f"result {item[1]} arrived where {expected} was due")
             expected, last_progress = expected + 1, time.monotonic()
-            yield item[2]
+            yield unpack(item[2])
     finally:
         stop.set()
         for worker in workers:
@@ -144,6 +149,7 @@ def _run_local(files, inputs, settings, *, queue_size: int, timeout: float) -> I
         for link in links:
             link.cancel_join_thread()
             link.close()
+        remove_leftovers(prefix)
 
 
 def _check_workers(workers, feeder_errors) -> None:
@@ -156,12 +162,13 @@ def _check_workers(workers, feeder_errors) -> None:
             raise PipelineError(f"stage {index} worker {how}", stage=index)
 
 
-def _feed(inputs, link, stop, errors: list[str]) -> None:
+def _feed(inputs, link, stop, errors: list[str], prefix: str) -> None:
     """The driver's feeder thread: every sample into the first queue, then the end marker."""
     count = 0
     try:
         for sample in inputs:
-            if not _put(link, ("data", count, {name: np.asarray(value) for name, value in sample.items()}), stop):
+            arrays = {name: np.asarray(value) for name, value in sample.items()}
+            if not _put(link, ("data", count, pack(arrays, f"{prefix}in_{count}")), stop):
                 return
             count += 1
     except Exception as error:  # the caller's iterable raised: the run must end, not hang
@@ -181,7 +188,7 @@ def _put(link, item, stop) -> bool:
     return False
 
 
-def _stage_worker(index, path, threads, providers, inbox, outbox, stop) -> None:
+def _stage_worker(index, path, threads, providers, inbox, outbox, stop, prefix) -> None:
     """One stage: its own session; takes items from `inbox`, runs them, passes them on."""
     parent = os.getppid()
     try:
@@ -200,9 +207,13 @@ def _stage_worker(index, path, threads, providers, inbox, outbox, stop) -> None:
             _put(outbox, item, stop)
             return
         try:
-            values = session.run(produced, {name: item[2][name] for name in wanted})
+            given = unpack(item[2])
+            missing = [name for name in wanted if name not in given]
+            if missing:
+                raise KeyError(f"no value for input {', '.join(missing)}")
+            values = session.run(produced, {name: given[name] for name in wanted})
         except Exception as error:
             _put(outbox, ("error", index, first_line(error)), stop)
             return
-        if not _put(outbox, ("data", item[1], dict(zip(produced, values))), stop):
+        if not _put(outbox, ("data", item[1], pack(dict(zip(produced, values)), f"{prefix}{index}_{item[1]}")), stop):
             return
