@@ -24,6 +24,7 @@ from graphopt.partition.costs import node_latency, node_macs, tensor_bytes, weig
 from graphopt.partition.cuts import crossing_sets
 from graphopt.partition.manifest import MANIFEST_SCHEMA, check_output_dir, describe_values, stage_file, write_partition
 from graphopt.partition.planner import plan_cuts
+from graphopt.partition.refine import plan_by_measured_stages
 from graphopt.partition.stages import extract_stages, run_chain
 from graphopt.verify import Verifier, generate_feeds, split_samples
 
@@ -61,7 +62,9 @@ def partition(
 ) -> Partition:
     """`model` cut into `stages` pipeline stages; raises VerificationError if the chain differs from the whole.
 
-    `by`: stage cost as measured 1-thread onnxruntime latency ("latency") or MACs ("macs").
+    `by`: stage cost as measured 1-thread onnxruntime latency ("latency": nodes profiled, then
+    the planned stages timed as workers run them and the plan re-made, see
+    `graphopt.partition.refine`) or MACs ("macs").
     `cut_weight`: objective weight per MiB crossing a cut, as a fraction of the whole model's
     cost. `max_stage_bytes`: cap on each stage's weight bytes. `inputs`/`calibration`/
     `input_shapes`/`seed`: the verification inputs, as `graphopt.optimize` takes them (the
@@ -84,12 +87,17 @@ def partition(
     costs = node_latency(source, samples[0]) if by == "latency" else node_macs(source, shapes)
     cut_bytes = [sum(sizes[name] for name in names) for names in cuts.crossing]
     weights = weight_bytes_by_node(source)
-    plan = plan_cuts(costs, cut_bytes, stages, cut_weight=cut_weight, weights=weights, max_stage_bytes=max_stage_bytes)
+    if by == "latency":
+        measured = plan_by_measured_stages(source, cuts, costs, cut_bytes, stages, samples[0], cut_weight=cut_weight,
+                                           weights=weights, max_stage_bytes=max_stage_bytes)
+        plan, stage_models, costs = measured.plan, measured.stages, measured.node_costs
+    else:
+        plan = plan_cuts(costs, cut_bytes, stages, cut_weight=cut_weight, weights=weights, max_stage_bytes=max_stage_bytes)
+        stage_models = extract_stages(source, cuts, plan.bounds)
     logger.info("cuts at %s; stage costs %s; crossing bytes %s", plan.cuts, plan.stage_costs, plan.cut_bytes)
-    stage_models = extract_stages(source, cuts, plan.bounds)
     verification = _verify_chain(source, stage_models, samples, origin)
     manifest = _manifest(source, stage_models, plan, cuts, sizes, weights, by=by, cut_weight=cut_weight,
-                         max_stage_bytes=max_stage_bytes, threads=threads, total_cost=sum(costs))
+                         max_stage_bytes=max_stage_bytes, threads=threads, total_cost=sum(plan.stage_costs))
     manifest["verification"] = verification
     report = {
         "schema": "graphopt.partition-report/1",
@@ -174,7 +182,7 @@ def _manifest(source, stage_models, plan, cuts, sizes, weights, *, by, cut_weigh
         "graphopt_version": __version__,
         "model": {"graph": source.graph.name, "inputs": describe_values(v for v in source.graph.input if v.name in cuts.model_inputs),
                   "outputs": describe_values(source.graph.output)},
-        "plan": {"by": by, "cost_unit": "seconds" if by == "latency" else "macs", "cut_weight": cut_weight,
+        "plan": {"by": by, "cost_unit": "seconds (stage measured at 1 thread, optimizations on)" if by == "latency" else "macs", "cut_weight": cut_weight,
                  "max_stage_bytes": max_stage_bytes, "cuts": list(plan.cuts), "cut_bytes": list(plan.cut_bytes),
                  "bytes_measured_on": "the first verification sample"},
         "balance": {"slowest_stage_cost": max(plan.stage_costs), "ideal_stage_cost": ideal,

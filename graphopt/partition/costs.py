@@ -14,6 +14,7 @@ import math
 import os
 import statistics
 import tempfile
+import time
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ from graphopt.errors import InputError
 from graphopt.model_io import copy_model
 from graphopt.partition.cuts import weights_read
 
-__all__ = ["tensor_bytes", "node_latency", "node_macs", "weight_bytes_by_node"]
+__all__ = ["tensor_bytes", "node_latency", "node_macs", "weight_bytes_by_node", "stage_latencies"]
 
 _PROFILE_RUNS = 5
 _NAME_PREFIX = "graphopt_partition_node_"
@@ -114,3 +115,24 @@ def _nbytes(value) -> int:
     if isinstance(value, (list, tuple)):
         return sum(_nbytes(item) for item in value)
     return 0
+
+
+def stage_latencies(stages: list[onnx.ModelProto], sample: dict[str, np.ndarray], *, runs: int = _PROFILE_RUNS) -> list[float]:
+    """Median seconds of each stage model at 1 thread with graph optimizations on (as a worker runs it),
+    each fed the values the stages before it produce from `sample`."""
+    from graphopt.verify.runner import make_session
+
+    values, seconds = dict(sample), []
+    for stage in stages:
+        session = make_session(stage, optimize=True, threads=1)
+        feeds = {value.name: values[value.name] for value in session.get_inputs()}
+        names = [value.name for value in session.get_outputs()]
+        outputs = session.run(names, feeds)  # warm-up
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(names, feeds)
+            times.append(time.perf_counter() - start)
+        seconds.append(statistics.median(times))
+        values = dict(zip(names, outputs))
+    return seconds

@@ -4,10 +4,11 @@ The objective is `slowest stage / whole cost + cut_weight × crossing MiB` (ever
 crossing bytes summed), subject to an optional cap on the weight bytes each stage holds.
 For a bound T on the slowest stage, `_fewest_bytes` finds the cuts that move the fewest
 bytes with every stage under T, in O(K·n) (a sliding-window minimum: the stages that may end
-at a position start in a window that only moves right). The smallest feasible T is found
-by bisection; the trade-off between balance and bytes is then searched over T from there
-up to where a better balance could no longer pay for its bytes. Each result is exact for its
-own slowest stage: no cut set as balanced moves fewer bytes.
+at a position start in a window that only moves right). Bisection over T then gives, for a
+number of bytes, the best balance that moves no more; walking that trade-off front from the
+fewest bytes towards the best balance visits every cut set that could minimise the objective
+(stopping once the bytes alone outweigh the best found). The result is exact for its own
+slowest stage: no cut set as balanced moves fewer bytes (bisection to 1e-10 of the total cost).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from graphopt.errors import InputError
 __all__ = ["Plan", "plan_cuts", "enumerate_cuts"]
 
 MIB = float(1 << 20)
-_BISECTION_STEPS = 60
-_TRADE_OFF_POINTS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,26 +66,42 @@ def plan_cuts(
     def solve(bound: float):
         return _fewest_bytes(prefix, crossing_bytes, stages, bound, cap_start)
 
-    low, high = max(max(costs, default=0.0), prefix[-1] / stages), prefix[-1]
-    if solve(high) is None:
+    low = max(max(costs, default=0.0), prefix[-1] / stages)
+    loosest = solve(prefix[-1])
+    if loosest is None:
         raise InputError(f"no {stages}-stage cut keeps every stage's weights under {max_stage_bytes} bytes")
-    for _ in range(_BISECTION_STEPS):
-        if high - low <= 1e-9 * total:
+
+    def moved(cuts) -> int:
+        return sum(crossing_bytes[c] for c in cuts)
+
+    def tightest(most_bytes: float, high: float):
+        """The cuts with the smallest slowest stage among those moving at most `most_bytes`."""
+        below = low
+        best_cuts = solve(high)
+        while high - below > 1e-10 * total:
+            middle = (below + high) / 2
+            found = solve(middle)
+            if found is not None and moved(found) <= most_bytes:
+                high, best_cuts = middle, found
+            else:
+                below = middle
+        return best_cuts
+
+    if cut_weight == 0:  # balance alone: the tightest bound, then the fewest bytes under it
+        return _as_plan(tightest(math.inf, prefix[-1]), prefix, crossing_bytes, total, cut_weight, n)
+    # Walk the trade-off front from the fewest bytes towards the best balance: each point is the
+    # tightest balance for its bytes; the next allows more bytes for a strictly better balance.
+    best, bound = None, prefix[-1]
+    while True:
+        found = solve(bound)
+        if found is None:
             break
-        middle = (low + high) / 2
-        if solve(middle) is None:
-            low = middle
-        else:
-            high = middle
-    best = _as_plan(solve(high), prefix, crossing_bytes, total, cut_weight, n)
-    # A looser balance can only pay off while its gain in balance exceeds the bytes it saves.
-    ceiling = best.objective * total
-    if cut_weight > 0 and ceiling > high:
-        for step in range(1, _TRADE_OFF_POINTS + 1):
-            found = solve(high + (ceiling - high) * step / _TRADE_OFF_POINTS)
-            candidate = _as_plan(found, prefix, crossing_bytes, total, cut_weight, n)
-            if candidate.objective < best.objective - 1e-12:
-                best = candidate
+        plan = _as_plan(tightest(moved(found), bound), prefix, crossing_bytes, total, cut_weight, n)
+        if best is None or plan.objective < best.objective:
+            best = plan
+        if cut_weight * sum(plan.cut_bytes) / MIB >= best.objective:
+            break  # every later point moves more bytes than the best objective allows
+        bound = max(plan.stage_costs) * (1 - 1e-9) - 1e-12 * total
     return best
 
 
