@@ -109,7 +109,8 @@ def stage_latencies(path: Path, folder: Path, stages: int, sample: dict, runs: i
 
 def brute_force(result, stages: int) -> dict:
     costs, cut_bytes = result.node_costs, result.cut_bytes
-    chosen = max(result.manifest["stages"], key=lambda s: s["cost"])["cost"]
+    bounds = (0, *result.manifest["plan"]["cuts"], len(costs))
+    chosen = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))  # in the node costs the plan was made from
     same = enumerate_cuts(costs, cut_bytes, stages, max_stage_cost=chosen)
     ideal = sum(costs) / stages
     loose = enumerate_cuts(costs, cut_bytes, stages, max_stage_cost=1.15 * ideal)

@@ -23,6 +23,7 @@ from graphopt.errors import InputError
 __all__ = ["Plan", "plan_cuts", "enumerate_cuts"]
 
 MIB = float(1 << 20)
+_BISECTION_STEPS = 80  # a bound, as floats stop halving: 2^-80 of the range is below any cost that matters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,9 @@ def plan_cuts(
         """The cuts with the smallest slowest stage among those moving at most `most_bytes`."""
         below = low
         best_cuts = solve(high)
-        while high - below > 1e-10 * total:
+        for _ in range(_BISECTION_STEPS):
+            if high - below <= 1e-10 * total:
+                break
             middle = (below + high) / 2
             found = solve(middle)
             if found is not None and moved(found) <= most_bytes:
@@ -91,12 +94,13 @@ def plan_cuts(
         return _as_plan(tightest(math.inf, prefix[-1]), prefix, crossing_bytes, total, cut_weight, n)
     # Walk the trade-off front from the fewest bytes towards the best balance: each point is the
     # tightest balance for its bytes; the next allows more bytes for a strictly better balance.
-    best, bound = None, prefix[-1]
+    best, bound, previous = None, prefix[-1], None
     while True:
         found = solve(bound)
-        if found is None:
-            break
+        if found is None or (previous is not None and moved(found) <= previous):
+            break  # infeasible, or no longer moving along the front (costs below float resolution)
         plan = _as_plan(tightest(moved(found), bound), prefix, crossing_bytes, total, cut_weight, n)
+        previous = sum(plan.cut_bytes)
         if best is None or plan.objective < best.objective:
             best = plan
         if cut_weight * sum(plan.cut_bytes) / MIB >= best.objective:
