@@ -11,10 +11,11 @@ the default cut weight, K = 2 and 3 stages, every stage at 1 thread.
 
 Per model and K:
 - throughput (samples/s) of the pipelined runner, `local` (one process per stage) and `ray`
-  (one actor per stage, `ray.init(num_cpus=3)` on this machine), over `--samples` inputs after
-  3 warm-up results (worker start-up excluded), against one whole-model onnxruntime session at
-  1 thread (ORT_ENABLE_ALL, as the stages run) over the same inputs; `--rounds` rounds,
-  interleaved (whole, then each pipeline), medians reported;
+  (one actor per stage, `ray.init(num_cpus=3)` on this machine, started only for the Ray
+  rounds), over `--samples` inputs after 3 warm-up results (worker start-up excluded),
+  against one whole-model onnxruntime session at 1 thread (ORT_ENABLE_ALL, as the stages run)
+  over the same inputs; `--rounds` rounds per backend, whole and pipelines alternating,
+  medians reported;
 - balance: the slowest stage against the ideal (whole latency / K), as planned (profiled
   costs) and as measured (each stage model timed at 1 thread, interleaved with the whole);
 - crossing bytes of the chosen cuts against brute force over every cut set: the fewest bytes
@@ -148,10 +149,6 @@ def main() -> None:
     args = parser.parse_args()
     stage_counts = [int(k) for k in args.stages.split(",")]
     backends = ["local"] + ([] if args.no_ray else ["ray"])
-    if "ray" in backends:
-        import ray
-
-        ray.init(num_cpus=max(stage_counts), include_dashboard=False, log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory(prefix="graphopt-partition-bench-") as scratch:
         scratch = Path(scratch)
@@ -166,12 +163,20 @@ def main() -> None:
                 result = partition_to_dir(case["path"], folder, stages=stages, inputs=verification)
                 partitions[stages] = (folder, result, time.perf_counter() - start)
             throughput: dict[str, list[float]] = {"whole": []}
-            for round_index in range(args.rounds):
-                throughput["whole"].append(whole_throughput(case["path"], samples))
-                for stages in stage_counts:
-                    for backend in backends:
+            # One backend at a time: a running Ray cluster's own processes would slow the local
+            # pipeline. Within a backend, the whole model and each K alternate round by round.
+            for backend in backends:
+                if backend == "ray":
+                    import ray
+
+                    ray.init(num_cpus=max(stage_counts), include_dashboard=False, log_to_driver=False)
+                for round_index in range(args.rounds):
+                    throughput["whole"].append(whole_throughput(case["path"], samples))
+                    for stages in stage_counts:
                         throughput.setdefault(f"{backend} K={stages}", []).append(
                             pipelined_throughput(partitions[stages][0], samples, backend))
+                if backend == "ray":
+                    ray.shutdown()
             whole = statistics.median(throughput["whole"])
             for stages in stage_counts:
                 folder, result, seconds = partitions[stages]
@@ -194,8 +199,6 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             if case is not None and "killed" not in locals():
                 killed = killed_worker_seconds(partitions[stage_counts[0]][0], samples[0])
-    if "ray" in backends:
-        ray.shutdown()
     document = {"rows": rows, "killed_worker": locals().get("killed"), "load_average": os.getloadavg(),
                 "command": "python benchmarks/partition.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)

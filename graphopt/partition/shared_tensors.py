@@ -7,7 +7,8 @@ block per item, written once by the producer and copied out (then unlinked) by t
 Small items, and dtypes that are not plain numbers, still travel inline.
 
 Block names are `<prefix><stage>_<sample>`: the driver removes whatever is left under its
-prefix when a run ends early, so an aborted run leaks nothing. The producer's resource tracker is
+prefix when a run ends early, so an aborted run leaks nothing. Blocks live in /dev/shm
+(Linux's POSIX shared memory), where the consumer removes each one it has read. The producer's resource tracker is
 told to forget a block (it belongs to the consumer, which unlinks it), so the producer's exit
 does not remove a block still in flight.
 """
@@ -47,7 +48,8 @@ def unpack(descriptor: tuple) -> dict[str, np.ndarray]:
     if descriptor[0] == "inline":
         return descriptor[1]
     _, name, layout = descriptor
-    block = shared_memory.SharedMemory(name=name)  # registered with our tracker; unlink() unregisters
+    block = shared_memory.SharedMemory(name=name)
+    _forget(block)  # a consumer killed before it unlinks leaves it to the driver's clean-up, not a tracker warning
     try:
         return {
             key: np.frombuffer(block.buf, dtype=np.dtype(dtype), count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape).copy()
@@ -55,7 +57,14 @@ def unpack(descriptor: tuple) -> dict[str, np.ndarray]:
         }
     finally:
         block.close()
-        block.unlink()
+        _remove(name)
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:
+        pass
 
 
 def remove_leftovers(prefix: str) -> None:
