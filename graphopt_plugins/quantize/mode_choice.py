@@ -30,22 +30,24 @@ def targets_for(graph: gs.Graph, options, mode: str) -> tuple[list[Target], list
     return targets, skipped
 
 
-def candidate_modes(graph: gs.Graph, options) -> list[str]:
+def candidate_modes(graph: gs.Graph, options, measures: bool = True) -> list[str]:
     """The modes `auto` tries: static always, dynamic when some MatMul/Gemm qualifies.
 
-    With `latency=off` (a result that depends on the data only) nothing is timed: dynamic for a
-    model without convolutions (a transformer), else static.
+    With `latency=off` (a result that depends on the data only), or a latency backend that times
+    nothing (`--latency-on none`), nothing is timed: dynamic for a model without convolutions (a
+    transformer), else static.
     """
     dynamic = bool(targets_for(graph, options, "dynamic")[0])
-    if options.latency == "off":
+    if options.latency == "off" or not measures:
         convolutions = any(t.op in ("Conv", "ConvTranspose") for t in targets_for(graph, options, "static")[0])
         return ["dynamic"] if dynamic and not convolutions else ["static"]
     return ["static", "dynamic"] if dynamic else ["static"]
 
 
-def fastest(float_model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto], feed: dict) -> tuple[str, dict[str, dict]]:
-    """(the mode whose model ran fastest, per mode its time and float's, timed together)."""
-    times = time_models({"float": float_model, **candidates}, feed)
+def fastest(float_model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto], feed: dict, latency=None
+            ) -> tuple[str, dict[str, dict]]:
+    """(the mode whose model ran fastest, per mode its time and float's, timed together on `latency`)."""
+    times = time_models({"float": float_model, **candidates}, feed, latency)
     rows = {mode: {"ms": round(times[mode], 3), "float_ms": round(times["float"], 3),
                    "ratio": round(times[mode] / times["float"], 3)} for mode in candidates}
     return min(candidates, key=lambda mode: times[mode]), rows

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 import graphopt
 from graphopt import ir
+from graphopt import latency as graphopt_latency
 from graphopt.errors import PreconditionError, UsageError
 from graphopt.model_io import infer_model_shapes
 from graphopt.verify.feeds import generate_feeds
@@ -38,8 +39,9 @@ class Quantize(graphopt.Pass):
     kernel multiplies are held to [-63, 63] (`reduce_range`). In every mode, embedding
     tables (Gather from a 2-D float constant) become int8 per row; only the gathered rows are scaled.
     Keeps a layer float when the user excludes it, when it is too harmful for the budget (most
-    harmful first, by measured sensitivity), or when int8 is slower there on this machine
-    (`latency=auto`); if the whole result is still slower than float, nothing is changed.
+    harmful first, by measured sensitivity), or when int8 is slower there on the latency backend
+    (`latency=auto`; `--latency-on`, default host-ort: this machine); if the whole result is
+    still slower than float, nothing is changed. With `--latency-on none` nothing is timed.
     Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
     that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
     Refuses (PreconditionError) opset < 13, and int4 below opset 21. Lossy: held to `budget`.
@@ -64,7 +66,7 @@ class Quantize(graphopt.Pass):
         budget: str | None = None  # accuracy budget (cos:0.99, sqnr:30); else --budget, else cos=0.99
         embeddings: bool = True  # also store Gather tables (embeddings) as int8 per row, when any layer is quantized
         auto: bool = True  # keep the most harmful layers float until the budget holds
-        latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower, measured here
+        latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower on the --latency-on backend (none: never)
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
         bias_correction: bool = False  # static: move each layer's mean output error per channel into its bias
         smooth: float = 0.5  # SmoothQuant alpha for MatMuls fed by LayerNorm (outlier channels into the weights); 0 = off
@@ -106,7 +108,8 @@ class Quantize(graphopt.Pass):
         if options.mode == "weight-only" and options.weight_bits == 4 and ctx.opset < 21:
             raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset} "
                                     "(convert it first: --passes opset,... --set opset.target=21)")
-        modes = candidate_modes(graph, options) if options.mode == "auto" else [options.mode]
+        latency = graphopt_latency.of(ctx)
+        modes = candidate_modes(graph, options, latency.measures) if options.mode == "auto" else [options.mode]
         found = {mode: targets_for(graph, options, mode) for mode in modes}
         found = {mode: pair for mode, pair in found.items() if pair[0]}
         if not found:
@@ -118,7 +121,7 @@ class Quantize(graphopt.Pass):
         plans = {}
         for mode, (targets, skipped) in found.items():
             planner = Planner(model, targets, dataclasses.replace(options, mode=mode), calibration, evaluation, budget, ctx.seed,
-                              track=lambda items, desc, total: ctx.track(items, desc=desc, total=total))
+                              track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency)
             chosen, stats = planner.plan()
             stats.update(data=origin, skipped=skipped, mode=mode)
             plans[mode] = (planner, chosen, stats)
@@ -126,7 +129,7 @@ class Quantize(graphopt.Pass):
         useful = {m: p for m, p in plans.items() if p[1]}
         if len(useful) > 1:
             feed = {name: value[0] for name, value in evaluation.items() if name in {i.name for i in model.graph.input}}
-            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()}, feed)
+            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()}, feed, latency)
         elif useful:
             mode = next(iter(useful))
         planner, chosen, stats = plans[mode]

@@ -1,24 +1,22 @@
-"""How the pass times whole models: the one place that names the latency backend.
+"""How the pass times whole models: on the run's latency backend (`graphopt.latency`).
 
-Today `graphopt.bench.compare_latency` (onnxruntime CPU, 1 thread, interleaved); when a
-pluggable latency backend is available to passes, only `time_models` changes.
+`time_models` is the one place `mode=auto` times through; without a backend it uses onnxruntime
+on this host (`graphopt.latency.backend("host-ort")`).
 """
 
 from __future__ import annotations
 
 import onnx
 
-from graphopt.bench import compare_latency
+from graphopt import latency as graphopt_latency
 
 __all__ = ["time_models"]
 
-_SECONDS = 1.5  # per model, at most, spent in the timed runs
+_SECONDS = 3.0  # spent in the timed runs of all models together, roughly
 
 
-def time_models(models: dict[str, onnx.ModelProto], feed: dict) -> dict[str, float]:
+def time_models(models: dict[str, onnx.ModelProto], feed: dict, latency=None) -> dict[str, float]:
     """Median milliseconds of one run of each model on `feed` (one sample), timed interleaved."""
-    first = next(iter(models.values()))
-    once = compare_latency({"probe": first}, feed, runs=1, warmup=1)["probe"]["median_ms"]
-    runs = int(min(max(_SECONDS * 1e3 / max(once, 1e-3), 5), 60))
-    timings = compare_latency(models, feed, runs=runs, warmup=2)
+    timer = latency if latency is not None else graphopt_latency.backend("host-ort")
+    timings = timer.compare(models, feed, seconds=_SECONDS, rounds=5, purpose="quantize: mode")
     return {label: timing["median_ms"] for label, timing in timings.items()}
