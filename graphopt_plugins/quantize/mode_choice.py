@@ -19,6 +19,8 @@ from graphopt_plugins.quantize.timing import time_models
 
 __all__ = ["targets_for", "candidate_modes", "fastest", "trial_row"]
 
+_DYNAMIC_SHARE = 0.5  # dynamic is planned when its MatMuls/Gemms hold at least this share of the MACs
+
 
 def targets_for(graph: gs.Graph, options, mode: str) -> tuple[list[Target], list[dict]]:
     """The layers `mode` can quantize, and the skipped ones with a reason."""
@@ -37,11 +39,16 @@ def candidate_modes(graph: gs.Graph, options, measures: bool = True) -> list[str
     nothing (`--latency-on none`), nothing is timed: dynamic for a model without convolutions (a
     transformer), else static.
     """
-    dynamic = bool(targets_for(graph, options, "dynamic")[0])
+    dynamic_targets = targets_for(graph, options, "dynamic")[0]
+    static_targets = targets_for(graph, options, "static")[0]
+    convolutions = any(t.op in ("Conv", "ConvTranspose") for t in static_targets)
     if options.latency == "off" or not measures:
-        convolutions = any(t.op in ("Conv", "ConvTranspose") for t in targets_for(graph, options, "static")[0])
-        return ["dynamic"] if dynamic and not convolutions else ["static"]
-    return ["static", "dynamic"] if dynamic else ["static"]
+        return ["dynamic"] if dynamic_targets and not convolutions else ["static"]
+    # Dynamic leaves convolutions float: where they hold most of the work it cannot win, so it is
+    # not worth planning (a CNN's classifier Gemm). Unknown sizes (0 MACs) do not rule it out.
+    total = sum(t.macs for t in static_targets)
+    share = sum(t.macs for t in dynamic_targets) / total if total else 1.0
+    return ["static", "dynamic"] if dynamic_targets and share >= _DYNAMIC_SHARE else ["static"]
 
 
 def fastest(float_model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto], feed: dict, latency=None
