@@ -35,6 +35,7 @@ from graphopt.model_io import (
     wire_bytes,
 )
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
+from graphopt.proto_walk import iter_graph_protos
 from graphopt.registry import load_registry
 from graphopt.summary import summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
@@ -161,7 +162,8 @@ def _optimized(
                                    size_of=final, value_info=prepared.keeps_value_info or not changed)
         if changed and not prepared.keeps_value_info:
             # The shapes graphopt inferred for its own use are not the user's; don't ship them.
-            del final.graph.value_info[:]
+            for graph in iter_graph_protos(final.graph):  # bodies' too: they were not the user's either
+                del graph.value_info[:]
         report = {
             "schema": REPORT_SCHEMA,
             "graphopt_version": __version__,
