@@ -13,11 +13,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt_plugins.fuse._pattern import FLOATS
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = [
     "LINEAR_OPS",
-    "sole_reader",
     "constant_operand",
     "channel_vector",
     "output_channels",
@@ -29,15 +29,6 @@ __all__ = [
 ]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_FLOATS = (np.float16, np.float32, np.float64)
-
-
-def sole_reader(tensor: gs.Tensor, ctx: FuseContext) -> gs.Node | None:
-    """The one node reading `tensor`, if exactly one does and it is not a graph output."""
-    readers = ir.consumers(tensor)
-    if len(readers) != 1 or ctx.is_graph_output(tensor):
-        return None
-    return readers[0]
 
 
 def constant_operand(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, int] | None:
@@ -54,7 +45,7 @@ def constant_operand(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, int] | None:
 def channel_vector(value: np.ndarray, rank: int | None, axis: int, channels: int) -> np.ndarray | None:
     """`value` as a length-`channels` vector, if broadcasting it against a rank-`rank` tensor
     varies only along `axis` and neither grows the tensor's rank nor its shape."""
-    if rank is None or value.ndim > rank or value.dtype.type not in _FLOATS:
+    if rank is None or value.ndim > rank or value.dtype.type not in FLOATS:
         return None
     shape = (1,) * (rank - value.ndim) + tuple(value.shape)
     if any(size != 1 for index, size in enumerate(shape) if index != axis % rank):
@@ -88,7 +79,7 @@ def _weight(node: gs.Node) -> np.ndarray | None:
     if node.op not in LINEAR_OPS or len(node.inputs) < 2 or len(node.outputs) != 1:
         return None
     weight = _known_value(node.inputs[1])
-    if weight is None or weight.dtype.type not in _FLOATS:
+    if weight is None or weight.dtype.type not in FLOATS:
         return None
     if node.op == "MatMul" and weight.ndim != 2:
         return None

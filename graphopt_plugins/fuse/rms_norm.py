@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, is_close, scalar, sole_reader, trailing_axes
-from graphopt_plugins.fuse.layer_norm import affine_tail, norm_input, variance_of
+from graphopt_plugins.fuse._norm import affine_tail, norm_input, variance_of
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_rms_norm"]

@@ -6,8 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import LINEAR_OPS, bypass, constant_operand, fold_after, output_channels, sole_reader
-from graphopt_plugins.fuse._pattern import FLOATS
+from graphopt_plugins.fuse._affine import LINEAR_OPS, bypass, constant_operand, fold_after, output_channels
+from graphopt_plugins.fuse._pattern import FLOATS, sole_reader
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, FuseContext
 
 __all__ = ["fold_scalars_upstream"]
