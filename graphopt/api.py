@@ -34,6 +34,7 @@ from graphopt.model_io import (
     uses_external_data,
     wire_bytes,
 )
+from graphopt.opset_requirements import pass_warnings
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.proto_walk import iter_graph_protos
 from graphopt.registry import load_registry
@@ -177,7 +178,7 @@ def _optimized(
                 "budget": global_budget.describe() if global_budget else None,
                 "end_to_end": outcome.end_to_end,
             },
-            "warnings": list(loaded.warnings),
+            "warnings": list(loaded.warnings) + pass_warnings(outcome.passes),
         }
         yield final, report
 

@@ -94,6 +94,9 @@ class Pass:
     # Ordering, declared: this pass must run after / before these passes when both are asked for.
     after: ClassVar[tuple[str, ...]] = ()
     before: ClassVar[tuple[str, ...]] = ()
+    # The default-domain opset this pass needs (0: any). The pipeline converts an older model
+    # first with the `opset` pass (reported), or stops with exit 2 when it cannot.
+    requires_opset: ClassVar[int] = 0
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any | None = None):
@@ -108,6 +111,10 @@ class Pass:
     def budget(self) -> str | None:
         """A lossy pass's own accuracy budget (`"cos=0.99"`, `"sqnr=30"`), from its `budget` option."""
         return getattr(self.options, "budget", None) or None
+
+    def required_opset(self) -> int:
+        """The opset this configured pass needs: `requires_opset`, unless its options ask for more."""
+        return self.requires_opset
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError(f"pass '{self.name}' does not implement run()")

@@ -23,6 +23,7 @@ from graphopt.errors import GraphoptError, InputError, PassError, PluginError, P
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
 from graphopt.model_io import external_data_dir, inferred_and_checked, save_model
+from graphopt.opset_requirements import conversion_note, refused_conversion, with_opset_conversions
 from graphopt.options import build_options
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import PassRegistry, Plugins
@@ -141,6 +142,7 @@ def run_pipeline(
         if not settings.dump_dir.is_dir():
             raise UsageError("--dump-dir folder does not exist", path=str(settings.dump_dir))
         instruments.append(_ModelDumper(settings.dump_dir))
+    passes = with_opset_conversions(passes, plugins.registry, model)
     for instrument in instruments:
         plugins.manager.register(instrument)
     try:
@@ -171,13 +173,15 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
         if model_size is None:
             model_size = model_bytes(model, value_info=settings.keeps_value_info)
-        entry = _entry(pass_, plugins.registry, model, model_size)
+        entry = _entry(pass_, plugins.registry, model, model_size) | conversion_note(pass_)
         before = model
         result, candidate, graph, candidate_size = None, model, live_graph, None
         live_graph = None  # the pass may leave it half-rewritten, whatever happens next
         try:
             result, candidate, graph, candidate_size = _apply(pass_, model, graph, settings, calibration, sample_inputs)
         except PreconditionError as error:
+            if (refused := refused_conversion(pass_, error)) is not None:
+                raise refused from error
             entry.update(status="skipped", error=str(error))
             logger.warning("pass '%s' skipped: %s", pass_.name, error)
         except GraphoptError as error:

@@ -71,6 +71,7 @@ def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
         if ctx.opset >= 14:
             emit(ctx, "HardSwish", [x], output)
         else:
+            ctx.leave_unfused(RULE, node, "HardSwish(es) written as x*HardSigmoid(x)", "HardSwish", 14)
             gate = ctx.variable("hard_sigmoid", dtype=x.dtype, shape=x.shape)
             graph.nodes.append(gs.Node("HardSigmoid", ctx.fresh_name("HardSigmoid"), {"alpha": 1.0 / 6.0, "beta": 0.5},
                                        inputs=[x], outputs=[gate]))

@@ -28,7 +28,8 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
 
     The division may also be written `(x - mean(x)) * Reciprocal(sqrt(…))`.
 
-    Opset ≥ 17 (the rule is gated in the catalogue). Both means must reduce the same trailing
+    Opset ≥ 17; below it the site is left as written (onnxruntime fuses that form when it loads
+    the model, and `runtime_forms` keeps the folds off its γ/β) and counted in the pass's warnings. Both means must reduce the same trailing
     axes with keepdims (axes an attribute before opset 18, an input from 18 on); the square is
     `Pow(d, 2)` or `d*d`; `eps` a scalar constant; γ and β constants that broadcast to the
     normalised shape only (a γ varying along a leading axis would not fit Scale). Without γ the
@@ -51,6 +52,10 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
         tail = affine_tail(div.outputs[0], axes_count, x, ctx)
         if isinstance(tail, str):
             ctx.near_miss(RULE, div, tail)
+            continue
+        if ctx.opset < 17:
+            ctx.leave_unfused(RULE, div, "LayerNorm(s) left written out for onnxruntime to fuse at load",
+                              "LayerNormalization", 17)
             continue
         output, gamma, beta, tail_nodes = tail
         inputs = [x, norm_input(ctx, "ln_scale", gamma, tail_nodes)]

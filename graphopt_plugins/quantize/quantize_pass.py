@@ -41,12 +41,13 @@ class Quantize(graphopt.Pass):
     (`latency=auto`); if the whole result is still slower than float, nothing is changed.
     Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
     that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
-    Refuses (PreconditionError) opset < 13, and int4 below opset 21. Lossy: held to `budget`.
+    Needs opset 13 (int4 blocks: 21): the pipeline converts an older model first. Lossy: held to `budget`.
     """
 
     name = "quantize"
     lossless = False
     after = ("cleanup", "fuse", "factorize", "prune")
+    requires_opset = 13  # per-channel DequantizeLinear
 
     @dataclasses.dataclass
     class Options:
@@ -88,17 +89,18 @@ class Quantize(graphopt.Pass):
                 raise ValueError(str(error)) from error
             assert self.calibrate in METHODS
 
+    def required_opset(self) -> int:
+        int4_blocks = self.options.mode == "weight-only" and self.options.weight_bits == 4
+        return 21 if int4_blocks else self.requires_opset
+
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
         if is_quantized(graph):
             ctx.logger.info("quantize: the graph is already quantized; left alone")
             return graphopt.PassResult(changed=False, stats={"already_quantized": True})
-        if ctx.opset and ctx.opset < 13:
-            raise PreconditionError(f"pass 'quantize' needs opset >= 13 (per-channel DequantizeLinear); the model has {ctx.opset} "
-                                    "(convert it first: --passes opset,...)")
-        if options.mode == "weight-only" and options.weight_bits == 4 and ctx.opset < 21:
-            raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset} "
-                                    "(convert it first: --passes opset,... --set opset.target=21)")
+        if ctx.opset and ctx.opset < self.required_opset():  # the pipeline converts first; a direct caller may not
+            raise PreconditionError(f"pass 'quantize' needs opset >= {self.required_opset()} (per-channel DequantizeLinear; "
+                                    f"int4 blocks: 21); the model has {ctx.opset} (convert it first: --passes opset,...)")
         op_types = [op for op in options.op_types if options.mode != "dynamic" or op in ("MatMul", "Gemm")]
         targets, skipped = find_targets(graph, op_types, options.include, options.exclude)
         if options.mode == "dynamic":  # MatMulInteger's per-column zero point needs a 2-D weight
