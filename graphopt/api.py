@@ -20,6 +20,7 @@ from onnx import external_data_helper
 from graphopt import __version__
 from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.external_data import spill_folder
+from graphopt.given_annotations import keep_given_value_info
 from graphopt.model_io import (
     PROTOBUF_LIMIT,
     check_model,
@@ -34,11 +35,11 @@ from graphopt.model_io import (
     uses_external_data,
     wire_bytes,
 )
+from graphopt.latency.never_slower import host_compare
 from graphopt.opset_requirements import pass_warnings
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
-from graphopt.proto_walk import iter_graph_protos
 from graphopt.registry import load_registry
-from graphopt.summary import summarize
+from graphopt.summary import model_bytes, summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
 from graphopt.verify.feeds import check_feeds
 
@@ -70,6 +71,7 @@ def optimize(
     dump_dir: str | os.PathLike | None = None,
     set_options: Mapping[str, Mapping[str, str]] | None = None,
     progress: bool = False,
+    never_slower: bool = True,
 ) -> Result:
     """Runs `passes` over `model` and verifies the result in onnxruntime.
 
@@ -77,11 +79,12 @@ def optimize(
     `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
     `plugins`: extra plugin objects (modules or instances with hook implementations), used
     besides those of the `graphopt` entry-point group. `set_options` takes option values as
-    text, as `--set` does. Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
+    text, as `--set` does. `never_slower`: time the result against the input (1 onnxruntime
+    thread) and roll back the stages that made it slower (the report's `never_slower`). Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress) as (final, report):
+                    set_options=set_options, progress=progress, never_slower=never_slower) as (final, report):
         # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
         # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
@@ -124,7 +127,7 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 @contextlib.contextmanager
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
-    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False,
+    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, never_slower=True,
 ) -> Iterator[tuple[onnx.ModelProto, dict]]:
     """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
     if verify not in _VERIFY_MODES:
@@ -147,7 +150,8 @@ def _optimized(
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
-                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info)
+                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info,
+                                latency_compare=host_compare if never_slower else None)
     with spill_folder(source) as running:
         try:
             outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds,
@@ -161,10 +165,9 @@ def _optimized(
         # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
         output_summary = summarize(outcome.model, size=outcome.size if changed else prepared.given_size,
                                    size_of=final, value_info=prepared.keeps_value_info or not changed)
-        if changed and not prepared.keeps_value_info:
-            # The shapes graphopt inferred for its own use are not the user's; don't ship them.
-            for graph in iter_graph_protos(final.graph):  # bodies' too: they were not the user's either
-                del graph.value_info[:]
+        # The shapes graphopt inferred for its own use are not the user's; don't ship them.
+        if changed and keep_given_value_info(final, pristine) and prepared.keeps_value_info:
+            output_summary["bytes"] = model_bytes(final)
         report = {
             "schema": REPORT_SCHEMA,
             "graphopt_version": __version__,
@@ -178,6 +181,7 @@ def _optimized(
                 "budget": global_budget.describe() if global_budget else None,
                 "end_to_end": outcome.end_to_end,
             },
+            "never_slower": outcome.never_slower,
             "warnings": list(loaded.warnings) + pass_warnings(outcome.passes),
         }
         yield final, report

@@ -22,6 +22,7 @@ from graphopt import ir
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
+from graphopt.latency.never_slower import Stage, check_pipeline_result, host_compare
 from graphopt.model_io import external_data_dir, inferred_and_checked, save_model
 from graphopt.opset_requirements import conversion_note, refused_conversion, with_opset_conversions
 from graphopt.options import build_options
@@ -84,6 +85,8 @@ class PipelineSettings:
     dump_dir: Path | None = None
     inputs_origin: str = "generated"  # file | calibration | generated: named when the input model cannot run
     keeps_value_info: bool = True  # whether the output will keep the main graph's value_info (sizes count it)
+    # The never-slower check's timing (`latency.never_slower`): `compare(models, feeds)`; None turns it off.
+    latency_compare: Any = host_compare
 
 
 @dataclasses.dataclass
@@ -92,6 +95,7 @@ class PipelineOutcome:
     passes: list[dict]
     end_to_end: dict | None
     size: int | None = None  # `model`'s stored size (`PipelineSettings.keeps_value_info`), when a pass ran
+    never_slower: dict | None = None  # the never-slower check: timings, stages rolled back
 
 
 class _PassTimer:
@@ -166,7 +170,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
     stage_outputs = reference_outputs
     sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
-    reports, lossy_ran = [], False
+    reports, lossy_ran, stages = [], False, []
     live_graph = None  # the IR of `model` the last pass left, when it is still that
     # model_size is model_bytes(model), measured once per model (sizing serialises it all) unless given
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
@@ -236,18 +240,26 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         entry["bytes_after"] = model_size
         logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
         reports.append(entry)
+        if entry["status"] == "accepted":
+            stages.append(Stage(pass_.name, model, lossless=pass_.lossless, size=model_size, entry=entry))
+
+    feeds = verifier.samples[0] if verifier is not None and verifier.samples else None
+    kept, model_size, never_slower = check_pipeline_result(original, reports[0]["bytes_before"] if reports else None,
+                                                           stages, settings.latency_compare, feeds)
+    if kept is not model:
+        model, stage_outputs = kept, None  # outputs of the kept model are computed below
 
     end_to_end = None
     if reference_outputs is not None:
         budget = (settings.budget or DEFAULT_LOSSY_BUDGET) if lossy_ran else None
-        final_outputs = stage_outputs if verify_each else _outputs_or_fail(verifier, model, "the optimized model")
+        final_outputs = stage_outputs if verify_each and stage_outputs is not None else _outputs_or_fail(verifier, model, "the optimized model")
         verdict = verifier.judge(reference_outputs, final_outputs, budget=budget)
         if not verdict.ok:
             verdict.first_divergence = verifier.localize(original, model, budget=budget)
             end_to_end = verdict.to_dict()
             raise VerificationError(f"end-to-end verification failed: {verdict.summary()}", report={"passes": reports, "verification": end_to_end})
         end_to_end = verdict.to_dict()
-    return PipelineOutcome(model, reports, end_to_end, model_size)
+    return PipelineOutcome(model, reports, end_to_end, model_size, never_slower)
 
 
 def _call_hook(plugins: Plugins, name: str, **kwargs) -> None:

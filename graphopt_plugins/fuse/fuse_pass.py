@@ -67,8 +67,8 @@ class Fuse(graphopt.Pass):
         ctx.logger.info("fuse: %s", stats)
         changed = bool(stats)
         if left_unfused:
-            stats["warnings"] = [f"{count} {what}: {op} needs opset {needs}, the model has {ctx.opset} "
-                                 f"(add `opset` to --passes, with --set opset.target={needs} above 17)"
+            stats["warnings"] = [f"{count} {what}: {op} needs opset {needs}, the model has {ctx.opset} (add `opset` "
+                                 f"to --passes{f', --set opset.target={needs}' if needs > 17 else ''})"
                                  for (what, op, needs), count in sorted(left_unfused.items())]
             for warning in stats["warnings"]:
                 ctx.logger.warning("fuse: %s", warning)
