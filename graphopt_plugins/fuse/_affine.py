@@ -9,6 +9,8 @@ always as new constants: a weight shared with another node is never changed in p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -19,7 +21,9 @@ from graphopt_plugins.fuse.rule import FuseContext
 __all__ = [
     "LINEAR_OPS",
     "constant_operand",
+    "constant_operand_sites",
     "channel_vector",
+    "channel_operand",
     "output_channels",
     "input_channels",
     "fold_after",
@@ -29,6 +33,14 @@ __all__ = [
 ]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def constant_operand_sites(graph: gs.Graph, ops: tuple[str, ...]) -> Iterator[tuple[gs.Node, gs.Tensor, np.ndarray, int]]:
+    """(node, its variable operand, the constant's value, the constant's input index) for each
+    node of the level whose op is in `ops` and that has exactly one constant operand."""
+    for node in list(graph.nodes):
+        if node.op in ops and (operands := constant_operand(node)) is not None:
+            yield (node, *operands)
 
 
 def constant_operand(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, int] | None:
@@ -53,6 +65,16 @@ def channel_vector(value: np.ndarray, rank: int | None, axis: int, channels: int
     if shape[axis % rank] not in (1, channels):
         return None
     return np.broadcast_to(value.reshape(-1).astype(np.float64), (channels,)) if value.size else None
+
+
+def channel_operand(op: str, value: np.ndarray, channels: tuple[int, int, int], side: str) -> np.ndarray | str:
+    """The constant of a Mul/Div/Add/Sub as a per-channel vector along `channels` (rank, axis,
+    count of a linear node's `side` channels: "input"/"output"), or why it is not one."""
+    rank, axis, count = channels
+    vector = channel_vector(value, rank, axis, count)
+    if vector is None or (op == "Div" and not np.all(vector)):
+        return f"the constant is not a non-zero per-{side}-channel float"
+    return vector
 
 
 def _known_value(tensor: gs.Tensor) -> np.ndarray | None:

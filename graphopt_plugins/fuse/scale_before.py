@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels
+from graphopt_plugins.fuse._affine import channel_operand, channel_vector, constant_operand, constant_operand_sites, fold_before, input_channels
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 from graphopt_plugins.fuse.runtime_forms import fused_form_ending_at
@@ -38,13 +38,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
     """
     rewritten = 0
     local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
-    for node in list(graph.nodes):
-        if node.op not in _OPS:
-            continue
-        operands = constant_operand(node)
-        if operands is None:
-            continue
-        x, value, index = operands
+    for node, x, value, index in constant_operand_sites(graph, _OPS):
         linear = sole_reader(node.outputs[0], ctx)
         if linear is None or id(linear) not in local or not linear.inputs or linear.inputs[0] is not node.outputs[0]:
             continue
@@ -58,10 +52,9 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
         if form is not None:
             ctx.near_miss(RULE, node, f"it ends {form}, fused as a whole")
             continue
-        rank, axis, count = channels
-        vector = channel_vector(value, rank, axis, count)
-        if vector is None or (node.op == "Div" and not np.all(vector)):
-            ctx.near_miss(RULE, node, "the constant is not a non-zero per-input-channel float")
+        vector = channel_operand(node.op, value, channels, "input")
+        if isinstance(vector, str):
+            ctx.near_miss(RULE, node, vector)
             continue
         scale = {"Mul": vector, "Div": 1.0 / vector}.get(node.op)
         shift = {"Add": vector, "Sub": -vector}.get(node.op)
