@@ -46,14 +46,25 @@ class Const:
 
 @dataclasses.dataclass(frozen=True, init=False)
 class Op:
+    """A node of `op` whose inputs match `inputs`. `name` binds its output tensor (a `Var` of that
+    name then means this tensor); `readers` is how many nodes of the pattern read it; `partial`
+    lets the node have more inputs than the pattern names (ReduceMean's axes input from 18)."""
+
     op: str
     inputs: tuple
     attrs: tuple  # ((name, value), ...): attributes the node must have, floats compared closely
+    name: str | None
+    readers: int
+    partial: bool
 
-    def __init__(self, op: str, *inputs: "Pattern", attrs: dict | None = None):
+    def __init__(self, op: str, *inputs: "Pattern", attrs: dict | None = None, name: str | None = None,
+                 readers: int = 1, partial: bool = False):
         object.__setattr__(self, "op", op)
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "attrs", tuple(sorted((attrs or {}).items())))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "readers", readers)
+        object.__setattr__(self, "partial", partial)
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -121,13 +132,15 @@ def _match(pattern: Pattern, tensor: gs.Tensor, sofar: Match, ctx: FuseContext, 
     node = ir.producer(tensor)
     if node is None or node.op != pattern.op:
         return Fail(f"'{tensor.name}' is not computed by {pattern.op}")
-    if owned_inside and not top and not owned(tensor, ctx):
+    if owned_inside and not top and not owned(tensor, ctx, readers=pattern.readers):
         return Fail(f"'{tensor.name}' has readers outside the pattern")
+    if pattern.name and pattern.name in sofar.bindings and sofar.bindings[pattern.name] is not tensor:
+        return Fail(f"'{tensor.name}' is not the same {pattern.name} as '{sofar.bindings[pattern.name].name}'")
     for name, expected in pattern.attrs:
         actual = node.attrs.get(name)
         if actual is None or (actual != expected and not (isinstance(expected, float) and is_close(float(actual), expected))):
             return Fail(f"{node.op} '{node.name}' has {name}={actual}, not {expected}")
-    if len(node.inputs) != len(pattern.inputs):
+    if len(node.inputs) != len(pattern.inputs) and not (pattern.partial and len(node.inputs) > len(pattern.inputs)):
         return Fail(f"{node.op} '{node.name}' has {len(node.inputs)} inputs, not {len(pattern.inputs)}")
     orders = [node.inputs]
     if pattern.op in COMMUTATIVE and len(node.inputs) == 2:
@@ -140,6 +153,7 @@ def _match(pattern: Pattern, tensor: gs.Tensor, sofar: Match, ctx: FuseContext, 
             if not found:
                 break
         if found:
-            return Match(found.bindings, found.nodes + [node])
+            bindings = {**found.bindings, pattern.name: tensor} if pattern.name else found.bindings
+            return Match(bindings, found.nodes + [node])
         failure = found
     return failure

@@ -1,4 +1,4 @@
-"""What LayerNorm and RMSNorm share: the variance under the root, and the γ/β after the division."""
+"""What LayerNorm and RMSNorm share: the root of a mean square, and the γ/β after the division."""
 
 from __future__ import annotations
 
@@ -6,33 +6,34 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._pattern import owned, reduce_axes, scalar, sole_reader, split_scalar
+from graphopt_plugins.fuse._formula import AnyOf, Const, Op, Var, match
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
-__all__ = ["affine_tail", "variance_of", "norm_input"]
+__all__ = ["affine_tail", "root_of_mean_square", "norm_input", "normalisation_sites"]
 
 
-def variance_of(denominator: gs.Tensor, base: gs.Tensor, ctx: FuseContext) -> tuple[float, list[int], list[gs.Node]] | str:
-    """Matches an owned `Sqrt(ReduceMean(base²) + eps)`: (eps, the reduced axes, its nodes)."""
-    sqrt = ir.producer(denominator)
-    if sqrt is None or sqrt.op != "Sqrt" or not owned(denominator, ctx):
-        return "the denominator is not an owned Sqrt"
-    add = ir.producer(sqrt.inputs[0])
-    split = None if add is None or add.op != "Add" else split_scalar(add)
-    if split is None or not owned(sqrt.inputs[0], ctx) or split[1] < 0:
-        return "the Sqrt input is not an owned variance + eps"
-    mean = ir.producer(split[0])
-    if mean is None or mean.op != "ReduceMean" or not owned(split[0], ctx):
-        return "the variance is not an owned ReduceMean"
-    axes = reduce_axes(mean, ctx.opset)
-    square = ir.producer(mean.inputs[0])
-    if axes is None or square is None or not owned(mean.inputs[0], ctx):
-        return "the variance's ReduceMean has unknown axes or does not read an owned square"
-    is_square = (square.op == "Pow" and square.inputs[0] is base and scalar(square.inputs[1]) == 2.0) or (
-        square.op == "Mul" and len(square.inputs) == 2 and all(t is base for t in square.inputs))
-    if not is_square:
-        return "the variance does not average the square of the centred input"
-    return split[1], axes, [sqrt, add, mean, square]
+def normalisation_sites(graph: gs.Graph, ctx: FuseContext, rule: str, pattern, looks_like, checked, with_bias: bool):
+    """(x, the match, number of normalised axes, the γ/β tail) for each division in `graph` that
+    `pattern` matches, `checked(match, ctx)` accepts (an axis count, else a reason) and an affine
+    tail follows; the others are logged as near misses. `looks_like(node)` is a cheap first look."""
+    for node in list(graph.nodes):
+        if node.op not in ("Div", "Mul") or len(node.inputs) != 2 or not looks_like(node):
+            continue
+        found = match(pattern, node.outputs[0], ctx)
+        count = checked(found, ctx) if found else found.reason
+        tail = count if isinstance(count, str) else affine_tail(node.outputs[0], count, found["x"], ctx, with_bias=with_bias)
+        if isinstance(tail, str):
+            ctx.near_miss(rule, node, tail)
+            continue
+        yield node, found, count, tail
+
+
+def root_of_mean_square(base: Var) -> Op:
+    """`sqrt(mean(base²) + eps)`, the square as `Pow(base, 2)` or `base*base`; binds `variance`
+    (the mean's output) and `eps`."""
+    square = AnyOf(Op("Pow", base, Const(2.0)), Op("Mul", base, base))
+    return Op("Sqrt", Op("Add", Op("ReduceMean", square, partial=True, name="variance"), Const(name="eps")))
 
 
 def affine_tail(normed: gs.Tensor, axes_count: int, x: gs.Tensor, ctx: FuseContext, with_bias: bool = True):

@@ -45,14 +45,10 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
         channels = input_channels(linear)
         if channels is None:
             continue
-        if index == 0 and node.op in ("Sub", "Div"):
-            ctx.near_miss(RULE, node, "the constant is the left operand of Sub/Div")
-            continue
         form = fused_form_ending_at(x, node.op, ctx)
-        if form is not None:
-            ctx.near_miss(RULE, node, f"it ends {form}, fused as a whole")
-            continue
-        vector = channel_operand(node.op, value, channels, "input")
+        vector = ("the constant is the left operand of Sub/Div" if index == 0 and node.op in ("Sub", "Div")
+                  else f"it ends {form}, fused as a whole" if form is not None
+                  else channel_operand(node.op, value, channels, "input"))
         if isinstance(vector, str):
             ctx.near_miss(RULE, node, vector)
             continue
