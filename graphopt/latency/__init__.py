@@ -1,1 +1,23 @@
-"""Latency decisions: the never-slower check (`never_slower`); the backends timing them live beside it."""
+"""Every latency decision graphopt makes, made on one backend: the deployment target's.
+
+    from graphopt import latency
+    timer = latency.backend("host-ort")            # or "host-litert", "none", a plugin's name
+    timings = timer.compare({"float": a, "int8": b}, feeds)   # {label: {"median_ms", "ratio", "backend"}}
+    if timer.measures and timings["int8"]["ratio"] > 0.95: ...
+
+Inside a pass, `latency.of(ctx)` is the run's backend (`--latency-on` / `latency_on=`).
+`graphopt.latency.energy` estimates MACs by dtype, memory and a relative energy proxy.
+`graphopt.latency.never_slower` times the pipeline's result against its input on the run's
+backend and rolls back the lossless stages that made it slower.
+"""
+
+from graphopt.latency.backends import (
+    BUILTIN_BACKENDS,
+    DEFAULT_BACKEND,
+    LatencyBackend,
+    backend,
+    of,
+    plugin_backends,
+)
+
+__all__ = ["LatencyBackend", "backend", "of", "plugin_backends", "BUILTIN_BACKENDS", "DEFAULT_BACKEND"]

@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-__all__ = ["Stage", "NeverSlower", "keep_never_slower", "host_compare", "DEFAULT_MARGIN"]
+__all__ = ["Stage", "NeverSlower", "keep_never_slower", "check_on", "host_compare", "check_pipeline_result", "DEFAULT_MARGIN"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,19 @@ class NeverSlower:
     report: dict
 
 
+def check_on(backend) -> Compare | None:
+    """The check's timing on a `graphopt.latency` backend; None (no check) for one that times nothing."""
+    if not getattr(backend, "measures", True):
+        return None
+
+    def compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> Mapping[str, Mapping[str, Any]]:
+        return backend.compare(models, feeds, purpose="never slower")
+    return compare
+
+
 def host_compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> dict[str, dict]:
-    """onnxruntime on this machine, 1 thread, interleaved medians (`bench.compare_latency`)."""
+    """onnxruntime on this machine, 1 thread, interleaved medians (`bench.compare_latency`): the
+    pipeline's default when no backend is given (`check_on` is what the API uses)."""
     from graphopt.bench import compare_latency
 
     return compare_latency(models, feeds, threads=1, runs=20, warmup=2)
