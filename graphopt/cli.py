@@ -1,4 +1,4 @@
-"""The `graphopt` command line: optimize, passes, inspect, verify, bench.
+"""The `graphopt` command line: optimize, passes, inspect, verify, bench (and partition, run).
 
 Errors are one line on stderr, `graphopt: error: <what> (<file>)`, with the exit codes of
 DESIGN.md (0 done, 1 verification failed, 2 bad usage or input, 3 a pass or plugin failed);
@@ -23,6 +23,7 @@ from graphopt.errors import GraphoptError, InputError, UsageError, VerificationE
 from graphopt.model_io import same_file
 from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
 from graphopt.options import describe_options, parse_assignment
+from graphopt.partition.commands import add_commands as add_partition_commands
 from graphopt.verify.feeds import parse_input_shape
 
 __all__ = ["main"]
@@ -125,6 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--inputs", help=".npz of inputs; the first sample is used")
     bench.add_argument("--json", action="store_true", help="latency figures as JSON")
     bench.set_defaults(handler=_bench)
+    add_partition_commands(commands, common)  # partition, run, and optimize --partition K
     return parser
 
 
