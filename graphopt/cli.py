@@ -110,7 +110,8 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("candidate", help="the model judged against it")
     verify.add_argument("--inputs", help=".npz with one (N, *shape) array per model input (default: generated)")
     verify.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
-    verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance")
+    verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance; "
+                        "cos and sqnr hold for every sample (the worst sample is compared)")
     verify.add_argument("--seed", type=int, default=0, help="random seed for generated inputs")
     verify.add_argument("--json", action="store_true", help="metrics per output as JSON")
     verify.set_defaults(handler=_verify)
@@ -392,7 +393,7 @@ def _verify(args) -> int:
         print(json.dumps(verdict.to_dict(), indent=2))
     else:
         for name, metrics in verdict.outputs.items():
-            print(f"{name}: cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB, max abs {metrics['max_abs']}, "
+            print(f"{name}: {_sample_figures(metrics)}, max abs {metrics['max_abs']}, "
                   f"max rel {metrics['max_rel']}, {'ok' if metrics['within'] else 'FAILED'}")
         if verdict.first_divergence:
             where = verdict.first_divergence
@@ -441,3 +442,11 @@ def _bench(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _sample_figures(metrics: dict) -> str:
+    """Worst-sample cosine and SQNR, with mean and pooled beside them when measured per sample."""
+    if "cosine_pooled" not in metrics:
+        return f"cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB"
+    return (f"cosine worst {metrics['cosine']} (sample {metrics['worst_sample']}), mean {metrics['cosine_mean']}, "
+            f"pooled {metrics['cosine_pooled']}, SQNR worst {metrics['sqnr_db']} dB")

@@ -11,7 +11,7 @@ import onnx
 from graphopt.jsonable import to_jsonable
 from graphopt.verify.feeds import generate_feeds, input_specs, load_feeds, parse_input_shape, split_samples
 from graphopt.verify.localize import first_divergence
-from graphopt.verify.metrics import Budget, Tolerance, output_metrics, tolerance_for, within_tolerance
+from graphopt.verify.metrics import Budget, Tolerance, output_metrics, sample_metrics, tolerance_for, within_tolerance
 from graphopt.verify.runner import SessionError, make_session, run_samples
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "parse_input_shape",
     "split_samples",
     "output_metrics",
+    "sample_metrics",
     "tolerance_for",
     "within_tolerance",
     "first_divergence",
@@ -36,7 +37,13 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Verdict:
-    """Whether a candidate agrees with its reference, and the per-output evidence."""
+    """Whether a candidate agrees with its reference, and the per-output evidence.
+
+    `outputs[name]` holds, per output, `cosine` and `sqnr_db` of the *worst* sample (what a
+    budget compares), `cosine_mean`/`sqnr_db_mean` over samples, `cosine_pooled`/`sqnr_db_pooled`
+    over all samples flattened together, `max_abs`/`max_rel` over all, `worst_sample`,
+    `samples` and `within` (`metrics.sample_metrics`).
+    """
 
     ok: bool
     mode: str  # "lossless" or "budget"
@@ -83,7 +90,11 @@ class Verifier:
             ref, ref_structure = _flatten(sample[name] for sample in reference_outputs)
             cand, cand_structure = _flatten(sample[name] for sample in candidate_outputs)
             shapes_agree = ref_structure == cand_structure
-            metrics = output_metrics(ref, cand) if shapes_agree else output_metrics(ref[:0], cand[:1])
+            if shapes_agree:
+                metrics = sample_metrics([_flatten([sample[name]])[0] for sample in reference_outputs],
+                                         [_flatten([sample[name]])[0] for sample in candidate_outputs])
+            else:
+                metrics = output_metrics(ref[:0], cand[:1])
             if budget is None:
                 tolerance = tolerance_for(ref.dtype)
                 within = shapes_agree and ref.dtype == cand.dtype and within_tolerance(ref, cand, tolerance)

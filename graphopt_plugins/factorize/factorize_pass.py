@@ -14,7 +14,7 @@ from graphopt import ir
 from graphopt.model_io import infer_model_shapes
 from graphopt.summary import summarize
 from graphopt.verify.feeds import split_samples
-from graphopt.verify.metrics import Budget, output_metrics
+from graphopt.verify.metrics import Budget, stacked_sample_metrics
 from graphopt.verify.runner import make_session, run_samples
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
 from graphopt_plugins.factorize.lowrank import Factorization, round_rank
@@ -279,7 +279,7 @@ def _metrics(candidate: onnx.ModelProto, samples: dict, data: LayerData) -> dict
     session = make_session(candidate)
     names = list(data.outputs)
     runs = run_samples(session, split_samples({k: v for k, v in samples.items() if k in _input_names(candidate)}), names)
-    return {name: output_metrics(data.outputs[name], np.stack([run[name] for run in runs])) for name in names}
+    return {name: stacked_sample_metrics(data.outputs[name], np.stack([run[name] for run in runs])) for name in names}
 
 
 def _input_names(model: onnx.ModelProto) -> set[str]:

@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.verify.metrics import Budget, output_metrics
+from graphopt.verify.metrics import Budget, stacked_sample_metrics
 from graphopt.verify.runner import stacked_outputs
 
 __all__ = ["Attempt", "search_strength", "adopt_graph"]
@@ -51,7 +51,7 @@ def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], templa
         if not stats.get("changed"):
             return Attempt(strength, stats, {}, [], graph)
         outputs = stacked_outputs(ir.export_model(graph, template), samples)
-        metrics = {name: output_metrics(expected, outputs[name]) for name, expected in reference.items() if expected.dtype.kind == "f"}
+        metrics = {name: stacked_sample_metrics(expected, outputs[name]) for name, expected in reference.items() if expected.dtype.kind == "f"}
         violations = [text for name, values in metrics.items() for text in budget.violations(name, values)]
         return Attempt(strength, stats, metrics, violations, graph)
 
