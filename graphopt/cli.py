@@ -86,7 +86,14 @@ def _build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
     optimize.add_argument("--verify", choices=("each", "end", "off"), help="verify after each pass (default), at the end, or not")
     optimize.add_argument("--report", help="write the JSON report here")
-    optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30")
+    optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30; "
+                          "cos and sqnr hold for every sample")
+    optimize.add_argument("--evaluator", metavar="PACKAGE.MODULE:FUNCTION",
+                          help="your task metric: function(model_path, inputs) -> score, held to --budget score=-1%% "
+                          "(relative drop) or score>=0.75; the working folder is importable")
+    optimize.add_argument("--budget-slices", action="append", default=[], metavar="NAME[@AXIS]=START:STOP,...",
+                          help="parts of an output the budget also holds on, e.g. output0@1=0:4,4: (repeatable; "
+                          "a Concat-built output, as a detector's boxes and scores, is sliced by itself)")
     optimize.add_argument("--external-data", action="store_true", help="write weights to MODEL.data beside the output")
     optimize.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
     optimize.add_argument("--dump-dir", help="write the model after each pass here as NN_pass.onnx")
@@ -112,6 +119,8 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
     verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance; "
                         "cos and sqnr hold for every sample (the worst sample is compared)")
+    verify.add_argument("--budget-slices", action="append", default=[], metavar="NAME[@AXIS]=START:STOP,...",
+                        help="parts of an output the budget also holds on (as for optimize)")
     verify.add_argument("--seed", type=int, default=0, help="random seed for generated inputs")
     verify.add_argument("--json", action="store_true", help="metrics per output as JSON")
     verify.set_defaults(handler=_verify)
@@ -192,6 +201,8 @@ def _optimize(args) -> int:
             seed=args.seed,
             dump_dir=args.dump_dir,
             progress=progress,
+            budget_slices=args.budget_slices,
+            evaluator=args.evaluator,
         )
     except GraphoptError as error:
         if error.path is None and not isinstance(error, UsageError):
@@ -371,6 +382,7 @@ def _verify(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.model_io import load_model
     from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, input_specs, split_samples
+    from graphopt.verify.slices import output_slices
 
     reference, candidate = load_model(args.reference), load_model(args.candidate)
     interface = {spec.name: spec.dtype for spec in input_specs(reference)}
@@ -378,7 +390,7 @@ def _verify(args) -> int:
         raise InputError("the candidate's inputs differ from the reference's (names or dtypes)", path=args.candidate)
     shapes = dict(parse_input_shape(item) for item in args.input_shape)
     feeds = prepare_feeds(args.inputs, reference) if args.inputs else generate_feeds(reference, shapes, seed=args.seed)
-    verifier = Verifier(split_samples(feeds))
+    verifier = Verifier(split_samples(feeds), output_slices(reference, args.budget_slices, feeds))
     budget = Budget.parse(args.budget)
     outputs = {}
     for label, model, path in (("reference", reference, args.reference), ("candidate", candidate, args.candidate)):

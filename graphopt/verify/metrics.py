@@ -54,14 +54,19 @@ class Budget:
     sqnr: float | None = None
     abs: float | None = None
     rel: float | None = None
+    score_drop: float | None = None  # `score=-1%`: the user evaluator's score may drop this fraction at most
+    score_min: float | None = None  # `score>=0.75`: ... and must stay at least this
 
     @classmethod
     def parse(cls, text: str | None) -> Budget | None:
-        """`"cos=0.99"`, `"sqnr:30"`, `"cos=0.99,abs=0.1"` → Budget."""
+        """`"cos=0.99"`, `"sqnr:30"`, `"cos=0.99,abs=0.1"`, `"score=-1%"`, `"score>=0.75"` → Budget."""
         if not text:
             return None
         values = {}
         for part in re.split(r"[,\s]+", text.strip()):
+            if part.startswith("score"):
+                values.update(_score_term(part))
+                continue
             key, sep, value = part.replace(":", "=").partition("=")
             key = {"cosine": "cos", "sqnr_db": "sqnr"}.get(key.strip(), key.strip())
             if not sep or key not in ("cos", "sqnr", "abs", "rel"):
@@ -83,7 +88,17 @@ class Budget:
             sqnr=pick(self.sqnr, other.sqnr, max),
             abs=pick(self.abs, other.abs, min),
             rel=pick(self.rel, other.rel, min),
+            score_drop=pick(self.score_drop, other.score_drop, min),
+            score_min=pick(self.score_min, other.score_min, max),
         )
+
+    def score_budget(self):
+        """The evaluator's budget (`graphopt.verify.evaluator.ScoreBudget`), or None when unset."""
+        if self.score_drop is None and self.score_min is None:
+            return None
+        from graphopt.verify.evaluator import ScoreBudget
+
+        return ScoreBudget(drop=self.score_drop, minimum=self.score_min)
 
     def violations(self, name: str, metrics: dict) -> list[str]:
         """What `metrics` (one output's, from `sample_metrics` or `output_metrics`) breaks.
@@ -103,7 +118,20 @@ class Budget:
         return found
 
     def describe(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items() if v is not None)
+        terms = [f"{k}={v}" for k, v in dataclasses.asdict(self).items() if v is not None and not k.startswith("score")]
+        score = self.score_budget()
+        return ",".join(terms + ([score.describe()] if score else []))
+
+
+def _score_term(part: str) -> dict:
+    """`score=-1%` → {"score_drop": 0.01}; `score>=0.75` → {"score_min": 0.75}."""
+    relative = re.fullmatch(r"score=-?(\d+(?:\.\d*)?)%", part)
+    floor = re.fullmatch(r"score>=(-?\d+(?:\.\d*)?(?:e-?\d+)?)", part)
+    if relative:
+        return {"score_drop": float(relative.group(1)) / 100}
+    if floor:
+        return {"score_min": float(floor.group(1))}
+    raise UsageError(f"a score budget is score=-P% (relative drop) or score>=VALUE (floor); got '{part}'")
 
 
 def output_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -145,7 +173,7 @@ def sample_metrics(references: list[np.ndarray], candidates: list[np.ndarray]) -
     """
     pooled = output_metrics(np.concatenate([np.ravel(r) for r in references]) if references else np.zeros(0),
                             np.concatenate([np.ravel(c) for c in candidates]) if candidates else np.zeros(0))
-    if "shape_mismatch" in pooled or not references:
+    if "shape_mismatch" in pooled or not references or any(np.shape(r) != np.shape(c) for r, c in zip(references, candidates)):
         return dict(pooled, cosine_pooled=pooled["cosine"], cosine_mean=pooled["cosine"],
                     sqnr_db_pooled=pooled["sqnr_db"], sqnr_db_mean=pooled["sqnr_db"], worst_sample=0, samples=len(references))
     per = [output_metrics(np.ravel(r), np.ravel(c)) for r, c in zip(references, candidates)]
@@ -176,6 +204,19 @@ def stacked_sample_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict
     if reference.shape != candidate.shape:
         return sample_metrics([reference], [candidate])
     return sample_metrics(list(reference), list(candidate))
+
+
+def measure_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], slices=()) -> dict[str, dict]:
+    """Per float output, and per slice of one (`graphopt.verify.slices`), the per-sample metrics
+    of `candidate` against `reference`, both `{output: array stacked over samples}`."""
+    measured = {name: stacked_sample_metrics(expected, candidate[name]) for name, expected in reference.items()
+                if expected.dtype.kind == "f" and name in candidate}
+    for part in slices:
+        if part.output in measured and reference[part.output].shape == candidate[part.output].shape:
+            pieces = [(part.take(r), part.take(c)) for r, c in zip(reference[part.output], candidate[part.output])]
+            if all(r is not None and r.size for r, _ in pieces):
+                measured[part.key()] = dict(sample_metrics([r for r, _ in pieces], [c for _, c in pieces]), slice_of=part.output)
+    return measured
 
 
 def within_tolerance(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance | None = None) -> bool:
