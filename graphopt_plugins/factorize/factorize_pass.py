@@ -182,7 +182,7 @@ class Factorize(graphopt.Pass):
                 ctx.track(candidates, desc="factorize: sensitivity", total=len(candidates)), fits,
                 lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference, ctx.output_slices)),
                 options.margin, options.rank_multiple)
-        judged_outputs = data.outputs if judged is samples or data is None else stacked_outputs(model, judged)
+        judged_outputs = None if data is None else data.outputs if judged is samples else stacked_outputs(model, judged)
         ranks, factors, strength, measured, refitted = {}, {}, 1.0, None, False
         for attempt in range(options.backoff + 1):
             strength = options.strength * 0.5**attempt
