@@ -36,6 +36,7 @@ __all__ = [
     "ridge_solve",
     "robust_eigh",
     "split_held_out",
+    "quadratic_form",
 ]
 
 # Relative to the mean diagonal: small enough to leave a well-conditioned solve as it is,
@@ -224,3 +225,9 @@ def _definite(gram: np.ndarray, relative: float) -> tuple[np.ndarray, np.ndarray
     matrix = (vectors * np.maximum(values, floor)) @ vectors.T
     matrix = (matrix + matrix.T) / 2 + floor * np.eye(len(gram))
     return matrix, np.linalg.cholesky(matrix)
+
+
+def quadratic_form(left: np.ndarray, matrix: np.ndarray, right: np.ndarray) -> float:
+    """Σ_ij (left·matrix)_ij · right_ij (the summed quadratic forms of the rows), through BLAS:
+    np.einsum("ij,jk,ik->") runs an unoptimised loop, a quarter of a channel-pruning run."""
+    return float(np.sum((np.asarray(left) @ matrix) * right))

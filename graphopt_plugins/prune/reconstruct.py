@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphopt.statistics import ridge_solve, robust_cholesky
+from graphopt.statistics import quadratic_form, ridge_solve, robust_cholesky
 
 __all__ = ["as_rows", "from_rows", "regress_removed", "fold_regression", "regression_errors", "sparsegpt", "output_error"]
 
@@ -49,23 +49,23 @@ def regression_errors(gram: np.ndarray, rows: np.ndarray, kept: np.ndarray, remo
     """Relative output energy the sink loses: dropping the features plainly, and after the refit."""
     features = len(gram) - 1
     w = rows.astype(np.float64)
-    total = float(np.einsum("ij,jk,ik->", w, gram[:features, :features], w)) or 1.0
+    total = float(quadratic_form(w, gram[:features, :features], w)) or 1.0
     lost = w[:, removed]
-    plain = float(np.einsum("ij,jk,ik->", lost, gram[np.ix_(removed, removed)], lost)) / total
+    plain = float(quadratic_form(lost, gram[np.ix_(removed, removed)], lost)) / total
     if coef is None:
         return plain, plain
     basis = np.concatenate([kept, [features]]) if len(coef) > len(kept) else kept
     # residual of the removed features: x_R - coef^T x_basis
     cross = gram[np.ix_(basis, removed)]
     residual = gram[np.ix_(removed, removed)] - cross.T @ coef - coef.T @ cross + coef.T @ gram[np.ix_(basis, basis)] @ coef
-    return plain, float(np.einsum("ij,jk,ik->", lost, residual, lost)) / total
+    return plain, float(quadratic_form(lost, residual, lost)) / total
 
 
 def output_error(rows_before: np.ndarray, rows_after: np.ndarray, hessian: np.ndarray) -> float:
     """Relative output energy of `(W_after - W_before) x` on the calibration rows."""
     delta = (rows_after - rows_before).astype(np.float64)
-    total = float(np.einsum("ij,jk,ik->", rows_before, hessian, rows_before)) or 1.0
-    return float(np.einsum("ij,jk,ik->", delta, hessian, delta)) / total
+    total = float(quadratic_form(rows_before, hessian, rows_before)) or 1.0
+    return float(quadratic_form(delta, hessian, delta)) / total
 
 
 def sparsegpt(rows: np.ndarray, hessian: np.ndarray, sparsity: float, prune_n: int = 0, m: int = 0, damp: float = 0.01, block: int = 128) -> np.ndarray:

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.statistics import ridge_solve
+from graphopt.statistics import quadratic_form, ridge_solve
 from graphopt.activations import iter_activations
 from graphopt_plugins.prune.reconstruct import as_rows, from_rows
 
@@ -155,6 +155,6 @@ def _error(gram: np.ndarray, rows_o: np.ndarray, rows: np.ndarray, offset, featu
     combined[:, features : features + kept] = -rows
     if offset is not None:
         combined[:, -1] = -offset
-    error = float(np.einsum("ij,jk,ik->", combined, gram, combined))
-    total = float(np.einsum("ij,jk,ik->", rows_o, gram[:features, :features], rows_o)) or 1.0
+    error = float(quadratic_form(combined, gram, combined))
+    total = float(quadratic_form(rows_o, gram[:features, :features], rows_o)) or 1.0
     return error / total
