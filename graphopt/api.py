@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from graphopt import __version__
+from graphopt import __version__, latency
 from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.external_data import spill_folder
 from graphopt.model_io import (
@@ -34,6 +34,7 @@ from graphopt.model_io import (
     uses_external_data,
     wire_bytes,
 )
+from graphopt.emit.write import emit_model
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
 from graphopt.summary import summarize
@@ -72,6 +73,7 @@ def optimize(
     progress: bool = False,
     budget_slices: Iterable[str] | str | None = None,
     evaluator: Any = None,
+    latency_on: str | None = None,
 ) -> Result:
     """Runs `passes` over `model` and verifies the result in onnxruntime.
 
@@ -79,14 +81,17 @@ def optimize(
     `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
     `plugins`: extra plugin objects (modules or instances with hook implementations), used
     besides those of the `graphopt` entry-point group. `set_options` takes option values as
-    text, as `--set` does. `budget_slices`: `"NAME[@AXIS]=START:STOP,..."` specs, parts of
-    outputs the budget also holds on (`graphopt.verify.slices`; detector layouts are detected).
-    `evaluator`: `function(model_path, inputs) -> score` or `"package.module:function"`, held
-    to the budget's `score=-1%` / `score>=0.75` terms (`graphopt.verify.evaluator`). Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
+    text, as `--set` does. `latency_on`: the backend every latency decision is timed on
+    (`host-ort` by default, `host-litert`, `none`, or a plugin's; see `graphopt.latency`).
+    `budget_slices`: `"NAME[@AXIS]=START:STOP,..."` specs, parts of outputs the budget also
+    holds on (`graphopt.verify.slices`; detector layouts are detected). `evaluator`:
+    `function(model_path, inputs) -> score` or `"package.module:function"`, held to the
+    budget's `score=-1%` / `score>=0.75` terms (`graphopt.verify.evaluator`). Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress, budget_slices=budget_slices, evaluator=evaluator) as (final, report):
+                    set_options=set_options, progress=progress, latency_on=latency_on, budget_slices=budget_slices,
+                    evaluator=evaluator) as (final, report):
         # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
         # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
@@ -106,12 +111,20 @@ def optimize_to_file(
 ) -> dict:
     """`optimize`, then the result written to `output` (atomic, checked); returns the report.
 
-    Takes `optimize`'s keyword arguments. Weights still in the input's data files, or spilled
+    Takes `optimize`'s keyword arguments, and `emit` (`"ort"`, `"tflite"`) with `emit_precision`
+    (tflite: `"fp32"`, `"fp16"`, `"int8"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
     there by passes, are streamed into the output's data file, never gathered in memory: the
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    emit, precision = settings.pop("emit", None) or "onnx", settings.pop("emit_precision", "fp32")
+    if emit == "tflite" and settings.get("latency_on") is None:
+        settings["latency_on"] = "host-litert"  # decisions timed where the flatbuffer will run
     with _optimized(model, passes, options, **settings) as (final, report):
+        if emit != "onnx":  # verified in its runtime, then written (graphopt/emit)
+            _read_in_if_it_fits(final)
+            report["emit"] = emit_model(final, output, emit, precision, settings)
+            return report
         if not external_data:
             _read_in_if_it_fits(final)
         save_model(final, output, external_data=external_data, source=source)
@@ -129,7 +142,8 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 @contextlib.contextmanager
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
-    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, budget_slices=None, evaluator=None,
+    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, latency_on=None,
+    budget_slices=None, evaluator=None,
 ) -> Iterator[tuple[onnx.ModelProto, dict]]:
     """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
     if verify not in _VERIFY_MODES:
@@ -139,6 +153,7 @@ def _optimized(
     global_budget = Budget.parse(budget)
     loaded = load_registry(plugins)
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
+    timer = latency.backend(latency_on, loaded)
     prepared = _prepared(model)
     pristine, source = prepared.given, prepared.running
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
@@ -152,7 +167,7 @@ def _optimized(
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
-                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info,
+                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info, latency=timer,
                                 output_slices=verifier.slices if verifier else parse_slices(budget_slices),
                                 evaluator=load_evaluator(evaluator) if evaluator is not None else None)
     if settings.evaluator is not None and (global_budget is None or global_budget.score_budget() is None):
@@ -186,6 +201,7 @@ def _optimized(
                 "budget": global_budget.describe() if global_budget else None,
                 "end_to_end": outcome.end_to_end,
             },
+            "latency": timer.report(),
             "warnings": list(loaded.warnings),
         }
         yield final, report

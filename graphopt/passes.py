@@ -52,6 +52,7 @@ class PassContext:
     `output_slices` are the parts of outputs a budget also holds on (`graphopt.verify.slices`:
     declared with `--budget-slices` or detected, e.g. a detector's boxes and scores); a lossy
     pass judging its own result measures them too (`metrics.measure_outputs`).
+    `latency` is the run's latency backend (`graphopt.latency.of(ctx)` reads it).
     `progress` is whether long loops may draw a progress bar (a terminal, not `--quiet`):
     wrap them in `ctx.track(...)` rather than reading it.
     """
@@ -65,6 +66,7 @@ class PassContext:
     sample_inputs: dict[str, np.ndarray] | None = None
     progress: bool = False
     output_slices: tuple = ()
+    latency: Any = None  # the graphopt.latency backend every latency decision is timed on (None: host-ort)
 
     def track(self, items: Iterable[Item], desc: str, total: int | None = None) -> Iterator[Item]:
         """`items`, drawing a progress bar named `desc` when the run shows progress.

@@ -87,6 +87,7 @@ class PipelineSettings:
     keeps_value_info: bool = True  # whether the output will keep the main graph's value_info (sizes count it)
     output_slices: tuple = ()  # parts of outputs budgets also hold on (graphopt.verify.slices), for passes
     evaluator: Any = None  # the user's scoring function (graphopt.verify.evaluator), held to the budget's score terms
+    latency: Any = None  # the graphopt.latency backend passes time on (PassContext.latency)
 
 
 @dataclasses.dataclass
@@ -296,6 +297,7 @@ def _apply(
         sample_inputs=sample_inputs,
         progress=settings.progress,
         output_slices=settings.output_slices,
+        latency=settings.latency,
         logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
         model=model,
     )

@@ -4,9 +4,8 @@ A factorized or pruned model does fewer MACs but can run slower (two thin MatMul
 than one wide one at small sizes; an OCR recognizer came back at 1.063×). A lossy pass times
 its result against its input here and weakens or drops a result that is slower.
 
-The one function that times (`latency_ratio`) is the switch point to the pluggable latency
-backends (`graphopt/latency/`, `ctx.latency`) when they land: today it is onnxruntime on the
-host at one thread, through `graphopt.bench.compare_latency` (interleaved medians).
+Timing goes through the run's latency backend (`graphopt.latency.of(ctx)`, `--latency-on`;
+onnxruntime on the host by default); a backend that measures nothing (`none`) judges nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from graphopt.bench import compare_latency
+from graphopt import latency
 
 __all__ = ["latency_ratio", "slower", "TIMING_FLOOR_MS"]
 
@@ -31,14 +30,21 @@ _NOISE = 0.02
 
 
 def latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, sample: Mapping[str, np.ndarray],
-                  runs: int = 20) -> tuple[float, float]:
-    """(candidate median / reference median, reference median ms): one sample, 1 thread, interleaved."""
-    timing = compare_latency({"reference": reference, "candidate": candidate}, dict(sample), runs=runs, warmup=3)
+                  backend=None, seconds: float = 1.0) -> tuple[float, float] | None:
+    """(candidate median / reference median, reference median ms) on `backend` (default
+    host-ort), interleaved, one sample; None when the backend measures nothing."""
+    backend = backend if backend is not None else latency.backend("host-ort")
+    if not backend.measures:
+        return None
+    timing = backend.compare({"reference": reference, "candidate": candidate}, dict(sample), seconds=seconds,
+                             rounds=5, purpose="lossy pass: never slower")
+    if timing["candidate"]["ratio"] is None or timing["reference"]["median_ms"] is None:
+        return None
     return float(timing["candidate"]["ratio"]), float(timing["reference"]["median_ms"])
 
 
 def slower(reference: onnx.ModelProto, candidate: onnx.ModelProto, samples: Mapping[str, np.ndarray] | None,
-           runs: int = 20, floor_ms: float = TIMING_FLOOR_MS) -> dict | None:
+           backend=None, floor_ms: float = TIMING_FLOOR_MS, seconds: float = 1.0) -> dict | None:
     """`{"latency_ratio": r, "reference_ms": ms}` when `candidate` runs slower than `reference`
     beyond noise on the first of `samples` (`{input: (N, *shape)}`), else None (also when the
     reference runs under `floor_ms` or there is no sample to time on)."""
@@ -46,7 +52,10 @@ def slower(reference: onnx.ModelProto, candidate: onnx.ModelProto, samples: Mapp
         return None
     inputs = {value.name for value in reference.graph.input}
     sample = {name: np.asarray(array)[0] for name, array in samples.items() if name in inputs}
-    ratio, reference_ms = latency_ratio(reference, candidate, sample, runs)
+    measured = latency_ratio(reference, candidate, sample, backend, seconds)
+    if measured is None:
+        return None
+    ratio, reference_ms = measured
     logger.debug("latency: %.3f× of %.2f ms", ratio, reference_ms)
     if reference_ms < floor_ms or ratio <= 1.0 + _NOISE:
         return None

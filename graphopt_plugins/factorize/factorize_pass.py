@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 import graphopt
 from graphopt import ir
+from graphopt import latency as graphopt_latency
 from graphopt.model_io import infer_model_shapes
 from graphopt.speed import slower
 from graphopt.statistics import gram_problem, split_held_out
@@ -169,7 +170,11 @@ class Factorize(graphopt.Pass):
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         weights, timings, candidates = None, None, sites
-        if options.rank_by == "target" and options.saving_by == "latency":
+        timer = graphopt_latency.of(ctx)
+        if options.rank_by == "target" and options.saving_by == "latency" and not timer.measures:
+            log.info("factorize: saving_by=latency on latency backend 'none': ranks chosen by MACs")
+        elif options.rank_by == "target" and options.saving_by == "latency":
+            stats["latency_backend"] = timer.name
             timings = self._timings(sites, fits, data, graph.opset, ctx)
             # only layers whose factors run faster are worth a sensitivity probe
             candidates = [site for site in sites if site.index in timings and first_paying_rank(
@@ -206,7 +211,7 @@ class Factorize(graphopt.Pass):
                 if _worst_cosine(remeasured) > _worst_cosine(measured):
                     factors, measured, refitted = again, remeasured, True
             if not _misses(budget, measured):
-                slow = slower(model, _factorized_copy(model, options, factors), judged) if options.never_slower else None
+                slow = slower(model, _factorized_copy(model, options, factors), judged, graphopt_latency.of(ctx)) if options.never_slower else None
                 if slow is None:
                     break
                 stats.setdefault("slower_than_input", []).append(dict(slow, strength=strength))
@@ -242,7 +247,7 @@ class Factorize(graphopt.Pass):
 
     def _timings(self, sites: list[Site], fits: dict[int, Factorization], data: LayerData | None, opset: int,
                  ctx: graphopt.PassContext) -> dict[int, LayerTiming]:
-        """Each layer timed alone in onnxruntime, as it is and at three ranks it could take."""
+        """Each layer timed alone on the run's latency backend, as it is and at three ranks it could take."""
         multiple = self.options.rank_multiple
         shapes = dict(data.input_shapes) if data is not None else {}
         for site in sites:
@@ -254,7 +259,8 @@ class Factorize(graphopt.Pass):
             return [rank for rank in (top, round_rank(top // 2, multiple, top), multiple) if 0 < rank <= top]
 
         timed = [site for site in sites if site.index in shapes and site.max_saving_rank(self.options.margin, multiple) > 0]
-        return time_layers(ctx.track(timed, desc="factorize: timing layers", total=len(timed)), fits, shapes, ranks_of, opset)
+        return time_layers(ctx.track(timed, desc="factorize: timing layers", total=len(timed)), fits, shapes, ranks_of, opset,
+                           timer=graphopt_latency.of(ctx))
 
     def _ranks(self, sites: list[Site], fits: dict[int, Factorization], strength: float, totals: dict,
                weights: dict[int, float] | None, timings: dict[int, LayerTiming] | None) -> dict[int, int]:

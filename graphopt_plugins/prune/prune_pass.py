@@ -11,7 +11,7 @@ from typing import Literal
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
+from graphopt import ir, latency
 from graphopt.speed import slower
 from graphopt.statistics import split_held_out
 from graphopt.verify.metrics import Budget
@@ -197,7 +197,7 @@ class Prune(graphopt.Pass):
             logger.info("prune: no strength meets %s; model left unchanged", budget.describe())
         slow = None
         if best is not None and self.options.never_slower:
-            slow = slower(model, ir.export_model(best.graph, model), judged)
+            slow = slower(model, ir.export_model(best.graph, model), judged, latency.of(ctx))
             if slow is not None:
                 logger.info("prune: the result runs %.3g× the input's latency; model left unchanged", slow["latency_ratio"])
         if best is None or slow is not None:
