@@ -42,6 +42,8 @@ from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
 from graphopt.summary import model_bytes, summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
+from graphopt.verify.evaluator import load_evaluator
+from graphopt.verify.slices import output_slices, parse_slices
 from graphopt.verify.feeds import check_feeds
 
 __all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
@@ -72,6 +74,8 @@ def optimize(
     dump_dir: str | os.PathLike | None = None,
     set_options: Mapping[str, Mapping[str, str]] | None = None,
     progress: bool = False,
+    budget_slices: Iterable[str] | str | None = None,
+    evaluator: Any = None,
     latency_on: str | None = None,
     never_slower: bool = True,
 ) -> Result:
@@ -84,12 +88,17 @@ def optimize(
     text, as `--set` does. `latency_on`: the backend every latency decision is timed on
     (`host-ort` by default, `host-litert`, `none`, or a plugin's; see `graphopt.latency`).
     `never_slower`: time the result against the input on that backend and roll back the
-    lossless stages that made it slower (the report's `never_slower`). Raises
+    lossless stages that made it slower (the report's `never_slower`). `budget_slices`:
+    `"NAME[@AXIS]=START:STOP,..."` specs, parts of outputs the budget also holds on
+    (`graphopt.verify.slices`; detector layouts are detected). `evaluator`:
+    `function(model_path, inputs) -> score` or `"package.module:function"`, held to the
+    budget's `score=-1%` / `score>=0.75` terms (`graphopt.verify.evaluator`). Raises
     `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress, latency_on=latency_on, never_slower=never_slower) as (final, report):
+                    set_options=set_options, progress=progress, latency_on=latency_on, never_slower=never_slower,
+                    budget_slices=budget_slices, evaluator=evaluator) as (final, report):
         # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
         # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
@@ -141,6 +150,7 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
     keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, latency_on=None, never_slower=True,
+    budget_slices=None, evaluator=None,
 ) -> Iterator[tuple[onnx.ModelProto, dict]]:
     """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
     if verify not in _VERIFY_MODES:
@@ -160,12 +170,16 @@ def _optimized(
         feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
         if feeds is None:
             feeds = generate_feeds(source, shapes, seed=seed)
-        verifier = Verifier(split_samples(feeds))
+        verifier = Verifier(split_samples(feeds), output_slices(source, budget_slices, feeds))
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
                                 inputs_origin=origin, keeps_value_info=prepared.keeps_value_info, latency=timer,
-                                latency_compare=check_on(timer) if never_slower else None)
+                                latency_compare=check_on(timer) if never_slower else None,
+                                output_slices=verifier.slices if verifier else parse_slices(budget_slices),
+                                evaluator=load_evaluator(evaluator) if evaluator is not None else None)
+    if settings.evaluator is not None and (global_budget is None or global_budget.score_budget() is None):
+        raise UsageError("--evaluator needs a score term in --budget, e.g. score=-1% or score>=0.75")
     with spill_folder(source) as running:
         try:
             outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds,

@@ -88,7 +88,14 @@ def _build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
     optimize.add_argument("--verify", choices=("each", "end", "off"), help="verify after each pass (default), at the end, or not")
     optimize.add_argument("--report", help="write the JSON report here")
-    optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30")
+    optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30; "
+                          "cos and sqnr hold for every sample")
+    optimize.add_argument("--evaluator", metavar="PACKAGE.MODULE:FUNCTION",
+                          help="your task metric: function(model_path, inputs) -> score, held to --budget score=-1%% "
+                          "(relative drop) or score>=0.75; the working folder is importable")
+    optimize.add_argument("--budget-slices", action="append", default=[], metavar="NAME[@AXIS]=START:STOP,...",
+                          help="parts of an output the budget also holds on, e.g. output0@1=0:4,4: (repeatable; "
+                          "a Concat-built output, as a detector's boxes and scores, is sliced by itself)")
     optimize.add_argument("--external-data", action="store_true", help="write weights to MODEL.data beside the output")
     optimize.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
     optimize.add_argument("--dump-dir", help="write the model after each pass here as NN_pass.onnx")
@@ -113,7 +120,10 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("candidate", help="the model judged against it")
     verify.add_argument("--inputs", help=".npz with one (N, *shape) array per model input (default: generated)")
     verify.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
-    verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance")
+    verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance; "
+                        "cos and sqnr hold for every sample (the worst sample is compared)")
+    verify.add_argument("--budget-slices", action="append", default=[], metavar="NAME[@AXIS]=START:STOP,...",
+                        help="parts of an output the budget also holds on (as for optimize)")
     verify.add_argument("--seed", type=int, default=0, help="random seed for generated inputs")
     verify.add_argument("--json", action="store_true", help="metrics per output as JSON")
     verify.set_defaults(handler=_verify)
@@ -195,6 +205,8 @@ def _optimize(args) -> int:
             seed=args.seed,
             dump_dir=args.dump_dir,
             progress=progress,
+            budget_slices=args.budget_slices,
+            evaluator=args.evaluator,
             **target_settings(args),
         )
     except GraphoptError as error:
@@ -377,6 +389,7 @@ def _verify(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.model_io import load_model
     from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, input_specs, split_samples
+    from graphopt.verify.slices import output_slices
 
     reference, candidate = load_model(args.reference), load_model(args.candidate)
     interface = {spec.name: spec.dtype for spec in input_specs(reference)}
@@ -384,7 +397,7 @@ def _verify(args) -> int:
         raise InputError("the candidate's inputs differ from the reference's (names or dtypes)", path=args.candidate)
     shapes = dict(parse_input_shape(item) for item in args.input_shape)
     feeds = prepare_feeds(args.inputs, reference) if args.inputs else generate_feeds(reference, shapes, seed=args.seed)
-    verifier = Verifier(split_samples(feeds))
+    verifier = Verifier(split_samples(feeds), output_slices(reference, args.budget_slices, feeds))
     budget = Budget.parse(args.budget)
     outputs = {}
     for label, model, path in (("reference", reference, args.reference), ("candidate", candidate, args.candidate)):
@@ -399,7 +412,7 @@ def _verify(args) -> int:
         print(json.dumps(verdict.to_dict(), indent=2))
     else:
         for name, metrics in verdict.outputs.items():
-            print(f"{name}: cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB, max abs {metrics['max_abs']}, "
+            print(f"{name}: {_sample_figures(metrics)}, max abs {metrics['max_abs']}, "
                   f"max rel {metrics['max_rel']}, {'ok' if metrics['within'] else 'FAILED'}")
         if verdict.first_divergence:
             where = verdict.first_divergence
@@ -448,3 +461,11 @@ def _bench(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _sample_figures(metrics: dict) -> str:
+    """Worst-sample cosine and SQNR, with mean and pooled beside them when measured per sample."""
+    if "cosine_pooled" not in metrics:
+        return f"cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB"
+    return (f"cosine worst {metrics['cosine']} (sample {metrics['worst_sample']}), mean {metrics['cosine_mean']}, "
+            f"pooled {metrics['cosine_pooled']}, SQNR worst {metrics['sqnr_db']} dB")

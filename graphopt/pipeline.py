@@ -31,12 +31,14 @@ from graphopt.registry import PassRegistry, Plugins
 from graphopt.summary import model_bytes
 from graphopt.verify import Budget, SessionError, Verifier
 
-__all__ = ["configure_passes", "PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET"]
+__all__ = ["configure_passes", "PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET", "BACKOFF_STEPS"]
 
 logger = logging.getLogger(__name__)
 
 # What a lossy pass is held to when neither it nor the user set a budget.
 DEFAULT_LOSSY_BUDGET = Budget(cos=0.99)
+# How many weaker settings (Pass.weaker) a lossy pass that missed its budget gets before it fails.
+BACKOFF_STEPS = 4
 
 
 def configure_passes(
@@ -85,6 +87,8 @@ class PipelineSettings:
     dump_dir: Path | None = None
     inputs_origin: str = "generated"  # file | calibration | generated: named when the input model cannot run
     keeps_value_info: bool = True  # whether the output will keep the main graph's value_info (sizes count it)
+    output_slices: tuple = ()  # parts of outputs budgets also hold on (graphopt.verify.slices), for passes
+    evaluator: Any = None  # the user's scoring function (graphopt.verify.evaluator), held to the budget's score terms
     latency: Any = None  # the graphopt.latency backend passes time on (PassContext.latency)
     # The never-slower check's timing (`latency.never_slower`): `compare(models, feeds)`; None turns it off.
     latency_compare: Any = host_compare
@@ -171,6 +175,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
     stage_outputs = reference_outputs
     sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
+    score = _score_check(settings, original, sample_inputs)
     reports, lossy_ran, stages = [], False, []
     live_graph = None  # the IR of `model` the last pass left, when it is still that
     # model_size is model_bytes(model), measured once per model (sizing serialises it all) unless given
@@ -180,7 +185,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
             model_size = model_bytes(model, value_info=settings.keeps_value_info)
         entry = _entry(pass_, plugins.registry, model, model_size) | conversion_note(pass_)
         before = model
-        result, candidate, graph, candidate_size = None, model, live_graph, None
+        result, candidate, graph, candidate_size, verdict = None, model, live_graph, None, None
         live_graph = None  # the pass may leave it half-rewritten, whatever happens next
         try:
             result, candidate, graph, candidate_size = _apply(pass_, model, graph, settings, calibration, sample_inputs)
@@ -199,23 +204,25 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
             entry.update(changed=result.changed, details=to_jsonable(result.stats))
             entry["status"] = "accepted" if result.changed else "unchanged"
         if result is not None and result.changed and verify_each:
-            budget = _budget_for(pass_, settings)
-            verdict, candidate_outputs = _verify(verifier, stage_outputs, model, candidate, pass_, budget)
-            entry["verification"] = verdict.to_dict()
-            message = _failure_message(pass_, verdict)
-            if verdict.ok and not pass_.lossless:
-                # The global budget is what the lossy passes keep *together*: a pass within its
-                # own budget that takes the model as a whole outside it goes back, so with
-                # --keep-going the passes that fit are kept and the end-to-end check holds.
-                overall = settings.budget or DEFAULT_LOSSY_BUDGET
-                so_far = verifier.judge(reference_outputs, candidate_outputs, budget=overall)
-                entry["verification"]["end_to_end_so_far"] = so_far.to_dict()
-                if not so_far.ok:
-                    so_far.first_divergence = verifier.localize(original, candidate, budget=overall)
-                    entry["verification"].update(ok=False, end_to_end_so_far=so_far.to_dict())
-                    verdict = so_far
-                    message = (f"pass '{pass_.name}' would take the model outside the end-to-end budget "
-                               f"({overall.describe()}): {so_far.summary()}")
+            verdict, entry["verification"], candidate_outputs, message = _judge(
+                verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score)
+            tries = []  # the back-off protocol (Pass.weaker): a weaker setting, a bounded number of times
+            while not verdict.ok and len(tries) < BACKOFF_STEPS and (weaker := pass_.weaker(verdict, result)) is not None:
+                tries.append(_try(pass_, result, verdict))
+                logger.info("pass %s missed its budget (%s); trying a weaker setting", pass_.name, verdict.summary())
+                pass_ = weaker
+                result, candidate, graph, candidate_size = _apply(pass_, model, None, settings, calibration, sample_inputs)
+                entry.update(changed=result.changed, details=to_jsonable(result.stats), options=_options_of(pass_))
+                if not result.changed:
+                    break
+                verdict, entry["verification"], candidate_outputs, message = _judge(
+                    verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score)
+            if tries:
+                entry["tries"] = tries + [_try(pass_, result, verdict)]
+            if not result.changed:
+                entry.update(status="unchanged", verification=None)
+                candidate, verdict = model, None
+        if verdict is not None:
             if not verdict.ok:
                 entry.update(status="rolled_back", rolled_back=True)
                 if not settings.keep_going:
@@ -255,11 +262,17 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         budget = (settings.budget or DEFAULT_LOSSY_BUDGET) if lossy_ran else None
         final_outputs = stage_outputs if verify_each and stage_outputs is not None else _outputs_or_fail(verifier, model, "the optimized model")
         verdict = verifier.judge(reference_outputs, final_outputs, budget=budget)
+        if verdict.ok and lossy_ran and score is not None:
+            score_entry, failure = score.check(model)
+            if failure:
+                verdict = dataclasses.replace(verdict, ok=False, failures=[f"evaluator: {failure}"] + verdict.failures)
         if not verdict.ok:
             verdict.first_divergence = verifier.localize(original, model, budget=budget)
             end_to_end = verdict.to_dict()
             raise VerificationError(f"end-to-end verification failed: {verdict.summary()}", report={"passes": reports, "verification": end_to_end})
         end_to_end = verdict.to_dict()
+        if lossy_ran and score is not None:
+            end_to_end["score"] = score_entry
     return PipelineOutcome(model, reports, end_to_end, model_size, never_slower)
 
 
@@ -299,6 +312,7 @@ def _apply(
         budget=settings.budget,
         sample_inputs=sample_inputs,
         progress=settings.progress,
+        output_slices=settings.output_slices,
         latency=settings.latency,
         logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
         model=model,
@@ -350,6 +364,58 @@ def _budget_for(pass_: Pass, settings: PipelineSettings) -> Budget | None:
     return own
 
 
+def _score_check(settings: PipelineSettings, original: onnx.ModelProto, sample_inputs):
+    """The user evaluator's check (`--evaluator`, `--budget score=...`), or None."""
+    score_budget = settings.budget.score_budget() if settings.budget is not None else None
+    if settings.evaluator is None or score_budget is None or sample_inputs is None:
+        return None
+    from graphopt.verify.evaluator import ScoreCheck
+
+    return ScoreCheck(settings.evaluator, score_budget, sample_inputs, original)
+
+
+def _judge(verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score=None):
+    """(verdict, its report entry, the candidate's outputs, the failure message) of one pass's result."""
+    budget = _budget_for(pass_, settings)
+    verdict, candidate_outputs = _verify(verifier, stage_outputs, model, candidate, pass_, budget)
+    report = verdict.to_dict()
+    message = _failure_message(pass_, verdict)
+    if verdict.ok and not pass_.lossless:
+        # The global budget is what the lossy passes keep *together*: a pass within its
+        # own budget that takes the model as a whole outside it goes back, so with
+        # --keep-going the passes that fit are kept and the end-to-end check holds.
+        overall = settings.budget or DEFAULT_LOSSY_BUDGET
+        so_far = verifier.judge(reference_outputs, candidate_outputs, budget=overall)
+        report["end_to_end_so_far"] = so_far.to_dict()
+        if not so_far.ok:
+            so_far.first_divergence = verifier.localize(original, candidate, budget=overall)
+            report.update(ok=False, end_to_end_so_far=so_far.to_dict())
+            verdict = so_far
+            message = (f"pass '{pass_.name}' would take the model outside the end-to-end budget "
+                       f"({overall.describe()}): {so_far.summary()}")
+    if verdict.ok and not pass_.lossless and score is not None:
+        report["score"], failure = score.check(candidate)
+        if failure:
+            verdict = dataclasses.replace(verdict, ok=False, failures=[f"evaluator: {failure}"] + verdict.failures)
+            report["ok"] = False
+            message = f"pass '{pass_.name}' misses the evaluator's budget: {failure}"
+    return verdict, report, candidate_outputs, message
+
+
+def _try(pass_: Pass, result: PassResult, verdict) -> dict:
+    """One setting the back-off tried: its options, whether it changed the model, how it did."""
+    entry = {"options": _options_of(pass_), "changed": result.changed}
+    if verdict is not None and result.changed:
+        entry.update(ok=verdict.ok, failures=verdict.failures[:3],
+                     worst_cosine={name: metrics.get("cosine") for name, metrics in verdict.outputs.items()})
+    return to_jsonable(entry)
+
+
+def _options_of(pass_: Pass) -> dict:
+    # Names from the dataclass: describe_options would parse the source for help text.
+    return to_jsonable({field.name: getattr(pass_.options, field.name) for field in dataclasses.fields(pass_.options)})
+
+
 def _verify(verifier, stage_outputs, model, candidate, pass_, budget):
     candidate_outputs = _outputs_or_fail(verifier, candidate, f"the model pass '{pass_.name}' produced", pass_.name)
     verdict = verifier.judge(stage_outputs, candidate_outputs, budget=budget)
@@ -378,8 +444,7 @@ def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, model_si
         "name": pass_.name,
         "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
         "lossless": pass_.lossless,
-        # Names from the dataclass: describe_options would parse the source for help text.
-        "options": to_jsonable({field.name: getattr(pass_.options, field.name) for field in dataclasses.fields(pass_.options)}),
+        "options": _options_of(pass_),
         "status": "unchanged",
         "changed": False,
         "rolled_back": False,
