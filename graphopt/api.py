@@ -39,6 +39,9 @@ from graphopt.registry import load_registry
 from graphopt.summary import summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
 from graphopt.verify.feeds import check_feeds
+from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
+from graphopt.output_annotations import repaired_output_shapes
+from graphopt.parameter_names import parameter
 
 __all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
 
@@ -68,6 +71,7 @@ def optimize(
     dump_dir: str | os.PathLike | None = None,
     set_options: Mapping[str, Mapping[str, str]] | None = None,
     progress: bool = False,
+    freeze_shapes: bool = False,
 ) -> Result:
     """Runs `passes` over `model` and verifies the result in onnxruntime.
 
@@ -75,11 +79,13 @@ def optimize(
     `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
     `plugins`: extra plugin objects (modules or instances with hook implementations), used
     besides those of the `graphopt` entry-point group. `set_options` takes option values as
-    text, as `--set` does. Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
+    text, as `--set` does. Dims neither fixed nor in `input_shapes` are chosen and confirmed
+    (`graphopt.verify.input_shapes`; the report's `verification.shapes` says why); the output
+    keeps them dynamic unless `freeze_shapes`, which writes the shapes verified into it. Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress) as (final, report):
+                    set_options=set_options, progress=progress, freeze_shapes=freeze_shapes) as (final, report):
         # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
         # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
@@ -122,7 +128,7 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 @contextlib.contextmanager
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
-    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False,
+    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, freeze_shapes=False,
 ) -> Iterator[tuple[onnx.ModelProto, dict]]:
     """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
     if verify not in _VERIFY_MODES:
@@ -134,13 +140,19 @@ def _optimized(
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
     prepared = _prepared(model)
     pristine, source = prepared.given, prepared.running
+    model_warnings = list(prepared.warnings)
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
-    calibration_feeds = prepare_feeds(calibration, source, option="--calibration") if calibration is not None else None
+    calibration_feeds = prepare_feeds(calibration, source, option=parameter("calibration")) if calibration is not None else None
+    feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
+    chosen = run_shapes(source, shapes, feeds, feeds_from="inputs" if inputs is not None else "calibration", seed=seed,
+                        confirm=verify != "off" or freeze_shapes)
+    if freeze_shapes:
+        prepared = _prepared(freeze_input_shapes(pristine, {name: c.shape for name, c in chosen.items()}))
+        pristine, source = prepared.given, prepared.running
     verifier = None
     if verify != "off":
-        feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
         if feeds is None:
-            feeds = generate_feeds(source, shapes, seed=seed)
+            feeds = generate_feeds(source, {name: c.shape for name, c in chosen.items()}, seed=seed)
         verifier = Verifier(split_samples(feeds))
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
@@ -174,8 +186,10 @@ def _optimized(
                 "inputs": origin,
                 "budget": global_budget.describe() if global_budget else None,
                 "end_to_end": outcome.end_to_end,
+                "shapes": {name: c.to_dict() for name, c in chosen.items()},
+                "frozen": freeze_shapes,
             },
-            "warnings": list(loaded.warnings),
+            "warnings": list(loaded.warnings) + model_warnings,
         }
         yield final, report
 
@@ -193,6 +207,7 @@ class _Prepared:
     running: onnx.ModelProto
     given_size: int | None  # sizes, when serialising once for the checker and inference gave them
     running_size: int | None  # as the pipeline counts it: value_info only if the given model has some
+    warnings: list[str] = dataclasses.field(default_factory=list)  # declared output shapes repaired
 
     @property
     def keeps_value_info(self) -> bool:
@@ -212,18 +227,22 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
     else:
         given, data = model, wire_bytes(model)
         check_model(model, data=data)
+    given, warnings = repaired_output_shapes(given)
+    if warnings and data is not None:
+        data = wire_bytes(given)
     keeps = bool(len(given.graph.value_info))
     running, running_size = inferred_with_size(given, data=data, value_info=keeps)
-    return _Prepared(given, running, len(data) if data is not None else None, running_size if data is not None else None)
+    return _Prepared(given, running, len(data) if data is not None else None, running_size if data is not None else None,
+                     warnings)
 
 
-def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:
+def prepare_feeds(feeds, model, *, option=None) -> dict[str, np.ndarray]:
     """Checked `{input: (N, *shape) array}` from a mapping or an `.npz` path."""
     if isinstance(feeds, (str, os.PathLike)):
         return load_feeds(feeds, model, option=option)
     if isinstance(feeds, Mapping):
         return check_feeds(dict(feeds), model, option=option)
-    raise UsageError(f"{option} must be a mapping of arrays or an .npz path")
+    raise UsageError(f"{option or parameter('inputs')} must be a mapping of arrays or an .npz path")
 
 
 def _nested(options) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ from graphopt import __version__
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.model_io import same_file
 from graphopt.options import describe_options, parse_assignment
+from graphopt.parameter_names import cli_spelling
 from graphopt.verify.feeds import parse_input_shape
 
 __all__ = ["main"]
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         args = parser.parse_args(argv)
-        with _logging_for(args):
+        with _logging_for(args), cli_spelling():
             return args.handler(args)
     except GraphoptError as error:
         return _fail(error, error.exit_code, debug)
@@ -83,7 +84,10 @@ def _build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--recipe", help="TOML file with passes, options and budget")
     optimize.add_argument("--inputs", help=".npz with one (N, *shape) array per model input, for verification")
     optimize.add_argument("--calibration", help=".npz like --inputs, for passes that calibrate")
-    optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
+    optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                          help="shape of a dynamic input for verification (default: chosen, see docs/verifier.md)")
+    optimize.add_argument("--freeze-shapes", action="store_true",
+                          help="write the verified input shapes (given or chosen) into the output instead of keeping dims dynamic")
     optimize.add_argument("--verify", choices=("each", "end", "off"), help="verify after each pass (default), at the end, or not")
     optimize.add_argument("--report", help="write the JSON report here")
     optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30")
@@ -103,6 +107,8 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", parents=[common], help="ops, parameters, bytes, MACs, opset, inputs/outputs")
     inspect.add_argument("model", help="the .onnx model")
     inspect.add_argument("--json", action="store_true", help="the summary as JSON")
+    inspect.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                         help="count MACs at this input shape (default: chosen, as optimize does)")
     inspect.set_defaults(handler=_inspect)
 
     verify = commands.add_parser("verify", parents=[common], help="compare a candidate model's outputs with a reference's")
@@ -191,6 +197,7 @@ def _optimize(args) -> int:
             seed=args.seed,
             dump_dir=args.dump_dir,
             progress=progress,
+            freeze_shapes=args.freeze_shapes,
         )
     except GraphoptError as error:
         if error.path is None and not isinstance(error, UsageError):
@@ -202,11 +209,20 @@ def _optimize(args) -> int:
         _write_json(Path(args.report), report)
     if not args.quiet:
         print(f"wrote {output}")
+        _print_chosen_shapes(report["verification"].get("shapes", {}), frozen=args.freeze_shapes)
         print(format_comparison(report["input"], report["output"]))
         for entry in report["passes"]:
             details = _brief(entry["details"])
             print(f"pass {entry['name']}: {entry['status']} in {entry['seconds']:.3f}s" + (f" ({details})" if details else ""))
     return 0
+
+
+def _print_chosen_shapes(shapes: dict, *, frozen: bool) -> None:
+    for name, entry in shapes.items():
+        chosen = [dim["reason"] for dim in entry["dims"] if "→" in dim["reason"]]  # the dims graphopt chose
+        if chosen:
+            size = "x".join(map(str, entry["shape"]))
+            print(f"{'froze' if frozen else 'verified'} input '{name}' at {size}: {'; '.join(chosen)}")
 
 
 def _default_output(source: Path) -> Path:
@@ -346,11 +362,12 @@ def _passes_markdown(listing: list[dict], command: str = "graphopt passes --mark
 
 
 def _inspect(args) -> int:
-    from graphopt.model_io import infer_model_shapes, load_model
-    from graphopt.summary import summarize
+    from graphopt.model_io import load_model
+    from graphopt.shaped_summary import summarize_at_shapes
 
     stored = load_model(args.model, infer_shapes=False)
-    summary = summarize(infer_model_shapes(stored), size_of=stored)
+    shapes = dict(parse_input_shape(item) for item in args.input_shape)
+    summary = summarize_at_shapes(stored, shapes)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -361,6 +378,8 @@ def _inspect(args) -> int:
     for value in summary["outputs"]:
         print(f"  output {value['name']}: {value['dtype']} {value['shape']}")
     print("  ops: " + ", ".join(f"{op} {count}" for op, count in summary["ops"].items()))
+    for name, entry in summary.get("macs_shapes", {}).items():
+        print(f"  MACs counted at {name}={'x'.join(map(str, entry['shape']))} ({entry['reason']})")
     if summary["macs_unknown"]:
         print("  MACs not counted (shapes unknown): " + ", ".join(f"{op} {n}" for op, n in summary["macs_unknown"].items()))
     return 0
