@@ -41,6 +41,7 @@ from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_
 from graphopt.verify.feeds import check_feeds
 from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
 from graphopt.output_annotations import repaired_output_shapes
+from graphopt.writable import require_writable_folder
 from graphopt.parameter_names import parameter
 
 __all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
@@ -110,6 +111,7 @@ def optimize_to_file(
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    require_writable_folder(Path(output), "output")  # before any pass runs, not after
     with _optimized(model, passes, options, **settings) as (final, report):
         if not external_data:
             _read_in_if_it_fits(final)

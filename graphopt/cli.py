@@ -23,6 +23,7 @@ from graphopt.errors import GraphoptError, InputError, UsageError, VerificationE
 from graphopt.model_io import same_file
 from graphopt.options import describe_options, parse_assignment
 from graphopt.parameter_names import cli_spelling
+from graphopt.writable import require_writable_folder
 from graphopt.verify.feeds import parse_input_shape
 
 __all__ = ["main"]
@@ -234,14 +235,12 @@ def _check_output_path(output: Path, source: Path) -> None:
     """Refuses early, before any work, what save_model would refuse at the end."""
     if same_file(output, source):
         raise UsageError("output would overwrite the input; choose another -o", path=str(output))
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise UsageError("output folder does not exist", path=str(output))
+    require_writable_folder(output, "output")
 
 
 def _check_report_path(report: Path, source: Path, output: Path) -> None:
     """Refuses early a report that could not be written, or that would replace the input or the output."""
-    if not (report.parent if str(report.parent) else Path(".")).is_dir():
-        raise UsageError("report folder does not exist", path=str(report))
+    require_writable_folder(report, "report")
     for other, what in ((source, "the input"), (output, "the output")):
         if same_file(report, other):
             raise UsageError(f"--report would overwrite {what}; choose another path", path=str(report))
@@ -275,14 +274,21 @@ def _write_json(path: Path, document: dict) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError("report folder does not exist", path=str(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        json.dump(document, handle, indent=2, default=str)
-        handle.write("\n")
-    # NamedTemporaryFile makes the file 0600; a report is an ordinary file (0666 less the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, path)
+    staged = None
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
+            staged = handle.name
+            json.dump(document, handle, indent=2, default=str)
+            handle.write("\n")
+        # NamedTemporaryFile makes the file 0600; a report is an ordinary file (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o666 & ~umask)
+        os.replace(staged, path)
+    except OSError as error:
+        if staged is not None and os.path.exists(staged):
+            os.unlink(staged)
+        raise UsageError(f"cannot write the report in folder '{folder}': {error.strerror or error}", path=str(path)) from error
 
 
 def _passes(args) -> int:
