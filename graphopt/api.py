@@ -42,6 +42,7 @@ from graphopt.verify.feeds import check_feeds
 from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
 from graphopt.output_annotations import repaired_output_shapes
 from graphopt.writable import require_writable_folder
+from graphopt.shaped_summary import count_macs_at
 from graphopt.parameter_names import parameter
 
 __all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
@@ -176,11 +177,12 @@ def _optimized(
         if changed and not prepared.keeps_value_info:
             # The shapes graphopt inferred for its own use are not the user's; don't ship them.
             del final.graph.value_info[:]
+        at = {name: c.shape for name, c in chosen.items()}  # MACs need concrete shapes
         report = {
             "schema": REPORT_SCHEMA,
             "graphopt_version": __version__,
-            "input": summarize(source, size=prepared.given_size, size_of=pristine),
-            "output": output_summary,
+            "input": count_macs_at(summarize(source, size=prepared.given_size, size_of=pristine), pristine, at),
+            "output": count_macs_at(output_summary, final, at),
             "passes": outcome.passes,
             "verification": {
                 "mode": verify,

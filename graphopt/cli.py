@@ -167,10 +167,10 @@ def _optimize(args) -> int:
     recipe = _read_recipe(Path(args.recipe)) if args.recipe else {}
     # Flags win over the recipe; what is left of it is one options table per pass.
     recipe_passes, recipe_budget, recipe_verify = (recipe.pop(key, None) for key in ("passes", "budget", "verify"))
-    passes = args.passes or recipe_passes or "cleanup"
+    passes = args.passes if args.passes is not None else recipe_passes or "cleanup"
     if isinstance(passes, list):
         passes = ",".join(passes)
-    budget = args.budget or recipe_budget
+    budget = args.budget if args.budget is not None else recipe_budget
     verify = args.verify or recipe_verify or "each"
     output = Path(args.output) if args.output else _default_output(source)
     _check_output_path(output, source)

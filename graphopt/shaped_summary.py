@@ -25,7 +25,20 @@ from graphopt.verify.input_shapes import choose_input_shapes, freeze_input_shape
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["summarize_at_shapes"]
+__all__ = ["summarize_at_shapes", "count_macs_at"]
+
+
+def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
+    """`summary` (of `model`) with `macs` and `macs_unknown` counted at `shapes`, when `model`
+    leaves some of those dims dynamic; shape inference only (no run). Modifies and returns it."""
+    declared = {value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+                for value in model.graph.input}
+    if all(None not in declared.get(name, []) for name in shapes):
+        return summary
+    at_shapes = summarize(infer_model_shapes(freeze_input_shapes(model, shapes)), size=summary["bytes"])
+    summary.update(macs=at_shapes["macs"], macs_unknown=at_shapes["macs_unknown"],
+                   macs_shapes={name: list(shape) for name, shape in shapes.items()})
+    return summary
 
 
 def summarize_at_shapes(model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]] | None = None) -> dict:

@@ -305,10 +305,10 @@ def _shared_symbols_alike(specs, plans):
         for axis, dim in enumerate(spec.dims):
             if not isinstance(dim, str) or not dim:
                 continue
-            if dim in first:
+            if dim in first and plan[axis][2] is not None:  # only a default yields to the first input
                 values, reason, role = first[dim][0]
                 plan[axis] = (values, f"'{dim}' as in '{first[dim][1]}'", role)
-            else:
+            elif dim not in first:
                 first[dim] = (plan[axis], spec.name)
     return plans
 
