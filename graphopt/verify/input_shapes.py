@@ -80,7 +80,7 @@ class ChosenShape:
         return any(role is not None for role in self.roles)
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "reason": "; ".join(dict.fromkeys(self.reasons)), "dims": [
+        return {"shape": list(self.shape), "reason": "; ".join(dict.fromkeys(self.reasons)) or "a scalar", "dims": [
             {"size": size, "reason": reason} for size, reason in zip(self.shape, self.reasons)]}
 
 
