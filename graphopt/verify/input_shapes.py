@@ -182,17 +182,26 @@ def freeze_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, 
 def total_stride(model: onnx.ModelProto, input_name: str) -> int:
     """The largest spatial downsampling any tensor reached from `input_name` (product of the
     strides of Conv/pooling on the way); sides must be multiples of it for Resize/Concat to align."""
-    stride = {input_name: 1}
-    largest = 1
+    return max(axis_strides(model, input_name))
+
+
+def axis_strides(model: onnx.ModelProto, input_name: str) -> tuple[int, int]:
+    """(height, width) downsampling reached from `input_name`, each the largest along any path.
+
+    A text recognizer downsamples its height far more than its width (strides (2, 1)) and must
+    end at height 1: its height side is best the height stride itself."""
+    stride = {input_name: (1, 1)}
+    largest = (1, 1)
     for node in model.graph.node:
         reached = [stride[name] for name in node.input if name in stride]
         if not reached:
             continue
-        factor = 1
+        factor = (1, 1)
         if node.op_type in _STRIDED_OPS and node.op_type != "ConvTranspose":
-            factor = max((max(attr.ints) for attr in node.attribute if attr.name == "strides" and attr.ints), default=1)
-        value = max(reached) * factor
-        largest = max(largest, value)
+            ints = next((list(attr.ints) for attr in node.attribute if attr.name == "strides" and attr.ints), [1])
+            factor = (ints[0], ints[-1]) if len(ints) >= 2 else (ints[0], ints[0])
+        value = (max(r[0] for r in reached) * factor[0], max(r[1] for r in reached) * factor[1])
+        largest = (max(largest[0], value[0]), max(largest[1], value[1]))
         for name in node.output:
             stride[name] = value
     return largest
@@ -220,10 +229,10 @@ def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, 
         for axis, dim in enumerate(spec.dims):
             if isinstance(dim, int):
                 plan.append(((dim,), "fixed in the model", None))
-            elif dim and dim in settled:
+            elif _symbol(dim) and dim in settled:
                 value, source = settled[dim]
                 plan.append(((value,), f"'{dim}' as in {source}", None))
-            elif dim and dim in metadata:
+            elif _symbol(dim) and dim in metadata:
                 plan.append(((metadata[dim],), f"'{dim}' from the model's metadata", None))
             elif reshape is not None and reshape[axis] > 0:
                 plan.append(((reshape[axis],), "the constant Reshape target it flows into", None))
@@ -236,28 +245,46 @@ def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, 
 
 
 def _default(model, spec: InputSpec, axis: int, role: str) -> tuple[tuple[int, ...], str, str]:
-    label = f"'{spec.dims[axis]}'" if spec.dims[axis] else "unknown"
+    label = f"'{spec.dims[axis]}'" if _symbol(spec.dims[axis]) else "unknown"
     values = ROLE_DEFAULTS[role]
     if role == "image side":
-        multiple = max(32, total_stride(model, spec.name))
+        strides = axis_strides(model, spec.name)
+        side_axes = [a for a in range(len(spec.dims)) if a >= 1 and a != (1 if len(spec.dims) == 4 and _channels_first(spec) else 3)]
+        own = strides[0] if side_axes and axis == side_axes[0] else strides[-1]
+        multiple = max(32, own)
         rounded = tuple(dict.fromkeys(math.ceil(side / multiple) * multiple for side in values))
+        if own >= 16 and own > 2 * min(strides):
+            # Downsampled far more on this axis than the other (strides (2, 1)): a recognizer
+            # that ends at size 1 here, whose side is the stride itself.
+            return (own, *tuple(dict.fromkeys(own * k for k in (2, 3, 4)))), \
+                f"{label}: image side downsampled {own}x (the other side {min(strides)}x), one stride", role
         return rounded, f"{label}: image side, a multiple of the model's total stride {multiple}", role
     if role == "batch":
         return values, f"{label}: batch-like leading dim", role
     return values, f"{label}: {role} default", role
 
 
+def _symbol(dim) -> str | None:
+    """A dim's symbol, None for a fixed or unknown dim ("?" is how some exporters write unknown)."""
+    return dim if isinstance(dim, str) and dim and dim != "?" else None
+
+
+def _channels_first(spec: InputSpec) -> bool:
+    dims = spec.dims
+    return isinstance(dims[1], int) and dims[1] <= 4 or not (isinstance(dims[3], int) and dims[3] <= 4)
+
+
 def _roles(model, spec: InputSpec) -> list[str]:
     """A role per dim of `spec`, from its rank, dtype, declared sizes and symbol names."""
     rank, dims = len(spec.dims), spec.dims
-    names = [d if isinstance(d, str) else "" for d in dims]
+    names = [_symbol(d) or "" for d in dims]
     integer = np.issubdtype(spec.dtype, np.integer)
     roles = ["other"] * rank
     for axis in range(rank):
         if _BATCH_NAMES.match(names[axis]) or (axis == 0 and rank >= 2):
             roles[axis] = "batch"
     if rank == 4 and not integer:
-        channels_first = isinstance(dims[1], int) and dims[1] <= 4 or not (isinstance(dims[3], int) and dims[3] <= 4)
+        channels_first = _channels_first(spec)
         spatial = (2, 3) if channels_first else (1, 2)
         roles[1 if channels_first else 3] = "channels"
         for axis in spatial:
@@ -292,7 +319,7 @@ def _settled_symbols(specs: list[InputSpec], given: dict) -> dict[str, tuple[int
         if shape is None:
             continue
         for dim, size in zip(spec.dims, shape):
-            if isinstance(dim, str) and dim and dim not in settled:
+            if _symbol(dim) and dim not in settled:
                 settled[dim] = (int(size), f"the given shape of '{spec.name}'")
     return settled
 
@@ -303,7 +330,7 @@ def _shared_symbols_alike(specs, plans):
     for spec in specs:
         plan = plans[spec.name]
         for axis, dim in enumerate(spec.dims):
-            if not isinstance(dim, str) or not dim:
+            if not _symbol(dim):
                 continue
             if dim in first and plan[axis][2] is not None:  # only a default yields to the first input
                 values, reason, role = first[dim][0]
