@@ -210,7 +210,7 @@ def _optimize(args) -> int:
         _write_json(Path(args.report), report)
     if not args.quiet:
         print(f"wrote {output}")
-        _print_chosen_shapes(report["verification"].get("shapes", {}), frozen=args.freeze_shapes)
+        _print_chosen_shapes(report["verification"].get("shapes", {}), verb="froze" if args.freeze_shapes else "verified")
         print(format_comparison(report["input"], report["output"]))
         for entry in report["passes"]:
             details = _brief(entry["details"])
@@ -218,12 +218,12 @@ def _optimize(args) -> int:
     return 0
 
 
-def _print_chosen_shapes(shapes: dict, *, frozen: bool) -> None:
+def _print_chosen_shapes(shapes: dict, *, verb: str) -> None:
     for name, entry in shapes.items():
         chosen = [dim["reason"] for dim in entry["dims"] if "→" in dim["reason"]]  # the dims graphopt chose
         if chosen:
             size = "x".join(map(str, entry["shape"]))
-            print(f"{'froze' if frozen else 'verified'} input '{name}' at {size}: {'; '.join(chosen)}")
+            print(f"{verb} input '{name}' at {size}: {'; '.join(chosen)}")
 
 
 def _default_output(source: Path) -> Path:
@@ -394,14 +394,14 @@ def _inspect(args) -> int:
 def _verify(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.model_io import load_model
-    from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, input_specs, split_samples
+    from graphopt.verify import Budget, SessionError, Verifier, input_specs, split_samples
 
     reference, candidate = load_model(args.reference), load_model(args.candidate)
     interface = {spec.name: spec.dtype for spec in input_specs(reference)}
     if {spec.name: spec.dtype for spec in input_specs(candidate)} != interface:
         raise InputError("the candidate's inputs differ from the reference's (names or dtypes)", path=args.candidate)
     shapes = dict(parse_input_shape(item) for item in args.input_shape)
-    feeds = prepare_feeds(args.inputs, reference) if args.inputs else generate_feeds(reference, shapes, seed=args.seed)
+    feeds = prepare_feeds(args.inputs, reference) if args.inputs else _generated_feeds(reference, shapes, args.seed, args.json, "verified")
     verifier = Verifier(split_samples(feeds))
     budget = Budget.parse(args.budget)
     outputs = {}
@@ -427,12 +427,23 @@ def _verify(args) -> int:
     return 0
 
 
+def _generated_feeds(model, shapes: dict, seed: int, quiet: bool, verb: str) -> dict:
+    """Generated inputs at the given shapes, dims not given chosen and confirmed in onnxruntime."""
+    from graphopt.verify import generate_feeds
+    from graphopt.verify.input_shapes import confirmed_shapes
+
+    chosen = confirmed_shapes(model, shapes, seed=seed)
+    if not quiet:
+        _print_chosen_shapes({name: c.to_dict() for name, c in chosen.items()}, verb=verb)
+    return generate_feeds(model, {name: c.shape for name, c in chosen.items()}, seed=seed)
+
+
 def _bench(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.bench import compare_latency
     from graphopt.model_io import load_model
     from graphopt.errors import first_line
-    from graphopt.verify import SessionError, generate_feeds, split_samples
+    from graphopt.verify import SessionError, split_samples
     from graphopt.verify.runner import make_session
 
     if args.threads < 1 or args.runs < 1:
@@ -441,7 +452,7 @@ def _bench(args) -> int:
     samples = {}
     for path in args.models:
         model = load_model(path, infer_shapes=False)
-        feeds = prepare_feeds(args.inputs, model) if args.inputs else generate_feeds(model, shapes)
+        feeds = prepare_feeds(args.inputs, model) if args.inputs else _generated_feeds(model, shapes, 0, args.json, f"{path}: timed")
         samples[path] = split_samples(feeds)[0]
         try:
             make_session(path)  # a model ORT cannot load is named here, before any timing

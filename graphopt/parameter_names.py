@@ -23,6 +23,7 @@ _FLAGS = {
     "set_options": "--set",
     "output": "--output",
     "report": "--report",
+    "dump_dir": "--dump-dir",
 }
 _SPELLING = contextvars.ContextVar("graphopt_parameter_spelling", default="api")
 

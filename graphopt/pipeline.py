@@ -140,7 +140,7 @@ def run_pipeline(
     instruments: list[Any] = [timer]
     if settings.dump_dir is not None:
         if not settings.dump_dir.is_dir():
-            raise UsageError("--dump-dir folder does not exist", path=str(settings.dump_dir))
+            raise UsageError(f"{parameter('dump_dir')} folder does not exist", path=str(settings.dump_dir))
         instruments.append(_ModelDumper(settings.dump_dir))
     for instrument in instruments:
         plugins.manager.register(instrument)
