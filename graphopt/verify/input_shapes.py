@@ -51,10 +51,10 @@ ROLE_DEFAULTS: dict[str, tuple[int, ...]] = {
     "batch": (1,),
     "channels": (3, 1),
     "image side": (224, 320, 448, 640),
-    "sequence": (128, 64, 32, 16),
-    "audio samples": (16000, 8000),
-    "time frames": (100, 50),
-    "other": (32, 16, 8, 1),
+    "sequence": (128, 64, 32, 16, 256, 512),
+    "audio samples": (16000, 8000, 32000),
+    "time frames": (100, 50, 200),
+    "other": (32, 16, 8, 1, 64, 128, 256),
 }
 _BATCH_NAMES = re.compile(r"^(n|b|bs|batch.*|.*_?batch(_?size)?|num_?images|unk__\d+)$", re.IGNORECASE)
 _SEQUENCE_NAMES = re.compile(r"seq|token|len|words?|text|sentence", re.IGNORECASE)
@@ -224,6 +224,7 @@ def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, 
             plans[spec.name] = [((int(size),), f"{origin}", None) for size in given[spec.name]]
             continue
         reshape = _reshape_target(model, spec)
+        declared_next = _value_info_dims(model, spec)
         roles = _roles(model, spec)
         plan = []
         for axis, dim in enumerate(spec.dims):
@@ -234,6 +235,8 @@ def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, 
                 plan.append(((value,), f"'{dim}' as in {source}", None))
             elif _symbol(dim) and dim in metadata:
                 plan.append(((metadata[dim],), f"'{dim}' from the model's metadata", None))
+            elif declared_next is not None and declared_next[axis] is not None:
+                plan.append(((declared_next[axis],), "the value_info of the tensor it flows into", None))
             elif reshape is not None and reshape[axis] > 0:
                 plan.append(((reshape[axis],), "the constant Reshape target it flows into", None))
             elif roles[axis] == "image side" and "image side" in metadata:
@@ -297,10 +300,10 @@ def _roles(model, spec: InputSpec) -> list[str]:
             roles[1] = "sequence"
     elif rank in (1, 2):
         last = rank - 1
-        if integer or _SEQUENCE_NAMES.search(names[last]):
+        if not integer and (_AUDIO_NAMES.search(spec.name) or _AUDIO_NAMES.search(names[last])):
+            roles[last] = "audio samples"  # before the sequence names: wav2vec's is "sequence_length"
+        elif integer or _SEQUENCE_NAMES.search(names[last]):
             roles[last] = "sequence"
-        elif _AUDIO_NAMES.search(spec.name) or _AUDIO_NAMES.search(names[last]):
-            roles[last] = "audio samples"
         elif _TIME_NAMES.search(names[last]):
             roles[last] = "time frames"
     for axis in range(rank):
@@ -376,6 +379,23 @@ def _reshape_target(model: onnx.ModelProto, spec: InputSpec) -> list[int] | None
         elif node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
             target = onnx.numpy_helper.to_array(constants[node.input[1]]).astype(int).ravel().tolist()
             return target if len(target) == len(spec.dims) else None
+    return None
+
+
+def _value_info_dims(model: onnx.ModelProto, spec: InputSpec) -> list[int | None] | None:
+    """Fixed dims an exporter wrote in value_info for the tensor the input passes unchanged into
+    (through Cast/Identity): sizes the model states even where its interface leaves them open."""
+    values = {v.name: v for v in model.graph.value_info}
+    current = spec.name
+    for node in model.graph.node:
+        if node.op_type in _PASS_THROUGH and node.input and node.input[0] == current and node.output:
+            current = node.output[0]
+            value = values.get(current)
+            if value is not None and value.type.tensor_type.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                        for d in value.type.tensor_type.shape.dim]
+                if len(dims) == len(spec.dims) and any(d is not None for d in dims):
+                    return dims
     return None
 
 

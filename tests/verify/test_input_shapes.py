@@ -108,7 +108,7 @@ def test_confirmation_really_runs_onnxruntime():
 
 def test_fallback_candidates_differ_per_attempt():
     attempts = [_shapes(c)["ids"] for c in candidate_shapes(dynamic_transformer())]
-    assert attempts == [(1, 128), (1, 64), (1, 32), (1, 16)]
+    assert attempts == [(1, 128), (1, 64), (1, 32), (1, 16), (1, 256), (1, 512)]
 
 
 def test_feeds_win_and_a_contradicting_given_shape_is_refused():
@@ -125,3 +125,23 @@ def test_freezing_writes_the_shapes_and_leaves_the_original_alone():
     assert [d.dim_value for d in frozen.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 64]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     onnx.checker.check_model(frozen, full_check=True)
+
+
+def test_value_info_of_the_next_tensor_decides_a_dim():
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT), helper.make_node("Relu", ["xf"], ["y"])], "vi",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["n", "k"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        value_info=[helper.make_tensor_value_info("xf", TensorProto.FLOAT, ["n", 24])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    chosen = choose_input_shapes(model)["x"]
+    assert chosen.shape == (1, 24) and "value_info" in chosen.reasons[1]
+
+
+def test_audio_input_gets_a_second_of_samples():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input_values"], ["y"])], "audio",
+        [helper.make_tensor_value_info("input_values", TensorProto.FLOAT, ["batch_size", "sequence_length"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert choose_input_shapes(model)["input_values"].shape == (1, 16000)
