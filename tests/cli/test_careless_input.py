@@ -105,3 +105,9 @@ def test_readme_tests_run_in_their_own_environment():
     assert commands and all(".venv-test" in line and ".venv/" not in line for line in commands)
     run = (ROOT / ".ci" / "run").read_text()
     assert "python3 -m venv .venv-test" in run and ". .venv-test/bin/activate" in run and ".venv/" not in run
+
+
+def test_a_failing_pass_is_exit_3_and_writes_nothing(capsys, model_path, tmp_path):
+    code = main(["optimize", str(model_path), "--passes", "cleanup,explode", "--report", str(tmp_path / "r.json")])
+    assert code == 3, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no model, no report, no temp file
