@@ -298,7 +298,7 @@ def _roles(model, spec: InputSpec) -> list[str]:
             roles[2] = "time frames"
         else:
             roles[1] = "sequence"
-    elif rank in (1, 2):
+    elif rank in (1, 2) and roles[rank - 1] != "batch":  # a rank-1 `batch` input (lengths) stays batch
         last = rank - 1
         if not integer and (_AUDIO_NAMES.search(spec.name) or _AUDIO_NAMES.search(names[last])):
             roles[last] = "audio samples"  # before the sequence names: wav2vec's is "sequence_length"

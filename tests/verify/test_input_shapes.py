@@ -145,3 +145,12 @@ def test_audio_input_gets_a_second_of_samples():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert choose_input_shapes(model)["input_values"].shape == (1, 16000)
+
+
+def test_a_rank_one_batch_input_stays_batch():
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["lengths"], ["y"], to=TensorProto.FLOAT)], "lengths",
+        [helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert choose_input_shapes(model)["lengths"].shape == (1,)
