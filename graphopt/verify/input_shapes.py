@@ -211,6 +211,10 @@ def axis_strides(model: onnx.ModelProto, input_name: str) -> tuple[int, int]:
 
 def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, list[tuple[tuple[int, ...], str, str | None]]]:
     """Per input, per dim: (candidate values, reason, role or None when not a default)."""
+    unknown = sorted(set(given) - {spec.name for spec in specs})
+    if unknown:
+        raise UsageError(f"{_option_name()} names no model input: {', '.join(map(repr, unknown))} "
+                         f"(model inputs: {', '.join(spec.name for spec in specs)})")
     for name, shape in given.items():
         spec = next((s for s in specs if s.name == name), None)
         if spec is not None and len(shape) != len(spec.dims):

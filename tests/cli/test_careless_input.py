@@ -111,3 +111,8 @@ def test_a_failing_pass_is_exit_3_and_writes_nothing(capsys, model_path, tmp_pat
     code = main(["optimize", str(model_path), "--passes", "cleanup,explode", "--report", str(tmp_path / "r.json")])
     assert code == 3, capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no model, no report, no temp file
+
+
+def test_input_shape_naming_no_input_is_refused(capsys, model_path):
+    err = refused(capsys, "optimize", model_path, "--input-shape", "imgae=1,3,64,64")
+    assert "--input-shape names no model input: 'imgae'" in err
