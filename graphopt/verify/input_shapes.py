@@ -31,6 +31,7 @@ import onnx
 
 from graphopt.errors import UsageError
 from graphopt.parameter_names import parameter
+from graphopt.suggest import did_you_mean
 from graphopt.verify.feeds import InputSpec, generate_feeds, input_specs
 
 __all__ = [
@@ -213,7 +214,8 @@ def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, 
     """Per input, per dim: (candidate values, reason, role or None when not a default)."""
     unknown = sorted(set(given) - {spec.name for spec in specs})
     if unknown:
-        raise UsageError(f"{_option_name()} names no model input: {', '.join(map(repr, unknown))} "
+        hint = did_you_mean(unknown[0], [spec.name for spec in specs])
+        raise UsageError(f"{_option_name()} names no model input: {', '.join(map(repr, unknown))}{hint} "
                          f"(model inputs: {', '.join(spec.name for spec in specs)})")
     for name, shape in given.items():
         spec = next((s for s in specs if s.name == name), None)

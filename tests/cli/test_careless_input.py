@@ -115,4 +115,4 @@ def test_a_failing_pass_is_exit_3_and_writes_nothing(capsys, model_path, tmp_pat
 
 def test_input_shape_naming_no_input_is_refused(capsys, model_path):
     err = refused(capsys, "optimize", model_path, "--input-shape", "imgae=1,3,64,64")
-    assert "--input-shape names no model input: 'imgae'" in err
+    assert "--input-shape names no model input: 'imgae'; did you mean 'image'?" in err
