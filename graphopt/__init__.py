@@ -23,11 +23,13 @@ from graphopt.hookspecs import hookimpl  # noqa: E402
 from graphopt.passes import Pass, PassContext, PassResult  # noqa: E402
 from graphopt.api import Result, optimize, optimize_to_file  # noqa: E402
 from graphopt.model_io import load_model, save_model  # noqa: E402
+from graphopt.partition import partition  # noqa: E402  (the function; the subpackage stays importable by its dotted path)
 
 __all__ = [
     "__version__",
     "optimize",
     "optimize_to_file",
+    "partition",
     "Result",
     "Pass",
     "PassResult",

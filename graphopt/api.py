@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from graphopt import __version__
+from graphopt import __version__, latency
 from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.external_data import spill_folder
 from graphopt.model_io import (
@@ -34,6 +34,7 @@ from graphopt.model_io import (
     uses_external_data,
     wire_bytes,
 )
+from graphopt.emit.write import emit_model
 from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
 from graphopt.registry import load_registry
 from graphopt.summary import summarize
@@ -74,6 +75,7 @@ def optimize(
     set_options: Mapping[str, Mapping[str, str]] | None = None,
     progress: bool = False,
     freeze_shapes: bool = False,
+    latency_on: str | None = None,
 ) -> Result:
     """Runs `passes` over `model` and verifies the result in onnxruntime.
 
@@ -83,11 +85,14 @@ def optimize(
     besides those of the `graphopt` entry-point group. `set_options` takes option values as
     text, as `--set` does. Dims neither fixed nor in `input_shapes` are chosen and confirmed
     (`graphopt.verify.input_shapes`; the report's `verification.shapes` says why); the output
-    keeps them dynamic unless `freeze_shapes`, which writes the shapes verified into it. Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
+    keeps them dynamic unless `freeze_shapes`, which writes the shapes verified into it.
+    `latency_on`: the backend every latency decision is timed on (`host-ort` by default,
+    `host-litert`, `none`, or a plugin's; see `graphopt.latency`). Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress, freeze_shapes=freeze_shapes) as (final, report):
+                    set_options=set_options, progress=progress, freeze_shapes=freeze_shapes,
+                    latency_on=latency_on) as (final, report):
         # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
         # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
@@ -107,13 +112,21 @@ def optimize_to_file(
 ) -> dict:
     """`optimize`, then the result written to `output` (atomic, checked); returns the report.
 
-    Takes `optimize`'s keyword arguments. Weights still in the input's data files, or spilled
+    Takes `optimize`'s keyword arguments, and `emit` (`"ort"`, `"tflite"`) with `emit_precision`
+    (tflite: `"fp32"`, `"fp16"`, `"int8"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
     there by passes, are streamed into the output's data file, never gathered in memory: the
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     require_writable_folder(Path(output), "output")  # before any pass runs, not after
+    emit, precision = settings.pop("emit", None) or "onnx", settings.pop("emit_precision", "fp32")
+    if emit == "tflite" and settings.get("latency_on") is None:
+        settings["latency_on"] = "host-litert"  # decisions timed where the flatbuffer will run
     with _optimized(model, passes, options, **settings) as (final, report):
+        if emit != "onnx":  # verified in its runtime, then written (graphopt/emit)
+            _read_in_if_it_fits(final)
+            report["emit"] = emit_model(final, output, emit, precision, settings)
+            return report
         if not external_data:
             _read_in_if_it_fits(final)
         save_model(final, output, external_data=external_data, source=source)
@@ -132,6 +145,7 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
     keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, freeze_shapes=False,
+    latency_on=None,
 ) -> Iterator[tuple[onnx.ModelProto, dict]]:
     """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
     if verify not in _VERIFY_MODES:
@@ -141,6 +155,7 @@ def _optimized(
     global_budget = Budget.parse(budget)
     loaded = load_registry(plugins)
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
+    timer = latency.backend(latency_on, loaded)
     prepared = _prepared(model)
     pristine, source = prepared.given, prepared.running
     model_warnings = list(prepared.warnings)
@@ -160,7 +175,7 @@ def _optimized(
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
-                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info)
+                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info, latency=timer)
     with spill_folder(source) as running:
         try:
             outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds,
@@ -193,6 +208,7 @@ def _optimized(
                 "shapes": {name: c.to_dict() for name, c in chosen.items()},
                 "frozen": freeze_shapes,
             },
+            "latency": timer.report(),
             "warnings": list(loaded.warnings) + model_warnings,
         }
         yield final, report

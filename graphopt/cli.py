@@ -1,4 +1,4 @@
-"""The `graphopt` command line: optimize, passes, inspect, verify, bench.
+"""The `graphopt` command line: optimize, passes, inspect, verify, bench (and partition, run).
 
 Errors are one line on stderr, `graphopt: error: <what> (<file>)`, with the exit codes of
 DESIGN.md (0 done, 1 verification failed, 2 bad usage or input, 3 a pass or plugin failed);
@@ -21,9 +21,11 @@ from pathlib import Path
 from graphopt import __version__
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.model_io import same_file
+from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
 from graphopt.options import describe_options, parse_assignment
 from graphopt.parameter_names import cli_spelling
 from graphopt.writable import require_writable_folder
+from graphopt.partition.commands import add_commands as add_partition_commands
 from graphopt.verify.feeds import parse_input_shape
 
 __all__ = ["main"]
@@ -96,6 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
     optimize.add_argument("--dump-dir", help="write the model after each pass here as NN_pass.onnx")
     optimize.add_argument("--seed", type=int, default=0, help="random seed for generated inputs and passes")
+    add_target_arguments(optimize)
     optimize.set_defaults(handler=_optimize)
 
     passes = commands.add_parser("passes", parents=[common], help="list registered passes and their options")
@@ -130,6 +133,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--inputs", help=".npz of inputs; the first sample is used")
     bench.add_argument("--json", action="store_true", help="latency figures as JSON")
     bench.set_defaults(handler=_bench)
+    add_partition_commands(commands, common)  # partition, run, and optimize --partition K
     return parser
 
 
@@ -172,7 +176,7 @@ def _optimize(args) -> int:
         passes = ",".join(passes)
     budget = args.budget if args.budget is not None else recipe_budget
     verify = args.verify or recipe_verify or "each"
-    output = Path(args.output) if args.output else _default_output(source)
+    output = Path(args.output) if args.output else _default_output(source, default_suffix(args))
     _check_output_path(output, source)
     if args.report:
         _check_report_path(Path(args.report), source, output)
@@ -199,6 +203,7 @@ def _optimize(args) -> int:
             dump_dir=args.dump_dir,
             progress=progress,
             freeze_shapes=args.freeze_shapes,
+            **target_settings(args),
         )
     except GraphoptError as error:
         if error.path is None and not isinstance(error, UsageError):
@@ -212,6 +217,8 @@ def _optimize(args) -> int:
         print(f"wrote {output}")
         _print_chosen_shapes(report["verification"].get("shapes", {}), verb="froze" if args.freeze_shapes else "verified")
         print(format_comparison(report["input"], report["output"]))
+        if describe_emit(report):
+            print(describe_emit(report))
         for entry in report["passes"]:
             details = _brief(entry["details"])
             print(f"pass {entry['name']}: {entry['status']} in {entry['seconds']:.3f}s" + (f" ({details})" if details else ""))
@@ -226,9 +233,9 @@ def _print_chosen_shapes(shapes: dict, *, verb: str) -> None:
             print(f"{verb} input '{name}' at {size}: {'; '.join(chosen)}")
 
 
-def _default_output(source: Path) -> Path:
+def _default_output(source: Path, suffix: str = ".opt.onnx") -> Path:
     stem = source.name[: -len(".onnx")] if source.name.endswith(".onnx") else source.name
-    return source.with_name(f"{stem}.opt.onnx")
+    return source.with_name(f"{stem}{suffix}")
 
 
 def _check_output_path(output: Path, source: Path) -> None:
