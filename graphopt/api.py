@@ -45,6 +45,11 @@ from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_
 from graphopt.verify.evaluator import load_evaluator
 from graphopt.verify.slices import output_slices, parse_slices
 from graphopt.verify.feeds import check_feeds
+from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
+from graphopt.output_annotations import repaired_output_shapes
+from graphopt.writable import require_writable_folder
+from graphopt.shaped_summary import count_macs_at
+from graphopt.parameter_names import parameter
 
 __all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
 
@@ -76,6 +81,7 @@ def optimize(
     progress: bool = False,
     budget_slices: Iterable[str] | str | None = None,
     evaluator: Any = None,
+    freeze_shapes: bool = False,
     latency_on: str | None = None,
     never_slower: bool = True,
 ) -> Result:
@@ -85,8 +91,11 @@ def optimize(
     `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
     `plugins`: extra plugin objects (modules or instances with hook implementations), used
     besides those of the `graphopt` entry-point group. `set_options` takes option values as
-    text, as `--set` does. `latency_on`: the backend every latency decision is timed on
-    (`host-ort` by default, `host-litert`, `none`, or a plugin's; see `graphopt.latency`).
+    text, as `--set` does. Dims neither fixed nor in `input_shapes` are chosen and confirmed
+    (`graphopt.verify.input_shapes`; the report's `verification.shapes` says why); the output
+    keeps them dynamic unless `freeze_shapes`, which writes the shapes verified into it.
+    `latency_on`: the backend every latency decision is timed on (`host-ort` by default,
+    `host-litert`, `none`, or a plugin's; see `graphopt.latency`).
     `never_slower`: time the result against the input on that backend and roll back the
     lossless stages that made it slower (the report's `never_slower`). `budget_slices`:
     `"NAME[@AXIS]=START:STOP,..."` specs, parts of outputs the budget also holds on
@@ -97,8 +106,8 @@ def optimize(
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress, latency_on=latency_on, never_slower=never_slower,
-                    budget_slices=budget_slices, evaluator=evaluator) as (final, report):
+                    set_options=set_options, progress=progress, freeze_shapes=freeze_shapes, latency_on=latency_on,
+                    never_slower=never_slower, budget_slices=budget_slices, evaluator=evaluator) as (final, report):
         # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
         # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
@@ -124,6 +133,7 @@ def optimize_to_file(
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    require_writable_folder(Path(output), "output")  # before any pass runs, not after
     emit, precision = settings.pop("emit", None) or "onnx", settings.pop("emit_precision", "fp32")
     if emit == "tflite" and settings.get("latency_on") is None:
         settings["latency_on"] = "host-litert"  # decisions timed where the flatbuffer will run
@@ -149,8 +159,8 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 @contextlib.contextmanager
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
-    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, latency_on=None, never_slower=True,
-    budget_slices=None, evaluator=None,
+    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, freeze_shapes=False,
+    latency_on=None, never_slower=True, budget_slices=None, evaluator=None,
 ) -> Iterator[tuple[onnx.ModelProto, dict]]:
     """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
     if verify not in _VERIFY_MODES:
@@ -163,13 +173,19 @@ def _optimized(
     timer = latency.backend(latency_on, loaded)
     prepared = _prepared(model)
     pristine, source = prepared.given, prepared.running
+    model_warnings = list(prepared.warnings)
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
-    calibration_feeds = prepare_feeds(calibration, source, option="--calibration") if calibration is not None else None
+    calibration_feeds = prepare_feeds(calibration, source, option=parameter("calibration")) if calibration is not None else None
+    feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
+    chosen = run_shapes(source, shapes, feeds, feeds_from="inputs" if inputs is not None else "calibration", seed=seed,
+                        confirm=verify != "off" or freeze_shapes)
+    if freeze_shapes:
+        prepared = _prepared(freeze_input_shapes(pristine, {name: c.shape for name, c in chosen.items()}))
+        pristine, source = prepared.given, prepared.running
     verifier = None
     if verify != "off":
-        feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
         if feeds is None:
-            feeds = generate_feeds(source, shapes, seed=seed)
+            feeds = generate_feeds(source, {name: c.shape for name, c in chosen.items()}, seed=seed)
         verifier = Verifier(split_samples(feeds), output_slices(source, budget_slices, feeds))
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
@@ -196,11 +212,12 @@ def _optimized(
         # The shapes graphopt inferred for its own use are not the user's; don't ship them.
         if changed and keep_given_value_info(final, pristine) and prepared.keeps_value_info:
             output_summary["bytes"] = model_bytes(final)
+        at = {name: c.shape for name, c in chosen.items()}  # MACs need concrete shapes
         report = {
             "schema": REPORT_SCHEMA,
             "graphopt_version": __version__,
-            "input": summarize(source, size=prepared.given_size, size_of=pristine),
-            "output": output_summary,
+            "input": count_macs_at(summarize(source, size=prepared.given_size, size_of=pristine), pristine, at),
+            "output": count_macs_at(output_summary, final, at),
             "passes": outcome.passes,
             "verification": {
                 "mode": verify,
@@ -208,10 +225,12 @@ def _optimized(
                 "inputs": origin,
                 "budget": global_budget.describe() if global_budget else None,
                 "end_to_end": outcome.end_to_end,
+                "shapes": {name: c.to_dict() for name, c in chosen.items()},
+                "frozen": freeze_shapes,
             },
             "latency": timer.report(),
             "never_slower": outcome.never_slower,
-            "warnings": list(loaded.warnings) + pass_warnings(outcome.passes),
+            "warnings": list(loaded.warnings) + model_warnings + pass_warnings(outcome.passes),
         }
         yield final, report
 
@@ -229,6 +248,7 @@ class _Prepared:
     running: onnx.ModelProto
     given_size: int | None  # sizes, when serialising once for the checker and inference gave them
     running_size: int | None  # as the pipeline counts it: value_info only if the given model has some
+    warnings: list[str] = dataclasses.field(default_factory=list)  # declared output shapes repaired
 
     @property
     def keeps_value_info(self) -> bool:
@@ -248,18 +268,22 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
     else:
         given, data = model, wire_bytes(model)
         check_model(model, data=data)
+    given, warnings = repaired_output_shapes(given)
+    if warnings and data is not None:
+        data = wire_bytes(given)
     keeps = bool(len(given.graph.value_info))
     running, running_size = inferred_with_size(given, data=data, value_info=keeps)
-    return _Prepared(given, running, len(data) if data is not None else None, running_size if data is not None else None)
+    return _Prepared(given, running, len(data) if data is not None else None, running_size if data is not None else None,
+                     warnings)
 
 
-def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:
+def prepare_feeds(feeds, model, *, option=None) -> dict[str, np.ndarray]:
     """Checked `{input: (N, *shape) array}` from a mapping or an `.npz` path."""
     if isinstance(feeds, (str, os.PathLike)):
         return load_feeds(feeds, model, option=option)
     if isinstance(feeds, Mapping):
         return check_feeds(dict(feeds), model, option=option)
-    raise UsageError(f"{option} must be a mapping of arrays or an .npz path")
+    raise UsageError(f"{option or parameter('inputs')} must be a mapping of arrays or an .npz path")
 
 
 def _nested(options) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ import onnx
 from tqdm import tqdm
 
 from graphopt import ir
+from graphopt.parameter_names import parameter
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
@@ -50,11 +51,11 @@ def configure_passes(
     """Pass instances for `names`, options from typed values (API, recipe) then text (`--set`)."""
     options, text_options = options or {}, text_options or {}
     if not names:
-        raise UsageError("no passes given")
+        raise UsageError(f"no passes given: {parameter('passes')} names none")
     for pass_name in list(options) + list(text_options):
         if pass_name not in names:
             registry.get(pass_name)  # an unknown pass is the better error
-            raise UsageError(f"options given for pass '{pass_name}', which is not in --passes ({','.join(names)})")
+            raise UsageError(f"options given for pass '{pass_name}', which is not in {parameter('passes')} ({','.join(names)})")
     configured = []
     for name in names:
         cls = registry.get(name)
@@ -71,10 +72,10 @@ def _check_declared_order(passes: list[Pass]) -> None:
     for index, pass_ in enumerate(passes):
         for earlier in pass_.after:
             if any(other > index for other in positions.get(earlier, ())):
-                raise UsageError(f"pass '{pass_.name}' must run after '{earlier}' (declared by '{pass_.name}'); reorder --passes")
+                raise UsageError(f"pass '{pass_.name}' must run after '{earlier}' (declared by '{pass_.name}'); reorder {parameter('passes')}")
         for later in pass_.before:
             if any(other < index for other in positions.get(later, ())):
-                raise UsageError(f"pass '{pass_.name}' must run before '{later}' (declared by '{pass_.name}'); reorder --passes")
+                raise UsageError(f"pass '{pass_.name}' must run before '{later}' (declared by '{pass_.name}'); reorder {parameter('passes')}")
 
 
 @dataclasses.dataclass
@@ -149,7 +150,7 @@ def run_pipeline(
     instruments: list[Any] = [timer]
     if settings.dump_dir is not None:
         if not settings.dump_dir.is_dir():
-            raise UsageError("--dump-dir folder does not exist", path=str(settings.dump_dir))
+            raise UsageError(f"{parameter('dump_dir')} folder does not exist", path=str(settings.dump_dir))
         instruments.append(_ModelDumper(settings.dump_dir))
     passes = with_opset_conversions(passes, plugins.registry, model)
     for instrument in instruments:
@@ -170,7 +171,7 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         if settings.inputs_origin == "generated":
             raise InputError(
                 f"onnxruntime cannot run the input model on generated inputs (seed {settings.seed}): {error}; "
-                "give real ones with --inputs, or skip verification with --verify off"
+                f"give real ones with {parameter('inputs')}, or skip verification with {parameter('verify')} off"
             ) from error
         raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
     stage_outputs = reference_outputs

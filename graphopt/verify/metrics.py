@@ -75,6 +75,7 @@ class Budget:
                 values[key] = float(value)
             except ValueError as error:
                 raise UsageError(f"budget value for {key} is not a number: '{value}'") from error
+        _check_ranges(values)
         return cls(**values)
 
     def merge(self, other: Budget | None) -> Budget:
@@ -228,3 +229,19 @@ def within_tolerance(reference: np.ndarray, candidate: np.ndarray, tolerance: To
     tolerance = tolerance or tolerance_for(reference.dtype)
     return bool(np.allclose(candidate.astype(np.float64), reference.astype(np.float64),
                             rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True))
+
+
+def _check_ranges(values: dict[str, float]) -> None:
+    """cos in (0, 1], sqnr finite, abs and rel finite and at least 0: anything else is a typo."""
+    from graphopt.parameter_names import parameter
+
+    problems = []
+    if "cos" in values and not 0.0 < values["cos"] <= 1.0:
+        problems.append(f"cos must be in (0, 1], got {values['cos']:g}")
+    if "sqnr" in values and not math.isfinite(values["sqnr"]):
+        problems.append(f"sqnr must be a finite number of dB, got {values['sqnr']:g}")
+    for key in ("abs", "rel"):
+        if key in values and not (math.isfinite(values[key]) and values[key] >= 0):
+            problems.append(f"{key} must be a finite number at least 0, got {values[key]:g}")
+    if problems:
+        raise UsageError(f"{parameter('budget')}: {'; '.join(problems)}")
