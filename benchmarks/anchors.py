@@ -64,7 +64,7 @@ class _Reader:
 
     def __init__(self, calibration: Mapping[str, np.ndarray]):
         count = len(next(iter(calibration.values())))
-        self._samples = iter([{name: values[i] for name, values in calibration.items()} for i in range(count)])
+        self._samples = iter([{name: values[i, ...] for name, values in calibration.items()} for i in range(count)])
 
     def get_next(self):
         return next(self._samples, None)

@@ -20,6 +20,10 @@ output side only); MACs and params are counted by graphopt's
 summary at the benchmark's static shapes, cosine is measured on held-out inputs the fit never
 saw, and 1-thread latency (onnxruntime, ORT_ENABLE_ALL) is timed interleaved with the original
 in the same run (medians; an A/A timing of the original against itself gives the noise floor). Writes factorize.{json,md} and PNG curves to `--out`.
+
+`--corpus` runs the real-model corpus instead (benchmarks/lossy_corpus.py: `cleanup,fuse,factorize`
+at the user's budget through the CLI, worst-sample and pooled cosine on held-out inputs, run
+time, latency ratio, bytes); its other flags pass through.
 """
 
 from __future__ import annotations
@@ -223,6 +227,12 @@ def to_markdown(rows: list[dict], command: str, plots: list[str]) -> str:
 
 
 def main() -> None:
+    if "--corpus" in sys.argv:  # the real-model corpus as a user runs it: benchmarks/lossy_corpus.py
+        import lossy_corpus
+
+        rest = [argument for argument in sys.argv[1:] if argument != "--corpus"]
+        lossy_corpus.main(["--pass", "factorize", "--tag", "lossy_corpus_factorize", *rest])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="0.1,0.2,0.3")
     parser.add_argument("--svd-targets", default="0.1,0.2")

@@ -13,6 +13,10 @@ measure) beside it. Latency is `graphopt.bench.compare_latency` at 1 thread, bas
 pruned models run in turn (`--runs` rounds, repeated `--rounds` times), medians and the ratio
 of medians. `--quick` runs one setting per model.
 Writes `prune.json`, `prune.md` and `prune_*.png` to `--out`. Needs matplotlib (bench extra).
+
+`--corpus` runs the real-model corpus instead (benchmarks/lossy_corpus.py: `cleanup,fuse,prune`
+at the user's budget through the CLI, worst-sample and pooled cosine on held-out inputs, run
+time, latency ratio, bytes); its other flags pass through.
 """
 
 from __future__ import annotations
@@ -262,6 +266,12 @@ def markdown(rows: list[dict], command: str, plots: list[str]) -> str:
 
 
 def main() -> None:
+    if "--corpus" in sys.argv:  # the real-model corpus as a user runs it: benchmarks/lossy_corpus.py
+        import lossy_corpus
+
+        rest = [argument for argument in sys.argv[1:] if argument != "--corpus"]
+        lossy_corpus.main(["--pass", "prune", "--tag", "lossy_corpus_prune", *rest])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--runs", type=int, default=20)

@@ -23,6 +23,8 @@ from graphopt.errors import GraphoptError, InputError, UsageError, VerificationE
 from graphopt.model_io import same_file
 from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
 from graphopt.options import describe_options, parse_assignment
+from graphopt.parameter_names import cli_spelling
+from graphopt.writable import require_writable_folder
 from graphopt.partition.commands import add_commands as add_partition_commands
 from graphopt.verify.feeds import parse_input_shape
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         args = parser.parse_args(argv)
-        with _logging_for(args):
+        with _logging_for(args), cli_spelling():
             return args.handler(args)
     except GraphoptError as error:
         return _fail(error, error.exit_code, debug)
@@ -89,10 +91,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "(e.g. images of shape (32, 1, 3, 640, 640) for an input images (batch, 3, 640, 640): 32 samples of batch 1), "
         "or a folder of .npy/.npz files (one sample each) or of images (preprocessing in the recipe's [calibration] "
         "table: resize, scale, mean, std, layout, channels)"))
-    optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
+    optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                          help="shape of a dynamic input for verification (default: chosen, see docs/verifier.md)")
+    optimize.add_argument("--freeze-shapes", action="store_true",
+                          help="write the verified input shapes (given or chosen) into the output instead of keeping dims dynamic")
     optimize.add_argument("--verify", choices=("each", "end", "off"), help="verify after each pass (default), at the end, or not")
     optimize.add_argument("--report", help="write the JSON report here")
-    optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30")
+    optimize.add_argument("--budget", help="end-to-end accuracy budget of lossy passes, e.g. cos=0.99 or sqnr=30; "
+                          "cos and sqnr hold for every sample")
+    optimize.add_argument("--evaluator", metavar="PACKAGE.MODULE:FUNCTION",
+                          help="your task metric: function(model_path, inputs) -> score, held to --budget score=-1%% "
+                          "(relative drop) or score>=0.75; the working folder is importable")
+    optimize.add_argument("--budget-slices", action="append", default=[], metavar="NAME[@AXIS]=START:STOP,...",
+                          help="parts of an output the budget also holds on, e.g. output0@1=0:4,4: (repeatable; "
+                          "a Concat-built output, as a detector's boxes and scores, is sliced by itself)")
     optimize.add_argument("--external-data", action="store_true", help="write weights to MODEL.data beside the output")
     optimize.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
     optimize.add_argument("--dump-dir", help="write the model after each pass here as NN_pass.onnx")
@@ -110,6 +122,8 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", parents=[common], help="ops, parameters, bytes, MACs, opset, inputs/outputs")
     inspect.add_argument("model", help="the .onnx model")
     inspect.add_argument("--json", action="store_true", help="the summary as JSON")
+    inspect.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                         help="count MACs at this input shape (default: chosen, as optimize does)")
     inspect.set_defaults(handler=_inspect)
 
     verify = commands.add_parser("verify", parents=[common], help="compare a candidate model's outputs with a reference's")
@@ -117,7 +131,10 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("candidate", help="the model judged against it")
     verify.add_argument("--inputs", help=".npz with one (N, *shape) array per model input (default: generated)")
     verify.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS", help="shape of a dynamic input")
-    verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance")
+    verify.add_argument("--budget", help="judge against this budget instead of the lossless tolerance; "
+                        "cos and sqnr hold for every sample (the worst sample is compared)")
+    verify.add_argument("--budget-slices", action="append", default=[], metavar="NAME[@AXIS]=START:STOP,...",
+                        help="parts of an output the budget also holds on (as for optimize)")
     verify.add_argument("--seed", type=int, default=0, help="random seed for generated inputs")
     verify.add_argument("--json", action="store_true", help="metrics per output as JSON")
     verify.add_argument("--per-tensor", action="store_true", help="also SQNR and cosine of every tensor both models share, worst first")
@@ -170,10 +187,10 @@ def _optimize(args) -> int:
     # Flags win over the recipe; what is left of it is one options table per pass.
     recipe_passes, recipe_budget, recipe_verify = (recipe.pop(key, None) for key in ("passes", "budget", "verify"))
     calibration = _calibration_source(args.calibration, recipe.pop("calibration", None), args.recipe)
-    passes = args.passes or recipe_passes or "cleanup"
+    passes = args.passes if args.passes is not None else recipe_passes or "cleanup"
     if isinstance(passes, list):
         passes = ",".join(passes)
-    budget = args.budget or recipe_budget
+    budget = args.budget if args.budget is not None else recipe_budget
     verify = args.verify or recipe_verify or "each"
     output = Path(args.output) if args.output else _default_output(source, default_suffix(args))
     _check_output_path(output, source)
@@ -201,6 +218,9 @@ def _optimize(args) -> int:
             seed=args.seed,
             dump_dir=args.dump_dir,
             progress=progress,
+            budget_slices=args.budget_slices,
+            evaluator=args.evaluator,
+            freeze_shapes=args.freeze_shapes,
             **target_settings(args),
         )
     except GraphoptError as error:
@@ -213,6 +233,7 @@ def _optimize(args) -> int:
         _write_json(Path(args.report), report)
     if not args.quiet:
         print(f"wrote {output}")
+        _print_chosen_shapes(report["verification"].get("shapes", {}), verb="froze" if args.freeze_shapes else "verified")
         print(format_comparison(report["input"], report["output"]))
         if describe_emit(report):
             print(describe_emit(report))
@@ -220,6 +241,14 @@ def _optimize(args) -> int:
             details = _brief(entry["details"])
             print(f"pass {entry['name']}: {entry['status']} in {entry['seconds']:.3f}s" + (f" ({details})" if details else ""))
     return 0
+
+
+def _print_chosen_shapes(shapes: dict, *, verb: str) -> None:
+    for name, entry in shapes.items():
+        chosen = [dim["reason"] for dim in entry["dims"] if "→" in dim["reason"]]  # the dims graphopt chose
+        if chosen:
+            size = "x".join(map(str, entry["shape"]))
+            print(f"{verb} input '{name}' at {size}: {'; '.join(chosen)}")
 
 
 def _default_output(source: Path, suffix: str = ".opt.onnx") -> Path:
@@ -231,14 +260,12 @@ def _check_output_path(output: Path, source: Path) -> None:
     """Refuses early, before any work, what save_model would refuse at the end."""
     if same_file(output, source):
         raise UsageError("output would overwrite the input; choose another -o", path=str(output))
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise UsageError("output folder does not exist", path=str(output))
+    require_writable_folder(output, "output")
 
 
 def _check_report_path(report: Path, source: Path, output: Path) -> None:
     """Refuses early a report that could not be written, or that would replace the input or the output."""
-    if not (report.parent if str(report.parent) else Path(".")).is_dir():
-        raise UsageError("report folder does not exist", path=str(report))
+    require_writable_folder(report, "report")
     for other, what in ((source, "the input"), (output, "the output")):
         if same_file(report, other):
             raise UsageError(f"--report would overwrite {what}; choose another path", path=str(report))
@@ -281,14 +308,21 @@ def _write_json(path: Path, document: dict) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError("report folder does not exist", path=str(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        json.dump(document, handle, indent=2, default=str)
-        handle.write("\n")
-    # NamedTemporaryFile makes the file 0600; a report is an ordinary file (0666 less the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, path)
+    staged = None
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
+            staged = handle.name
+            json.dump(document, handle, indent=2, default=str)
+            handle.write("\n")
+        # NamedTemporaryFile makes the file 0600; a report is an ordinary file (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o666 & ~umask)
+        os.replace(staged, path)
+    except OSError as error:
+        if staged is not None and os.path.exists(staged):
+            os.unlink(staged)
+        raise UsageError(f"cannot write the report in folder '{folder}': {error.strerror or error}", path=str(path)) from error
 
 
 def _passes(args) -> int:
@@ -368,11 +402,12 @@ def _passes_markdown(listing: list[dict], command: str = "graphopt passes --mark
 
 
 def _inspect(args) -> int:
-    from graphopt.model_io import infer_model_shapes, load_model
-    from graphopt.summary import summarize
+    from graphopt.model_io import load_model
+    from graphopt.shaped_summary import summarize_at_shapes
 
     stored = load_model(args.model, infer_shapes=False)
-    summary = summarize(infer_model_shapes(stored), size_of=stored)
+    shapes = dict(parse_input_shape(item) for item in args.input_shape)
+    summary = summarize_at_shapes(stored, shapes)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -383,6 +418,8 @@ def _inspect(args) -> int:
     for value in summary["outputs"]:
         print(f"  output {value['name']}: {value['dtype']} {value['shape']}")
     print("  ops: " + ", ".join(f"{op} {count}" for op, count in summary["ops"].items()))
+    for name, entry in summary.get("macs_shapes", {}).items():
+        print(f"  MACs counted at {name}={'x'.join(map(str, entry['shape']))} ({entry['reason']})")
     if summary["macs_unknown"]:
         print("  MACs not counted (shapes unknown): " + ", ".join(f"{op} {n}" for op, n in summary["macs_unknown"].items()))
     return 0
@@ -394,7 +431,8 @@ _PER_TENSOR_ROWS = 30  # `verify --per-tensor` lists this many tensors, worst fi
 def _verify(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.model_io import load_model
-    from graphopt.verify import Budget, SessionError, Verifier, generate_feeds, input_specs, split_samples
+    from graphopt.verify import Budget, SessionError, Verifier, input_specs, split_samples
+    from graphopt.verify.slices import output_slices
     from graphopt.verify.tensor_errors import per_tensor_errors
 
     reference, candidate = load_model(args.reference), load_model(args.candidate)
@@ -402,8 +440,8 @@ def _verify(args) -> int:
     if {spec.name: spec.dtype for spec in input_specs(candidate)} != interface:
         raise InputError("the candidate's inputs differ from the reference's (names or dtypes)", path=args.candidate)
     shapes = dict(parse_input_shape(item) for item in args.input_shape)
-    feeds = prepare_feeds(args.inputs, reference) if args.inputs else generate_feeds(reference, shapes, seed=args.seed)
-    verifier = Verifier(split_samples(feeds))
+    feeds = prepare_feeds(args.inputs, reference) if args.inputs else _generated_feeds(reference, shapes, args.seed, args.json, "verified")
+    verifier = Verifier(split_samples(feeds), output_slices(reference, args.budget_slices, feeds))
     budget = Budget.parse(args.budget)
     outputs = {}
     for label, model, path in (("reference", reference, args.reference), ("candidate", candidate, args.candidate)):
@@ -419,7 +457,7 @@ def _verify(args) -> int:
         print(json.dumps({**verdict.to_dict(), **({"per_tensor": tensors} if tensors is not None else {})}, indent=2, default=str))
     else:
         for name, metrics in verdict.outputs.items():
-            print(f"{name}: cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB, max abs {metrics['max_abs']}, "
+            print(f"{name}: {_sample_figures(metrics)}, max abs {metrics['max_abs']}, "
                   f"max rel {metrics['max_rel']}, {'ok' if metrics['within'] else 'FAILED'}")
         if verdict.first_divergence:
             where = verdict.first_divergence
@@ -431,12 +469,23 @@ def _verify(args) -> int:
     return 0
 
 
+def _generated_feeds(model, shapes: dict, seed: int, quiet: bool, verb: str) -> dict:
+    """Generated inputs at the given shapes, dims not given chosen and confirmed in onnxruntime."""
+    from graphopt.verify import generate_feeds
+    from graphopt.verify.input_shapes import confirmed_shapes
+
+    chosen = confirmed_shapes(model, shapes, seed=seed)
+    if not quiet:
+        _print_chosen_shapes({name: c.to_dict() for name, c in chosen.items()}, verb=verb)
+    return generate_feeds(model, {name: c.shape for name, c in chosen.items()}, seed=seed)
+
+
 def _bench(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.bench import compare_latency
     from graphopt.model_io import load_model
     from graphopt.errors import first_line
-    from graphopt.verify import SessionError, generate_feeds, split_samples
+    from graphopt.verify import SessionError, split_samples
     from graphopt.verify.runner import make_session
 
     if args.threads < 1 or args.runs < 1:
@@ -445,7 +494,7 @@ def _bench(args) -> int:
     samples = {}
     for path in args.models:
         model = load_model(path, infer_shapes=False)
-        feeds = prepare_feeds(args.inputs, model) if args.inputs else generate_feeds(model, shapes)
+        feeds = prepare_feeds(args.inputs, model) if args.inputs else _generated_feeds(model, shapes, 0, args.json, f"{path}: timed")
         samples[path] = split_samples(feeds)[0]
         try:
             make_session(path)  # a model ORT cannot load is named here, before any timing
@@ -470,3 +519,11 @@ def _bench(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _sample_figures(metrics: dict) -> str:
+    """Worst-sample cosine and SQNR, with mean and pooled beside them when measured per sample."""
+    if "cosine_pooled" not in metrics:
+        return f"cosine {metrics['cosine']}, SQNR {metrics['sqnr_db']} dB"
+    return (f"cosine worst {metrics['cosine']} (sample {metrics['worst_sample']}), mean {metrics['cosine_mean']}, "
+            f"pooled {metrics['cosine_pooled']}, SQNR worst {metrics['sqnr_db']} dB")

@@ -30,6 +30,8 @@ def graphopt_register_passes(registry):
     Contract:
     - `PassClass` subclasses `graphopt.Pass` and sets a unique, lower-case `name` (letters,
       digits, `-` and `_`), which is what `--passes` and `--set NAME.OPTION=…` use.
+    - A pass that needs a newer default-domain opset says so (`requires_opset = 13`); the
+      pipeline converts an older model before it with the `opset` pass, or stops with exit 2.
     - A name already registered by another plugin is refused: `add` raises `PluginError`
       naming both plugins, which graphopt reports as a warning (passes added before stay).
     - Do not do expensive work here: it runs every time graphopt starts. Import heavy

@@ -35,6 +35,7 @@ from graphopt.ir_traversal import (
 )
 from graphopt.proto_walk import copy_fields, iter_graph_protos
 from graphopt.sparse_tensors import densify_sparse_tensors
+from graphopt.subgraph_weights import hoist_shared_body_weights
 
 __all__ = [
     "import_graph",
@@ -124,6 +125,7 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     copy_fields(template, model, skip=_REBUILT_FIELDS)
     del model.opset_import[:]
     model.opset_import.extend(opsets)
+    hoist_shared_body_weights(model)  # graphsurgeon writes one copy per body that reads it
     _restore_interface(model, template)
     _restore_annotations(model, template)
     return model

@@ -15,6 +15,8 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from graphopt.parameter_names import parameter
+from graphopt.suggest import did_you_mean
 from graphopt.errors import UsageError
 
 __all__ = ["OptionInfo", "describe_options", "build_options", "parse_assignment"]
@@ -54,7 +56,7 @@ def build_options(pass_name: str, options_cls: type, values: dict[str, Any], tex
         for key, raw in source.items():
             if key not in known:
                 listing = ", ".join(sorted(known)) or "none"
-                raise UsageError(f"unknown option '{pass_name}.{key}' (options of '{pass_name}': {listing})")
+                raise UsageError(f"unknown option '{pass_name}.{key}'{did_you_mean(key, known)} (options of '{pass_name}': {listing})")
             parsed[key] = _coerce(hints[key], raw, f"{pass_name}.{key}", from_text)
     try:
         return options_cls(**parsed)
@@ -67,7 +69,7 @@ def parse_assignment(text: str) -> tuple[str, str, str]:
     key, sep, value = text.partition("=")
     pass_name, dot, option = key.strip().partition(".")
     if not sep or not dot or not pass_name or not option:
-        raise UsageError(f"--set expects PASS.OPTION=VALUE, got '{text}'")
+        raise UsageError(f"{parameter('set_options')} expects PASS.OPTION=VALUE, got '{text}'")
     return pass_name, option.strip(), value.strip()
 
 

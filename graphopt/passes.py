@@ -49,6 +49,9 @@ class PassContext:
     verifier's inputs in the same form as `calibration` (from `--inputs`, or generated), for a
     pass that needs data when no calibration was given (it should warn that figures on
     generated inputs mean little); None when verification is off and nothing was given.
+    `output_slices` are the parts of outputs a budget also holds on (`graphopt.verify.slices`:
+    declared with `--budget-slices` or detected, e.g. a detector's boxes and scores); a lossy
+    pass judging its own result measures them too (`metrics.measure_outputs`).
     `latency` is the run's latency backend (`graphopt.latency.of(ctx)` reads it).
     `progress` is whether long loops may draw a progress bar (a terminal, not `--quiet`):
     wrap them in `ctx.track(...)` rather than reading it.
@@ -62,6 +65,7 @@ class PassContext:
     budget: Budget | None = None
     sample_inputs: dict[str, np.ndarray] | None = None
     progress: bool = False
+    output_slices: tuple = ()
     latency: Any = None  # the graphopt.latency backend every latency decision is timed on (None: host-ort)
 
     def track(self, items: Iterable[Item], desc: str, total: int | None = None) -> Iterator[Item]:
@@ -96,6 +100,9 @@ class Pass:
     # Ordering, declared: this pass must run after / before these passes when both are asked for.
     after: ClassVar[tuple[str, ...]] = ()
     before: ClassVar[tuple[str, ...]] = ()
+    # The default-domain opset this pass needs (0: any). The pipeline converts an older model
+    # first with the `opset` pass (reported), or stops with exit 2 when it cannot.
+    requires_opset: ClassVar[int] = 0
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any | None = None):
@@ -110,6 +117,24 @@ class Pass:
     def budget(self) -> str | None:
         """A lossy pass's own accuracy budget (`"cos=0.99"`, `"sqnr=30"`), from its `budget` option."""
         return getattr(self.options, "budget", None) or None
+
+    def required_opset(self) -> int:
+        """The opset this configured pass needs: `requires_opset`, unless its options ask for more."""
+        return self.requires_opset
+
+    def weaker(self, verdict: Any | None, result: PassResult | None = None) -> Pass | None:
+        """A weaker configuration of this lossy pass, to try when its result missed a budget.
+
+        The back-off protocol: when the pipeline's verification of a lossy pass fails on
+        `--inputs` (`verdict`, a `graphopt.verify.Verdict`, says which outputs missed by how
+        much; `result` is what this run returned, its stats saying how far it went), it asks
+        `weaker(verdict, result)` and runs what it gets on the same input model, a bounded number of times
+        (`pipeline.BACKOFF_STEPS`). Return a new instance (never mutate `self`) that removes
+        less (a lower strength, fewer layers), or None when no non-trivial weaker setting is
+        left: the pipeline then rolls the pass back and fails, its report listing every try.
+        Lossless passes and passes without a strength keep this default: no back-off.
+        """
+        return None
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError(f"pass '{self.name}' does not implement run()")

@@ -19,22 +19,27 @@ import onnx
 from tqdm import tqdm
 
 from graphopt import ir
+from graphopt.parameter_names import parameter
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
+from graphopt.latency.never_slower import Stage, check_pipeline_result, host_compare
 from graphopt.model_io import external_data_dir, inferred_and_checked, save_model
+from graphopt.opset_requirements import conversion_note, refused_conversion, with_opset_conversions
 from graphopt.options import build_options
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import PassRegistry, Plugins
 from graphopt.summary import model_bytes
 from graphopt.verify import Budget, SessionError, Verifier
 
-__all__ = ["configure_passes", "PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET"]
+__all__ = ["configure_passes", "PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET", "BACKOFF_STEPS"]
 
 logger = logging.getLogger(__name__)
 
 # What a lossy pass is held to when neither it nor the user set a budget.
 DEFAULT_LOSSY_BUDGET = Budget(cos=0.99)
+# How many weaker settings (Pass.weaker) a lossy pass that missed its budget gets before it fails.
+BACKOFF_STEPS = 4
 
 
 def configure_passes(
@@ -46,11 +51,11 @@ def configure_passes(
     """Pass instances for `names`, options from typed values (API, recipe) then text (`--set`)."""
     options, text_options = options or {}, text_options or {}
     if not names:
-        raise UsageError("no passes given")
+        raise UsageError(f"no passes given: {parameter('passes')} names none")
     for pass_name in list(options) + list(text_options):
         if pass_name not in names:
             registry.get(pass_name)  # an unknown pass is the better error
-            raise UsageError(f"options given for pass '{pass_name}', which is not in --passes ({','.join(names)})")
+            raise UsageError(f"options given for pass '{pass_name}', which is not in {parameter('passes')} ({','.join(names)})")
     configured = []
     for name in names:
         cls = registry.get(name)
@@ -67,10 +72,10 @@ def _check_declared_order(passes: list[Pass]) -> None:
     for index, pass_ in enumerate(passes):
         for earlier in pass_.after:
             if any(other > index for other in positions.get(earlier, ())):
-                raise UsageError(f"pass '{pass_.name}' must run after '{earlier}' (declared by '{pass_.name}'); reorder --passes")
+                raise UsageError(f"pass '{pass_.name}' must run after '{earlier}' (declared by '{pass_.name}'); reorder {parameter('passes')}")
         for later in pass_.before:
             if any(other < index for other in positions.get(later, ())):
-                raise UsageError(f"pass '{pass_.name}' must run before '{later}' (declared by '{pass_.name}'); reorder --passes")
+                raise UsageError(f"pass '{pass_.name}' must run before '{later}' (declared by '{pass_.name}'); reorder {parameter('passes')}")
 
 
 @dataclasses.dataclass
@@ -83,7 +88,11 @@ class PipelineSettings:
     dump_dir: Path | None = None
     inputs_origin: str = "generated"  # file | calibration | generated: named when the input model cannot run
     keeps_value_info: bool = True  # whether the output will keep the main graph's value_info (sizes count it)
+    output_slices: tuple = ()  # parts of outputs budgets also hold on (graphopt.verify.slices), for passes
+    evaluator: Any = None  # the user's scoring function (graphopt.verify.evaluator), held to the budget's score terms
     latency: Any = None  # the graphopt.latency backend passes time on (PassContext.latency)
+    # The never-slower check's timing (`latency.never_slower`): `compare(models, feeds)`; None turns it off.
+    latency_compare: Any = host_compare
 
 
 @dataclasses.dataclass
@@ -92,6 +101,7 @@ class PipelineOutcome:
     passes: list[dict]
     end_to_end: dict | None
     size: int | None = None  # `model`'s stored size (`PipelineSettings.keeps_value_info`), when a pass ran
+    never_slower: dict | None = None  # the never-slower check: timings, stages rolled back
 
 
 class _PassTimer:
@@ -140,8 +150,9 @@ def run_pipeline(
     instruments: list[Any] = [timer]
     if settings.dump_dir is not None:
         if not settings.dump_dir.is_dir():
-            raise UsageError("--dump-dir folder does not exist", path=str(settings.dump_dir))
+            raise UsageError(f"{parameter('dump_dir')} folder does not exist", path=str(settings.dump_dir))
         instruments.append(_ModelDumper(settings.dump_dir))
+    passes = with_opset_conversions(passes, plugins.registry, model)
     for instrument in instruments:
         plugins.manager.register(instrument)
     try:
@@ -160,25 +171,28 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         if settings.inputs_origin == "generated":
             raise InputError(
                 f"onnxruntime cannot run the input model on generated inputs (seed {settings.seed}): {error}; "
-                "give real ones with --inputs, or skip verification with --verify off"
+                f"give real ones with {parameter('inputs')}, or skip verification with {parameter('verify')} off"
             ) from error
         raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
     stage_outputs = reference_outputs
     sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
-    reports, lossy_ran = [], False
+    score = _score_check(settings, original, sample_inputs)
+    reports, lossy_ran, stages = [], False, []
     live_graph = None  # the IR of `model` the last pass left, when it is still that
     # model_size is model_bytes(model), measured once per model (sizing serialises it all) unless given
     for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
         _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
         if model_size is None:
             model_size = model_bytes(model, value_info=settings.keeps_value_info)
-        entry = _entry(pass_, plugins.registry, model, model_size)
+        entry = _entry(pass_, plugins.registry, model, model_size) | conversion_note(pass_)
         before = model
-        result, candidate, graph, candidate_size = None, model, live_graph, None
+        result, candidate, graph, candidate_size, verdict = None, model, live_graph, None, None
         live_graph = None  # the pass may leave it half-rewritten, whatever happens next
         try:
             result, candidate, graph, candidate_size = _apply(pass_, model, graph, settings, calibration, sample_inputs)
         except PreconditionError as error:
+            if (refused := refused_conversion(pass_, error)) is not None:
+                raise refused from error
             entry.update(status="skipped", error=str(error))
             logger.warning("pass '%s' skipped: %s", pass_.name, error)
         except GraphoptError as error:
@@ -191,23 +205,25 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
             entry.update(changed=result.changed, details=to_jsonable(result.stats))
             entry["status"] = "accepted" if result.changed else "unchanged"
         if result is not None and result.changed and verify_each:
-            budget = _budget_for(pass_, settings)
-            verdict, candidate_outputs = _verify(verifier, stage_outputs, model, candidate, pass_, budget)
-            entry["verification"] = verdict.to_dict()
-            message = _failure_message(pass_, verdict)
-            if verdict.ok and not pass_.lossless:
-                # The global budget is what the lossy passes keep *together*: a pass within its
-                # own budget that takes the model as a whole outside it goes back, so with
-                # --keep-going the passes that fit are kept and the end-to-end check holds.
-                overall = settings.budget or DEFAULT_LOSSY_BUDGET
-                so_far = verifier.judge(reference_outputs, candidate_outputs, budget=overall)
-                entry["verification"]["end_to_end_so_far"] = so_far.to_dict()
-                if not so_far.ok:
-                    so_far.first_divergence = verifier.localize(original, candidate, budget=overall)
-                    entry["verification"].update(ok=False, end_to_end_so_far=so_far.to_dict())
-                    verdict = so_far
-                    message = (f"pass '{pass_.name}' would take the model outside the end-to-end budget "
-                               f"({overall.describe()}): {so_far.summary()}")
+            verdict, entry["verification"], candidate_outputs, message = _judge(
+                verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score)
+            tries = []  # the back-off protocol (Pass.weaker): a weaker setting, a bounded number of times
+            while not verdict.ok and len(tries) < BACKOFF_STEPS and (weaker := pass_.weaker(verdict, result)) is not None:
+                tries.append(_try(pass_, result, verdict))
+                logger.info("pass %s missed its budget (%s); trying a weaker setting", pass_.name, verdict.summary())
+                pass_ = weaker
+                result, candidate, graph, candidate_size = _apply(pass_, model, None, settings, calibration, sample_inputs)
+                entry.update(changed=result.changed, details=to_jsonable(result.stats), options=_options_of(pass_))
+                if not result.changed:
+                    break
+                verdict, entry["verification"], candidate_outputs, message = _judge(
+                    verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score)
+            if tries:
+                entry["tries"] = tries + [_try(pass_, result, verdict)]
+            if not result.changed:
+                entry.update(status="unchanged", verification=None)
+                candidate, verdict = model, None
+        if verdict is not None:
             if not verdict.ok:
                 entry.update(status="rolled_back", rolled_back=True)
                 if not settings.keep_going:
@@ -233,18 +249,32 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
         entry["bytes_after"] = model_size
         logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
         reports.append(entry)
+        if entry["status"] == "accepted":
+            stages.append(Stage(pass_.name, model, lossless=pass_.lossless, size=model_size, entry=entry))
+
+    feeds = verifier.samples[0] if verifier is not None and verifier.samples else None
+    kept, model_size, never_slower = check_pipeline_result(original, reports[0]["bytes_before"] if reports else None,
+                                                           stages, settings.latency_compare, feeds)
+    if kept is not model:
+        model, stage_outputs = kept, None  # outputs of the kept model are computed below
 
     end_to_end = None
     if reference_outputs is not None:
         budget = (settings.budget or DEFAULT_LOSSY_BUDGET) if lossy_ran else None
-        final_outputs = stage_outputs if verify_each else _outputs_or_fail(verifier, model, "the optimized model")
+        final_outputs = stage_outputs if verify_each and stage_outputs is not None else _outputs_or_fail(verifier, model, "the optimized model")
         verdict = verifier.judge(reference_outputs, final_outputs, budget=budget)
+        if verdict.ok and lossy_ran and score is not None:
+            score_entry, failure = score.check(model)
+            if failure:
+                verdict = dataclasses.replace(verdict, ok=False, failures=[f"evaluator: {failure}"] + verdict.failures)
         if not verdict.ok:
             verdict.first_divergence = verifier.localize(original, model, budget=budget)
             end_to_end = verdict.to_dict()
             raise VerificationError(f"end-to-end verification failed: {verdict.summary()}", report={"passes": reports, "verification": end_to_end})
         end_to_end = verdict.to_dict()
-    return PipelineOutcome(model, reports, end_to_end, model_size)
+        if lossy_ran and score is not None:
+            end_to_end["score"] = score_entry
+    return PipelineOutcome(model, reports, end_to_end, model_size, never_slower)
 
 
 def _call_hook(plugins: Plugins, name: str, **kwargs) -> None:
@@ -283,6 +313,7 @@ def _apply(
         budget=settings.budget,
         sample_inputs=sample_inputs,
         progress=settings.progress,
+        output_slices=settings.output_slices,
         latency=settings.latency,
         logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
         model=model,
@@ -334,6 +365,58 @@ def _budget_for(pass_: Pass, settings: PipelineSettings) -> Budget | None:
     return own
 
 
+def _score_check(settings: PipelineSettings, original: onnx.ModelProto, sample_inputs):
+    """The user evaluator's check (`--evaluator`, `--budget score=...`), or None."""
+    score_budget = settings.budget.score_budget() if settings.budget is not None else None
+    if settings.evaluator is None or score_budget is None or sample_inputs is None:
+        return None
+    from graphopt.verify.evaluator import ScoreCheck
+
+    return ScoreCheck(settings.evaluator, score_budget, sample_inputs, original)
+
+
+def _judge(verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score=None):
+    """(verdict, its report entry, the candidate's outputs, the failure message) of one pass's result."""
+    budget = _budget_for(pass_, settings)
+    verdict, candidate_outputs = _verify(verifier, stage_outputs, model, candidate, pass_, budget)
+    report = verdict.to_dict()
+    message = _failure_message(pass_, verdict)
+    if verdict.ok and not pass_.lossless:
+        # The global budget is what the lossy passes keep *together*: a pass within its
+        # own budget that takes the model as a whole outside it goes back, so with
+        # --keep-going the passes that fit are kept and the end-to-end check holds.
+        overall = settings.budget or DEFAULT_LOSSY_BUDGET
+        so_far = verifier.judge(reference_outputs, candidate_outputs, budget=overall)
+        report["end_to_end_so_far"] = so_far.to_dict()
+        if not so_far.ok:
+            so_far.first_divergence = verifier.localize(original, candidate, budget=overall)
+            report.update(ok=False, end_to_end_so_far=so_far.to_dict())
+            verdict = so_far
+            message = (f"pass '{pass_.name}' would take the model outside the end-to-end budget "
+                       f"({overall.describe()}): {so_far.summary()}")
+    if verdict.ok and not pass_.lossless and score is not None:
+        report["score"], failure = score.check(candidate)
+        if failure:
+            verdict = dataclasses.replace(verdict, ok=False, failures=[f"evaluator: {failure}"] + verdict.failures)
+            report["ok"] = False
+            message = f"pass '{pass_.name}' misses the evaluator's budget: {failure}"
+    return verdict, report, candidate_outputs, message
+
+
+def _try(pass_: Pass, result: PassResult, verdict) -> dict:
+    """One setting the back-off tried: its options, whether it changed the model, how it did."""
+    entry = {"options": _options_of(pass_), "changed": result.changed}
+    if verdict is not None and result.changed:
+        entry.update(ok=verdict.ok, failures=verdict.failures[:3],
+                     worst_cosine={name: metrics.get("cosine") for name, metrics in verdict.outputs.items()})
+    return to_jsonable(entry)
+
+
+def _options_of(pass_: Pass) -> dict:
+    # Names from the dataclass: describe_options would parse the source for help text.
+    return to_jsonable({field.name: getattr(pass_.options, field.name) for field in dataclasses.fields(pass_.options)})
+
+
 def _verify(verifier, stage_outputs, model, candidate, pass_, budget):
     candidate_outputs = _outputs_or_fail(verifier, candidate, f"the model pass '{pass_.name}' produced", pass_.name)
     verdict = verifier.judge(stage_outputs, candidate_outputs, budget=budget)
@@ -362,8 +445,7 @@ def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, model_si
         "name": pass_.name,
         "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
         "lossless": pass_.lossless,
-        # Names from the dataclass: describe_options would parse the source for help text.
-        "options": to_jsonable({field.name: getattr(pass_.options, field.name) for field in dataclasses.fields(pass_.options)}),
+        "options": _options_of(pass_),
         "status": "unchanged",
         "changed": False,
         "rolled_back": False,

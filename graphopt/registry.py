@@ -17,6 +17,7 @@ from typing import Any
 import pluggy
 
 from graphopt import hookspecs
+from graphopt.suggest import did_you_mean
 from graphopt.errors import PluginError, UsageError
 from graphopt.passes import Pass
 
@@ -76,7 +77,7 @@ class PassRegistry:
             return self._passes[name].cls
         except KeyError as error:
             known = ", ".join(sorted(self._passes)) or "none"
-            raise UsageError(f"unknown pass '{name}' (registered passes: {known})") from error
+            raise UsageError(f"unknown pass '{name}'{did_you_mean(name, self._passes)} (registered passes: {known})") from error
 
     def plugin_of(self, name: str) -> str:
         return self._passes[name].plugin

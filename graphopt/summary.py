@@ -1,7 +1,7 @@
 """What a model is made of: nodes, op histogram, parameters, bytes, MACs, opsets, inputs/outputs.
 
-MACs are counted for the ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul) from the
-shapes shape inference found; an op whose shapes are unknown counts as zero and is named in
+MACs are counted for the ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul, and the
+recurrent LSTM, GRU, RNN) from the shapes shape inference found; an op whose shapes are unknown counts as zero and is named in
 `macs_unknown`, so a partial count never passes for a full one.
 """
 
@@ -18,7 +18,7 @@ from graphopt.latency import energy
 from graphopt.model_io import external_data_dir, iter_graph_protos, iter_tensors, tensor_nbytes
 from graphopt.proto_walk import size_without_value_info
 
-__all__ = ["summarize", "format_comparison", "model_bytes"]
+__all__ = ["summarize", "format_comparison", "model_bytes", "MAC_OPS"]
 
 
 def summarize(
@@ -119,7 +119,7 @@ def _external_bytes(model: onnx.ModelProto) -> int:
 def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes of the tensors the MAC-counted ops read or write (only those: reading every
     value_info's dims through protobuf costs seconds on a 100k-node graph)."""
-    wanted = {name for node in model.graph.node if node.op_type in _MAC_OPS for name in (*node.input[:2], *node.output[:1])}
+    wanted = {name for node in model.graph.node if node.op_type in MAC_OPS for name in (*node.input[:3], *node.output[:1])}
     shapes = {}
     if not wanted:
         return shapes
@@ -132,16 +132,20 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return shapes
 
 
-_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
+# Gates per recurrent op: each step multiplies the input by W and the hidden state by R, per gate.
+_RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
-    if node.op_type not in _MAC_OPS:
+    if node.op_type not in MAC_OPS:
         return 0
     def static(name):
         shape = shapes.get(name)
         return shape if shape is not None and all(isinstance(d, int) and d > 0 for d in shape) else None
     output = static(node.output[0]) if node.output else None
+    if node.op_type in _RECURRENT_GATES:
+        return _recurrent_macs(node, static)
     if node.op_type == "Conv":
         weight = static(node.input[1])
         return math.prod(output) * math.prod(weight[1:]) if output and weight else None
@@ -154,6 +158,17 @@ def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
         return math.prod(output) * (a[0] if trans_a else a[1]) if output and a and len(a) == 2 else None
     a = static(node.input[0])
     return math.prod(output) * a[-1] if output and a else None
+
+
+def _recurrent_macs(node: onnx.NodeProto, static) -> int | None:
+    """X (seq, batch, input) · W (dirs, gates·hidden, input) + H · R (dirs, gates·hidden, hidden), every step."""
+    source, weight, recurrence = (static(node.input[i]) if len(node.input) > i and node.input[i] else None for i in range(3))
+    if not (source and weight and recurrence) or len(source) != 3:
+        return None
+    layout = next((attr.i for attr in node.attribute if attr.name == "layout"), 0)
+    steps, batch = (source[1], source[0]) if layout else (source[0], source[1])
+    directions, gate_rows = weight[0], weight[1]
+    return steps * batch * directions * gate_rows * (weight[2] + recurrence[2])
 
 
 def _describe_value(value: onnx.ValueInfoProto) -> dict:

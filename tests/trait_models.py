@@ -263,7 +263,7 @@ def crnn_lstm(opset: int = 12, seed: int = 0) -> onnx.ModelProto:
 
 def if_with_weights(width: int = 64, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """An If whose two branches each hold their own weight matrix (as initializers of the bodies),
-    and share an outer one: input `x` ("batch", width) float32, `flag` () bool; output `y`.
+    and share an outer one that only the bodies read: input `x` ("batch", width) float32, `flag` () bool; output `y`.
 
     Exporters of `torch.cond` and of scripted control flow put weights inside the bodies;
     a pass that copies a body's weights out (or into both branches) grows the model.
@@ -273,20 +273,22 @@ def if_with_weights(width: int = 64, seed: int = 0, opset: int = 17) -> onnx.Mod
         return onnx.numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32) * 0.1, name)
     def branch(name, act):
         nodes = [helper.make_node("MatMul", ["h", f"{name}_w"], [f"{name}_mm"]),
-                 helper.make_node(act, [f"{name}_mm"], [f"{name}_out"])]
+                 helper.make_node("MatMul", [f"{name}_mm", "shared_w"], [f"{name}_shared"]),
+                 helper.make_node(act, [f"{name}_shared"], [f"{name}_out"])]
         return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_out", onnx.TensorProto.FLOAT, None)],
                                  initializer=[weight(f"{name}_w")])
     nodes = [
         helper.make_node("MatMul", ["x", "outer_w"], ["h"]),
         helper.make_node("If", ["flag"], ["branch_out"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Tanh")),
-        helper.make_node("Add", ["branch_out", "x"], ["y"]),
+        helper.make_node("Identity", ["branch_out"], ["branch_copy"]),  # as exporters leave them: cleanup has work
+        helper.make_node("Add", ["branch_copy", "x"], ["y"]),
     ]
     graph = helper.make_graph(
         nodes, "if_with_weights",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", width]),
          helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", width])],
-        initializer=[weight("outer_w")],
+        initializer=[weight("outer_w"), weight("shared_w")],  # shared_w: read by both bodies only
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8

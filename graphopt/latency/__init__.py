@@ -7,6 +7,8 @@
 
 Inside a pass, `latency.of(ctx)` is the run's backend (`--latency-on` / `latency_on=`).
 `graphopt.latency.energy` estimates MACs by dtype, memory and a relative energy proxy.
+`graphopt.latency.never_slower` times the pipeline's result against its input on the run's
+backend and rolls back the lossless stages that made it slower.
 """
 
 from graphopt.latency.backends import (

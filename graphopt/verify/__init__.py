@@ -11,8 +11,9 @@ import onnx
 from graphopt.jsonable import to_jsonable
 from graphopt.verify.feeds import generate_feeds, input_specs, load_feeds, parse_input_shape, split_samples
 from graphopt.verify.localize import first_divergence
-from graphopt.verify.metrics import Budget, Tolerance, output_metrics, tolerance_for, within_tolerance
+from graphopt.verify.metrics import Budget, Tolerance, output_metrics, sample_metrics, tolerance_for, within_tolerance
 from graphopt.verify.runner import SessionError, make_session, run_samples
+from graphopt.verify.slices import OutputSlice, detect_slices, parse_slices
 
 __all__ = [
     "Verdict",
@@ -26,9 +27,13 @@ __all__ = [
     "parse_input_shape",
     "split_samples",
     "output_metrics",
+    "sample_metrics",
     "tolerance_for",
     "within_tolerance",
     "first_divergence",
+    "OutputSlice",
+    "detect_slices",
+    "parse_slices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,7 +41,15 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Verdict:
-    """Whether a candidate agrees with its reference, and the per-output evidence."""
+    """Whether a candidate agrees with its reference, and the per-output evidence.
+
+    `outputs[name]` holds, per output, `cosine` and `sqnr_db` of the *worst* sample (what a
+    budget compares), `cosine_mean`/`sqnr_db_mean` over samples, `cosine_pooled`/`sqnr_db_pooled`
+    over all samples flattened together, `max_abs`/`max_rel` over all, `worst_sample`,
+    `samples` and `within` (`metrics.sample_metrics`). Under a budget, each slice of an output
+    (`slices.py`: declared with `--budget-slices` or detected) has an entry of its own, keyed
+    `NAME@AXIS[START:STOP]` with `slice_of: NAME`, and the budget holds on it too.
+    """
 
     ok: bool
     mode: str  # "lossless" or "budget"
@@ -60,8 +73,9 @@ class Verdict:
 class Verifier:
     """Judges candidates against references on a fixed list of input samples."""
 
-    def __init__(self, samples: list[dict[str, np.ndarray]]):
+    def __init__(self, samples: list[dict[str, np.ndarray]], slices: tuple[OutputSlice, ...] = ()):
         self.samples = samples
+        self.slices = tuple(slices)  # parts of outputs judged on their own under a budget
 
     def outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
         """Runs `model` (ORT, optimizations off) on every sample. Raises SessionError."""
@@ -83,7 +97,11 @@ class Verifier:
             ref, ref_structure = _flatten(sample[name] for sample in reference_outputs)
             cand, cand_structure = _flatten(sample[name] for sample in candidate_outputs)
             shapes_agree = ref_structure == cand_structure
-            metrics = output_metrics(ref, cand) if shapes_agree else output_metrics(ref[:0], cand[:1])
+            if shapes_agree:
+                metrics = sample_metrics([_flatten([sample[name]])[0] for sample in reference_outputs],
+                                         [_flatten([sample[name]])[0] for sample in candidate_outputs])
+            else:
+                metrics = output_metrics(ref[:0], cand[:1])
             if budget is None:
                 tolerance = tolerance_for(ref.dtype)
                 within = shapes_agree and ref.dtype == cand.dtype and within_tolerance(ref, cand, tolerance)
@@ -96,6 +114,15 @@ class Verifier:
                 failures.extend(problems)
             metrics["within"] = bool(within)
             outputs[name] = to_jsonable(metrics)
+            if budget is not None and shapes_agree:
+                for part in (part for part in self.slices if part.output == name):
+                    pieces = [(part.take(r[name]), part.take(c[name])) for r, c in zip(reference_outputs, candidate_outputs)]
+                    if any(r is None or not np.asarray(r).size or np.asarray(r).dtype.kind != "f" for r, _ in pieces):
+                        continue
+                    sliced = sample_metrics([r for r, _ in pieces], [c for _, c in pieces])
+                    problems = budget.violations(part.key(), sliced)
+                    failures.extend(problems)
+                    outputs[part.key()] = to_jsonable(dict(sliced, slice_of=name, within=not problems))
         return Verdict(not failures, "lossless" if budget is None else "budget", outputs, failures)
 
     def localize(self, reference: onnx.ModelProto, candidate: onnx.ModelProto, *, budget: Budget | None) -> dict | None:

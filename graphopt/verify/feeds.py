@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from graphopt.errors import InputError, UsageError
+from graphopt.parameter_names import parameter
 
 __all__ = ["InputSpec", "check_feeds", "input_specs", "parse_input_shape", "generate_feeds", "load_feeds", "split_samples"]
 
@@ -60,7 +61,7 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     except ValueError:
         shape = ()
     if not sep or not name.strip() or not shape or any(d < 0 for d in shape):
-        raise UsageError(f"--input-shape expects NAME=DIM,DIM,..., got '{text}'")
+        raise UsageError(f"{parameter('input_shapes')} expects NAME=DIM,DIM,..., got '{text}'")
     return name.strip(), shape
 
 
@@ -72,20 +73,29 @@ def generate_feeds(
     samples: int = 1,
 ) -> dict[str, np.ndarray]:
     """Random inputs for every model input, shaped `(samples, *shape)`, reproducible from `seed`."""
+    from graphopt.verify.input_shapes import choose_input_shapes  # it reads the specs from here
+
     shapes = dict(shapes or {})
     specs = input_specs(model)
-    _reject_unknown_names(shapes, specs, "--input-shape")
+    _reject_unknown_names(shapes, specs, parameter("input_shapes"))
+    for spec in specs:
+        if spec.name in shapes:
+            _check_fits(spec, shapes[spec.name])
+    # Dims neither given nor fixed: the documented defaults (input_shapes.py); callers that
+    # must be sure the model runs at them use `input_shapes.confirmed_shapes` first.
+    chosen = choose_input_shapes(model, shapes)
     rng = np.random.default_rng(seed)
     bounds = _integer_bounds(model)
     feeds = {}
     for spec in specs:
-        shape = _concrete_shape(spec, shapes.get(spec.name))
+        shape = chosen[spec.name].shape
         feeds[spec.name] = _random_array(rng, spec.dtype, (samples, *shape), bounds.get(spec.name))
     return feeds
 
 
-def load_feeds(path: str | os.PathLike, model: onnx.ModelProto, *, option: str = "--inputs") -> dict[str, np.ndarray]:
+def load_feeds(path: str | os.PathLike, model: onnx.ModelProto, *, option: str | None = None) -> dict[str, np.ndarray]:
     """Arrays from an `.npz`, checked against the model's inputs (names, per-sample shapes, dtypes)."""
+    option = option or parameter("inputs")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{option} file does not exist", path=str(path))
@@ -98,9 +108,10 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto, *, option: str =
 
 
 def check_feeds(
-    arrays: dict[str, np.ndarray], model: onnx.ModelProto, *, option: str = "--inputs", path: Path | None = None
+    arrays: dict[str, np.ndarray], model: onnx.ModelProto, *, option: str | None = None, path: Path | None = None
 ) -> dict[str, np.ndarray]:
     """Checks `{input name: (N, *shape) array}` against the model's inputs; casts safe dtypes."""
+    option = option or parameter("inputs")
     where = str(path) if path else None
     arrays = {name: np.asarray(array) for name, array in arrays.items()}
     specs = {spec.name: spec for spec in input_specs(model)}
@@ -141,27 +152,17 @@ def _reject_unknown_names(given, specs, option: str, path: Path | None = None) -
     known = {spec.name for spec in specs}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise (UsageError if option == "--input-shape" else InputError)(
+        raise (UsageError if option == parameter("input_shapes") else InputError)(
             f"{option} names no model input: {', '.join(map(repr, unknown))} (model inputs: {', '.join(sorted(known))})",
             path=str(path) if path else None,
         )
 
 
-def _concrete_shape(spec: InputSpec, given: tuple[int, ...] | None) -> tuple[int, ...]:
-    if given is not None:
-        if len(given) != len(spec.dims) or any(isinstance(d, int) and d != g for d, g in zip(spec.dims, given)):
-            declared = ",".join(str(d) if isinstance(d, int) else (d or "?") for d in spec.dims)
-            raise UsageError(f"--input-shape {spec.name}={','.join(map(str, given))} does not fit its declared shape [{declared}]")
-        return given
-    for axis, dim in enumerate(spec.dims):
-        if not isinstance(dim, int):
-            label = f"'{dim}'" if dim else "of unknown size"
-            example = ",".join(str(d) if isinstance(d, int) else "1" for d in spec.dims)
-            raise UsageError(
-                f"input '{spec.name}' has a dynamic dimension {label} (axis {axis}); "
-                f"give its shape with --input-shape {spec.name}={example}"
-            )
-    return tuple(spec.dims)  # type: ignore[arg-type]
+def _check_fits(spec: InputSpec, given: tuple[int, ...]) -> None:
+    if len(given) != len(spec.dims) or any(isinstance(d, int) and d != g for d, g in zip(spec.dims, given)):
+        declared = ",".join(str(d) if isinstance(d, int) else (d or "?") for d in spec.dims)
+        raise UsageError(f"{parameter('input_shapes')} {spec.name}={','.join(map(str, given))} "
+                         f"does not fit its declared shape [{declared}]")
 
 
 def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], high: int | None) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Lossless passes must reproduce every output elementwise within a tolerance suited to its dtype
 (integers and booleans exactly). Lossy passes are held to a budget on cosine similarity, SQNR
-(dB), and max abs/rel error, per output.
+(dB), and max abs/rel error, per output and *per sample*: `cos=0.99` means every verification
+sample keeps cosine 0.99, so a budget compares the worst sample (`sample_metrics`). A cosine
+over all samples stacked lets one sample with a large output hide the others.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from graphopt.errors import UsageError
 
-__all__ = ["Tolerance", "tolerance_for", "Budget", "output_metrics", "within_tolerance"]
+__all__ = ["Tolerance", "tolerance_for", "Budget", "output_metrics", "sample_metrics", "stacked_sample_metrics", "within_tolerance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +54,19 @@ class Budget:
     sqnr: float | None = None
     abs: float | None = None
     rel: float | None = None
+    score_drop: float | None = None  # `score=-1%`: the user evaluator's score may drop this fraction at most
+    score_min: float | None = None  # `score>=0.75`: ... and must stay at least this
 
     @classmethod
     def parse(cls, text: str | None) -> Budget | None:
-        """`"cos=0.99"`, `"sqnr:30"`, `"cos=0.99,abs=0.1"` → Budget."""
+        """`"cos=0.99"`, `"sqnr:30"`, `"cos=0.99,abs=0.1"`, `"score=-1%"`, `"score>=0.75"` → Budget."""
         if not text:
             return None
         values = {}
         for part in re.split(r"[,\s]+", text.strip()):
+            if part.startswith("score"):
+                values.update(_score_term(part))
+                continue
             key, sep, value = part.replace(":", "=").partition("=")
             key = {"cosine": "cos", "sqnr_db": "sqnr"}.get(key.strip(), key.strip())
             if not sep or key not in ("cos", "sqnr", "abs", "rel"):
@@ -68,6 +75,7 @@ class Budget:
                 values[key] = float(value)
             except ValueError as error:
                 raise UsageError(f"budget value for {key} is not a number: '{value}'") from error
+        _check_ranges(values)
         return cls(**values)
 
     def merge(self, other: Budget | None) -> Budget:
@@ -81,14 +89,29 @@ class Budget:
             sqnr=pick(self.sqnr, other.sqnr, max),
             abs=pick(self.abs, other.abs, min),
             rel=pick(self.rel, other.rel, min),
+            score_drop=pick(self.score_drop, other.score_drop, min),
+            score_min=pick(self.score_min, other.score_min, max),
         )
 
+    def score_budget(self):
+        """The evaluator's budget (`graphopt.verify.evaluator.ScoreBudget`), or None when unset."""
+        if self.score_drop is None and self.score_min is None:
+            return None
+        from graphopt.verify.evaluator import ScoreBudget
+
+        return ScoreBudget(drop=self.score_drop, minimum=self.score_min)
+
     def violations(self, name: str, metrics: dict) -> list[str]:
+        """What `metrics` (one output's, from `sample_metrics` or `output_metrics`) breaks.
+
+        `cosine` and `sqnr_db` are the worst sample's where the metrics are per sample."""
         found = []
+        where = f" (sample {metrics['worst_sample']}; mean {metrics['cosine_mean']:.6f}, pooled {metrics['cosine_pooled']:.6f})" \
+            if "worst_sample" in metrics else ""
         if self.cos is not None and metrics["cosine"] < self.cos:
-            found.append(f"output '{name}': cosine {metrics['cosine']:.6f} < {self.cos}")
+            found.append(f"output '{name}': {'worst-sample ' if where else ''}cosine {metrics['cosine']:.6f} < {self.cos}{where}")
         if self.sqnr is not None and metrics["sqnr_db"] < self.sqnr:
-            found.append(f"output '{name}': SQNR {metrics['sqnr_db']:.2f} dB < {self.sqnr}")
+            found.append(f"output '{name}': {'worst-sample ' if where else ''}SQNR {metrics['sqnr_db']:.2f} dB < {self.sqnr}")
         if self.abs is not None and metrics["max_abs"] > self.abs:
             found.append(f"output '{name}': max abs error {metrics['max_abs']:.3g} > {self.abs}")
         if self.rel is not None and metrics["max_rel"] > self.rel:
@@ -96,7 +119,20 @@ class Budget:
         return found
 
     def describe(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items() if v is not None)
+        terms = [f"{k}={v}" for k, v in dataclasses.asdict(self).items() if v is not None and not k.startswith("score")]
+        score = self.score_budget()
+        return ",".join(terms + ([score.describe()] if score else []))
+
+
+def _score_term(part: str) -> dict:
+    """`score=-1%` → {"score_drop": 0.01}; `score>=0.75` → {"score_min": 0.75}."""
+    relative = re.fullmatch(r"score=-?(\d+(?:\.\d*)?)%", part)
+    floor = re.fullmatch(r"score>=(-?\d+(?:\.\d*)?(?:e-?\d+)?)", part)
+    if relative:
+        return {"score_drop": float(relative.group(1)) / 100}
+    if floor:
+        return {"score_min": float(floor.group(1))}
+    raise UsageError(f"a score budget is score=-P% (relative drop) or score>=VALUE (floor); got '{part}'")
 
 
 def output_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -123,6 +159,67 @@ def output_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
     return {"cosine": cosine, "sqnr_db": sqnr, "max_abs": max_abs, "max_rel": max_rel}
 
 
+# A sample whose reference output is (near) silent has no direction to keep: its cosine is
+# judged only if the candidate's energy there is not negligible against a typical sample's.
+_SILENT = 1e-12
+
+
+def sample_metrics(references: list[np.ndarray], candidates: list[np.ndarray]) -> dict:
+    """One output's metrics per sample and pooled: what budgets compare.
+
+    `cosine` and `sqnr_db` are the worst sample's (the budget's reading: every sample keeps
+    it), `cosine_mean`/`sqnr_db_mean` their mean over samples, `cosine_pooled`/`sqnr_db_pooled`
+    over all samples flattened together (the pre-0.2 figure), `max_abs`/`max_rel` over all,
+    `worst_sample` the index of the lowest-cosine sample, `samples` the count.
+    """
+    pooled = output_metrics(np.concatenate([np.ravel(r) for r in references]) if references else np.zeros(0),
+                            np.concatenate([np.ravel(c) for c in candidates]) if candidates else np.zeros(0))
+    if "shape_mismatch" in pooled or not references or any(np.shape(r) != np.shape(c) for r, c in zip(references, candidates)):
+        return dict(pooled, cosine_pooled=pooled["cosine"], cosine_mean=pooled["cosine"],
+                    sqnr_db_pooled=pooled["sqnr_db"], sqnr_db_mean=pooled["sqnr_db"], worst_sample=0, samples=len(references))
+    per = [output_metrics(np.ravel(r), np.ravel(c)) for r, c in zip(references, candidates)]
+    energies = [float(np.sum(np.square(np.ravel(r).astype(np.float64)))) if np.asarray(r).dtype.kind not in "OUS" else 1.0
+                for r in references]
+    typical = max(float(np.mean(energies)), _SILENT)
+    judged = [index for index, energy in enumerate(energies) if energy > _SILENT * typical]
+    for index, (ref, cand) in enumerate(zip(references, candidates)):
+        if index not in judged and np.asarray(ref).dtype.kind not in "OUS":
+            residue = float(np.sum(np.square(np.ravel(cand).astype(np.float64) - np.ravel(ref))))
+            if residue > 1e-6 * typical:  # a silent sample made loud: count it as lost
+                judged.append(index)
+    judged = judged or list(range(len(per)))
+    cosines = [per[index]["cosine"] for index in judged]
+    sqnrs = [per[index]["sqnr_db"] for index in judged]
+    worst = judged[int(np.argmin(cosines))]
+    finite = [value for value in sqnrs if math.isfinite(value)]
+    return {
+        "cosine": float(min(cosines)), "cosine_mean": float(np.mean(cosines)), "cosine_pooled": pooled["cosine"],
+        "sqnr_db": float(min(sqnrs)), "sqnr_db_mean": float(np.mean(finite)) if finite else float(min(sqnrs)),
+        "sqnr_db_pooled": pooled["sqnr_db"], "max_abs": pooled["max_abs"], "max_rel": pooled["max_rel"],
+        "worst_sample": int(worst), "samples": len(per),
+    }
+
+
+def stacked_sample_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """`sample_metrics` of two arrays stacked over samples (axis 0 = sample)."""
+    if reference.shape != candidate.shape:
+        return sample_metrics([reference], [candidate])
+    return sample_metrics(list(reference), list(candidate))
+
+
+def measure_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], slices=()) -> dict[str, dict]:
+    """Per float output, and per slice of one (`graphopt.verify.slices`), the per-sample metrics
+    of `candidate` against `reference`, both `{output: array stacked over samples}`."""
+    measured = {name: stacked_sample_metrics(expected, candidate[name]) for name, expected in reference.items()
+                if expected.dtype.kind == "f" and name in candidate}
+    for part in slices:
+        if part.output in measured and reference[part.output].shape == candidate[part.output].shape:
+            pieces = [(part.take(r), part.take(c)) for r, c in zip(reference[part.output], candidate[part.output])]
+            if all(r is not None and r.size for r, _ in pieces):
+                measured[part.key()] = dict(sample_metrics([r for r, _ in pieces], [c for _, c in pieces]), slice_of=part.output)
+    return measured
+
+
 def within_tolerance(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance | None = None) -> bool:
     """Elementwise agreement; NaNs must stand in the same places, infinities must match."""
     if reference.shape != candidate.shape:
@@ -132,3 +229,19 @@ def within_tolerance(reference: np.ndarray, candidate: np.ndarray, tolerance: To
     tolerance = tolerance or tolerance_for(reference.dtype)
     return bool(np.allclose(candidate.astype(np.float64), reference.astype(np.float64),
                             rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True))
+
+
+def _check_ranges(values: dict[str, float]) -> None:
+    """cos in (0, 1], sqnr finite, abs and rel finite and at least 0: anything else is a typo."""
+    from graphopt.parameter_names import parameter
+
+    problems = []
+    if "cos" in values and not 0.0 < values["cos"] <= 1.0:
+        problems.append(f"cos must be in (0, 1], got {values['cos']:g}")
+    if "sqnr" in values and not math.isfinite(values["sqnr"]):
+        problems.append(f"sqnr must be a finite number of dB, got {values['sqnr']:g}")
+    for key in ("abs", "rel"):
+        if key in values and not (math.isfinite(values[key]) and values[key] >= 0):
+            problems.append(f"{key} must be a finite number at least 0, got {values[key]:g}")
+    if problems:
+        raise UsageError(f"{parameter('budget')}: {'; '.join(problems)}")

@@ -6,7 +6,8 @@ time on a 100k-node graph, and a third of a PP-OCR compile.
 
 In each graph level, in topological order, a node folds when
 - every input is a constant (or an omitted optional input, or a value folded earlier in the sweep);
-- its value is a function of its inputs (never the Random* ops, Multinomial, Bernoulli), it has
+- its value is a function of its inputs (never the Random* ops, Multinomial, Bernoulli), it is
+  not a Quantize/DequantizeLinear (a quantized weight stays quantized for onnxruntime), it has
   no body, its attributes are not references to a function's attributes, and its op is in the
   default domain;
 - the constant it becomes does not grow the model by more than `growth_limit` bytes over the
@@ -34,12 +35,16 @@ from graphopt_plugins.cleanup.fold_numpy import evaluate_with_numpy
 from graphopt_plugins.cleanup.fold_onnxruntime import evaluate_with_onnxruntime
 from graphopt_plugins.cleanup.fold_shapes import fold_static_shapes, make_constant
 
-__all__ = ["fold_constants", "decides_by_unknown_shapes", "NONDETERMINISTIC", "GROWTH_PRONE"]
+__all__ = ["fold_constants", "decides_by_unknown_shapes", "NONDETERMINISTIC", "QUANTIZATION", "GROWTH_PRONE"]
 
 logger = logging.getLogger(__name__)
 
 # Never folded: their value is not a function of their inputs.
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"})
+# Never folded: a quantized weight stays quantized. onnxruntime fuses DequantizeLinear(int8 W)
+# into QLinearConv/QGemm/MatMulIntegerToFloat; folding it stores W as float (4x the bytes)
+# and leaves a float kernel between a Quantize/Dequantize pair.
+QUANTIZATION = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
 # Ops whose output can be much bigger than their inputs: sized before they are evaluated.
 GROWTH_PRONE = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot", "EyeLike"})
 
@@ -111,6 +116,9 @@ def _may_fold(node: gs.Node) -> bool:
         return False
     if node.op in NONDETERMINISTIC:
         logger.debug("not folding %s (%s): its value is random", node.name, node.op)
+        return False
+    if node.op in QUANTIZATION:
+        logger.debug("not folding %s (%s): a quantized weight stays quantized", node.name, node.op)
         return False
     if node.attrs and (ir.node_subgraphs(node) or any(isinstance(value, gs.Node.AttributeRef) for value in node.attrs.values())):
         return False  # a body is not folded; a function's attribute reference has no value here

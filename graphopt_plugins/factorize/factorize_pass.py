@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import numpy as np
@@ -13,10 +14,12 @@ import graphopt
 from graphopt import ir
 from graphopt import latency as graphopt_latency
 from graphopt.model_io import infer_model_shapes
+from graphopt.speed import slower
+from graphopt.statistics import gram_problem, split_held_out
 from graphopt.summary import summarize
 from graphopt.verify.feeds import split_samples
-from graphopt.verify.metrics import Budget, output_metrics
-from graphopt.verify.runner import make_session, run_samples
+from graphopt.verify.metrics import Budget, measure_outputs
+from graphopt.verify.runner import make_session, run_samples, stacked_outputs
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
 from graphopt_plugins.factorize.lowrank import Factorization, round_rank
 from graphopt_plugins.factorize.fits import fit_site
@@ -34,6 +37,8 @@ _RULES = ("energy", "rank_ratio", "max_error", "target")
 _CONV_MODES = ("channel", "spatial", "input", "auto", "off")
 _OPS = ("MatMul", "Gemm", "Conv")
 _DEFAULT_BUDGET = Budget(cos=0.99)
+_WEAKEST = 1 / 64
+logger = logging.getLogger(__name__)
 
 
 class Factorize(graphopt.Pass):
@@ -58,9 +63,12 @@ class Factorize(graphopt.Pass):
     `saving_by=latency` times each layer alone in onnxruntime and allocates a global target
     only to layers whose factors run faster, by milliseconds saved per unit of loss;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
-    Lossy: before returning, the pass runs the factorized model on its data and backs off
-    (halving `strength`) until the outputs meet its budget (`budget`, else `--budget`, else
-    cos=0.99); if no setting does, it leaves the model unchanged.
+    Lossy: it fits on three calibration samples in four and, before returning, runs the
+    factorized model on the fourth and backs off (halving `strength`) until every held-out
+    sample's outputs (and slices of outputs, `--budget-slices`) meet its budget (`budget`, else
+    `--budget`, else cos=0.99) and, with `never_slower`, the result runs no slower than its
+    input (graphopt/speed.py); if no setting does, it leaves the model unchanged. When the
+    pipeline's verification still misses, `weaker()` hands it a halved strength.
     """
 
     name = "factorize"
@@ -84,8 +92,11 @@ class Factorize(graphopt.Pass):
         sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
         sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
         saving_by: str = "macs"  # rank_by=target: spend the loss where it saves macs, or measured latency (each layer timed in ORT)
-        refit: bool = True  # data method: refit each V (and a Conv's bias) by least squares, layer by layer, on the inputs the factorized model feeds it
-        backoff: int = 4  # times strength is halved when the budget is missed
+        refit: bool = True  # data method: where the factors miss the budget, refit each V (and a Conv's bias) by least squares, layer by layer, on the inputs the factorized model feeds it
+        refit_samples: int = 8  # calibration samples the refit runs on (two model runs per layer each)
+        backoff: int = 4  # times strength is halved when the budget is missed (or the result runs slower)
+        never_slower: bool = True  # time the result against the input (1 thread, onnxruntime) and back off when slower; inputs under 1 ms are not judged
+        strength: float = 1.0  # how far rank_by goes, 1 = as asked; the pipeline's back-off (weaker) lowers it
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
 
         def __post_init__(self):
@@ -107,11 +118,13 @@ class Factorize(graphopt.Pass):
                     raise ValueError(f"{name} must be in (0, 1]")
             if not 0.0 <= self.margin < 1.0:
                 raise ValueError("margin must be in [0, 1)")
-            for name in ("rank_multiple", "max_samples", "rows_per_sample", "sensitivity_samples"):
+            for name in ("rank_multiple", "max_samples", "rows_per_sample", "sensitivity_samples", "refit_samples"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1")
             if self.backoff < 0:
                 raise ValueError("backoff must be >= 0")
+            if not 0.0 < self.strength <= 1.0:
+                raise ValueError("strength must be in (0, 1]")
             parse_target(self.target)
             try:
                 Budget.parse(self.budget)
@@ -132,7 +145,9 @@ class Factorize(graphopt.Pass):
         if not sites:
             return graphopt.PassResult(changed=False, stats=stats)
         model = ctx.model if ctx.model is not None else infer_model_shapes(gs.export_onnx(graph, do_type_check=False))
-        samples, origin = ctx.fitting_data(options.max_samples)
+        given, origin = ctx.fitting_data(options.max_samples)
+        # fitted on three samples in four, the strength judged on the fourth (statistics.split_held_out)
+        samples, judged = split_held_out(given)
         method = options.method if options.method != "auto" else ("data" if samples else "svd")
         if samples is None:
             log.warning("factorize: no calibration data nor verifier inputs; plain SVD, budget unchecked")
@@ -145,6 +160,12 @@ class Factorize(graphopt.Pass):
             data = collect(model, samples, sites, options.rows_per_sample, ctx.rng(),
                            track=lambda items: ctx.track(items, desc="factorize: calibration", total=count))
         _set_rows(sites, data)
+        if data is not None:
+            sites, unfit = _fittable(sites, data)
+            if unfit:
+                stats["skipped_by_statistics"] = unfit
+            if not sites:
+                return graphopt.PassResult(changed=False, stats=stats)
         fits = {site.index: fit_site(site, method, data, options.conv, options.rank_multiple) for site in sites}
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
@@ -161,35 +182,46 @@ class Factorize(graphopt.Pass):
             stats["paying_in_latency"] = len(candidates)
         if options.rank_by == "target" and options.sensitivity == "model" and data is not None:
             probe = {name: array[:options.sensitivity_samples] for name, array in samples.items()}
-            reference = LayerData({}, {}, {k: v[:options.sensitivity_samples] for k, v in data.outputs.items()}, {})
+            reference = {k: v[:options.sensitivity_samples] for k, v in data.outputs.items()}
             weights = measure_sensitivity(
                 ctx.track(candidates, desc="factorize: sensitivity", total=len(candidates)), fits,
-                lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference)),
+                lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference, ctx.output_slices)),
                 options.margin, options.rank_multiple)
+        judged_outputs = None if data is None else data.outputs if judged is samples else stacked_outputs(model, judged)
         ranks, factors, strength, measured, refitted = {}, {}, 1.0, None, False
         for attempt in range(options.backoff + 1):
-            strength = 0.5**attempt
+            strength = options.strength * 0.5**attempt
             ranks = self._ranks(candidates, fits, strength, totals, weights, timings)
             factors = {index: fits[index].factors(rank) for index, rank in ranks.items()}
             if not ranks or data is None:
                 break
             candidate = _factorized_copy(model, options, factors)
-            measured = _metrics(candidate, samples, data)
+            measured = _metrics(candidate, judged, judged_outputs, ctx.output_slices)
             refitted = False
-            if method == "data" and options.refit:
+            if method == "data" and options.refit and _misses(budget, measured):
                 # kept only where it helps on the data; a refit fits to the data it is judged on,
                 # but refits only V, in order (refit.py says what overfitted and was dropped)
-                again = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), samples, sites,
+                # each layer's refit runs two models over its samples: a few images give thousands of rows
+                few = {name: array[:options.refit_samples] for name, array in samples.items()}
+                again = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), few, sites,
                                        factors, options.rows_per_sample, ctx.seed,
                                        track=lambda items: ctx.track(items, desc="factorize: refit", total=len(ranks)),
                                        bias=True)
-                remeasured = _metrics(_factorized_copy(model, options, again), samples, data)
+                remeasured = _metrics(_factorized_copy(model, options, again), judged, judged_outputs, ctx.output_slices)
                 if _worst_cosine(remeasured) > _worst_cosine(measured):
                     factors, measured, refitted = again, remeasured, True
-            if not any(budget.violations(name, values) for name, values in measured.items()):
-                break
+            if not _misses(budget, measured):
+                slow = slower(model, _factorized_copy(model, options, factors), judged, graphopt_latency.of(ctx)) if options.never_slower else None
+                if slow is None:
+                    break
+                stats.setdefault("slower_than_input", []).append(dict(slow, strength=strength))
+                log.info("factorize: strength %.3g runs %.3g× the input's latency; backing off", strength, slow["latency_ratio"])
+                ranks = {}
+                continue
             log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), _cosines(measured))
             ranks = {}
+        if judged is not samples and judged:
+            stats["judged_on_held_out"] = len(next(iter(judged.values())))
         stats.update(method=method, data=origin, rank_by=options.rank_by, strength=strength,
                      budget=budget.describe(), sites=len(sites), refitted=refitted)
         if measured and ranks:
@@ -204,6 +236,14 @@ class Factorize(graphopt.Pass):
         log.info("factorize: %d layers, MACs %s → %s (%s, strength %.3g)", len(ranks), stats["macs_before"],
                  stats["macs_after"], method, strength)
         return graphopt.PassResult(changed=True, stats=stats)
+
+    def weaker(self, verdict, result=None) -> Factorize | None:
+        """This pass at half the strength its last run used (the pipeline's back-off); None
+        below 1/64 of what was asked, where factorizing would no longer pay for itself."""
+        used = (result.stats.get("strength") if result is not None and result.changed else None) or self.options.strength
+        if used / 2 < _WEAKEST:
+            return None
+        return Factorize(dataclasses.replace(self.options, strength=used / 2))
 
     def _timings(self, sites: list[Site], fits: dict[int, Factorization], data: LayerData | None, opset: int,
                  ctx: graphopt.PassContext) -> dict[int, LayerTiming]:
@@ -231,6 +271,20 @@ class Factorize(graphopt.Pass):
                                     options.rank_multiple, weights, timings)
         value = getattr(options, options.rank_by)
         return ranks_by_rule(sites, fits, options.rank_by, value, strength, options.margin, options.rank_multiple)
+
+
+def _fittable(sites: list[Site], data: LayerData) -> tuple[list[Site], list[dict]]:
+    """(the sites whose input statistics can be fitted to, one `{node, reason}` per site left alone)."""
+    kept, unfit = [], []
+    for site in sites:
+        problem = gram_problem(data.grams.get(site.index), data.rows_seen.get(site.index)) \
+            if site.index in data.grams and data.rows_seen.get(site.index) else None
+        if problem is None:
+            kept.append(site)
+        else:
+            unfit.append({"node": site.name, "reason": problem})
+            logger.info("factorize: '%s' left alone: %s", site.name, problem)
+    return kept, unfit
 
 
 def _set_rows(sites: list[Site], data: LayerData | None) -> None:
@@ -281,15 +335,21 @@ def _factorized_copy(model: onnx.ModelProto, options, factors: dict[int, tuple])
     return ir.export_model(graph, model)
 
 
-def _metrics(candidate: onnx.ModelProto, samples: dict, data: LayerData) -> dict[str, dict]:
+def _metrics(candidate: onnx.ModelProto, samples: dict, reference: dict[str, np.ndarray], slices=()) -> dict[str, dict]:
+    """Per output (and slice of one), the candidate's per-sample metrics against `reference`
+    (the model's outputs on `samples`)."""
     session = make_session(candidate)
-    names = list(data.outputs)
+    names = list(reference)
     runs = run_samples(session, split_samples({k: v for k, v in samples.items() if k in _input_names(candidate)}), names)
-    return {name: output_metrics(data.outputs[name], np.stack([run[name] for run in runs])) for name in names}
+    return measure_outputs(reference, {name: np.stack([run[name] for run in runs]) for name in names}, slices)
 
 
 def _input_names(model: onnx.ModelProto) -> set[str]:
     return {value.name for value in model.graph.input}
+
+
+def _misses(budget: Budget, measured: dict[str, dict]) -> bool:
+    return any(budget.violations(name, values) for name, values in measured.items())
 
 
 def _worst_cosine(measured: dict[str, dict]) -> float:

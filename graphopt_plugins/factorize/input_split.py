@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphopt.statistics import robust_cholesky
 from graphopt_plugins.factorize.lowrank import fit_data_aware
 
 __all__ = ["InputSplitFit", "channel_gram", "compact_second", "expand_first", "fit_input_split", "split_cost"]
-
-_RIDGE = 1e-6
-
 
 def channel_gram(gram: np.ndarray, in_channels: int, kk: int) -> np.ndarray:
     """Cin×Cin Gram of single input pixels, from the im2col Gram (K×K, K = Cin·kk)."""
@@ -72,8 +70,7 @@ def fit_input_split(weight: np.ndarray, gram: np.ndarray, in_channels: int, kk: 
     left = fit_data_aware(weight.reshape(in_channels, kk * outputs), channel_gram(gram, in_channels, kk)).left
     expanded = expand_first(left, kk)
     moment = expanded.T @ gram @ expanded
-    ridge = _RIDGE * max(float(np.trace(moment)) / len(moment), 1e-30)
-    chol = np.linalg.cholesky(moment + ridge * np.eye(len(moment)))
+    chol = robust_cholesky(moment)
     solved = np.linalg.solve(chol, expanded.T @ gram @ weight)  # L⁻¹ŨᵀGW: row i explains energy Σ_n row²
     total = float(np.einsum("kn,kn->", weight, gram @ weight))
     explained = np.concatenate([[0.0], np.cumsum((solved**2).sum(axis=1))])[::kk]  # by rank: r·kk rows

@@ -15,6 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from graphopt.statistics import ridged, robust_cholesky, robust_eigh
+
 __all__ = [
     "Factorization",
     "fit_svd",
@@ -24,11 +26,6 @@ __all__ = [
     "rank_for_error",
     "round_rank",
 ]
-
-# A ridge, relative to the mean input energy, keeps directions the calibration data never
-# visited from being thrown away entirely (they still carry weight energy at this scale).
-_RIDGE = 1e-6
-
 
 @dataclasses.dataclass
 class Factorization:
@@ -51,14 +48,6 @@ class Factorization:
         return self.left[:, :rank], self.right[:rank]
 
 
-def _ridged(gram: np.ndarray) -> np.ndarray:
-    """G + ridge·I, symmetrised, in float64."""
-    gram = np.asarray(gram, dtype=np.float64)
-    gram = (gram + gram.T) / 2
-    ridge = _RIDGE * max(float(np.trace(gram)) / len(gram), 1e-30)
-    return gram + ridge * np.eye(len(gram))
-
-
 def _relative_tail(energies: np.ndarray) -> np.ndarray:
     """sqrt(Σ_{i≥r} e_i / Σ e_i) for r = 0 … len(e)."""
     total = float(energies.sum())
@@ -74,7 +63,7 @@ def fit_svd(weight: np.ndarray, gram: np.ndarray | None = None) -> Factorization
     if gram is None:
         return Factorization(left * root, root[:, None] * right, _relative_tail(singular**2), "weights")
     # ‖X(W − W_r)‖² = Σ_{i,j>r} σ_i σ_j (p_iᵀ G p_j)(q_i·q_j) = Σ_{i>r} σ_i² p_iᵀ G p_i, q orthonormal.
-    energies = singular**2 * np.einsum("ij,ij->j", _ridged(gram) @ left, left)
+    energies = singular**2 * np.einsum("ij,ij->j", ridged(gram) @ left, left)
     return Factorization(left * root, root[:, None] * right, _relative_tail(energies), "data")
 
 
@@ -86,15 +75,15 @@ def fit_data_aware(weight: np.ndarray, gram: np.ndarray) -> Factorization:
     with L the Cholesky factor of G is the smaller problem.
     """
     weight = np.asarray(weight, dtype=np.float64)
-    ridged = _ridged(gram)
+    whitened = ridged(gram)
     keep = min(weight.shape)
     if weight.shape[1] <= weight.shape[0]:
-        moment = weight.T @ ridged @ weight
-        values, vectors = np.linalg.eigh((moment + moment.T) / 2)
+        moment = weight.T @ whitened @ weight
+        values, vectors = robust_eigh(moment)
         order = np.argsort(values)[::-1][:keep]
         energies, right = np.clip(values[order], 0.0, None), vectors[:, order].T
     else:
-        _, singular, right = np.linalg.svd(np.linalg.cholesky(ridged).T @ weight, full_matrices=False)
+        _, singular, right = np.linalg.svd(robust_cholesky(gram).T @ weight, full_matrices=False)
         energies = singular**2
     errors = _relative_tail(energies)
     errors[-1] = 0.0  # at full rank U·V = W R Rᵀ = W: R spans W's row space
@@ -112,7 +101,7 @@ def held_out_errors(weight: np.ndarray, fit_gram: np.ndarray, judge_gram: np.nda
     """
     weight = np.asarray(weight, dtype=np.float64)
     right = fit_data_aware(weight, fit_gram).right
-    judged = weight.T @ _ridged(judge_gram) @ weight
+    judged = weight.T @ ridged(judge_gram) @ weight
     energies = np.einsum("in,nm,im->i", right, judged, right)
     tails = np.concatenate([np.cumsum(energies[::-1])[::-1], [0.0]])
     total = float(np.trace(judged))

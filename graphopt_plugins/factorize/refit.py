@@ -27,14 +27,12 @@ from graphopt.activations import expose_tensors
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.runner import make_session
 from graphopt import ir
+from graphopt.statistics import ridge_solve
 from graphopt_plugins.factorize.input_split import compact_second, expand_first
 from graphopt_plugins.factorize.sites import Site
 from graphopt_plugins.factorize.statistics import patches
 
 __all__ = ["refit_in_order"]
-
-_RIDGE = 1e-6
-
 
 def _rows(site: Site, value: np.ndarray, limit: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)  # the same positions in both models
@@ -89,13 +87,13 @@ def refit_in_order(original: onnx.ModelProto, build: Callable[[dict], onnx.Model
         target = expanded.T @ (np.asarray(cross) @ site.weight)  # (X̂U)ᵀXW
         old_bias = _conv_bias(site) if bias else None
         if old_bias is None:
-            current[site.index] = (first, compact_second(np.linalg.solve(_ridged(moment), target), first.shape[1], kk))
+            current[site.index] = (first, compact_second(ridge_solve(moment, target), first.shape[1], kk))
             continue
         # [X̂U, 1]·[V; δ] ≈ XW: the ones column's rows of the normal equations are the sums
         sums = expanded.T @ seen_sum
         moment = np.block([[moment, sums[:, None]], [sums[None, :], np.array([[float(count)]])]])
         target = np.vstack([target, (exact_sum @ site.weight)[None, :]])
-        solved = np.linalg.solve(_ridged(moment), target)
+        solved = ridge_solve(moment, target)
         current[site.index] = (first, compact_second(solved[:-1], first.shape[1], kk), old_bias + solved[-1])
     return current
 
@@ -109,8 +107,3 @@ def _conv_bias(site: Site) -> np.ndarray | None:
         return np.zeros(site.weight.shape[1])
     value = ir.constant_value(inputs[2])
     return None if value is None or value.ndim != 1 else value.astype(np.float64)
-
-
-def _ridged(gram: np.ndarray) -> np.ndarray:
-    ridge = _RIDGE * max(float(np.trace(gram)) / len(gram), 1e-30)
-    return gram + ridge * np.eye(len(gram))

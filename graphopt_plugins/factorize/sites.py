@@ -106,10 +106,18 @@ def find_sites(graph: gs.Graph, conv_mode: str, ops: set[str]) -> tuple[list[Sit
     """
     sites: list[Site] = []
     refused: dict[str, int] = {}
+    # An unrolled RNN runs one weight at every time step: factors per node would store it once
+    # per step (20× the bytes in a CRNN), and fitting it per step costs as much again.
+    users: dict[int, int] = {}
+    for node in graph.nodes:
+        if node.op in ops and len(node.inputs) > 1:
+            users[id(node.inputs[1])] = users.get(id(node.inputs[1]), 0) + 1
     for node in graph.nodes:
         if node.op not in ops:
             continue
         found = _site_of(node, conv_mode)
+        if not isinstance(found, str) and users.get(id(node.inputs[1]), 0) > 1:
+            found = "weight shared with other nodes"
         if isinstance(found, str):
             refused[found] = refused.get(found, 0) + 1
             logger.debug("factorize: %s '%s' left alone: %s", node.op, node.name, found)

@@ -9,17 +9,21 @@ always as new constants: a weight shared with another node is never changed in p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt_plugins.fuse._pattern import FLOATS
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = [
     "LINEAR_OPS",
-    "sole_reader",
     "constant_operand",
+    "constant_operand_sites",
     "channel_vector",
+    "channel_operand",
     "output_channels",
     "input_channels",
     "fold_after",
@@ -29,15 +33,14 @@ __all__ = [
 ]
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_FLOATS = (np.float16, np.float32, np.float64)
 
 
-def sole_reader(tensor: gs.Tensor, ctx: FuseContext) -> gs.Node | None:
-    """The one node reading `tensor`, if exactly one does and it is not a graph output."""
-    readers = ir.consumers(tensor)
-    if len(readers) != 1 or ctx.is_graph_output(tensor):
-        return None
-    return readers[0]
+def constant_operand_sites(graph: gs.Graph, ops: tuple[str, ...]) -> Iterator[tuple[gs.Node, gs.Tensor, np.ndarray, int]]:
+    """(node, its variable operand, the constant's value, the constant's input index) for each
+    node of the level whose op is in `ops` and that has exactly one constant operand."""
+    for node in list(graph.nodes):
+        if node.op in ops and (operands := constant_operand(node)) is not None:
+            yield (node, *operands)
 
 
 def constant_operand(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, int] | None:
@@ -54,7 +57,7 @@ def constant_operand(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, int] | None:
 def channel_vector(value: np.ndarray, rank: int | None, axis: int, channels: int) -> np.ndarray | None:
     """`value` as a length-`channels` vector, if broadcasting it against a rank-`rank` tensor
     varies only along `axis` and neither grows the tensor's rank nor its shape."""
-    if rank is None or value.ndim > rank or value.dtype.type not in _FLOATS:
+    if rank is None or value.ndim > rank or value.dtype.type not in FLOATS:
         return None
     shape = (1,) * (rank - value.ndim) + tuple(value.shape)
     if any(size != 1 for index, size in enumerate(shape) if index != axis % rank):
@@ -62,6 +65,16 @@ def channel_vector(value: np.ndarray, rank: int | None, axis: int, channels: int
     if shape[axis % rank] not in (1, channels):
         return None
     return np.broadcast_to(value.reshape(-1).astype(np.float64), (channels,)) if value.size else None
+
+
+def channel_operand(op: str, value: np.ndarray, channels: tuple[int, int, int], side: str) -> np.ndarray | str:
+    """The constant of a Mul/Div/Add/Sub as a per-channel vector along `channels` (rank, axis,
+    count of a linear node's `side` channels: "input"/"output"), or why it is not one."""
+    rank, axis, count = channels
+    vector = channel_vector(value, rank, axis, count)
+    if vector is None or (op == "Div" and not np.all(vector)):
+        return f"the constant is not a non-zero per-{side}-channel float"
+    return vector
 
 
 def _known_value(tensor: gs.Tensor) -> np.ndarray | None:
@@ -88,7 +101,7 @@ def _weight(node: gs.Node) -> np.ndarray | None:
     if node.op not in LINEAR_OPS or len(node.inputs) < 2 or len(node.outputs) != 1:
         return None
     weight = _known_value(node.inputs[1])
-    if weight is None or weight.dtype.type not in _FLOATS:
+    if weight is None or weight.dtype.type not in FLOATS:
         return None
     if node.op == "MatMul" and weight.ndim != 2:
         return None

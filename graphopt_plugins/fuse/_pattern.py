@@ -7,6 +7,8 @@ inner nodes can be dropped once its last output is rewired.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -20,6 +22,7 @@ __all__ = [
     "scalar",
     "owned",
     "sole_reader",
+    "local_producer_pairs",
     "other_input",
     "split_scalar",
     "is_close",
@@ -57,6 +60,20 @@ def owned(tensor: gs.Tensor, ctx: FuseContext, readers: int = 1) -> bool:
 def sole_reader(tensor: gs.Tensor, ctx: FuseContext) -> gs.Node | None:
     """The one node reading `tensor` when the tensor is owned by it, else None."""
     return ir.consumers(tensor)[0] if owned(tensor, ctx) else None
+
+
+def local_producer_pairs(graph: gs.Graph, ctx: FuseContext, reader_ops: tuple[str, ...],
+                         producer_ops: tuple[str, ...]) -> Iterator[tuple[gs.Node, gs.Node]]:
+    """(reader, producer) for each node of the level whose op is in `reader_ops` and whose first
+    input a node of the same level with an op in `producer_ops` makes (partners in nested
+    bodies or outer graphs are never merged)."""
+    local = ctx.local_nodes()
+    for reader in list(graph.nodes):
+        if reader.op not in reader_ops or not reader.inputs:
+            continue
+        producer = ir.producer(reader.inputs[0])
+        if producer is not None and producer.op in producer_ops and id(producer) in local:
+            yield reader, producer
 
 
 def other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:

@@ -6,7 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import LINEAR_OPS, fold_after, output_channels, sole_reader, take_output
+from graphopt_plugins.fuse._affine import LINEAR_OPS, fold_after, output_channels, take_output
+from graphopt_plugins.fuse._pattern import local_producer_pairs, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_batchnorm_into_linear", "batchnorm_affine"]
@@ -29,13 +30,7 @@ def fold_batchnorm_into_linear(graph: gs.Graph, ctx: FuseContext) -> int:
     axis other than the output channels (a MatMul with a 3-D output).
     """
     rewritten = 0
-    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
-    for bn in list(graph.nodes):
-        if bn.op != "BatchNormalization" or not bn.inputs:
-            continue
-        linear = ir.producer(bn.inputs[0])
-        if linear is None or linear.op not in LINEAR_OPS or id(linear) not in local:
-            continue
+    for bn, linear in local_producer_pairs(graph, ctx, ("BatchNormalization",), LINEAR_OPS):
         affine = batchnorm_affine(bn, ctx)
         if affine is None:
             ctx.near_miss(RULE, bn, "statistics are not constants, or training mode / extra outputs used")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt_plugins.fuse._affine import input_channels, sole_reader
+from graphopt_plugins.fuse._affine import input_channels
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.bn_fold import batchnorm_affine
 from graphopt_plugins.fuse.rule import FuseContext
 

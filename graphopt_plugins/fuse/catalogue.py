@@ -47,7 +47,7 @@ RULES: tuple[Rule, ...] = (
     Rule("noop_removal", remove_noop_nodes, description="Reshape/Cast/Slice/Expand/Concat/Split that return their input, removed"),
     # -- pattern rules (activations, norms, attention) --
     Rule("hardswish", fuse_hardswish, min_opset=6, description="x*relu6(x+3)/6 and x*HardSigmoid(x) → HardSwish (opset ≥ 14); below 14, x*relu6(x+3)/6 → x*HardSigmoid(x)"),
-    Rule("layer_norm", fuse_layer_norm, min_opset=17, description="ReduceMean/Sub/Pow/Sqrt/Div[/Mul/Add] → LayerNormalization (opset ≥ 17)"),
+    Rule("layer_norm", fuse_layer_norm, description="ReduceMean/Sub/Pow/Sqrt/Div[/Mul/Add] → LayerNormalization (opset ≥ 17; below, left for onnxruntime and warned of)"),
     Rule("rms_norm", fuse_rms_norm, min_opset=23, description="x/sqrt(mean(x²)+eps)*γ → RMSNormalization (opset ≥ 23)"),
     Rule("residual_sum", keep_residual_norm_unfused, min_opset=17, description="a residual Add before a LayerNormalization → Sum, which onnxruntime does not fuse into its slower SkipLayerNormalization"),
     Rule("skip_layer_norm", fuse_skip_layer_norm, needs_contrib_ops=True, description="residual Add + LayerNormalization → contrib SkipLayerNormalization (onnxruntime; only with fuse.skip=residual_sum)"),

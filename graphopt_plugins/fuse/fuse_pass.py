@@ -61,12 +61,20 @@ class Fuse(graphopt.Pass):
         return [rule for rule in RULES if (asked is None or rule.name in asked) and rule.name not in skipped]
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
+        left_unfused: Counter[tuple] = Counter()
         with ir.collector_paused():  # see ir.collector_paused: full collections made big graphs superlinear
-            stats = self._fuse(graph, ctx)
+            stats = self._fuse(graph, ctx, left_unfused)
         ctx.logger.info("fuse: %s", stats)
-        return graphopt.PassResult(changed=bool(stats), stats=stats)
+        changed = bool(stats)
+        if left_unfused:
+            stats["warnings"] = [f"{count} {what}: {op} needs opset {needs}, the model has {ctx.opset} (add `opset` "
+                                 f"to --passes{f', --set opset.target={needs}' if needs > 17 else ''})"
+                                 for (what, op, needs), count in sorted(left_unfused.items())]
+            for warning in stats["warnings"]:
+                ctx.logger.warning("fuse: %s", warning)
+        return graphopt.PassResult(changed=changed, stats=stats)
 
-    def _fuse(self, graph: gs.Graph, ctx: graphopt.PassContext) -> dict[str, int]:
+    def _fuse(self, graph: gs.Graph, ctx: graphopt.PassContext, left_unfused: Counter[tuple]) -> dict:
         rules = self.selected_rules()
         taken = {tensor for owner in ir.iter_graphs(graph) for tensor in owner.tensors()} | {
             node.name for _, node in ir.iter_nodes(graph)
@@ -76,7 +84,8 @@ class Fuse(graphopt.Pass):
         level_of = {id(node): (index, node) for index, owner in enumerate(levels) for node in owner.nodes}
         for index, owner in enumerate(levels):
             members = LevelMembership(level_of, index)
-            level = FuseContext(opset=ctx.opset, target=self.options.target, graph=owner, _taken=taken, level_members=members)
+            level = FuseContext(opset=ctx.opset, target=self.options.target, graph=owner, _taken=taken, level_members=members,
+                                left_unfused=left_unfused)
             enabled = [rule for rule in rules if rule.enabled(level)]
             for _ in range(self.options.max_rounds):
                 fired = Counter({rule.name: rule.apply(owner, level) for rule in enabled})

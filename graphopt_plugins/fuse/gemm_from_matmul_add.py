@@ -6,7 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader, take_output
+from graphopt_plugins.fuse._affine import take_output
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["gemm_from_matmul_add"]

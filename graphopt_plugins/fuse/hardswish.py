@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import math
-
 import onnx_graphsurgeon as gs
 
-from graphopt_plugins.fuse._pattern import (
-    FLOAT_16_32,
-    drop,
-    emit,
-    has_dtype,
-    is_close,
-    scalar,
-    scaled_product,
-    sole_reader,
-    split_scalar,
-)
+from graphopt_plugins.fuse._formula import AnyOf, Const, Op, Var, match
+from graphopt_plugins.fuse._pattern import FLOAT_16_32, drop, emit, has_dtype, scaled_product, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_hardswish"]
 
 RULE = "hardswish"
+
+X = Var("x")
+SHIFTED = Op("Add", X, Const(3.0))
+RELU6 = AnyOf(  # relu6(x + 3); the rule then follows `x * relu6 / 6` in any order
+    Op("Clip", SHIFTED, Const(0.0), Const(6.0)),
+    Op("Clip", SHIFTED, attrs={"min": 0.0, "max": 6.0}),  # Clip's bounds before opset 11
+    Op("Min", Op("Max", SHIFTED, Const(0.0)), Const(6.0)),
+    Op("Max", Op("Min", SHIFTED, Const(6.0)), Const(0.0)),
+    Op("Min", Op("Relu", SHIFTED), Const(6.0)),
+)
+HARD_SIGMOID_SWISH = Op("Mul", X, Op("HardSigmoid", X, attrs={"alpha": 1.0 / 6.0, "beta": 0.5}))  # x * HardSigmoid(x)
 
 
 def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
@@ -40,25 +40,20 @@ def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
     """
     rewritten = 0
     for node in list(graph.nodes):
-        if node.op == "Add" and node.outputs:
-            split = split_scalar(node)
-            if split is None or split[1] != 3.0:
-                continue
-            x = split[0]
-            clamp = _relu6(node.outputs[0], ctx)
-            if isinstance(clamp, str):
-                ctx.near_miss(RULE, node, clamp)
-                continue
-            found = scaled_product(clamp[0], x, 1.0 / 6.0, ctx)
-            matched = [node] + clamp[1]
+        if node.op in ("Clip", "Min", "Max") and node.outputs:
+            gate = match(RELU6, node.outputs[0], ctx)
+            if not gate:
+                continue  # most clamps are not a HardSwish's: no near miss for them
+            x = gate["x"]
+            found = scaled_product(node.outputs[0], x, 1.0 / 6.0, ctx)
         elif node.op == "HardSigmoid" and node.outputs and ctx.opset >= 14:
-            alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
-            if not is_close(alpha, 1.0 / 6.0, 1e-6) or not is_close(beta, 0.5, 1e-6):
-                ctx.near_miss(RULE, node, f"HardSigmoid has alpha={alpha:g}, beta={beta:g}, not 1/6 and 0.5")
+            product = sole_reader(node.outputs[0], ctx)
+            gate = match(HARD_SIGMOID_SWISH, product.outputs[0], ctx) if product is not None else None
+            if not gate:
+                ctx.near_miss(RULE, node, gate.reason if gate is not None else "the HardSigmoid has other readers")
                 continue
-            x = node.inputs[0]
-            found = scaled_product(node.outputs[0], x, 1.0, ctx, max_steps=1)
-            matched = [node]
+            x = gate["x"]
+            found = (product.outputs[0], [])
         else:
             continue
         if isinstance(found, str):
@@ -71,54 +66,11 @@ def fuse_hardswish(graph: gs.Graph, ctx: FuseContext) -> int:
         if ctx.opset >= 14:
             emit(ctx, "HardSwish", [x], output)
         else:
-            gate = ctx.variable("hard_sigmoid", dtype=x.dtype, shape=x.shape)
+            ctx.leave_unfused(RULE, node, "HardSwish(es) written as x*HardSigmoid(x)", "HardSwish", 14)
+            gate_output = ctx.variable("hard_sigmoid", dtype=x.dtype, shape=x.shape)
             graph.nodes.append(gs.Node("HardSigmoid", ctx.fresh_name("HardSigmoid"), {"alpha": 1.0 / 6.0, "beta": 0.5},
-                                       inputs=[x], outputs=[gate]))
-            emit(ctx, "Mul", [x, gate], output)
-        drop(matched + tail)
+                                       inputs=[x], outputs=[gate_output]))
+            emit(ctx, "Mul", [x, gate_output], output)
+        drop(gate.nodes + tail)
         rewritten += 1
     return rewritten
-
-
-def _relu6(tensor: gs.Tensor, ctx: FuseContext) -> tuple[gs.Tensor, list[gs.Node]] | str:
-    """Follows owned Clip/Relu/Max/Min nodes from `tensor`; (the clamped tensor, nodes) if they clamp to [0, 6]."""
-    low, high, nodes = -math.inf, math.inf, []
-    current = tensor
-    while len(nodes) < 2:
-        node = sole_reader(current, ctx)
-        if node is None:
-            return f"'{current.name}' has other readers"
-        if node.op == "Relu":
-            low = max(low, 0.0)
-        elif node.op == "Clip":
-            bounds = _clip_bounds(node)
-            if bounds is None:
-                return f"Clip '{node.name}' has bounds that are not constants"
-            low, high = max(low, bounds[0]), min(high, bounds[1])
-        elif node.op in ("Max", "Min") and len(node.inputs) == 2:
-            split = split_scalar(node)
-            if split is None:
-                return f"{node.op} '{node.name}' does not compare with a scalar constant"
-            low, high = (max(low, split[1]), high) if node.op == "Max" else (low, min(high, split[1]))
-        else:
-            break
-        nodes.append(node)
-        current = node.outputs[0]
-        if low == 0.0 and high == 6.0:
-            return current, nodes
-    return "x + 3 is not clamped to [0, 6]"
-
-
-def _clip_bounds(node: gs.Node) -> tuple[float, float] | None:
-    if "min" in node.attrs or "max" in node.attrs:  # Clip before opset 11
-        return float(node.attrs.get("min", -math.inf)), float(node.attrs.get("max", math.inf))
-    bounds = []
-    for index, default in ((1, -math.inf), (2, math.inf)):
-        if len(node.inputs) <= index or node.inputs[index].name == "":
-            bounds.append(default)
-            continue
-        value = scalar(node.inputs[index])
-        if value is None:
-            return None
-        bounds.append(value)
-    return bounds[0], bounds[1]

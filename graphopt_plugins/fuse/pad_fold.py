@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_pad_into_window"]

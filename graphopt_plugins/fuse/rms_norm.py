@@ -5,13 +5,20 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, is_close, scalar, sole_reader, trailing_axes
-from graphopt_plugins.fuse.layer_norm import affine_tail, norm_input, variance_of
+from graphopt_plugins.fuse._formula import AnyOf, Const, Match, Op, Var
+from graphopt_plugins.fuse._norm import norm_input, normalisation_sites, root_of_mean_square
+from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, reduce_axes, trailing_axes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fuse_rms_norm"]
 
 RULE = "rms_norm"
+
+X = Var("x")
+ROOT = root_of_mean_square(X)  # sqrt(mean(x²) + eps)
+RMS_NORM = AnyOf(Op("Div", X, ROOT),  # x / sqrt(mean(x²) + eps)
+                 Op("Mul", X, Op("Reciprocal", ROOT)),  # x * Reciprocal(sqrt(…))
+                 Op("Mul", X, Op("Div", Const(1.0), ROOT)))  # x * (1 / sqrt(…))
 
 
 def fuse_rms_norm(graph: gs.Graph, ctx: FuseContext) -> int:
@@ -25,52 +32,33 @@ def fuse_rms_norm(graph: gs.Graph, ctx: FuseContext) -> int:
     tensor is not the one squared.
     """
     rewritten = 0
-    for sqrt in list(graph.nodes):
-        if sqrt.op != "Sqrt" or not sqrt.outputs:
-            continue
-        found = _match(sqrt, ctx)
-        if isinstance(found, str):
-            ctx.near_miss(RULE, sqrt, found)
-            continue
-        x, eps, axes_count, normed, nodes = found
-        tail = affine_tail(normed, axes_count, x, ctx, with_bias=False)
-        if isinstance(tail, str):
-            ctx.near_miss(RULE, sqrt, tail)
-            continue
+    for node, found, count, tail in normalisation_sites(graph, ctx, RULE, RMS_NORM, _reads_a_root, _checked, False):
         output, gamma, _, tail_nodes = tail
-        emit(ctx, "RMSNormalization", [x, norm_input(ctx, "rms_scale", gamma, tail_nodes)], output,
-             {"axis": -axes_count, "epsilon": float(eps)})
-        drop(nodes + tail_nodes)
+        emit(ctx, "RMSNormalization", [found["x"], norm_input(ctx, "rms_scale", gamma, tail_nodes)], output,
+             {"axis": -count, "epsilon": float(found["eps"])})
+        drop(found.nodes + tail_nodes)
         rewritten += 1
     return rewritten
 
 
-def _match(sqrt: gs.Node, ctx: FuseContext):
-    add = ir.producer(sqrt.inputs[0])
-    mean = None if add is None or add.op != "Add" else next(
-        (ir.producer(t) for t in add.inputs if ir.producer(t) is not None and ir.producer(t).op == "ReduceMean"), None)
-    square = None if mean is None else ir.producer(mean.inputs[0])
-    if square is None or square.op not in ("Pow", "Mul") or not square.inputs:
-        return "the Sqrt does not read mean(x²) + eps"
-    x = square.inputs[0]
+def _reads_a_root(node: gs.Node) -> bool:
+    """A cheap first look: the node reads a Sqrt, its Reciprocal, or 1 / it."""
+    for tensor in node.inputs:
+        producer = ir.producer(tensor)
+        if producer is not None and producer.op in ("Reciprocal", "Div") and producer.inputs:
+            producer = ir.producer(producer.inputs[-1])
+        if producer is not None and producer.op == "Sqrt":
+            return True
+    return False
+
+
+def _checked(found: Match, ctx: FuseContext) -> int | str:
+    """The element type, eps ≥ 0, the mean over trailing axes: the number of normalised axes, or why not."""
+    x = found["x"]
     if not has_dtype(x, FLOATS):
         return f"RMSNormalization takes float16/32/64, not {x.dtype}"
-    found = variance_of(sqrt.outputs[0], x, ctx)
-    if isinstance(found, str):
-        return found
-    eps, axes, nodes = found
-    count = trailing_axes(axes, len(x.shape) if x.shape is not None else None)
-    if count is None:
-        return "the mean is not over the last axes"
-    reader = sole_reader(sqrt.outputs[0], ctx)
-    if reader is None:
-        return "the Sqrt output has other readers"
-    if reader.op == "Div" and reader.inputs[0] is x and reader.inputs[1] is sqrt.outputs[0]:
-        return x, eps, count, reader.outputs[0], nodes + [reader]
-    inverse = reader.op == "Reciprocal" or (
-        reader.op == "Div" and reader.inputs[1] is sqrt.outputs[0] and is_close(scalar(reader.inputs[0]), 1.0))
-    product = sole_reader(reader.outputs[0], ctx) if inverse else None
-    if product is None or product.op != "Mul" or not any(t is x for t in product.inputs) \
-            or not any(t is reader.outputs[0] for t in product.inputs):
-        return "the inverse root does not multiply the squared tensor"
-    return x, eps, count, product.outputs[0], nodes + [reader, product]
+    if found["eps"] < 0:
+        return "eps is negative"
+    axes = reduce_axes(ir.producer(found["variance"]), ctx.opset)
+    count = None if axes is None else trailing_axes(axes, len(x.shape) if x.shape is not None else None)
+    return "the mean is not over the last axes" if count is None else count

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -53,6 +54,9 @@ class FuseContext:
     _taken: set[str] = dataclasses.field(default_factory=set)
     level_members: LevelMembership | None = None  # None: membership is computed from graph.nodes
     _near_misses: set[tuple] = dataclasses.field(default_factory=set)
+    # {(what, op, opset it needs): sites} rules matched but this opset has no op for; shared by all levels
+    left_unfused: Counter = dataclasses.field(default_factory=Counter)
+    _unfused_sites: set[int] = dataclasses.field(default_factory=set)
 
     def local_nodes(self) -> LevelMembership | set[int]:
         """What `id(node) in ...` asks of: is the node one of this graph level's? (see `LevelMembership`)"""
@@ -92,6 +96,15 @@ class FuseContext:
             return
         self._near_misses.add(site)
         logger.debug("fuse.%s: %s '%s' not rewritten: %s", rule, node.op, node.name, reason)
+
+
+    def leave_unfused(self, rule: str, node: gs.Node, what: str, op: str, needs: int) -> None:
+        """Records a site `rule` matched but cannot rewrite into `op` at this opset (once per site),
+        for the pass's warnings, and logs it as a near miss."""
+        if id(node) not in self._unfused_sites:
+            self._unfused_sites.add(id(node))
+            self.left_unfused[(what, op, needs)] += 1
+        self.near_miss(rule, node, f"{what}: {op} needs opset {needs}")
 
 
 @dataclasses.dataclass(frozen=True)

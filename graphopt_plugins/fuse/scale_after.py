@@ -6,7 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import LINEAR_OPS, channel_vector, constant_operand, fold_after, output_channels, sole_reader, take_output
+from graphopt_plugins.fuse._affine import LINEAR_OPS, channel_operand, constant_operand_sites, fold_after, output_channels, take_output
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.bn_fold import batchnorm_affine
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -34,13 +35,7 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
     """
     rewritten = 0
     local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
-    for node in list(graph.nodes):
-        if node.op not in _OPS:
-            continue
-        operands = constant_operand(node)
-        if operands is None:
-            continue
-        x, value, index = operands
+    for node, x, value, index in constant_operand_sites(graph, _OPS):
         linear = ir.producer(x)
         if linear is None or linear.op not in LINEAR_OPS + ("BatchNormalization",) or id(linear) not in local:
             continue
@@ -54,11 +49,11 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
         if channels is None:
             ctx.near_miss(RULE, node, f"the {linear.op}'s weight or bias is not a constant (or its rank is unknown)")
             continue
-        rank, axis, count = channels
-        vector = channel_vector(value, rank, axis, count)
-        if vector is None or (node.op == "Div" and not np.all(vector)):
-            ctx.near_miss(RULE, node, "the constant is not a non-zero per-output-channel float")
+        vector = channel_operand(node.op, value, channels, "output")
+        if isinstance(vector, str):
+            ctx.near_miss(RULE, node, vector)
             continue
+        count = channels[2]
         ones, zeros = np.ones(count), np.zeros(count)
         # Each pair built only for its op: 1/vector of a Mul's zeros would warn of a division by zero.
         scale, shift = {"Mul": lambda: (vector, zeros), "Div": lambda: (1.0 / vector, zeros),

@@ -6,15 +6,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels, sole_reader
+from graphopt_plugins.fuse._affine import channel_operand, channel_vector, constant_operand, constant_operand_sites, fold_before, input_channels
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
+from graphopt_plugins.fuse.runtime_forms import fused_form_ending_at
 
 __all__ = ["fold_channel_constants_before"]
 
 RULE = "scale_before"
 _OPS = ("Mul", "Add", "Sub", "Div")
-_HARDSWISH_GATES = ("Clip", "HardSigmoid")  # x * Clip(x + 3, 0, 6) / 6, x * HardSigmoid(x)
-_GELU_GATES = ("Erf", "Tanh")  # x * (1 + Erf(x / √2)) * 0.5, x * (1 + Tanh(…)) * 0.5
 
 
 def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
@@ -31,36 +31,26 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
 
     Does not fire when: `x ∘ c` has another reader or is a graph output; the constant is the
     left operand of Sub/Div, zero in a Div, or varies along other axes; the weight or bias is
-    not a constant; on the `/ 6` that ends a decomposed HardSwish (`x * Clip(x + 3, 0, 6) / 6`,
-    opset ≥ 14) or the `* 0.5` that ends a decomposed GELU (`x * (1 + Erf(x / √2)) * 0.5`, opset ≥
-    20 or `target=onnxruntime`): where the activation rules can fuse the whole form into one
-    node, that saves more than this fold.
+    not a constant; on a constant that belongs to a form fused as a whole (`runtime_forms`: a
+    LayerNorm's γ and β, the `* 0.5` ending a GELU, the `/ 6` ending a HardSwish): the
+    activation and norm rules, or onnxruntime at load where the opset has no fused op yet,
+    make one node of it, which saves more than this fold.
     """
     rewritten = 0
     local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
-    for node in list(graph.nodes):
-        if node.op not in _OPS:
-            continue
-        operands = constant_operand(node)
-        if operands is None:
-            continue
-        x, value, index = operands
+    for node, x, value, index in constant_operand_sites(graph, _OPS):
         linear = sole_reader(node.outputs[0], ctx)
         if linear is None or id(linear) not in local or not linear.inputs or linear.inputs[0] is not node.outputs[0]:
             continue
         channels = input_channels(linear)
         if channels is None:
             continue
-        if index == 0 and node.op in ("Sub", "Div"):
-            ctx.near_miss(RULE, node, "the constant is the left operand of Sub/Div")
-            continue
-        if node.op in ("Mul", "Div") and _ends_activation(x, ctx):
-            ctx.near_miss(RULE, node, "it ends a gated activation the activation rules fuse")
-            continue
-        rank, axis, count = channels
-        vector = channel_vector(value, rank, axis, count)
-        if vector is None or (node.op == "Div" and not np.all(vector)):
-            ctx.near_miss(RULE, node, "the constant is not a non-zero per-input-channel float")
+        form = fused_form_ending_at(x, node.op, ctx)
+        vector = ("the constant is the left operand of Sub/Div" if index == 0 and node.op in ("Sub", "Div")
+                  else f"it ends {form}, fused as a whole" if form is not None
+                  else channel_operand(node.op, value, channels, "input"))
+        if isinstance(vector, str):
+            ctx.near_miss(RULE, node, vector)
             continue
         scale = {"Mul": vector, "Div": 1.0 / vector}.get(node.op)
         shift = {"Add": vector, "Sub": -vector}.get(node.op)
@@ -84,7 +74,7 @@ def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear
     if mul is None or mul.op != "Mul" or id(mul) not in local or sole_reader(x, ctx) is not add:
         return False
     operands = constant_operand(mul)
-    if operands is None or _ends_activation(operands[0], ctx):
+    if operands is None or fused_form_ending_at(operands[0], "Mul", ctx) is not None:
         return False
     rank, axis, count = channels
     scale = channel_vector(operands[1], rank, axis, count)
@@ -97,21 +87,3 @@ def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear
     mul.outputs.clear()
     add.inputs[0], add.inputs[1] = operands[0], ctx.constant(f"{add.name}_shift", (shift / scale).reshape(shape).astype(dtype))
     return True
-
-
-def _ends_activation(x: gs.Tensor, ctx: FuseContext) -> bool:
-    """Whether `x` is the gated product of a decomposed HardSwish or GELU that an activation rule
-    could fuse at this opset and target."""
-    gate = ir.producer(x)
-    if gate is None or gate.op != "Mul" or len(gate.inputs) != 2:
-        return False
-    for operand in gate.inputs:
-        source = ir.producer(operand)
-        if source is None:
-            continue
-        if source.op in _HARDSWISH_GATES and ctx.opset >= 14:
-            return True
-        if source.op == "Add" and (ctx.opset >= 20 or ctx.allows_contrib_ops):
-            if any(ir.producer(t) is not None and ir.producer(t).op in _GELU_GATES for t in source.inputs):
-                return True
-    return False

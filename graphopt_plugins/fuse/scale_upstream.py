@@ -6,8 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import LINEAR_OPS, bypass, constant_operand, fold_after, output_channels, sole_reader
-from graphopt_plugins.fuse._pattern import FLOATS
+from graphopt_plugins.fuse._affine import LINEAR_OPS, bypass, constant_operand, constant_operand_sites, fold_after, output_channels
+from graphopt_plugins.fuse._pattern import FLOATS, sole_reader
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, FuseContext
 
 __all__ = ["fold_scalars_upstream"]
@@ -38,13 +38,7 @@ def fold_scalars_upstream(graph: gs.Graph, ctx: FuseContext) -> int:
         return 0
     rewritten = 0
     local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
-    for node in list(graph.nodes):
-        if node.op not in ("Mul", "Div"):
-            continue
-        operands = constant_operand(node)
-        if operands is None:
-            continue
-        scores, value, index = operands
+    for node, scores, value, index in constant_operand_sites(graph, ("Mul", "Div")):
         matmul = ir.producer(scores)
         if matmul is None or matmul.op != "MatMul" or id(matmul) not in local:
             continue

@@ -6,7 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import bypass, sole_reader
+from graphopt_plugins.fuse._affine import bypass
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["remove_squeeze_pairs", "axes_of"]

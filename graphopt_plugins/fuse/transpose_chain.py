@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt_plugins.fuse._pattern import local_producer_pairs
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["merge_transpose_chains"]
@@ -23,13 +24,7 @@ def merge_transpose_chains(graph: gs.Graph, ctx: FuseContext) -> int:
     are pointed at `x`.
     """
     rewritten = 0
-    local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
-    for outer in list(graph.nodes):
-        if outer.op != "Transpose" or not outer.inputs:
-            continue
-        inner = ir.producer(outer.inputs[0])
-        if inner is None or inner.op != "Transpose" or id(inner) not in local:
-            continue
+    for outer, inner in local_producer_pairs(graph, ctx, ("Transpose",), ("Transpose",)):
         if len(ir.consumers(inner.outputs[0])) != 1 or ctx.is_graph_output(inner.outputs[0]):
             ctx.near_miss(RULE, outer, "the inner Transpose's output has other readers")
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import sole_reader
+from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["fold_transpose_into_gemm"]

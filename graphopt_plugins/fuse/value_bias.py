@@ -8,8 +8,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt_plugins.fuse._affine import bypass, constant_operand, sole_reader
-from graphopt_plugins.fuse._pattern import FLOATS
+from graphopt_plugins.fuse._affine import bypass, constant_operand
+from graphopt_plugins.fuse._pattern import FLOATS, sole_reader
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, FuseContext
 
 __all__ = ["fold_value_bias"]

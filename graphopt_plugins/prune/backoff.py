@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.verify.metrics import Budget, output_metrics
+from graphopt.verify.metrics import Budget, measure_outputs
 from graphopt.verify.runner import stacked_outputs
 
 __all__ = ["Attempt", "search_strength", "adopt_graph"]
@@ -38,11 +38,13 @@ class Attempt:
 
 
 def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], template: onnx.ModelProto,
-                    samples: dict[str, np.ndarray], budget: Budget, steps: int, track=iter) -> tuple[Attempt | None, list[Attempt]]:
+                    samples: dict[str, np.ndarray], budget: Budget, steps: int, track=iter,
+                    slices=()) -> tuple[Attempt | None, list[Attempt]]:
     """(the strongest attempt within `budget`, or None; every attempt made, in order).
 
     `prune_copy(strength)` prunes a fresh copy of `template`'s graph and returns it with the
     pass's stats (`stats["changed"]` false means it found nothing to do at that strength).
+    Judged per sample, per output and per slice of one (`slices`, `PassContext.output_slices`).
     """
     reference = stacked_outputs(template, samples)
 
@@ -51,7 +53,7 @@ def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], templa
         if not stats.get("changed"):
             return Attempt(strength, stats, {}, [], graph)
         outputs = stacked_outputs(ir.export_model(graph, template), samples)
-        metrics = {name: output_metrics(expected, outputs[name]) for name, expected in reference.items() if expected.dtype.kind == "f"}
+        metrics = measure_outputs(reference, outputs, slices)
         violations = [text for name, values in metrics.items() for text in budget.violations(name, values)]
         return Attempt(strength, stats, metrics, violations, graph)
 

@@ -11,7 +11,9 @@ from typing import Literal
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
+from graphopt import ir, latency
+from graphopt.speed import slower
+from graphopt.statistics import split_held_out
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.prune.backoff import adopt_graph, search_strength
 from graphopt_plugins.prune.groups import find_groups, prunable_layer
@@ -25,6 +27,7 @@ __all__ = ["Prune"]
 
 logger = logging.getLogger(__name__)
 _DEFAULT_BUDGET = Budget(cos=0.99)
+_LEAST_AMOUNT = 0.01
 
 
 class Prune(graphopt.Pass):
@@ -83,6 +86,7 @@ class Prune(graphopt.Pass):
         storage: Literal["dense", "sparse"] = "dense"  # unstructured: sparse writes a pruned weight as Constant(sparse_value) where that is smaller (above ~2/3 zeros)
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
         backoff: int = 5  # bisection steps on the amount when the budget is missed (-1: no budget check)
+        never_slower: bool = True  # time the result against the input (1 thread, onnxruntime); leave the model unchanged when slower (inputs under 1 ms are not judged)
 
         def __post_init__(self):
             if not 0.0 <= self.sparsity < 1.0:
@@ -114,6 +118,19 @@ class Prune(graphopt.Pass):
             if self.damp < 0:
                 raise ValueError("damp must be >= 0")
             Budget.parse(self.budget)  # a malformed budget is a usage error now, not after the work
+
+    def weaker(self, verdict, result=None) -> Prune | None:
+        """This pass removing half of what its last run removed (the pipeline's back-off);
+        None for an n:m pattern (its amount is fixed) or below 1% of channels or weights."""
+        options = self.options
+        if options.pattern:
+            return None
+        used = (result.stats.get("strength") if result is not None and result.changed else None) or 1.0
+        field = "ratio" if options.structured == "channels" else "sparsity"
+        amount = getattr(options, field) * used / 2
+        if amount < _LEAST_AMOUNT:
+            return None
+        return Prune(dataclasses.replace(options, **{field: amount}))
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
@@ -167,20 +184,30 @@ class Prune(graphopt.Pass):
             scaled = types.SimpleNamespace(**vars(settings))
             scaled.sparsity, scaled.ratio = settings.sparsity * strength, settings.ratio * strength
             scaled.pattern_share = strength
-            return copy, self._prune(copy, scaled, model, samples)
+            return copy, self._prune(copy, scaled, model, fitted)
 
-        best, tried = search_strength(prune_copy, model, samples, budget, self.options.backoff,
-                                      track=lambda steps: ctx.track(steps, desc="prune: budget search"))
+        # fitted on three samples in four, the strength judged on the fourth (statistics.split_held_out)
+        fitted, judged = split_held_out(samples)
+        best, tried = search_strength(prune_copy, model, judged, budget, self.options.backoff,
+                                      track=lambda steps: ctx.track(steps, desc="prune: budget search"),
+                                      slices=ctx.output_slices)
         for attempt in tried[1:] if tried else ():
             logger.info("prune: strength %.3g %s", attempt.strength, "within budget" if not attempt.violations else "misses " + budget.describe())
-        if best is None:
-            if tried and tried[0].stats.get("changed"):
-                logger.info("prune: no strength meets %s; model left unchanged", budget.describe())
+        if best is None and tried and tried[0].stats.get("changed"):
+            logger.info("prune: no strength meets %s; model left unchanged", budget.describe())
+        slow = None
+        if best is not None and self.options.never_slower:
+            slow = slower(model, ir.export_model(best.graph, model), judged, latency.of(ctx))
+            if slow is not None:
+                logger.info("prune: the result runs %.3g× the input's latency; model left unchanged", slow["latency_ratio"])
+        if best is None or slow is not None:
             nothing = {"groups_pruned": 0, "channels_removed": 0} if settings.structured == "channels" else {"layers_pruned": 0}
-            stats = dict(nothing, changed=False, strength=0.0)
+            stats = dict(nothing, changed=False, strength=0.0, **({"slower_than_input": slow} if slow else {}))
         else:
             adopt_graph(graph, best.graph)
             stats = dict(best.stats, strength=round(best.strength, 4), calibration_metrics=best.metrics)
+            if judged is not fitted:
+                stats["judged_on_held_out"] = len(next(iter(judged.values())))
             if settings.structured == "channels":
                 stats["ratio"] = round(settings.ratio * best.strength, 4)
             elif settings.pattern:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphopt.statistics import quadratic_form, ridge_solve, robust_cholesky
+
 __all__ = ["as_rows", "from_rows", "regress_removed", "fold_regression", "regression_errors", "sparsegpt", "output_error"]
 
 
@@ -28,17 +30,10 @@ def from_rows(rows: np.ndarray, like: np.ndarray, in_axis: int) -> np.ndarray:
     return np.moveaxis(rows.reshape(moved_shape), -1, in_axis).astype(like.dtype)
 
 
-def _damped(matrix: np.ndarray, damp: float) -> np.ndarray:
-    diagonal = np.diag(matrix)
-    scale = float(diagonal.mean()) if diagonal.size and diagonal.mean() > 0 else 1.0
-    return matrix + damp * scale * np.eye(len(matrix))
-
-
 def regress_removed(gram: np.ndarray, kept: np.ndarray, removed: np.ndarray, intercept: bool, damp: float) -> np.ndarray:
     """Coefficients (K[+1], R) predicting removed features from kept ones (last row: intercept)."""
     basis = np.concatenate([kept, [len(gram) - 1]]) if intercept else kept
-    system = _damped(gram[np.ix_(basis, basis)], damp)
-    return np.linalg.solve(system, gram[np.ix_(basis, removed)])
+    return ridge_solve(gram[np.ix_(basis, basis)], gram[np.ix_(basis, removed)], relative=damp)
 
 
 def fold_regression(rows: np.ndarray, kept: np.ndarray, removed: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -54,23 +49,23 @@ def regression_errors(gram: np.ndarray, rows: np.ndarray, kept: np.ndarray, remo
     """Relative output energy the sink loses: dropping the features plainly, and after the refit."""
     features = len(gram) - 1
     w = rows.astype(np.float64)
-    total = float(np.einsum("ij,jk,ik->", w, gram[:features, :features], w)) or 1.0
+    total = float(quadratic_form(w, gram[:features, :features], w)) or 1.0
     lost = w[:, removed]
-    plain = float(np.einsum("ij,jk,ik->", lost, gram[np.ix_(removed, removed)], lost)) / total
+    plain = float(quadratic_form(lost, gram[np.ix_(removed, removed)], lost)) / total
     if coef is None:
         return plain, plain
     basis = np.concatenate([kept, [features]]) if len(coef) > len(kept) else kept
     # residual of the removed features: x_R - coef^T x_basis
     cross = gram[np.ix_(basis, removed)]
     residual = gram[np.ix_(removed, removed)] - cross.T @ coef - coef.T @ cross + coef.T @ gram[np.ix_(basis, basis)] @ coef
-    return plain, float(np.einsum("ij,jk,ik->", lost, residual, lost)) / total
+    return plain, float(quadratic_form(lost, residual, lost)) / total
 
 
 def output_error(rows_before: np.ndarray, rows_after: np.ndarray, hessian: np.ndarray) -> float:
     """Relative output energy of `(W_after - W_before) x` on the calibration rows."""
     delta = (rows_after - rows_before).astype(np.float64)
-    total = float(np.einsum("ij,jk,ik->", rows_before, hessian, rows_before)) or 1.0
-    return float(np.einsum("ij,jk,ik->", delta, hessian, delta)) / total
+    total = float(quadratic_form(rows_before, hessian, rows_before)) or 1.0
+    return float(quadratic_form(delta, hessian, delta)) / total
 
 
 def sparsegpt(rows: np.ndarray, hessian: np.ndarray, sparsity: float, prune_n: int = 0, m: int = 0, damp: float = 0.01, block: int = 128) -> np.ndarray:
@@ -83,9 +78,9 @@ def sparsegpt(rows: np.ndarray, hessian: np.ndarray, sparsity: float, prune_n: i
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h = _damped(h, damp)
-    inverse = np.linalg.inv(h)
-    upper = np.linalg.cholesky(inverse).T  # Hinv = U^T U, U upper triangular
+    # Hinv = UᵀU, U upper triangular; both factorizations ridged as far as the Hessian needs
+    inverse = ridge_solve(h, np.eye(len(h)), relative=damp)
+    upper = robust_cholesky(inverse, relative=1e-9).T
     columns = w.shape[1]
     for start in range(0, columns, block):
         stop = min(start + block, columns)

@@ -21,6 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt.statistics import quadratic_form, ridge_solve
 from graphopt.activations import iter_activations
 from graphopt_plugins.prune.reconstruct import as_rows, from_rows
 
@@ -100,9 +101,7 @@ def _solve(record: SinkRecord, gram: np.ndarray, damp: float) -> tuple[np.ndarra
     basis = np.arange(features, features + kept + (1 if intercept else 0))
     if intercept:
         basis[-1] = len(gram) - 1
-    system = gram[np.ix_(basis, basis)]
-    scale = float(np.diag(system).mean()) or 1.0
-    coef = np.linalg.solve(system + damp * scale * np.eye(len(basis)), gram[np.ix_(basis, np.arange(features))])  # (basis, F)
+    coef = ridge_solve(gram[np.ix_(basis, basis)], gram[np.ix_(basis, np.arange(features))], relative=damp)  # (basis, F)
     return rows_o @ coef[:kept].T, (rows_o @ coef[kept] if intercept else None)
 
 
@@ -156,6 +155,6 @@ def _error(gram: np.ndarray, rows_o: np.ndarray, rows: np.ndarray, offset, featu
     combined[:, features : features + kept] = -rows
     if offset is not None:
         combined[:, -1] = -offset
-    error = float(np.einsum("ij,jk,ik->", combined, gram, combined))
-    total = float(np.einsum("ij,jk,ik->", rows_o, gram[:features, :features], rows_o)) or 1.0
+    error = float(quadratic_form(combined, gram, combined))
+    total = float(quadratic_form(rows_o, gram[:features, :features], rows_o)) or 1.0
     return error / total

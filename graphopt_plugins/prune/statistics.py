@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import onnx
 
-from graphopt.activations import iter_activations
+from graphopt import statistics
 
 __all__ = ["Request", "collect_grams", "calibration_samples"]
 
@@ -47,39 +47,30 @@ def collect_grams(model: onnx.ModelProto, samples: dict, requests: list[Request]
 
     `track` is `PassContext.track` (a progress bar over the samples) or the default no-op.
     """
-    names = sorted({request.tensor for request in requests})
-    grams: dict[Request, np.ndarray] = {}
     count = len(next(iter(samples.values()))) if samples else 0
-    for values in track(iter_activations(model, samples, names), desc="prune: statistics", total=count):
-        for request in requests:
-            rows = _rows(values[request.tensor], request)
-            rows = rows[_evenly(len(rows), max_rows)].astype(np.float64)
-            rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
-            gram = rows.T @ rows
-            grams[request] = grams[request] + gram if request in grams else gram
-    return grams
+    grams = statistics.collect_grams(
+        model, samples, sorted({request.tensor for request in requests}),
+        {request: (lambda values, _, request=request: _rows(values[request.tensor], request, max_rows)) for request in requests},
+        track=lambda stream: track(stream, desc="prune: statistics", total=count))
+    return grams.total
 
 
-def _evenly(count: int, limit: int) -> np.ndarray:
-    if count <= limit:
-        return np.arange(count)
-    return np.linspace(0, count - 1, limit).round().astype(np.int64)
-
-
-def _rows(value: np.ndarray, request: Request) -> np.ndarray:
+def _rows(value: np.ndarray, request: Request, limit: int) -> np.ndarray:
+    """Up to `limit` evenly spaced rows of `value`, with the constant 1 feature appended."""
     if request.kernel is None:
         moved = np.moveaxis(value, request.axis, -1)
-        return moved.reshape(-1, moved.shape[-1])
-    return im2col(value, request.kernel, request.strides, request.pads, request.dilations)
+        rows = moved.reshape(-1, moved.shape[-1])
+        rows = rows[statistics.pick_positions(len(rows), limit)]
+    else:
+        x = value.reshape((-1,) + value.shape[-3:])
+        out_h, out_w = statistics.conv_output_size(x.shape[2], x.shape[3], request.kernel, request.strides, request.pads,
+                                                   request.dilations)
+        positions = statistics.pick_positions(len(x) * out_h * out_w, limit)
+        rows = im2col(x, request.kernel, request.strides, request.pads, request.dilations, positions)
+    rows = rows.astype(np.float64)
+    return np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
 
 
-def im2col(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
+def im2col(x: np.ndarray, kernel, strides, pads, dilations, positions: np.ndarray | None = None) -> np.ndarray:
     """(positions, C·kh·kw) patches of an NCHW tensor, ordered as a Conv weight (O, C, kh, kw) flattens."""
-    x = x.reshape((-1,) + x.shape[-3:])
-    kh, kw = kernel
-    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    span = ((kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=(2, 3))
-    windows = windows[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
-    batch, channels, out_h, out_w = windows.shape[:4]
-    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, channels * kh * kw)
+    return statistics.im2col(x, kernel, strides, pads, dilations, positions)

@@ -44,12 +44,13 @@ class Quantize(graphopt.Pass):
     still slower than float, nothing is changed. With `--latency-on none` nothing is timed.
     Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
     that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
-    Refuses (PreconditionError) opset < 13, and int4 below opset 21. Lossy: held to `budget`.
+    Needs opset 13 (int4 blocks: 21): the pipeline converts an older model first. Lossy: held to `budget`.
     """
 
     name = "quantize"
     lossless = False
     after = ("cleanup", "fuse", "factorize", "prune")
+    requires_opset = 13  # per-channel DequantizeLinear
 
     @dataclasses.dataclass
     class Options:
@@ -97,17 +98,18 @@ class Quantize(graphopt.Pass):
             if self.calibrate not in METHODS:
                 raise UsageError(f"calibrate must be one of {', '.join(METHODS)}, not {self.calibrate!r}")
 
+    def required_opset(self) -> int:
+        int4_blocks = self.options.mode == "weight-only" and self.options.weight_bits == 4
+        return 21 if int4_blocks else self.requires_opset
+
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
         if is_quantized(graph):
             ctx.logger.info("quantize: the graph is already quantized; left alone")
             return graphopt.PassResult(changed=False, stats={"already_quantized": True})
-        if ctx.opset and ctx.opset < 13:
-            raise PreconditionError(f"pass 'quantize' needs opset >= 13 (per-channel DequantizeLinear); the model has {ctx.opset} "
-                                    "(convert it first: --passes opset,...)")
-        if options.mode == "weight-only" and options.weight_bits == 4 and ctx.opset < 21:
-            raise PreconditionError(f"pass 'quantize': int4 blocked weights need opset >= 21; the model has {ctx.opset} "
-                                    "(convert it first: --passes opset,... --set opset.target=21)")
+        if ctx.opset and ctx.opset < self.required_opset():  # the pipeline converts first; a direct caller may not
+            raise PreconditionError(f"pass 'quantize' needs opset >= {self.required_opset()} (per-channel DequantizeLinear; "
+                                    f"int4 blocks: 21); the model has {ctx.opset} (convert it first: --passes opset,...)")
         latency = graphopt_latency.of(ctx)
         modes = candidate_modes(graph, options, latency.measures) if options.mode == "auto" else [options.mode]
         found = {mode: targets_for(graph, options, mode) for mode in modes}

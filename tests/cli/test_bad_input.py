@@ -350,10 +350,12 @@ def test_inputs_file_with_wrong_shape(capsys, demo, tmp_path):
                    mentions=["image", "inputs.npz"])
 
 
-def test_dynamic_dimension_without_input_shape(capsys, tmp_path):
+def test_dynamic_dimension_without_input_shape_is_chosen(capsys, tmp_path):
     path = tmp_path / "dynamic.onnx"
     onnx.save_model(tiny_model(batch="batch_size"), path)
-    assert_refused(capsys, ["optimize", path], folders=[tmp_path], untouched=[path], mentions=["batch_size", "--input-shape"])
+    code, out, err = run_cli(capsys, "optimize", path)
+    assert code == 0, err
+    assert "input 'x' at 1x4" in out and "'batch_size': batch-like leading dim" in out
 
 
 def test_dynamic_dimension_with_input_shape_runs(capsys, tmp_path):

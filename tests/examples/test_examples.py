@@ -83,3 +83,19 @@ def test_05_compress_to_a_budget_and_read_the_report(tmp_path):
     assert report["output"]["bytes"] < report["input"]["bytes"]
     assert "end to end against the original (budget cos=0.99): ok" in completed.stdout
     onnx.checker.check_model(str(tmp_path / "demo.small.onnx"), full_check=True)
+
+
+def test_06_task_evaluator_backs_off_to_the_top1_budget(tmp_path):
+    completed = subprocess.run(["bash", str(EXAMPLES / "06_task_evaluator" / "run.sh"), str(tmp_path)],
+                               capture_output=True, text=True, env=_env(), timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    factorize = report["passes"][-1]
+    score = report["verification"]["end_to_end"]["score"]
+    assert factorize["status"] == "accepted" and score["ok"]
+    assert score["reference"] == 1.0 and score["score"] >= 0.95
+    tries = factorize["tries"]  # the first, aggressive setting flips predictions: the back-off shows
+    assert len(tries) >= 2 and not tries[0]["ok"] and tries[-1]["ok"]
+    assert "evaluator" in tries[0]["failures"][0]
+    assert "top-1: 1.000 ->" in completed.stdout
+    onnx.checker.check_model(str(tmp_path / "task.opt.onnx"), full_check=True)

@@ -61,7 +61,7 @@ def _assert_idempotent(factorized, calibration, **options):
 
 def test_a_low_rank_matmul_is_factorized_within_budget_and_only_once():
     model = _low_rank_matmul()
-    calibration = _calibration([4, 64])
+    calibration = _calibration([4, 64], n=32)  # 24 fitted samples, 8 held out
     factorized, entry = factorize(model, calibration, rank_by="max_error", max_error=0.05)
     onnx.checker.check_model(factorized, full_check=True)
     assert entry["changed"] is True and op_counts(factorized) == {"MatMul": 2}

@@ -108,3 +108,32 @@ def test_centred_input_read_elsewhere_stays():
     fused, stats = fuse_and_check(model)
     assert stats.get("layer_norm", 0) == 0
     assert op_counts(fused) == op_counts(model)
+
+
+@pytest.mark.parametrize("consumer", ["MatMul", "Gemm"])
+def test_below_opset_17_the_form_onnxruntime_fuses_is_kept_and_warned_of(consumer, tmp_path):
+    """PP-OCRv4 rec (opset 12): the folds took γ into the next MatMul and β/γ into an Add, and
+    onnxruntime's LayerNormFusion no longer saw a LayerNorm there."""
+    from fuse_support import onnxruntime_ops
+
+    linear = "y = MatMul(ln, w)" if consumer == "MatMul" else "f = Reshape(ln, flat)\n y = Gemm(f, w)"
+    out_shape = "float[2,4,3]" if consumer == "MatMul" else "float[8,3]"
+    model = model_from_text(f"""
+        g (float[2,4,8] x) => ({out_shape} y)
+        <float two = {{2.0}}, float eps = {{1e-5}}, {GAMMA_BETA}, float[8,3] w = {{{', '.join(str(0.1 * i) for i in range(24))}}},
+         int64[2] flat = {{8, 8}}> {{
+            mu = ReduceMean<axes=[-1]>(x)
+            d = Sub(x, mu)
+            p = Pow(d, two)
+            v = ReduceMean<axes=[-1]>(p)
+            ve = Add(v, eps)
+            s = Sqrt(ve)
+            n0 = Div(d, s)
+            m = Mul(n0, gamma)
+            ln = Add(m, beta)
+            {linear}
+        }}""", opset=12)
+    fused, stats = fuse_and_check(model)
+    assert not {"scale_before", "layer_norm"} & set(stats)
+    assert "LayerNorm(s) left written out" in stats["warnings"][0] and "opset 17" in stats["warnings"][0]
+    assert onnxruntime_ops(fused, tmp_path)["LayerNormalization"] == 1

@@ -78,9 +78,12 @@ def test_budgeted_pipeline_keeps_backed_off_channel_pruning():
     resnet = torch_models.resnet_like("torchscript")
     data = {"image": np.stack([torch_models.cnn_feeds(seed=i)["image"] for i in range(6)])}
     options = {"structured": "channels", "ratio": 0.6, "reconstruct": "false"}
+    # without its own budget check, the pipeline's back-off (Pass.weaker) halves the ratio until it holds
     fixed = graphopt.optimize(resnet, passes=["prune"], options={"prune": dict(options, backoff=-1)}, calibration=data,
                               inputs=data, budget="cos=0.99", keep_going=True)
-    assert fixed.report["passes"][0]["status"] == "rolled_back"
+    fixed_entry = fixed.report["passes"][0]
+    assert fixed_entry["status"] in ("accepted", "unchanged") and len(fixed_entry["tries"]) >= 2
+    assert not fixed_entry["tries"][0]["ok"] and fixed_entry["tries"][0]["options"]["ratio"] == 0.6
     searched = graphopt.optimize(resnet, passes=["prune"], options={"prune": options}, calibration=data, inputs=data, budget="cos=0.99")
     entry = searched.report["passes"][0]
     assert entry["status"] == "accepted" and 0 < entry["details"]["ratio"] < 0.6

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+
+import graphopt
+import graphopt.ir
 from quantize_support import (calibration_for, initializer, op_counts, ort_optimized_ops, quantize, quantize_and_check,
                               single_op_model)
 
@@ -107,11 +110,25 @@ def test_weight_only_int4_blocks_along_the_reduction_axis():
     assert quantized.ByteSize() < 0.27 * model.ByteSize()
 
 
-def test_int4_below_opset_21_is_refused_not_attempted():
+def test_int4_below_opset_21_converts_the_model_first():
     model = single_op_model("MatMul", opset=17)
-    quantized, _, entry = quantize(model, calibration_for(model), mode="weight-only", weight_bits=4)
-    assert entry["status"] == "skipped" and "opset >= 21" in entry["error"]
-    assert quantized.SerializeToString() == model.SerializeToString()
+    result = graphopt.optimize(model, passes=["quantize"], options={"quantize": {"mode": "weight-only", "weight_bits": 4}},
+                               calibration=calibration_for(model), verify="off")
+    conversion, entry = result.report["passes"]
+    assert conversion["name"] == "opset" and conversion["implicit"]["needs_opset"] == 21
+    assert entry["status"] == "accepted"
+    assert next(o.version for o in result.model.opset_import if o.domain in ("", "ai.onnx")) == 21
+
+
+def test_int4_below_opset_21_is_refused_by_the_pass_itself():
+    """Outside a pipeline nothing converts: the pass says what it needs."""
+    from graphopt.errors import PreconditionError
+    from graphopt_plugins.quantize.quantize_pass import Quantize
+
+    model = single_op_model("MatMul", opset=17)
+    pass_ = Quantize(Quantize.Options(mode="weight-only", weight_bits=4))
+    with pytest.raises(PreconditionError, match="opset >= 21"):
+        pass_.run(graphopt.ir.import_graph(model), graphopt.PassContext(opset=17, model=model))
 
 
 def test_activation_by_activation_matmul_is_not_quantized():

@@ -1,0 +1,155 @@
+"""Never slower: after the passes, the output is timed against the input, and stages that made
+it slower beyond measured noise are rolled back, last first.
+
+The timing is a callable, so any latency backend plugs in: `compare(models, feeds)` takes
+`{label: model}` and one sample, times the models interleaved, and returns `{label: {"ratio":
+median / the first model's median, "median_ms": …}}` (the shape of `bench.compare_latency` and
+of a `LatencyBackend.compare`). Noise is measured, not assumed: when the output looks slower,
+the input is timed against itself in the same rounds, and a difference within what the input
+shows against its own copy (or within `margin`) is not a slowdown.
+
+Rolling back keeps the output of the longest run of stages that is not slower: a stage's
+output is the input of the next, so a stage in the middle cannot go without those after it.
+Only lossless stages are rolled back, last first, down to the last lossy one: a lossy pass
+(quantize, prune, factorize) made its own latency decision (`quantize.latency`, `saving_by`),
+which the user may have set on purpose, and its trade of accuracy for size is not undone here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import onnx
+
+__all__ = ["Stage", "NeverSlower", "keep_never_slower", "check_on", "host_compare", "check_pipeline_result", "DEFAULT_MARGIN"]
+
+logger = logging.getLogger(__name__)
+
+Compare = Callable[[Mapping[str, onnx.ModelProto], dict], Mapping[str, Mapping[str, Any]]]
+
+DEFAULT_MARGIN = 0.02  # a slowdown under 2% is not acted on, whatever the noise
+# Nor one under 20 µs a run: below what a shared machine's timer resolves from run to run, and
+# what a model that small could lose anyway.
+MIN_MS = 0.02
+
+
+@dataclasses.dataclass
+class Stage:
+    """One accepted pass: its name, the model it produced, whether it is lossless, that model's
+    stored size, its report entry."""
+
+    name: str
+    model: onnx.ModelProto
+    lossless: bool = True
+    size: int | None = None
+    entry: dict | None = None
+
+
+@dataclasses.dataclass
+class NeverSlower:
+    """What the check kept: the first `kept` stages (0: the input itself), and what it measured."""
+
+    kept: int
+    report: dict
+
+
+def check_on(backend) -> Compare | None:
+    """The check's timing on a `graphopt.latency` backend; None (no check) for one that times nothing."""
+    if not getattr(backend, "measures", True):
+        return None
+
+    def compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> Mapping[str, Mapping[str, Any]]:
+        return backend.compare(models, feeds, purpose="never slower")
+    return compare
+
+
+def host_compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> dict[str, dict]:
+    """onnxruntime on this machine, 1 thread, interleaved medians (`bench.compare_latency`): the
+    pipeline's default when no backend is given (`check_on` is what the API uses)."""
+    from graphopt.bench import compare_latency
+
+    return compare_latency(models, feeds, threads=1, runs=20, warmup=2)
+
+
+def keep_never_slower(original: onnx.ModelProto, stages: list[Stage], compare: Compare, feeds: dict, *,
+                      margin: float = DEFAULT_MARGIN, repeats: int = 3) -> NeverSlower:
+    """How many of `stages` to keep so that the result is not slower than `original`.
+
+    Times the last stage's output against `original`; while it is slower beyond noise and the
+    last stage is lossless, drops it and times the one before. Every timing taken is in the report.
+    """
+    timings = []
+    for kept in range(len(stages), 0, -1):
+        if not stages[kept - 1].lossless:
+            break
+        verdict = _judge(original, stages[kept - 1].model, compare, feeds, margin, repeats)
+        timings.append({"after": stages[kept - 1].name, **verdict})
+        if not verdict["slower"]:
+            break
+        logger.warning("the model after pass '%s' is slower than the input (%.3fx, noise ±%.3f); rolled back",
+                       stages[kept - 1].name, verdict["ratio"], verdict["noise"])
+    else:
+        kept = 0
+    rolled_back = [stage.name for stage in stages[kept:]]
+    report = {"checked": True, "margin": margin, "timings": timings, "rolled_back": rolled_back}
+    if not timings:
+        report.update(checked=False, reason=f"the last pass, '{stages[-1].name}', is lossy: its own latency decision stands")
+    return NeverSlower(kept, report)
+
+
+def _judge(original, candidate, compare: Compare, feeds: dict, margin: float, repeats: int) -> dict:
+    """`{"slower", "ratio", "noise", "input_ms", "output_ms"}` for `candidate` against `original`.
+
+    One quick comparison settles a result that is not slower; a result that looks slower is
+    timed `repeats` times more beside a second copy of the input, whose ratio to the first
+    is the noise of that moment.
+    """
+    quick = compare({"input": original, "output": candidate}, feeds)
+    ratio = float(quick["output"]["ratio"])
+    if ratio <= 1.0 + margin or _gap_ms(quick) < MIN_MS:
+        return _verdict(False, ratio, 0.0, quick)
+    ratios, noise, last = [], 0.0, quick
+    for _ in range(max(repeats, 1)):
+        last = compare({"input": original, "input_again": original, "output": candidate}, feeds)
+        ratios.append(float(last["output"]["ratio"]))
+        noise = max(noise, abs(float(last["input_again"]["ratio"]) - 1.0))
+    ratio = statistics.median(ratios)
+    return _verdict(ratio > 1.0 + max(margin, noise) and _gap_ms(last) >= MIN_MS, ratio, noise, last)
+
+
+def _gap_ms(timing: Mapping) -> float:
+    """How much longer the output's median run is than the input's (inf when a backend gives no ms)."""
+    output, input_ = timing["output"].get("median_ms"), timing["input"].get("median_ms")
+    return float("inf") if output is None or input_ is None else output - input_
+
+
+def _verdict(slower: bool, ratio: float, noise: float, timing: Mapping) -> dict:
+    return {"slower": slower, "ratio": round(ratio, 4), "noise": round(noise, 4),
+            "input_ms": timing["input"].get("median_ms"), "output_ms": timing["output"].get("median_ms")}
+
+
+def check_pipeline_result(original: onnx.ModelProto, original_size: int | None, stages: list[Stage],
+                          compare: Compare | None, feeds: dict | None) -> tuple[onnx.ModelProto, int | None, dict]:
+    """The pipeline's side of the check: (the model to keep, its size, the report's `never_slower`).
+
+    Marks the report entries of the stages it rolls back. `compare` None means the check is off.
+    """
+    if compare is None:
+        return _last(original, original_size, stages) + ({"checked": False, "reason": "turned off"},)
+    if not stages:
+        return original, original_size, {"checked": False, "reason": "no pass changed the model"}
+    if feeds is None:
+        return _last(original, original_size, stages) + ({"checked": False, "reason": "no inputs to time it on (verification off)"},)
+    outcome = keep_never_slower(original, stages, compare, feeds)
+    for stage in stages[outcome.kept:]:
+        if stage.entry is not None:
+            stage.entry.update(status="rolled_back", rolled_back=True, rolled_back_because="slower than the input")
+    return _last(original, original_size, stages[:outcome.kept]) + (outcome.report,)
+
+
+def _last(original, original_size, stages: list[Stage]) -> tuple[onnx.ModelProto, int | None]:
+    return (stages[-1].model, stages[-1].size) if stages else (original, original_size)

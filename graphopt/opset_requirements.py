@@ -1,0 +1,103 @@
+"""A pass that needs a newer opset gets it: the `opset` pass put before it, or a clear refusal.
+
+A pass declares `requires_opset` (or, when it depends on options, overrides `required_opset()`).
+Before the first pass whose need the model's opset does not meet, the pipeline runs the
+first-party `opset` pass, converting to the highest need of the passes still to run, so one
+conversion serves them all. The conversion is a pass entry of its own in the report (marked
+`implicit`, naming the pass it was for) and a warning on the terminal. A model the converter
+cannot convert stops the run with exit 2 naming both passes: never exit 0 with the pass skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+from graphopt.errors import InputError, UsageError
+from graphopt.passes import Pass, PassContext, PassResult
+from graphopt.registry import PassRegistry
+
+__all__ = ["with_opset_conversions", "ImplicitConversion", "conversion_note", "refused_conversion", "pass_warnings"]
+
+logger = logging.getLogger(__name__)
+
+CONVERTER = "opset"  # the first-party pass that converts (graphopt_plugins/opset)
+
+
+class ImplicitConversion(Pass):
+    """The `opset` pass the pipeline put in because a later pass needs a newer opset."""
+
+    name = CONVERTER
+    lossless = True
+
+    def __init__(self, converter: Pass, needed_by: str, needed: int, current: int):
+        super().__init__(converter.options)
+        self.converter, self.needed_by, self.needed, self.current = converter, needed_by, needed, current
+
+    def run(self, graph, ctx: PassContext) -> PassResult:
+        logger.warning("converting the model from opset %d to %d: pass '%s' needs opset %d",
+                       self.current, self.converter.options.target, self.needed_by, self.needed)
+        return self.converter.run(graph, ctx)
+
+
+def with_opset_conversions(passes: list[Pass], registry: PassRegistry, model: onnx.ModelProto) -> list[Pass]:
+    """`passes`, with an `ImplicitConversion` before each pass whose opset need is not met there.
+
+    A user's own `opset` pass counts as meeting the needs up to its target.
+    """
+    planned, current = [], next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    for index, pass_ in enumerate(passes):
+        if pass_.name == CONVERTER and not isinstance(pass_, ImplicitConversion):
+            current = max(current, int(getattr(pass_.options, "target", current)))
+        needed = pass_.required_opset()
+        if needed > current:
+            target = max(later.required_opset() for later in passes[index:])
+            planned.append(ImplicitConversion(_converter(registry, pass_, needed, current, target), pass_.name, needed, current))
+            current = target
+        planned.append(pass_)
+    return planned
+
+
+def _converter(registry: PassRegistry, pass_: Pass, needed: int, current: int, target: int) -> Pass:
+    try:
+        cls = registry.get(CONVERTER)
+    except UsageError as error:
+        raise InputError(f"pass '{pass_.name}' needs opset {needed}; the model has {current}, "
+                         f"and no '{CONVERTER}' pass is registered to convert it") from error
+    try:
+        options = cls.Options(target=target)
+    except (TypeError, ValueError) as error:  # e.g. a need past the newest opset this onnx knows
+        raise InputError(f"pass '{pass_.name}' needs opset {needed}; the model has {current} and cannot be converted: {error}") from error
+    return cls(options)
+
+
+def conversion_note(pass_: Pass) -> dict:
+    """What a report entry says of an implicit conversion (nothing for any other pass)."""
+    if not isinstance(pass_, ImplicitConversion):
+        return {}
+    return {"implicit": {"for": pass_.needed_by, "needs_opset": pass_.needed, "from_opset": pass_.current}}
+
+
+def refused_conversion(pass_: Pass, error: Exception) -> InputError | None:
+    """The exit-2 error for an implicit conversion the converter refused, else None."""
+    if not isinstance(pass_, ImplicitConversion):
+        return None
+    return InputError(f"pass '{pass_.needed_by}' needs opset {pass_.needed}; the model has {pass_.current} "
+                      f"and cannot be converted: {error}")
+
+
+def pass_warnings(entries: list[dict]) -> list[str]:
+    """The report's warnings from the pass entries: implicit conversions, and what passes warned of
+    (`PassResult.stats["warnings"]`, a list of strings)."""
+    warnings = []
+    for entry in entries:
+        implicit = entry.get("implicit")
+        if implicit and entry.get("status") == "accepted":
+            details = entry.get("details", {})
+            warnings.append(f"converted the model from opset {details.get('from', implicit['from_opset'])} to "
+                            f"{details.get('to')} for pass '{implicit['for']}' (needs opset {implicit['needs_opset']})")
+        warnings += [f"{entry['name']}: {text}" for text in entry.get("details", {}).get("warnings", [])]
+    return warnings
+
+

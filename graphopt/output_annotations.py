@@ -1,0 +1,83 @@
+"""Declared output shapes that contradict what the model computes (an exporter bug).
+
+Some exporters write a graph output's shape from a stale trace: declared `[1, seqlen]`, the
+model really produces `[32, 1, 8210]`. onnxruntime runs such a model (it checks outputs only
+loosely), but ONNX's full checker refuses it, and so would refuse graphopt's output. Such an
+annotation is replaced by the shape inference finds, or dropped when inference finds none;
+the caller reports the warning, and verification compares the outputs the model really makes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+from graphopt.errors import first_line
+from graphopt.weightless import skeleton_of
+
+__all__ = ["repaired_output_shapes"]
+
+logger = logging.getLogger(__name__)
+
+
+def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """(`model`, []) when its declared output shapes agree with inference; else a copy whose
+    contradicting output annotations are replaced or dropped, and one warning per output."""
+    declared = {v.name: v.type.tensor_type.shape for v in model.graph.output
+                if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    if not declared:
+        return model, []
+    inferred = _inferred_output_shapes(model)
+    if inferred is None:
+        return model, []
+    wrong = {name: inferred.get(name) for name, shape in declared.items() if _contradicts(shape, inferred.get(name))}
+    if not wrong:
+        return model, []
+    repaired = onnx.ModelProto()
+    repaired.CopyFrom(model)
+    warnings = []
+    for value in repaired.graph.output:
+        if value.name not in wrong:
+            continue
+        before = _text(value.type.tensor_type.shape)
+        replacement = wrong[value.name]
+        if replacement is None:
+            value.type.tensor_type.ClearField("shape")
+        else:
+            value.type.tensor_type.shape.CopyFrom(replacement)
+        after = _text(replacement) if replacement is not None else "no shape"
+        warnings.append(f"output '{value.name}' declares shape {before}, which the model does not produce; "
+                        f"the output declares {after} instead")
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return repaired, warnings
+
+
+def _inferred_output_shapes(model: onnx.ModelProto) -> dict[str, onnx.TensorShapeProto] | None:
+    """The output shapes inference finds when the declared ones are taken away (None if it fails)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(skeleton_of(model).model)  # weights moved out: a cheap copy
+    for value in probe.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    del probe.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as error:  # onnx raises several unrelated types here
+        logger.debug("output shape check skipped: inference failed: %s", first_line(error))
+        return None
+    return {v.name: v.type.tensor_type.shape for v in inferred.graph.output
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+
+
+def _contradicts(declared: onnx.TensorShapeProto, inferred: onnx.TensorShapeProto | None) -> bool:
+    if inferred is None:
+        return False
+    if len(declared.dim) != len(inferred.dim):
+        return True
+    return any(d.HasField("dim_value") and i.HasField("dim_value") and d.dim_value != i.dim_value
+               for d, i in zip(declared.dim, inferred.dim))
+
+
+def _text(shape: onnx.TensorShapeProto) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim) + "]"

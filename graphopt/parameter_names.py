@@ -1,0 +1,44 @@
+"""How an error names a setting: as the API parameter (`input_shapes=`) or as the CLI flag.
+
+The same checks run under both front ends; a message quoting `--input-shape` to a Python
+caller (or `input_shapes=` to a shell user) points at something they never typed. The CLI
+runs its command inside `cli_spelling()`; everything else reads the API's names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+__all__ = ["parameter", "cli_spelling"]
+
+_FLAGS = {
+    "input_shapes": "--input-shape",
+    "inputs": "--inputs",
+    "calibration": "--calibration",
+    "budget": "--budget",
+    "passes": "--passes",
+    "freeze_shapes": "--freeze-shapes",
+    "set_options": "--set",
+    "output": "--output",
+    "report": "--report",
+    "dump_dir": "--dump-dir",
+}
+_SPELLING = contextvars.ContextVar("graphopt_parameter_spelling", default="api")
+
+
+def parameter(name: str) -> str:
+    """`name` as the caller spelled it: `--input-shape` under the CLI, `input_shapes=` from Python."""
+    if _SPELLING.get() == "cli":
+        return _FLAGS.get(name, f"--{name.replace('_', '-')}")
+    return f"{name}="
+
+
+@contextlib.contextmanager
+def cli_spelling() -> Iterator[None]:
+    token = _SPELLING.set("cli")
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)

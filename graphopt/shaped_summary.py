@@ -1,0 +1,89 @@
+"""A model's summary whose MACs are counted at concrete input shapes.
+
+Shape inference leaves every tensor downstream of a symbolic dim without a size, so a model
+with a dynamic batch or image side would count 0 MACs. The summary keeps the model's own
+(dynamic) interface; only the MAC count is taken on a copy whose inputs are frozen at the
+given shapes, or at the ones `verify.input_shapes` chooses, and `macs_shapes` says which.
+Where ONNX inference still cannot size a counted op (data propagation stops at Shape
+arithmetic some exporters emit, e.g. before an LSTM), onnxruntime runs the frozen copy once
+and the sizes it produced fill in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx
+
+import logging
+
+from graphopt.errors import first_line
+from graphopt.model_io import infer_model_shapes
+from graphopt.summary import MAC_OPS, summarize
+from graphopt.verify.feeds import generate_feeds
+from graphopt.verify.input_shapes import choose_input_shapes, freeze_input_shapes
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["summarize_at_shapes", "count_macs_at"]
+
+
+def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
+    """`summary` (of `model`) with `macs` and `macs_unknown` counted at `shapes`, when `model`
+    leaves some of those dims dynamic; shape inference only (no run). Modifies and returns it."""
+    declared = {value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+                for value in model.graph.input}
+    if all(None not in declared.get(name, []) for name in shapes):
+        return summary
+    at_shapes = summarize(infer_model_shapes(freeze_input_shapes(model, shapes)), size=summary["bytes"])
+    summary.update(macs=at_shapes["macs"], macs_unknown=at_shapes["macs_unknown"],
+                   macs_shapes={name: list(shape) for name, shape in shapes.items()})
+    return summary
+
+
+def summarize_at_shapes(model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]] | None = None) -> dict:
+    """`summary.summarize` of `model`, MACs counted at `given` shapes (chosen where not given)."""
+    given = dict(given or {})
+    summary = summarize(infer_model_shapes(model), size_of=model)
+    chosen = choose_input_shapes(model, given, origin="given")
+    dynamic = {name: shape for name, shape in chosen.items() if shape.chosen or name in given}
+    if not dynamic:
+        return summary
+    shapes = {name: c.shape for name, c in chosen.items()}
+    frozen = infer_model_shapes(freeze_input_shapes(model, shapes))
+    at_shapes = summarize(frozen, size=summary["bytes"])
+    if at_shapes["macs_unknown"]:
+        at_shapes = summarize(_with_runtime_shapes(frozen, shapes), size=summary["bytes"])
+    summary.update(macs=at_shapes["macs"], macs_unknown=at_shapes["macs_unknown"],
+                   macs_shapes={name: {"shape": list(c.shape), "reason": c.to_dict()["reason"]} for name, c in dynamic.items()})
+    return summary
+
+
+def _with_runtime_shapes(frozen: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:
+    """`frozen` with the sizes onnxruntime gives the counted ops' tensors written as value_info."""
+    from graphopt.activations import expose_tensors, typed_values
+    from graphopt.verify.feeds import split_samples
+    from graphopt.verify.runner import make_session, run_samples
+
+    types = typed_values(frozen)
+    wanted = sorted({name for node in frozen.graph.node if node.op_type in MAC_OPS
+                     for name in (*node.input[:3], *node.output[:1]) if name in types})
+    try:
+        sample = split_samples(generate_feeds(frozen, shapes))[0]
+        values = run_samples(make_session(expose_tensors(frozen, wanted, types)), [sample], wanted)[0]
+    except Exception as error:  # a diagnosis: the partial count stands, named in macs_unknown
+        logger.info("MACs: onnxruntime could not size the remaining ops: %s", first_line(error))
+        return frozen
+    sized = onnx.ModelProto()
+    sized.CopyFrom(frozen)
+    known = {value.name: value for value in sized.graph.value_info}
+    for name, array in values.items():
+        value = known.get(name)
+        if value is None:
+            value = sized.graph.value_info.add()
+            value.CopyFrom(types[name])
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for size in getattr(array, "shape", ()):
+            dims.add().dim_value = int(size)
+    return sized

@@ -1,0 +1,38 @@
+"""Refusing, before any work, a path graphopt could not write at the end.
+
+A read-only output folder used to be found after the whole run (minutes of quantization), as
+an internal error naming a hidden temp file. `os.access` answers for the permission bits; a
+probe file created and removed answers for what it cannot see (a read-only mount, an ACL,
+a folder where even root may not create files, such as /proc).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from graphopt.errors import UsageError
+
+__all__ = ["require_writable_folder", "folder_of"]
+
+
+def folder_of(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def require_writable_folder(path: Path, what: str) -> None:
+    """UsageError (exit 2) naming the folder when `path`'s folder is missing or not writable."""
+    folder = folder_of(path)
+    if not folder.is_dir():
+        raise UsageError(f"{what} folder does not exist", path=str(path))
+    if not os.access(folder, os.W_OK | os.X_OK) or not _can_create_in(folder):
+        raise UsageError(f"{what} folder '{folder}' is not writable", path=str(path))
+
+
+def _can_create_in(folder: Path) -> bool:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".graphopt-probe-", delete=True):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,134 @@
+"""A user's first try: `graphopt optimize m.onnx --passes cleanup,fuse`, no other flag, on models
+with the traits real exports have (tests/trait_models.py). Each must exit 0, keep every dynamic
+dim of the interface, pass the full checker, and equal the original at two different shapes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from graphopt.cli import main
+from graphopt.verify import generate_feeds
+from trait_models import (
+    crnn_lstm,
+    dynamic_cnn,
+    dynamic_transformer,
+    if_feeds,
+    if_with_weights,
+    set_input_dims,
+    with_wrong_output_shape,
+    yolo_like,
+)
+
+# name → (builder, two shapes per dynamic input the output must agree with the original at)
+CASES = {
+    "dynamic_cnn11": (lambda: dynamic_cnn(11), [{"image": (1, 3, 64, 64)}, {"image": (2, 3, 96, 128)}]),
+    "dynamic_cnn12": (lambda: dynamic_cnn(12), [{"image": (1, 3, 64, 64)}, {"image": (2, 3, 96, 128)}]),
+    "dynamic_cnn17": (lambda: dynamic_cnn(17), [{"image": (1, 3, 64, 64)}, {"image": (2, 3, 96, 128)}]),
+    "dynamic_transformer": (dynamic_transformer, [{"ids": (1, 16), "mask": (1, 16)}, {"ids": (3, 40), "mask": (3, 40)}]),
+    "yolo_like": (yolo_like, [{"images": (1, 3, 64, 64)}, {"images": (2, 3, 96, 160)}]),
+    "crnn_lstm": (crnn_lstm, [{"image": (1, 1, 16, 64)}, {"image": (2, 1, 16, 100)}]),
+    "if_with_weights": (if_with_weights, [{"x": (2, 64)}, {"x": (5, 64)}]),
+    "wrong_output_shape": (lambda: with_wrong_output_shape(dynamic_cnn(17), [1, "seqlen", 7]),
+                           [{"image": (1, 3, 64, 64)}, {"image": (2, 3, 96, 128)}]),
+    "unknown_dims": (lambda: set_input_dims(dynamic_cnn(17), "image", [None, 3, None, None]),
+                     [{"image": (1, 3, 64, 64)}, {"image": (2, 3, 96, 128)}]),
+}
+
+
+def _dims(value):
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_first_try_optimize_keeps_the_dynamic_interface(case, tmp_path, capsys):
+    build, shapes = CASES[case]
+    original = build()
+    path, output, report = tmp_path / "m.onnx", tmp_path / "m.opt.onnx", tmp_path / "report.json"
+    onnx.save(original, path)
+    code = main(["optimize", str(path), "--passes", "cleanup,fuse", "--report", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    optimized = onnx.load(output)
+    onnx.checker.check_model(optimized, full_check=True)
+    assert [_dims(v) for v in optimized.graph.input] == [_dims(v) for v in original.graph.input]
+    document = json.loads(report.read_text())
+    chosen = document["verification"]["shapes"]
+    assert set(chosen) == {v.name for v in original.graph.input}
+    assert all(entry["reason"] for entry in chosen.values())
+    for at in shapes:
+        feeds = generate_feeds(original, at, seed=1)
+        feeds = {name: array[0] for name, array in feeds.items()}
+        if case == "if_with_weights":
+            feeds["flag"] = if_feeds()["flag"]
+        for expected, got in zip(_run(original, feeds), _run(optimized, feeds)):
+            np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_wrong_declared_output_shape_is_warned_about_and_repaired(tmp_path, capsys):
+    model = with_wrong_output_shape(dynamic_cnn(17), [1, "seqlen", 7])
+    with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
+        onnx.checker.check_model(model, full_check=True)
+    path, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    assert main(["optimize", str(path), "--passes", "cleanup", "--report", str(report)]) == 0
+    _, err = capsys.readouterr()
+    assert "declares shape [1, seqlen, 7]" in err
+    warnings = json.loads(report.read_text())["warnings"]
+    assert any("'logits' declares shape [1, seqlen, 7]" in w for w in warnings)
+    optimized = onnx.load(tmp_path / "m.opt.onnx")
+    assert _dims(optimized.graph.output[0]) == ["batch", 10]
+
+
+def test_freeze_shapes_writes_the_verified_shapes(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(dynamic_cnn(17), path)
+    assert main(["optimize", str(path), "--passes", "cleanup,fuse", "--freeze-shapes",
+                 "--input-shape", "image=1,3,96,96"]) == 0
+    out, _ = capsys.readouterr()
+    assert _dims(onnx.load(tmp_path / "m.opt.onnx").graph.input[0]) == [1, 3, 96, 96]
+    assert main(["optimize", str(path), "--passes", "cleanup", "--freeze-shapes", "-o", str(tmp_path / "c.onnx")]) == 0
+    out, _ = capsys.readouterr()
+    assert "froze input 'image' at 1x3x224x224" in out
+    assert _dims(onnx.load(tmp_path / "c.onnx").graph.input[0]) == [1, 3, 224, 224]
+
+
+def test_terminal_says_which_shapes_were_chosen_and_why(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(dynamic_transformer(), path)
+    assert main(["optimize", str(path), "--passes", "cleanup"]) == 0
+    out, _ = capsys.readouterr()
+    assert "verified input 'ids' at 1x128" in out and "sequence default" in out
+
+
+def test_inspect_counts_macs_at_chosen_or_given_shapes(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(crnn_lstm(), path)
+    assert main(["inspect", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # Conv 1→8 and 8→16 at 16x224 and 8x112, the bidirectional LSTM over 112 steps, the classifier.
+    conv = 16 * 224 * 8 * 9 + 8 * 112 * 16 * 8 * 9
+    lstm = 112 * 2 * 4 * 24 * (32 + 24)
+    assert summary["macs"] == conv + lstm + 112 * 48 * 11
+    assert summary["macs_shapes"]["image"]["shape"] == [1, 1, 16, 224]
+    assert main(["inspect", str(path), "--input-shape", "image=1,1,16,64"]) == 0
+    out = capsys.readouterr().out
+    assert "MACs counted at image=1x1x16x64" in out and f"{conv * 64 // 224:,}" not in out
+
+
+def test_verify_and_bench_need_no_shapes(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(dynamic_cnn(17), path)
+    assert main(["optimize", str(path), "--passes", "cleanup,fuse", "--quiet"]) == 0
+    assert main(["verify", str(path), str(tmp_path / "m.opt.onnx")]) == 0
+    assert main(["bench", str(path), "--runs", "2"]) == 0
+    assert "median" in capsys.readouterr().out

@@ -1,0 +1,55 @@
+"""graphopt/speed.py and its use by the lossy passes: a result slower than its input is not kept."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx.helper as oh
+import onnx.numpy_helper
+from onnx import TensorProto
+
+import graphopt
+from graphopt.speed import slower
+
+
+def _chain(matmuls: int, width: int = 384):
+    """x → `matmuls` MatMuls by the same square weight: `matmuls` × width² × rows MACs."""
+    nodes = [oh.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", "W"], [f"h{i}" if i < matmuls - 1 else "y"])
+             for i in range(matmuls)]
+    weight = (np.eye(width) + 1e-3 * np.random.default_rng(0).normal(size=(width, width))).astype(np.float32)
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [64, width])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [64, width])],
+                          [onnx.numpy_helper.from_array(weight, "W")])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_candidate_doing_far_more_work_is_slower_and_the_reverse_is_not():
+    samples = {"x": np.ones((1, 64, 256), np.float32)}
+    light, heavy = _chain(2, width=256), _chain(24, width=256)  # 12× the MACs
+    found = slower(light, heavy, samples, floor_ms=0.0)
+    assert found is not None and found["latency_ratio"] > 1.5
+    assert slower(heavy, light, samples, floor_ms=0.0) is None
+
+
+def test_an_input_under_the_timing_floor_is_not_judged():
+    assert slower(_chain(1, width=4), _chain(3, width=4), {"x": np.ones((1, 64, 4), np.float32)}) is None
+
+
+def test_factorize_backs_off_from_a_slower_result_and_leaves_the_model(monkeypatch):
+    sys.path.insert(0, "tests/plugins/factorize")
+    from factorize_support import single_layer
+
+    pass_module = sys.modules.get("graphopt_plugins.factorize.factorize_pass")
+    if pass_module is None:
+        import graphopt_plugins.factorize.factorize_pass as pass_module
+    calls = []
+    monkeypatch.setattr(pass_module, "slower", lambda *args: calls.append(1) or {"latency_ratio": 1.2, "reference_ms": 3.0})
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 8)) @ rng.normal(size=(8, 64))
+    model = single_layer("MatMul", [16, 64], weight)
+    result = graphopt.optimize(model, passes=["factorize"], verify="off",
+                               calibration={"x": rng.normal(size=(8, 16, 64)).astype(np.float32)})
+    entry = result.report["passes"][0]
+    assert calls and entry["status"] == "unchanged"
+    assert entry["details"]["slower_than_input"][0]["latency_ratio"] == 1.2
