@@ -19,30 +19,19 @@ from onnx import external_data_helper
 
 from graphopt import __version__
 from graphopt.errors import InputError, UsageError, VerificationError
-from graphopt.external_data import spill_folder
-from graphopt.model_io import (
-    PROTOBUF_LIMIT,
-    check_model,
-    copy_model,
-    external_data_dir,
-    inferred_with_size,
-    initializer_nbytes,
-    iter_tensors,
-    materialize_external_data,
-    read_model,
-    save_model,
-    uses_external_data,
-    wire_bytes,
-)
-from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
-from graphopt.registry import load_registry
-from graphopt.summary import summarize
+from graphopt.external_data import external_folder, materialize_external_data, spill_folder
+from graphopt.model import RunContext, checked_input
+from graphopt.model_io import read_model, save_model
+from graphopt.pipeline import PipelineSettings, run_pipeline
+from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, initializer_nbytes, iter_tensors, serialized_bytes
+from graphopt.registry import configure_passes, load_registry
+from graphopt.report import REPORT_SCHEMA, run_report
+from graphopt.summary import model_bytes, summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
 from graphopt.verify.feeds import check_feeds
 
-__all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
+__all__ = ["Result", "optimize", "optimize_to_file", "prepare_feeds", "REPORT_SCHEMA"]
 
-REPORT_SCHEMA = "graphopt.report/1"
 _VERIFY_MODES = ("each", "end", "off")
 
 
@@ -79,12 +68,12 @@ def optimize(
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress) as (final, report):
-        # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
-        # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
+                    set_options=set_options, progress=progress) as (final, report, spill):
+        # Under 2 GiB the result is self-contained, as docs/design.md promises; over it, its
+        # weights stay in the input's data files (by absolute path) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
-        if not _read_in_if_it_fits(final):
-            materialize_external_data(final, spilled_only=True)
+        if not _read_in_if_it_fits(final) and spill is not None:
+            materialize_external_data(final, only_in=spill)
         return Result(final, report)
 
 
@@ -104,16 +93,18 @@ def optimize_to_file(
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
-    with _optimized(model, passes, options, **settings) as (final, report):
+    with _optimized(model, passes, options, **settings) as (final, report, _):
         if not external_data:
             _read_in_if_it_fits(final)
-        save_model(final, output, external_data=external_data, source=source)
+        written = save_model(final, output, external_data=external_data, source=source)
+        data_file = written.with_name(f"{written.name}.data")
+        report["output"]["bytes"] = written.stat().st_size + (data_file.stat().st_size if data_file.exists() else 0)
         return report
 
 
 def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
     """Reads every external weight of `model` (the run's own) into it, in place, if that fits in a proto."""
-    if uses_external_data(model) and initializer_nbytes(model) + model.ByteSize() < PROTOBUF_LIMIT:
+    if external_folder(model) is not None and initializer_nbytes(model) + model.ByteSize() < PROTOBUF_LIMIT:
         materialize_external_data(model)
         return True
     return False
@@ -123,8 +114,8 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
     keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False,
-) -> Iterator[tuple[onnx.ModelProto, dict]]:
-    """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
+) -> Iterator[tuple[onnx.ModelProto, dict, Path | None]]:
+    """(the optimized model, the report, the spill folder or None), valid for the block: weights may be in the spill folder."""
     if verify not in _VERIFY_MODES:
         raise UsageError(f"verify must be one of {', '.join(_VERIFY_MODES)}; got '{verify}'")
     names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else list(passes)
@@ -146,53 +137,43 @@ def _optimized(
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
                                 inputs_origin=origin, keeps_value_info=prepared.keeps_value_info)
-    with spill_folder(source) as running:
+    with spill_folder(source) as spill:
+        context = RunContext(weights_dir=external_folder(source), spill_dir=spill)
         try:
-            outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds,
-                                   model_size=prepared.running_size)
+            outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds,
+                                   model_size=prepared.given_size, context=context, reference=prepared.data)
         except VerificationError as error:
             if error.report is not None:
                 error.report["input"] = summarize(source, size=prepared.given_size, size_of=pristine)
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
         final = outcome.model if changed else copy_model(pristine)
-        # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
-        output_summary = summarize(outcome.model, size=outcome.size if changed else prepared.given_size,
-                                   size_of=final, value_info=prepared.keeps_value_info or not changed)
+        # Summarised while the inferred shapes are still there (MACs need them).
+        output_summary = summarize(outcome.model, size=0)  # sized below, as stored
         if changed and not prepared.keeps_value_info:
             # The shapes graphopt inferred for its own use are not the user's; don't ship them.
             del final.graph.value_info[:]
-        report = {
-            "schema": REPORT_SCHEMA,
-            "graphopt_version": __version__,
-            "input": summarize(source, size=prepared.given_size, size_of=pristine),
-            "output": output_summary,
-            "passes": outcome.passes,
-            "verification": {
-                "mode": verify,
-                "samples": len(verifier.samples) if verifier else 0,
-                "inputs": origin,
-                "budget": global_budget.describe() if global_budget else None,
-                "end_to_end": outcome.end_to_end,
-            },
-            "warnings": list(loaded.warnings),
-        }
-        yield final, report
-
-
-def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    """A checked, shape-inferred model from a path or a ModelProto (the caller's proto is not modified)."""
-    return _prepared(model).running
+        given_size = None if changed else prepared.given_size
+        output_summary["bytes"] = given_size if given_size is not None else model_bytes(final)
+        report = run_report(
+            version=__version__, input_summary=summarize(source, size=prepared.given_size, size_of=pristine),
+            output_summary=output_summary, passes=outcome.passes, verify=verify,
+            samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
+            end_to_end=outcome.end_to_end, warnings=loaded.warnings)
+        yield final, report, spill
 
 
 @dataclasses.dataclass
 class _Prepared:
-    """The model as given, and the shape-inferred copy passes and verification run on."""
+    """The model as given, and the checked, shape-inferred copy passes and verification run on."""
 
     given: onnx.ModelProto
     running: onnx.ModelProto
-    given_size: int | None  # sizes, when serialising once for the checker and inference gave them
-    running_size: int | None  # as the pipeline counts it: value_info only if the given model has some
+    data: bytes | None  # the given model serialised, when at hand (its size; the reference session reads it)
+
+    @property
+    def given_size(self) -> int | None:
+        return len(self.data) if self.data is not None else None
 
     @property
     def keeps_value_info(self) -> bool:
@@ -200,21 +181,20 @@ class _Prepared:
 
 
 def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
+    path = None
     if isinstance(model, (str, os.PathLike)):
+        path = str(model)
         given, data = read_model(model)
     elif not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
-    elif external_data_dir(model) is not None:  # a model graphopt loaded (an over-2-GiB result) knows where its data lives
-        given, data = model, None
-        check_model(model)
-    elif any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
+    elif any(external_data_helper.uses_external_data(t) and not os.path.isabs(external_data_helper.ExternalDataInfo(t).location)
+             for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
     else:
-        given, data = model, wire_bytes(model)
-        check_model(model, data=data)
-    keeps = bool(len(given.graph.value_info))
-    running, running_size = inferred_with_size(given, data=data, value_info=keeps)
-    return _Prepared(given, running, len(data) if data is not None else None, running_size if data is not None else None)
+        # A model graphopt loaded (an over-2-GiB result) refers to its data files by absolute path.
+        given, data = model, None if external_folder(model) is not None else serialized_bytes(model)
+    running = checked_input(given, path=path, data=data)
+    return _Prepared(given, running, data)
 
 
 def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:

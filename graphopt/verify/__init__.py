@@ -63,8 +63,8 @@ class Verifier:
     def __init__(self, samples: list[dict[str, np.ndarray]]):
         self.samples = samples
 
-    def outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-        """Runs `model` (ORT, optimizations off) on every sample. Raises SessionError."""
+    def outputs(self, model: onnx.ModelProto | bytes) -> list[dict[str, np.ndarray]]:
+        """Runs `model` (a proto or its bytes; ORT, optimizations off) on every sample. Raises SessionError."""
         return run_samples(make_session(model), self.samples)
 
     def judge(

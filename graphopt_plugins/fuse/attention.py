@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._pattern import FLOAT_16_32, drop, emit, has_dtype, owned, sole_reader, split_scalar
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -68,13 +68,13 @@ def _match(softmax: gs.Node, ctx: FuseContext) -> dict:
     if producer.op == "Add":
         nodes.append(producer)
         for candidate, other in (producer.inputs, reversed(producer.inputs)):
-            inner = ir.producer(candidate)
+            inner = graph_queries.producer(candidate)
             if inner is not None and inner.op in ("Div", "Mul", "MatMul") and owned(candidate, ctx):
                 scores, bias = candidate, other
                 break
         else:
             raise _Miss("the Softmax input is an Add of no scaled MatMul")
-        producer = ir.producer(scores)
+        producer = graph_queries.producer(scores)
     scale = 1.0
     if producer.op in ("Div", "Mul"):
         split = split_scalar(producer)
@@ -113,7 +113,7 @@ def _match(softmax: gs.Node, ctx: FuseContext) -> dict:
 
 
 def _owned_producer(tensor: gs.Tensor, ctx: FuseContext, what: str) -> gs.Node:
-    node = ir.producer(tensor)
+    node = graph_queries.producer(tensor)
     if node is None or not owned(tensor, ctx):
         raise _Miss(f"{what} is not an owned intermediate tensor")
     return node
@@ -166,7 +166,7 @@ def _flattened_swap(unflatten: gs.Node, ctx: FuseContext) -> tuple[dict, float, 
     source, heads, head_size = key["source"], key["heads"], key["head_size"]
     batch, length = (source.shape[0], source.shape[1]) if source.shape is not None else (None, None)
     flat, back = _shape_constant(flatten), _shape_constant(unflatten)
-    if not ir.is_static_shape([batch, length]) or flat is None or back is None:
+    if not tensor_shapes.is_static_shape([batch, length]) or flat is None or back is None:
         raise _Miss("the flattened swap of K needs static batch and key length")
     if flat not in ([-1, length, head_size], [batch * heads, length, head_size]) \
             or back not in ([batch, heads, head_size, length], [-1, heads, head_size, length]):
@@ -180,7 +180,7 @@ def _perm(node: gs.Node) -> list[int] | None:
 
 
 def _shape_constant(reshape: gs.Node) -> list[int] | None:
-    value = ir.constant_value(reshape.inputs[1]) if len(reshape.inputs) == 2 else None
+    value = graph_queries.constant_value(reshape.inputs[1]) if len(reshape.inputs) == 2 else None
     return None if value is None else [int(d) for d in np.asarray(value).reshape(-1)]
 
 
@@ -264,11 +264,11 @@ def _attention_bias(site: dict, ctx: FuseContext) -> gs.Tensor:
     rows, cols = query.shape[1], key.shape[1]
     if len(bias.shape) == 4 and _same_dim(dims[2], rows) and _same_dim(dims[3], cols):
         return bias
-    if ir.is_static_shape([rows, cols]):
+    if tensor_shapes.is_static_shape([rows, cols]):
         target = [1, 1, int(rows), int(cols)]
-        for reader in ir.consumers(bias):  # another attention block already expanded this mask
+        for reader in graph_queries.consumers(bias):  # another attention block already expanded this mask
             if reader.op == "Expand" and reader.inputs[0] is bias and reader.outputs and len(reader.inputs) == 2:
-                shape_value = ir.constant_value(reader.inputs[1])
+                shape_value = graph_queries.constant_value(reader.inputs[1])
                 if shape_value is not None and [int(d) for d in np.asarray(shape_value).reshape(-1)] == target:
                     return reader.outputs[0]
         shape = ctx.constant("attention_bias_shape", np.array(target, dtype=np.int64))

@@ -6,7 +6,7 @@ import math
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import (
     FLOAT_16_32,
     drop,
@@ -82,7 +82,7 @@ def _plus_one(node: gs.Node, ctx: FuseContext) -> gs.Node | str:
 
 
 def _match_erf(erf: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, gs.Node, list[gs.Node]] | str:
-    scale = ir.producer(erf.inputs[0])
+    scale = graph_queries.producer(erf.inputs[0])
     if scale is None or scale.op not in ("Div", "Mul") or not owned(erf.inputs[0], ctx):
         return "the Erf input is not an owned x/√2 or x*(1/√2)"
     split = split_scalar(scale)
@@ -94,7 +94,7 @@ def _match_erf(erf: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, gs.Node, list
 
 
 def _match_tanh(tanh: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, gs.Node, list[gs.Node]] | str:
-    scale = ir.producer(tanh.inputs[0])
+    scale = graph_queries.producer(tanh.inputs[0])
     if scale is None or scale.op != "Mul" or not owned(tanh.inputs[0], ctx):
         return "the Tanh input is not an owned product"
     split = split_scalar(scale)
@@ -102,7 +102,7 @@ def _match_tanh(tanh: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, gs.Node, li
         return _match_factored_tanh(tanh, scale, ctx)
     if not is_close(split[1], _SQRT_2_OVER_PI):
         return "the Tanh input is not √(2/π) times something"
-    inner = ir.producer(split[0])
+    inner = graph_queries.producer(split[0])
     if inner is None or inner.op != "Add" or len(inner.inputs) != 2 or not owned(split[0], ctx):
         return "the Tanh argument is not an owned x + 0.044715*x³"
     for x, cubic in (inner.inputs, reversed(inner.inputs)):
@@ -116,7 +116,7 @@ def _match_tanh(tanh: gs.Node, ctx: FuseContext) -> tuple[gs.Tensor, gs.Node, li
 def _match_factored_tanh(tanh: gs.Node, scale: gs.Node, ctx: FuseContext):
     """The factored tanh argument `(x*√(2/π)) * (1 + 0.044715*x*x)` (Hugging Face's FastGELU)."""
     for left, right in (scale.inputs, reversed(scale.inputs)):
-        scaled_x, one_plus = ir.producer(left), ir.producer(right)
+        scaled_x, one_plus = graph_queries.producer(left), graph_queries.producer(right)
         if scaled_x is None or one_plus is None or scaled_x.op != "Mul" or one_plus.op != "Add":
             continue
         x_split, one_split = split_scalar(scaled_x), split_scalar(one_plus)
@@ -134,17 +134,17 @@ def _match_factored_tanh(tanh: gs.Node, scale: gs.Node, ctx: FuseContext):
 
 def _quadratic_term(tensor: gs.Tensor, x: gs.Tensor, ctx: FuseContext) -> list[gs.Node] | None:
     """The nodes of an owned `0.044715*x*x` as `(c*x)*x`, `x*(x*c)` or `c*(x*x)`, else None."""
-    outer = ir.producer(tensor)
+    outer = graph_queries.producer(tensor)
     if outer is None or outer.op != "Mul" or len(outer.inputs) != 2 or not owned(tensor, ctx):
         return None
     split = split_scalar(outer)
     if split is not None:  # c * (x*x)
-        square = ir.producer(split[0])
+        square = graph_queries.producer(split[0])
         ok = (is_close(split[1], _CUBIC) and square is not None and square.op == "Mul" and owned(split[0], ctx)
               and len(square.inputs) == 2 and all(t is x for t in square.inputs))
         return [outer, square] if ok else None
     for first, second in (outer.inputs, reversed(outer.inputs)):
-        inner = ir.producer(second)
+        inner = graph_queries.producer(second)
         inner_split = None if inner is None or inner.op != "Mul" else split_scalar(inner)
         if (first is x and inner_split is not None and inner_split[0] is x and is_close(inner_split[1], _CUBIC)
                 and owned(second, ctx)):
@@ -154,13 +154,13 @@ def _quadratic_term(tensor: gs.Tensor, x: gs.Tensor, ctx: FuseContext) -> list[g
 
 def _cubic_term(tensor: gs.Tensor, x: gs.Tensor, ctx: FuseContext) -> list[gs.Node] | None:
     """The nodes of an owned `0.044715 * x³` (x³ as Pow(x, 3), x*(x*x) or (x*x)*x), else None."""
-    mul = ir.producer(tensor)
+    mul = graph_queries.producer(tensor)
     if mul is None or mul.op != "Mul" or not owned(tensor, ctx):
         return None
     split = split_scalar(mul)
     if split is None or not is_close(split[1], _CUBIC) or not owned(split[0], ctx):
         return None
-    cube = ir.producer(split[0])
+    cube = graph_queries.producer(split[0])
     if cube is None:
         return None
     if cube.op == "Pow":
@@ -169,7 +169,7 @@ def _cubic_term(tensor: gs.Tensor, x: gs.Tensor, ctx: FuseContext) -> list[gs.No
     if cube.op != "Mul" or len(cube.inputs) != 2:
         return None
     for first, second in (cube.inputs, reversed(cube.inputs)):
-        square = ir.producer(second)
+        square = graph_queries.producer(second)
         if (first is x and square is not None and square.op == "Mul" and owned(second, ctx)
                 and len(square.inputs) == 2 and all(t is x for t in square.inputs)):
             return [mul, cube, square]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._pattern import (
     FLOATS,
     has_dtype,
@@ -67,10 +67,10 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
 def _normalisation(node: gs.Node, ctx: FuseContext) -> tuple[gs.Node, gs.Tensor, list[gs.Node]] | None:
     """For `Div(x - m, s)` or `Mul(x - m, Reciprocal(s))` (either order): (the Sub, s, [the Reciprocal])."""
     if node.op == "Div":
-        sub = ir.producer(node.inputs[0])
+        sub = graph_queries.producer(node.inputs[0])
         return (sub, node.inputs[1], []) if sub is not None and sub.op == "Sub" else None
     for centred, inverse in (node.inputs, reversed(node.inputs)):
-        sub, reciprocal = ir.producer(centred), ir.producer(inverse)
+        sub, reciprocal = graph_queries.producer(centred), graph_queries.producer(inverse)
         if sub is not None and sub.op == "Sub" and reciprocal is not None and reciprocal.op == "Reciprocal" \
                 and owned(inverse, ctx):
             return sub, reciprocal.inputs[0], [reciprocal]
@@ -82,7 +82,7 @@ def _match(div: gs.Node, sub: gs.Node, denominator: gs.Tensor, inverse: list[gs.
     x, mean_x = sub.inputs
     if not has_dtype(x, FLOATS):
         return f"LayerNormalization takes float16/32/64, not {x.dtype}"
-    mean = ir.producer(mean_x)
+    mean = graph_queries.producer(mean_x)
     if mean is None or mean.op != "ReduceMean" or mean.inputs[0] is not x or not owned(mean_x, ctx):
         return "the numerator is not an owned x - ReduceMean(x)"
     axes = reduce_axes(mean, ctx.opset)
@@ -102,18 +102,18 @@ def _match(div: gs.Node, sub: gs.Node, denominator: gs.Tensor, inverse: list[gs.
 
 def variance_of(denominator: gs.Tensor, base: gs.Tensor, ctx: FuseContext) -> tuple[float, list[int], list[gs.Node]] | str:
     """Matches an owned `Sqrt(ReduceMean(base²) + eps)`: (eps, the reduced axes, its nodes)."""
-    sqrt = ir.producer(denominator)
+    sqrt = graph_queries.producer(denominator)
     if sqrt is None or sqrt.op != "Sqrt" or not owned(denominator, ctx):
         return "the denominator is not an owned Sqrt"
-    add = ir.producer(sqrt.inputs[0])
+    add = graph_queries.producer(sqrt.inputs[0])
     split = None if add is None or add.op != "Add" else split_scalar(add)
     if split is None or not owned(sqrt.inputs[0], ctx) or split[1] < 0:
         return "the Sqrt input is not an owned variance + eps"
-    mean = ir.producer(split[0])
+    mean = graph_queries.producer(split[0])
     if mean is None or mean.op != "ReduceMean" or not owned(split[0], ctx):
         return "the variance is not an owned ReduceMean"
     axes = reduce_axes(mean, ctx.opset)
-    square = ir.producer(mean.inputs[0])
+    square = graph_queries.producer(mean.inputs[0])
     if axes is None or square is None or not owned(mean.inputs[0], ctx):
         return "the variance's ReduceMean has unknown axes or does not read an owned square"
     is_square = (square.op == "Pow" and square.inputs[0] is base and scalar(square.inputs[1]) == 2.0) or (
@@ -130,7 +130,7 @@ def affine_tail(normed: gs.Tensor, axes_count: int, x: gs.Tensor, ctx: FuseConte
     normalised shape alone (leading dimensions of 1 are dropped).
     """
     shape = None
-    if x.shape is not None and len(x.shape) >= axes_count and ir.is_static_shape(x.shape[len(x.shape) - axes_count:]):
+    if x.shape is not None and len(x.shape) >= axes_count and tensor_shapes.is_static_shape(x.shape[len(x.shape) - axes_count:]):
         shape = tuple(int(d) for d in x.shape[len(x.shape) - axes_count:])
     dtype = x.dtype if x.dtype is not None else np.float32
     rank = len(x.shape) if x.shape is not None else None
@@ -173,7 +173,7 @@ def _per_feature(node: gs.Node, tensor: gs.Tensor, axes_count: int, shape, rank:
     None too when the constant has more dimensions than the input (the product would gain rank).
     """
     other = node.inputs[1] if node.inputs[0] is tensor else node.inputs[0] if node.inputs[1] is tensor else None
-    value = None if other is None or other is tensor else ir.constant_value(other)
+    value = None if other is None or other is tensor else graph_queries.constant_value(other)
     if value is None or value.dtype.kind != "f":
         return None
     value = np.asarray(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, is_close, scalar, sole_reader, trailing_axes
 from graphopt_plugins.fuse.layer_norm import affine_tail, norm_input, variance_of
 from graphopt_plugins.fuse.rule import FuseContext
@@ -46,10 +46,10 @@ def fuse_rms_norm(graph: gs.Graph, ctx: FuseContext) -> int:
 
 
 def _match(sqrt: gs.Node, ctx: FuseContext):
-    add = ir.producer(sqrt.inputs[0])
+    add = graph_queries.producer(sqrt.inputs[0])
     mean = None if add is None or add.op != "Add" else next(
-        (ir.producer(t) for t in add.inputs if ir.producer(t) is not None and ir.producer(t).op == "ReduceMean"), None)
-    square = None if mean is None else ir.producer(mean.inputs[0])
+        (graph_queries.producer(t) for t in add.inputs if graph_queries.producer(t) is not None and graph_queries.producer(t).op == "ReduceMean"), None)
+    square = None if mean is None else graph_queries.producer(mean.inputs[0])
     if square is None or square.op not in ("Pow", "Mul") or not square.inputs:
         return "the Sqrt does not read mean(x²) + eps"
     x = square.inputs[0]

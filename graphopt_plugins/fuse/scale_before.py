@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import channel_vector, constant_operand, fold_before, input_channels, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -80,7 +80,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
 def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear: gs.Node, channels, local, ctx: FuseContext) -> bool:
     """`(x0 * s + b)` before a linear node that cannot take the shift: rewritten as `x0 + b/s`,
     with `s` folded into the weight. Needs a per-channel, non-zero `s` read by the Add alone."""
-    mul = ir.producer(x)
+    mul = graph_queries.producer(x)
     if mul is None or mul.op != "Mul" or id(mul) not in local or sole_reader(x, ctx) is not add:
         return False
     operands = constant_operand(mul)
@@ -102,16 +102,16 @@ def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear
 def _ends_activation(x: gs.Tensor, ctx: FuseContext) -> bool:
     """Whether `x` is the gated product of a decomposed HardSwish or GELU that an activation rule
     could fuse at this opset and target."""
-    gate = ir.producer(x)
+    gate = graph_queries.producer(x)
     if gate is None or gate.op != "Mul" or len(gate.inputs) != 2:
         return False
     for operand in gate.inputs:
-        source = ir.producer(operand)
+        source = graph_queries.producer(operand)
         if source is None:
             continue
         if source.op in _HARDSWISH_GATES and ctx.opset >= 14:
             return True
         if source.op == "Add" and (ctx.opset >= 20 or ctx.allows_contrib_ops):
-            if any(ir.producer(t) is not None and ir.producer(t).op in _GELU_GATES for t in source.inputs):
+            if any(graph_queries.producer(t) is not None and graph_queries.producer(t).op in _GELU_GATES for t in source.inputs):
                 return True
     return False

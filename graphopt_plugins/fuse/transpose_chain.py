@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["merge_transpose_chains"]
@@ -27,10 +27,10 @@ def merge_transpose_chains(graph: gs.Graph, ctx: FuseContext) -> int:
     for outer in list(graph.nodes):
         if outer.op != "Transpose" or not outer.inputs:
             continue
-        inner = ir.producer(outer.inputs[0])
+        inner = graph_queries.producer(outer.inputs[0])
         if inner is None or inner.op != "Transpose" or id(inner) not in local:
             continue
-        if len(ir.consumers(inner.outputs[0])) != 1 or ctx.is_graph_output(inner.outputs[0]):
+        if len(graph_queries.consumers(inner.outputs[0])) != 1 or ctx.is_graph_output(inner.outputs[0]):
             ctx.near_miss(RULE, outer, "the inner Transpose's output has other readers")
             continue
         inner_perm, outer_perm = _perm(inner), _perm(outer)
@@ -45,7 +45,7 @@ def merge_transpose_chains(graph: gs.Graph, ctx: FuseContext) -> int:
             result = outer.outputs[0]
             outer.inputs.clear()
             outer.outputs.clear()
-            ir.replace_all_uses(result, source)
+            graph_queries.replace_all_uses(result, source)
         else:
             outer.inputs[0] = source
             outer.attrs["perm"] = merged

@@ -9,9 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
 from graphopt.errors import PreconditionError, UsageError
-from graphopt.model_io import infer_model_shapes
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
@@ -86,7 +84,8 @@ class Quantize(graphopt.Pass):
                 Budget.parse(self.budget)
             except UsageError as error:
                 raise ValueError(str(error)) from error
-            assert self.calibrate in METHODS
+            if self.calibrate not in METHODS:
+                raise ValueError(f"calibrate must be one of {', '.join(METHODS)}, not {self.calibrate!r}")
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
@@ -106,8 +105,7 @@ class Quantize(graphopt.Pass):
             targets = [t for t in targets if len(t.weight_shape) == 2]
         if not targets:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": skipped})
-        model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
-        model = infer_model_shapes(model)
+        model = ctx.proto()
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed,

@@ -1,0 +1,37 @@
+"""`graphopt inspect`: what a model is made of (ops, parameters, bytes, MACs, opsets, interface)."""
+
+from __future__ import annotations
+
+import json
+
+__all__ = ["register", "run"]
+
+
+def register(commands, common) -> None:
+    """Adds the `inspect` command to the `graphopt` parser."""
+    parser = commands.add_parser("inspect", parents=[common], help="ops, parameters, bytes, MACs, opset, inputs/outputs")
+    parser.add_argument("model", help="the .onnx model")
+    parser.add_argument("--json", action="store_true", help="the summary as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from graphopt.model import infer_model_shapes
+    from graphopt.model_io import load_model
+    from graphopt.summary import summarize
+
+    stored = load_model(args.model, infer_shapes=False)
+    summary = summarize(infer_model_shapes(stored), size_of=stored)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.model}: {summary['nodes']} nodes, {summary['parameters']:,} parameters, "
+          f"{summary['bytes']:,} bytes, {summary['macs']:,} MACs, IR {summary['ir_version']}, opset {summary['opset']}")
+    for value in summary["inputs"]:
+        print(f"  input  {value['name']}: {value['dtype']} {value['shape']}")
+    for value in summary["outputs"]:
+        print(f"  output {value['name']}: {value['dtype']} {value['shape']}")
+    print("  ops: " + ", ".join(f"{op} {count}" for op, count in summary["ops"].items()))
+    if summary["macs_unknown"]:
+        print("  MACs not counted (shapes unknown): " + ", ".join(f"{op} {n}" for op, n in summary["macs_unknown"].items()))
+    return 0
