@@ -124,7 +124,7 @@ def _optimized(
     loaded = load_registry(plugins)
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
     prepared = _prepared(model)
-    pristine, source = prepared.given, prepared.running
+    source = prepared.running
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
     calibration_feeds = prepare_feeds(calibration, source, option="--calibration") if calibration is not None else None
     verifier = None
@@ -144,19 +144,21 @@ def _optimized(
                                    model_size=prepared.given_size, context=context, reference=prepared.data)
         except VerificationError as error:
             if error.report is not None:
-                error.report["input"] = summarize(source, size=prepared.given_size, size_of=pristine)
+                error.report["input"] = summarize(source, size=prepared.given_size, size_of=prepared.given)
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
-        final = outcome.model if changed else copy_model(pristine)
+        final = outcome.model if changed else prepared.pristine()
         # Summarised while the inferred shapes are still there (MACs need them).
         output_summary = summarize(outcome.model, size=0)  # sized below, as stored
         if changed and not prepared.keeps_value_info:
             # The shapes graphopt inferred for its own use are not the user's; don't ship them.
             del final.graph.value_info[:]
-        given_size = None if changed else prepared.given_size
-        output_summary["bytes"] = given_size if given_size is not None else model_bytes(final)
+        # Measured by the last check (the placeholder form's bytes plus the weights' byte
+        # counts): sizing the result through protobuf would serialise it all once more.
+        size = outcome.size if changed else prepared.given_size
+        output_summary["bytes"] = size if size is not None else model_bytes(final)
         report = run_report(
-            version=__version__, input_summary=summarize(source, size=prepared.given_size, size_of=pristine),
+            version=__version__, input_summary=summarize(source, size=prepared.given_size, size_of=prepared.given),
             output_summary=output_summary, passes=outcome.passes, verify=verify,
             samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
             end_to_end=outcome.end_to_end, warnings=loaded.warnings)
@@ -165,36 +167,37 @@ def _optimized(
 
 @dataclasses.dataclass
 class _Prepared:
-    """The model as given, and the checked, shape-inferred copy passes and verification run on."""
+    """The checked, shape-inferred model passes and verification run on, and what it was given as."""
 
-    given: onnx.ModelProto
     running: onnx.ModelProto
+    given: onnx.ModelProto  # the model as given, unless it was read from a file (then `running` itself)
     data: bytes | None  # the given model serialised, when at hand (its size; the reference session reads it)
+    keeps_value_info: bool  # whether the given model has value_info (the output keeps it then)
 
     @property
     def given_size(self) -> int | None:
         return len(self.data) if self.data is not None else None
 
-    @property
-    def keeps_value_info(self) -> bool:
-        return bool(len(self.given.graph.value_info))
+    def pristine(self) -> onnx.ModelProto:
+        """A copy of the model as given (the result of a run that changed nothing)."""
+        return onnx.load_model_from_string(self.data) if self.data is not None else copy_model(self.given)
 
 
 def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
-    path = None
     if isinstance(model, (str, os.PathLike)):
-        path = str(model)
         given, data = read_model(model)
-    elif not isinstance(model, onnx.ModelProto):
+        keeps = bool(len(given.graph.value_info))
+        # Read from a file, the model is graphopt's own: inferred in place, its weights not copied.
+        running = checked_input(given, path=str(model), data=data, in_place=data is not None)
+        return _Prepared(running, given if data is None else running, data, keeps)
+    if not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
-    elif any(external_data_helper.uses_external_data(t) and not os.path.isabs(external_data_helper.ExternalDataInfo(t).location)
-             for t in iter_tensors(model)):
+    if any(external_data_helper.uses_external_data(t) and not os.path.isabs(external_data_helper.ExternalDataInfo(t).location)
+           for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
-    else:
-        # A model graphopt loaded (an over-2-GiB result) refers to its data files by absolute path.
-        given, data = model, None if external_folder(model) is not None else serialized_bytes(model)
-    running = checked_input(given, path=path, data=data)
-    return _Prepared(given, running, data)
+    # A model graphopt loaded (an over-2-GiB result) refers to its data files by absolute path.
+    data = None if external_folder(model) is not None else serialized_bytes(model)
+    return _Prepared(checked_input(model, data=data), model, data, bool(len(model.graph.value_info)))
 
 
 def prepare_feeds(feeds, model, *, option="--inputs") -> dict[str, np.ndarray]:

@@ -128,8 +128,11 @@ def _lenient_inference(data: bytes) -> bytes | None:
         return None
 
 
-def checked_input(model: onnx.ModelProto, *, path: str | None = None, data: bytes | None = None) -> onnx.ModelProto:
-    """A shape-inferred copy of `model` (a model given to graphopt), having checked it structurally.
+def checked_input(
+    model: onnx.ModelProto, *, path: str | None = None, data: bytes | None = None, in_place: bool = False
+) -> onnx.ModelProto:
+    """`model` (a model given to graphopt) shape-inferred, having checked it structurally: a
+    copy, or `model` itself filled in when `in_place` (its weights are then never copied).
 
     Both run once, on one serialisation of its placeholder form (`data`, `model` serialised,
     spares it when no weight stands in). Raises InputError naming `path` if it is invalid.
@@ -143,19 +146,24 @@ def checked_input(model: onnx.ModelProto, *, path: str | None = None, data: byte
     _check(skeleton, data, path=path)
     inferred = _lenient_inference(data)
     if inferred is None:
-        return copy_model(model)
+        return model if in_place else copy_model(model)
     result = onnx.load_model_from_string(inferred)
-    if not moved:
+    if not moved and not in_place:
         return result
     # The inferred skeleton with the weights back: everything but the main graph's initializers
     # and the stand-in inputs comes from inference.
-    restored = onnx.ModelProto()
-    copy_fields(result, restored, skip=("graph",))
-    copy_fields(result.graph, restored.graph, skip=("initializer", "input"))
-    restored.graph.input.extend(value for value in result.graph.input if value.name not in moved or
-                                value.name in {v.name for v in model.graph.input})
-    restored.graph.initializer.extend(model.graph.initializer)
-    return restored
+    declared = {value.name for value in model.graph.input}
+    target = model if in_place else onnx.ModelProto()
+    for message, kept in ((target, "graph"), (target.graph, "initializer")):
+        for field, _ in message.ListFields() if in_place else ():
+            if field.name != kept:
+                message.ClearField(field.name)
+    copy_fields(result, target, skip=("graph",))
+    copy_fields(result.graph, target.graph, skip=("initializer", "input"))
+    target.graph.input.extend(value for value in result.graph.input if value.name not in moved or value.name in declared)
+    if not in_place:
+        target.graph.initializer.extend(model.graph.initializer)
+    return target
 
 
 def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool = False) -> None:

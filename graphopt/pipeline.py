@@ -57,6 +57,7 @@ class PipelineOutcome:
     model: onnx.ModelProto  # weights "refs" (`model.to_proto`)
     passes: list[dict]
     end_to_end: dict | None
+    size: int | None = None  # `model`'s stored size as the last accepted pass's check measured it
 
 
 class _PassTimer:
@@ -178,7 +179,7 @@ class _Run:
             logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
             self.reports.append(entry)
         model = self.state.as_proto()
-        return PipelineOutcome(model, self.reports, self._end_to_end(model))
+        return PipelineOutcome(model, self.reports, self._end_to_end(model), self.state.size)
 
     def step(self, index: int, pass_: Pass) -> dict:
         """Runs, checks and verifies one pass; keeps its output or rolls it back. Returns its report entry."""

@@ -16,8 +16,7 @@ import onnx
 
 from graphopt.errors import first_line
 from graphopt.external_data import read_external, write_with_external_data
-from graphopt.proto_walk import serialized_too_big
-from graphopt.proto_walk import copy_model, iter_tensors
+from graphopt.proto_walk import copy_model, iter_tensors, serialized_bytes, serialized_too_big
 from graphopt.verify.feeds import split_samples
 
 if TYPE_CHECKING:
@@ -50,12 +49,13 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, *, optimize
         options.inter_op_num_threads = 1
     try:
         if isinstance(model, onnx.ModelProto):
-            if serialized_too_big(model):
-                return _session_from_disk(model, options)
             external = [t for t in model.graph.initializer if onnx.external_data_helper.uses_external_data(t)]
+            data = None if external else serialized_bytes(model)  # sizing it first would serialise it twice
+            if data is None and (not external or serialized_too_big(model)):
+                return _session_from_disk(model, options)
             if external:
                 return _session_with_external_weights(model, external, options, optimize)
-            model = model.SerializeToString()
+            model = data
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types without a common base
         raise SessionError(first_line(error, limit=400)) from error

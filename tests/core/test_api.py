@@ -161,7 +161,8 @@ def test_a_changed_model_does_not_gain_value_info_it_did_not_have():
     result = graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"])
     assert result.report["passes"][0]["status"] == "accepted"
     assert len(result.model.graph.value_info) == 0
-    assert result.report["output"]["bytes"] == result.model.ByteSize()
+    # measured by the last check: the placeholder form's bytes plus the weights' byte counts
+    assert abs(result.report["output"]["bytes"] - result.model.ByteSize()) <= 64
 
 
 def test_the_output_summary_counts_macs_from_inferred_shapes_even_when_they_are_not_shipped():
@@ -188,9 +189,9 @@ def test_per_pass_sizes_are_measured_as_the_output_is_stored():
     result = graphopt.optimize(onnx.parser.parse_model(MODEL), passes=["cleanup"])
     entry = result.report["passes"][0]
     assert entry["bytes_before"] == result.report["input"]["bytes"]
-    assert result.report["output"]["bytes"] == result.model.ByteSize()
     # per pass, from the placeholder form's bytes and the weights' byte counts
-    assert abs(entry["bytes_after"] - result.report["output"]["bytes"]) <= 64
+    assert entry["bytes_after"] == result.report["output"]["bytes"]
+    assert abs(entry["bytes_after"] - result.model.ByteSize()) <= 64
 
 
 def test_fitting_data_prefers_calibration_then_the_verifier_inputs():
