@@ -37,7 +37,7 @@ _HOMES = {
     "VerificationError": "graphopt.errors",
 }
 
-__all__ = ["__version__", *_HOMES]
+__all__ = ["__version__", "partition", *_HOMES]
 
 
 def __getattr__(name: str):
@@ -51,3 +51,8 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOMES))
+
+
+# Imported now, not on first use: importing the subpackage `graphopt.partition` (as the CLI
+# does) would otherwise leave the module, not the function, under that name.
+from graphopt.partition import partition  # noqa: E402

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from graphopt import __version__
+from graphopt import __version__, latency
+from graphopt.emit.write import emit_model
 from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.external_data import external_folder, materialize_external_data, spill_folder
 from graphopt.model import RunContext, checked_input
@@ -30,7 +31,7 @@ from graphopt.summary import model_bytes, summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
 from graphopt.verify.feeds import check_feeds
 
-__all__ = ["Result", "optimize", "optimize_to_file", "prepare_feeds", "REPORT_SCHEMA"]
+__all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
 
 _VERIFY_MODES = ("each", "end", "off")
 
@@ -57,6 +58,7 @@ def optimize(
     dump_dir: str | os.PathLike | None = None,
     set_options: Mapping[str, Mapping[str, str]] | None = None,
     progress: bool = False,
+    latency_on: str | None = None,
 ) -> Result:
     """Runs `passes` over `model` and verifies the result in onnxruntime.
 
@@ -64,11 +66,12 @@ def optimize(
     `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
     `plugins`: extra plugin objects (modules or instances with hook implementations), used
     besides those of the `graphopt` entry-point group. `set_options` takes option values as
-    text, as `--set` does. Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
+    text, as `--set` does. `latency_on`: the backend every latency decision is timed on
+    (`host-ort` by default, `host-litert`, `none`, or a plugin's; see `graphopt.latency`). Raises `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
-                    set_options=set_options, progress=progress) as (final, report, spill):
+                    set_options=set_options, progress=progress, latency_on=latency_on) as (final, report, spill):
         # Under 2 GiB the result is self-contained, as docs/design.md promises; over it, its
         # weights stay in the input's data files (by absolute path) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
@@ -88,12 +91,20 @@ def optimize_to_file(
 ) -> dict:
     """`optimize`, then the result written to `output` (atomic, checked); returns the report.
 
-    Takes `optimize`'s keyword arguments. Weights still in the input's data files, or spilled
+    Takes `optimize`'s keyword arguments, and `emit` (`"ort"`, `"tflite"`) with `emit_precision`
+    (tflite: `"fp32"`, `"fp16"`, `"int8"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
     there by passes, are streamed into the output's data file, never gathered in memory: the
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    emit, precision = settings.pop("emit", None) or "onnx", settings.pop("emit_precision", "fp32")
+    if emit == "tflite" and settings.get("latency_on") is None:
+        settings["latency_on"] = "host-litert"  # decisions timed where the flatbuffer will run
     with _optimized(model, passes, options, **settings) as (final, report, _):
+        if emit != "onnx":  # verified in its runtime, then written (graphopt/emit)
+            _read_in_if_it_fits(final)
+            report["emit"] = emit_model(final, output, emit, precision, settings)
+            return report
         if not external_data:
             _read_in_if_it_fits(final)
         written = save_model(final, output, external_data=external_data, source=source)
@@ -113,7 +124,7 @@ def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
 @contextlib.contextmanager
 def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
-    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False,
+    keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, latency_on=None,
 ) -> Iterator[tuple[onnx.ModelProto, dict, Path | None]]:
     """(the optimized model, the report, the spill folder or None), valid for the block: weights may be in the spill folder."""
     if verify not in _VERIFY_MODES:
@@ -123,6 +134,7 @@ def _optimized(
     global_budget = Budget.parse(budget)
     loaded = load_registry(plugins)
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
+    timer = latency.backend(latency_on, loaded)
     prepared = _prepared(model)
     source = prepared.running
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
@@ -136,7 +148,7 @@ def _optimized(
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
-                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info)
+                                inputs_origin=origin, keeps_value_info=prepared.keeps_value_info, latency=timer)
     with spill_folder(source) as spill:
         context = RunContext(weights_dir=external_folder(source), spill_dir=spill)
         try:
@@ -161,8 +173,13 @@ def _optimized(
             version=__version__, input_summary=summarize(source, size=prepared.given_size, size_of=prepared.given),
             output_summary=output_summary, passes=outcome.passes, verify=verify,
             samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
-            end_to_end=outcome.end_to_end, warnings=loaded.warnings)
+            end_to_end=outcome.end_to_end, warnings=loaded.warnings, latency=timer.report())
         yield final, report, spill
+
+
+def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    """A checked, shape-inferred model from a path or a ModelProto (the caller's proto is not modified)."""
+    return _prepared(model).running
 
 
 @dataclasses.dataclass

@@ -57,3 +57,34 @@ def graphopt_after_pass(index, pass_, model, result, accepted):
     `accepted` is true, the unchanged input when it was rolled back. `result` is the
     `graphopt.PassResult` (None when the pass raised). Read-only, as for `graphopt_before_pass`.
     """
+
+
+@hookspec
+def graphopt_latency_backends():
+    """Return the names of the latency backends this plugin times on (e.g. `["adb-ort"]`).
+
+    Contract:
+    - A name is what the user passes to `--latency-on NAME` (`latency_on=` in the API). It must
+      not be one of the built-in backends (`host-ort`, `host-litert`, `none`): those win.
+    - Called once per run, before any pass: keep it cheap (no device round trip here).
+    - Every name returned must be answered by this plugin's `graphopt_measure_latency`.
+    """
+
+
+@hookspec(firstresult=True)
+def graphopt_measure_latency(model_path, inputs, settings):
+    """Time one inference of the ONNX model at `model_path` on the target; return `{"median_ms": float}`.
+
+    Contract:
+    - `settings["backend"]` is the backend name the user chose; return None when it is not one
+      of the names this plugin gave in `graphopt_latency_backends` (the next plugin is asked).
+    - `model_path` is a readable `.onnx` file graphopt wrote for this call (it is deleted
+      afterwards); `inputs` is one sample, `{input name: numpy array}` without an N axis.
+    - `settings` also has `threads` (1: one big core), `runs` (timed runs to make) and `warmup`
+      (untimed runs first). Return the median of the timed runs in milliseconds, as
+      `{"median_ms": float}`; extra keys are allowed and ignored.
+    - graphopt calls this several times per model, alternating between the models it compares,
+      and takes the median: do not cache results across calls.
+    - Raise on failure (device gone, model refused): graphopt stops with exit 3 naming the
+      backend and the exception. Never return a made-up time.
+    """

@@ -52,6 +52,7 @@ class PassContext:
     verifier's inputs in the same form as `calibration` (from `--inputs`, or generated), for a
     pass that needs data when no calibration was given (it should warn that figures on
     generated inputs mean little); None when verification is off and nothing was given.
+    `latency` is the run's latency backend (`graphopt.latency.of(ctx)` reads it).
     `progress` is whether long loops may draw a progress bar (a terminal, not `--quiet`):
     wrap them in `ctx.track(...)` rather than reading it.
     """
@@ -64,6 +65,7 @@ class PassContext:
     budget: Budget | None = None
     sample_inputs: dict[str, np.ndarray] | None = None
     progress: bool = False
+    latency: Any = None  # the graphopt.latency backend every latency decision is timed on (None: host-ort)
     build_proto: Callable[[], onnx.ModelProto] | None = dataclasses.field(default=None, repr=False)
 
     def proto(self, *, build: bool = True) -> onnx.ModelProto | None:

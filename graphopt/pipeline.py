@@ -50,6 +50,7 @@ class PipelineSettings:
     dump_dir: Path | None = None
     inputs_origin: str = "generated"  # file | calibration | generated: named when the input model cannot run
     keeps_value_info: bool = True  # whether the output will keep the main graph's value_info (sizes count it)
+    latency: Any = None  # the graphopt.latency backend passes time on (PassContext.latency)
 
 
 @dataclasses.dataclass
@@ -232,6 +233,7 @@ class _Run:
             budget=settings.budget,
             sample_inputs=self.sample_inputs,
             progress=settings.progress,
+            latency=settings.latency,
             logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
             model=self.state.proto,
             build_proto=lambda: to_proto(model, "refs"),

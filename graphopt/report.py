@@ -31,7 +31,7 @@ def pass_entry(pass_, registry, nodes: int, size: int | None) -> dict:
 
 
 def run_report(*, version: str, input_summary: dict, output_summary: dict, passes: list[dict], verify: str,
-               samples: int, inputs: str, budget, end_to_end: dict | None, warnings: list[str]) -> dict:
+               samples: int, inputs: str, budget, end_to_end: dict | None, warnings: list[str], latency: dict | None = None) -> dict:
     """The whole report of a run that finished."""
     return {
         "schema": REPORT_SCHEMA,
@@ -46,6 +46,7 @@ def run_report(*, version: str, input_summary: dict, output_summary: dict, passe
             "budget": budget.describe() if budget else None,
             "end_to_end": end_to_end,
         },
+        "latency": latency,
         "warnings": list(warnings),
     }
 

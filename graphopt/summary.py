@@ -14,6 +14,7 @@ import onnx
 
 from onnx import external_data_helper
 
+from graphopt.latency import energy
 from graphopt.proto_walk import iter_graph_protos, iter_tensors, tensor_nbytes
 
 __all__ = ["summarize", "format_comparison", "model_bytes"]
@@ -36,7 +37,7 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
             macs += count
     tensors = list(iter_tensors(model))
     initializer_names = {t.name for t in model.graph.initializer}
-    return {
+    return {**energy.estimate(model), 
         "nodes": sum(ops.values()),
         "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
         # Constant nodes count too: some exporters (paddle2onnx) keep every weight in one.
@@ -57,10 +58,13 @@ def format_comparison(before: dict, after: dict) -> str:
     """A plain-text before/after table for the terminal."""
     rows = [("nodes", before["nodes"], after["nodes"]), ("parameters", before["parameters"], after["parameters"]),
             ("bytes", before["bytes"], after["bytes"]), ("MACs", before["macs"], after["macs"])]
-    lines = [f"{'':<12}{'before':>14}{'after':>14}{'change':>10}"]
+    rows += energy_rows(before, after)
+    lines = [f"{'':<16}{'before':>14}{'after':>14}{'change':>10}"]
     for label, old, new in rows:
         change = f"{(new - old) / old:+.1%}" if old else ""
-        lines.append(f"{label:<12}{old:>14,}{new:>14,}{change:>10}")
+        lines.append(f"{label:<16}{old:>14,}{new:>14,}{change:>10}")
+    if "energy_proxy" in after:
+        lines.append("  * relative energy proxy (45 nm per-operation table, weights read from DRAM), not joules")
     ops = sorted(set(before["ops"]) | set(after["ops"]), key=lambda op: (-before["ops"].get(op, 0), op))
     lines.append("ops:")
     for op in ops:
@@ -68,6 +72,18 @@ def format_comparison(before: dict, after: dict) -> str:
         marker = "" if old == new else f"{new - old:+d}"
         lines.append(f"  {op:<26}{old:>6}{new:>8}{marker:>8}")
     return "\n".join(lines)
+
+
+def energy_rows(before: dict, after: dict) -> list[tuple[str, int, int]]:
+    """The energy and memory rows of the before/after table, for the summaries that carry them."""
+    if "energy_proxy" not in before or "energy_proxy" not in after:
+        return []
+    rows = [(f"MACs {kind}", before["macs_by_dtype"][kind], after["macs_by_dtype"][kind]) for kind in energy.DTYPES
+            if before["macs_by_dtype"][kind] or after["macs_by_dtype"][kind]]
+    rows += [("weight bytes", before["weight_bytes"], after["weight_bytes"]),
+             ("peak act. bytes", before["peak_activation_bytes"], after["peak_activation_bytes"]),
+             ("energy* pJ", round(before["energy_proxy"]["total_pj"]), round(after["energy_proxy"]["total_pj"]))]
+    return rows
 
 
 def _all_nodes(graph: onnx.GraphProto):

@@ -222,9 +222,9 @@ def _cnn_bytes(exporter: str, opset: int, seed: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=None)
-def _resnet_bytes(exporter: str, opset: int, seed: int) -> bytes:
+def _resnet_bytes(exporter: str, opset: int, seed: int, size: int = 32) -> bytes:
     torch = _torch()
-    example = torch.from_numpy(cnn_feeds()["image"])
+    example = torch.from_numpy(cnn_feeds(size=size)["image"])
     return _export(_resnet_module(seed), (example,), exporter, opset, ["image"], ["logits"]).SerializeToString()
 
 
@@ -243,9 +243,10 @@ def cnn(exporter: str = "torchscript", opset: int = 17, seed: int = 0) -> onnx.M
     return onnx.load_from_string(_cnn_bytes(exporter, opset, seed))
 
 
-def resnet_like(exporter: str = "torchscript", opset: int = 17, seed: int = 0) -> onnx.ModelProto:
-    """A ResNet-style CNN with residual groups and a strided downsample branch; same IO as `cnn`."""
-    return onnx.load_from_string(_resnet_bytes(exporter, opset, seed))
+def resnet_like(exporter: str = "torchscript", opset: int = 17, seed: int = 0, *, size: int = 32) -> onnx.ModelProto:
+    """A ResNet-style CNN with residual groups and a strided downsample branch; same IO as `cnn`
+    (input (1, 3, size, size): the benchmarks export it larger)."""
+    return onnx.load_from_string(_resnet_bytes(exporter, opset, seed, size))
 
 
 def transformer(

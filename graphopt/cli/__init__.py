@@ -1,4 +1,5 @@
-"""The `graphopt` command line: optimize, passes, inspect, verify, bench — one module each.
+"""The `graphopt` command line: optimize, passes, inspect, verify, bench — one module each
+(and partition, run, from `graphopt.partition.commands`).
 
 Errors are one line on stderr, `graphopt: error: <what> (<file>)`, with the exit codes of
 docs/design.md (0 done, 1 verification failed, 2 bad usage or input, 3 a pass or plugin
@@ -18,6 +19,7 @@ import traceback
 from graphopt import __version__
 from graphopt.cli import bench, inspect, optimize, passes, verify
 from graphopt.errors import GraphoptError, UsageError
+from graphopt.partition.commands import add_commands as add_partition_commands
 
 __all__ = ["main", "COMMANDS"]
 
@@ -72,6 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         command.register(commands, common)
+    add_partition_commands(commands, common)  # partition, run, and optimize --partition K
     return parser
 
 

@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.external_data import same_file
 from graphopt.options import parse_assignment
@@ -34,6 +35,7 @@ def register(commands, common) -> None:
     parser.add_argument("--keep-going", action="store_true", help="roll back a failing pass and go on")
     parser.add_argument("--dump-dir", help="write the model after each pass here as NN_pass.onnx")
     parser.add_argument("--seed", type=int, default=0, help="random seed for generated inputs and passes")
+    add_target_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -52,7 +54,7 @@ def run(args) -> int:
         passes = ",".join(passes)
     budget = args.budget or recipe_budget
     verify = args.verify or recipe_verify or "each"
-    output = Path(args.output) if args.output else _default_output(source)
+    output = Path(args.output) if args.output else _default_output(source, default_suffix(args))
     _check_output_path(output, source)
     if args.report:
         _check_report_path(Path(args.report), source, output)
@@ -78,6 +80,7 @@ def run(args) -> int:
             seed=args.seed,
             dump_dir=args.dump_dir,
             progress=progress,
+            **target_settings(args),
         )
     except GraphoptError as error:
         if error.path is None and not isinstance(error, UsageError):
@@ -90,14 +93,16 @@ def run(args) -> int:
     if not args.quiet:
         print(f"wrote {output}")
         print(format_comparison(report["input"], report["output"]))
+        if describe_emit(report):
+            print(describe_emit(report))
         for line in pass_lines(report):
             print(line)
     return 0
 
 
-def _default_output(source: Path) -> Path:
+def _default_output(source: Path, suffix: str = ".opt.onnx") -> Path:
     stem = source.name[: -len(".onnx")] if source.name.endswith(".onnx") else source.name
-    return source.with_name(f"{stem}.opt.onnx")
+    return source.with_name(f"{stem}{suffix}")
 
 
 def _check_output_path(output: Path, source: Path) -> None:

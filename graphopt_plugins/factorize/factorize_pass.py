@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 import graphopt
 from graphopt import convert, graph_queries, tensor_shapes
+from graphopt import latency as graphopt_latency
 from graphopt.model import infer_model_shapes
 from graphopt.summary import summarize
 from graphopt.verify.feeds import split_samples
@@ -148,7 +149,11 @@ class Factorize(graphopt.Pass):
         totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         weights, timings, candidates = None, None, sites
-        if options.rank_by == "target" and options.saving_by == "latency":
+        timer = graphopt_latency.of(ctx)
+        if options.rank_by == "target" and options.saving_by == "latency" and not timer.measures:
+            log.info("factorize: saving_by=latency on latency backend 'none': ranks chosen by MACs")
+        elif options.rank_by == "target" and options.saving_by == "latency":
+            stats["latency_backend"] = timer.name
             timings = self._timings(sites, fits, data, graph.opset, ctx)
             # only layers whose factors run faster are worth a sensitivity probe
             candidates = [site for site in sites if site.index in timings and first_paying_rank(
@@ -202,7 +207,7 @@ class Factorize(graphopt.Pass):
 
     def _timings(self, sites: list[Site], fits: dict[int, Factorization], data: LayerData | None, opset: int,
                  ctx: graphopt.PassContext) -> dict[int, LayerTiming]:
-        """Each layer timed alone in onnxruntime, as it is and at three ranks it could take."""
+        """Each layer timed alone on the run's latency backend, as it is and at three ranks it could take."""
         multiple = self.options.rank_multiple
         shapes = dict(data.input_shapes) if data is not None else {}
         for site in sites:
@@ -214,7 +219,8 @@ class Factorize(graphopt.Pass):
             return [rank for rank in (top, round_rank(top // 2, multiple, top), multiple) if 0 < rank <= top]
 
         timed = [site for site in sites if site.index in shapes and site.max_saving_rank(self.options.margin, multiple) > 0]
-        return time_layers(ctx.track(timed, desc="factorize: timing layers", total=len(timed)), fits, shapes, ranks_of, opset)
+        return time_layers(ctx.track(timed, desc="factorize: timing layers", total=len(timed)), fits, shapes, ranks_of, opset,
+                           timer=graphopt_latency.of(ctx))
 
     def _ranks(self, sites: list[Site], fits: dict[int, Factorization], strength: float, totals: dict,
                weights: dict[int, float] | None, timings: dict[int, LayerTiming] | None) -> dict[int, int]:

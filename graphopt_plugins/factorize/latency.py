@@ -3,8 +3,8 @@
 Fewer MACs are not less time: onnxruntime's NCHWc conv kernels run a thin k×k Cin→r conv
 followed by a 1×1 r→Cout conv less efficiently than one square conv, and a 1×1 conv on a 1×1
 map (squeeze-excite) costs its call overhead whatever its rank. So each layer is built as a
-model of its own, fed its real input shape, and timed (1 thread, all optimizations, medians,
-interleaved with `graphopt.bench.compare_latency`) as it is and as its two factors at a few
+model of its own, fed its real input shape, and timed on the run's latency backend
+(`graphopt.latency`; host-ort: 1 thread, all optimizations, interleaved medians) as it is and as its two factors at a few
 ranks; time between measured ranks is interpolated linearly, which is how a GEMM's cost
 grows with its inner size. The global allocation then spends its loss where it buys time.
 """
@@ -20,7 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import graph_queries
-from graphopt.bench import compare_latency
+from graphopt.latency import backend as latency_backend
 from graphopt_plugins.factorize.lowrank import Factorization
 from graphopt_plugins.factorize.rewrite import factorize_site
 from graphopt_plugins.factorize.sites import Site
@@ -76,8 +76,10 @@ def layer_model(site: Site, input_shape: tuple[int, ...], opset: int,
 
 
 def time_layers(sites: Iterable[Site], fits: dict[int, Factorization], input_shapes: dict[int, tuple[int, ...]],
-                ranks_of: Callable[[Site], list[int]], opset: int, runs: int = 15) -> dict[int, LayerTiming]:
-    """A `LayerTiming` per site whose input shape is known and that has ranks to try."""
+                ranks_of: Callable[[Site], list[int]], opset: int, seconds: float = 0.1, timer=None) -> dict[int, LayerTiming]:
+    """A `LayerTiming` per site whose input shape is known and that has ranks to try, timed on
+    `timer` (a `graphopt.latency` backend; host-ort when None)."""
+    timer = timer if timer is not None else latency_backend("host-ort")
     timings = {}
     for site in sites:
         shape, ranks = input_shapes.get(site.index), sorted(set(ranks_of(site)))
@@ -89,7 +91,7 @@ def time_layers(sites: Iterable[Site], fits: dict[int, Factorization], input_sha
         for rank in ranks:
             models[f"r{rank}"] = layer_model(site, shape, opset, fits[site.index].factors(rank))
         feed = {"x": np.random.default_rng(0).standard_normal(shape).astype(site.dtype)}
-        measured = compare_latency(models, feed, threads=1, runs=runs, warmup=2)
+        measured = timer.compare(models, feed, seconds=seconds, rounds=3, purpose="factorize: layer")
         timing = LayerTiming(measured["original"]["median_ms"], tuple(ranks),
                              tuple(measured[f"r{rank}"]["median_ms"] for rank in ranks))
         timings[site.index] = timing

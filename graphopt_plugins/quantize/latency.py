@@ -1,4 +1,7 @@
-"""Does int8 pay here? Per-layer and end-to-end timing in onnxruntime (all optimizations, 1 thread).
+"""Does int8 pay on the target? The per-layer models quantize times, float against int8.
+
+The timing itself is the run's latency backend's (`graphopt.latency`, `--latency-on`); on the
+default `host-ort`, onnxruntime with all optimizations at 1 thread, CPU-time medians.
 
 Per layer, the float node (with its absorbed Relu) is timed against its quantized form as it
 will run in place: 8-bit in when its producer is quantized too (else float in, through Q),
@@ -7,16 +10,10 @@ mode, which quantizes its input on every call.
 Depthwise convs, tiny layers and ops onnxruntime cannot fuse come out slower and stay float.
 End to end, the quantized model is timed against the float one, interleaved, since the
 machine is shared: that is the guard that the result is never slower.
-Time is the calling thread's CPU time, not the wall clock: a 1-thread onnxruntime session runs
-in the caller, and CPU time leaves out the slices other processes held the core. On a shared
-machine a 2 ms model's wall-clock median moved by 20% between the guard and the benchmark
-that followed (PP-OCR cls kept int8 at 1.05x faster, then measured 1.2x slower).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -25,31 +22,16 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from graphopt import convert
+from graphopt.latency.host_ort import interleaved_cpu_medians, medians
 from graphopt.external_data import read_external
-from graphopt.verify.runner import make_session
 
 __all__ = ["interleaved_medians", "layer_models", "constant_tensors"]
 
 
 def interleaved_medians(models: list[onnx.ModelProto], feeds: list[dict], budget_seconds: float = 0.3,
                         rounds: int = 3) -> list[float]:
-    """Median milliseconds (CPU time of this thread) of one run of each model, timed in alternation."""
-    sessions = [make_session(model, optimize=True, threads=1) for model in models]
-    for session, feed in zip(sessions, feeds):
-        session.run(None, feed)  # warm-up; also what sets the per-round run count
-    start = time.thread_time()
-    for session, feed in zip(sessions, feeds):
-        session.run(None, feed)
-    once = max(time.thread_time() - start, 1e-6)
-    runs = int(min(max(budget_seconds / once / rounds, 3), 200))
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(rounds):
-        for index, (session, feed) in enumerate(zip(sessions, feeds)):
-            for _ in range(runs):
-                begin = time.thread_time()
-                session.run(None, feed)
-                times[index].append((time.thread_time() - begin) * 1e3)
-    return [statistics.median(t) for t in times]
+    """Median milliseconds of one run of each model on this host's onnxruntime (`graphopt.latency.host_ort`)."""
+    return medians(interleaved_cpu_medians(models, feeds, budget_seconds, rounds))
 
 
 def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_shape: tuple[int, ...],

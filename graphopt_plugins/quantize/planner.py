@@ -18,13 +18,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import convert, graph_queries
+from graphopt import latency as graphopt_latency
 from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.quantize.accuracy import fit_to_budget, worst_metrics
 from graphopt_plugins.quantize.calibration import collect_ranges
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
-from graphopt_plugins.quantize.latency import constant_tensors, interleaved_medians, layer_models
+from graphopt_plugins.quantize.latency import constant_tensors, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
 from graphopt_plugins.quantize.rewrite import activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
 from graphopt_plugins.quantize.targets import Target, find_embeddings, find_targets
@@ -40,8 +41,9 @@ _GUARD_MARGIN = 0.97
 
 class Planner:
     def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int,
-                 track=lambda items, desc, total: items):
+                 track=lambda items, desc, total: items, latency=None):
         self.model, self.targets, self.options = model, targets, options
+        self.latency = latency if latency is not None else graphopt_latency.backend("host-ort")  # where int8 vs float is timed
         self.track = track  # PassContext.track: a progress bar over the long loops, when the run shows one
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
         self.signed = options.activations == "int8"
@@ -89,7 +91,9 @@ class Planner:
             self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
                                          self.options.percentile, self.signed, self.seed, self.track)
         chosen = [t.index for t in self.targets]
-        timed = self.options.latency == "auto" and self.options.mode != "weight-only"
+        # `--latency-on none` times nothing: every layer is decided by accuracy alone.
+        timed = self.options.latency == "auto" and self.options.mode != "weight-only" and self.latency.measures
+        stats["latency_backend"] = self.latency.name if timed else None
         if timed:
             chosen = self._layer_latency(chosen)
         reference = stacked_outputs(self.model, self.evaluation, optimize=True)
@@ -160,13 +164,18 @@ class Planner:
             if pair is None:
                 kept.append(target.index)
                 continue
-            float_ms, int8_ms = interleaved_medians([pair[0], pair[1]], [pair[2], pair[3]], budget_seconds=0.12)
+            float_ms, int8_ms = self._medians(pair[0], pair[1], pair[2], pair[3], "quantize: layer", seconds=0.12, rounds=3)
             self.rows[target.index].update(float_ms=round(float_ms, 4), int8_ms=round(int8_ms, 4))
             if int8_ms <= self.options.latency_margin * float_ms:
                 kept.append(target.index)
             else:
-                self._keep(target.index, f"int8 slower here ({int8_ms:.3f} vs {float_ms:.3f} ms)")
+                self._keep(target.index, f"int8 slower on {self.latency.name} ({int8_ms:.3f} vs {float_ms:.3f} ms)")
         return [index for index in chosen if index in set(kept)]
+
+    def _medians(self, float_model, int8_model, float_feed, int8_feed, purpose: str, seconds: float, rounds: int) -> tuple[float, float]:
+        timings = self.latency.compare({"float": float_model, "int8": int8_model}, {"float": float_feed, "int8": int8_feed},
+                                       seconds=seconds, rounds=rounds, purpose=purpose)
+        return timings["float"]["median_ms"], timings["int8"]["median_ms"]
 
     def _input_shapes(self) -> dict[str, tuple[int, ...]]:
         first = split_samples(self.calibration)[0]
@@ -182,7 +191,7 @@ class Planner:
         gain = {i: (r["float_ms"] or 0.0) - (r["int8_ms"] or 0.0) for i, r in self.rows.items()}
         history = []
         for _ in range(_GUARD_ROUNDS):
-            float_ms, int8_ms = interleaved_medians([self.model, self.build(chosen)], [feed, feed], budget_seconds=2.0, rounds=5)
+            float_ms, int8_ms = self._medians(self.model, self.build(chosen), feed, feed, "quantize: whole model", seconds=2.0, rounds=5)
             history.append({"layers": len(chosen), "float_ms": round(float_ms, 3), "quantized_ms": round(int8_ms, 3)})
             if int8_ms <= _GUARD_MARGIN * float_ms:
                 return chosen, {"float_ms": history[-1]["float_ms"], "quantized_ms": history[-1]["quantized_ms"],

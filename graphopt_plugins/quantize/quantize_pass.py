@@ -9,6 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
+from graphopt import latency as graphopt_latency
 from graphopt.errors import PreconditionError, UsageError
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
@@ -35,8 +36,9 @@ class Quantize(graphopt.Pass):
     kernel multiplies are held to [-63, 63] (`reduce_range`). In every mode, embedding
     tables (Gather from a 2-D float constant) become int8 per row; only the gathered rows are scaled.
     Keeps a layer float when the user excludes it, when it is too harmful for the budget (most
-    harmful first, by measured sensitivity), or when int8 is slower there on this machine
-    (`latency=auto`); if the whole result is still slower than float, nothing is changed.
+    harmful first, by measured sensitivity), or when int8 is slower there on the latency backend
+    (`latency=auto`; `--latency-on`, default host-ort: this machine); if the whole result is
+    still slower than float, nothing is changed. With `--latency-on none` nothing is timed.
     Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
     that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
     Refuses (PreconditionError) opset < 13, and int4 below opset 21. Lossy: held to `budget`.
@@ -61,7 +63,7 @@ class Quantize(graphopt.Pass):
         budget: str | None = None  # accuracy budget (cos:0.99, sqnr:30); else --budget, else cos=0.99
         embeddings: bool = True  # also store Gather tables (embeddings) as int8 per row, when any layer is quantized
         auto: bool = True  # keep the most harmful layers float until the budget holds
-        latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower, measured here
+        latency: Literal["auto", "off"] = "auto"  # keep float where int8 is slower on the --latency-on backend (none: never)
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
@@ -109,7 +111,8 @@ class Quantize(graphopt.Pass):
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed,
-                          track=lambda items, desc, total: ctx.track(items, desc=desc, total=total))
+                          track=lambda items, desc, total: ctx.track(items, desc=desc, total=total),
+                          latency=graphopt_latency.of(ctx))
         chosen, stats = planner.plan()
         stats.update(data=origin, skipped=skipped, mode=options.mode)
         if not chosen:

@@ -1,4 +1,4 @@
-"""graphopt.ir: use-def look-ups by identity, nested graphs, the networkx view, envelope round trip."""
+"""graphopt.graph_queries and graphopt.convert: use-def look-ups by identity, nested graphs, the networkx view, envelope round trip."""
 
 import numpy as np
 import onnx

@@ -1,0 +1,204 @@
+"""`--emit tflite`: a LiteRT flatbuffer written by onnx2tf's direct writer, run in LiteRT's interpreter.
+
+onnx2tf (`tflite_backend="flatbuffer_direct"`) writes the flatbuffer itself, without TensorFlow.
+It lays images out as TFLite does, channels last: a rank-3/4/5 input `(N, C, ...)` becomes
+`(N, ..., C)`, and so may an output. `run_tflite` feeds and reads the flatbuffer in the ONNX
+layout, transposing where the shapes say the layout changed, and reports which tensors it
+transposed. onnx2tf rewrites the ONNX file it reads (op names), so it is always handed a copy.
+
+Precisions: `fp32`; `fp16` (float16 weights behind DEQUANTIZE ops, float32 compute and
+interface: TFLite's float16 quantization, `tflite_fp16`); `int8`, integer
+kernels throughout (int8 weights per tensor and activations, float32 inputs and outputs,
+onnx2tf's `_integer_quant` flatbuffer), calibrated on the given samples. onnx2tf's int8
+writer is strict: an op it cannot quantize (a MatMul of two activations, a comparison) fails the
+conversion, and so the emit, with the reason it gave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphopt.emit.tflite_fp16 import with_float16_weights
+from graphopt.errors import InputError, UsageError
+
+__all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "prepare_interpreter", "TfliteModel", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# fp16 starts from the float32 flatbuffer: its weights are halved behind DEQUANTIZE (tflite_fp16)
+_FILES = {"fp32": "_float32.tflite", "fp16": "_float32.tflite", "int8": "_integer_quant.tflite"}
+
+
+def require_tflite(what: str) -> None:
+    """Raises UsageError naming the install when onnx2tf or ai-edge-litert is missing."""
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+        import onnx2tf  # noqa: F401
+    except ImportError as error:
+        raise UsageError(f"{what} needs the tflite extra ({error.name} is missing): pip install 'graphopt[tflite]', "
+                         "then the onnx2tf step in docs/targets.md") from error
+
+
+@dataclasses.dataclass
+class TfliteModel:
+    flatbuffer: bytes
+    precision: str
+
+
+def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibration: dict[str, np.ndarray] | None = None) -> TfliteModel:
+    """The flatbuffer of `model` at `precision`; `calibration` (`{input: (N, *shape)}`) for int8.
+
+    Raises InputError naming the op onnx2tf could not convert.
+    """
+    require_tflite("--emit tflite")
+    import onnx2tf
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"tflite precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    with tempfile.TemporaryDirectory(prefix="graphopt-tflite-") as folder:
+        source = Path(folder) / "model.onnx"
+        onnx.save_model(model, str(source))  # a copy: onnx2tf renames ops in the file it reads
+        settings = dict(input_onnx_file_path=str(source), output_folder_path=str(Path(folder) / "out"),
+                        tflite_backend="flatbuffer_direct", non_verbose=True, not_use_onnxsim=True)
+        if precision == "int8":
+            if not calibration:
+                raise UsageError("--emit tflite with int8 needs calibration data (--calibration)")
+            # per-tensor: 2.6.9's per-channel depthwise weights fail its own validator (quantized_dimension 3)
+            settings.update(output_integer_quantized_tflite=True, quant_type="per-tensor", input_quant_dtype="int8",
+                            output_quant_dtype="int8", custom_input_op_name_np_data_path=_calibration_files(model, calibration, Path(folder)))
+        captured = io.StringIO()
+        written = Path(folder) / "out" / f"model{_FILES[precision]}"
+        try:
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                onnx2tf.convert(**settings)
+        except BaseException as error:  # onnx2tf exits (SystemExit) on some unsupported models
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            # 2.6.9 writes the int8 flatbuffer (float32 in and out), then fails validating a variant
+            # with int16 activations it goes on to build; the int8 one is verified here in any case.
+            if not (precision == "int8" and written.is_file()):
+                raise InputError(f"onnx2tf cannot convert the model to a LiteRT flatbuffer ({precision}): "
+                                 f"{_reason(error, captured.getvalue())}") from error
+        if not written.is_file():
+            raise InputError(f"onnx2tf wrote no {precision} flatbuffer: {_reason(None, captured.getvalue())}")
+        data = written.read_bytes()
+        return TfliteModel(with_float16_weights(data) if precision == "fp16" else data, precision)
+
+
+def _calibration_files(model: onnx.ModelProto, calibration: dict[str, np.ndarray], folder: Path) -> list:
+    """onnx2tf's calibration list: one .npy per input, channels last for images, mean 0, std 1."""
+    entries = []
+    for value in model.graph.input:
+        if value.name not in calibration:
+            continue
+        samples = np.asarray(calibration[value.name], dtype=np.float32)  # (N, *input shape), batch 1 each
+        data = samples.reshape((-1,) + samples.shape[2:])  # onnx2tf wants (N, ...) with the batch axis merged
+        if data.ndim >= 3:  # (N, C, ...) -> (N, ..., C), as onnx2tf lays the flatbuffer's input out
+            data = np.moveaxis(data, 1, -1)
+        path = folder / f"calibration_{len(entries)}.npy"
+        np.save(path, data)
+        entries.append([value.name, str(path), np.zeros(1, np.float32), np.ones(1, np.float32)])
+    return entries
+
+
+def _reason(error: BaseException | None, log: str) -> str:
+    """The most specific reason onnx2tf gave: its innermost chained exception, else a line of its log."""
+    chain = []
+    while error is not None and len(chain) < 10:
+        chain.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    if len(chain) > 1:
+        return " ".join(chain[-1].split())[:300]
+    text = f"{log}\n{chain[0]}" if chain else log
+    for pattern in (r"Unsupported op[^\n]*", r"[A-Za-z]*QuantizationError: [^\n]*", r"Cannot set tensor[^\n]*",
+                    r"[A-Za-z]*Error: [^\n]*", r"not supported[^\n]*"):
+        found = re.findall(pattern, text)
+        if found:
+            return found[-1].strip()[:300]
+    return (chain[0] if chain else "no reason given")[:300]
+
+
+def run_tflite(flatbuffer: bytes, samples: list[dict[str, np.ndarray]], model: onnx.ModelProto,
+               threads: int = 1) -> tuple[list[dict[str, np.ndarray]], dict[str, str]]:
+    """Per sample, `{onnx output name: array}` in the ONNX layout; and the layout changes handled.
+
+    Inputs and outputs are matched by name where onnx2tf kept it, else by position; an array
+    whose shape is the channels-last form of the ONNX shape is transposed in or out.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        return _run(Interpreter(model_content=flatbuffer, num_threads=threads), samples, model)
+    except (RuntimeError, ValueError) as error:  # LiteRT names the kernel it lacks: "Type FLOAT16 not ... (MAX_POOL_2D)"
+        raise InputError(f"LiteRT cannot run the flatbuffer: {' '.join(str(error).split())[:300]}") from error
+
+
+def prepare_interpreter(interpreter, model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> dict[str, str]:
+    """Allocates `interpreter` and sets one ONNX-layout sample as its inputs; the layout change per input."""
+    interpreter.allocate_tensors()
+    onnx_inputs = [v.name for v in model.graph.input if v.name in sample]
+    layouts = {}
+    for name, detail in _matched(onnx_inputs, interpreter.get_input_details()).items():
+        value, layouts[name] = _to_shape(np.asarray(sample[name]), tuple(detail["shape"]))
+        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+    return layouts
+
+
+def _run(interpreter, samples, model):
+    onnx_outputs = [v.name for v in model.graph.output]
+    layouts: dict[str, str] = {}
+    results = []
+    output_detail = None
+    for sample in samples:
+        layouts.update(prepare_interpreter(interpreter, model, sample))
+        output_detail = output_detail or _matched(onnx_outputs, interpreter.get_output_details())
+        interpreter.invoke()
+        got = {}
+        for name, detail in output_detail.items():
+            value = interpreter.get_tensor(detail["index"])
+            got[name] = value
+        results.append(got)
+    return results, layouts
+
+
+def restore_layout(outputs: list[dict[str, np.ndarray]], expected: list[dict[str, np.ndarray]]) -> tuple[list[dict], dict[str, str]]:
+    """The tflite outputs in the shapes of the ONNX ones (channels-last transposed back), as float32 where they are float."""
+    layouts, restored = {}, []
+    for got, want in zip(outputs, expected):
+        sample = {}
+        for name, value in got.items():
+            target = np.asarray(want[name])
+            fixed, how = _to_shape(value, target.shape, back=True)
+            layouts[name] = how
+            sample[name] = fixed.astype(target.dtype) if target.dtype.kind == "f" else fixed
+        restored.append(sample)
+    return restored, layouts
+
+
+def _matched(names: list[str], details: list[dict]) -> dict[str, dict]:
+    by_name = {detail["name"]: detail for detail in details}
+    if all(name in by_name for name in names):
+        return {name: by_name[name] for name in names}
+    if len(details) != len(names):
+        raise InputError(f"the flatbuffer has {len(details)} tensors where the model has {len(names)} ({', '.join(names)})")
+    return dict(zip(names, details))
+
+
+def _to_shape(value: np.ndarray, shape: tuple, back: bool = False) -> tuple[np.ndarray, str]:
+    """`value` in `shape`: as it is, channels moved last (NCHW→NHWC) or, `back`, first again."""
+    if tuple(value.shape) == tuple(shape):
+        return value, "same"
+    if value.ndim >= 3:
+        moved = np.moveaxis(value, -1, 1) if back else np.moveaxis(value, 1, -1)
+        if tuple(moved.shape) == tuple(shape):
+            return np.ascontiguousarray(moved), "NHWC→NCHW" if back else "NCHW→NHWC"
+    if value.size == int(np.prod(shape)):
+        return value.reshape(shape), "reshaped"
+    raise InputError(f"a tensor of shape {list(value.shape)} cannot be laid out as {list(shape)}")

@@ -1,0 +1,82 @@
+"""graphopt/latency/energy.py: MACs by dtype, weight bytes, peak activation bytes, the energy proxy — by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import graphopt
+from graphopt.latency.energy import DEFAULT_TABLE, estimate
+from graphopt.model import infer_model_shapes
+from graphopt.summary import format_comparison, summarize
+
+
+def _two_layers(int8: bool) -> onnx.ModelProto:
+    """x[1,8] -> MatMul W1[8,16] -> Relu -> MatMul W2[16,4] -> y; with `int8`, both MatMuls read QDQ pairs."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 16)).astype(np.float32), rng.standard_normal((16, 4)).astype(np.float32)
+    nodes, inits = [], []
+    if not int8:
+        inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                 helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    else:
+        scale, zero = numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")
+        inits = [numpy_helper.from_array(np.clip(np.round(w / 0.05), -127, 127).astype(np.int8), name)
+                 for w, name in ((w1, "q1"), (w2, "q2"))] + [scale, zero]
+        for source, target, weight, out in (("x", "xd", "q1", "h"), ("r", "rd", "q2", "y")):
+            nodes += [helper.make_node("QuantizeLinear", [source, "s", "z"], [target + "q"]),
+                      helper.make_node("DequantizeLinear", [target + "q", "s", "z"], [target]),
+                      helper.make_node("DequantizeLinear", [weight, "s", "z"], [weight + "d"]),
+                      helper.make_node("MatMul", [target, weight + "d"], [out])]
+            if out == "h":
+                nodes.append(helper.make_node("Relu", ["h"], ["r"]))
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return infer_model_shapes(model)
+
+
+def test_the_float_model_figures_computed_by_hand():
+    figures = estimate(_two_layers(int8=False))
+    macs = 8 * 16 + 16 * 4  # 192 multiply-accumulates
+    assert figures["macs_by_dtype"] == {"fp32": macs, "fp16": 0, "int8": 0, "int4": 0}
+    assert figures["weight_bytes"] == macs * 4  # 192 float weights
+    # x (32 B) + h (64 B) while the first MatMul writes h; then h + r (64 + 64) while Relu runs: 128.
+    assert figures["peak_activation_bytes"] == 128 and figures["activations_unsized"] == 0
+    assert figures["energy_proxy"]["compute_pj"] == pytest.approx(192 * (3.7 + 0.9))  # 883.2
+    assert figures["energy_proxy"]["weight_dram_pj"] == pytest.approx(192 * 640.0)  # one 32-bit word per weight
+    assert figures["energy_proxy"]["total_pj"] == pytest.approx(883.2 + 122880.0)
+    assert "relative proxy" in figures["energy_proxy"]["note"]
+
+
+def test_the_int8_model_figures_computed_by_hand_and_cheaper():
+    figures = estimate(_two_layers(int8=True))
+    assert figures["macs_by_dtype"] == {"fp32": 0, "fp16": 0, "int8": 192, "int4": 0}
+    assert figures["weight_bytes"] == 192 + 4 + 1  # int8 weights, the scale and the zero point
+    assert figures["energy_proxy"]["compute_pj"] == pytest.approx(192 * (0.2 + 0.03))
+    assert figures["energy_proxy"]["weight_dram_pj"] == pytest.approx(197 / 4 * 640.0)
+    assert figures["energy_proxy"]["total_pj"] < estimate(_two_layers(int8=False))["energy_proxy"]["total_pj"]
+
+
+def test_the_table_can_be_overridden():
+    figures = estimate(_two_layers(int8=False), table={"dram_32bit_word": 0.0, "fp32_mult": 1.0, "fp32_add": 0.0})
+    assert figures["energy_proxy"]["total_pj"] == pytest.approx(192.0)
+    assert DEFAULT_TABLE["dram_32bit_word"] == 640.0  # the default is untouched
+
+
+def test_the_summary_and_the_terminal_table_carry_it():
+    before, after = summarize(_two_layers(int8=False)), summarize(_two_layers(int8=True))
+    assert before["macs_by_dtype"]["fp32"] == 192 and after["macs_by_dtype"]["int8"] == 192
+    table = format_comparison(before, after)
+    assert "MACs int8" in table and "peak act. bytes" in table and "energy* pJ" in table
+    assert "relative energy proxy" in table and "not joules" in table
+
+
+def test_the_report_has_it_for_input_and_output():
+    report = graphopt.optimize(_two_layers(int8=False), passes=["cleanup"]).report
+    assert report["input"]["energy_proxy"]["total_pj"] == pytest.approx(883.2 + 122880.0)
+    assert report["output"]["peak_activation_bytes"] == 128

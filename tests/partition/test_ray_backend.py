@@ -1,0 +1,35 @@
+"""The Ray backend against a local cluster started and stopped inside the test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import torch_models
+from graphopt.partition import partition_to_dir
+from graphopt.partition.runner import PipelineError
+from graphopt.partition.stages import run_chain
+from graphopt.pipeline_runner import run
+
+ray = pytest.importorskip("ray", reason="the ray extra (graphopt[ray]) is not installed")
+
+
+def test_stages_as_ray_actors_give_the_whole_models_results_in_order(tmp_path):
+    model = torch_models.resnet_like()
+    partition_to_dir(model, tmp_path / "stages", stages=2, by="macs")
+    name = model.graph.input[0].name
+    rng = np.random.default_rng(0)
+    samples = [{name: rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    expected = run_chain([model], samples, optimize=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = list(run(tmp_path / "stages", samples, backend="ray", queue_size=1))
+        assert len(results) == len(samples)
+        for want, got in zip(expected, results):
+            np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-5)
+        bad = samples[:1] + [{name: np.zeros((1, 5, 32, 32), np.float32)}]
+        with pytest.raises(PipelineError, match="stage 0 failed") as caught:
+            list(run(tmp_path / "stages", bad, backend="ray"))
+        assert caught.value.stage == 0
+    finally:
+        ray.shutdown()
