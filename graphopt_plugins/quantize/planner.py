@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import convert, graph_queries
 from graphopt import latency as graphopt_latency
 from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
@@ -65,8 +65,8 @@ class Planner:
             apply_dynamic(graph, targets, self.qmax)
         else:
             apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
-        ir.remove_dead_nodes(graph)
-        ir.toposort(graph)
+        graph_queries.remove_dead_nodes(graph)
+        graph_queries.toposort(graph)
 
     def apply(self, graph: gs.Graph, chosen: list[int]) -> None:
         targets, _ = find_targets(graph, self.options.op_types, self.options.include, self.options.exclude)
@@ -76,10 +76,10 @@ class Planner:
         self.rewrite(graph, [t for t in targets if t.index in wanted])
 
     def build(self, chosen: list[int]) -> onnx.ModelProto:
-        graph = ir.import_graph(self.model)
+        graph = convert.import_graph(self.model)
         self.apply(graph, chosen)
-        candidate = ir.export_model(graph, self.model)
-        ir.release_graph(graph, self.model)  # evaluated next: its session must not sit on this graph's weights
+        candidate = convert.export_model(graph, self.model)
+        convert.release_graph(graph, self.model)  # evaluated next: its session must not sit on this graph's weights
         return candidate
 
     # -- the decisions ---------------------------------------------------------------------

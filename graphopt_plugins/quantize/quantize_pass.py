@@ -9,10 +9,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
 from graphopt import latency as graphopt_latency
 from graphopt.errors import PreconditionError, UsageError
-from graphopt.model_io import infer_model_shapes
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
@@ -89,7 +87,8 @@ class Quantize(graphopt.Pass):
                 Budget.parse(self.budget)
             except UsageError as error:
                 raise ValueError(str(error)) from error
-            assert self.calibrate in METHODS
+            if self.calibrate not in METHODS:
+                raise ValueError(f"calibrate must be one of {', '.join(METHODS)}, not {self.calibrate!r}")
 
     def required_opset(self) -> int:
         int4_blocks = self.options.mode == "weight-only" and self.options.weight_bits == 4
@@ -110,8 +109,7 @@ class Quantize(graphopt.Pass):
             targets = [t for t in targets if len(t.weight_shape) == 2]
         if not targets:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": skipped})
-        model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
-        model = infer_model_shapes(model)
+        model = ctx.proto()
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         planner = Planner(model, targets, options, calibration, evaluation, budget, ctx.seed,
