@@ -14,12 +14,16 @@ base child checks where its modules came from). The working-tree side is whateve
 graphopt` gives this interpreter: an editable install of this checkout.
 
 Models are PP-OCR's `det`, `rec`, `cls` (fetched), the onnx package's `light_*` models by
-name (`resnet50`, `densenet121`...: weights that cleanup materialises, tens of MB), and `mlp`:
+name (`resnet50`, `densenet121`...: weights that cleanup materialises, tens of MB), `mlp`:
 22 MatMul+Add+Relu layers of 1024x1024 with seeded random weights, 92 MB of initializers, as a
-torch export stores them (built once into the benchmark cache).
+torch export stores them, and `encoder`: a BERT-style encoder (width 768, 4 layers, vocabulary
+4000, sequence 128; 88 MB), the TorchScript export of `tests/torch_models.py` (both built once
+into the benchmark cache).
 
-Usage: `python benchmarks/compile_ab.py --base REV [--models det,rec,cls,resnet50] [--rounds 7] [--inner 3] [--out benchmarks/results]`;
-writes `compile_ab.md`.
+`--verify each` times `verify="each"` instead (onnxsim has no verification: its side is the same).
+
+Usage: `python benchmarks/compile_ab.py --base REV [--models det,rec,cls,resnet50] [--rounds 7] [--inner 3]
+[--verify off|each] [--out benchmarks/results]`; writes `compile_ab.md` (`compile_ab_each.md` with `--verify each`).
 """
 
 from __future__ import annotations
@@ -41,14 +45,14 @@ SHORT_NAMES = {"det": "PP-OCRv4 det", "rec": "PP-OCRv4 rec", "cls": "PP-OCR cls"
 
 _CHILD = r"""
 import sys, time
-path, tool = sys.argv[1], sys.argv[2]
+path, tool, verify = sys.argv[1], sys.argv[2], sys.argv[4]
 if tool == "onnxsim":
     import onnx, onnxsim as module
     def once(): module.simplify(onnx.load(path))
 else:
     import graphopt as module, graphopt_plugins
     assert graphopt_plugins.__file__.startswith(module.__file__.rsplit("/graphopt/", 1)[0]), "core and plugins from two trees"
-    def once(): module.optimize(path, passes=["cleanup", "fuse"], verify="off")
+    def once(): module.optimize(path, passes=["cleanup", "fuse"], verify=verify)
 once()
 times = []
 for _ in range(int(sys.argv[3])):
@@ -57,12 +61,12 @@ print(min(times), module.__file__)
 """
 
 
-def _child_seconds(path: Path, tool: str, pythonpath: str | None, inner: int, workdir: str) -> float:
+def _child_seconds(path: Path, tool: str, pythonpath: str | None, inner: int, workdir: str, verify: str) -> float:
     """The child's best time; a base child must have imported the base's files."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(path), tool, str(inner)],
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(path), tool, str(inner), verify],
                           env=env, cwd=workdir, capture_output=True, text=True, check=True)
     seconds, imported = done.stdout.strip().splitlines()[-1].split(" ", 1)
     if pythonpath is not None and not imported.startswith(pythonpath):
@@ -89,10 +93,23 @@ def _mlp(path: Path, width: int = 1024, layers: int = 22) -> Path:
     return path
 
 
+def _encoder(path: Path) -> Path:
+    if not path.is_file():
+        sys.path.insert(0, str(REPO / "tests"))
+        import torch_models  # test material: the BERT-style encoder the fuse tests use
+
+        model = torch_models.transformer(width=768, heads=12, layers=4, vocab=4000, batch=1, seq=128)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+    return path
+
+
 def _model_path(short: str) -> tuple[str, Path]:
     """(label, file) of a model named on the command line."""
     if short == "mlp":
         return "MLP 1024x22 (92 MB)", _mlp(cache_dir() / "mlp_1024x22.onnx")
+    if short == "encoder":
+        return "BERT-style encoder 768x4 (88 MB)", _encoder(cache_dir() / "encoder_768x4.onnx")
     if short in SHORT_NAMES:
         return SHORT_NAMES[short], fetch_models() / PP_OCR_MODELS[SHORT_NAMES[short]][0]
     path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{short}.onnx"
@@ -107,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="det,rec,cls")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--verify", choices=("off", "each"), default="off")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")), help="folder for compile_ab.md")
     args = parser.parse_args(argv)
     models = [_model_path(short) for short in args.models.split(",")]
@@ -117,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             shim = Path(scratch) / "shim"
             shim.mkdir()
             (shim / "graphopt").symlink_to(base / "graphopt")
-            (shim / "graphopt_plugins").symlink_to(base / "plugins")
+            plugins = base / "graphopt_plugins" if (base / "graphopt_plugins").is_dir() else base / "plugins"
+            (shim / "graphopt_plugins").symlink_to(plugins)
             sides = {"base": str(shim), "tree": None, "onnxsim": None}
-            lines = [f"base {args.base}, min of {args.rounds} rounds x {args.inner} runs, CPU s", "",
+            lines = [f"base {args.base}, verify={args.verify}, min of {args.rounds} rounds x {args.inner} runs, CPU s", "",
                      "| model | base s | working tree s | onnxsim s | tree / base | tree / onnxsim |", "|---|---|---|---|---|---|"]
             print("\n".join(lines))
             for label, path in models:
@@ -127,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.rounds):
                     for side, pythonpath in sides.items():
                         tool = "onnxsim" if side == "onnxsim" else "graphopt"
-                        best[side] = min(best[side], _child_seconds(path, tool, pythonpath, args.inner, scratch))
+                        best[side] = min(best[side], _child_seconds(path, tool, pythonpath, args.inner, scratch, args.verify))
                 lines.append(f"| {label} | {best['base']:.3f} | {best['tree']:.3f} | {best['onnxsim']:.3f} "
                              f"| {best['tree'] / best['base']:.2f} | {best['tree'] / best['onnxsim']:.2f} |")
                 print(lines[-1])
@@ -135,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compile_ab.md").write_text("\n".join(lines) + "\n")
+    (out / ("compile_ab.md" if args.verify == "off" else f"compile_ab_{args.verify}.md")).write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -45,7 +45,7 @@ import onnx  # noqa: E402
 
 import graphopt  # noqa: E402
 from common import PP_OCR_MODELS, cache_dir, fetch_models
-from graphopt.model_io import infer_model_shapes
+from graphopt.model import infer_model_shapes
 from graphopt.summary import summarize
 from graphopt.verify.metrics import output_metrics
 from graphopt.verify.runner import make_session

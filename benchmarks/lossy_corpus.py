@@ -164,7 +164,7 @@ def run_one(label: str, pass_name: str, folder: Path, work: Path, calibration: i
 
 
 def _macs(model: onnx.ModelProto, shapes: dict) -> int | None:
-    from graphopt.model_io import infer_model_shapes
+    from graphopt.model import infer_model_shapes
 
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)

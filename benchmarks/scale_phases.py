@@ -16,8 +16,9 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
-from graphopt import ir
-from graphopt.model_io import check_model, infer_model_shapes, load_model
+from graphopt import convert, graph_queries
+from graphopt.model import check_model, infer_model_shapes
+from graphopt.model_io import load_model
 from graphopt.passes import PassContext
 from graphopt.registry import load_registry
 from graphopt.summary import model_bytes, summarize
@@ -45,13 +46,13 @@ def main(path: str) -> None:
     for name in ("cleanup", "fuse"):
         pass_ = registry.get(name)()
         with phase("import"):
-            graph = ir.import_graph(model)
+            graph = convert.import_graph(model)
         with phase(name):
-            result = pass_.run(graph, PassContext(opset=ir.opset_version(graph) or 0, model=model, logger=logging.getLogger("x")))
+            result = pass_.run(graph, PassContext(opset=graph_queries.opset_version(graph) or 0, model=model, logger=logging.getLogger("x")))
         if not result.changed:
             continue
         with phase("export"):
-            candidate = ir.export_model(graph, model)
+            candidate = convert.export_model(graph, model)
         with phase("shape inference"):
             candidate = infer_model_shapes(candidate)
         with phase("check"):

@@ -6,42 +6,53 @@
 
 Plugin authors subclass `graphopt.Pass`, return `graphopt.PassResult` and mark hooks with
 `graphopt.hookimpl` (see `graphopt.hookspecs` for the hooks and their contracts).
+
+Names are imported on first use (a module `__getattr__`), so `graphopt passes` and
+`graphopt --help` start without loading onnxruntime.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from graphopt.errors import (  # noqa: E402
-    GraphoptError,
-    InputError,
-    PassError,
-    PluginError,
-    PreconditionError,
-    UsageError,
-    VerificationError,
-)
-from graphopt.hookspecs import hookimpl  # noqa: E402
-from graphopt.passes import Pass, PassContext, PassResult  # noqa: E402
-from graphopt.api import Result, optimize, optimize_to_file  # noqa: E402
-from graphopt.model_io import load_model, save_model  # noqa: E402
-from graphopt.partition import partition  # noqa: E402  (the function; the subpackage stays importable by its dotted path)
+# public name -> the module that defines it
+_HOMES = {
+    "optimize": "graphopt.api",
+    "optimize_to_file": "graphopt.api",
+    "Result": "graphopt.api",
+    "Pass": "graphopt.passes",
+    "PassResult": "graphopt.passes",
+    "PassContext": "graphopt.passes",
+    "hookimpl": "graphopt.hookspecs",
+    "load_model": "graphopt.model_io",
+    "save_model": "graphopt.model_io",
+    "GraphoptError": "graphopt.errors",
+    "InputError": "graphopt.errors",
+    "PassError": "graphopt.errors",
+    "PluginError": "graphopt.errors",
+    "PreconditionError": "graphopt.errors",
+    "UsageError": "graphopt.errors",
+    "VerificationError": "graphopt.errors",
+}
 
-__all__ = [
-    "__version__",
-    "optimize",
-    "optimize_to_file",
-    "partition",
-    "Result",
-    "Pass",
-    "PassResult",
-    "PassContext",
-    "hookimpl",
-    "load_model",
-    "save_model",
-    "GraphoptError",
-    "InputError",
-    "PassError",
-    "PluginError",
-    "PreconditionError",
-    "UsageError",
-    "VerificationError",
-]
+__all__ = ["__version__", "partition", *_HOMES]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # found once, then an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
+
+# Imported now, not on first use: importing the subpackage `graphopt.partition` (as the CLI
+# does) would otherwise leave the module, not the function, under that name.
+from graphopt.partition import partition  # noqa: E402

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from graphopt.model_io import copy_model
+from graphopt.proto_walk import copy_model
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.runner import make_session, run_samples
 

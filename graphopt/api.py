@@ -18,33 +18,23 @@ import onnx
 from onnx import external_data_helper
 
 from graphopt import __version__, latency
-from graphopt.errors import InputError, UsageError, VerificationError
-from graphopt.external_data import spill_folder
-from graphopt.given_annotations import keep_given_value_info
-from graphopt.model_io import (
-    PROTOBUF_LIMIT,
-    check_model,
-    copy_model,
-    external_data_dir,
-    inferred_with_size,
-    initializer_nbytes,
-    iter_tensors,
-    materialize_external_data,
-    read_model,
-    save_model,
-    uses_external_data,
-    wire_bytes,
-)
 from graphopt.emit.write import emit_model
+from graphopt.errors import InputError, UsageError, VerificationError
+from graphopt.external_data import external_folder, materialize_external_data, spill_folder
+from graphopt.given_annotations import keep_given_value_info
 from graphopt.latency.never_slower import check_on
 from graphopt.opset_requirements import pass_warnings
-from graphopt.pipeline import PipelineSettings, configure_passes, run_pipeline
-from graphopt.registry import load_registry
+from graphopt.model import RunContext, checked_input
+from graphopt.model_io import read_model, save_model
+from graphopt.pipeline import PipelineSettings, run_pipeline
+from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, initializer_nbytes, iter_tensors, serialized_bytes
+from graphopt.registry import configure_passes, load_registry
+from graphopt.report import REPORT_SCHEMA, run_report
 from graphopt.summary import model_bytes, summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
+from graphopt.verify.feeds import check_feeds
 from graphopt.verify.evaluator import load_evaluator
 from graphopt.verify.slices import output_slices, parse_slices
-from graphopt.verify.feeds import check_feeds
 from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
 from graphopt.output_annotations import repaired_output_shapes
 from graphopt.writable import require_writable_folder
@@ -53,7 +43,6 @@ from graphopt.parameter_names import parameter
 
 __all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
 
-REPORT_SCHEMA = "graphopt.report/1"
 _VERIFY_MODES = ("each", "end", "off")
 
 
@@ -107,12 +96,12 @@ def optimize(
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
                     input_shapes=input_shapes, keep_going=keep_going, seed=seed, plugins=plugins, dump_dir=dump_dir,
                     set_options=set_options, progress=progress, freeze_shapes=freeze_shapes, latency_on=latency_on,
-                    never_slower=never_slower, budget_slices=budget_slices, evaluator=evaluator) as (final, report):
-        # Under 2 GiB the result is self-contained, as DESIGN.md promises; over it, its weights
-        # stay in the input's data files (`model_io.EXTERNAL_DIR_KEY`) and `save_model` copies
+                    never_slower=never_slower, budget_slices=budget_slices, evaluator=evaluator) as (final, report, spill):
+        # Under 2 GiB the result is self-contained, as docs/design.md promises; over it, its
+        # weights stay in the input's data files (by absolute path) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
-        if not _read_in_if_it_fits(final):
-            materialize_external_data(final, spilled_only=True)
+        if not _read_in_if_it_fits(final) and spill is not None:
+            materialize_external_data(final, only_in=spill)
         return Result(final, report)
 
 
@@ -137,20 +126,22 @@ def optimize_to_file(
     emit, precision = settings.pop("emit", None) or "onnx", settings.pop("emit_precision", "fp32")
     if emit == "tflite" and settings.get("latency_on") is None:
         settings["latency_on"] = "host-litert"  # decisions timed where the flatbuffer will run
-    with _optimized(model, passes, options, **settings) as (final, report):
+    with _optimized(model, passes, options, **settings) as (final, report, _):
         if emit != "onnx":  # verified in its runtime, then written (graphopt/emit)
             _read_in_if_it_fits(final)
             report["emit"] = emit_model(final, output, emit, precision, settings)
             return report
         if not external_data:
             _read_in_if_it_fits(final)
-        save_model(final, output, external_data=external_data, source=source)
+        written = save_model(final, output, external_data=external_data, source=source)
+        data_file = written.with_name(f"{written.name}.data")
+        report["output"]["bytes"] = written.stat().st_size + (data_file.stat().st_size if data_file.exists() else 0)
         return report
 
 
 def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
     """Reads every external weight of `model` (the run's own) into it, in place, if that fits in a proto."""
-    if uses_external_data(model) and initializer_nbytes(model) + model.ByteSize() < PROTOBUF_LIMIT:
+    if external_folder(model) is not None and initializer_nbytes(model) + model.ByteSize() < PROTOBUF_LIMIT:
         materialize_external_data(model)
         return True
     return False
@@ -161,8 +152,8 @@ def _optimized(
     model, passes, options, *, inputs=None, calibration=None, verify="each", budget=None, input_shapes=None,
     keep_going=False, seed=0, plugins=(), dump_dir=None, set_options=None, progress=False, freeze_shapes=False,
     latency_on=None, never_slower=True, budget_slices=None, evaluator=None,
-) -> Iterator[tuple[onnx.ModelProto, dict]]:
-    """(the optimized model, the report), valid for the block: weights may be in its spill folder."""
+) -> Iterator[tuple[onnx.ModelProto, dict, Path | None]]:
+    """(the optimized model, the report, the spill folder or None), valid for the block: weights may be in the spill folder."""
     if verify not in _VERIFY_MODES:
         raise UsageError(f"verify must be one of {', '.join(_VERIFY_MODES)}; got '{verify}'")
     names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else list(passes)
@@ -172,7 +163,7 @@ def _optimized(
     configured = configure_passes(loaded.registry, names, _nested(options), _nested(set_options))
     timer = latency.backend(latency_on, loaded)
     prepared = _prepared(model)
-    pristine, source = prepared.given, prepared.running
+    source = prepared.running
     model_warnings = list(prepared.warnings)
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
     calibration_feeds = prepare_feeds(calibration, source, option=parameter("calibration")) if calibration is not None else None
@@ -180,8 +171,9 @@ def _optimized(
     chosen = run_shapes(source, shapes, feeds, feeds_from="inputs" if inputs is not None else "calibration", seed=seed,
                         confirm=verify != "off" or freeze_shapes)
     if freeze_shapes:
-        prepared = _prepared(freeze_input_shapes(pristine, {name: c.shape for name, c in chosen.items()}))
-        pristine, source = prepared.given, prepared.running
+        prepared = _prepared(freeze_input_shapes(prepared.pristine(), {name: c.shape for name, c in chosen.items()}))
+        prepared.warnings = model_warnings
+        source = prepared.running
     verifier = None
     if verify != "off":
         if feeds is None:
@@ -196,43 +188,38 @@ def _optimized(
                                 evaluator=load_evaluator(evaluator) if evaluator is not None else None)
     if settings.evaluator is not None and (global_budget is None or global_budget.score_budget() is None):
         raise UsageError("--evaluator needs a score term in --budget, e.g. score=-1% or score>=0.75")
-    with spill_folder(source) as running:
+    with spill_folder(source) as spill:
+        context = RunContext(weights_dir=external_folder(source), spill_dir=spill)
         try:
-            outcome = run_pipeline(running, configured, loaded, settings, verifier, calibration_feeds,
-                                   model_size=prepared.running_size)
+            outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds,
+                                   model_size=prepared.given_size, context=context, reference=prepared.data)
         except VerificationError as error:
             if error.report is not None:
-                error.report["input"] = summarize(source, size=prepared.given_size, size_of=pristine)
+                error.report["input"] = summarize(source, size=prepared.given_size, size_of=prepared.given)
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
-        final = outcome.model if changed else copy_model(pristine)
-        # Summarised while the inferred shapes are still there (MACs need them), sized as stored.
-        output_summary = summarize(outcome.model, size=outcome.size if changed else prepared.given_size,
-                                   size_of=final, value_info=prepared.keeps_value_info or not changed)
-        # The shapes graphopt inferred for its own use are not the user's; don't ship them.
-        if changed and keep_given_value_info(final, pristine) and prepared.keeps_value_info:
-            output_summary["bytes"] = model_bytes(final)
+        final = outcome.model if changed else prepared.pristine()
+        # Summarised while the inferred shapes are still there (MACs need them).
+        output_summary = summarize(outcome.model, size=0)  # sized below, as stored
+        # The shapes graphopt inferred for its own use are not the user's; don't ship them
+        # (given_annotations: the output keeps the value_info the input had).
+        stripped = changed and keep_given_value_info(final, prepared.annotations)
+        # Measured by the last check (the placeholder form's bytes plus the weights' byte
+        # counts): sizing the result through protobuf would serialise it all once more.
+        size = outcome.size if changed else prepared.given_size
+        output_summary["bytes"] = size if size is not None and not (stripped and prepared.keeps_value_info) else model_bytes(final)
         at = {name: c.shape for name, c in chosen.items()}  # MACs need concrete shapes
-        report = {
-            "schema": REPORT_SCHEMA,
-            "graphopt_version": __version__,
-            "input": count_macs_at(summarize(source, size=prepared.given_size, size_of=pristine), pristine, at),
-            "output": count_macs_at(output_summary, final, at),
-            "passes": outcome.passes,
-            "verification": {
-                "mode": verify,
-                "samples": len(verifier.samples) if verifier else 0,
-                "inputs": origin,
-                "budget": global_budget.describe() if global_budget else None,
-                "end_to_end": outcome.end_to_end,
-                "shapes": {name: c.to_dict() for name, c in chosen.items()},
-                "frozen": freeze_shapes,
-            },
-            "latency": timer.report(),
-            "never_slower": outcome.never_slower,
-            "warnings": list(loaded.warnings) + model_warnings + pass_warnings(outcome.passes),
-        }
-        yield final, report
+        report = run_report(
+            version=__version__,
+            input_summary=count_macs_at(summarize(source, size=prepared.given_size, size_of=prepared.given), prepared.given, at),
+            output_summary=count_macs_at(output_summary, final, at), passes=outcome.passes, verify=verify,
+            samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
+            end_to_end=outcome.end_to_end,
+            warnings=list(loaded.warnings) + model_warnings + pass_warnings(outcome.passes), latency=timer.report())
+        report["verification"]["shapes"] = {name: c.to_dict() for name, c in chosen.items()}
+        report["verification"]["frozen"] = freeze_shapes
+        report["never_slower"] = outcome.never_slower
+        yield final, report, spill
 
 
 def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
@@ -242,39 +229,53 @@ def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto
 
 @dataclasses.dataclass
 class _Prepared:
-    """The model as given, and the shape-inferred copy passes and verification run on."""
+    """The checked, shape-inferred model passes and verification run on, and what it was given as."""
 
-    given: onnx.ModelProto
     running: onnx.ModelProto
-    given_size: int | None  # sizes, when serialising once for the checker and inference gave them
-    running_size: int | None  # as the pipeline counts it: value_info only if the given model has some
+    given: onnx.ModelProto  # the model as given, unless it was read from a file (then `running` itself)
+    data: bytes | None  # the given model serialised, when at hand (its size; the reference session reads it)
+    keeps_value_info: bool  # whether the given model has value_info (the output keeps it then)
     warnings: list[str] = dataclasses.field(default_factory=list)  # declared output shapes repaired
+    annotations: onnx.ModelProto | None = None  # the given model's value_info alone (given_annotations)
 
     @property
-    def keeps_value_info(self) -> bool:
-        return bool(len(self.given.graph.value_info))
+    def given_size(self) -> int | None:
+        return len(self.data) if self.data is not None else None
+
+    def pristine(self) -> onnx.ModelProto:
+        """A copy of the model as given (the result of a run that changed nothing)."""
+        return onnx.load_model_from_string(self.data) if self.data is not None else copy_model(self.given)
 
 
 def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
     if isinstance(model, (str, os.PathLike)):
         given, data = read_model(model)
-    elif not isinstance(model, onnx.ModelProto):
+        given, warnings = repaired_output_shapes(given)
+        if warnings:
+            data = serialized_bytes(given) if data is not None else None
+        keeps = bool(len(given.graph.value_info))
+        annotations = _annotations(given)
+        # Read from a file, the model is graphopt's own: inferred in place, its weights not copied.
+        running = checked_input(given, path=str(model), data=data, in_place=data is not None)
+        return _Prepared(running, given if data is None else running, data, keeps, warnings, annotations)
+    if not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
-    elif external_data_dir(model) is not None:  # a model graphopt loaded (an over-2-GiB result) knows where its data lives
-        given, data = model, None
-        check_model(model)
-    elif any(external_data_helper.uses_external_data(t) for t in iter_tensors(model)):
+    if any(external_data_helper.uses_external_data(t) and not os.path.isabs(external_data_helper.ExternalDataInfo(t).location)
+           for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
-    else:
-        given, data = model, wire_bytes(model)
-        check_model(model, data=data)
-    given, warnings = repaired_output_shapes(given)
-    if warnings and data is not None:
-        data = wire_bytes(given)
-    keeps = bool(len(given.graph.value_info))
-    running, running_size = inferred_with_size(given, data=data, value_info=keeps)
-    return _Prepared(given, running, len(data) if data is not None else None, running_size if data is not None else None,
-                     warnings)
+    # A model graphopt loaded (an over-2-GiB result) refers to its data files by absolute path.
+    model, warnings = repaired_output_shapes(model)
+    data = None if external_folder(model) is not None else serialized_bytes(model)
+    return _Prepared(checked_input(model, data=data), model, data, bool(len(model.graph.value_info)), warnings,
+                     _annotations(model))
+
+
+def _annotations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A model holding only `model`'s value_info, in graphs nested alike (what `keep_given_value_info` reads)."""
+    from graphopt.proto_walk import iter_graph_protos
+    kept = onnx.ModelProto()
+    kept.graph.value_info.extend(value for graph in iter_graph_protos(model.graph) for value in graph.value_info)
+    return kept
 
 
 def prepare_feeds(feeds, model, *, option=None) -> dict[str, np.ndarray]:

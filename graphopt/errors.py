@@ -1,6 +1,6 @@
 """The errors graphopt raises, each carrying the exit code the CLI maps it to.
 
-The exit codes are a contract (DESIGN.md): 1 verification failed, 2 bad usage or input,
+The exit codes are a contract (docs/design.md): 1 verification failed, 2 bad usage or input,
 3 a pass or plugin failed internally.
 """
 

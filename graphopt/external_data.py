@@ -1,17 +1,18 @@
 """Weights that stay outside the ModelProto: the input's data files, and graphopt's spill file.
 
 A model loaded from disk keeps its large tensors in their files (a 2.5 GiB model must not
-cost 2.5 GiB per copy). Its folder is recorded in `metadata_props` under `EXTERNAL_DIR_KEY`:
-onnxruntime reads the files from there (`verify.runner.make_session`), graphsurgeon
-memory-maps them (`ir.import_graph`), the checker sees them as graph inputs (`check_model`),
-and `write_with_external_data` streams them into the output's data file. Tensors under
+cost 2.5 GiB per copy). Once loading has checked that every location stays inside the model's
+folder, each location is made absolute, so the proto says itself where its bytes are: nothing
+about the run is stored in `metadata_props`. onnxruntime reads them through
+`verify.runner.make_session`, graphsurgeon memory-maps them (`mapped_weights`), and
+`write_with_external_data` streams them into the output's data file. Tensors under
 `INLINE_EXTERNAL_BYTES` are read in, so shape inference can use them.
 
 Weights a pass *creates* in such a model (a folded or quantized matrix) would otherwise sit
-in the ModelProto, and every export, shape inference, check and session would copy them
-again. When the model also names a spill folder (`SPILL_DIR_KEY`, set for the length of a
-run by `spill_folder`), `ir.export_model` appends them to a file there and refers to it by
-absolute path instead; `materialize_external_data` reads them back before the run returns.
+in the ModelProto, and every export and session would copy them again. For the length of a
+run (`spill_folder`) they are appended to a file in a scratch folder, which the run's
+`graphopt.model.RunContext` names, and referred to by absolute path;
+`materialize_external_data` reads them back before the run returns.
 """
 
 from __future__ import annotations
@@ -31,28 +32,19 @@ from graphopt.errors import InputError, first_line
 from graphopt.proto_walk import copy_model, iter_tensors, tensor_nbytes
 
 __all__ = [
-    "EXTERNAL_DIR_KEY",
-    "SPILL_DIR_KEY",
     "INLINE_EXTERNAL_BYTES",
-    "external_data_dir",
-    "spill_dir",
+    "external_folder",
     "spill_folder",
     "spill_array",
     "external_file",
-    "spilled_initializers",
     "uses_external_data",
     "materialize_external_data",
     "write_with_external_data",
-    "checkable_copy",
     "load_confined_external_data",
     "is_external_file_of",
     "same_file",
 ]
 
-# Where the external data of a model loaded from disk lives (absolute folder); removed on save.
-EXTERNAL_DIR_KEY = "graphopt.external_data_dir"
-# The folder of this run's spill file (absolute); removed on save and before a run returns.
-SPILL_DIR_KEY = "graphopt.spill_dir"
 # External tensors smaller than this are read into memory at load (shape tensors, biases).
 INLINE_EXTERNAL_BYTES = 64 * 2**10
 # Offsets in written data files are page-aligned, so onnxruntime can memory-map each tensor.
@@ -60,39 +52,28 @@ _ALIGNMENT = 4096
 _SPILL_FILE = "spilled.data"
 
 
-def external_data_dir(model: onnx.ModelProto) -> Path | None:
-    """The folder the model's unloaded external data is read from (set by `load_model`)."""
-    return _metadata_path(model, EXTERNAL_DIR_KEY)
-
-
-def spill_dir(model: onnx.ModelProto) -> Path | None:
-    """The folder new large weights of this run are spilled to, if the run spills."""
-    return _metadata_path(model, SPILL_DIR_KEY)
-
-
-def _metadata_path(model: onnx.ModelProto, key: str) -> Path | None:
-    for entry in model.metadata_props:
-        if entry.key == key:
-            return Path(entry.value)
+def external_folder(model: onnx.ModelProto) -> Path | None:
+    """The folder of the input's data files the model still reads weights from, if any."""
+    for tensor in iter_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            return Path(external_data_helper.ExternalDataInfo(tensor).location).parent
     return None
 
 
 @contextlib.contextmanager
-def spill_folder(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
-    """`model` (copied) set to spill new large weights for as long as the block runs.
+def spill_folder(model: onnx.ModelProto) -> Iterator[Path | None]:
+    """A scratch folder for the new large weights of a run over `model`, for as long as the block runs.
 
-    Only a model whose weights stay in its data files spills: one held wholly in memory has
-    nothing to gain. The spill folder is deleted on leaving; materialize what must outlive it.
+    Only a model whose weights stay in its data files spills (None otherwise): one held
+    wholly in memory has nothing to gain. The folder is deleted on leaving; materialize what
+    must outlive it.
     """
-    if external_data_dir(model) is None:
-        yield model
+    if external_folder(model) is None:
+        yield None
         return
     folder = Path(tempfile.mkdtemp(prefix="graphopt-spill-"))
     try:
-        model = copy_model(model)  # weights are references here: the copy is small
-        entry = model.metadata_props.add()
-        entry.key, entry.value = SPILL_DIR_KEY, str(folder)
-        yield model
+        yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -112,25 +93,25 @@ def spill_array(array: np.ndarray, name: str, data_type: int, folder: Path) -> o
     return tensor
 
 
-def external_file(tensor: onnx.TensorProto, folder: Path | None) -> Path:
-    """The file an external tensor's bytes are in: its spill file, or `folder`/location."""
+def external_file(tensor: onnx.TensorProto, folder: Path | None = None) -> Path:
+    """The file an external tensor's bytes are in: its absolute location, or `folder`/location."""
     location = external_data_helper.ExternalDataInfo(tensor).location
     if os.path.isabs(location):
-        return Path(location)  # only `spill_array` writes absolute locations: loading refuses them
+        return Path(location)  # loading makes every checked location absolute; the spill file is
     if folder is None:
         raise InputError(f"tensor '{tensor.name}' refers to external data whose folder is unknown")
     return folder / location
 
 
-def spilled_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """The main graph's initializers that live in this run's spill file."""
-    if spill_dir(model) is None:
+def spilled_tensors(model: onnx.ModelProto, spill: Path | None) -> list[onnx.TensorProto]:
+    """The main graph's initializers that live in the spill folder `spill`."""
+    if spill is None:
         return []
     return [t for t in model.graph.initializer
-            if external_data_helper.uses_external_data(t) and os.path.isabs(external_data_helper.ExternalDataInfo(t).location)]
+            if external_data_helper.uses_external_data(t) and external_file(t).parent == spill]
 
 
-def read_external(tensor: onnx.TensorProto, folder: Path | None) -> np.ndarray:
+def read_external(tensor: onnx.TensorProto, folder: Path | None = None) -> np.ndarray:
     """An external tensor's values, memory-mapped read-only."""
     info = external_data_helper.ExternalDataInfo(tensor)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
@@ -149,9 +130,7 @@ def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, da
     exists in the *current directory*, this only looks at `path`'s folder; the caller makes
     sure `data_name` does not exist there yet.
     """
-    source_dir = external_data_dir(model)
     model = copy_model(model)  # weights still on disk are references here: the copy is small
-    _drop_graphopt_keys(model)
     path = Path(path)
     with open(path.with_name(data_name), "wb") as data:
         # Every tensor, not only initializers: exporters keep weights in Constant nodes and functions.
@@ -159,7 +138,7 @@ def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, da
             if external_data_helper.uses_external_data(tensor):
                 info = external_data_helper.ExternalDataInfo(tensor)
                 length = int(info.length) if info.length else tensor_nbytes(tensor)
-                offset = _append(data, _chunks(external_file(tensor, source_dir), int(info.offset or 0), length))
+                offset = _append(data, _chunks(external_file(tensor), int(info.offset or 0), length))
             elif tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
                 raw = tensor.raw_data
                 length = len(raw)
@@ -201,58 +180,24 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(external_data_helper.uses_external_data(t) for t in iter_tensors(model))
 
 
-def materialize_external_data(model: onnx.ModelProto, *, spilled_only: bool = False) -> None:
+def materialize_external_data(model: onnx.ModelProto, *, only_in: Path | None = None) -> None:
     """Reads external tensors of `model` into memory, in place.
 
-    Every one (for a result under 2 GiB), or with `spilled_only` just those in the spill
-    file, so the model outlives its spill folder while big weights stay in the input's files.
+    Every one (for a result under 2 GiB), or with `only_in` just those in that folder (the
+    spill folder), so the model outlives it while big weights stay in the input's files.
     """
-    folder = external_data_dir(model)
     for tensor in iter_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        if spilled_only and not os.path.isabs(external_data_helper.ExternalDataInfo(tensor).location):
+        if only_in is not None and external_file(tensor).parent != only_in:
             continue
-        tensor.raw_data = read_external(tensor, folder).tobytes()
+        tensor.raw_data = read_external(tensor).tobytes()
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
-    _drop_graphopt_keys(model, keep_external_dir=spilled_only)
-
-
-def _drop_graphopt_keys(model: onnx.ModelProto, *, keep_external_dir: bool = False) -> None:
-    dropped = {SPILL_DIR_KEY} if keep_external_dir else {SPILL_DIR_KEY, EXTERNAL_DIR_KEY}
-    kept = [entry for entry in model.metadata_props if entry.key not in dropped]
-    if len(kept) != len(model.metadata_props):
-        del model.metadata_props[:]
-        model.metadata_props.extend(kept)
-
-
-def checkable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """A copy the in-memory checker can take: external initializers become graph inputs.
-
-    The checker looks for an external file relative to the *current directory* (and refuses
-    absolute paths), so in memory it cannot check a model whose data sits beside its file.
-    Those files were checked at load (`_check_external_location`); the structure is what is
-    left to check. None if external tensors sit where they cannot become inputs.
-    """
-    copy = copy_model(model)
-    inputs = {value.name for value in copy.graph.input}
-    kept = []
-    for tensor in copy.graph.initializer:
-        if external_data_helper.uses_external_data(tensor):
-            if tensor.name not in inputs:
-                copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-        else:
-            kept.append(tensor)
-    del copy.graph.initializer[:]
-    copy.graph.initializer.extend(kept)
-    if uses_external_data(copy):
-        return None
-    return copy
 
 
 def load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str) -> bool:
-    """Reads the small external tensors in, leaves the big ones mapped; whether there were any."""
+    """Reads the small external tensors in, leaves the big ones where they are (by absolute path); whether there were any."""
     external = [t for t in iter_tensors(model) if external_data_helper.uses_external_data(t)]
     if not external:
         return False
@@ -264,9 +209,9 @@ def load_confined_external_data(model: onnx.ModelProto, folder: Path, path: str)
             external_data_helper.load_external_data_for_tensor(tensor, str(folder))
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]
-    if any(external_data_helper.uses_external_data(tensor) for tensor in external):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = EXTERNAL_DIR_KEY, str(root)
+        else:
+            location = next(entry for entry in tensor.external_data if entry.key == "location")
+            location.value = str((root / location.value).resolve())
     return True
 
 

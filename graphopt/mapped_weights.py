@@ -1,7 +1,7 @@
 """External weights as graphsurgeon constants that stay in their file, memory-mapped.
 
-`ir.import_graph` wraps each constant whose tensor refers to external data (a model loaded by
-`model_io.load_model`, which leaves big weights on disk) in `_MappedValues`; `ir.export_model`
+`convert.import_graph` wraps each constant whose tensor refers to external data (a model loaded by
+`model_io.load_model`, which leaves big weights on disk) in `_MappedValues`; `convert.export_model`
 turns a constant still holding the array it mapped back into the same file reference, and
 (in a run that spills) writes large arrays a pass created to the spill file first.
 """
@@ -32,15 +32,14 @@ class _MappedValues(LazyValues):
     (`unmap_external_constants`), so untouched weights never enter the exported proto.
     """
 
-    def __init__(self, tensor: onnx.TensorProto, folder: Path):
+    def __init__(self, tensor: onnx.TensorProto):
         reference = onnx.TensorProto()
         reference.CopyFrom(tensor)  # graphsurgeon renames the proto it exports: keep our own
         super().__init__(reference)
-        self.folder = folder
         self._array = lambda: None  # a weak reference: the array points back here, no cycle
 
     def load(self) -> np.ndarray:
-        array = read_external(self.tensor, self.folder)
+        array = read_external(self.tensor)
         if not isinstance(array, np.memmap):
             return array  # an empty tensor: nothing mapped, nothing to export as a reference
         array._graphopt_source = self
@@ -64,12 +63,12 @@ def _external_constants(levels: Iterable[gs.Graph]) -> Iterator[gs.Constant]:
                 yield value
 
 
-def map_external_constants(levels: Iterable[gs.Graph], folder: Path) -> None:
+def map_external_constants(levels: Iterable[gs.Graph]) -> None:
     """Makes every constant of `levels` read from an external data file a `_MappedValues`."""
     for constant in _external_constants(levels):
         values = constant._values
         if type(values) is LazyValues and external_data_helper.uses_external_data(values.tensor):
-            constant._values = _MappedValues(values.tensor, folder)
+            constant._values = _MappedValues(values.tensor)
 
 
 def unmap_external_constants(levels: Iterable[gs.Graph]) -> None:
@@ -95,4 +94,4 @@ def spill_new_constants(graph: gs.Graph, folder: Path) -> None:
             continue  # untouched: exported as its original reference
         if values.dtype.kind in "biufc" and values.nbytes >= INLINE_EXTERNAL_BYTES:
             data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
-            constant._values = _MappedValues(spill_array(values, constant.name, data_type, folder), folder)
+            constant._values = _MappedValues(spill_array(values, constant.name, data_type, folder))

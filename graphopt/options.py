@@ -82,12 +82,11 @@ def _coerce(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
         if raw is None or (from_text and str(raw).lower() in ("none", "")) and type(None) in args:
             if type(None) in args:
                 return None
-        errors = []
         for option in (a for a in args if a is not type(None)):
             try:
                 return _coerce(option, raw, where, from_text)
-            except UsageError as error:
-                errors.append(error)
+            except UsageError:
+                continue  # the next type of the union may take it
         raise UsageError(f"option {where} expects {_type_name(hint)}, got {raw!r}")
     if origin is Literal:
         choices = list(args)
@@ -146,7 +145,7 @@ def _type_name(hint: Any) -> str:
 
 
 def _trailing_comments(options_cls: type) -> dict[str, str]:
-    """`name: int = 3  # help` → {"name": "help"}: the DESIGN.md way of writing option help."""
+    """`name: int = 3  # help` → {"name": "help"}: the docs/design.md way of writing option help."""
     try:
         source = inspect.getsource(options_cls)
     except (OSError, TypeError):

@@ -14,7 +14,7 @@ import logging
 import onnx
 
 from graphopt.errors import first_line
-from graphopt.weightless import skeleton_of
+from graphopt.convert import stand_in_weights
 
 __all__ = ["repaired_output_shapes"]
 
@@ -57,7 +57,7 @@ def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
 def _inferred_output_shapes(model: onnx.ModelProto) -> dict[str, onnx.TensorShapeProto] | None:
     """The output shapes inference finds when the declared ones are taken away (None if it fails)."""
     probe = onnx.ModelProto()
-    probe.CopyFrom(skeleton_of(model).model)  # weights moved out: a cheap copy
+    probe.CopyFrom(stand_in_weights(model)[0])  # weights stand in: a cheap copy
     for value in probe.graph.output:
         value.type.tensor_type.ClearField("shape")
     del probe.graph.value_info[:]

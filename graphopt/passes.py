@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
-from graphopt.verify.metrics import Budget
+from graphopt.errors import PreconditionError
+
+if TYPE_CHECKING:  # the verifier pulls in onnxruntime, which `graphopt passes` must not load
+    from graphopt.verify.metrics import Budget
 
 Item = TypeVar("Item")
 
@@ -42,8 +45,8 @@ class PassContext:
     """What a pass may use besides the graph.
 
     `calibration` holds N samples per model input (arrays shaped `(N, *input_shape)`), or is
-    None; `seed` is the run's random seed (make a generator from it, never use global state);
-    `model` is the ModelProto the graph was imported from, read-only (None outside a pipeline).
+    None; `seed` is the run's random seed (make a generator from it, never use global state).
+    `proto()` is the model the pass received as a ModelProto, built only when asked.
     `budget` is the run's global accuracy budget (`--budget`), or None; a lossy pass that
     chooses how far to go prefers its own `budget` option, then this. `sample_inputs` are the
     verifier's inputs in the same form as `calibration` (from `--inputs`, or generated), for a
@@ -61,17 +64,33 @@ class PassContext:
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = None
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("graphopt"))
-    model: onnx.ModelProto | None = None
+    model: onnx.ModelProto | None = None  # deprecated alias of `proto(build=False)`; give it to run a pass by hand
     budget: Budget | None = None
     sample_inputs: dict[str, np.ndarray] | None = None
     progress: bool = False
     output_slices: tuple = ()
     latency: Any = None  # the graphopt.latency backend every latency decision is timed on (None: host-ort)
+    build_proto: Callable[[], onnx.ModelProto] | None = dataclasses.field(default=None, repr=False)
+
+    def proto(self, *, build: bool = True) -> onnx.ModelProto | None:
+        """The model the pass received, as a read-only ModelProto with its shapes.
+
+        Weights are inline, or references to the input's data files (`verify.runner.make_session`
+        runs either). Built from the graph on the first call, then kept: call it before
+        rewriting the graph. With `build=False`, None unless it is at hand without building
+        (the proto the graph was just imported from, or the one verification ran).
+        """
+        if self.model is None and build:
+            if self.build_proto is None:
+                raise PreconditionError("this pass needs the model as a proto: run it through graphopt.optimize, "
+                                        "or give PassContext(model=...)")
+            self.model = self.build_proto()
+        return self.model
 
     def track(self, items: Iterable[Item], desc: str, total: int | None = None) -> Iterator[Item]:
         """`items`, drawing a progress bar named `desc` when the run shows progress.
 
-        For the long loops DESIGN.md names (calibration, sensitivity sweeps); the bar goes to
+        For the long loops docs/design.md names (calibration, sensitivity sweeps); the bar goes to
         stderr and disappears when done, so logs and reports are unchanged.
         """
         return iter(tqdm(items, desc=desc, total=total, unit="step", leave=False, disable=not self.progress))

@@ -1,9 +1,11 @@
-"""The pass manager: configures passes, checks their declared order, runs and verifies each.
+"""The pass manager: runs the configured passes in order, checks and verifies each.
 
-The pipeline holds a `ModelProto`; rolling a pass back is keeping the previous one. Each pass
-runs on an IR graph of that model: the graph the previous pass left, when it was accepted or
-did nothing (importing again costs as much as a small pass: 12 s on a 100k-node graph), else
-a fresh import. Instrumentation (timing, dumps) lives in hook implementations, not in this loop.
+The pipeline holds a `graphopt.model.Model`: each pass runs on the graph the previous pass
+left, when it was accepted or did nothing (importing again costs as much as a small pass: 12 s
+on a 100k-node graph). A pass that changed the graph is checked on the placeholder form
+(`model.check_and_infer`), and exported with its weights only for the onnxruntime session that
+verifies it; rolling a pass back is importing the last proto kept (`--keep-going` keeps one
+before each pass). Instrumentation (timing, dumps) lives in hook implementations, not here.
 """
 
 from __future__ import annotations
@@ -18,21 +20,22 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from graphopt import ir
-from graphopt.parameter_names import parameter
+from graphopt.convert import release_graph
 from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
+from graphopt.graph_queries import opset_version
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
 from graphopt.latency.never_slower import Stage, check_pipeline_result, host_compare
-from graphopt.model_io import external_data_dir, inferred_and_checked, save_model
 from graphopt.opset_requirements import conversion_note, refused_conversion, with_opset_conversions
-from graphopt.options import build_options
+from graphopt.parameter_names import parameter
+from graphopt.model import Model, RunContext, check_and_infer, to_proto
+from graphopt.model_io import save_model
 from graphopt.passes import Pass, PassContext, PassResult
-from graphopt.registry import PassRegistry, Plugins
-from graphopt.summary import model_bytes
+from graphopt.registry import Plugins
+from graphopt.report import pass_entry
 from graphopt.verify import Budget, SessionError, Verifier
 
-__all__ = ["configure_passes", "PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET", "BACKOFF_STEPS"]
+__all__ = ["PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET", "BACKOFF_STEPS"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,42 +43,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_LOSSY_BUDGET = Budget(cos=0.99)
 # How many weaker settings (Pass.weaker) a lossy pass that missed its budget gets before it fails.
 BACKOFF_STEPS = 4
-
-
-def configure_passes(
-    registry: PassRegistry,
-    names: list[str],
-    options: dict[str, dict[str, Any]] | None = None,
-    text_options: dict[str, dict[str, str]] | None = None,
-) -> list[Pass]:
-    """Pass instances for `names`, options from typed values (API, recipe) then text (`--set`)."""
-    options, text_options = options or {}, text_options or {}
-    if not names:
-        raise UsageError(f"no passes given: {parameter('passes')} names none")
-    for pass_name in list(options) + list(text_options):
-        if pass_name not in names:
-            registry.get(pass_name)  # an unknown pass is the better error
-            raise UsageError(f"options given for pass '{pass_name}', which is not in {parameter('passes')} ({','.join(names)})")
-    configured = []
-    for name in names:
-        cls = registry.get(name)
-        typed = build_options(name, cls.Options, options.get(name, {}), text_options.get(name, {}))
-        configured.append(cls(typed))
-    _check_declared_order(configured)
-    return configured
-
-
-def _check_declared_order(passes: list[Pass]) -> None:
-    positions: dict[str, list[int]] = {}
-    for index, pass_ in enumerate(passes):
-        positions.setdefault(pass_.name, []).append(index)
-    for index, pass_ in enumerate(passes):
-        for earlier in pass_.after:
-            if any(other > index for other in positions.get(earlier, ())):
-                raise UsageError(f"pass '{pass_.name}' must run after '{earlier}' (declared by '{pass_.name}'); reorder {parameter('passes')}")
-        for later in pass_.before:
-            if any(other < index for other in positions.get(later, ())):
-                raise UsageError(f"pass '{pass_.name}' must run before '{later}' (declared by '{pass_.name}'); reorder {parameter('passes')}")
 
 
 @dataclasses.dataclass
@@ -97,10 +64,10 @@ class PipelineSettings:
 
 @dataclasses.dataclass
 class PipelineOutcome:
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # weights "refs" (`model.to_proto`)
     passes: list[dict]
     end_to_end: dict | None
-    size: int | None = None  # `model`'s stored size (`PipelineSettings.keeps_value_info`), when a pass ran
+    size: int | None = None  # `model`'s stored size as the last accepted pass's check measured it
     never_slower: dict | None = None  # the never-slower check: timings, stages rolled back
 
 
@@ -140,11 +107,15 @@ def run_pipeline(
     calibration: dict | None = None,
     *,
     model_size: int | None = None,
+    context: RunContext = RunContext(),
+    reference: bytes | None = None,
 ) -> PipelineOutcome:
-    """Runs `passes` in order over `model`; raises VerificationError or PassError as DESIGN.md says.
+    """Runs `passes` in order over `model` (checked, shape-inferred); raises VerificationError or
+    PassError as docs/design.md says.
 
-    `model_size`: `model`'s stored size (`summary.model_bytes` with the settings' value_info
-    choice) when the caller knows it; measured otherwise.
+    `model_size`: `model`'s stored size, for the first report entry; `context`: where the
+    run's weights live outside the proto; `reference`: the model as given, serialised, when at
+    hand (the reference session reads it instead of serialising `model` again).
     """
     timer = _PassTimer()
     instruments: list[Any] = [timer]
@@ -156,40 +127,95 @@ def run_pipeline(
     for instrument in instruments:
         plugins.manager.register(instrument)
     try:
-        return _run(model, passes, plugins, settings, verifier, calibration, timer, model_size)
+        state = _State(model, context, model_size)
+        return _Run(model, plugins, settings, verifier, calibration, timer, state, reference).all(passes)
     finally:
         for instrument in instruments:
             plugins.manager.unregister(instrument)
 
 
-def _run(model, passes, plugins, settings, verifier, calibration, timer, model_size) -> PipelineOutcome:
-    original = model
-    verify_each = settings.verify == "each" and verifier is not None
-    try:
-        reference_outputs = verifier.outputs(model) if verifier is not None and settings.verify != "off" else None
-    except SessionError as error:
-        if settings.inputs_origin == "generated":
-            raise InputError(
-                f"onnxruntime cannot run the input model on generated inputs (seed {settings.seed}): {error}; "
-                f"give real ones with {parameter('inputs')}, or skip verification with {parameter('verify')} off"
-            ) from error
-        raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
-    stage_outputs = reference_outputs
-    sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
-    score = _score_check(settings, original, sample_inputs)
-    reports, lossy_ran, stages = [], False, []
-    live_graph = None  # the IR of `model` the last pass left, when it is still that
-    # model_size is model_bytes(model), measured once per model (sizing serialises it all) unless given
-    for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not settings.progress, leave=False)):
-        _call_hook(plugins, "graphopt_before_pass", index=index, pass_=pass_, model=model)
-        if model_size is None:
-            model_size = model_bytes(model, value_info=settings.keeps_value_info)
-        entry = _entry(pass_, plugins.registry, model, model_size) | conversion_note(pass_)
-        before = model
-        result, candidate, graph, candidate_size, verdict = None, model, live_graph, None, None
-        live_graph = None  # the pass may leave it half-rewritten, whatever happens next
+class _State:
+    """The model between passes: its graph once imported, its proto while one is at hand."""
+
+    def __init__(self, proto: onnx.ModelProto, context: RunContext, size: int | None):
+        self.proto: onnx.ModelProto | None = proto  # the current model as a proto (weights "refs"), None until needed
+        self.envelope, self.context, self.size = proto, context, size
+        self.model: Model | None = None
+        self.nodes = len(proto.graph.node)
+
+    def graph_model(self) -> Model:
+        if self.model is None:
+            self.model = Model.imported(self.proto, self.context)
+        return self.model
+
+    def as_proto(self) -> onnx.ModelProto:
+        if self.proto is None:
+            self.proto = to_proto(self.model, "refs")
+        return self.proto
+
+    def drop_graph(self) -> None:
+        """Forgets the graph (a pass may have left it half-rewritten): the next pass imports the proto."""
+        if self.model is not None:
+            release_graph(self.model.graph, self.envelope)
+        self.model = None
+
+
+class _Run:
+    """One pipeline run: the reference outputs, the state, the report entries."""
+
+    def __init__(self, model, plugins, settings, verifier, calibration, timer, state: _State, reference: bytes | None):
+        self.original, self.plugins, self.settings, self.verifier = model, plugins, settings, verifier
+        self.calibration, self.timer, self.state = calibration, timer, state
+        self.verify_each = settings.verify == "each" and verifier is not None
+        self.reference_outputs = self._reference_outputs(reference) if verifier is not None and settings.verify != "off" else None
+        self.stage_outputs = self.reference_outputs
+        self.sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
+        self.reports: list[dict] = []
+        self.lossy_ran = False
+        self.interface = None
+        self.score = _score_check(settings, self.original, self.sample_inputs)
+        self.stages: list[Stage] = []  # accepted passes' results, for the never-slower check
+
+    def _reference_outputs(self, reference: bytes | None):
         try:
-            result, candidate, graph, candidate_size = _apply(pass_, model, graph, settings, calibration, sample_inputs)
+            return self.verifier.outputs(reference if reference is not None else self.original)
+        except SessionError as error:
+            if self.settings.inputs_origin == "generated":
+                raise InputError(
+                    f"onnxruntime cannot run the input model on generated inputs (seed {self.settings.seed}): {error}; "
+                    f"give real ones with {parameter('inputs')}, or skip verification with {parameter('verify')} off"
+                ) from error
+            raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
+
+    def all(self, passes: list[Pass]) -> PipelineOutcome:
+        for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not self.settings.progress, leave=False)):
+            entry = self.step(index, pass_)
+            logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
+            self.reports.append(entry)
+            if entry["status"] == "accepted":
+                self.stages.append(Stage(pass_.name, self.state.as_proto(), lossless=pass_.lossless, size=self.state.size,
+                                         entry=entry))
+        model = self.state.as_proto()
+        feeds = self.verifier.samples[0] if self.verifier is not None and self.verifier.samples else None
+        kept, size, never_slower = check_pipeline_result(self.original, self.reports[0]["bytes_before"] if self.reports else None,
+                                                         self.stages, self.settings.latency_compare, feeds)
+        if kept is not model:
+            model, self.stage_outputs = kept, None  # outputs of the kept model are computed in _end_to_end
+        return PipelineOutcome(model, self.reports, self._end_to_end(model), size, never_slower)
+
+    def step(self, index: int, pass_: Pass) -> dict:
+        """Runs, checks and verifies one pass; keeps its output or rolls it back. Returns its report entry."""
+        state, settings = self.state, self.settings
+        self._hook("graphopt_before_pass", index=index, pass_=pass_)
+        entry = pass_entry(pass_, self.plugins.registry, state.nodes, state.size) | conversion_note(pass_)
+        snapshot = state.as_proto() if settings.keep_going else state.proto
+        self.before = state.proto
+        model = state.graph_model()
+        if self.interface is None:
+            self.interface = _interface(model.graph)
+        result = None
+        try:
+            result = self._apply(pass_, model)
         except PreconditionError as error:
             if (refused := refused_conversion(pass_, error)) is not None:
                 raise refused from error
@@ -197,95 +223,158 @@ def _run(model, passes, plugins, settings, verifier, calibration, timer, model_s
             logger.warning("pass '%s' skipped: %s", pass_.name, error)
         except GraphoptError as error:
             if not settings.keep_going:
-                _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=None, accepted=False)
+                self._hook("graphopt_after_pass", index=index, pass_=pass_, result=None, accepted=False)
                 raise
             entry.update(status="failed", error=str(error))
             logger.warning("%s; going on without it (--keep-going)", error)
         if result is not None:
-            entry.update(changed=result.changed, details=to_jsonable(result.stats))
-            entry["status"] = "accepted" if result.changed else "unchanged"
-        if result is not None and result.changed and verify_each:
-            verdict, entry["verification"], candidate_outputs, message = _judge(
-                verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score)
-            tries = []  # the back-off protocol (Pass.weaker): a weaker setting, a bounded number of times
-            while not verdict.ok and len(tries) < BACKOFF_STEPS and (weaker := pass_.weaker(verdict, result)) is not None:
-                tries.append(_try(pass_, result, verdict))
-                logger.info("pass %s missed its budget (%s); trying a weaker setting", pass_.name, verdict.summary())
-                pass_ = weaker
-                result, candidate, graph, candidate_size = _apply(pass_, model, None, settings, calibration, sample_inputs)
-                entry.update(changed=result.changed, details=to_jsonable(result.stats), options=_options_of(pass_))
-                if not result.changed:
-                    break
-                verdict, entry["verification"], candidate_outputs, message = _judge(
-                    verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score)
-            if tries:
-                entry["tries"] = tries + [_try(pass_, result, verdict)]
+            entry.update(changed=result.changed, details=to_jsonable(result.stats), status="accepted" if result.changed else "unchanged")
+        if entry["status"] == "accepted":
+            candidate, pass_, result = self._verified(index, pass_, result, entry)
+            if entry["status"] == "accepted" and (candidate is not None or not self.verify_each):
+                self.lossy_ran = self.lossy_ran or not pass_.lossless
+                state.proto, state.nodes = candidate, len(state.graph_model().graph.nodes)
+                state.size = entry.pop("_size")
+                if state.context.weights_dir is not None:  # a graph mapping weights must not outlive the pass
+                    state.as_proto()
+                    state.drop_graph()
+        entry.pop("_size", None)
+        if entry["status"] not in ("accepted", "unchanged") and snapshot is not None:
+            state.proto = snapshot
+            state.drop_graph()
+        self._hook("graphopt_after_pass", index=index, pass_=pass_, result=result, accepted=entry["status"] == "accepted")
+        entry["seconds"] = round(self.timer.seconds.get(index, 0.0), 4)
+        entry["nodes_after"] = state.nodes
+        entry["bytes_after"] = state.size
+        return entry
+
+    def _apply(self, pass_: Pass, model: Model) -> PassResult:
+        settings = self.settings
+        ctx = PassContext(
+            opset=opset_version(model.graph) or 0,
+            seed=settings.seed,
+            calibration=self.calibration,
+            budget=settings.budget,
+            sample_inputs=self.sample_inputs,
+            progress=settings.progress,
+            output_slices=settings.output_slices,
+            latency=settings.latency,
+            logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
+            model=self.state.proto,
+            build_proto=lambda: to_proto(model, "refs"),
+        )
+        try:
+            result = pass_.run(model.graph, ctx)
+        except (PreconditionError, GraphoptError):
+            raise
+        except Exception as error:
+            raise PassError(f"pass '{pass_.name}' raised {type(error).__name__}: {error}", pass_name=pass_.name) from error
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a graphopt.PassResult", pass_name=pass_.name)
+        if result.changed:
+            self._checked(pass_, model)
+        return result
+
+    def _checked(self, pass_: Pass, model: Model) -> None:
+        try:
+            size = check_and_infer(model, value_info=self.settings.keeps_value_info)
+        except InputError as error:
+            raise PassError(f"pass '{pass_.name}' produced an invalid model: {error.message}", pass_name=pass_.name) from error
+        except Exception as error:
+            raise PassError(f"pass '{pass_.name}' produced a graph that cannot be exported: {type(error).__name__}: {error}",
+                            pass_name=pass_.name) from error
+        if _interface(model.graph) != self.interface:
+            raise PassError(f"pass '{pass_.name}' changed the model's inputs or outputs", pass_name=pass_.name)
+        self._pending_size = size
+
+    def _verified(self, index: int, pass_: Pass, result: PassResult, entry: dict):
+        """(the pass's output as a proto when verification ran and it held, else None; the pass
+        that ran last, a weaker one after back-off; its result). On failure, marks `entry`
+        rolled back, or raises VerificationError without --keep-going."""
+        entry["_size"] = self._pending_size
+        if not self.verify_each:
+            return None, pass_, result
+        state, verifier, settings = self.state, self.verifier, self.settings
+        previous = self.before if self.before is not None else self.original
+        candidate = to_proto(state.model, "refs")
+        verdict, entry["verification"], candidate_outputs, message = _judge(
+            verifier, self.stage_outputs, self.reference_outputs, self.original, previous, candidate, pass_, settings, self.score)
+        tries = []  # the back-off protocol (Pass.weaker): a weaker setting, a bounded number of times
+        while not verdict.ok and len(tries) < BACKOFF_STEPS and (weaker := pass_.weaker(verdict, result)) is not None:
+            tries.append(_try(pass_, result, verdict))
+            logger.info("pass %s missed its budget (%s); trying a weaker setting", pass_.name, verdict.summary())
+            pass_ = weaker
+            state.proto = previous  # the weaker setting runs on the model the pass was given
+            state.drop_graph()
+            result = self._apply(pass_, state.graph_model())
+            entry.update(changed=result.changed, details=to_jsonable(result.stats), options=_options_of(pass_))
             if not result.changed:
-                entry.update(status="unchanged", verification=None)
-                candidate, verdict = model, None
-        if verdict is not None:
-            if not verdict.ok:
-                entry.update(status="rolled_back", rolled_back=True)
-                if not settings.keep_going:
-                    _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=result, accepted=False)
-                    entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
-                    reports.append(entry)
-                    raise VerificationError(message, report={"passes": reports})
-                logger.warning("%s; rolled back (--keep-going)", message)
-                candidate = model
-            else:
-                stage_outputs = candidate_outputs
-        if entry["status"] == "accepted":
-            lossy_ran = lossy_ran or not pass_.lossless
-            model = candidate
-        if entry["status"] in ("accepted", "unchanged"):
-            live_graph = graph
-        _call_hook(plugins, "graphopt_after_pass", index=index, pass_=pass_, model=model, result=result,
-                   accepted=entry["status"] == "accepted")
-        entry["seconds"] = round(timer.seconds.get(index, 0.0), 4)
-        entry["nodes_after"] = len(model.graph.node)
-        if model is not before:
-            model_size = candidate_size if candidate_size is not None else model_bytes(model, value_info=settings.keeps_value_info)
-        entry["bytes_after"] = model_size
-        logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
-        reports.append(entry)
-        if entry["status"] == "accepted":
-            stages.append(Stage(pass_.name, model, lossless=pass_.lossless, size=model_size, entry=entry))
+                break
+            entry["_size"] = self._pending_size
+            candidate = to_proto(state.model, "refs")
+            verdict, entry["verification"], candidate_outputs, message = _judge(
+                verifier, self.stage_outputs, self.reference_outputs, self.original, previous, candidate, pass_, settings,
+                self.score)
+        if tries:
+            entry["tries"] = tries + [_try(pass_, result, verdict)]
+        if not result.changed:
+            entry.update(status="unchanged", verification=None)
+            entry.pop("_size", None)
+            return None, pass_, result
+        if verdict.ok:
+            self.stage_outputs = candidate_outputs
+            return candidate, pass_, result
+        entry.update(status="rolled_back", rolled_back=True)
+        if not settings.keep_going:
+            self._hook("graphopt_after_pass", index=index, pass_=pass_, result=result, accepted=False)
+            entry["seconds"] = round(self.timer.seconds.get(index, 0.0), 4)
+            entry.pop("_size", None)
+            self.reports.append(entry)
+            raise VerificationError(message, report={"passes": self.reports})
+        logger.warning("%s; rolled back (--keep-going)", message)
+        return None, pass_, result
 
-    feeds = verifier.samples[0] if verifier is not None and verifier.samples else None
-    kept, model_size, never_slower = check_pipeline_result(original, reports[0]["bytes_before"] if reports else None,
-                                                           stages, settings.latency_compare, feeds)
-    if kept is not model:
-        model, stage_outputs = kept, None  # outputs of the kept model are computed below
-
-    end_to_end = None
-    if reference_outputs is not None:
-        budget = (settings.budget or DEFAULT_LOSSY_BUDGET) if lossy_ran else None
-        final_outputs = stage_outputs if verify_each and stage_outputs is not None else _outputs_or_fail(verifier, model, "the optimized model")
-        verdict = verifier.judge(reference_outputs, final_outputs, budget=budget)
-        if verdict.ok and lossy_ran and score is not None:
+    def _end_to_end(self, model: onnx.ModelProto) -> dict | None:
+        if self.reference_outputs is None:
+            return None
+        verifier = self.verifier
+        budget = (self.settings.budget or DEFAULT_LOSSY_BUDGET) if self.lossy_ran else None
+        final_outputs = (self.stage_outputs if self.verify_each and self.stage_outputs is not None
+                         else _outputs_or_fail(verifier, model, "the optimized model"))
+        verdict = verifier.judge(self.reference_outputs, final_outputs, budget=budget)
+        score = self.score if self.lossy_ran else None
+        if verdict.ok and score is not None:
             score_entry, failure = score.check(model)
             if failure:
                 verdict = dataclasses.replace(verdict, ok=False, failures=[f"evaluator: {failure}"] + verdict.failures)
         if not verdict.ok:
-            verdict.first_divergence = verifier.localize(original, model, budget=budget)
-            end_to_end = verdict.to_dict()
-            raise VerificationError(f"end-to-end verification failed: {verdict.summary()}", report={"passes": reports, "verification": end_to_end})
+            verdict.first_divergence = verifier.localize(self.original, model, budget=budget)
+            raise VerificationError(f"end-to-end verification failed: {verdict.summary()}",
+                                    report={"passes": self.reports, "verification": verdict.to_dict()})
         end_to_end = verdict.to_dict()
-        if lossy_ran and score is not None:
+        if score is not None:
             end_to_end["score"] = score_entry
-    return PipelineOutcome(model, reports, end_to_end, model_size, never_slower)
+        return end_to_end
+
+    def _hook(self, name: str, **kwargs) -> None:
+        _call_hook(self.plugins, name, model=self.state.as_proto, **kwargs)
 
 
-def _call_hook(plugins: Plugins, name: str, **kwargs) -> None:
+def _interface(graph) -> tuple[list[str], list[str]]:
+    """The names of a graph's inputs and outputs, which no pass may change."""
+    return [t.name for t in graph.inputs], [t.name for t in graph.outputs]
+
+
+def _call_hook(plugins: Plugins, name: str, *, model, **kwargs) -> None:
     """Calls every implementation of an instrumentation hook; one that raises is named.
 
     pluggy would let the exception through bare, and the user would see an internal error
-    instead of which plugin failed.
+    instead of which plugin failed. `model` is made (a callable's result) only for a hook
+    that takes it.
     """
     caller = getattr(plugins.manager.hook, name)
     for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
-        arguments = {key: kwargs[key] for key in impl.argnames}
+        arguments = {key: (model() if key == "model" else kwargs[key]) for key in impl.argnames}
         try:
             impl.function(**arguments)
         except GraphoptError:
@@ -297,63 +386,6 @@ def _call_hook(plugins: Plugins, name: str, **kwargs) -> None:
 def _stacked(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The verifier's samples back in the `(N, *shape)` form passes receive calibration in."""
     return {name: np.stack([sample[name] for sample in samples]) for name in samples[0]}
-
-
-def _apply(
-    pass_: Pass, model: onnx.ModelProto, graph, settings: PipelineSettings, calibration, sample_inputs
-) -> tuple[PassResult, onnx.ModelProto, object, int | None]:
-    """(what the pass did, the model it produced, its IR graph if still usable, else None, the
-    model's stored size when known from its checking)."""
-    if graph is None:
-        graph = ir.import_graph(model)
-    ctx = PassContext(
-        opset=ir.opset_version(graph) or 0,
-        seed=settings.seed,
-        calibration=calibration,
-        budget=settings.budget,
-        sample_inputs=sample_inputs,
-        progress=settings.progress,
-        output_slices=settings.output_slices,
-        latency=settings.latency,
-        logger=logging.getLogger(f"graphopt.pass.{pass_.name}"),
-        model=model,
-    )
-    try:
-        result = pass_.run(graph, ctx)
-    except (PreconditionError, GraphoptError):
-        raise
-    except Exception as error:
-        raise PassError(f"pass '{pass_.name}' raised {type(error).__name__}: {error}", pass_name=pass_.name) from error
-    if not isinstance(result, PassResult):
-        raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a graphopt.PassResult", pass_name=pass_.name)
-    keep = external_data_dir(model) is None  # a graph mapping weights must not outlive the pass
-    if not result.changed:
-        if not keep:
-            ir.release_graph(graph, model)
-        return result, model, graph if keep else None, None
-    try:
-        candidate, size = inferred_and_checked(ir.export_model(graph, model), value_info=settings.keeps_value_info)
-        if keep:
-            ir.apply_inferred_shapes(graph, candidate)  # as a fresh import of `candidate` would have them
-        else:
-            ir.release_graph(graph, model)
-    except InputError as error:
-        raise PassError(f"pass '{pass_.name}' produced an invalid model: {error.message}", pass_name=pass_.name) from error
-    except Exception as error:
-        raise PassError(f"pass '{pass_.name}' produced a graph that cannot be exported: {type(error).__name__}: {error}", pass_name=pass_.name) from error
-    _check_interface(pass_, model, candidate)
-    return result, candidate, graph if keep else None, size
-
-
-def _check_interface(pass_: Pass, before: onnx.ModelProto, after: onnx.ModelProto) -> None:
-    """A pass must never change the model's input or output names, types or shapes."""
-    def interface(model):
-        overridable = model.ir_version >= 4
-        initializers = {t.name for t in model.graph.initializer}
-        inputs = [(v.name, v.type.SerializeToString()) for v in model.graph.input if overridable or v.name not in initializers]
-        return inputs, [(v.name, v.type.SerializeToString()) for v in model.graph.output]
-    if interface(before) != interface(after):
-        raise PassError(f"pass '{pass_.name}' changed the model's inputs or outputs", pass_name=pass_.name)
 
 
 def _budget_for(pass_: Pass, settings: PipelineSettings) -> Budget | None:
@@ -438,19 +470,3 @@ def _failure_message(pass_: Pass, verdict) -> str:
     if where:
         message += f"; first divergence at node '{where['node']}' ({where['op']}, tensor '{where['tensor']}')"
     return message
-
-
-def _entry(pass_: Pass, registry: PassRegistry, model: onnx.ModelProto, model_size: int) -> dict:
-    return {
-        "name": pass_.name,
-        "plugin": registry.plugin_of(pass_.name) if pass_.name in registry else None,
-        "lossless": pass_.lossless,
-        "options": _options_of(pass_),
-        "status": "unchanged",
-        "changed": False,
-        "rolled_back": False,
-        "details": {},
-        "verification": None,
-        "nodes_before": len(model.graph.node),
-        "bytes_before": model_size,
-    }

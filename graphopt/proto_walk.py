@@ -1,4 +1,4 @@
-"""Walking a ModelProto: its graphs, its tensors wherever they sit, and their sizes."""
+"""Walking a ModelProto: its graphs, its tensors wherever they sit, their sizes; copying and serialising it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import math
 from collections.abc import Iterator
 
 import onnx
+from google.protobuf.message import EncodeError
 
 __all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nbytes", "copy_model", "copy_fields",
-           "field_kinds", "stored_size", "size_without_value_info", "varint_size"]
+           "field_kinds", "PROTOBUF_LIMIT", "serialized_bytes", "serialized_too_big"]
 
 
 def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -73,75 +74,26 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield from _graph_tensors(graph)
 
 
-def stored_size(data: bytes, model: onnx.ModelProto, *, value_info: bool = True, graph_delta: int = 0) -> int:
-    """The size of `model`, serialised as `data`; with `value_info=False`, as if its main graph had none.
-
-    `graph_delta`: how many bytes longer `model`'s main graph is than the one in `data` (the
-    weights `graphopt.weightless` left out of it).
-    """
-    trim = not value_info and len(model.graph.value_info)
-    if not graph_delta and not trim:
-        return len(data)
-    graph_size = _field_length(data, _MODEL_GRAPH_FIELD)
-    size = len(data) - varint_size(graph_size) - graph_size
-    graph_size += graph_delta
-    size += varint_size(graph_size) + graph_size
-    return size_without_value_info(size, graph_size, model.graph.value_info) if trim else size
+# Protobuf cannot serialise a message of 2 GiB or more; stay clear of it with some headroom
+# for the graph structure itself.
+PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 
 
-def size_without_value_info(model_size: int, graph_size: int, value_info) -> int:
-    """A model's serialised size less its main graph's `value_info`, from its own and its graph's size.
-
-    The graph is a length-delimited field of the model, each value_info one of the graph, all
-    with one-byte tags: what changes is the entries and the varint giving the graph's length.
-    """
-    trimmed = graph_size - sum(1 + varint_size(size) + size for size in (entry.ByteSize() for entry in value_info))
-    return model_size - varint_size(graph_size) - graph_size + varint_size(trimmed) + trimmed
-
-
-_MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+def serialized_bytes(model: onnx.ModelProto) -> bytes | None:
+    """`model` serialised, or None when protobuf cannot hold it (`PROTOBUF_LIMIT`)."""
+    try:
+        data = model.SerializeToString()
+    except EncodeError:  # what upb raises at 2 GiB
+        return None
+    return data if len(data) < PROTOBUF_LIMIT else None
 
 
-def varint_size(value: int) -> int:
-    """How many bytes protobuf's varint encoding of `value` (>= 0) takes."""
-    return max(1, (value.bit_length() + 6) // 7)
-
-
-def _field_length(data: bytes, number: int) -> int:
-    """The length of the first length-delimited field `number` at the top level of the wire bytes `data`.
-
-    Reads the model's few top-level fields only (ir_version, producer…): sizing the graph
-    through protobuf would serialise it again.
-    """
-    position = 0
-    while position < len(data):
-        key, position = _read_varint(data, position)
-        wire_type = key & 7
-        if wire_type == 0:
-            _, position = _read_varint(data, position)
-        elif wire_type == 1:
-            position += 8
-        elif wire_type == 5:
-            position += 4
-        elif wire_type == 2:
-            length, position = _read_varint(data, position)
-            if key >> 3 == number:
-                return length
-            position += length
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire_type}")
-    raise ValueError(f"no field {number} in the message")
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
+def serialized_too_big(model: onnx.ModelProto) -> bool:
+    """Whether `model`, as held in memory, is too big for protobuf to serialise."""
+    try:
+        return model.ByteSize() >= PROTOBUF_LIMIT
+    except Exception:  # noqa: BLE001 - protobuf refuses to size a message over 2 GiB
+        return True
 
 
 def copy_fields(source, target, *, skip=()) -> None:

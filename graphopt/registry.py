@@ -1,4 +1,4 @@
-"""Plugin discovery (pluggy, entry-point group `graphopt`) and the pass registry.
+"""Plugin discovery (pluggy, entry-point group `graphopt`), the pass registry, and passes configured from it.
 
 Each `load_registry()` call builds its own plugin manager and registry: no process-global
 state, so two pipelines in one process (or a test) never see each other's plugins.
@@ -17,11 +17,13 @@ from typing import Any
 import pluggy
 
 from graphopt import hookspecs
+from graphopt.parameter_names import parameter
 from graphopt.suggest import did_you_mean
 from graphopt.errors import PluginError, UsageError
+from graphopt.options import build_options
 from graphopt.passes import Pass
 
-__all__ = ["PassRegistry", "Plugins", "load_registry", "ENTRY_POINT_GROUP"]
+__all__ = ["PassRegistry", "Plugins", "load_registry", "configure_passes", "ENTRY_POINT_GROUP"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ class PassRegistry:
     def __init__(self) -> None:
         self._passes: dict[str, RegisteredPass] = {}
         self._plugin = "<api>"
-        self.errors: list[str] = []
 
     @contextlib.contextmanager
     def registering_for(self, plugin: str) -> Iterator[None]:
@@ -154,3 +155,39 @@ def _declared_hooks(plugin: Any) -> list[str]:
         for name in dir(plugin)
         if name.startswith("graphopt_") and hasattr(getattr(plugin, name, None), marker)
     ]
+
+
+def configure_passes(
+    registry: PassRegistry,
+    names: list[str],
+    options: dict[str, dict[str, Any]] | None = None,
+    text_options: dict[str, dict[str, str]] | None = None,
+) -> list[Pass]:
+    """Pass instances for `names`, options from typed values (API, recipe) then text (`--set`)."""
+    options, text_options = options or {}, text_options or {}
+    if not names:
+        raise UsageError(f"no passes given: {parameter('passes')} names none")
+    for pass_name in list(options) + list(text_options):
+        if pass_name not in names:
+            registry.get(pass_name)  # an unknown pass is the better error
+            raise UsageError(f"options given for pass '{pass_name}', which is not in {parameter('passes')} ({','.join(names)})")
+    configured = []
+    for name in names:
+        cls = registry.get(name)
+        typed = build_options(name, cls.Options, options.get(name, {}), text_options.get(name, {}))
+        configured.append(cls(typed))
+    _check_declared_order(configured)
+    return configured
+
+
+def _check_declared_order(passes: list[Pass]) -> None:
+    positions: dict[str, list[int]] = {}
+    for index, pass_ in enumerate(passes):
+        positions.setdefault(pass_.name, []).append(index)
+    for index, pass_ in enumerate(passes):
+        for earlier in pass_.after:
+            if any(other > index for other in positions.get(earlier, ())):
+                raise UsageError(f"pass '{pass_.name}' must run after '{earlier}' (declared by '{pass_.name}'); reorder {parameter('passes')}")
+        for later in pass_.before:
+            if any(other < index for other in positions.get(later, ())):
+                raise UsageError(f"pass '{pass_.name}' must run before '{later}' (declared by '{pass_.name}'); reorder {parameter('passes')}")

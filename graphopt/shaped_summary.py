@@ -18,7 +18,7 @@ import onnx
 import logging
 
 from graphopt.errors import first_line
-from graphopt.model_io import infer_model_shapes
+from graphopt.model import infer_model_shapes
 from graphopt.summary import MAC_OPS, summarize
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.input_shapes import choose_input_shapes, freeze_input_shapes

@@ -15,19 +15,15 @@ import onnx
 from onnx import external_data_helper
 
 from graphopt.latency import energy
-from graphopt.model_io import external_data_dir, iter_graph_protos, iter_tensors, tensor_nbytes
-from graphopt.proto_walk import size_without_value_info
+from graphopt.proto_walk import iter_graph_protos, iter_tensors, tensor_nbytes
 
 __all__ = ["summarize", "format_comparison", "model_bytes", "MAC_OPS"]
 
 
-def summarize(
-    model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None, value_info: bool = True
-) -> dict:
+def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None) -> dict:
     """The summary of `model`; `bytes` is `size` when the caller knows it, else measured on
     `size_of` when given (the model as stored, where `model` is its shape-inferred copy, whose
-    value_info would inflate the count), without the main graph's value_info when `value_info`
-    is false (it is to be dropped before storing).
+    value_info would inflate the count).
     """
     shapes = _known_shapes(model)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
@@ -47,7 +43,7 @@ def summarize(
         # Constant nodes count too: some exporters (paddle2onnx) keep every weight in one.
         "parameters": sum(math.prod(t.dims) for t in tensors),
         "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
-        "bytes": size if size is not None else model_bytes(size_of if size_of is not None else model, value_info=value_info),
+        "bytes": size if size is not None else model_bytes(size_of if size_of is not None else model),
         "macs": int(macs),
         "macs_unknown": dict(unknown),
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
@@ -95,25 +91,13 @@ def _all_nodes(graph: onnx.GraphProto):
         yield from owner.node
 
 
-def model_bytes(model: onnx.ModelProto, *, value_info: bool = True) -> int:
-    """The serialized size of `model`; with `value_info=False`, as if the main graph had none.
-
-    Computed from the protobuf sizes, without copying the model (`proto_walk.size_without_value_info`).
-    """
+def model_bytes(model: onnx.ModelProto) -> int:
+    """The stored size of `model`: its serialised size plus the weights it keeps in data files."""
+    external = sum(tensor_nbytes(t) for t in iter_tensors(model) if external_data_helper.uses_external_data(t))
     try:
-        size = model.ByteSize() + _external_bytes(model)
-        if value_info or not len(model.graph.value_info):
-            return size
-        return size_without_value_info(size, model.graph.ByteSize(), model.graph.value_info)
-    except Exception:  # over 2 GiB protobuf refuses; weights dominate anyway
+        return model.ByteSize() + external
+    except Exception:  # noqa: BLE001 - over 2 GiB protobuf refuses; weights dominate anyway
         return sum(tensor_nbytes(t) for t in iter_tensors(model))
-
-
-def _external_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the weights still in the input's data files (a model loaded lazily)."""
-    if external_data_dir(model) is None:
-        return 0
-    return sum(tensor_nbytes(t) for t in iter_tensors(model) if external_data_helper.uses_external_data(t))
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

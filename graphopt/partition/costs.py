@@ -18,11 +18,10 @@ import time
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from graphopt.activations import iter_activations
 from graphopt.errors import InputError
-from graphopt.model_io import copy_model
+from graphopt.proto_walk import copy_model
 from graphopt.partition.cuts import weights_read
 
 __all__ = ["tensor_bytes", "node_latency", "node_macs", "weight_bytes_by_node", "stage_latencies"]
@@ -48,6 +47,8 @@ def node_latency(model: onnx.ModelProto, sample: dict[str, np.ndarray], *, runs:
     named = copy_model(model)
     for position, node in enumerate(named.graph.node):
         node.name = f"{_NAME_PREFIX}{position}"
+    import onnxruntime as ort  # here: `graphopt passes` loads this module and must not load onnxruntime
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1

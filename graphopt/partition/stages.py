@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from graphopt.errors import InputError
-from graphopt.model_io import check_model
+from graphopt.model import check_model
 from graphopt.partition.cuts import CutPlan, weights_read
 from graphopt.verify.runner import make_session, run_samples
 

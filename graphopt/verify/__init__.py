@@ -77,8 +77,8 @@ class Verifier:
         self.samples = samples
         self.slices = tuple(slices)  # parts of outputs judged on their own under a budget
 
-    def outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-        """Runs `model` (ORT, optimizations off) on every sample. Raises SessionError."""
+    def outputs(self, model: onnx.ModelProto | bytes) -> list[dict[str, np.ndarray]]:
+        """Runs `model` (a proto or its bytes; ORT, optimizations off) on every sample. Raises SessionError."""
         return run_samples(make_session(model), self.samples)
 
     def judge(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import onnx
 
-from graphopt.activations import expose_tensors, typed_values
+from graphopt import activations  # the module, not its names: activations imports this package too
 from graphopt.verify.metrics import Budget, output_metrics, within_tolerance
 from graphopt.verify.runner import SessionError, make_session, run_samples
 
@@ -33,8 +33,8 @@ def first_divergence(
     reference: onnx.ModelProto, candidate: onnx.ModelProto, sample: dict, *, budget: Budget | None
 ) -> dict | None:
     """`{"node", "op", "tensor", "metrics"}` of the first diverging anchored tensor, or None."""
-    ref_types = typed_values(reference)
-    cand_types = typed_values(candidate)
+    ref_types = activations.typed_values(reference)
+    cand_types = activations.typed_values(candidate)
     anchored = anchored_tensors(reference, candidate)
     order = [(node, name) for node in candidate.graph.node for name in node.output if name]
     shared = [name for _, name in order if name in anchored and name in ref_types and name in cand_types
@@ -42,8 +42,8 @@ def first_divergence(
     if not shared:
         return None
     try:
-        ref_values = run_samples(make_session(expose_tensors(reference, shared, ref_types)), [sample], shared)[0]
-        cand_values = run_samples(make_session(expose_tensors(candidate, shared, cand_types)), [sample], shared)[0]
+        ref_values = run_samples(make_session(activations.expose_tensors(reference, shared, ref_types)), [sample], shared)[0]
+        cand_values = run_samples(make_session(activations.expose_tensors(candidate, shared, cand_types)), [sample], shared)[0]
     except SessionError:
         return None
     shared_set = set(shared)

@@ -9,28 +9,36 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from graphopt.errors import first_line
-from graphopt.external_data import read_external, spilled_initializers
-from graphopt.model_io import external_data_dir, serialized_too_big, write_with_external_data
+from graphopt.external_data import read_external, write_with_external_data
+from graphopt.proto_walk import copy_model, iter_tensors, serialized_bytes, serialized_too_big
 from graphopt.verify.feeds import split_samples
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 __all__ = ["make_session", "run_samples", "stacked_outputs", "SessionError"]
+
+# onnxruntime is imported where a session is made: `graphopt passes` and `--help`, which load
+# every plugin and so this module, must start without it.
 
 
 class SessionError(Exception):
     """onnxruntime could not load or run a model; the message is ORT's first line."""
 
 
-def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = False, threads: int = 0):
-    """An ORT session (or one that feeds spilled weights itself: same `run` and `get_inputs`).
+def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, *, optimize: bool = False, threads: int = 0):
+    """An ORT session (or one that feeds external weights itself: same `run` and `get_inputs`).
 
-    Optimizations off unless `optimize`; `threads` 0 leaves ORT's default. Raises SessionError.
+    `model`: a proto, its serialised bytes, or a path. Optimizations off unless `optimize`;
+    `threads` 0 leaves ORT's default. Raises SessionError.
     """
+    import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -41,28 +49,44 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool =
         options.inter_op_num_threads = 1
     try:
         if isinstance(model, onnx.ModelProto):
-            if serialized_too_big(model):
+            external = [t for t in model.graph.initializer if onnx.external_data_helper.uses_external_data(t)]
+            data = None if external else serialized_bytes(model)  # sizing it first would serialise it twice
+            if data is None and (not external or serialized_too_big(model)):
                 return _session_from_disk(model, options)
-            folder = external_data_dir(model)
-            if folder is not None:
-                # Weights still in the input's data files: ORT reads them from there, in place.
-                options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
-            spilled = spilled_initializers(model)
-            if spilled and not optimize:
-                return _session_feeding_spilled(model, spilled, options)
-            # Weights a pass spilled live outside that folder, which ORT refuses to read from.
-            # Optimizing needs them as initializers (prepacking, fusions): ORT copies them.
-            mapped = [ort.OrtValue.ortvalue_from_numpy(read_external(tensor, None)) for tensor in spilled]
-            if spilled:
-                options.add_external_initializers([tensor.name for tensor in spilled], mapped)
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            if external:
+                return _session_with_external_weights(model, external, options, optimize)
+            model = data
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types without a common base
         raise SessionError(first_line(error, limit=400)) from error
 
 
+def _session_with_external_weights(model: onnx.ModelProto, external: list[onnx.TensorProto], options, optimize: bool):
+    """A session over a model whose weights stay in files (by absolute path, which ORT refuses to read).
+
+    Unoptimized, the weights are fed as inputs on every run (`_FeedingSession`); optimizing
+    needs them as initializers (prepacking, fusions), which ORT copies. External tensors
+    elsewhere (Constant nodes, bodies) are given back relative to their folder.
+    """
+    import onnxruntime as ort
+    elsewhere = [t for t in iter_tensors(model) if onnx.external_data_helper.uses_external_data(t)]
+    if len(elsewhere) > len(external):
+        model = copy_model(model)  # weights are references here: the copy is small
+        names = {t.name for t in external}
+        for tensor in iter_tensors(model):
+            if onnx.external_data_helper.uses_external_data(tensor) and tensor.name not in names:
+                location = next(entry for entry in tensor.external_data if entry.key == "location")
+                folder, location.value = str(Path(location.value).parent), Path(location.value).name
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    if not optimize:
+        return _session_feeding(model, external, options)
+    mapped = [ort.OrtValue.ortvalue_from_numpy(read_external(tensor)) for tensor in external]
+    options.add_external_initializers([tensor.name for tensor in external], mapped)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 class _FeedingSession:
-    """A session that feeds the spilled weights as inputs on every run, mapped, never copied.
+    """A session that feeds the weights kept in files as inputs on every run, mapped, never copied.
 
     Handed over as initializers, ORT copies them (a second 1.7 GB on the 2.5 GiB benchmark
     model, at the peak of the run); fed as inputs, it reads the mapped pages. Only for
@@ -82,7 +106,8 @@ class _FeedingSession:
         return getattr(self._session, name)
 
 
-def _session_feeding_spilled(model: onnx.ModelProto, spilled: list[onnx.TensorProto], options) -> _FeedingSession:
+def _session_feeding(model: onnx.ModelProto, spilled: list[onnx.TensorProto], options) -> _FeedingSession:
+    import onnxruntime as ort
     names = {tensor.name for tensor in spilled}
     as_inputs = onnx.ModelProto()
     as_inputs.CopyFrom(model)  # the spilled weights are references: the copy is small
@@ -92,10 +117,11 @@ def _session_feeding_spilled(model: onnx.ModelProto, spilled: list[onnx.TensorPr
     declared = {value.name for value in as_inputs.graph.input}
     as_inputs.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in spilled if t.name not in declared)
     session = ort.InferenceSession(as_inputs.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return _FeedingSession(session, {tensor.name: read_external(tensor, None) for tensor in spilled})
+    return _FeedingSession(session, {tensor.name: read_external(tensor) for tensor in spilled})
 
 
 def _session_from_disk(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
+    import onnxruntime as ort
     # Over 2 GiB a model cannot be serialised in one piece; ORT reads it back with its data.
     with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as folder:
         path = Path(folder) / "model.onnx"

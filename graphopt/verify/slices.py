@@ -136,7 +136,7 @@ def _split_of(name: str, producers: dict, shapes: dict, depth: int) -> tuple[int
 
 
 def _with_static_inputs(model: onnx.ModelProto, input_shapes: dict) -> onnx.ModelProto:
-    from graphopt.model_io import infer_model_shapes
+    from graphopt.model import infer_model_shapes
 
     static = onnx.ModelProto()
     static.CopyFrom(model)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from graphopt.activations import iter_activations
-from graphopt.model_io import infer_model_shapes
+from graphopt.model import infer_model_shapes
 from graphopt.verify.metrics import output_metrics
 
 __all__ = ["shared_tensors", "per_tensor_errors"]

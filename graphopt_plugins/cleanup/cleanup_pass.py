@@ -10,8 +10,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
-from graphopt.model_io import iter_graph_protos
+from graphopt import convert, graph_queries, tensor_shapes
+from graphopt.proto_walk import iter_graph_protos
 from graphopt_plugins.cleanup.cse import eliminate_common_subexpressions
 from graphopt_plugins.cleanup.dedupe import dedupe_initializers
 from graphopt_plugins.cleanup.folding import decides_by_unknown_shapes, fold_constants
@@ -55,7 +55,8 @@ class Cleanup(graphopt.Pass):
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         options = self.options
-        stats = {"unused_initializers": _unused_initializers(ctx.model) if ctx.model is not None else 0}
+        source = ctx.proto(build=False)  # an exported graph has none: only the proto it was imported from can
+        stats = {"unused_initializers": _unused_initializers(source) if source is not None else 0}
         # Each step counts only its own rewrites: nodes a step disconnected are dropped uncounted,
         # and dead nodes go before folding, whose own cleanup would count them.
         steps = [
@@ -73,10 +74,10 @@ class Cleanup(graphopt.Pass):
         # Skipping the confirming reruns saves a fifth to a quarter of cleanup's time on PP-OCR.
         version, ran_at = 0, {}
         # Quiet: graphsurgeon warns on the terminal whenever a step reads a bfloat16 constant's values.
-        with ir.collector_paused(), ir.quiet_graphsurgeon(), _distinct_node_names(graph):
+        with convert.collector_paused(), convert.quiet_graphsurgeon(), _distinct_node_names(graph):
             for round_index in range(_MAX_ROUNDS):
                 if round_index and options.fold_constants and decides_by_unknown_shapes(graph):
-                    ir.refresh_shapes(graph)  # what the last round created has no shapes yet
+                    tensor_shapes.refresh_shapes(graph)  # what the last round created has no shapes yet
                     version += 1  # new shapes let more fold
                 changed = False
                 for key, step in steps:
@@ -91,7 +92,7 @@ class Cleanup(graphopt.Pass):
                     ran_at[key] = version
                 if not changed:
                     break
-        ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
+        graph_queries.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
         ctx.logger.info("cleanup: %s", stats)
         return graphopt.PassResult(changed=any(stats.values()), stats=stats)
 
@@ -105,9 +106,9 @@ def _distinct_node_names(graph: gs.Graph) -> Iterator[None]:
     unnamed `Add(c, c)` then unlink each other's entries in `c.outputs`, and removing the second
     raises "list.remove(x): x not in list". A distinct name makes equal mean identical.
     """
-    taken = {node.name for _, node in ir.iter_nodes(graph)}
+    taken = {node.name for _, node in graph_queries.iter_nodes(graph)}
     renamed = []
-    for _, node in ir.iter_nodes(graph):
+    for _, node in graph_queries.iter_nodes(graph):
         if not node.name:
             node.name = _fresh_name(taken)
             renamed.append(node)
@@ -129,12 +130,12 @@ def _fresh_name(taken: set[str]) -> str:
 
 def _drop_disconnected_nodes(graph: gs.Graph) -> None:
     """Removes nodes a rewrite left with no inputs and no outputs (that rewrite counted them)."""
-    for owner in ir.iter_graphs(graph):
+    for owner in graph_queries.iter_graphs(graph):
         owner.nodes = [node for node in owner.nodes if node.inputs or node.outputs]
 
 
 def _remove_dead_nodes(graph: gs.Graph) -> int:
-    return ir.remove_dead_nodes(graph)
+    return graph_queries.remove_dead_nodes(graph)
 
 
 def _unused_initializers(model: onnx.ModelProto) -> int:

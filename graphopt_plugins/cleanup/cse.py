@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.cleanup.dedupe import fingerprint
 
 __all__ = ["eliminate_common_subexpressions"]
@@ -26,9 +26,9 @@ def eliminate_common_subexpressions(graph: gs.Graph) -> int:
     whose output is a graph output (its name is the interface).
     """
     merged = 0
-    for owner in ir.iter_graphs(graph):
-        owner.nodes = ir.toposorted_nodes(owner)
-        outputs = ir.graph_output_ids(owner)
+    for owner in graph_queries.iter_graphs(graph):
+        owner.nodes = graph_queries.toposorted_nodes(owner)
+        outputs = graph_queries.graph_output_ids(owner)
         seen: dict[tuple, gs.Node] = {}
         for node in list(owner.nodes):
             key = _signature(node)
@@ -41,7 +41,7 @@ def eliminate_common_subexpressions(graph: gs.Graph) -> int:
                 logger.debug("CSE: %s duplicates %s but writes a graph output", node.name, first.name)
                 continue
             for duplicate, kept in zip(list(node.outputs), list(first.outputs)):
-                ir.replace_all_uses(duplicate, kept)
+                graph_queries.replace_all_uses(duplicate, kept)
             node.inputs.clear()
             node.outputs.clear()
             merged += 1

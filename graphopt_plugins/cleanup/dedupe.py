@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 
 __all__ = ["dedupe_initializers", "fingerprint"]
 
@@ -20,14 +20,14 @@ def dedupe_initializers(graph: gs.Graph) -> int:
     at another graph level (merging it with a body's copy would bind one name in two scopes).
     """
     merged = 0
-    for owner in ir.iter_graphs(graph):
+    for owner in graph_queries.iter_graphs(graph):
         for group in _same_type_and_shape(owner):
             for candidates in _same_sample(group):
                 keep: dict[tuple, gs.Constant] = {}
                 for tensor in candidates:
                     first = keep.setdefault(fingerprint(tensor.values), tensor)
                     if first is not tensor and np.array_equal(first.values, tensor.values):
-                        merged += bool(ir.replace_all_uses(tensor, first))
+                        merged += bool(graph_queries.replace_all_uses(tensor, first))
     return merged
 
 

@@ -14,7 +14,6 @@ import logging
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 __all__ = ["evaluate_with_onnxruntime"]
@@ -69,6 +68,8 @@ def _run(nodes: list[gs.Node], opsets, known: dict[int, np.ndarray] | None = Non
     graph = onnx.helper.make_graph(protos, "fold", [], [onnx.ValueInfoProto(name=names[id(t)]) for t in outputs], initializers)
     model = onnx.helper.make_model(graph, opset_imports=list(opsets))
     model.ir_version = onnx.helper.find_min_ir_version_for(list(opsets), True)
+    import onnxruntime  # here, not at the top: `graphopt passes` loads this module and must not load onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1

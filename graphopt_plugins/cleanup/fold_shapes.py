@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 
 __all__ = ["fold_static_shapes", "make_constant"]
 
@@ -24,7 +24,7 @@ def fold_static_shapes(graph: gs.Graph) -> int:
     Returns how many tensors became constants.
     """
     folded = 0
-    for owner in ir.iter_graphs(graph):
+    for owner in graph_queries.iter_graphs(graph):
         for node in list(owner.nodes):
             if node.op != "Shape" or len(node.inputs) != 1 or len(node.outputs) != 1:
                 continue
@@ -32,7 +32,7 @@ def fold_static_shapes(graph: gs.Graph) -> int:
             if dims is None:
                 continue
             shape = node.outputs[0]
-            for reader in ir.consumers(shape):
+            for reader in graph_queries.consumers(shape):
                 folded += _fold_shape_gather(reader, shape, dims)
             if all(d is not None for d in dims):
                 make_constant(shape, np.array(dims, dtype=np.int64))
@@ -62,7 +62,7 @@ def _fold_shape_gather(reader: gs.Node, shape: gs.Tensor, dims: list[int | None]
         return 0
     if int(reader.attrs.get("axis", 0)) not in (0, -1):
         return 0
-    indices = ir.constant_value(reader.inputs[1])
+    indices = graph_queries.constant_value(reader.inputs[1])
     if indices is None or indices.dtype.kind not in "iu":
         return 0
     flat = [int(i) + len(dims) if i < 0 else int(i) for i in indices.ravel()]

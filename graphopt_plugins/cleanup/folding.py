@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.cleanup.fold_numpy import evaluate_with_numpy
 from graphopt_plugins.cleanup.fold_onnxruntime import evaluate_with_onnxruntime
 from graphopt_plugins.cleanup.fold_shapes import fold_static_shapes, make_constant
@@ -52,15 +52,15 @@ GROWTH_PRONE = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize"
 def fold_constants(graph: gs.Graph, growth_limit: int) -> int:
     """Folds every constant-foldable node of `graph` (bodies and functions too); returns nodes folded."""
     before = _node_count(graph)
-    ir.toposort(graph)
+    graph_queries.toposort(graph)
     folded = fold_static_shapes(graph)
     root_opsets = _opsets(graph)
-    for owner in ir.iter_graphs(graph):
+    for owner in graph_queries.iter_graphs(graph):
         opsets = _opsets(owner) if isinstance(owner, gs.Function) else root_opsets
         folded += _fold_level(owner, growth_limit, opsets)
     if not folded:
         return 0
-    ir.remove_dead_nodes(graph)
+    graph_queries.remove_dead_nodes(graph)
     return max(before - _node_count(graph), 0)
 
 
@@ -69,7 +69,7 @@ def decides_by_unknown_shapes(graph: gs.Graph) -> bool:
     shape is missing or has an unnamed unknown dim, or a constant-input growth-prone node whose
     output size neither its inputs nor inference give. A named dynamic dim (`batch`) stays
     unknown however often one infers."""
-    for _, node in ir.iter_nodes(graph):
+    for _, node in graph_queries.iter_nodes(graph):
         if node.op == "Shape" and node.inputs and _not_yet_inferred(node.inputs[0].shape):
             return True
         if node.op in GROWTH_PRONE and _reads_only_constants(node) and _output_count_before_evaluating(node) is None:
@@ -120,7 +120,7 @@ def _may_fold(node: gs.Node) -> bool:
     if node.op in QUANTIZATION:
         logger.debug("not folding %s (%s): a quantized weight stays quantized", node.name, node.op)
         return False
-    if node.attrs and (ir.node_subgraphs(node) or any(isinstance(value, gs.Node.AttributeRef) for value in node.attrs.values())):
+    if node.attrs and (graph_queries.node_subgraphs(node) or any(isinstance(value, gs.Node.AttributeRef) for value in node.attrs.values())):
         return False  # a body is not folded; a function's attribute reference has no value here
     return True
 
@@ -191,7 +191,7 @@ def _estimated_count(node: gs.Node, deferred_counts: dict[int, int]) -> int | No
     """Output elements of a node left to onnxruntime, from inference, or else from its inputs; None
     for a growth-prone op reading a value not yet computed (it folds next round, sized then)."""
     shape = node.outputs[0].shape
-    if ir.is_static_shape(shape):
+    if tensor_shapes.is_static_shape(shape):
         return math.prod(int(d) for d in shape)
     if node.op in GROWTH_PRONE:
         return None if any(id(t) in deferred_counts for t in node.inputs) else _output_count_before_evaluating(node)
@@ -202,9 +202,9 @@ def _estimated_count(node: gs.Node, deferred_counts: dict[int, int]) -> int | No
 def _output_count_before_evaluating(node: gs.Node) -> int | None:
     """Output element count of a growth-prone op: inferred, or computed from its constant inputs."""
     shape = node.outputs[0].shape
-    if ir.is_static_shape(shape):
+    if tensor_shapes.is_static_shape(shape):
         return math.prod(int(d) for d in shape)
-    values = [ir.constant_value(tensor) if tensor.name else None for tensor in node.inputs]
+    values = [graph_queries.constant_value(tensor) if tensor.name else None for tensor in node.inputs]
     try:
         if node.op == "ConstantOfShape" and values and values[0] is not None:
             return math.prod(int(d) for d in values[0].ravel())
@@ -232,4 +232,4 @@ def _opsets(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:
 
 
 def _node_count(graph: gs.Graph) -> int:
-    return sum(len(owner.nodes) for owner in ir.iter_graphs(graph))
+    return sum(len(owner.nodes) for owner in graph_queries.iter_graphs(graph))

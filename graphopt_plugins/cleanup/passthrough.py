@@ -6,7 +6,7 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 
 __all__ = ["remove_passthrough_nodes"]
 
@@ -22,9 +22,9 @@ def remove_passthrough_nodes(graph: gs.Graph) -> int:
     output exist.
     """
     removed = 0
-    for owner in ir.iter_graphs(graph):
+    for owner in graph_queries.iter_graphs(graph):
         # Looked up per node, so kept as id sets: a scan of the lists per node is quadratic.
-        outputs = ir.graph_output_ids(owner)
+        outputs = graph_queries.graph_output_ids(owner)
         local_nodes = {id(node) for node in owner.nodes}
         for node in list(owner.nodes):
             if _is_passthrough(node, outputs) and _bypass(node, outputs, local_nodes):
@@ -37,11 +37,11 @@ def _is_passthrough(node: gs.Node, outputs: set[int]) -> bool:
         return True
     if node.op != "Dropout" or not node.inputs:
         return False
-    if len(node.outputs) > 1 and (ir.consumers(node.outputs[1]) or id(node.outputs[1]) in outputs):
+    if len(node.outputs) > 1 and (graph_queries.consumers(node.outputs[1]) or id(node.outputs[1]) in outputs):
         logger.debug("Dropout %s kept: its mask is read or is a graph output", node.name)
         return False
     if len(node.inputs) >= 3 and node.inputs[2].name:
-        training = ir.constant_value(node.inputs[2])
+        training = graph_queries.constant_value(node.inputs[2])
         if training is None or bool(training):
             logger.debug("Dropout %s kept: training_mode is not a constant false", node.name)
             return False
@@ -53,16 +53,16 @@ def _bypass(node: gs.Node, outputs: set[int], local_nodes: set[int]) -> bool:
     if id(result) not in outputs:
         node.inputs.clear()
         node.outputs.clear()
-        ir.replace_all_uses(result, source)
+        graph_queries.replace_all_uses(result, source)
         return True
     # The result is a graph output, whose name must stay: let the source's producer write it.
-    writer = ir.producer(source)
+    writer = graph_queries.producer(source)
     if writer is None or id(writer) not in local_nodes or id(source) in outputs:
         logger.debug("%s %s kept: it names a graph output after a value it cannot rename", node.op, node.name)
         return False
     node.inputs.clear()
     node.outputs.clear()
-    ir.replace_all_uses(source, result)
+    graph_queries.replace_all_uses(source, result)
     slot = next(i for i, tensor in enumerate(writer.outputs) if tensor is source)
     writer.outputs[slot] = result
     return True

@@ -11,9 +11,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
+from graphopt import convert, graph_queries, tensor_shapes
 from graphopt import latency as graphopt_latency
-from graphopt.model_io import infer_model_shapes
+from graphopt.model import infer_model_shapes
 from graphopt.speed import slower
 from graphopt.statistics import gram_problem, split_held_out
 from graphopt.summary import summarize
@@ -144,7 +144,7 @@ class Factorize(graphopt.Pass):
         stats: dict = {"factorized": 0, "left_alone": refused}
         if not sites:
             return graphopt.PassResult(changed=False, stats=stats)
-        model = ctx.model if ctx.model is not None else infer_model_shapes(gs.export_onnx(graph, do_type_check=False))
+        model = ctx.proto()
         given, origin = ctx.fitting_data(options.max_samples)
         # fitted on three samples in four, the strength judged on the fourth (statistics.split_held_out)
         samples, judged = split_held_out(given)
@@ -251,7 +251,7 @@ class Factorize(graphopt.Pass):
         multiple = self.options.rank_multiple
         shapes = dict(data.input_shapes) if data is not None else {}
         for site in sites:
-            if site.index not in shapes and ir.is_static_shape(site.input.shape):
+            if site.index not in shapes and tensor_shapes.is_static_shape(site.input.shape):
                 shapes[site.index] = tuple(site.input.shape)
 
         def ranks_of(site: Site) -> list[int]:
@@ -291,7 +291,7 @@ def _set_rows(sites: list[Site], data: LayerData | None) -> None:
     """Output positions per sample, from the captured inputs' shapes, else from static graph shapes."""
     for site in sites:
         shape = data.input_shapes.get(site.index) if data is not None else None
-        if shape is None and ir.is_static_shape(site.input.shape):
+        if shape is None and tensor_shapes.is_static_shape(site.input.shape):
             shape = tuple(site.input.shape)
         if shape is None:
             continue
@@ -329,10 +329,10 @@ def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site
 
 
 def _factorized_copy(model: onnx.ModelProto, options, factors: dict[int, tuple]) -> onnx.ModelProto:
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     sites, _ = find_sites(graph, options.conv, options.op_set())
     _apply(graph, sites, None, factors)
-    return ir.export_model(graph, model)
+    return convert.export_model(graph, model)
 
 
 def _metrics(candidate: onnx.ModelProto, samples: dict, reference: dict[str, np.ndarray], slices=()) -> dict[str, dict]:
@@ -382,7 +382,7 @@ def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | 
             })
         factorize_site(graph, site, first, second, bias[0] if bias else None, taken=taken)
     graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
-    ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
+    graph_queries.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
     known = [layer for layer in layers if layer["macs_before"] is not None]
     return {
         "params_before": sum(layer["params_before"] for layer in layers),

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt.latency import backend as latency_backend
 from graphopt_plugins.factorize.lowrank import Factorization
 from graphopt_plugins.factorize.rewrite import factorize_site
@@ -60,7 +60,7 @@ def layer_model(site: Site, input_shape: tuple[int, ...], opset: int,
     None when a bias is not a constant (the layer then cannot be lifted out alone)."""
     node = site.node
     x = gs.Variable("x", dtype=site.dtype, shape=list(input_shape))
-    constants = [ir.constant_value(t) for t in node.inputs[1:] if t.name]
+    constants = [graph_queries.constant_value(t) for t in node.inputs[1:] if t.name]
     if any(value is None for value in constants):
         return None
     inputs = [x] + [gs.Constant(f"w{i}", np.asarray(value)) for i, value in enumerate(constants, 1)]

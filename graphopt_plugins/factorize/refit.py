@@ -26,7 +26,7 @@ import onnx
 from graphopt.activations import expose_tensors
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.runner import make_session
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt.statistics import ridge_solve
 from graphopt_plugins.factorize.input_split import compact_second, expand_first
 from graphopt_plugins.factorize.sites import Site
@@ -105,5 +105,5 @@ def _conv_bias(site: Site) -> np.ndarray | None:
     inputs = site.node.inputs
     if len(inputs) < 3 or not inputs[2].name:
         return np.zeros(site.weight.shape[1])
-    value = ir.constant_value(inputs[2])
+    value = graph_queries.constant_value(inputs[2])
     return None if value is None or value.ndim != 1 else value.astype(np.float64)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 
 __all__ = ["MARK", "Site", "find_sites", "is_factorized", "conv_pads"]
 
@@ -132,7 +132,7 @@ def _site_of(node: gs.Node, conv_mode: str):
         return "already factorized"
     if len(node.inputs) < 2:
         return "no weight"
-    value = ir.constant_value(node.inputs[1])
+    value = graph_queries.constant_value(node.inputs[1])
     if value is None:
         return "weight is not constant"
     if value.dtype.kind != "f":

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
-from graphopt.ir_traversal import iter_graphs
+from graphopt import graph_queries
+from graphopt.graph_queries import iter_graphs
 
 __all__ = ["fold_cast_chains"]
 
@@ -24,9 +24,9 @@ def fold_cast_chains(graph: gs.Graph) -> int:
     """Folds the chains in `graph` and its bodies; returns how many Casts were bypassed."""
     folded = 0
     for owner in iter_graphs(graph, functions=False):
-        outputs = ir.graph_output_ids(owner)
+        outputs = graph_queries.graph_output_ids(owner)
         for second in list(owner.nodes):
-            first = ir.producer(second.inputs[0]) if second.op == "Cast" and second.inputs else None
+            first = graph_queries.producer(second.inputs[0]) if second.op == "Cast" and second.inputs else None
             if first is None or first.op != "Cast" or not first.inputs:
                 continue
             source = first.inputs[0]
@@ -36,7 +36,7 @@ def fold_cast_chains(graph: gs.Graph) -> int:
             if not (exact_widening or then_half):
                 continue
             if second.attrs.get("to") == source_type and exact_widening and id(second.outputs[0]) not in outputs:
-                ir.replace_all_uses(second.outputs[0], source)
+                graph_queries.replace_all_uses(second.outputs[0], source)
             else:
                 second.inputs[0] = source
             folded += 1

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
-from graphopt.ir_traversal import iter_graphs, node_subgraphs
+from graphopt import graph_queries
+from graphopt.graph_queries import iter_graphs, node_subgraphs
 
 __all__ = ["Conversion", "convert_graph", "has_float16", "FP16_MAX"]
 
@@ -75,7 +75,7 @@ def _convert_level(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[i
     def fp16_of(tensor: gs.Tensor) -> gs.Tensor:
         if id(tensor) in half:
             return half[id(tensor)]
-        values = ir.constant_value(tensor)
+        values = graph_queries.constant_value(tensor)
         if values is not None and values.dtype == np.float32:
             clipped = np.clip(np.asarray(values), -FP16_MAX, FP16_MAX)
             conversion.clamped_values += int(np.count_nonzero(clipped != values))

@@ -10,10 +10,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
+from graphopt import convert, graph_queries
 from graphopt.activations import capture_activations
 from graphopt.errors import UsageError
-from graphopt.model_io import infer_model_shapes
+from graphopt.model import infer_model_shapes
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import stacked_outputs
@@ -71,7 +71,7 @@ class ConvertToFloat16(graphopt.Pass):
         options = self.options
         if has_float16(graph):
             return graphopt.PassResult(changed=False, stats={"already_float16": True})
-        model = ctx.model if ctx.model is not None else infer_model_shapes(ir.export_model(graph, gs.export_onnx(graph)))
+        model = ctx.proto()
         samples, origin = ctx.fitting_data(options.max_samples)
         if samples is None:
             samples, origin = generate_feeds(model, seed=ctx.seed, samples=4), "generated"
@@ -95,8 +95,8 @@ class ConvertToFloat16(graphopt.Pass):
             return graphopt.PassResult(changed=False, stats=stats)
         conversion = convert_graph(graph, ctx.opset, set(options.block_ops), user_keep | set(kept))
         stats["cast_chains_folded"] = fold_cast_chains(graph)
-        ir.remove_dead_nodes(graph)
-        ir.toposort(graph)
+        graph_queries.remove_dead_nodes(graph)
+        graph_queries.toposort(graph)
         stats.update(converted_nodes=conversion.nodes, weights_converted=conversion.weights, clamped_values=conversion.clamped_values,
                      casts_in=conversion.casts_in, kept_float32=[model.graph.node[i].name or f"#{i}" for i in sorted(kept)],
                      cosine=metrics["cosine"], sqnr_db=metrics["sqnr_db"])
@@ -104,13 +104,13 @@ class ConvertToFloat16(graphopt.Pass):
         return graphopt.PassResult(changed=conversion.nodes > 0, stats=stats)
 
     def _build(self, model: onnx.ModelProto, opset: int, keep: set[int]) -> tuple[onnx.ModelProto, Conversion]:
-        graph = ir.import_graph(model)
+        graph = convert.import_graph(model)
         conversion = convert_graph(graph, opset, set(self.options.block_ops), keep)
         fold_cast_chains(graph)
-        ir.remove_dead_nodes(graph)
-        ir.toposort(graph)
-        candidate = ir.export_model(graph, model)
-        ir.release_graph(graph, model)
+        graph_queries.remove_dead_nodes(graph)
+        graph_queries.toposort(graph)
+        candidate = convert.export_model(graph, model)
+        convert.release_graph(graph, model)
         return candidate, conversion
 
     def _bisect(self, model, opset, user_keep, ranking, reference, samples, budget) -> tuple[list[int], dict, int]:

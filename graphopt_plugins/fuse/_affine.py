@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import FLOATS
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -47,7 +47,7 @@ def constant_operand(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, int] | None:
     """(the variable operand, the constant's value, the constant's input index) of a binary node."""
     if len(node.inputs) != 2 or len(node.outputs) != 1:
         return None
-    values = [ir.constant_value(tensor) for tensor in node.inputs]
+    values = [graph_queries.constant_value(tensor) for tensor in node.inputs]
     if (values[0] is None) == (values[1] is None):
         return None
     index = 0 if values[0] is not None else 1
@@ -83,13 +83,13 @@ def _known_value(tensor: gs.Tensor) -> np.ndarray | None:
     cleanup leaves a large ConstantOfShape unfolded to keep the file small; a fold that must
     change such a weight materializes it (the model grows to the weight's real size).
     """
-    value = ir.constant_value(tensor)
+    value = graph_queries.constant_value(tensor)
     if value is not None:
         return value
-    node = ir.producer(tensor)
+    node = graph_queries.producer(tensor)
     if node is None or node.op != "ConstantOfShape" or not node.inputs:
         return None
-    shape = ir.constant_value(node.inputs[0])
+    shape = graph_queries.constant_value(node.inputs[0])
     fill = node.attrs.get("value")
     if shape is None:
         return None
@@ -271,10 +271,10 @@ def bypass(node: gs.Node, source: gs.Tensor, ctx: FuseContext) -> bool:
     if not ctx.is_graph_output(result):
         node.inputs.clear()
         node.outputs.clear()
-        ir.replace_all_uses(result, source)
+        graph_queries.replace_all_uses(result, source)
         return True
-    writer = ir.producer(source)
-    if writer is None or len(ir.consumers(source)) != 1 or ctx.is_graph_output(source):
+    writer = graph_queries.producer(source)
+    if writer is None or len(graph_queries.consumers(source)) != 1 or ctx.is_graph_output(source):
         return False
     if not any(node is writer for node in ctx.graph.nodes):  # written in an outer graph
         return False

@@ -23,7 +23,7 @@ from typing import Any, Union
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import is_close, owned, scalar
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -129,7 +129,7 @@ def _match(pattern: Pattern, tensor: gs.Tensor, sofar: Match, ctx: FuseContext, 
                 return found
             failures.append(found.reason)
         return Fail(" / ".join(dict.fromkeys(failures)))
-    node = ir.producer(tensor)
+    node = graph_queries.producer(tensor)
     if node is None or node.op != pattern.op:
         return Fail(f"'{tensor.name}' is not computed by {pattern.op}")
     if owned_inside and not top and not owned(tensor, ctx, readers=pattern.readers):

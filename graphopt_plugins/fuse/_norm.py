@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._formula import AnyOf, Const, Op, Var, match
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
@@ -43,7 +43,7 @@ def affine_tail(normed: gs.Tensor, axes_count: int, x: gs.Tensor, ctx: FuseConte
     normalised shape alone (leading dimensions of 1 are dropped).
     """
     shape = None
-    if x.shape is not None and len(x.shape) >= axes_count and ir.is_static_shape(x.shape[len(x.shape) - axes_count:]):
+    if x.shape is not None and len(x.shape) >= axes_count and tensor_shapes.is_static_shape(x.shape[len(x.shape) - axes_count:]):
         shape = tuple(int(d) for d in x.shape[len(x.shape) - axes_count:])
     dtype = x.dtype if x.dtype is not None else np.float32
     rank = len(x.shape) if x.shape is not None else None
@@ -86,7 +86,7 @@ def _per_feature(node: gs.Node, tensor: gs.Tensor, axes_count: int, shape, rank:
     None too when the constant has more dimensions than the input (the product would gain rank).
     """
     other = node.inputs[1] if node.inputs[0] is tensor else node.inputs[0] if node.inputs[1] is tensor else None
-    value = None if other is None or other is tensor else ir.constant_value(other)
+    value = None if other is None or other is tensor else graph_queries.constant_value(other)
     if value is None or value.dtype.kind != "f":
         return None
     value = np.asarray(value)

@@ -1,6 +1,6 @@
 """Small matching helpers shared by the pattern rules (activations, norms, attention).
 
-All of them walk use-def edges (`ir.producer` / `ir.consumers`), O(uses) per step. A tensor
+All of them walk use-def edges (`graph_queries.producer` / `graph_queries.consumers`), O(uses) per step. A tensor
 "owned" by a pattern is read by one node only and is not a graph output, so the pattern's
 inner nodes can be dropped once its last output is rewired.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = [
@@ -46,7 +46,7 @@ def has_dtype(tensor: gs.Tensor, allowed) -> bool:
 
 def scalar(tensor: gs.Tensor) -> float | None:
     """The value of a compile-time constant holding one element, else None."""
-    value = ir.constant_value(tensor)
+    value = graph_queries.constant_value(tensor)
     if value is None or np.size(value) != 1 or np.asarray(value).dtype.kind not in "fiu":
         return None
     return float(np.asarray(value).reshape(()))
@@ -54,12 +54,12 @@ def scalar(tensor: gs.Tensor) -> float | None:
 
 def owned(tensor: gs.Tensor, ctx: FuseContext, readers: int = 1) -> bool:
     """Whether `tensor` is read by exactly `readers` nodes and is not a graph output."""
-    return len(ir.consumers(tensor)) == readers and not ctx.is_graph_output(tensor)
+    return len(graph_queries.consumers(tensor)) == readers and not ctx.is_graph_output(tensor)
 
 
 def sole_reader(tensor: gs.Tensor, ctx: FuseContext) -> gs.Node | None:
     """The one node reading `tensor` when the tensor is owned by it, else None."""
-    return ir.consumers(tensor)[0] if owned(tensor, ctx) else None
+    return graph_queries.consumers(tensor)[0] if owned(tensor, ctx) else None
 
 
 def local_producer_pairs(graph: gs.Graph, ctx: FuseContext, reader_ops: tuple[str, ...],
@@ -71,7 +71,7 @@ def local_producer_pairs(graph: gs.Graph, ctx: FuseContext, reader_ops: tuple[st
     for reader in list(graph.nodes):
         if reader.op not in reader_ops or not reader.inputs:
             continue
-        producer = ir.producer(reader.inputs[0])
+        producer = graph_queries.producer(reader.inputs[0])
         if producer is not None and producer.op in producer_ops and id(producer) in local:
             yield reader, producer
 
@@ -113,7 +113,7 @@ def reduce_axes(node: gs.Node, opset: int) -> list[int] | None:
     if axes_are_input:
         if len(node.inputs) < 2 or node.inputs[1].name == "":
             return None
-        value = ir.constant_value(node.inputs[1])
+        value = graph_queries.constant_value(node.inputs[1])
         return None if value is None else [int(axis) for axis in np.asarray(value).reshape(-1)]
     axes = node.attrs.get("axes")
     return None if axes is None else [int(axis) for axis in axes]
@@ -139,7 +139,7 @@ def trailing_axes(axes: list[int], rank: int | None) -> int | None:
 def emit(ctx: FuseContext, op: str, inputs: list[gs.Tensor], output: gs.Tensor, attrs: dict | None = None,
          domain: str | None = None, outputs: list[gs.Tensor] | None = None) -> gs.Node:
     """Adds a node writing `output` (taken from its old producer, so its name and readers stay)."""
-    old = ir.producer(output)
+    old = graph_queries.producer(output)
     if old is not None:
         del old.outputs[next(i for i, tensor in enumerate(old.outputs) if tensor is output)]
     node = gs.Node(op=op, name=ctx.fresh_name(op), attrs=attrs or {}, inputs=inputs,
@@ -197,7 +197,7 @@ def scaled_product(start: gs.Tensor, x: gs.Tensor, scale: float, ctx: FuseContex
 
 def _scaled(tensor: gs.Tensor, x: gs.Tensor, ctx: FuseContext) -> tuple[float, gs.Node] | None:
     """(c, node) when `tensor` is an owned `x*c`, `c*x` or `x/c`."""
-    node = ir.producer(tensor)
+    node = graph_queries.producer(tensor)
     if node is None or node.op not in ("Mul", "Div") or not owned(tensor, ctx):
         return None
     split = split_scalar(node)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._pattern import drop, emit
 from graphopt_plugins.fuse.attention_match import AttentionMiss, match_attention, same_dim
 from graphopt_plugins.fuse.rule import FuseContext
@@ -66,11 +66,11 @@ def _attention_bias(site: dict, ctx: FuseContext) -> gs.Tensor:
     rows, cols = query.shape[1], key.shape[1]
     if len(bias.shape) == 4 and same_dim(dims[2], rows) and same_dim(dims[3], cols):
         return bias
-    if ir.is_static_shape([rows, cols]):
+    if tensor_shapes.is_static_shape([rows, cols]):
         target = [1, 1, int(rows), int(cols)]
-        for reader in ir.consumers(bias):  # another attention block already expanded this mask
+        for reader in graph_queries.consumers(bias):  # another attention block already expanded this mask
             if reader.op == "Expand" and reader.inputs[0] is bias and reader.outputs and len(reader.inputs) == 2:
-                shape_value = ir.constant_value(reader.inputs[1])
+                shape_value = graph_queries.constant_value(reader.inputs[1])
                 if shape_value is not None and [int(d) for d in np.asarray(shape_value).reshape(-1)] == target:
                     return reader.outputs[0]
         shape = ctx.constant("attention_bias_shape", np.array(target, dtype=np.int64))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._pattern import FLOAT_16_32, has_dtype, owned, sole_reader, split_scalar
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -37,13 +37,13 @@ def match_attention(softmax: gs.Node, ctx: FuseContext) -> dict:
     if producer.op == "Add":
         nodes.append(producer)
         for candidate, other in (producer.inputs, reversed(producer.inputs)):
-            inner = ir.producer(candidate)
+            inner = graph_queries.producer(candidate)
             if inner is not None and inner.op in ("Div", "Mul", "MatMul") and owned(candidate, ctx):
                 scores, bias = candidate, other
                 break
         else:
             raise AttentionMiss("the Softmax input is an Add of no scaled MatMul")
-        producer = ir.producer(scores)
+        producer = graph_queries.producer(scores)
     scale = 1.0
     if producer.op in ("Div", "Mul"):
         split = split_scalar(producer)
@@ -82,7 +82,7 @@ def match_attention(softmax: gs.Node, ctx: FuseContext) -> dict:
 
 
 def _owned_producer(tensor: gs.Tensor, ctx: FuseContext, what: str) -> gs.Node:
-    node = ir.producer(tensor)
+    node = graph_queries.producer(tensor)
     if node is None or not owned(tensor, ctx):
         raise AttentionMiss(f"{what} is not an owned intermediate tensor")
     return node
@@ -135,7 +135,7 @@ def _flattened_swap(unflatten: gs.Node, ctx: FuseContext) -> tuple[dict, float, 
     source, heads, head_size = key["source"], key["heads"], key["head_size"]
     batch, length = (source.shape[0], source.shape[1]) if source.shape is not None else (None, None)
     flat, back = _shape_constant(flatten), _shape_constant(unflatten)
-    if not ir.is_static_shape([batch, length]) or flat is None or back is None:
+    if not tensor_shapes.is_static_shape([batch, length]) or flat is None or back is None:
         raise AttentionMiss("the flattened swap of K needs static batch and key length")
     if flat not in ([-1, length, head_size], [batch * heads, length, head_size]) \
             or back not in ([batch, heads, head_size, length], [-1, heads, head_size, length]):
@@ -149,7 +149,7 @@ def _perm(node: gs.Node) -> list[int] | None:
 
 
 def _shape_constant(reshape: gs.Node) -> list[int] | None:
-    value = ir.constant_value(reshape.inputs[1]) if len(reshape.inputs) == 2 else None
+    value = graph_queries.constant_value(reshape.inputs[1]) if len(reshape.inputs) == 2 else None
     return None if value is None else [int(d) for d in np.asarray(value).reshape(-1)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import LINEAR_OPS, fold_after, output_channels, take_output
 from graphopt_plugins.fuse._pattern import local_producer_pairs, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
@@ -58,9 +58,9 @@ def batchnorm_affine(bn: gs.Node, ctx: FuseContext) -> tuple[np.ndarray, np.ndar
     """(scale, shift) per channel, in float64, for an inference-mode BN with constant statistics."""
     if len(bn.inputs) != 5 or int(bn.attrs.get("training_mode", 0)) or int(bn.attrs.get("spatial", 1)) != 1:
         return None
-    if any(ir.consumers(extra) or ctx.is_graph_output(extra) for extra in bn.outputs[1:]):
+    if any(graph_queries.consumers(extra) or ctx.is_graph_output(extra) for extra in bn.outputs[1:]):
         return None
-    values = [ir.constant_value(tensor) for tensor in bn.inputs[1:]]
+    values = [graph_queries.constant_value(tensor) for tensor in bn.inputs[1:]]
     if any(value is None for value in values):
         return None
     gamma, beta, mean, var = (np.asarray(value, dtype=np.float64).reshape(-1) for value in values)

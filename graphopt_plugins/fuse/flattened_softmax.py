@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._pattern import drop, emit, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -48,8 +48,8 @@ def fuse_flattened_softmax(graph: gs.Graph, ctx: FuseContext) -> int:
 
 
 def _restores_shape_of(x: gs.Tensor, target: gs.Tensor) -> bool:
-    shape = ir.producer(target)
+    shape = graph_queries.producer(target)
     if shape is not None and shape.op == "Shape":
         return shape.inputs[0] is x and shape.attrs.get("start", 0) == 0 and shape.attrs.get("end") is None
-    value = ir.constant_value(target)
-    return value is not None and ir.is_static_shape(x.shape) and [int(v) for v in value.ravel()] == [int(d) for d in x.shape]
+    value = graph_queries.constant_value(target)
+    return value is not None and tensor_shapes.is_static_shape(x.shape) and [int(v) for v in value.ravel()] == [int(d) for d in x.shape]

@@ -11,7 +11,7 @@ import math
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import tensor_shapes
 from graphopt_plugins.fuse._pattern import drop, emit, sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -34,7 +34,7 @@ def fuse_flattened_transpose(graph: gs.Graph, ctx: FuseContext) -> int:
         if merge.op != "Reshape" or not merge.outputs or not merge.inputs:
             continue
         x, merged = merge.inputs[0], merge.outputs[0]
-        if not (ir.is_static_shape(x.shape) and ir.is_static_shape(merged.shape)) or len(x.shape) < 3:
+        if not (tensor_shapes.is_static_shape(x.shape) and tensor_shapes.is_static_shape(merged.shape)) or len(x.shape) < 3:
             continue
         lead = _merged_lead(list(x.shape), list(merged.shape))
         if lead is None:
@@ -48,8 +48,8 @@ def fuse_flattened_transpose(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, merge, "the merged axes are not kept first by one Transpose then split by a Reshape")
             continue
         swapped, result = transpose.outputs[0], split.outputs[0]
-        expected = list(x.shape[:lead]) + list(swapped.shape[1:]) if ir.is_static_shape(swapped.shape) else None
-        if expected is None or not ir.is_static_shape(result.shape) or list(result.shape) != expected:
+        expected = list(x.shape[:lead]) + list(swapped.shape[1:]) if tensor_shapes.is_static_shape(swapped.shape) else None
+        if expected is None or not tensor_shapes.is_static_shape(result.shape) or list(result.shape) != expected:
             ctx.near_miss(RULE, merge, "the second Reshape does not split the merged axes back")
             continue
         combined = list(range(lead)) + [lead - 1 + axis for axis in perm[1:]]

@@ -8,7 +8,7 @@ from collections import Counter
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
+from graphopt import convert, graph_queries
 from graphopt_plugins.fuse.catalogue import RULES, rule_names
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, STANDARD, FuseContext, LevelMembership, Rule
 
@@ -62,7 +62,7 @@ class Fuse(graphopt.Pass):
 
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         left_unfused: Counter[tuple] = Counter()
-        with ir.collector_paused():  # see ir.collector_paused: full collections made big graphs superlinear
+        with convert.collector_paused():  # see convert.collector_paused: full collections made big graphs superlinear
             stats = self._fuse(graph, ctx, left_unfused)
         ctx.logger.info("fuse: %s", stats)
         changed = bool(stats)
@@ -76,11 +76,11 @@ class Fuse(graphopt.Pass):
 
     def _fuse(self, graph: gs.Graph, ctx: graphopt.PassContext, left_unfused: Counter[tuple]) -> dict:
         rules = self.selected_rules()
-        taken = {tensor for owner in ir.iter_graphs(graph) for tensor in owner.tensors()} | {
-            node.name for _, node in ir.iter_nodes(graph)
+        taken = {tensor for owner in graph_queries.iter_graphs(graph) for tensor in owner.tensors()} | {
+            node.name for _, node in graph_queries.iter_nodes(graph)
         }
         stats: Counter[str] = Counter()
-        levels = list(ir.iter_graphs(graph))
+        levels = list(graph_queries.iter_graphs(graph))
         level_of = {id(node): (index, node) for index, owner in enumerate(levels) for node in owner.nodes}
         for index, owner in enumerate(levels):
             members = LevelMembership(level_of, index)
@@ -93,9 +93,9 @@ class Fuse(graphopt.Pass):
                 if not fired:
                     break
                 stats.update(fired)
-                ir.remove_dead_nodes_in_level(owner)
+                graph_queries.remove_dead_nodes_in_level(owner)
             # The nodes its rules created, indexed before the next level's rules ask about them.
             level_of.update((id(node), (index, node)) for node in owner.nodes)
         if stats:
-            ir.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
+            graph_queries.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
         return dict(stats)

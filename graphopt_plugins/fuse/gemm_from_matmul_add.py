@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import take_output
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
@@ -32,7 +32,7 @@ def gemm_from_matmul_add(graph: gs.Graph, ctx: FuseContext) -> int:
         if add.op != "Add" or len(add.inputs) != 2:
             continue
         for index in (0, 1):
-            matmul = ir.producer(add.inputs[index])
+            matmul = graph_queries.producer(add.inputs[index])
             if matmul is not None and matmul.op == "MatMul" and len(matmul.inputs) == 2 and id(matmul) in local:
                 break
         else:

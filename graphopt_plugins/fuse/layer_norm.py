@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._formula import AnyOf, Match, Op, Var
 from graphopt_plugins.fuse._norm import norm_input, normalisation_sites, root_of_mean_square
 from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, reduce_axes, same_axes, trailing_axes
@@ -50,7 +50,7 @@ def fuse_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
 
 def _reads_a_difference(node: gs.Node) -> bool:
     """A cheap first look, so that only the divisions of a `x - m` are matched (and logged)."""
-    return any((producer := ir.producer(t)) is not None and producer.op == "Sub" for t in node.inputs)
+    return any((producer := graph_queries.producer(t)) is not None and producer.op == "Sub" for t in node.inputs)
 
 
 def _checked(found: Match, ctx: FuseContext) -> int | str:
@@ -62,7 +62,7 @@ def _checked(found: Match, ctx: FuseContext) -> int | str:
     if found["eps"] < 0:
         return "eps is negative"
     rank = len(x.shape) if x.shape is not None else None
-    mean, variance = ir.producer(found["mean"]), ir.producer(found["variance"])
+    mean, variance = graph_queries.producer(found["mean"]), graph_queries.producer(found["variance"])
     axes, variance_axes = reduce_axes(mean, ctx.opset), reduce_axes(variance, ctx.opset)
     count = None if axes is None else trailing_axes(axes, rank)
     if count is None:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._affine import bypass
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -44,7 +44,7 @@ def remove_noop_nodes(graph: gs.Graph, ctx: FuseContext) -> int:
 
 def _same_static_shape(node: gs.Node) -> bool:
     before, after = node.inputs[0].shape, node.outputs[0].shape
-    return ir.is_static_shape(before) and ir.is_static_shape(after) and list(before) == list(after)
+    return tensor_shapes.is_static_shape(before) and tensor_shapes.is_static_shape(after) and list(before) == list(after)
 
 
 def _cast_to_own_type(node: gs.Node) -> bool:
@@ -65,7 +65,7 @@ def _whole_slice(node: gs.Node) -> bool:
         return True
     if len(node.inputs) < 5 or not node.inputs[4].name:
         return True
-    steps = ir.constant_value(node.inputs[4])
+    steps = graph_queries.constant_value(node.inputs[4])
     return steps is not None and bool(np.all(np.asarray(steps) == 1))
 
 

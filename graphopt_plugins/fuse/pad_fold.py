@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -94,14 +94,14 @@ def _pad_amounts(pad: gs.Node) -> list[int] | None:
         return [int(p) for p in pad.attrs["pads"]]
     if len(pad.inputs) < 2:
         return None
-    values = ir.constant_value(pad.inputs[1])
+    values = graph_queries.constant_value(pad.inputs[1])
     if values is None:
         return None
     values = [int(v) for v in np.asarray(values).reshape(-1)]
     axes_tensor = pad.inputs[3] if len(pad.inputs) > 3 and pad.inputs[3].name else None
     if axes_tensor is None:
         return values
-    axes = ir.constant_value(axes_tensor)
+    axes = graph_queries.constant_value(axes_tensor)
     shape = pad.inputs[0].shape
     if axes is None or shape is None:
         return None
@@ -117,5 +117,5 @@ def _pad_value(pad: gs.Node) -> float | None:
         return float(pad.attrs["value"])
     if len(pad.inputs) < 3 or not pad.inputs[2].name:
         return 0.0
-    value = ir.constant_value(pad.inputs[2])
+    value = graph_queries.constant_value(pad.inputs[2])
     return None if value is None else float(np.asarray(value).reshape(-1)[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -30,14 +30,14 @@ def collapse_reshape_chains(graph: gs.Graph, ctx: FuseContext) -> int:
     for outer in list(graph.nodes):
         if outer.op != "Reshape" or len(outer.inputs) != 2:
             continue
-        inner = ir.producer(outer.inputs[0])
+        inner = graph_queries.producer(outer.inputs[0])
         if inner is None or inner.op not in _RESHAPES or id(inner) not in local:
             continue
         middle = outer.inputs[0]
         if sole_reader(middle, ctx) is not outer:
             ctx.near_miss(RULE, outer, f"the inner {inner.op}'s output has other readers")
             continue
-        target = ir.constant_value(outer.inputs[1])
+        target = graph_queries.constant_value(outer.inputs[1])
         if target is None:
             ctx.near_miss(RULE, outer, "the target shape is not a constant")
             continue

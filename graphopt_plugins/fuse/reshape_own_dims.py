@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
-from graphopt.local_shapes import node_positions, propagate_shapes
+from graphopt import graph_queries, tensor_shapes
+from graphopt.tensor_shapes import node_positions, propagate_shapes
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["constant_reshape_targets"]
@@ -39,7 +39,7 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
         if reshape.op != "Reshape" or len(reshape.inputs) != 2 or int(reshape.attrs.get("allowzero", 0)):
             continue
         target = reshape.inputs[1]
-        if ir.constant_value(target) is not None or ir.producer(target) is None:
+        if graph_queries.constant_value(target) is not None or graph_queries.producer(target) is None:
             continue
         pieces = _pieces(target)
         if pieces is None:
@@ -60,11 +60,11 @@ def constant_reshape_targets(graph: gs.Graph, ctx: FuseContext) -> int:
         propagate_shapes(graph, [reshape.inputs[1]], position)
         rewritten.append(reshape)
     if rewritten:
-        ir.remove_dead_nodes_in_level(graph)  # the Shape chains that built the old targets: gone, they read nothing
+        graph_queries.remove_dead_nodes_in_level(graph)  # the Shape chains that built the old targets: gone, they read nothing
         if _shape_read_downstream(rewritten, position):
             # What only a whole-graph inference finds (through Shape arithmetic) the next round
             # and the other rules must see too, or a second run of the pass would find more to do.
-            ir.refresh_shapes(graph)
+            tensor_shapes.refresh_shapes(graph)
     return len(rewritten)
 
 
@@ -86,7 +86,7 @@ def _shape_read_downstream(nodes: list[gs.Node], position: dict[int, int]) -> bo
                 if id(consumer) in seen:
                     continue
                 if (consumer.op in ("Shape", "Size") or id(consumer) not in position
-                        or (consumer.attrs and ir.node_subgraphs(consumer))):
+                        or (consumer.attrs and graph_queries.node_subgraphs(consumer))):
                     return True
                 seen.add(id(consumer))
                 pending.append(consumer)
@@ -94,16 +94,16 @@ def _shape_read_downstream(nodes: list[gs.Node], position: dict[int, int]) -> bo
 
 
 def _strip_casts(tensor: gs.Tensor) -> gs.Tensor:
-    node = ir.producer(tensor)
+    node = graph_queries.producer(tensor)
     while node is not None and node.op == "Cast" and int(node.attrs.get("to", 0)) in _INT_TYPES:
         tensor = node.inputs[0]
-        node = ir.producer(tensor)
+        node = graph_queries.producer(tensor)
     return tensor
 
 
 def _pieces(target: gs.Tensor) -> list[gs.Tensor] | None:
     tensor = _strip_casts(target)
-    node = ir.producer(tensor)
+    node = graph_queries.producer(tensor)
     if node is not None and node.op == "Concat" and int(node.attrs.get("axis", 0)) in (0, -1):
         return list(node.inputs)
     return [tensor]
@@ -111,20 +111,20 @@ def _pieces(target: gs.Tensor) -> list[gs.Tensor] | None:
 
 def _piece_values(piece: gs.Tensor, x: gs.Tensor, position: int) -> list[int] | None:
     """The piece as target values (0 where it copies x's dim at the same position), or None."""
-    constant = ir.constant_value(_strip_casts(piece))
+    constant = graph_queries.constant_value(_strip_casts(piece))
     if constant is not None:
         values = [int(v) for v in np.asarray(constant).reshape(-1)]
         return values  # a 0 keeps its meaning: the piece stays at its position
-    node = ir.producer(_strip_casts(piece))
+    node = graph_queries.producer(_strip_casts(piece))
     if node is None:
         return None
     if node.op == "Unsqueeze":  # a scalar Gather made 1-D
         axes = node.attrs.get("axes")
         if axes is None and len(node.inputs) > 1:
-            axes = ir.constant_value(node.inputs[1])
+            axes = graph_queries.constant_value(node.inputs[1])
         if axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] not in ([0], [-1]):
             return None
-        node = ir.producer(_strip_casts(node.inputs[0]))
+        node = graph_queries.producer(_strip_casts(node.inputs[0]))
         if node is None or node.op != "Gather":
             return None
     start, stop, source = _copied_dims(node)
@@ -145,7 +145,7 @@ def _copied_dims(node: gs.Node) -> tuple[int | None, int | None, gs.Tensor | Non
     """(first, past-last, y) when `node` yields dims of some tensor y read from `Shape(y)`; Nones if not."""
     if node.op == "Shape":
         return (*_bounds(node.attrs.get("start", 0), node.attrs.get("end"), node.inputs[0]), node.inputs[0])
-    source = ir.producer(_strip_casts(node.inputs[0])) if node.inputs else None
+    source = graph_queries.producer(_strip_casts(node.inputs[0])) if node.inputs else None
     if source is None or source.op != "Shape" or "start" in source.attrs or "end" in source.attrs:
         return None, None, None
     x = source.inputs[0]
@@ -154,14 +154,14 @@ def _copied_dims(node: gs.Node) -> tuple[int | None, int | None, gs.Tensor | Non
 
 def _copied_from_shape(node: gs.Node, x: gs.Tensor) -> tuple[int | None, int | None]:
     if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
-        index = ir.constant_value(node.inputs[1])
+        index = graph_queries.constant_value(node.inputs[1])
         if index is None or np.asarray(index).size != 1:
             return None, None
         first, _ = _bounds(int(np.asarray(index).reshape(-1)[0]), None, x)
         return (first, first + 1) if first is not None else (None, None)
     if node.op == "Slice" and "starts" not in node.attrs and len(node.inputs) >= 3:
-        starts, ends = ir.constant_value(node.inputs[1]), ir.constant_value(node.inputs[2])
-        extra = [ir.constant_value(t) if t.name else None for t in node.inputs[3:5]]
+        starts, ends = graph_queries.constant_value(node.inputs[1]), graph_queries.constant_value(node.inputs[2])
+        extra = [graph_queries.constant_value(t) if t.name else None for t in node.inputs[3:5]]
         if starts is None or ends is None or np.asarray(starts).size != 1:
             return None, None
         if len(node.inputs) > 3 and node.inputs[3].name and (extra[0] is None or int(np.asarray(extra[0]).reshape(-1)[0]) != 0):

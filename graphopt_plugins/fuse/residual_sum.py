@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse.rule import FuseContext
 
 __all__ = ["keep_residual_norm_unfused"]
@@ -26,10 +26,10 @@ def keep_residual_norm_unfused(graph: gs.Graph, ctx: FuseContext) -> int:
     for norm in list(graph.nodes):
         if norm.op != "LayerNormalization" or norm.domain not in (None, "", "ai.onnx"):
             continue
-        add = ir.producer(norm.inputs[0])
+        add = graph_queries.producer(norm.inputs[0])
         if add is None or add.op != "Add" or len(add.inputs) != 2:
             continue
-        if any(ir.constant_value(operand) is not None for operand in add.inputs):
+        if any(graph_queries.constant_value(operand) is not None for operand in add.inputs):
             ctx.near_miss(RULE, add, "an operand is a constant: a bias, not a residual")
             continue
         add.op = "Sum"

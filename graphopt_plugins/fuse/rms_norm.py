@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._formula import AnyOf, Const, Match, Op, Var
 from graphopt_plugins.fuse._norm import norm_input, normalisation_sites, root_of_mean_square
 from graphopt_plugins.fuse._pattern import FLOATS, drop, emit, has_dtype, reduce_axes, trailing_axes
@@ -44,9 +44,9 @@ def fuse_rms_norm(graph: gs.Graph, ctx: FuseContext) -> int:
 def _reads_a_root(node: gs.Node) -> bool:
     """A cheap first look: the node reads a Sqrt, its Reciprocal, or 1 / it."""
     for tensor in node.inputs:
-        producer = ir.producer(tensor)
+        producer = graph_queries.producer(tensor)
         if producer is not None and producer.op in ("Reciprocal", "Div") and producer.inputs:
-            producer = ir.producer(producer.inputs[-1])
+            producer = graph_queries.producer(producer.inputs[-1])
         if producer is not None and producer.op == "Sqrt":
             return True
     return False
@@ -59,6 +59,6 @@ def _checked(found: Match, ctx: FuseContext) -> int | str:
         return f"RMSNormalization takes float16/32/64, not {x.dtype}"
     if found["eps"] < 0:
         return "eps is negative"
-    axes = reduce_axes(ir.producer(found["variance"]), ctx.opset)
+    axes = reduce_axes(graph_queries.producer(found["variance"]), ctx.opset)
     count = None if axes is None else trailing_axes(axes, len(x.shape) if x.shape is not None else None)
     return "the mean is not over the last axes" if count is None else count

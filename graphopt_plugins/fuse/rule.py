@@ -1,7 +1,7 @@
 """What a fusion rule is, and the context it rewrites in.
 
 A rule rewrites every site of its pattern in one graph level and returns how many it rewrote.
-It matches by walking from an anchor node through `ir.producer` / `ir.consumers` (O(uses),
+It matches by walking from an anchor node through `graph_queries.producer` / `consumers` (O(uses),
 never a whole-graph scan per site), and where a site does not match it calls
 `ctx.near_miss(node, reason)` and moves on: a failed match is a reason, not an exception.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import LINEAR_OPS, channel_operand, constant_operand_sites, fold_after, output_channels, take_output
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.bn_fold import batchnorm_affine
@@ -36,7 +36,7 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
     rewritten = 0
     local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for node, x, value, index in constant_operand_sites(graph, _OPS):
-        linear = ir.producer(x)
+        linear = graph_queries.producer(x)
         if linear is None or linear.op not in LINEAR_OPS + ("BatchNormalization",) or id(linear) not in local:
             continue
         if index == 0 and node.op in ("Sub", "Div"):
@@ -71,11 +71,11 @@ def fold_channel_constants_after(graph: gs.Graph, ctx: FuseContext) -> int:
 def _bn_channels(bn: gs.Node, x: gs.Tensor, ctx: FuseContext) -> tuple[int, int, int] | None:
     if batchnorm_affine(bn, ctx) is None or x.shape is None:
         return None
-    return len(x.shape), 1, int(np.asarray(ir.constant_value(bn.inputs[1])).size)
+    return len(x.shape), 1, int(np.asarray(graph_queries.constant_value(bn.inputs[1])).size)
 
 
 def _fold_into_batchnorm(bn: gs.Node, scale: np.ndarray, shift: np.ndarray, ctx: FuseContext) -> None:
     """BN(x) * s + t = (x - mean) / sqrt(var + eps) * (gamma * s) + (beta * s + t)."""
-    gamma, beta = (np.asarray(ir.constant_value(t)) for t in bn.inputs[1:3])
+    gamma, beta = (np.asarray(graph_queries.constant_value(t)) for t in bn.inputs[1:3])
     bn.inputs[1] = ctx.constant(f"{bn.name}_scale", (gamma.astype(np.float64) * scale).astype(gamma.dtype))
     bn.inputs[2] = ctx.constant(f"{bn.name}_bias", (beta.astype(np.float64) * scale + shift).astype(beta.dtype))

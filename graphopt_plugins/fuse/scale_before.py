@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import channel_operand, channel_vector, constant_operand, constant_operand_sites, fold_before, input_channels
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
@@ -70,7 +70,7 @@ def fold_channel_constants_before(graph: gs.Graph, ctx: FuseContext) -> int:
 def _swap_scale_past_shift(add: gs.Node, x: gs.Tensor, shift: np.ndarray, linear: gs.Node, channels, local, ctx: FuseContext) -> bool:
     """`(x0 * s + b)` before a linear node that cannot take the shift: rewritten as `x0 + b/s`,
     with `s` folded into the weight. Needs a per-channel, non-zero `s` read by the Add alone."""
-    mul = ir.producer(x)
+    mul = graph_queries.producer(x)
     if mul is None or mul.op != "Mul" or id(mul) not in local or sole_reader(x, ctx) is not add:
         return False
     operands = constant_operand(mul)

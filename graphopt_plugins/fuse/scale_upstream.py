@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import LINEAR_OPS, bypass, constant_operand, constant_operand_sites, fold_after, output_channels
 from graphopt_plugins.fuse._pattern import FLOATS, sole_reader
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, FuseContext
@@ -39,10 +39,10 @@ def fold_scalars_upstream(graph: gs.Graph, ctx: FuseContext) -> int:
     rewritten = 0
     local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for node, scores, value, index in constant_operand_sites(graph, ("Mul", "Div")):
-        matmul = ir.producer(scores)
+        matmul = graph_queries.producer(scores)
         if matmul is None or matmul.op != "MatMul" or id(matmul) not in local:
             continue
-        if any(ir.constant_value(tensor) is not None for tensor in matmul.inputs):
+        if any(graph_queries.constant_value(tensor) is not None for tensor in matmul.inputs):
             continue  # scale_after folds it into the constant operand
         factor = _factor(node, value, index)
         if factor is None:
@@ -83,7 +83,7 @@ def _path_to_linear(tensor: gs.Tensor, reader: gs.Node, local, ctx: FuseContext)
     """(the linear node `tensor` comes from, the bias Adds on the way) when every step is one a scalar passes."""
     adds = []
     while True:
-        node = ir.producer(tensor)
+        node = graph_queries.producer(tensor)
         if node is None or id(node) not in local or sole_reader(tensor, ctx) is not reader:
             return None
         if node.op in _LAYOUT_OPS and node.inputs:

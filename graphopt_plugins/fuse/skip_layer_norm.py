@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.fuse._pattern import FLOAT_16_32, drop, emit, has_dtype, owned
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -30,7 +30,7 @@ def fuse_skip_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
         if reason:
             ctx.near_miss(RULE, norm, reason)
             continue
-        add = ir.producer(norm.inputs[0])
+        add = graph_queries.producer(norm.inputs[0])
         summed = add.outputs[0]
         outputs = [norm.outputs[0]]
         if not owned(summed, ctx):
@@ -44,7 +44,7 @@ def fuse_skip_layer_norm(graph: gs.Graph, ctx: FuseContext) -> int:
 
 
 def _refusal(norm: gs.Node, ctx: FuseContext) -> str | None:
-    add = ir.producer(norm.inputs[0])
+    add = graph_queries.producer(norm.inputs[0])
     if add is None or add.op != "Add" or len(add.inputs) != 2:
         return "the input is not an Add"
     first, second = add.inputs
@@ -53,7 +53,7 @@ def _refusal(norm: gs.Node, ctx: FuseContext) -> str | None:
     if first is second:
         return "the Add adds a tensor to itself"
     shapes = [tensor.shape for tensor in add.inputs]
-    if any(shape is None or not ir.is_static_shape(shape) for shape in shapes) or list(shapes[0]) != list(shapes[1]):
+    if any(shape is None or not tensor_shapes.is_static_shape(shape) for shape in shapes) or list(shapes[0]) != list(shapes[1]):
         return "the Add's operands do not have the same static shape"
     rank = len(shapes[0])
     if rank not in (2, 3):

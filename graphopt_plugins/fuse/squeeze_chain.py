@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 from graphopt_plugins.fuse.squeeze_pair import axes_of
@@ -33,7 +33,7 @@ def merge_squeeze_chains(graph: gs.Graph, ctx: FuseContext) -> int:
     for outer in list(graph.nodes):
         if outer.op not in ("Squeeze", "Unsqueeze") or not outer.inputs:
             continue
-        inner = ir.producer(outer.inputs[0])
+        inner = graph_queries.producer(outer.inputs[0])
         if inner is None or inner.op != outer.op or id(inner) not in local or not inner.inputs:
             continue
         if sole_reader(outer.inputs[0], ctx) is not outer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import bypass
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
@@ -33,7 +33,7 @@ def remove_squeeze_pairs(graph: gs.Graph, ctx: FuseContext) -> int:
     for outer in list(graph.nodes):
         if outer.op not in _INVERSE or not outer.inputs:
             continue
-        inner = ir.producer(outer.inputs[0])
+        inner = graph_queries.producer(outer.inputs[0])
         if inner is None or inner.op != _INVERSE[outer.op] or id(inner) not in local or not inner.inputs:
             continue
         middle = outer.inputs[0]
@@ -60,7 +60,7 @@ def axes_of(node: gs.Node, rank: int | None) -> set[int] | None:
     if "axes" in node.attrs:
         values = node.attrs["axes"]
     elif len(node.inputs) > 1 and node.inputs[1].name:
-        values = ir.constant_value(node.inputs[1])
+        values = graph_queries.constant_value(node.inputs[1])
     else:
         return None
     if values is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import local_producer_pairs
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -25,7 +25,7 @@ def merge_transpose_chains(graph: gs.Graph, ctx: FuseContext) -> int:
     """
     rewritten = 0
     for outer, inner in local_producer_pairs(graph, ctx, ("Transpose",), ("Transpose",)):
-        if len(ir.consumers(inner.outputs[0])) != 1 or ctx.is_graph_output(inner.outputs[0]):
+        if len(graph_queries.consumers(inner.outputs[0])) != 1 or ctx.is_graph_output(inner.outputs[0]):
             ctx.near_miss(RULE, outer, "the inner Transpose's output has other readers")
             continue
         inner_perm, outer_perm = _perm(inner), _perm(outer)
@@ -40,7 +40,7 @@ def merge_transpose_chains(graph: gs.Graph, ctx: FuseContext) -> int:
             result = outer.outputs[0]
             outer.inputs.clear()
             outer.outputs.clear()
-            ir.replace_all_uses(result, source)
+            graph_queries.replace_all_uses(result, source)
         else:
             outer.inputs[0] = source
             outer.attrs["perm"] = merged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._pattern import sole_reader
 from graphopt_plugins.fuse.rule import FuseContext
 
@@ -30,7 +30,7 @@ def fold_transpose_into_gemm(graph: gs.Graph, ctx: FuseContext) -> int:
         for index, flag in ((0, "transA"), (1, "transB")):
             if len(gemm.inputs) <= index:
                 continue
-            transpose = ir.producer(gemm.inputs[index])
+            transpose = graph_queries.producer(gemm.inputs[index])
             if transpose is None or transpose.op != "Transpose" or id(transpose) not in local:
                 continue
             if sole_reader(gemm.inputs[index], ctx) is not gemm or sum(t is gemm.inputs[index] for t in gemm.inputs) != 1:

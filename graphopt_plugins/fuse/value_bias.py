@@ -7,7 +7,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.fuse._affine import bypass, constant_operand
 from graphopt_plugins.fuse._pattern import FLOATS, sole_reader
 from graphopt_plugins.fuse.rule import ONNXRUNTIME, FuseContext
@@ -41,7 +41,7 @@ def fold_value_bias(graph: gs.Graph, ctx: FuseContext) -> int:
     rewritten = 0
     local = ctx.local_nodes()  # partners in nested bodies or outer graphs are never merged
     for matmul in list(graph.nodes):
-        if matmul.op != "MatMul" or len(matmul.inputs) != 2 or not _is_row_softmax(ir.producer(matmul.inputs[0]), ctx.opset):
+        if matmul.op != "MatMul" or len(matmul.inputs) != 2 or not _is_row_softmax(graph_queries.producer(matmul.inputs[0]), ctx.opset):
             continue
         found = _bias_above(matmul, local, ctx)
         if found is None:
@@ -60,7 +60,7 @@ def fold_value_bias(graph: gs.Graph, ctx: FuseContext) -> int:
             ctx.near_miss(RULE, matmul, "the result does not reach, through Reshape/Transpose, a MatMul with a constant weight and a bias Add")
             continue
         projection, bias_add, per_feature = below
-        shift = per_feature.astype(np.float64) @ ir.constant_value(projection.inputs[1]).astype(np.float64)
+        shift = per_feature.astype(np.float64) @ graph_queries.constant_value(projection.inputs[1]).astype(np.float64)
         if not bypass(add, constant_operand(add)[0], ctx):
             continue
         _, old, position = constant_operand(bias_add)
@@ -82,7 +82,7 @@ def _bias_above(matmul: gs.Node, local, ctx: FuseContext) -> tuple[gs.Node, np.n
     """(the Add of the bias, the bias as a pattern broadcast over the MatMul's second operand)."""
     tensor, reader, steps = matmul.inputs[1], matmul, []
     while True:
-        node = ir.producer(tensor)
+        node = graph_queries.producer(tensor)
         if node is None or id(node) not in local or sole_reader(tensor, ctx) is not reader:
             return None
         if node.op in ("Identity", "Reshape", "Transpose"):
@@ -117,7 +117,7 @@ def _projection_below(tensor: gs.Tensor, pattern: np.ndarray, local, ctx: FuseCo
             continue
         if reader.op != "MatMul" or reader.inputs[0] is not tensor or any(size != 1 for size in pattern.shape[:-1]):
             return None
-        weight = ir.constant_value(reader.inputs[1])
+        weight = graph_queries.constant_value(reader.inputs[1])
         if weight is None or weight.ndim != 2 or weight.shape[0] != pattern.shape[-1]:
             return None
         bias_add = sole_reader(reader.outputs[0], ctx)

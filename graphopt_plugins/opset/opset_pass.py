@@ -10,7 +10,7 @@ import onnx.version_converter
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
+from graphopt import convert
 from graphopt.errors import PreconditionError
 
 __all__ = ["UpgradeOpset"]
@@ -49,13 +49,13 @@ class UpgradeOpset(graphopt.Pass):
             return graphopt.PassResult(changed=False, stats={"from": current, "to": current})
         if current < _OLDEST:
             raise PreconditionError(f"pass 'opset': the model's opset {current} is older than the converter supports ({_OLDEST})")
-        model = ctx.model if ctx.model is not None else ir.export_model(graph, onnx.ModelProto())
+        model = ctx.proto()
         try:
             converted = onnx.version_converter.convert_version(model, self.options.target)
         except Exception as error:  # the converter raises bare RuntimeErrors naming the op it lacks
             raise PreconditionError(f"pass 'opset': onnx's version converter cannot convert this model: "
                                     f"{str(error).splitlines()[0]}") from error
-        _replace_graph(graph, ir.import_graph(converted))
+        _replace_graph(graph, convert.import_graph(converted))
         ctx.logger.info("opset: %d -> %d", current, self.options.target)
         return graphopt.PassResult(changed=True, stats={"from": current, "to": self.options.target})
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import convert
 from graphopt.verify.metrics import Budget, measure_outputs
 from graphopt.verify.runner import stacked_outputs
 
@@ -52,7 +52,7 @@ def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], templa
         graph, stats = prune_copy(strength)
         if not stats.get("changed"):
             return Attempt(strength, stats, {}, [], graph)
-        outputs = stacked_outputs(ir.export_model(graph, template), samples)
+        outputs = stacked_outputs(convert.export_model(graph, template), samples)
         metrics = measure_outputs(reference, outputs, slices)
         violations = [text for name, values in metrics.items() for text in budget.violations(name, values)]
         return Attempt(strength, stats, metrics, violations, graph)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 
 __all__ = ["PER_CHANNEL", "ELEMENTWISE", "PER_CHANNEL_PARAMS", "REDUCE", "Unsafe", "check_per_channel", "is_depthwise", "rank", "dim", "axis_of"]
 
@@ -32,32 +32,32 @@ def check_per_channel(node: gs.Node, channel_axis: int) -> None:
     if op in REDUCE:
         axes = node.attrs.get("axes")
         if axes is None and len(node.inputs) > 1:
-            axes = ir.constant_value(node.inputs[1])
+            axes = graph_queries.constant_value(node.inputs[1])
         ndim = rank(node.inputs[0], 0)
         if axes is None or not node.attrs.get("keepdims", 1) or ndim == 0 or (ndim + channel_axis) in [a % ndim for a in np.atleast_1d(axes)]:
             raise Unsafe(f"{op} '{node.name}' reduces over the channels")
         return
     if op in ("Resize", "Upsample"):
-        scales = ir.constant_value(node.inputs[-1 if op == "Upsample" else 2]) if len(node.inputs) > (1 if op == "Upsample" else 2) else None
+        scales = graph_queries.constant_value(node.inputs[-1 if op == "Upsample" else 2]) if len(node.inputs) > (1 if op == "Upsample" else 2) else None
         if scales is None or scales.size == 0 or scales[len(scales) + channel_axis] != 1:
             raise Unsafe(f"{op} '{node.name}' does not keep the channel count by a constant scale of 1")
         return
     if op == "Pad":
         pads = node.attrs.get("pads")
         if pads is None and len(node.inputs) > 1:
-            pads = ir.constant_value(node.inputs[1])
+            pads = graph_queries.constant_value(node.inputs[1])
         ndim = rank(node.inputs[0], 0)
         if pads is None or len(node.inputs) > 3 or ndim == 0 or pads[ndim + channel_axis] or pads[2 * ndim + channel_axis]:
             raise Unsafe(f"Pad '{node.name}' pads the channels")
         return
     for tensor in node.inputs[1:]:
-        value = ir.constant_value(tensor)
+        value = graph_queries.constant_value(tensor)
         if tensor.name and (value is None or value.size != 1):
             raise Unsafe(f"{op} '{node.name}' has a non-scalar extra input")
 
 
 def is_depthwise(node: gs.Node, tensor: gs.Tensor) -> bool:
-    weight = ir.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    weight = graph_queries.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     groups = node.attrs.get("group", 1)
     return node.op == "Conv" and weight is not None and groups > 1 and weight.shape[1] == 1 and weight.shape[0] == groups == dim(tensor, -3)
 
@@ -67,7 +67,7 @@ def rank(tensor: gs.Tensor, default: int) -> int:
 
 
 def dim(tensor: gs.Tensor, axis: int):
-    value = ir.constant_value(tensor)
+    value = graph_queries.constant_value(tensor)
     shape = value.shape if value is not None else tensor.shape
     if shape is None or len(shape) < -axis:
         return None

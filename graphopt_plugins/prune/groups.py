@@ -25,7 +25,7 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries, tensor_shapes
 from graphopt_plugins.prune.channel_ops import (
     ELEMENTWISE, PER_CHANNEL, PER_CHANNEL_PARAMS, REDUCE, Unsafe, axis_of, check_per_channel, dim, is_depthwise, rank,
 )
@@ -77,16 +77,16 @@ class Group:
 def prunable_layer(node: gs.Node) -> tuple[int, int] | None:
     """(weight input index, output-channel axis of the weight) of a layer whose outputs can be removed."""
     if node.op in ("Conv", "ConvTranspose") and len(node.inputs) >= 2 and node.attrs.get("group", 1) == 1:
-        weight = ir.constant_value(node.inputs[1])
+        weight = graph_queries.constant_value(node.inputs[1])
         if weight is not None and weight.ndim >= 3:
             return 1, 0 if node.op == "Conv" else 1
     if node.op == "Gemm" and len(node.inputs) >= 2 and not node.attrs.get("transA", 0):
-        weight = ir.constant_value(node.inputs[1])
+        weight = graph_queries.constant_value(node.inputs[1])
         if weight is not None and weight.ndim == 2:
             return 1, 0 if node.attrs.get("transB", 0) else 1
     if node.op == "MatMul":
-        weight = ir.constant_value(node.inputs[1])
-        if weight is not None and weight.ndim == 2 and ir.constant_value(node.inputs[0]) is None:
+        weight = graph_queries.constant_value(node.inputs[1])
+        if weight is not None and weight.ndim == 2 and graph_queries.constant_value(node.inputs[0]) is None:
             return 1, 1
     return None
 
@@ -95,14 +95,14 @@ def find_groups(graph: gs.Graph) -> list[Group]:
     """Every dependency group of the main graph, roots in topological order; unsafe ones carry a reason."""
     graph.toposort(mode="nodes")
     main = {id(node) for node in graph.nodes}
-    outputs = ir.graph_output_ids(graph)
+    outputs = graph_queries.graph_output_ids(graph)
     claimed: set[tuple[int, int]] = set()
     groups = []
     for node in graph.nodes:
         layer = prunable_layer(node)
         if layer is None or (id(node), 0) in claimed or len(node.outputs) != 1:
             continue
-        size = ir.constant_value(node.inputs[layer[0]]).shape[layer[1]]
+        size = graph_queries.constant_value(node.inputs[layer[0]]).shape[layer[1]]
         group = _Search(size, main, outputs).grow(node)
         group.name = node.name or node.outputs[0].name
         claimed.update((id(root), offset) for root, offset in group.roots)
@@ -120,7 +120,7 @@ class _Search:
 
     def grow(self, root: gs.Node) -> Group:
         if root.op.startswith("Conv"):
-            axis = 1 - ir.constant_value(root.inputs[1]).ndim  # NC…: the output has the kernel's rank
+            axis = 1 - graph_queries.constant_value(root.inputs[1]).ndim  # NC…: the output has the kernel's rank
         else:
             axis = -1
         start = Slot(root.outputs[0], axis, 0)
@@ -153,11 +153,11 @@ class _Search:
         tensor = slot.tensor
         if id(tensor) in self.outputs:
             raise Unsafe(f"reaches graph output '{tensor.name}'")
-        source = ir.producer(tensor)
+        source = graph_queries.producer(tensor)
         if source is None:
             raise Unsafe(f"reaches graph input '{tensor.name}'")
         self._backward(source, slot)
-        for node in ir.consumers(tensor):
+        for node in graph_queries.consumers(tensor):
             if id(node) not in self.main:
                 raise Unsafe(f"'{tensor.name}' is read inside a subgraph")
             self._forward(node, slot)
@@ -200,13 +200,13 @@ class _Search:
             if is_depthwise(node, tensor):
                 self._channelwise(node, slot, reached_from_output=False)
                 return
-            if node.attrs.get("group", 1) == 1 and ir.constant_value(node.inputs[1]) is not None and slot.block == 1:
+            if node.attrs.get("group", 1) == 1 and graph_queries.constant_value(node.inputs[1]) is not None and slot.block == 1:
                 axis = 1 if node.op == "Conv" else 0
                 self._sink(node, Edit(node, 1, axis, slot.offset), slot)
                 return
             raise Unsafe(f"grouped {node.op} '{node.name}'")
-        if node.op in ("Gemm", "MatMul") and node.inputs[0] is tensor and slot.axis == -1 and ir.constant_value(node.inputs[1]) is not None:
-            weight = ir.constant_value(node.inputs[1])
+        if node.op in ("Gemm", "MatMul") and node.inputs[0] is tensor and slot.axis == -1 and graph_queries.constant_value(node.inputs[1]) is not None:
+            weight = graph_queries.constant_value(node.inputs[1])
             if weight.ndim == 2 and not node.attrs.get("transA", 0):
                 axis = 1 if node.attrs.get("transB", 0) else 0
                 self._sink(node, Edit(node, 1, axis, slot.offset, slot.block), slot)
@@ -237,14 +237,14 @@ class _Search:
 
     def _flatten(self, node: gs.Node, slot: Slot) -> None:
         shape = slot.tensor.shape
-        if shape is None or not ir.is_static_shape(shape[1:]):
+        if shape is None or not tensor_shapes.is_static_shape(shape[1:]):
             raise Unsafe(f"{node.op} '{node.name}' input shape unknown")
         ndim = len(shape)
         position = ndim + slot.axis
         if node.op == "Flatten":
             start = node.attrs.get("axis", 1) % ndim if ndim else 0
         else:
-            target = ir.constant_value(node.inputs[1])
+            target = graph_queries.constant_value(node.inputs[1])
             flat = math.prod(shape[1:])
             if target is None or len(target) != 2 or (node.attrs.get("allowzero", 0) and 0 in target) or not (
                 (target[0] in (0, shape[0]) and target[1] == -1) or (target[0] in (0, -1, shape[0]) and target[1] == flat)
@@ -274,7 +274,7 @@ class _Search:
         if op in PER_CHANNEL_PARAMS and slot.axis == -rank(output, 0) + 1 and slot.block == 1:
             for index in PER_CHANNEL_PARAMS[op]:
                 if index < len(node.inputs):
-                    if ir.constant_value(node.inputs[index]) is None:
+                    if graph_queries.constant_value(node.inputs[index]) is None:
                         raise Unsafe(f"{op} '{node.name}' parameters are not constant")
                     self._edit(Edit(node, index, 0, slot.offset))
             self._join(Slot(output, slot.axis, slot.offset), _key(slot))
@@ -292,7 +292,7 @@ class _Search:
         if op in ELEMENTWISE:
             out_rank = rank(output, 0)
             for index, tensor in enumerate(node.inputs):
-                value = ir.constant_value(tensor)
+                value = graph_queries.constant_value(tensor)
                 if value is None and tensor.shape is None:
                     raise Unsafe(f"{op} '{node.name}' input '{tensor.name}' shape unknown")
                 position = (len(value.shape) if value is not None else rank(tensor, 0)) + slot.axis
@@ -316,7 +316,7 @@ class _Search:
     def _root_edits(self, node: gs.Node, layer: tuple[int, int], offset: int) -> None:
         self._edit(Edit(node, layer[0], layer[1], offset))
         if len(node.inputs) > 2 and node.inputs[2].name:
-            bias = ir.constant_value(node.inputs[2])
+            bias = graph_queries.constant_value(node.inputs[2])
             if bias is None:
                 raise Unsafe(f"{node.op} '{node.name}' bias is not constant")
             if bias.ndim and bias.shape[-1] > 1:

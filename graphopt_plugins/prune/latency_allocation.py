@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import convert, graph_queries
 from graphopt.activations import capture_activations
 from graphopt.verify.metrics import output_metrics
 from graphopt.verify.runner import stacked_outputs
@@ -52,17 +52,17 @@ def group_gains(groups: list[Group], model: onnx.ModelProto, samples: dict[str, 
         gain = 0.0
         for root, _ in group.roots:
             index, axis = prunable_layer(root)
-            gain += macs[id(root)] / ir.constant_value(root.inputs[index]).shape[axis]
+            gain += macs[id(root)] / graph_queries.constant_value(root.inputs[index]).shape[axis]
         for sink in group.sinks:
             gain += macs[id(sink.node)] * sink.slot.block / _in_features(sink.node)
         for node in group.depthwise:
-            gain += macs[id(node)] / ir.constant_value(node.inputs[1]).shape[0]
+            gain += macs[id(node)] / graph_queries.constant_value(node.inputs[1]).shape[0]
         gains[group.name] = gain
     return gains
 
 
 def _macs(node: gs.Node, shapes: dict[str, tuple]) -> float:
-    weight = ir.constant_value(node.inputs[1])
+    weight = graph_queries.constant_value(node.inputs[1])
     if node.op == "ConvTranspose":
         return float(np.prod(shapes[node.inputs[0].name]) * np.prod(weight.shape[1:]))
     if node.op == "Conv":
@@ -71,7 +71,7 @@ def _macs(node: gs.Node, shapes: dict[str, tuple]) -> float:
 
 
 def _in_features(node: gs.Node) -> int:
-    weight = ir.constant_value(node.inputs[1])
+    weight = graph_queries.constant_value(node.inputs[1])
     if node.op == "Conv":
         return weight.shape[1] * node.attrs.get("group", 1)
     if node.op == "ConvTranspose":
@@ -85,10 +85,10 @@ def group_losses(model: onnx.ModelProto, samples: dict[str, np.ndarray], names: 
     reference = stacked_outputs(model, samples)
     losses = {}
     for name in track(names, desc="prune: group sensitivity", total=len(names)):
-        graph = ir.import_graph(model)
+        graph = convert.import_graph(model)
         if not prune_one(graph, name):
             continue
-        outputs = stacked_outputs(ir.export_model(graph, model), samples)
+        outputs = stacked_outputs(convert.export_model(graph, model), samples)
         worst = min(output_metrics(expected, outputs[key])["cosine"] for key, expected in reference.items() if expected.dtype.kind == "f")
         losses[name] = max(0.0, 1.0 - worst)
     return losses

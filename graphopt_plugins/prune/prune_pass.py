@@ -11,7 +11,7 @@ from typing import Literal
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir, latency
+from graphopt import convert, graph_queries, latency
 from graphopt.speed import slower
 from graphopt.statistics import split_held_out
 from graphopt.verify.metrics import Budget
@@ -145,7 +145,7 @@ class Prune(graphopt.Pass):
         if settings.reconstruct_enabled and samples is None:
             logger.warning("prune: reconstruction needs data (--calibration or verification inputs); pruning without it")
             settings.reconstruct_enabled = False
-        model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
+        model = ctx.proto()
         if options.allocation == "latency" and samples is None:
             logger.warning("prune: allocation=latency measures each group's loss and needs data; nothing pruned")
         elif options.allocation == "latency" and not self._nothing_asked(settings):
@@ -159,8 +159,8 @@ class Prune(graphopt.Pass):
         stats["reconstructed"] = settings.reconstruct_enabled and stats["changed"]
         changed = stats.pop("changed")
         if changed:
-            ir.remove_dead_nodes(graph)  # the Constant nodes and initializers replaced
-            ir.toposort(graph)
+            graph_queries.remove_dead_nodes(graph)  # the Constant nodes and initializers replaced
+            graph_queries.toposort(graph)
         ctx.logger.info("prune: %s", {k: v for k, v in stats.items() if not isinstance(v, list)})
         return graphopt.PassResult(changed=changed, stats=stats)
 
@@ -180,7 +180,7 @@ class Prune(graphopt.Pass):
         budget = Budget.parse(self.options.budget) or ctx.budget or _DEFAULT_BUDGET
 
         def prune_copy(strength: float):
-            copy = ir.import_graph(model)
+            copy = convert.import_graph(model)
             scaled = types.SimpleNamespace(**vars(settings))
             scaled.sparsity, scaled.ratio = settings.sparsity * strength, settings.ratio * strength
             scaled.pattern_share = strength
@@ -197,7 +197,7 @@ class Prune(graphopt.Pass):
             logger.info("prune: no strength meets %s; model left unchanged", budget.describe())
         slow = None
         if best is not None and self.options.never_slower:
-            slow = slower(model, ir.export_model(best.graph, model), judged, latency.of(ctx))
+            slow = slower(model, convert.export_model(best.graph, model), judged, latency.of(ctx))
             if slow is not None:
                 logger.info("prune: the result runs %.3g× the input's latency; model left unchanged", slow["latency_ratio"])
         if best is None or slow is not None:

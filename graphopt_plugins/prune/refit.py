@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import convert, graph_queries
 from graphopt.statistics import quadratic_form, ridge_solve
 from graphopt.activations import iter_activations
 from graphopt_plugins.prune.reconstruct import as_rows, from_rows
@@ -50,7 +50,7 @@ def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRe
     """
     levels = _levels(graph, records, rounds)
     for level in track(levels, desc="prune: refit", total=len(levels)):
-        pruned = onnx.shape_inference.infer_shapes(ir.export_model(graph, original), strict_mode=False)
+        pruned = onnx.shape_inference.infer_shapes(convert.export_model(graph, original), strict_mode=False)
         names = sorted({record.tensor for record in level})
         folds: dict[int, list] = {id(record): [0, 0] for record in level}  # Gram of even / odd samples
         pairs = zip(iter_activations(original, samples, names), iter_activations(pruned, samples, names))
@@ -73,7 +73,7 @@ def _rows(value: np.ndarray, axis: int) -> np.ndarray:
 
 def _levels(graph: gs.Graph, records: list[SinkRecord], rounds: int) -> list[list[SinkRecord]]:
     """Records grouped so that no sink in a level feeds another sink of the same level."""
-    view = ir.to_networkx(graph)
+    view = graph_queries.to_networkx(graph)
     by_node = {id(record.node): record for record in records}
     depth: dict[int, int] = {}
     for vertex in nx.topological_sort(view):
@@ -110,7 +110,7 @@ def _best_damp(record: SinkRecord, even: np.ndarray, odd: np.ndarray) -> float |
     rows_o = as_rows(record.weight, record.in_axis).astype(np.float64)
     features = rows_o.shape[1]
     kept = len(even) - 1 - features
-    current = as_rows(ir.constant_value(record.node.inputs[1]), record.in_axis).astype(np.float64)
+    current = as_rows(graph_queries.constant_value(record.node.inputs[1]), record.in_axis).astype(np.float64)
     plain = sum(_error(held, rows_o, current, None, features, kept) for held in (even, odd))
     scores = {damp: sum(_error(held, rows_o, *_solve(record, fit, damp), features, kept) for fit, held in ((even, odd), (odd, even)))
               for damp in _DAMP_GRID}
@@ -123,7 +123,7 @@ def _refit(record: SinkRecord, gram: np.ndarray, damp: float | None) -> None:
     rows_o = as_rows(record.weight, record.in_axis).astype(np.float64)
     features = rows_o.shape[1]
     kept = len(gram) - 1 - features
-    current = as_rows(ir.constant_value(node.inputs[1]), record.in_axis).astype(np.float64)
+    current = as_rows(graph_queries.constant_value(node.inputs[1]), record.in_axis).astype(np.float64)
     before = _error(gram, rows_o, current, None, features, kept)
     if damp is None:
         record.errors = (before, before)
@@ -135,7 +135,7 @@ def _refit(record: SinkRecord, gram: np.ndarray, damp: float | None) -> None:
     if after >= before or gram[-1, -1] < 4 * basis:
         record.errors = (before, before)
         return  # no gain on its own data, or too few rows to trust the fit: keep the plain cut
-    like = ir.constant_value(node.inputs[1])
+    like = graph_queries.constant_value(node.inputs[1])
     node.inputs[1] = gs.Constant(node.inputs[1].name + ".refit", from_rows(new_rows, like, record.in_axis))
     if offset is not None:
         delta = offset.reshape(np.moveaxis(like, record.in_axis, -1).shape[:-1])

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.prune.groups import Edit, Group
 
 __all__ = ["shrink_groups", "channel_features", "is_pruned_weight", "pruned_name"]
@@ -60,7 +60,7 @@ def shrink_groups(graph: gs.Graph, plan: list[tuple[Group, np.ndarray]]) -> dict
         edits = list(group.edits.values())
         for root, offset in group.roots:  # a bias the sink refit added after the search
             if len(root.inputs) > 2 and root.inputs[2].name and not any(e.node is root and e.index == 2 for e in edits):
-                edits.append(Edit(root, 2, ir.constant_value(root.inputs[2]).ndim - 1, offset))
+                edits.append(Edit(root, 2, graph_queries.constant_value(root.inputs[2]).ndim - 1, offset))
         for edit in edits:
             key = (id(edit.node), edit.index)
             node, index, axes, out = deletions.setdefault(key, (edit.node, edit.index, {}, False))
@@ -76,14 +76,14 @@ def shrink_groups(graph: gs.Graph, plan: list[tuple[Group, np.ndarray]]) -> dict
     taken = set(graph.tensors().keys())
     for node, index, axes, out in deletions.values():
         tensor = node.inputs[index]
-        value = ir.constant_value(tensor)
+        value = graph_queries.constant_value(tensor)
         for axis, positions in axes.items():
             value = np.delete(value, sorted(positions), axis=axis)
         node.inputs[index] = gs.Constant(pruned_name(tensor.name, out, taken), np.ascontiguousarray(value))
     for node in depthwise.values():
-        node.attrs["group"] = int(ir.constant_value(node.inputs[1]).shape[0])
+        node.attrs["group"] = int(graph_queries.constant_value(node.inputs[1]).shape[0])
     for node, count in reshapes.values():
-        target = np.array(ir.constant_value(node.inputs[1]), copy=True)
+        target = np.array(graph_queries.constant_value(node.inputs[1]), copy=True)
         target[1] -= count
         node.inputs[1] = gs.Constant(pruned_name(node.inputs[1].name, False, taken), target)
     for tensor, axis, count in shrunk.values():

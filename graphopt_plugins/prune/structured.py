@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.prune import reconstruct
 from graphopt_plugins.prune.allocation import allocate, loss_curve
 from graphopt_plugins.prune.groups import Group, Sink, prunable_layer
@@ -42,7 +42,7 @@ def prune_channels(graph: gs.Graph, groups: list[Group], options, model: onnx.Mo
     rows = [{"group": group.name, "roots": len(group.roots), "channels": group.size, "kept": group.size - len(removed)} for group, removed in plan]
     for group in groups:
         for sink in group.sinks:
-            sink.weight = ir.constant_value(sink.node.inputs[1])  # before shrinking, for the refit's target
+            sink.weight = graph_queries.constant_value(sink.node.inputs[1])  # before shrinking, for the refit's target
     refit = options.reconstruct_enabled and samples is not None and model is not None
     errors = {} if refit else _plain_errors(plan, grams)
     deleted = shrink_groups(graph, plan)
@@ -104,7 +104,7 @@ def _importance(group: Group, kind: str, grams: dict) -> np.ndarray:
     score = np.zeros(group.size)
     for root, offset in group.roots:
         index, axis = prunable_layer(root)
-        weight = np.moveaxis(ir.constant_value(root.inputs[index]), axis, 0)
+        weight = np.moveaxis(graph_queries.constant_value(root.inputs[index]), axis, 0)
         weight = weight[offset : offset + group.size].reshape(group.size, -1).astype(np.float64)
         norms = np.abs(weight).sum(axis=1) if kind == "l1" else np.sqrt((weight**2).sum(axis=1))
         score += norms / (norms.mean() or 1.0)
@@ -113,7 +113,7 @@ def _importance(group: Group, kind: str, grams: dict) -> np.ndarray:
 
 def _sink_weight(sink: Sink) -> tuple[np.ndarray, int]:
     node = sink.node
-    weight = ir.constant_value(node.inputs[1])
+    weight = graph_queries.constant_value(node.inputs[1])
     if node.op == "Conv":
         return weight, 1
     if node.op == "ConvTranspose":
@@ -167,7 +167,7 @@ def _refit_sinks(graph: gs.Graph, plan, deleted: dict, model: onnx.ModelProto, s
         for axis, positions in deleted.get((id(node), 1), {}).items():
             if axis != in_axis:
                 original = np.delete(original, sorted(positions), axis=axis)
-        bias = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        bias = graph_queries.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
         records.append(SinkRecord(node, sink.slot.tensor.name, sink.slot.axis, in_axis, original, bias))
         owners.append(groups)
     refit_sinks(graph, model, records, samples, options.max_rows, options.damp, options.refit_rounds, track=options.track,

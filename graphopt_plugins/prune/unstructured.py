@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.prune import reconstruct
 from graphopt_plugins.prune.allocation import allocate, loss_curve
 from graphopt_plugins.prune.statistics import Request, collect_grams
@@ -33,7 +33,7 @@ class Layer:
 
     @property
     def weight(self) -> np.ndarray:
-        return ir.constant_value(self.node.inputs[1])
+        return graph_queries.constant_value(self.node.inputs[1])
 
     def rows(self) -> np.ndarray:
         weight = self.weight
@@ -53,8 +53,8 @@ def find_layers(graph: gs.Graph, min_weights: int) -> list[Layer]:
     for node in graph.nodes:
         if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2 or node.attrs.get("transA", 0):
             continue
-        weight = ir.constant_value(node.inputs[1])
-        if weight is None or weight.dtype.kind != "f" or weight.size < min_weights or ir.constant_value(node.inputs[0]) is not None:
+        weight = graph_queries.constant_value(node.inputs[1])
+        if weight is None or weight.dtype.kind != "f" or weight.size < min_weights or graph_queries.constant_value(node.inputs[0]) is not None:
             continue
         if node.inputs[1].name.rstrip("_").endswith(_MARK):
             continue  # pruned by an earlier run, perhaps backed off below today's target

@@ -21,9 +21,9 @@ import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import convert
 from graphopt.latency.host_ort import interleaved_cpu_medians, medians
-from graphopt.model_io import external_data_dir
+from graphopt.external_data import read_external
 
 __all__ = ["interleaved_medians", "layer_models", "constant_tensors"]
 
@@ -54,14 +54,14 @@ def layer_models(model: onnx.ModelProto, index: int, relu: str | None, input_sha
         [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)], weights)
     float_model = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     float_model = onnx.shape_inference.infer_shapes(float_model)
-    quantized_graph = ir.import_graph(float_model)
+    quantized_graph = convert.import_graph(float_model)
     quantize(quantized_graph)
     feed = {node.input[0]: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
     quantized_feed = feed
     if integer_in or integer_out:
         quantized_feed = _keep_integer_boundaries(quantized_graph, node.input[0], integer_in, integer_out)
     quantized_graph.cleanup().toposort(mode="nodes")
-    quantized = ir.export_model(quantized_graph, float_model)
+    quantized = convert.export_model(quantized_graph, float_model)
     return float_model, quantized, feed, quantized_feed or feed
 
 
@@ -72,15 +72,11 @@ class _LoadedOnRead(dict):
     weight statistic needs the values, and reading them one at a time keeps memory to one weight.
     """
 
-    def __init__(self, tensors, folder):
-        super().__init__(tensors)
-        self._folder = folder
-
     def __getitem__(self, name):
         tensor = super().__getitem__(name)
-        if tensor.data_location != onnx.TensorProto.EXTERNAL or self._folder is None:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
             return tensor
-        return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor, base_dir=str(self._folder)), tensor.name)
+        return onnx.numpy_helper.from_array(np.array(read_external(tensor)), tensor.name)
 
     def get(self, name, default=None):
         return self[name] if name in self else default
@@ -88,7 +84,7 @@ class _LoadedOnRead(dict):
 
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """The main graph's initializers and Constant-node values (`value` form), by name."""
-    found = _LoadedOnRead({t.name: t for t in model.graph.initializer}, external_data_dir(model))
+    found = _LoadedOnRead({t.name: t for t in model.graph.initializer})
     for node in model.graph.node:
         if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
             tensor = onnx.TensorProto()

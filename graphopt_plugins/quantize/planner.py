@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import convert, graph_queries
 from graphopt import latency as graphopt_latency
 from graphopt.activations import iter_activations
 from graphopt.verify.feeds import split_samples
@@ -80,8 +80,8 @@ class Planner:
             apply_dynamic(graph, targets, self.qmax)
         else:
             apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
-        ir.remove_dead_nodes(graph)
-        ir.toposort(graph)
+        graph_queries.remove_dead_nodes(graph)
+        graph_queries.toposort(graph)
 
     def _region(self, graph: gs.Graph, targets: list[Target]):
         """The activation-only ops that run in 8 bits with `targets` (full_graph), else None."""
@@ -97,10 +97,10 @@ class Planner:
         self.rewrite(graph, [t for t in targets if t.index in wanted])
 
     def build(self, chosen: list[int]) -> onnx.ModelProto:
-        graph = ir.import_graph(self.model)
+        graph = convert.import_graph(self.model)
         self.apply(graph, chosen)
-        candidate = ir.export_model(graph, self.model)
-        ir.release_graph(graph, self.model)  # evaluated next: its session must not sit on this graph's weights
+        candidate = convert.export_model(graph, self.model)
+        convert.release_graph(graph, self.model)  # evaluated next: its session must not sit on this graph's weights
         return candidate
 
     # -- the decisions ---------------------------------------------------------------------
@@ -108,12 +108,12 @@ class Planner:
         started = time.perf_counter()
         stats: dict = {"calibration": self.options.calibrate if self.options.mode == "static" else None}
         if self.options.smooth > 0 and self.options.mode in ("static", "dynamic"):
-            sites = smoothing_sites(ir.import_graph(self.model), {t.name for t in self.targets})
+            sites = smoothing_sites(convert.import_graph(self.model), {t.name for t in self.targets})
             self.extremes = channel_extremes(self.model, self.calibration, sites) if sites else {}
             stats["smoothed_tensors"] = len(sites)
         if self.options.mode == "static":
             names = activation_tensors(self.targets, "static", self.signed)
-            region = self._region(ir.import_graph(self.model), self.targets)
+            region = self._region(convert.import_graph(self.model), self.targets)
             names = list(dict.fromkeys(names + (region.tensors if region else [])))
             stats["int8_activation_ops"] = len(region.nodes) if region else 0
             self.region_outputs = {t.name for node in region.nodes for t in node.outputs} if region else set()

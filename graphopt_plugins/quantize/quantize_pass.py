@@ -9,10 +9,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
 from graphopt import latency as graphopt_latency
 from graphopt.errors import PreconditionError, UsageError
-from graphopt.model_io import infer_model_shapes
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
@@ -116,8 +114,7 @@ class Quantize(graphopt.Pass):
         found = {mode: pair for mode, pair in found.items() if pair[0]}
         if not found:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": targets_for(graph, options, modes[0])[1]})
-        model = ctx.model if ctx.model is not None else ir.export_model(graph, gs.export_onnx(graph))
-        model = infer_model_shapes(model)
+        model = ctx.proto()
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         plans = {}

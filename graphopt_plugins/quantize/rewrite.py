@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt_plugins.quantize.numerics import activation_params, quantize_bias, quantize_blocked, quantize_per_channel
 from graphopt_plugins.quantize.targets import Target
 
@@ -61,7 +61,7 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
         x_scale = params[id(node.inputs[0])][0]
         w_scale = _dequantize_weight(graph, names, node, target, qmax)
         if len(node.inputs) > 2 and _is_channel_bias(node.inputs[2], len(w_scale)):
-            float_bias = ir.constant_value(node.inputs[2])
+            float_bias = graph_queries.constant_value(node.inputs[2])
             if bias_shift and target.index in bias_shift and bias_shift[target.index].shape == float_bias.shape:
                 float_bias = float_bias - bias_shift[target.index]
             bias, scale = quantize_bias(float_bias, x_scale, w_scale)
@@ -96,7 +96,7 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127) -> in
     for target, node in [(t, graph.nodes[t.index]) for t in targets]:
         if target.op not in ("MatMul", "Gemm"):
             continue
-        weight = ir.constant_value(node.inputs[1])
+        weight = graph_queries.constant_value(node.inputs[1])
         if weight.ndim != 2:
             continue  # MatMulInteger's per-column zero point is defined for a 2-D weight only
         if target.op == "Gemm" and int(node.attrs.get("transB", 0)):
@@ -139,7 +139,7 @@ def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_s
             _dequantize_weight(graph, names, node, target)
             continue
         weight = node.inputs[1]
-        quantized, scale = quantize_blocked(ir.constant_value(weight), target.reduction_axis, block_size)
+        quantized, scale = quantize_blocked(graph_queries.constant_value(weight), target.reduction_axis, block_size)
         # graphsurgeon cannot convert numpy to INT4; a lazily held TensorProto is exported as is.
         proto = onnx.helper.make_tensor(names(weight.name), onnx.TensorProto.INT4, quantized.shape, quantized.ravel().tolist())
         q_const = gs.Constant(proto.name, gs.ir.tensor.LazyValues(proto))
@@ -161,7 +161,7 @@ def quantize_embeddings(graph: gs.Graph, nodes: list[gs.Node]) -> int:
     names = UniqueNames(graph)
     for node in nodes:
         table, ids, rows = node.inputs[0], node.inputs[1], node.outputs[0]
-        quantized, scale = quantize_per_channel(ir.constant_value(table), 0)
+        quantized, scale = quantize_per_channel(graph_queries.constant_value(table), 0)
         gathered = gs.Variable(names(f"{rows.name}_int8"), dtype=np.int8)
         as_float = gs.Variable(names(f"{rows.name}_float"), dtype=np.float32)
         row_scales = gs.Variable(names(f"{rows.name}_scale"), dtype=np.float32)
@@ -178,14 +178,14 @@ def quantize_embeddings(graph: gs.Graph, nodes: list[gs.Node]) -> int:
 
 def _dequantize_weight(graph, names, node: gs.Node, target: Target, qmax: int = 127) -> np.ndarray:
     weight = node.inputs[1]
-    quantized, scale = quantize_per_channel(ir.constant_value(weight), target.axis, qmax)
+    quantized, scale = quantize_per_channel(graph_queries.constant_value(weight), target.axis, qmax)
     node.inputs[1] = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis,
                          shape=list(weight.shape))
     return scale
 
 
 def _is_channel_bias(tensor: gs.Tensor, channels: int) -> bool:
-    value = ir.constant_value(tensor)
+    value = graph_queries.constant_value(tensor)
     return value is not None and value.dtype == np.float32 and value.shape == (channels,)
 
 

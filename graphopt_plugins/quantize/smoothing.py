@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 from graphopt.activations import iter_activations
 
 __all__ = ["smoothing_sites", "channel_extremes", "smooth"]
@@ -30,8 +30,8 @@ _FLOOR = 1e-5
 
 
 def _weight_readers(tensor: gs.Tensor) -> list[gs.Node]:
-    return [n for n in tensor.outputs if n.op == "MatMul" and n.inputs[0] is tensor and ir.constant_value(n.inputs[1]) is not None
-            and ir.constant_value(n.inputs[1]).ndim == 2]
+    return [n for n in tensor.outputs if n.op == "MatMul" and n.inputs[0] is tensor and graph_queries.constant_value(n.inputs[1]) is not None
+            and graph_queries.constant_value(n.inputs[1]).ndim == 2]
 
 
 def smoothing_sites(graph: gs.Graph, quantized: set[str]) -> list[str]:
@@ -69,7 +69,7 @@ def smooth(graph: gs.Graph, sites: list[str], extremes: dict, alpha: float, quan
             continue
         low, high = extremes[name]
         act = np.maximum(np.maximum(np.abs(low), np.abs(high)), _FLOOR)
-        weights = [ir.constant_value(m.inputs[1]) for m in readers]
+        weights = [graph_queries.constant_value(m.inputs[1]) for m in readers]
         wmax = np.maximum(np.max([np.max(np.abs(w), axis=1) for w in weights], axis=0), _FLOOR)
         scale = np.clip(act ** alpha / wmax ** (1.0 - alpha), _FLOOR, None).astype(np.float32)
         for node, weight in zip(readers, weights):
@@ -77,8 +77,8 @@ def smooth(graph: gs.Graph, sites: list[str], extremes: dict, alpha: float, quan
         norm = x.inputs[0] if x.inputs else None
         if norm is not None and norm.op in _NORMS and len(x.outputs) == len(readers) and not _is_graph_output(graph, x):
             for index in _NORMS[norm.op]:
-                if index < len(norm.inputs) and ir.constant_value(norm.inputs[index]) is not None:
-                    value = ir.constant_value(norm.inputs[index])
+                if index < len(norm.inputs) and graph_queries.constant_value(norm.inputs[index]) is not None:
+                    value = graph_queries.constant_value(norm.inputs[index])
                     norm.inputs[index] = gs.Constant(f"{norm.inputs[index].name}_smoothed", (value / scale).astype(np.float32))
             target = x
         else:

@@ -14,7 +14,7 @@ import fnmatch
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import graph_queries
 
 __all__ = ["Target", "find_targets", "find_embeddings", "is_quantized", "QUANTIZED_OPS", "weight_axis"]
 
@@ -45,7 +45,7 @@ class Target:
 
 
 def is_quantized(graph: gs.Graph) -> bool:
-    return any(node.op in QUANTIZED_OPS for _, node in ir.iter_nodes(graph))
+    return any(node.op in QUANTIZED_OPS for _, node in graph_queries.iter_nodes(graph))
 
 
 def weight_axis(node: gs.Node, weight: np.ndarray) -> tuple[int, int] | None:
@@ -64,14 +64,14 @@ def weight_axis(node: gs.Node, weight: np.ndarray) -> tuple[int, int] | None:
 def find_targets(graph: gs.Graph, op_types, include, exclude) -> tuple[list[Target], list[dict]]:
     """(targets, skipped sites with a reason) in the main graph, in node order."""
     targets, skipped = [], []
-    outputs = ir.graph_output_ids(graph)
+    outputs = graph_queries.graph_output_ids(graph)
     for index, node in enumerate(graph.nodes):
         if node.op not in WEIGHT_OPS:
             continue
         name = node.name or f"{node.op}_{index}"
         reason = _refusal(node, name, op_types, include, exclude)
         if reason is None:
-            weight = ir.constant_value(node.inputs[1])
+            weight = graph_queries.constant_value(node.inputs[1])
             axes = weight_axis(node, weight)
             if axes is None:
                 reason = "weight layout not supported"
@@ -96,7 +96,7 @@ def find_embeddings(graph: gs.Graph, include, exclude) -> list[gs.Node]:
             continue
         if any(fnmatch.fnmatchcase(name, p) or p == "Gather" for p in exclude):
             continue
-        table = ir.constant_value(node.inputs[0])
+        table = graph_queries.constant_value(node.inputs[0])
         if table is not None and table.dtype == np.float32 and table.ndim == 2 and table.size >= 1024:
             found.append(node)
     return found
@@ -111,7 +111,7 @@ def _refusal(node: gs.Node, name: str, op_types, include, exclude) -> str | None
         return "excluded"
     if len(node.inputs) < 2:
         return "no weight input"
-    weight = ir.constant_value(node.inputs[1])
+    weight = graph_queries.constant_value(node.inputs[1])
     if weight is None or isinstance(node.inputs[0], gs.Constant):
         return "weight is not a constant (activation x activation)"
     if weight.dtype.kind != "f" or np.dtype(node.inputs[0].dtype or np.float32) != np.float32:
@@ -123,7 +123,7 @@ def _refusal(node: gs.Node, name: str, op_types, include, exclude) -> str | None
 
 
 def _single_relu(tensor: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
-    readers = ir.consumers(tensor)
+    readers = graph_queries.consumers(tensor)
     if id(tensor) in graph_outputs or len(readers) != 1 or readers[0].op != "Relu":
         return None
     return readers[0]

@@ -1,6 +1,6 @@
 """The command line on bad input, and the contracts of its good paths.
 
-Every refusal must look the same (DESIGN.md, "The command line"): exit 2, exactly one line on
+Every refusal must look the same (docs/design.md, "The command line"): exit 2, exactly one line on
 stderr starting `graphopt: error:`, no traceback, nothing written next to the input, and the
 input file's bytes untouched. Most cases call `graphopt.cli.main([...])` in-process (fast);
 a few run the installed `graphopt` console script to prove the real entry point.

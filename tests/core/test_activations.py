@@ -6,7 +6,7 @@ import onnx.parser
 import pytest
 
 from graphopt.activations import capture_activations, expose_tensors
-from graphopt.model_io import infer_model_shapes
+from graphopt.model import infer_model_shapes
 
 
 def _model():

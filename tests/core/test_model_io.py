@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 import graphopt
 from graphopt.cli import main
 from graphopt.errors import InputError, UsageError
-from graphopt.model_io import external_data_dir, load_model, save_model
+from graphopt.external_data import external_folder
+from graphopt.model_io import load_model, save_model
 from graphopt.verify.runner import make_session, run_samples
 from graphopt.verify import tolerance_for
 
@@ -106,7 +107,8 @@ def test_split_external_data_loads_optimizes_and_writes_external(tmp_path, feeds
     # Big weights stay in their files (read in place); the 2 KB bias is read in.
     external = {t.name for t in loaded.graph.initializer if onnx.external_data_helper.uses_external_data(t)}
     assert external == {"w1", "w2", "w3"}
-    assert external_data_dir(loaded) == source.parent.resolve()
+    assert external_folder(loaded) == source.parent.resolve()  # by absolute path, not in metadata_props
+    assert not loaded.metadata_props
     assert loaded.ByteSize() < 8192
     assert_close(expected, run_samples(make_session(loaded), [feeds])[0].values())
 
@@ -156,18 +158,18 @@ def save_split_all(model: onnx.ModelProto, folder: Path) -> Path:
 
 
 def test_pipeline_keeps_untouched_weights_in_their_files_and_save_streams_them(tmp_path, feeds):
-    from graphopt import ir
-    from graphopt.model_io import check_model, infer_model_shapes
+    from graphopt import convert
+    from graphopt.model import check_model, infer_model_shapes
     from graphopt_plugins.cleanup import Cleanup
 
     source = save_split_all(folded_mlp_model(), tmp_path / "in")
     assert len(os.listdir(tmp_path / "in")) == 6, "one file per weight (5) and the model"
     expected = run_ort(source, feeds)
     model = infer_model_shapes(load_model(source))
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     result = Cleanup().run(graph, graphopt.PassContext(opset=17, model=model))
     assert result.stats["constants_folded"] == 1 and result.stats["initializers_deduped"] == 1
-    candidate = infer_model_shapes(ir.export_model(graph, model))
+    candidate = infer_model_shapes(convert.export_model(graph, model))
     check_model(candidate, full=True)
     by_name = {t.name: t for t in candidate.graph.initializer}
     # dedupe read every weight (memory-mapped); the untouched ones are still references
@@ -197,14 +199,14 @@ def test_api_result_of_an_external_data_model_is_self_contained(tmp_path, feeds)
     assert result.report["passes"][0]["status"] == "accepted"
     assert result.report["input"]["bytes"] > 4 * 3 * HIDDEN * HIDDEN  # the weights on disk count
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in result.model.graph.initializer)
-    assert external_data_dir(result.model) is None
+    assert external_folder(result.model) is None
     assert_close(expected, run_ort(result.model, feeds))
 
 
 def test_api_takes_a_model_graphopt_loaded_with_its_weights_still_on_disk(tmp_path, feeds):
     source = save_split_all(folded_mlp_model(), tmp_path / "in")
     loaded = load_model(source)
-    assert external_data_dir(loaded) is not None
+    assert external_folder(loaded) is not None
     result = graphopt.optimize(loaded, passes=["cleanup"])
     assert result.report["passes"][0]["status"] == "accepted"
     assert_close(run_ort(source, feeds), run_ort(result.model, feeds))

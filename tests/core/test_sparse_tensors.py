@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt import ir
+from graphopt import convert, graph_queries
 from graphopt.sparse_tensors import densify_sparse_tensors, sparse_to_dense
 
 
@@ -32,12 +32,12 @@ def test_sparse_tensors_are_imported_dense_and_outputs_kept():
     w1[w1 < 0.3], w2[w2 < 0.3] = 0, 0
     model = _model(w1, w2)
     np.testing.assert_array_equal(sparse_to_dense(model.graph.sparse_initializer[0]), w2)
-    graph = ir.import_graph(model)
-    values = {name: ir.constant_value(tensor) for name, tensor in graph.tensors().items()}
+    graph = convert.import_graph(model)
+    values = {name: graph_queries.constant_value(tensor) for name, tensor in graph.tensors().items()}
     np.testing.assert_array_equal(values["w2"], w2)
     constant = next(node for node in graph.nodes if node.op == "Constant")
     np.testing.assert_array_equal(constant.attrs["value"].values, w1)
-    exported = ir.export_model(graph, model)
+    exported = convert.export_model(graph, model)
     onnx.checker.check_model(exported, full_check=True)
     x = rng.normal(size=(2, 6)).astype(np.float32)
     for candidate in (model, exported):

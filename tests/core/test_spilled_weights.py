@@ -12,10 +12,12 @@ import pytest
 from onnx import external_data_helper
 
 import graphopt
-from graphopt import ir
-from graphopt.external_data import spill_dir, spill_folder, spilled_initializers
+from graphopt import convert, tensor_shapes
+from graphopt.external_data import external_folder, spill_folder, spilled_tensors
+from graphopt.model import Model, RunContext, to_proto
 from graphopt.hookspecs import hookimpl
-from graphopt.model_io import check_model, infer_model_shapes, load_model, save_model
+from graphopt.model import check_model, infer_model_shapes
+from graphopt.model_io import load_model, save_model
 from graphopt.verify.runner import make_session, run_samples
 from test_model_io import HIDDEN, assert_close, folded_mlp_model, run_ort, save_split_all
 
@@ -30,13 +32,13 @@ def test_a_folded_weight_is_spilled_and_every_consumer_reads_it(tmp_path, feeds)
 
     source = save_split_all(folded_mlp_model(), tmp_path / "in")
     expected = run_ort(source, feeds)
-    with spill_folder(infer_model_shapes(load_model(source))) as model:
-        folder = spill_dir(model)
+    model = infer_model_shapes(load_model(source))
+    with spill_folder(model) as folder:
         assert folder is not None and folder.is_dir()
-        graph = ir.import_graph(model)
-        assert Cleanup().run(graph, graphopt.PassContext(opset=17, model=model)).stats["constants_folded"] == 1
-        candidate = infer_model_shapes(ir.export_model(graph, model))
-        spilled = spilled_initializers(candidate)
+        running = Model.imported(model, RunContext(weights_dir=external_folder(model), spill_dir=folder))
+        assert Cleanup().run(running.graph, graphopt.PassContext(opset=17, model=model)).stats["constants_folded"] == 1
+        candidate = infer_model_shapes(to_proto(running, "refs"))
+        spilled = spilled_tensors(candidate, folder)
         assert len(spilled) == 1 and Path(external_data_helper.ExternalDataInfo(spilled[0]).location).parent == folder
         assert candidate.ByteSize() < 16384, "the folded 512x256 weight must not be in the proto"
         check_model(candidate, full=True)
@@ -45,8 +47,8 @@ def test_a_folded_weight_is_spilled_and_every_consumer_reads_it(tmp_path, feeds)
         assert_close(expected, list(run_samples(verifying, [feeds])[0].values()))
         assert_close(expected, list(run_samples(optimized, [feeds])[0].values()))
         # a second pass maps the spilled weight back, and exports it as the same reference
-        again = ir.export_model(ir.import_graph(candidate), candidate)
-        assert [t.SerializeToString() for t in spilled_initializers(again)] == [t.SerializeToString() for t in spilled]
+        again = to_proto(Model.imported(candidate, running.context), "refs")
+        assert [t.SerializeToString() for t in spilled_tensors(again, folder)] == [t.SerializeToString() for t in spilled]
         out = tmp_path / "out"
         out.mkdir()
         save_model(candidate, out / "model.onnx", source=source)
@@ -59,24 +61,27 @@ def test_a_folded_weight_is_spilled_and_every_consumer_reads_it(tmp_path, feeds)
 
 
 class _SpillsAfterPasses:
-    """Notes, as each pass ends, where the model's spill folder is and what sits in it."""
+    """Notes, as each pass ends, where the model's weights outside the input's folder are (the spill folder)."""
 
-    def __init__(self):
-        self.seen = []
+    def __init__(self, input_folder):
+        self.input_folder, self.seen = input_folder, []
 
     @hookimpl
     def graphopt_after_pass(self, model):
-        self.seen.append((spill_dir(model), len(spilled_initializers(model)), model.ByteSize()))
+        spilled = [t for t in model.graph.initializer if external_data_helper.uses_external_data(t)
+                   and Path(external_data_helper.ExternalDataInfo(t).location).parent != self.input_folder]
+        folder = Path(external_data_helper.ExternalDataInfo(spilled[0]).location).parent if spilled else None
+        self.seen.append((folder, len(spilled), model.ByteSize()))
 
 
 def test_optimize_spills_while_it_runs_and_returns_a_model_without_spill_references(tmp_path, feeds):
     source = save_split_all(folded_mlp_model(), tmp_path / "in")
-    spy = _SpillsAfterPasses()
+    spy = _SpillsAfterPasses(source.parent.resolve())
     result = graphopt.optimize(str(source), passes=["cleanup"], plugins=[spy])
     [(folder, spilled, size)] = spy.seen
-    assert spilled == 1 and size < 16384
+    assert spilled == 1 and size < 16384 and folder.name.startswith("graphopt-spill-")
     assert not folder.exists()
-    assert spill_dir(result.model) is None and not spilled_initializers(result.model)
+    assert not any(entry.key.startswith("graphopt") for entry in result.model.metadata_props)
     assert not any(external_data_helper.uses_external_data(t) for t in result.model.graph.initializer)
     assert_close(run_ort(source, feeds), run_ort(result.model, feeds))
 
@@ -84,8 +89,8 @@ def test_optimize_spills_while_it_runs_and_returns_a_model_without_spill_referen
 def test_a_model_held_in_memory_never_spills(feeds):
     model = folded_mlp_model()
     before = set(Path(tempfile.gettempdir()).glob("graphopt-spill-*"))
-    with spill_folder(model) as running:
-        assert running is model and spill_dir(running) is None
+    with spill_folder(model) as folder:
+        assert folder is None
     result = graphopt.optimize(model, passes=["cleanup"])
     assert_close(run_ort(model, feeds), run_ort(result.model, feeds))
     assert not any(entry.key.startswith("graphopt") for entry in result.model.metadata_props)
@@ -110,11 +115,11 @@ def test_optimize_to_file_streams_spilled_and_untouched_weights_into_the_output(
 def test_refreshing_shapes_leaves_mapped_weights_on_disk(tmp_path):
     source = save_split_all(folded_mlp_model(), tmp_path / "in")
     model = infer_model_shapes(load_model(source))
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     weight = graph.tensors()["w1"]
     mapped = weight.values
     assert isinstance(mapped, np.memmap)
-    ir.refresh_shapes(graph)
+    tensor_shapes.refresh_shapes(graph)
     # exported as its file reference, so the constant holds the reference again, not a copy
     assert type(weight._values).__name__ == "_MappedValues"
     np.testing.assert_array_equal(weight.values, mapped)

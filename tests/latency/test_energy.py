@@ -9,7 +9,7 @@ from onnx import helper, numpy_helper
 
 import graphopt
 from graphopt.latency.energy import DEFAULT_TABLE, estimate
-from graphopt.model_io import infer_model_shapes
+from graphopt.model import infer_model_shapes
 from graphopt.summary import format_comparison, summarize
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import ir
+from graphopt import graph_queries
 
 __all__ = ["RoundWeights", "round_mantissa", "graphopt_register_passes"]
 
@@ -62,7 +62,7 @@ class RoundWeights(graphopt.Pass):
     def run(self, graph: gs.Graph, ctx: graphopt.PassContext) -> graphopt.PassResult:
         rounded_tensors = rounded_elements = 0
         seen: set[int] = set()
-        for owner in ir.iter_graphs(graph):
+        for owner in graph_queries.iter_graphs(graph):
             for tensor in owner.tensors().values():
                 if id(tensor) in seen or not isinstance(tensor, gs.Constant):
                     continue

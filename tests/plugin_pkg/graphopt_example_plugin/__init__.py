@@ -1,4 +1,4 @@
-"""graphopt-example-plugin: a tiny third-party plugin, as DESIGN.md describes one.
+"""graphopt-example-plugin: a tiny third-party plugin, as docs/design.md describes one.
 
 Registered through `[project.entry-points.graphopt] example = "graphopt_example_plugin"`;
 graphopt's plugin tests use it to check discovery, option parsing, stats in the report,
@@ -75,7 +75,7 @@ class ScaleWeights(graphopt.Pass):
 
     Lossy: held to its own `budget` option. A factor of 1.0 changes nothing. Deliberately not
     idempotent (a second run scales again): it exists to exercise budget verification, and a
-    real pass must be idempotent (DESIGN.md, "The pass contract").
+    real pass must be idempotent (docs/design.md, "The pass contract").
     """
 
     name = "scale-weights"

@@ -53,14 +53,14 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def matmul_sites(weights: list[np.ndarray], rows: int = 4):
     """One MatMul site per weight (its own one-layer model), indexed 0, 1, …, with `rows` input rows,
     and each one's plain SVD fit: `(sites, fits)`."""
-    from graphopt import ir
+    from graphopt import convert
     from graphopt_plugins.factorize.lowrank import fit_svd
     from graphopt_plugins.factorize.sites import find_sites
 
     sites, fits = [], {}
     for index, weight in enumerate(weights):
         model = single_layer("MatMul", [rows, weight.shape[0]], weight)
-        site = find_sites(ir.import_graph(model), "channel", {"MatMul"})[0][0]
+        site = find_sites(convert.import_graph(model), "channel", {"MatMul"})[0][0]
         site.index, site.rows = index, rows
         sites.append(site)
         fits[index] = fit_svd(site.weight)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from factorize_support import matmul_sites, run, single_layer
-from graphopt import ir
+from graphopt import convert
 from graphopt_plugins.factorize.latency import LayerTiming, layer_model
 from graphopt_plugins.factorize.lowrank import fit_svd
 from graphopt_plugins.factorize.ranks import ranks_for_target
@@ -28,7 +28,7 @@ def test_timing_curve_interpolates_and_never_rises_as_rank_falls():
 def test_layer_model_computes_the_layer_and_its_factors():
     weight = RNG.standard_normal((8, 4, 3, 3))
     model = single_layer("Conv", [1, 4, 10, 10], weight, bias=RNG.standard_normal(8), pads=[1, 1, 1, 1])
-    site = find_sites(ir.import_graph(model), "channel", {"Conv"})[0][0]
+    site = find_sites(convert.import_graph(model), "channel", {"Conv"})[0][0]
     fit = fit_svd(site.weight)
     alone = layer_model(site, (1, 4, 10, 10), 17)
     split = layer_model(site, (1, 4, 10, 10), 17, fit.factors(fit.full_rank))

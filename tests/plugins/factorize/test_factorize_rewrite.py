@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from factorize_support import op_counts, run, single_layer
-from graphopt import ir
+from graphopt import convert
 from graphopt.verify.metrics import tolerance_for
 from graphopt_plugins.factorize.lowrank import fit_svd
 from graphopt_plugins.factorize.rewrite import factorize_site
@@ -15,7 +15,7 @@ RNG = np.random.default_rng(0)
 
 
 def _full_rank_rewrite(model, conv_mode="channel"):
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     sites, refused = find_sites(graph, conv_mode, {"MatMul", "Gemm", "Conv"})
     assert len(sites) == 1, refused
     site = sites[0]
@@ -23,7 +23,7 @@ def _full_rank_rewrite(model, conv_mode="channel"):
     factorize_site(graph, site, *fit.factors(fit.full_rank))
     graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
     graph.toposort(mode="nodes")
-    rewritten = ir.export_model(graph, model)
+    rewritten = convert.export_model(graph, model)
     onnx.checker.check_model(rewritten, full_check=True)
     return site, rewritten
 
@@ -86,5 +86,5 @@ def test_conv_spatial_decomposition_matches_at_full_rank(attrs):
 
 def test_depthwise_and_grouped_convs_are_not_sites():
     depthwise = single_layer("Conv", [1, 8, 6, 6], RNG.standard_normal((8, 1, 3, 3)), group=8, pads=[1, 1, 1, 1])
-    sites, refused = find_sites(ir.import_graph(depthwise), "channel", {"Conv"})
+    sites, refused = find_sites(convert.import_graph(depthwise), "channel", {"Conv"})
     assert sites == [] and refused == {"grouped or depthwise Conv": 1}

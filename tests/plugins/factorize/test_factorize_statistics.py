@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from factorize_support import run, single_layer
-from graphopt import ir
+from graphopt import convert
 from graphopt_plugins.factorize.sites import find_sites
 from graphopt_plugins.factorize.statistics import collect, conv_geometry, patches
 
@@ -18,7 +18,7 @@ def test_patches_times_weight_equal_the_conv_output(attrs):
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     model = single_layer("Conv", [2, 3, 9, 8], weight, **attrs)
-    site = find_sites(ir.import_graph(model), "channel", {"Conv"})[0][0]
+    site = find_sites(convert.import_graph(model), "channel", {"Conv"})[0][0]
     x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
     expected = run(model, {"x": x})[0]  # (B, Cout, H', W')
     batch, out_h, out_w, _ = conv_geometry(site, x.shape)
@@ -31,7 +31,7 @@ def test_patches_times_weight_equal_the_conv_output(attrs):
 def test_collect_accumulates_each_sites_input_gram_and_the_outputs():
     rng = np.random.default_rng(1)
     model = single_layer("MatMul", [3, 6], rng.standard_normal((6, 4)))
-    site = find_sites(ir.import_graph(model), "channel", {"MatMul"})[0][0]
+    site = find_sites(convert.import_graph(model), "channel", {"MatMul"})[0][0]
     samples = {"x": rng.standard_normal((5, 3, 6)).astype(np.float32)}
     data = collect(model, samples, [site], rows_per_sample=100, rng=np.random.default_rng(0))
     rows = samples["x"].reshape(-1, 6).astype(np.float64)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from factorize_support import single_layer
-from graphopt import ir
+from graphopt import convert
 from graphopt_plugins.factorize.fits import fit_site
 from graphopt_plugins.factorize.lowrank import fit_data_aware
 from graphopt_plugins.factorize.sites import find_sites
@@ -13,7 +13,7 @@ RNG = np.random.default_rng(0)
 
 
 def _site_and_data(model, samples, op):
-    site = find_sites(ir.import_graph(model), "auto", {op})[0][0]
+    site = find_sites(convert.import_graph(model), "auto", {op})[0][0]
     data = collect(model, samples, [site], rows_per_sample=512, rng=np.random.default_rng(0))
     site.rows = int(np.prod(data.input_shapes[site.index][:-1])) if op == "MatMul" else None
     return site, data
@@ -39,7 +39,7 @@ def test_a_layer_seeing_many_rows_keeps_its_in_sample_errors():
 
 def test_without_data_an_input_split_site_gets_plain_svd_of_its_own_matrix():
     model = single_layer("Conv", [1, 6, 5, 5], RNG.standard_normal((3, 6, 3, 3)), pads=[1, 1, 1, 1])
-    site = find_sites(ir.import_graph(model), "input", {"Conv"})[0][0]
+    site = find_sites(convert.import_graph(model), "input", {"Conv"})[0][0]
     fit = fit_site(site, "svd", None, "input", 8)
     first, second = fit.factors(6)
     assert first.shape == (6, 6) and second.shape == (6, 27)

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from factorize_support import factorize, op_counts, run, single_layer
-from graphopt import ir
+from graphopt import convert
 from graphopt.verify.metrics import output_metrics, tolerance_for
 from graphopt_plugins.factorize.input_split import expand_first, fit_input_split, split_cost
 from graphopt_plugins.factorize.lowrank import fit_data_aware, fit_svd
@@ -41,14 +41,14 @@ def _rows_and_gram(site, x, rows=4000):
 def test_input_split_matches_the_conv_at_full_rank(attrs):
     model = single_layer("Conv", [1, 6, 9, 11], RNG.standard_normal((12, 6, 3, 3)) * 0.3, bias=RNG.standard_normal(12),
                          **attrs)
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     site = find_sites(graph, "input", {"Conv"})[0][0]
     assert site.kind == "conv_input" and site.split_shape == (6, 108) and site.full_rank == 6
     fit = fit_svd(site.weight.reshape(site.split_shape))
     factorize_site(graph, site, *fit.factors(6))
     graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
     graph.toposort(mode="nodes")
-    rewritten = ir.export_model(graph, model)
+    rewritten = convert.export_model(graph, model)
     onnx.checker.check_model(rewritten, full_check=True)
     kernels = [tuple(a.ints) for node in rewritten.graph.node for a in node.attribute if a.name == "kernel_shape"]
     assert kernels == [(1, 1), (3, 3)]
@@ -59,7 +59,7 @@ def test_input_split_matches_the_conv_at_full_rank(attrs):
 
 def test_input_split_macs_count_the_1x1_on_every_input_pixel():
     model = single_layer("Conv", [1, 8, 10, 10], RNG.standard_normal((4, 8, 3, 3)), strides=[2, 2], pads=[1, 1, 1, 1])
-    site = find_sites(ir.import_graph(model), "input", {"Conv"})[0][0]
+    site = find_sites(convert.import_graph(model), "input", {"Conv"})[0][0]
     site.rows, site.input_pixels = 25, 100
     assert site.macs() == 25 * 72 * 4
     assert site.macs(2) == 100 * 2 * 8 + 25 * 2 * 36
@@ -69,7 +69,7 @@ def test_input_split_macs_count_the_1x1_on_every_input_pixel():
 def test_fit_errors_are_the_real_output_errors_and_v_is_least_squares():
     weight = RNG.standard_normal((4, 16, 3, 3))
     model = single_layer("Conv", [1, 16, 8, 8], weight, pads=[1, 1, 1, 1])
-    site = find_sites(ir.import_graph(model), "input", {"Conv"})[0][0]
+    site = find_sites(convert.import_graph(model), "input", {"Conv"})[0][0]
     rows, gram = _rows_and_gram(site, _redundant_inputs(6, 16, 5, 8)["x"])
     fit = fit_input_split(site.weight, gram, 16, 9)
     exact = rows @ site.weight
@@ -122,8 +122,8 @@ def test_auto_keeps_the_channel_split_where_the_outputs_are_redundant():
 
 def test_input_split_site_keeps_the_im2col_weight_for_the_data():
     model = single_layer("Conv", [1, 6, 5, 5], RNG.standard_normal((3, 6, 3, 3)), pads=[1, 1, 1, 1])
-    channel = find_sites(ir.import_graph(model), "channel", {"Conv"})[0][0]
-    inputs = find_sites(ir.import_graph(model), "input", {"Conv"})[0][0]
+    channel = find_sites(convert.import_graph(model), "channel", {"Conv"})[0][0]
+    inputs = find_sites(convert.import_graph(model), "input", {"Conv"})[0][0]
     np.testing.assert_array_equal(channel.weight, inputs.weight)  # the same Gram serves both splits
     assert dataclasses.replace(channel, kind="conv_input").split_shape == (6, 27)
     assert fit_data_aware(channel.weight, np.eye(54)).full_rank == channel.full_rank == 3
@@ -134,7 +134,7 @@ def test_latency_timing_builds_the_input_split_alone():
 
     model = single_layer("Conv", [1, 4, 10, 10], RNG.standard_normal((8, 4, 3, 3)), bias=RNG.standard_normal(8),
                          pads=[1, 1, 1, 1])
-    site = find_sites(ir.import_graph(model), "input", {"Conv"})[0][0]
+    site = find_sites(convert.import_graph(model), "input", {"Conv"})[0][0]
     split = layer_model(site, (1, 4, 10, 10), 17, fit_svd(site.weight.reshape(site.split_shape)).factors(4))
     kernels = [tuple(a.ints) for node in split.graph.node for a in node.attribute if a.name == "kernel_shape"]
     assert kernels == [(1, 1), (3, 3)]

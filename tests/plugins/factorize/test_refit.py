@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 
-from graphopt import ir
+from graphopt import convert
 from factorize_support import run
 from graphopt_plugins.factorize.factorize_pass import Factorize, _factorized_copy
 from graphopt_plugins.factorize.lowrank import fit_data_aware
@@ -41,7 +41,7 @@ def test_refit_goes_in_order_each_layer_on_the_refitted_inputs():
     rng = np.random.default_rng(0)
     model = _chain(rng)
     samples = {"x": rng.standard_normal((6, 8, 32)).astype(np.float32)}
-    sites, _ = find_sites(ir.import_graph(model), "channel", {"MatMul"})
+    sites, _ = find_sites(convert.import_graph(model), "channel", {"MatMul"})
     x = samples["x"].reshape(-1, 32).astype(np.float64)
     exact_inputs, expected = _numpy_forward(sites, None, x)
     factors = {site.index: fit_data_aware(site.weight, rows.T @ rows).factors(20)
@@ -68,7 +68,7 @@ def test_refit_brings_the_model_back_in_onnxruntime():
     rng = np.random.default_rng(1)
     model = _chain(rng, layers=2)
     samples = {"x": rng.standard_normal((6, 8, 32)).astype(np.float32)}
-    sites, _ = find_sites(ir.import_graph(model), "channel", {"MatMul"})
+    sites, _ = find_sites(convert.import_graph(model), "channel", {"MatMul"})
     x = samples["x"].reshape(-1, 32).astype(np.float64)
     relu = np.maximum(x @ sites[0].weight, 0)
     # the first layer loses a quarter of its rank, the second is kept whole: only the refit of the
@@ -93,7 +93,7 @@ def test_bias_is_refitted_with_v_on_a_conv():
     model = single_layer("Conv", [1, 8, 6, 6], weight, bias=rng.standard_normal(16), pads=[1, 1, 1, 1])
     # inputs with a mean: a truncated layer is then off on average too, which a bias can take back
     samples = {"x": (rng.standard_normal((4, 1, 8, 6, 6)) + 1.5).astype(np.float32)}
-    sites, _ = find_sites(ir.import_graph(model), "channel", {"Conv"})
+    sites, _ = find_sites(convert.import_graph(model), "channel", {"Conv"})
     options = Factorize.Options(conv="channel")
     factors = {0: fit_data_aware(sites[0].weight, np.eye(72)).factors(4)}  # fitted as if inputs were white
     build = lambda chosen: _factorized_copy(model, options, chosen)  # noqa: E731

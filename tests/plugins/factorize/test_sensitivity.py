@@ -3,7 +3,7 @@
 import numpy as np
 
 from factorize_support import single_layer
-from graphopt import ir
+from graphopt import convert
 from graphopt_plugins.factorize.lowrank import fit_svd
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
 from graphopt_plugins.factorize.sites import find_sites
@@ -15,7 +15,7 @@ def test_the_branch_that_dominates_the_output_is_the_sensitive_one():
     weights = [rng.standard_normal((32, 32)) for _ in range(2)]
     sites, fits = [], {}
     for index, weight in enumerate(weights):
-        site = find_sites(ir.import_graph(single_layer("MatMul", [4, 32], weight)), "channel", {"MatMul"})[0][0]
+        site = find_sites(convert.import_graph(single_layer("MatMul", [4, 32], weight)), "channel", {"MatMul"})[0][0]
         site.index, site.rows = index, 4
         sites.append(site)
         fits[index] = fit_svd(site.weight)

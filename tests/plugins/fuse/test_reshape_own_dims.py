@@ -69,10 +69,10 @@ def test_a_rewrite_that_makes_later_shapes_known_is_followed_in_the_same_run():
 
 
 def _counting_refreshes(monkeypatch) -> list:
-    from graphopt import ir
+    from graphopt import tensor_shapes
 
-    calls, refresh = [], ir.refresh_shapes
-    monkeypatch.setattr(ir, "refresh_shapes", lambda graph: calls.append(graph) or refresh(graph))
+    calls, refresh = [], tensor_shapes.refresh_shapes
+    monkeypatch.setattr(tensor_shapes, "refresh_shapes", lambda graph: calls.append(graph) or refresh(graph))
     return calls
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphopt import ir
+from graphopt import convert
 from graphopt_plugins.prune.allocation import allocate, loss_curve
 from graphopt_plugins.prune.groups import find_groups
 from graphopt_plugins.prune.latency_allocation import group_gains
@@ -35,7 +35,7 @@ def _cnn() -> onnx.ModelProto:
 
 def test_gains_are_macs_per_channel_from_real_shapes():
     model = _cnn()
-    groups = {g.name: g for g in find_groups(ir.import_graph(model))}
+    groups = {g.name: g for g in find_groups(convert.import_graph(model))}
     gains = group_gains(list(groups.values()), model, feeds_for(model, 2))
     # a: its own 32x32 output (27 MACs each) + conv b's input share (16x16 positions, 16 outputs, 9 taps)
     assert gains["a"] == 32 * 32 * 27 + 16 * 16 * 16 * 9
@@ -52,7 +52,7 @@ def test_allocator_spends_a_compute_target_where_each_element_saves_most():
 
 def test_latency_allocation_takes_the_free_channels_not_the_biggest_layer():
     model = _cnn()
-    groups = find_groups(ir.import_graph(model))
+    groups = find_groups(convert.import_graph(model))
     gains = group_gains(groups, model, feeds_for(model, 2))
     total = sum(gains[g.name] * g.size for g in groups)
     ratio = 0.99 * len(_DEAD) * gains["b"] / total  # exactly conv b's dead channels' worth of MACs

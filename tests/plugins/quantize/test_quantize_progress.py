@@ -7,7 +7,7 @@ import dataclasses
 from quantize_support import calibration_for, single_op_model
 
 import graphopt
-from graphopt import ir
+from graphopt import convert
 from graphopt_plugins.quantize import Quantize
 
 
@@ -25,7 +25,7 @@ class _RecordingContext(graphopt.PassContext):
 
 def _bars(model, **options) -> dict:
     ctx = _RecordingContext(opset=17, calibration=calibration_for(model, samples=3), model=model, progress=True)
-    result = Quantize(Quantize.Options(**options)).run(ir.import_graph(model), ctx)
+    result = Quantize(Quantize.Options(**options)).run(convert.import_graph(model), ctx)
     assert not result.changed and result.stats["kept_float"] == 1
     return {desc: (total, seen) for desc, total, seen in ctx.bars}
 

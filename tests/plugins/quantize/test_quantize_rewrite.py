@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import graphopt
-import graphopt.ir
+import graphopt.convert
 from quantize_support import (calibration_for, initializer, op_counts, ort_optimized_ops, quantize, quantize_and_check,
                               single_op_model)
 
@@ -128,7 +128,7 @@ def test_int4_below_opset_21_is_refused_by_the_pass_itself():
     model = single_op_model("MatMul", opset=17)
     pass_ = Quantize(Quantize.Options(mode="weight-only", weight_bits=4))
     with pytest.raises(PreconditionError, match="opset >= 21"):
-        pass_.run(graphopt.ir.import_graph(model), graphopt.PassContext(opset=17, model=model))
+        pass_.run(graphopt.convert.import_graph(model), graphopt.PassContext(opset=17, model=model))
 
 
 def test_activation_by_activation_matmul_is_not_quantized():

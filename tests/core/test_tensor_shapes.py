@@ -1,4 +1,4 @@
-"""graphopt.local_shapes: per-node shape propagation agrees with ONNX's whole-graph inference."""
+"""graphopt.tensor_shapes: per-node shape propagation agrees with ONNX's whole-graph inference."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import onnx
 import onnx.parser
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
-from graphopt.local_shapes import propagate_shapes
+from graphopt import convert
+from graphopt.tensor_shapes import propagate_shapes
 
 # The attention-style chain reshape_own_dims unlocks: split heads, transpose, score, merge.
 CHAIN = """
@@ -26,7 +26,7 @@ g (float[N, 16, 64] x) => (float[N, 4, 256] y, float z) {
 
 
 def _chain() -> tuple[gs.Graph, gs.Constant]:
-    graph = ir.import_graph(onnx.parser.parse_model(CHAIN))
+    graph = convert.import_graph(onnx.parser.parse_model(CHAIN))
     reshape = next(node for node in graph.nodes if node.op == "Reshape")
     target = gs.Constant("target_const", np.array([0, 4, 256], dtype=np.int64))
     reshape.inputs[1] = target

@@ -1,70 +1,50 @@
-"""The IR passes see: onnx-graphsurgeon's `Graph`, plus what it lacks.
-
-Traversal, sorting and dead-node sweeps live in `graphopt.ir_traversal` and are re-exported.
-
-graphsurgeon compares tensors *by name*, so a dict or set keyed by tensors silently merges a
-subgraph's `x` with the outer `x`. Everything here keys by identity (`id()`) or by node.
+"""Crossing between ModelProto and onnx-graphsurgeon's `Graph`: import, export, the envelope.
 
 Round trip: `export_model(import_graph(m), m)` keeps every field of the ModelProto that
 graphsurgeon does not model (IR version, producer, doc strings, metadata, training info),
 merges opset imports (the original's versions win), and leaves local functions and
-If/Loop/Scan bodies as they were unless a pass changed them.
+If/Loop/Scan bodies as they were unless a pass changed them. `export_model(..., weights=
+"placeholders")` is the form ONNX's C++ side (checker, shape inference) gets: large weights
+as dims-only graph inputs, so none of their bytes is copied through it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+from pathlib import Path
 
-import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import external_data_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from graphopt.external_data import external_data_dir, spill_dir
+from graphopt.external_data import external_folder
+from graphopt.graph_queries import iter_graphs, replace_all_uses
 from graphopt.mapped_weights import map_external_constants, spill_new_constants, unmap_external_constants
-from graphopt.ir_traversal import (
-    all_reads,
-    iter_graphs,
-    iter_nodes,
-    node_subgraphs,
-    remove_dead_nodes,
-    remove_dead_nodes_in_level,
-    toposort,
-    toposorted_nodes,
-)
-from graphopt.proto_walk import copy_fields, iter_graph_protos
+from graphopt.proto_walk import copy_fields, iter_graph_protos, tensor_nbytes
 from graphopt.sparse_tensors import densify_sparse_tensors
 from graphopt.subgraph_weights import hoist_shared_body_weights
 
 __all__ = [
     "import_graph",
     "export_model",
+    "stand_in_weights",
     "release_graph",
-    "iter_graphs",
-    "node_subgraphs",
-    "iter_nodes",
-    "producer",
-    "consumers",
-    "graph_output_ids",
-    "constant_value",
-    "replace_all_uses",
-    "to_networkx",
-    "all_reads",
-    "toposort",
-    "toposorted_nodes",
-    "remove_dead_nodes",
-    "remove_dead_nodes_in_level",
-    "opset_version",
     "quiet_graphsurgeon",
     "collector_paused",
-    "refresh_shapes",
-    "apply_inferred_shapes",
-    "is_static_shape",
+    "PLACEHOLDER_BYTES",
 ]
 
 # Fields of ModelProto rebuilt from the graph; every other field is carried over verbatim.
 _REBUILT_FIELDS = {"graph", "functions", "opset_import"}
+
+# Weights of this many bytes or more cross to ONNX's C++ side as dims-only stand-ins. Shape
+# tensors (what data propagation reads) are far smaller; int32/int64 tensors always cross whole,
+# since ONNX takes shapes, axes, pads and counts as those types.
+PLACEHOLDER_BYTES = 4096
+_SHAPE_TYPES = (np.int32, np.int64)
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -76,9 +56,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     model = densify_sparse_tensors(model)  # graphsurgeon would drop them
     with quiet_graphsurgeon(), collector_paused():
         graph = gs.import_onnx(model)
-    folder = external_data_dir(model)
-    if folder is not None:
-        map_external_constants(iter_graphs(graph), folder)
+    map_external_constants(iter_graphs(graph))
     overridable = _overridable_inputs(model)
     if overridable:
         constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name in overridable}
@@ -106,13 +84,26 @@ def _overridable_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer if t.name in names}
 
 
-def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
-    """Exports `graph`, carrying over what graphsurgeon drops from the `template` model."""
-    if external_data_dir(template) is not None:
-        spill = spill_dir(template)
-        if spill is not None:
-            spill_new_constants(graph, spill)
-        unmap_external_constants(iter_graphs(graph))
+def export_model(
+    graph: gs.Graph, template: onnx.ModelProto, *, weights: str = "refs", spill_dir: Path | None = None
+) -> onnx.ModelProto:
+    """Exports `graph`, carrying over what graphsurgeon drops from the `template` model.
+
+    `weights`: "refs" keeps weights still mapped from data files as their file references,
+    and with `spill_dir` moves large new ones to a file there; "placeholders" turns every
+    large weight of the main graph into a dims-only graph input (`stand_in_weights`), for the
+    checker and shape inference, without copying its bytes.
+    """
+    unmap_external_constants(iter_graphs(graph))
+    if weights == "placeholders":
+        with _stubbed_weights(graph):
+            return stand_in_weights(_exported(graph, template))[0]
+    if spill_dir is not None:
+        spill_new_constants(graph, spill_dir)
+    return _exported(graph, template)
+
+
+def _exported(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     with quiet_graphsurgeon(), collector_paused():
         exported = gs.export_onnx(graph, do_type_check=False)
     # The exported proto becomes the model, its other fields the template's: copying its graph
@@ -131,6 +122,69 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+@contextlib.contextmanager
+def _stubbed_weights(graph: gs.Graph):
+    """Makes the main graph's large constants export as dims-only external stubs while the block runs."""
+    swapped = []
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant):
+            continue
+        values = tensor._values
+        kind = getattr(values.dtype, "kind", None)  # graphsurgeon gives some ONNX types no numpy dtype
+        if kind not in ("b", "i", "u", "f", "c") or values.dtype in _SHAPE_TYPES or values.nbytes < PLACEHOLDER_BYTES:
+            continue
+        stub = onnx.TensorProto(name=tensor.name, dims=values.shape, data_location=onnx.TensorProto.EXTERNAL,
+                                data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype))
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", "graphopt-placeholder"
+        swapped.append((tensor, values))
+        tensor._values = LazyValues(stub)
+    try:
+        yield
+    finally:
+        for tensor, values in swapped:
+            tensor._values = values
+
+
+def stand_in_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """`model` as ONNX's checker and shape inference get it: each large weight of the main graph
+    a graph input of its type and shape (and {name: bytes} of those), or `model` itself when
+    none is large.
+
+    Neither reads a weight's values: a weight's shape and type come from its dims, and data
+    propagation follows only small integer tensors. Weights in data files stand in too (the
+    checker cannot read them by absolute path). A weight whose bytes do not fit its shape
+    crosses whole, so the checker names it. `model` is not modified, nor its weights copied.
+    """
+    moved = {}
+    for tensor in model.graph.initializer:
+        size = _stand_in_size(tensor)
+        if size is not None:
+            moved[tensor.name] = size
+    if not moved:
+        return model, moved
+    skeleton = onnx.ModelProto()
+    copy_fields(model, skeleton, skip=("graph",))
+    copy_fields(model.graph, skeleton.graph, skip=("initializer",))
+    skeleton.graph.initializer.extend(t for t in model.graph.initializer if t.name not in moved)
+    declared = {value.name for value in model.graph.input}
+    skeleton.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                                for t in model.graph.initializer if t.name in moved and t.name not in declared)
+    return skeleton, moved
+
+
+def _stand_in_size(tensor: onnx.TensorProto) -> int | None:
+    """The bytes of a weight that crosses as a stand-in, None for one that crosses whole."""
+    if external_data_helper.uses_external_data(tensor):
+        return tensor_nbytes(tensor)
+    if tensor.data_type in (onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.STRING):
+        return None
+    if not tensor.HasField("raw_data"):
+        return None
+    size = tensor_nbytes(tensor)
+    return size if size >= PLACEHOLDER_BYTES and len(tensor.raw_data) == size else None
+
+
 def release_graph(graph: gs.Graph, template: onnx.ModelProto) -> None:
     """Frees `graph` now when its constants map `template`'s external data files.
 
@@ -139,7 +193,7 @@ def release_graph(graph: gs.Graph, template: onnx.ModelProto) -> None:
     resident while onnxruntime loads the exported model, doubling peak memory on a
     multi-GiB model. The graph is unusable afterwards.
     """
-    if external_data_dir(template) is not None:
+    if external_folder(template) is not None:
         for links in (graph.nodes, graph.inputs, graph.outputs):
             links.clear()  # the caller's frame still holds `graph`: cut what reaches the weights
         gc.collect()
@@ -205,157 +259,12 @@ def _restore_interface(model: onnx.ModelProto, template: onnx.ModelProto) -> Non
                 value.CopyFrom(declared[value.name])
 
 
-def refresh_shapes(graph: gs.Graph) -> int:
-    """Fills in dtypes and shapes that ONNX shape inference now knows; returns tensors updated.
-
-    A rewrite leaves the tensors it creates without shapes until the next inference, so a pass
-    that decides by shape (folding a `Shape`, a size cap) would find more to do when run again.
-    Running this between fix-point rounds makes such a pass idempotent. Main graph only.
-    """
-    # Weights still mapped from the input's files go out as their file references (inference
-    # needs no values of them), not read into the throwaway proto: 2.4 GiB on the scale model.
-    unmap_external_constants(iter_graphs(graph))
-    with _large_constants_as_placeholders(graph), quiet_graphsurgeon():
-        model = gs.export_onnx(graph, do_type_check=False)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # a graph inference cannot follow keeps the shapes it had
-        return 0
-    return apply_inferred_shapes(graph, inferred)
-
-
-# Shape tensors (what data propagation reads) are far smaller than this; weights are larger.
-_PLACEHOLDER_BYTES = 4096
-
-
-@contextlib.contextmanager
-def _large_constants_as_placeholders(graph: gs.Graph):
-    """Exports large in-memory constants as dims-only external references while the block runs.
-
-    Shape inference reads a weight's dims, never its values, but exporting and serialising the
-    values cost more than the inference itself: on PP-OCRv4 rec, `reshape_own_dims`' five
-    refreshes spent most of their 0.44 s copying 10 MB of weights in and out of protos.
-    """
-    swapped = []
-    for owner in iter_graphs(graph):
-        for tensor in owner.tensors().values():
-            values = getattr(tensor, "_values", None) if isinstance(tensor, gs.Constant) else None
-            if isinstance(values, np.ndarray) and values.nbytes >= _PLACEHOLDER_BYTES and values.dtype.kind in "biufc":
-                placeholder = onnx.TensorProto(name=tensor.name, dims=values.shape, data_location=onnx.TensorProto.EXTERNAL,
-                                               data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype))
-                entry = placeholder.external_data.add()
-                entry.key, entry.value = "location", "graphopt-shape-inference-placeholder"
-                swapped.append((tensor, values))
-                tensor._values = gs.ir.tensor.LazyValues(placeholder)
-    try:
-        yield
-    finally:
-        for tensor, values in swapped:
-            tensor._values = values
-
-
-def apply_inferred_shapes(graph: gs.Graph, inferred: onnx.ModelProto) -> int:
-    """Copies the shapes `inferred` (an export of `graph`, shape-inferred) knows into `graph`.
-
-    Returns tensors updated. Main graph only; a tensor whose shape is already static keeps it.
-    """
-    known = {value.name: value.type.tensor_type for value in inferred.graph.value_info}
-    updated = 0
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant) or tensor.name not in known or is_static_shape(tensor.shape):
-            continue
-        tensor_type = known[tensor.name]
-        if not tensor_type.HasField("shape") or not tensor_type.elem_type:
-            continue
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
-        if tensor.shape is not None and len(tensor.shape) == len(shape) and list(tensor.shape) == shape:
-            continue
-        tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        tensor.shape = shape
-        updated += 1
-    return updated
-
-
-def is_static_shape(shape) -> bool:
-    """Whether every dimension of `shape` is a known non-negative integer."""
-    return shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape)
-
-
 def _merged_opsets(original, exported) -> list[onnx.OperatorSetIdProto]:
     """The original's opsets, a domain a pass newly uses, and a version a pass raised (never lowered)."""
     versions = {entry.domain: entry.version for entry in original}
     for entry in exported:
         versions[entry.domain] = max(entry.version, versions.get(entry.domain, 0))
     return [onnx.helper.make_opsetid(domain, version) for domain, version in versions.items()]
-
-
-def opset_version(graph: gs.Graph, domain: str = "") -> int | None:
-    """The version of `domain` the graph's model imports (the default domain: `graph.opset`)."""
-    for entry in graph.import_domains or ():
-        if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
-            return entry.version
-    return graph.opset if domain == "" else None
-
-
-def producer(tensor: gs.Tensor) -> gs.Node | None:
-    """The node that writes `tensor`, or None for graph inputs and constants."""
-    return tensor.inputs[0] if tensor.inputs else None
-
-
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    """The nodes that read `tensor`, inside nested bodies too (by identity, deduplicated)."""
-    seen: dict[int, gs.Node] = {}
-    for node in tensor.outputs:
-        seen.setdefault(id(node), node)
-    return list(seen.values())
-
-
-def graph_output_ids(graph: gs.Graph) -> set[int]:
-    return {id(tensor) for tensor in graph.outputs}
-
-
-def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of `tensor` if it is known at compile time (an initializer or a Constant node)."""
-    if isinstance(tensor, gs.Constant):
-        return tensor.values
-    node = producer(tensor)
-    if node is not None and node.op == "Constant" and "value" in node.attrs:
-        value = node.attrs["value"]
-        return value.values if isinstance(value, gs.Constant) else None
-    return None
-
-
-def replace_all_uses(old: gs.Tensor, new: gs.Tensor) -> int:
-    """Points every node that reads `old` at `new`, nested bodies included; returns inputs moved.
-
-    graphsurgeon links a body's read of an outer tensor to the very same object, so `old.outputs`
-    already lists readers inside If/Loop/Scan bodies: the rewrite costs O(uses), not a graph scan.
-    Graph outputs are left alone: which tensor a graph returns is the caller's decision.
-    """
-    moved = 0
-    for node in consumers(old):
-        for index, tensor in enumerate(node.inputs):
-            if tensor is old:
-                node.inputs[index] = new
-                moved += 1
-    return moved
-
-
-def to_networkx(graph: gs.Graph) -> nx.MultiDiGraph:
-    """A dependency view of one graph level: a vertex per node (keyed by `id`), an edge per tensor.
-
-    Vertices carry the node as `node`; edges carry the tensor as `tensor`. A nested body is
-    part of its If/Loop/Scan node; outer tensors read inside a body count as its node's inputs.
-    """
-    view = nx.MultiDiGraph()
-    for node in graph.nodes:
-        view.add_node(id(node), node=node)
-    for node in graph.nodes:
-        for tensor in all_reads(node):
-            source = producer(tensor)
-            if source is not None and view.has_node(id(source)):
-                view.add_edge(id(source), id(node), tensor=tensor)
-    return view
 
 
 @contextlib.contextmanager

@@ -1,14 +1,18 @@
-"""Walking graphsurgeon graphs level by level, in linear time: bodies, reads, order, dead nodes.
+"""Questions about a graphsurgeon graph, and the walks that answer them: bodies, reads, uses,
+order, dead nodes, constant values.
 
-Every function here is O(nodes + edges) over the levels it visits. graphsurgeon's own
-`toposort` and `cleanup` spend seconds on a 100k-node graph; these replace them. `graphopt.ir`
-re-exports all of it, so passes keep writing `ir.toposort(graph)`.
+graphsurgeon compares tensors *by name*, so a dict or set keyed by tensors silently merges a
+subgraph's `x` with the outer `x`. Everything here keys by identity (`id()`) or by node.
+Every walk is O(nodes + edges) over the levels it visits: graphsurgeon's own `toposort` and
+`cleanup` spend seconds on a 100k-node graph; these replace them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import networkx as nx
+import numpy as np
 import onnx_graphsurgeon as gs
 
 __all__ = [
@@ -20,6 +24,13 @@ __all__ = [
     "toposorted_nodes",
     "remove_dead_nodes",
     "remove_dead_nodes_in_level",
+    "opset_version",
+    "producer",
+    "consumers",
+    "graph_output_ids",
+    "constant_value",
+    "replace_all_uses",
+    "to_networkx",
 ]
 
 
@@ -153,3 +164,72 @@ def remove_dead_nodes_in_level(owner: gs.Graph) -> int:
             removed += 1
     owner.nodes = [node for node in owner.nodes if id(node) in live]
     return removed
+
+
+def opset_version(graph: gs.Graph, domain: str = "") -> int | None:
+    """The version of `domain` the graph's model imports (the default domain: `graph.opset`)."""
+    for entry in graph.import_domains or ():
+        if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return entry.version
+    return graph.opset if domain == "" else None
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that writes `tensor`, or None for graph inputs and constants."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """The nodes that read `tensor`, inside nested bodies too (by identity, deduplicated)."""
+    seen: dict[int, gs.Node] = {}
+    for node in tensor.outputs:
+        seen.setdefault(id(node), node)
+    return list(seen.values())
+
+
+def graph_output_ids(graph: gs.Graph) -> set[int]:
+    return {id(tensor) for tensor in graph.outputs}
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of `tensor` if it is known at compile time (an initializer or a Constant node)."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and "value" in node.attrs:
+        value = node.attrs["value"]
+        return value.values if isinstance(value, gs.Constant) else None
+    return None
+
+
+def replace_all_uses(old: gs.Tensor, new: gs.Tensor) -> int:
+    """Points every node that reads `old` at `new`, nested bodies included; returns inputs moved.
+
+    graphsurgeon links a body's read of an outer tensor to the very same object, so `old.outputs`
+    already lists readers inside If/Loop/Scan bodies: the rewrite costs O(uses), not a graph scan.
+    Graph outputs are left alone: which tensor a graph returns is the caller's decision.
+    """
+    moved = 0
+    for node in consumers(old):
+        for index, tensor in enumerate(node.inputs):
+            if tensor is old:
+                node.inputs[index] = new
+                moved += 1
+    return moved
+
+
+def to_networkx(graph: gs.Graph) -> nx.MultiDiGraph:
+    """A dependency view of one graph level: a vertex per node (keyed by `id`), an edge per tensor.
+
+    Vertices carry the node as `node`; edges carry the tensor as `tensor`. A nested body is
+    part of its If/Loop/Scan node; outer tensors read inside a body count as its node's inputs.
+    """
+    view = nx.MultiDiGraph()
+    for node in graph.nodes:
+        view.add_node(id(node), node=node)
+    for node in graph.nodes:
+        for tensor in all_reads(node):
+            source = producer(tensor)
+            if source is not None and view.has_node(id(source)):
+                view.add_edge(id(source), id(node), tensor=tensor)
+    return view

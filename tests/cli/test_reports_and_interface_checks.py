@@ -1,4 +1,5 @@
-"""CLI behaviours pinned after review: error file names, report permissions, verify's interface check."""
+"""CLI behaviours: error messages name the file, a report is an ordinary readable file (also when
+verification fails, with the input summary), verify refuses a candidate with other inputs."""
 
 import json
 import os

@@ -1,11 +1,11 @@
-"""graphopt.ir: use-def look-ups by identity, nested graphs, the networkx view, envelope round trip."""
+"""graphopt.graph_queries and graphopt.convert: use-def look-ups by identity, nested graphs, the networkx view, envelope round trip."""
 
 import numpy as np
 import onnx
 import onnx.parser
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
+from graphopt import convert, graph_queries, tensor_shapes
 
 NESTED = """
 <ir_version: 8, opset_import: ["" : 17, "local" : 1], producer_name: "exporter", doc_string: "kept">
@@ -30,33 +30,33 @@ def _tensor(graph: gs.Graph, name: str) -> gs.Tensor:
 
 
 def test_iter_graphs_visits_bodies_and_functions():
-    graph = ir.import_graph(_nested_model())
-    names = [g.name for g in ir.iter_graphs(graph)]
+    graph = convert.import_graph(_nested_model())
+    names = [g.name for g in graph_queries.iter_graphs(graph)]
     assert names == ["g", "t", "e", "f"]
-    assert [g.name for g in ir.iter_graphs(graph, functions=False)] == ["g", "t", "e"]
+    assert [g.name for g in graph_queries.iter_graphs(graph, functions=False)] == ["g", "t", "e"]
 
 
 def test_consumers_include_readers_inside_bodies():
-    graph = ir.import_graph(_nested_model())
+    graph = convert.import_graph(_nested_model())
     y = _tensor(graph, "y")
-    assert sorted(node.op for node in ir.consumers(y)) == ["Abs", "Neg", "Neg"]
-    assert ir.producer(y).op == "Relu"
-    assert ir.producer(_tensor(graph, "x")) is None
+    assert sorted(node.op for node in graph_queries.consumers(y)) == ["Abs", "Neg", "Neg"]
+    assert graph_queries.producer(y).op == "Relu"
+    assert graph_queries.producer(_tensor(graph, "x")) is None
 
 
 def test_replace_all_uses_rewires_body_readers():
-    graph = ir.import_graph(_nested_model())
+    graph = convert.import_graph(_nested_model())
     x, y = _tensor(graph, "x"), _tensor(graph, "y")
-    moved = ir.replace_all_uses(y, x)
+    moved = graph_queries.replace_all_uses(y, x)
     assert moved == 3
     then_branch = graph.nodes[2].attrs["then_branch"]
     assert then_branch.nodes[0].inputs[0] is x
-    assert ir.consumers(y) == []
+    assert graph_queries.consumers(y) == []
 
 
 def test_networkx_view_keys_by_node_identity_and_counts_body_reads():
-    graph = ir.import_graph(_nested_model())
-    view = ir.to_networkx(graph)
+    graph = convert.import_graph(_nested_model())
+    view = graph_queries.to_networkx(graph)
     relu, neg, if_node = graph.nodes
     assert set(view.nodes) == {id(relu), id(neg), id(if_node)}
     assert view.has_edge(id(relu), id(neg))
@@ -66,7 +66,7 @@ def test_networkx_view_keys_by_node_identity_and_counts_body_reads():
 
 def test_export_keeps_the_model_envelope():
     model = _nested_model()
-    exported = ir.export_model(ir.import_graph(model), model)
+    exported = convert.export_model(convert.import_graph(model), model)
     onnx.checker.check_model(exported, full_check=True)
     assert exported.ir_version == 8
     assert exported.producer_name == "exporter" and exported.doc_string == "kept"
@@ -83,17 +83,17 @@ def test_constant_value_reads_initializers_and_constant_nodes():
       s = Add(x, w)
       y = Mul(s, k)
     }""")
-    graph = ir.import_graph(model)
-    np.testing.assert_array_equal(ir.constant_value(_tensor(graph, "w")), [1.0, 2.0])
-    np.testing.assert_array_equal(ir.constant_value(_tensor(graph, "k")), [3.0, 4.0])
-    assert ir.constant_value(_tensor(graph, "s")) is None
+    graph = convert.import_graph(model)
+    np.testing.assert_array_equal(graph_queries.constant_value(_tensor(graph, "w")), [1.0, 2.0])
+    np.testing.assert_array_equal(graph_queries.constant_value(_tensor(graph, "k")), [3.0, 4.0])
+    assert graph_queries.constant_value(_tensor(graph, "s")) is None
 
 
 def test_opset_version_reads_the_default_and_custom_domains():
-    graph = ir.import_graph(_nested_model())
-    assert ir.opset_version(graph) == 17
-    assert ir.opset_version(graph, "local") == 1
-    assert ir.opset_version(graph, "com.microsoft") is None
+    graph = convert.import_graph(_nested_model())
+    assert graph_queries.opset_version(graph) == 17
+    assert graph_queries.opset_version(graph, "local") == 1
+    assert graph_queries.opset_version(graph, "com.microsoft") is None
 
 
 def test_before_ir4_every_initializer_stays_a_graph_input():
@@ -102,7 +102,7 @@ def test_before_ir4_every_initializer_stays_a_graph_input():
     g (float[2,3] x, float[2,3] w) => (float[2,3] y) <float[2,3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0}> {
       y = Mul(x, w)
     }""")
-    exported = ir.export_model(ir.import_graph(model), model)
+    exported = convert.export_model(convert.import_graph(model), model)
     onnx.checker.check_model(exported, full_check=True)
     assert [value.name for value in exported.graph.input] == ["x", "w"]
 
@@ -111,10 +111,10 @@ def test_an_overridable_input_is_imported_as_an_input_not_a_constant():
     model = onnx.parser.parse_model("""
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[3] x, float[3] bias) => (float[3] y) <float[3] bias = {1.0, 2.0, 3.0}> { y = Add(x, bias) }""")
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     assert [t.name for t in graph.inputs] == ["x", "bias"]
     assert not isinstance(graph.inputs[1], gs.Constant)
-    exported = ir.export_model(graph, model)
+    exported = convert.export_model(graph, model)
     assert [t.name for t in exported.graph.initializer] == ["bias"]
     onnx.checker.check_model(exported, full_check=True)
 
@@ -129,9 +129,9 @@ def test_node_graph_and_function_annotations_survive_a_change():
     for index, node in enumerate(model.graph.node):
         node.name = f"n{index}"
     model.graph.node[2].attribute[0].g.node[0].name = "body_neg"
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     graph.nodes[1].op = "Abs"  # a change elsewhere
-    exported = ir.export_model(graph, model)
+    exported = convert.export_model(graph, model)
     relu = exported.graph.node[0]
     assert relu.doc_string == "the relu" and [(p.key, p.value) for p in relu.metadata_props] == [("source", "layer1")]
     assert exported.graph.node[2].attribute[0].g.node[0].doc_string == "in a body"
@@ -159,20 +159,20 @@ def _positions(graph: gs.Graph) -> dict[str, int]:
 
 
 def test_toposort_puts_every_producer_first_including_outer_reads_of_bodies():
-    graph = ir.import_graph(onnx.parser.parse_model(UNSORTED))
-    ir.toposort(graph)
+    graph = convert.import_graph(onnx.parser.parse_model(UNSORTED))
+    graph_queries.toposort(graph)
     at = _positions(graph)
     assert at["a"] < at["b"] < at["z"]
     assert at["a"] < at["w"] < at["z"]  # the If reads `a` only inside its bodies
-    exported = ir.export_model(graph, onnx.parser.parse_model(UNSORTED))
+    exported = convert.export_model(graph, onnx.parser.parse_model(UNSORTED))
     onnx.checker.check_model(exported, full_check=True)
 
 
 def test_toposort_keeps_a_sorted_graph_in_its_order():
-    graph = ir.import_graph(onnx.parser.parse_model(UNSORTED))
-    ir.toposort(graph)
+    graph = convert.import_graph(onnx.parser.parse_model(UNSORTED))
+    graph_queries.toposort(graph)
     order = [id(node) for node in graph.nodes]
-    ir.toposort(graph)
+    graph_queries.toposort(graph)
     assert [id(node) for node in graph.nodes] == order
 
 
@@ -182,20 +182,20 @@ def test_toposort_handles_a_chain_deeper_than_the_recursion_limit():
     depth = sys.getrecursionlimit() + 500
     text = "\n".join(f"  t{i + 1} = Relu(t{i})" for i in range(depth))
     model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] t0) => (float[2] t{depth}) {{\n{text}\n}}')
-    graph = ir.import_graph(model)
+    graph = convert.import_graph(model)
     graph.nodes.reverse()
-    ir.toposort(graph)
+    graph_queries.toposort(graph)
     assert [node.outputs[0].name for node in graph.nodes] == [f"t{i + 1}" for i in range(depth)]
 
 
 def test_remove_dead_nodes_keeps_what_outputs_and_bodies_read_and_unlinks_the_rest():
-    graph = ir.import_graph(onnx.parser.parse_model(UNSORTED))
+    graph = convert.import_graph(onnx.parser.parse_model(UNSORTED))
     x = _tensor(graph, "x")
-    assert len(ir.consumers(x)) == 2  # Abs and the dead Neg
-    assert ir.remove_dead_nodes(graph) == 1
+    assert len(graph_queries.consumers(x)) == 2  # Abs and the dead Neg
+    assert graph_queries.remove_dead_nodes(graph) == 1
     assert sorted(node.op for node in graph.nodes) == ["Abs", "Add", "If", "Relu"]
-    assert [node.op for node in ir.consumers(x)] == ["Abs"]
-    assert ir.remove_dead_nodes(graph) == 0
+    assert [node.op for node in graph_queries.consumers(x)] == ["Abs"]
+    assert graph_queries.remove_dead_nodes(graph) == 0
 
 
 def test_remove_dead_nodes_sweeps_bodies_and_keeps_the_outer_values_they_read():
@@ -206,8 +206,8 @@ def test_remove_dead_nodes_sweeps_bodies_and_keeps_the_outer_values_they_read():
       z = If(c) <then_branch = t () => (float[2] p) { unused = Neg(x)  p = Identity(x) }, else_branch = e () => (float[2] a2) { a2 = Identity(a) }>
     }
     """
-    graph = ir.import_graph(onnx.parser.parse_model(text))
-    assert ir.remove_dead_nodes(graph) == 1  # the body's unused Neg
+    graph = convert.import_graph(onnx.parser.parse_model(text))
+    assert graph_queries.remove_dead_nodes(graph) == 1  # the body's unused Neg
     assert [node.op for node in graph.nodes] == ["Abs", "If"]
 
 
@@ -223,7 +223,7 @@ def test_refresh_shapes_infers_through_large_weights_and_leaves_their_values_alo
                             gs.Node("Reshape", inputs=[product, gs.Constant("shape", shape)], outputs=[flat]),
                             gs.Node("Relu", inputs=[flat], outputs=[y])],
                      inputs=[x], outputs=[y], opset=17)
-    assert ir.refresh_shapes(graph) == 2
+    assert tensor_shapes.refresh_shapes(graph) == 2
     assert list(product.shape) == [4, 32] and list(flat.shape) == [2, 64]
     constant = graph.tensors()["w"]
     assert type(constant._values) is np.ndarray and constant.values is weight

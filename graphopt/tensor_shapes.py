@@ -1,10 +1,12 @@
-"""Shapes carried forward from a few changed tensors, node by node, without a whole-graph inference.
+"""Tensor shapes in the graph: from a whole-graph ONNX inference (`refresh_shapes`,
+`apply_inferred_shapes`), or carried forward from a few changed tensors node by node
+(`propagate_shapes`).
 
 A rewrite that makes one shape knowable (a Reshape target turned constant) used to need
-`ir.refresh_shapes`: export the whole graph, infer it, copy the shapes back, about 20 ms on
-PP-OCRv4 rec, once per fix-point round. Here only the nodes downstream of what changed are
-re-inferred, with ONNX's own per-node shape functions, and a path stops where a node's outputs
-come out as they were. It knows less than a whole-graph inference (no data propagation through
+`refresh_shapes`: export the whole graph, infer it, copy the shapes back, about 20 ms on
+PP-OCRv4 rec, once per fix-point round. `propagate_shapes` re-infers only the nodes downstream
+of what changed, with ONNX's own per-node shape functions, and a path stops where a node's
+outputs come out as they were. It knows less than a whole-graph inference (no data propagation through
 Shape arithmetic, no subgraph bodies), so it complements `refresh_shapes`, never replaces it.
 """
 
@@ -19,9 +21,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from graphopt.ir_traversal import node_subgraphs
+from graphopt.convert import export_model, quiet_graphsurgeon
+from graphopt.graph_queries import node_subgraphs
 
-__all__ = ["propagate_shapes", "node_positions"]
+__all__ = ["propagate_shapes", "node_positions", "refresh_shapes", "apply_inferred_shapes", "is_static_shape"]
 
 # Constant inputs a shape function may read (a Reshape target, Slice bounds): shape-sized, not weights.
 _DATA_ELEMENTS = 64
@@ -135,3 +138,46 @@ def _merged_dim(old, new):
 
 def _known(dim) -> bool:
     return isinstance(dim, (int, np.integer)) and dim >= 0
+
+
+def refresh_shapes(graph: gs.Graph) -> int:
+    """Fills in dtypes and shapes that ONNX shape inference now knows; returns tensors updated.
+
+    A rewrite leaves the tensors it creates without shapes until the next inference, so a pass
+    that decides by shape (folding a `Shape`, a size cap) would find more to do when run again.
+    Running this between fix-point rounds makes such a pass idempotent. Main graph only.
+    """
+    with quiet_graphsurgeon():
+        model = export_model(graph, onnx.ModelProto(), weights="placeholders")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # a graph inference cannot follow keeps the shapes it had
+        return 0
+    return apply_inferred_shapes(graph, inferred)
+
+
+def apply_inferred_shapes(graph: gs.Graph, inferred: onnx.ModelProto) -> int:
+    """Copies the shapes `inferred` (an export of `graph`, shape-inferred) knows into `graph`.
+
+    Returns tensors updated. Main graph only; a tensor whose shape is already static keeps it.
+    """
+    known = {value.name: value.type.tensor_type for value in inferred.graph.value_info}
+    updated = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) or tensor.name not in known or is_static_shape(tensor.shape):
+            continue
+        tensor_type = known[tensor.name]
+        if not tensor_type.HasField("shape") or not tensor_type.elem_type:
+            continue
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+        if tensor.shape is not None and len(tensor.shape) == len(shape) and list(tensor.shape) == shape:
+            continue
+        tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        tensor.shape = shape
+        updated += 1
+    return updated
+
+
+def is_static_shape(shape) -> bool:
+    """Whether every dimension of `shape` is a known non-negative integer."""
+    return shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape)
