@@ -33,14 +33,13 @@ from graphopt.model_io import save_model
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import Plugins
 from graphopt.report import pass_entry
+from graphopt.stage_verdict import DEFAULT_LOSSY_BUDGET, backoff_try, judge_pass, options_of, outputs_or_fail, score_check
 from graphopt.verify import Budget, SessionError, Verifier
 
 __all__ = ["PipelineSettings", "PipelineOutcome", "run_pipeline", "DEFAULT_LOSSY_BUDGET", "BACKOFF_STEPS"]
 
 logger = logging.getLogger(__name__)
 
-# What a lossy pass is held to when neither it nor the user set a budget.
-DEFAULT_LOSSY_BUDGET = Budget(cos=0.99)
 # How many weaker settings (Pass.weaker) a lossy pass that missed its budget gets before it fails.
 BACKOFF_STEPS = 4
 
@@ -173,7 +172,7 @@ class _Run:
         self.reports: list[dict] = []
         self.lossy_ran = False
         self.interface = None
-        self.score = _score_check(settings, self.original, self.sample_inputs)
+        self.score = score_check(settings, self.original, self.sample_inputs)
         self.stages: list[Stage] = []  # accepted passes' results, for the never-slower check
 
     def _reference_outputs(self, reference: bytes | None):
@@ -297,26 +296,26 @@ class _Run:
         state, verifier, settings = self.state, self.verifier, self.settings
         previous = self.before if self.before is not None else self.original
         candidate = to_proto(state.model, "refs")
-        verdict, entry["verification"], candidate_outputs, message = _judge(
+        verdict, entry["verification"], candidate_outputs, message = judge_pass(
             verifier, self.stage_outputs, self.reference_outputs, self.original, previous, candidate, pass_, settings, self.score)
         tries = []  # the back-off protocol (Pass.weaker): a weaker setting, a bounded number of times
         while not verdict.ok and len(tries) < BACKOFF_STEPS and (weaker := pass_.weaker(verdict, result)) is not None:
-            tries.append(_try(pass_, result, verdict))
+            tries.append(backoff_try(pass_, result, verdict))
             logger.info("pass %s missed its budget (%s); trying a weaker setting", pass_.name, verdict.summary())
             pass_ = weaker
             state.proto = previous  # the weaker setting runs on the model the pass was given
             state.drop_graph()
             result = self._apply(pass_, state.graph_model())
-            entry.update(changed=result.changed, details=to_jsonable(result.stats), options=_options_of(pass_))
+            entry.update(changed=result.changed, details=to_jsonable(result.stats), options=options_of(pass_))
             if not result.changed:
                 break
             entry["_size"] = self._pending_size
             candidate = to_proto(state.model, "refs")
-            verdict, entry["verification"], candidate_outputs, message = _judge(
+            verdict, entry["verification"], candidate_outputs, message = judge_pass(
                 verifier, self.stage_outputs, self.reference_outputs, self.original, previous, candidate, pass_, settings,
                 self.score)
         if tries:
-            entry["tries"] = tries + [_try(pass_, result, verdict)]
+            entry["tries"] = tries + [backoff_try(pass_, result, verdict)]
         if not result.changed:
             entry.update(status="unchanged", verification=None)
             entry.pop("_size", None)
@@ -340,7 +339,7 @@ class _Run:
         verifier = self.verifier
         budget = (self.settings.budget or DEFAULT_LOSSY_BUDGET) if self.lossy_ran else None
         final_outputs = (self.stage_outputs if self.verify_each and self.stage_outputs is not None
-                         else _outputs_or_fail(verifier, model, "the optimized model"))
+                         else outputs_or_fail(verifier, model, "the optimized model"))
         verdict = verifier.judge(self.reference_outputs, final_outputs, budget=budget)
         score = self.score if self.lossy_ran else None
         if verdict.ok and score is not None:
@@ -386,87 +385,3 @@ def _call_hook(plugins: Plugins, name: str, *, model, **kwargs) -> None:
 def _stacked(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The verifier's samples back in the `(N, *shape)` form passes receive calibration in."""
     return {name: np.stack([sample[name] for sample in samples]) for name in samples[0]}
-
-
-def _budget_for(pass_: Pass, settings: PipelineSettings) -> Budget | None:
-    if pass_.lossless:
-        return None
-    own = Budget.parse(pass_.budget())
-    if own is None:
-        return settings.budget or DEFAULT_LOSSY_BUDGET
-    return own
-
-
-def _score_check(settings: PipelineSettings, original: onnx.ModelProto, sample_inputs):
-    """The user evaluator's check (`--evaluator`, `--budget score=...`), or None."""
-    score_budget = settings.budget.score_budget() if settings.budget is not None else None
-    if settings.evaluator is None or score_budget is None or sample_inputs is None:
-        return None
-    from graphopt.verify.evaluator import ScoreCheck
-
-    return ScoreCheck(settings.evaluator, score_budget, sample_inputs, original)
-
-
-def _judge(verifier, stage_outputs, reference_outputs, original, model, candidate, pass_, settings, score=None):
-    """(verdict, its report entry, the candidate's outputs, the failure message) of one pass's result."""
-    budget = _budget_for(pass_, settings)
-    verdict, candidate_outputs = _verify(verifier, stage_outputs, model, candidate, pass_, budget)
-    report = verdict.to_dict()
-    message = _failure_message(pass_, verdict)
-    if verdict.ok and not pass_.lossless:
-        # The global budget is what the lossy passes keep *together*: a pass within its
-        # own budget that takes the model as a whole outside it goes back, so with
-        # --keep-going the passes that fit are kept and the end-to-end check holds.
-        overall = settings.budget or DEFAULT_LOSSY_BUDGET
-        so_far = verifier.judge(reference_outputs, candidate_outputs, budget=overall)
-        report["end_to_end_so_far"] = so_far.to_dict()
-        if not so_far.ok:
-            so_far.first_divergence = verifier.localize(original, candidate, budget=overall)
-            report.update(ok=False, end_to_end_so_far=so_far.to_dict())
-            verdict = so_far
-            message = (f"pass '{pass_.name}' would take the model outside the end-to-end budget "
-                       f"({overall.describe()}): {so_far.summary()}")
-    if verdict.ok and not pass_.lossless and score is not None:
-        report["score"], failure = score.check(candidate)
-        if failure:
-            verdict = dataclasses.replace(verdict, ok=False, failures=[f"evaluator: {failure}"] + verdict.failures)
-            report["ok"] = False
-            message = f"pass '{pass_.name}' misses the evaluator's budget: {failure}"
-    return verdict, report, candidate_outputs, message
-
-
-def _try(pass_: Pass, result: PassResult, verdict) -> dict:
-    """One setting the back-off tried: its options, whether it changed the model, how it did."""
-    entry = {"options": _options_of(pass_), "changed": result.changed}
-    if verdict is not None and result.changed:
-        entry.update(ok=verdict.ok, failures=verdict.failures[:3],
-                     worst_cosine={name: metrics.get("cosine") for name, metrics in verdict.outputs.items()})
-    return to_jsonable(entry)
-
-
-def _options_of(pass_: Pass) -> dict:
-    # Names from the dataclass: describe_options would parse the source for help text.
-    return to_jsonable({field.name: getattr(pass_.options, field.name) for field in dataclasses.fields(pass_.options)})
-
-
-def _verify(verifier, stage_outputs, model, candidate, pass_, budget):
-    candidate_outputs = _outputs_or_fail(verifier, candidate, f"the model pass '{pass_.name}' produced", pass_.name)
-    verdict = verifier.judge(stage_outputs, candidate_outputs, budget=budget)
-    if not verdict.ok:
-        verdict.first_divergence = verifier.localize(model, candidate, budget=budget)
-    return verdict, candidate_outputs
-
-
-def _outputs_or_fail(verifier, model, what, pass_name="verify"):
-    try:
-        return verifier.outputs(model)
-    except SessionError as error:
-        raise PassError(f"onnxruntime cannot run {what}: {error}", pass_name=pass_name) from error
-
-
-def _failure_message(pass_: Pass, verdict) -> str:
-    message = f"pass '{pass_.name}' failed verification: {verdict.summary()}"
-    where = verdict.first_divergence
-    if where:
-        message += f"; first divergence at node '{where['node']}' ({where['op']}, tensor '{where['tensor']}')"
-    return message
