@@ -1,5 +1,5 @@
 """The `graphopt` command line: optimize, passes, inspect, verify, bench — one module each
-(and partition, run, from `graphopt.partition.commands`).
+(and partition, run, from `graphopt.cli.partition`).
 
 Errors are one line on stderr, `graphopt: error: <what> (<file>)`, with the exit codes of
 docs/design.md (0 done, 1 verification failed, 2 bad usage or input, 3 a pass or plugin
@@ -20,7 +20,7 @@ from graphopt import __version__
 from graphopt.cli import bench, inspect, optimize, passes, verify
 from graphopt.errors import GraphoptError, UsageError
 from graphopt.parameter_names import cli_spelling
-from graphopt.partition.commands import add_commands as add_partition_commands
+from graphopt.cli.partition import add_commands as add_partition_commands
 
 __all__ = ["main", "COMMANDS"]
 
