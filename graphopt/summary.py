@@ -2,7 +2,10 @@
 
 MACs are counted for the ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul, and the
 recurrent LSTM, GRU, RNN) from the shapes shape inference found; an op whose shapes are unknown counts as zero and is named in
-`macs_unknown`, so a partial count never passes for a full one.
+`macs_unknown`, so a partial count never passes for a full one. Control flow counts what one run
+can cost: an If its costlier branch, a Loop its body times a constant trip count, a Scan its body
+times the scanned axis; a Loop whose trip count is not a constant counts its body once and is named
+in `macs_unknown`.
 """
 
 from __future__ import annotations
@@ -28,13 +31,7 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
     shapes = _known_shapes(model)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
                               for node in _all_nodes(model.graph))
-    macs, unknown = 0, collections.Counter()
-    for node in model.graph.node:
-        count = _node_macs(node, shapes)
-        if count is None:
-            unknown[node.op_type] += 1
-        else:
-            macs += count
+    macs, unknown = _graph_macs(model.graph, shapes, _scalar_constants(model.graph))
     tensors = list(iter_tensors(model))
     initializer_names = {t.name for t in model.graph.initializer}
     return {**energy.estimate(model), 
@@ -100,19 +97,71 @@ def model_bytes(model: onnx.ModelProto) -> int:
         return sum(tensor_nbytes(t) for t in iter_tensors(model))
 
 
+def _graph_macs(graph: onnx.GraphProto, shapes: dict, constants: dict[str, int]) -> tuple[int, collections.Counter]:
+    macs, unknown = 0, collections.Counter()
+    for node in graph.node:
+        bodies = [attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
+        if not bodies:
+            count = _node_macs(node, shapes)
+            if count is None:
+                unknown[node.op_type] += 1
+            else:
+                macs += count
+            continue
+        counted = [_graph_macs(body, shapes, constants) for body in bodies]
+        for _, body_unknown in counted:
+            unknown.update(body_unknown)
+        body_macs = max(count for count, _ in counted) if node.op_type == "If" else sum(count for count, _ in counted)
+        repeats = _iterations(node, shapes, constants)
+        if repeats is None and body_macs:
+            unknown[node.op_type] += 1
+        macs += body_macs * (1 if repeats is None else repeats)
+    return macs, unknown
+
+
+def _iterations(node: onnx.NodeProto, shapes: dict, constants: dict[str, int]) -> int | None:
+    """How many times `node` runs its body: 1 for If, None when that is not known before running."""
+    if node.op_type == "If":
+        return 1
+    if node.op_type == "Loop":
+        return constants.get(node.input[0]) if node.input and node.input[0] else None
+    if node.op_type == "Scan":
+        count = next((attr.i for attr in node.attribute if attr.name == "num_scan_inputs"), 0)
+        axes = next((list(attr.ints) for attr in node.attribute if attr.name == "scan_input_axes"), [0] * count)
+        first = shapes.get(node.input[len(node.input) - count]) if count else None
+        axis = axes[0] if axes else 0
+        return first[axis] if first and -len(first) <= axis < len(first) and isinstance(first[axis], int) else None
+    return None
+
+
+def _scalar_constants(graph: onnx.GraphProto) -> dict[str, int]:
+    """Integer scalars of the main graph (Loop trip counts), from initializers and Constant nodes."""
+    found = {}
+    tensors = [(t.name, t) for t in graph.initializer if not t.dims]
+    tensors += [(node.output[0], attr.t) for node in graph.node if node.op_type == "Constant"
+                for attr in node.attribute if attr.name == "value" and not attr.t.dims]
+    for name, tensor in tensors:
+        if tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            found[name] = int(onnx.numpy_helper.to_array(tensor))
+    return found
+
+
 def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Shapes of the tensors the MAC-counted ops read or write (only those: reading every
-    value_info's dims through protobuf costs seconds on a 100k-node graph)."""
-    wanted = {name for node in model.graph.node if node.op_type in MAC_OPS for name in (*node.input[:3], *node.output[:1])}
+    """Shapes of the tensors the MAC-counted ops and the Scans read or write, in every graph
+    (only those: reading every value_info's dims through protobuf costs seconds on a 100k-node graph)."""
+    graphs = list(iter_graph_protos(model.graph))
+    wanted = {name for graph in graphs for node in graph.node if node.op_type in (*MAC_OPS, "Scan")
+              for name in (*node.input, *node.output[:1])}
     shapes = {}
     if not wanted:
         return shapes
-    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        if value.name in wanted and value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-    for tensor in model.graph.initializer:
-        if tensor.name in wanted:
-            shapes[tensor.name] = list(tensor.dims)
+    for graph in graphs:
+        for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+            if value.name in wanted and value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+                shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        for tensor in graph.initializer:
+            if tensor.name in wanted:
+                shapes[tensor.name] = list(tensor.dims)
     return shapes
 
 
