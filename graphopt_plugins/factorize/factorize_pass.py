@@ -4,36 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 
-import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 import graphopt
-from graphopt import convert, graph_queries, tensor_shapes
+from graphopt import tensor_shapes
 from graphopt import latency as graphopt_latency
-from graphopt.model import infer_model_shapes
 from graphopt.speed import slower
-from graphopt.statistics import gram_problem, split_held_out
-from graphopt.summary import summarize
-from graphopt.verify.feeds import split_samples
-from graphopt.verify.metrics import Budget, measure_outputs
-from graphopt.verify.runner import make_session, run_samples, stacked_outputs
+from graphopt.statistics import split_held_out
+from graphopt.verify.metrics import Budget
+from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
 from graphopt_plugins.factorize.lowrank import Factorization, round_rank
 from graphopt_plugins.factorize.fits import fit_site
 from graphopt_plugins.factorize.refit import refit_in_order
-from graphopt_plugins.factorize.ranks import first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
-from graphopt_plugins.factorize.rewrite import factorize_site
+from graphopt_plugins.factorize.budget_search import ranks_at, search_prefix, tightened, worth_probing
+from graphopt_plugins.factorize.ranks import allocation_steps, first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
+from graphopt_plugins.factorize.rewrite import apply_factors, factorized_copy
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
 from graphopt_plugins.factorize.sites import Site, find_sites, is_factorized
-from graphopt_plugins.factorize.statistics import LayerData, collect, conv_geometry
+from graphopt_plugins.factorize.judging import cosines, judged_metrics, misses, worst_cosine
+from graphopt_plugins.factorize.site_data import fittable, model_totals, potential, set_rows
+from graphopt_plugins.factorize.statistics import LayerData, collect
 
 __all__ = ["Factorize"]
 
 _METHODS = ("auto", "data", "svd")
-_RULES = ("energy", "rank_ratio", "max_error", "target")
+_RULES = ("budget", "energy", "rank_ratio", "max_error", "target")
 _CONV_MODES = ("channel", "spatial", "input", "auto", "off")
 _OPS = ("MatMul", "Gemm", "Conv")
 _DEFAULT_BUDGET = Budget(cos=0.99)
@@ -78,7 +75,7 @@ class Factorize(graphopt.Pass):
     @dataclasses.dataclass
     class Options:
         method: str = "auto"  # data (activation-whitened SVD) | svd (plain) | auto: data when inputs exist
-        rank_by: str = "max_error"  # energy | rank_ratio | max_error | target (global, allocated by sensitivity)
+        rank_by: str = "budget"  # budget (as much as the budget allows, allocated by sensitivity; max_error without data) | energy | rank_ratio | max_error | target (global, allocated by sensitivity)
         energy: float = 0.99  # rank_by=energy: fraction of squared singular values (on the data) kept
         rank_ratio: float = 0.5  # rank_by=rank_ratio: rank as a fraction of the full rank
         max_error: float = 0.1  # rank_by=max_error: relative output error allowed per layer
@@ -90,7 +87,7 @@ class Factorize(graphopt.Pass):
         max_samples: int = 32  # calibration samples used at most
         rows_per_sample: int = 512  # input rows (tokens, conv positions) per sample fed to each fit
         sensitivity: str = "model"  # rank_by=target: model (each layer's end-to-end effect, one run each) | layer
-        sensitivity_samples: int = 8  # samples the per-layer sensitivity runs use
+        sensitivity_samples: int = 4  # samples the per-layer sensitivity runs use
         saving_by: str = "macs"  # rank_by=target: spend the loss where it saves macs, or measured latency (each layer timed in ORT)
         refit: bool = True  # data method: where the factors miss the budget, refit each V (and a Conv's bias) by least squares, layer by layer, on the inputs the factorized model feeds it
         refit_samples: int = 8  # calibration samples the refit runs on (two model runs per layer each)
@@ -98,6 +95,7 @@ class Factorize(graphopt.Pass):
         never_slower: bool = True  # time the result against the input (1 thread, onnxruntime) and back off when slower; inputs under 1 ms are not judged
         strength: float = 1.0  # how far rank_by goes, 1 = as asked; the pipeline's back-off (weaker) lowers it
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
+        safety: float = 0.2  # rank_by=budget: share of the budget's room (1 - cos) left unspent, for inputs the search never saw
 
         def __post_init__(self):
             if self.method not in _METHODS:
@@ -116,6 +114,8 @@ class Factorize(graphopt.Pass):
             for name in ("energy", "rank_ratio", "max_error"):
                 if not 0.0 < getattr(self, name) <= 1.0:
                     raise ValueError(f"{name} must be in (0, 1]")
+            if not 0.0 <= self.safety < 1.0:
+                raise ValueError("safety must be in [0, 1)")
             if not 0.0 <= self.margin < 1.0:
                 raise ValueError("margin must be in [0, 1)")
             for name in ("rank_multiple", "max_samples", "rows_per_sample", "sensitivity_samples", "refit_samples"):
@@ -159,67 +159,49 @@ class Factorize(graphopt.Pass):
             count = len(next(iter(samples.values())))
             data = collect(model, samples, sites, options.rows_per_sample, ctx.rng(),
                            track=lambda items: ctx.track(items, desc="factorize: calibration", total=count))
-        _set_rows(sites, data)
+        set_rows(sites, data)
         if data is not None:
-            sites, unfit = _fittable(sites, data)
+            sites, unfit = fittable(sites, data)
             if unfit:
                 stats["skipped_by_statistics"] = unfit
             if not sites:
                 return graphopt.PassResult(changed=False, stats=stats)
+        totals = model_totals(model, samples, sites)
+        by_budget = options.rank_by == "budget" and data is not None
+        if by_budget:
+            # only layers that could together move the result are fitted and probed (budget_search.py)
+            sites = worth_probing(sites, lambda site: potential(site, options), totals["macs"])
         fits = {site.index: fit_site(site, method, data, options.conv, options.rank_multiple) for site in sites}
-        totals = _model_totals(model, samples, sites)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         weights, timings, candidates = None, None, sites
         timer = graphopt_latency.of(ctx)
-        if options.rank_by == "target" and options.saving_by == "latency" and not timer.measures:
+        wants_timing = options.rank_by in ("target", "budget") and options.saving_by == "latency"
+        if wants_timing and not timer.measures:
             log.info("factorize: saving_by=latency on latency backend 'none': ranks chosen by MACs")
-        elif options.rank_by == "target" and options.saving_by == "latency":
+        elif wants_timing:
             stats["latency_backend"] = timer.name
             timings = self._timings(sites, fits, data, graph.opset, ctx)
             # only layers whose factors run faster are worth a sensitivity probe
             candidates = [site for site in sites if site.index in timings and first_paying_rank(
                 site, lambda s, r: timings[s.index].ms(r), options.margin, options.rank_multiple) > 0]
             stats["paying_in_latency"] = len(candidates)
-        if options.rank_by == "target" and options.sensitivity == "model" and data is not None:
+        copy = lambda chosen: factorized_copy(model, options.conv, options.op_set(), chosen)  # noqa: E731
+        if options.rank_by in ("target", "budget") and options.sensitivity == "model" and data is not None:
             probe = {name: array[:options.sensitivity_samples] for name, array in samples.items()}
             reference = {k: v[:options.sensitivity_samples] for k, v in data.outputs.items()}
             weights = measure_sensitivity(
                 ctx.track(candidates, desc="factorize: sensitivity", total=len(candidates)), fits,
-                lambda chosen: 1.0 - _worst_cosine(_metrics(_factorized_copy(model, options, chosen), probe, reference, ctx.output_slices)),
+                lambda chosen: 1.0 - worst_cosine(judged_metrics(copy(chosen), probe, reference, ctx.output_slices)),
                 options.margin, options.rank_multiple)
         judged_outputs = None if data is None else data.outputs if judged is samples else stacked_outputs(model, judged)
-        ranks, factors, strength, measured, refitted = {}, {}, 1.0, None, False
-        for attempt in range(options.backoff + 1):
-            strength = options.strength * 0.5**attempt
-            ranks = self._ranks(candidates, fits, strength, totals, weights, timings)
-            factors = {index: fits[index].factors(rank) for index, rank in ranks.items()}
-            if not ranks or data is None:
-                break
-            candidate = _factorized_copy(model, options, factors)
-            measured = _metrics(candidate, judged, judged_outputs, ctx.output_slices)
+        if by_budget:
+            ranks, factors, strength, measured = self._by_budget(
+                model, candidates, fits, weights, timings, budget, judged, judged_outputs, stats, ctx)
             refitted = False
-            if method == "data" and options.refit and _misses(budget, measured):
-                # kept only where it helps on the data; a refit fits to the data it is judged on,
-                # but refits only V, in order (refit.py says what overfitted and was dropped)
-                # each layer's refit runs two models over its samples: a few images give thousands of rows
-                few = {name: array[:options.refit_samples] for name, array in samples.items()}
-                again = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), few, sites,
-                                       factors, options.rows_per_sample, ctx.seed,
-                                       track=lambda items: ctx.track(items, desc="factorize: refit", total=len(ranks)),
-                                       bias=True)
-                remeasured = _metrics(_factorized_copy(model, options, again), judged, judged_outputs, ctx.output_slices)
-                if _worst_cosine(remeasured) > _worst_cosine(measured):
-                    factors, measured, refitted = again, remeasured, True
-            if not _misses(budget, measured):
-                slow = slower(model, _factorized_copy(model, options, factors), judged, graphopt_latency.of(ctx)) if options.never_slower else None
-                if slow is None:
-                    break
-                stats.setdefault("slower_than_input", []).append(dict(slow, strength=strength))
-                log.info("factorize: strength %.3g runs %.3g× the input's latency; backing off", strength, slow["latency_ratio"])
-                ranks = {}
-                continue
-            log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), _cosines(measured))
-            ranks = {}
+        else:
+            ranks, factors, strength, measured, refitted = self._by_backoff(
+                model, sites, candidates, fits, weights, timings, totals, budget, method, samples, judged, judged_outputs,
+                data, stats, ctx)
         if judged is not samples and judged:
             stats["judged_on_held_out"] = len(next(iter(judged.values())))
         stats.update(method=method, data=origin, rank_by=options.rank_by, strength=strength,
@@ -229,7 +211,7 @@ class Factorize(graphopt.Pass):
         if not ranks:
             log.info("factorize: nothing factorized (%d candidate layers)", len(sites))
             return graphopt.PassResult(changed=False, stats=stats)
-        stats.update(_apply(graph, sites, fits, factors))
+        stats.update(apply_factors(graph, sites, fits, factors))
         stats["factorized"] = len(ranks)
         for key, total in totals.items():
             stats[f"model_{key}_before"] = total
@@ -244,6 +226,81 @@ class Factorize(graphopt.Pass):
         if used / 2 < _WEAKEST:
             return None
         return Factorize(dataclasses.replace(self.options, strength=used / 2))
+
+    def _by_budget(self, model, candidates, fits, weights, timings, budget, judged, judged_outputs, stats, ctx):
+        """(ranks, factors, strength, metrics): the longest greedy prefix within the tightened
+        budget on the held-out samples (budget_search.py), halved while it runs slower."""
+        options, log = self.options, ctx.logger
+        copy = lambda chosen: factorized_copy(model, options.conv, options.op_set(), chosen)  # noqa: E731
+        steps = list(allocation_steps(candidates, fits, "macs", options.margin, options.rank_multiple, weights, timings))
+        aim = tightened(budget, options.safety)
+        measured: dict = {}
+
+        def judge(ranks: dict[int, int]) -> tuple[bool, float]:
+            measured.clear()
+            measured.update(judged_metrics(copy(_factors(fits, ranks)), judged, judged_outputs, ctx.output_slices))
+            return not misses(aim, measured), worst_cosine(measured)
+
+        count, probes = search_prefix(steps, judge, options.strength,
+                                      track=lambda items: ctx.track(items, desc="factorize: budget search"))
+        total_saving = sum(saving for *_, saving in steps) or 1
+        stats["search"] = [probe.summary(total_saving) for probe in probes]
+        stats["aimed_at"] = aim.describe()
+        for _ in range(options.backoff + 1):
+            ranks = ranks_at(steps, count)
+            if not ranks:
+                return {}, {}, 0.0, None
+            within, _ = judge(ranks)
+            strength = sum(saving for *_, saving in steps[:count]) / total_saving
+            if not within:  # a probe of the same prefix passed: only noise-free runs would repeat it
+                log.info("factorize: %d steps missed %s on a second run; backing off", count, aim.describe())
+            else:
+                slow = slower(model, copy(_factors(fits, ranks)), judged, graphopt_latency.of(ctx)) if options.never_slower else None
+                if slow is None:
+                    return ranks, _factors(fits, ranks), strength, dict(measured)
+                stats.setdefault("slower_than_input", []).append(dict(slow, strength=round(strength, 4)))
+                log.info("factorize: %.3g of the saving runs %.3g× the input's latency; backing off", strength,
+                         slow["latency_ratio"])
+            count //= 2
+        return {}, {}, 0.0, None
+
+    def _by_backoff(self, model, sites, candidates, fits, weights, timings, totals, budget, method, samples, judged,
+                    judged_outputs, data, stats, ctx):
+        """(ranks, factors, strength, metrics, refitted): the rule at halving strengths until the
+        held-out samples meet the budget and the result runs no slower."""
+        options, log = self.options, ctx.logger
+        copy = lambda chosen: factorized_copy(model, options.conv, options.op_set(), chosen)  # noqa: E731
+        ranks, factors, strength, measured, refitted = {}, {}, 1.0, None, False
+        for attempt in range(options.backoff + 1):
+            strength = options.strength * 0.5**attempt
+            ranks = self._ranks(candidates, fits, strength, totals, weights, timings)
+            factors = _factors(fits, ranks)
+            if not ranks or data is None:
+                break
+            measured = judged_metrics(copy(factors), judged, judged_outputs, ctx.output_slices)
+            refitted = False
+            if method == "data" and options.refit and misses(budget, measured):
+                # kept only where it helps on the data; a refit fits to the data it is judged on,
+                # but refits only V, in order (refit.py says what overfitted and was dropped)
+                # each layer's refit runs two models over its samples: a few images give thousands of rows
+                few = {name: array[:options.refit_samples] for name, array in samples.items()}
+                again = refit_in_order(model, copy, few, sites, factors, options.rows_per_sample, ctx.seed,
+                                       track=lambda items: ctx.track(items, desc="factorize: refit", total=len(ranks)),
+                                       bias=True)
+                remeasured = judged_metrics(copy(again), judged, judged_outputs, ctx.output_slices)
+                if worst_cosine(remeasured) > worst_cosine(measured):
+                    factors, measured, refitted = again, remeasured, True
+            if not misses(budget, measured):
+                slow = slower(model, copy(factors), judged, graphopt_latency.of(ctx)) if options.never_slower else None
+                if slow is None:
+                    break
+                stats.setdefault("slower_than_input", []).append(dict(slow, strength=strength))
+                log.info("factorize: strength %.3g runs %.3g× the input's latency; backing off", strength, slow["latency_ratio"])
+                ranks = {}
+                continue
+            log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), cosines(measured))
+            ranks = {}
+        return ranks, factors, strength, measured, refitted
 
     def _timings(self, sites: list[Site], fits: dict[int, Factorization], data: LayerData | None, opset: int,
                  ctx: graphopt.PassContext) -> dict[int, LayerTiming]:
@@ -269,125 +326,9 @@ class Factorize(graphopt.Pass):
             metric, fraction = parse_target(options.target)
             return ranks_for_target(sites, fits, metric, fraction * strength, totals[metric], options.margin,
                                     options.rank_multiple, weights, timings)
-        value = getattr(options, options.rank_by)
-        return ranks_by_rule(sites, fits, options.rank_by, value, strength, options.margin, options.rank_multiple)
+        rule = "max_error" if options.rank_by == "budget" else options.rank_by  # budget without data: the error rule
+        return ranks_by_rule(sites, fits, rule, getattr(options, rule), strength, options.margin, options.rank_multiple)
 
 
-def _fittable(sites: list[Site], data: LayerData) -> tuple[list[Site], list[dict]]:
-    """(the sites whose input statistics can be fitted to, one `{node, reason}` per site left alone)."""
-    kept, unfit = [], []
-    for site in sites:
-        problem = gram_problem(data.grams.get(site.index), data.rows_seen.get(site.index)) \
-            if site.index in data.grams and data.rows_seen.get(site.index) else None
-        if problem is None:
-            kept.append(site)
-        else:
-            unfit.append({"node": site.name, "reason": problem})
-            logger.info("factorize: '%s' left alone: %s", site.name, problem)
-    return kept, unfit
-
-
-def _set_rows(sites: list[Site], data: LayerData | None) -> None:
-    """Output positions per sample, from the captured inputs' shapes, else from static graph shapes."""
-    for site in sites:
-        shape = data.input_shapes.get(site.index) if data is not None else None
-        if shape is None and tensor_shapes.is_static_shape(site.input.shape):
-            shape = tuple(site.input.shape)
-        if shape is None:
-            continue
-        if site.kind in ("matmul", "gemm"):
-            site.rows = math.prod(shape[:-1])
-        elif len(shape) == 4:
-            batch, out_h, out_w, in_w = conv_geometry(site, shape)
-            site.rows, site.first_rows = batch * out_h * out_w, batch * out_h * in_w
-            site.input_pixels = batch * shape[2] * shape[3]
-
-
-def _model_totals(model: onnx.ModelProto, samples: dict | None, sites: list[Site]) -> dict[str, int]:
-    """The whole model's MACs and parameters, shapes fixed to the samples' when the model's are dynamic."""
-    static = model
-    if samples:
-        static = onnx.ModelProto()
-        static.CopyFrom(model)
-        del static.graph.value_info[:]
-        for value in static.graph.input:
-            if value.name in samples and value.type.HasField("tensor_type"):
-                dims = value.type.tensor_type.shape.dim
-                for dim, size in zip(dims, samples[value.name].shape[1:]):
-                    dim.Clear()
-                    dim.dim_value = int(size)
-        static = infer_model_shapes(static)
-    summary = summarize(static)
-    # The summary counts a MatMul/Conv only where inference found its shapes; the sites' own
-    # counts come from the captured activations, so add those it had to leave out.
-    known = {value.name for value in list(static.graph.value_info) + list(static.graph.output)
-             if value.type.tensor_type.HasField("shape")
-             and all(dim.HasField("dim_value") for dim in value.type.tensor_type.shape.dim)}
-    missed = sum(site.macs() or 0 for site in sites
-                 if not ({site.node.outputs[0].name, site.input.name} <= known | set(samples or ())))
-    return {"macs": int(summary["macs"]) + missed, "params": int(summary["parameters"])}
-
-
-def _factorized_copy(model: onnx.ModelProto, options, factors: dict[int, tuple]) -> onnx.ModelProto:
-    graph = convert.import_graph(model)
-    sites, _ = find_sites(graph, options.conv, options.op_set())
-    _apply(graph, sites, None, factors)
-    return convert.export_model(graph, model)
-
-
-def _metrics(candidate: onnx.ModelProto, samples: dict, reference: dict[str, np.ndarray], slices=()) -> dict[str, dict]:
-    """Per output (and slice of one), the candidate's per-sample metrics against `reference`
-    (the model's outputs on `samples`)."""
-    session = make_session(candidate)
-    names = list(reference)
-    runs = run_samples(session, split_samples({k: v for k, v in samples.items() if k in _input_names(candidate)}), names)
-    return measure_outputs(reference, {name: np.stack([run[name] for run in runs]) for name in names}, slices)
-
-
-def _input_names(model: onnx.ModelProto) -> set[str]:
-    return {value.name for value in model.graph.input}
-
-
-def _misses(budget: Budget, measured: dict[str, dict]) -> bool:
-    return any(budget.violations(name, values) for name, values in measured.items())
-
-
-def _worst_cosine(measured: dict[str, dict]) -> float:
-    return min(values["cosine"] for values in measured.values())
-
-
-def _cosines(measured: dict[str, dict]) -> str:
-    return ", ".join(f"{name}: cos {values['cosine']:.5f}" for name, values in measured.items())
-
-
-def _apply(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | None, factors: dict[int, tuple]) -> dict:
-    """Rewrites the chosen sites with their (U, V); returns the per-layer report and totals.
-
-    A layer's `error` is its own fit's relative output error on its original inputs.
-    """
-    taken = {node.name for node in graph.nodes} | set(graph.tensors())
-    layers = []
-    for site in sites:
-        if site.index not in factors:
-            continue
-        first, second, *bias = factors[site.index]  # (U, V) or (U, V, the refitted bias)
-        rank = first.shape[1]
-        if fits is not None:
-            fit = fits[site.index]
-            layers.append({
-                "node": site.name, "op": site.node.op, "kind": site.kind, "rank": rank, "full_rank": fit.full_rank,
-                "params_before": site.params(), "params_after": site.params(rank),
-                "macs_before": site.macs(), "macs_after": site.macs(rank),
-                "error": round(float(fit.errors[rank]), 6), "error_on": fit.measured_on,
-            })
-        factorize_site(graph, site, first, second, bias[0] if bias else None, taken=taken)
-    graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
-    graph_queries.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
-    known = [layer for layer in layers if layer["macs_before"] is not None]
-    return {
-        "params_before": sum(layer["params_before"] for layer in layers),
-        "params_after": sum(layer["params_after"] for layer in layers),
-        "macs_before": sum(layer["macs_before"] for layer in known),
-        "macs_after": sum(layer["macs_after"] for layer in known),
-        "layers": layers,
-    }
+def _factors(fits: dict[int, Factorization], ranks: dict[int, int]) -> dict[int, tuple]:
+    return {index: fits[index].factors(rank) for index, rank in ranks.items()}

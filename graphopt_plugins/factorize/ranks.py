@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Iterator
 
 from graphopt_plugins.factorize.latency import LayerTiming
 from graphopt_plugins.factorize.lowrank import Factorization, rank_for_energy, rank_for_error, round_rank
 from graphopt_plugins.factorize.sites import Site
 
-__all__ = ["parse_target", "ranks_by_rule", "ranks_for_target", "first_paying_rank"]
+__all__ = ["parse_target", "ranks_by_rule", "ranks_for_target", "allocation_steps", "first_paying_rank"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,32 @@ def ranks_for_target(sites: list[Site], fits: dict[int, Factorization], metric: 
     factors run at least `margin` faster than it: the target is still counted in `metric`.
     """
     goal = fraction * total
+    state: dict[int, int] = {}
+    saved = 0
+    for index, rank, saving in allocation_steps(sites, fits, metric, margin, multiple, weights, timings):
+        if saved >= goal:
+            break
+        state[index] = rank
+        saved += saving
+    if saved < goal:
+        logger.warning("factorize: target %s=%.3g not reachable; the layers it can touch save %.3g", metric, fraction,
+                       saved / total if total else 0.0)
+    return state
+
+
+def allocation_steps(sites: list[Site], fits: dict[int, Factorization], metric: str, margin: float, multiple: int,
+                     weights: dict[int, float] | None = None, timings: dict[int, LayerTiming] | None = None
+                     ) -> Iterator[tuple[int, int, int]]:
+    """The greedy allocation as a sequence of steps `(site index, new rank, metric saved)`, the
+    cheapest in added loss per unit gained first: any prefix of it is the least-loss way found
+    to save what that prefix saves (ranks_for_target stops at a target, the budget search
+    bisects on the prefix length)."""
     cost = {"macs": lambda site, rank: site.macs(rank), "params": lambda site, rank: site.params(rank)}[metric]
     if timings is None:
         gain = cost
     else:
         def gain(site: Site, rank: int | None) -> float | None:
             return timings[site.index].ms(rank) if site.index in timings else None
-    state: dict[int, int] = {}
     heap: list[tuple[float, int, int, int]] = []  # (added loss per unit gained, site, next rank, saving)
 
     def push(site: Site, current: int | None) -> None:
@@ -93,16 +113,10 @@ def ranks_for_target(sites: list[Site], fits: dict[int, Factorization], metric: 
     by_index = {site.index: site for site in sites}
     for site in sites:
         push(site, None)
-    saved = 0
-    while heap and saved < goal:
+    while heap:
         _, index, rank, saving = heapq.heappop(heap)
-        state[index] = rank
-        saved += saving
+        yield index, rank, saving
         push(by_index[index], rank)
-    if saved < goal:
-        logger.warning("factorize: target %s=%.3g not reachable; the layers it can touch save %.3g", metric, fraction,
-                       saved / total if total else 0.0)
-    return state
 
 
 def first_paying_rank(site: Site, gain, margin: float, multiple: int) -> int:

@@ -15,11 +15,14 @@ nodes carry `MARK` in their names. Factors keep the weight's dtype.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt_plugins.factorize.sites import MARK, Site
+from graphopt import convert, graph_queries
+from graphopt_plugins.factorize.lowrank import Factorization
+from graphopt_plugins.factorize.sites import MARK, Site, find_sites
 
-__all__ = ["factorize_site"]
+__all__ = ["factorize_site", "apply_factors", "factorized_copy"]
 
 
 def factorize_site(graph: gs.Graph, site: Site, first: np.ndarray, second: np.ndarray,
@@ -89,3 +92,44 @@ def _fresh(taken: set[str], name: str) -> str:
         candidate, index = f"{name}_{index}", index + 1
     taken.update(f"{candidate}{MARK}/{part}" for part in ("u", "v"))
     return candidate
+
+
+def factorized_copy(model: onnx.ModelProto, conv: str, ops: set[str], factors: dict[int, tuple]) -> onnx.ModelProto:
+    """A copy of `model` with the sites `find_sites(conv, ops)` numbers as in `factors` rewritten."""
+    graph = convert.import_graph(model)
+    sites, _ = find_sites(graph, conv, ops)
+    apply_factors(graph, sites, None, factors)
+    return convert.export_model(graph, model)
+
+
+def apply_factors(graph: gs.Graph, sites: list[Site], fits: dict[int, Factorization] | None, factors: dict[int, tuple]) -> dict:
+    """Rewrites the chosen sites with their (U, V); returns the per-layer report and totals.
+
+    A layer's `error` is its own fit's relative output error on its original inputs.
+    """
+    taken = {node.name for node in graph.nodes} | set(graph.tensors())
+    layers = []
+    for site in sites:
+        if site.index not in factors:
+            continue
+        first, second, *bias = factors[site.index]  # (U, V) or (U, V, the refitted bias)
+        rank = first.shape[1]
+        if fits is not None:
+            fit = fits[site.index]
+            layers.append({
+                "node": site.name, "op": site.node.op, "kind": site.kind, "rank": rank, "full_rank": fit.full_rank,
+                "params_before": site.params(), "params_after": site.params(rank),
+                "macs_before": site.macs(), "macs_after": site.macs(rank),
+                "error": round(float(fit.errors[rank]), 6), "error_on": fit.measured_on,
+            })
+        factorize_site(graph, site, first, second, bias[0] if bias else None, taken=taken)
+    graph.nodes = [node for node in graph.nodes if node.inputs or node.outputs]
+    graph_queries.toposort(graph)  # linear; graphsurgeon's toposort took seconds at 100k nodes
+    known = [layer for layer in layers if layer["macs_before"] is not None]
+    return {
+        "params_before": sum(layer["params_before"] for layer in layers),
+        "params_after": sum(layer["params_after"] for layer in layers),
+        "macs_before": sum(layer["macs_before"] for layer in known),
+        "macs_after": sum(layer["macs_after"] for layer in known),
+        "layers": layers,
+    }

@@ -20,7 +20,7 @@ from graphopt_plugins.prune.groups import find_groups, prunable_layer
 from graphopt_plugins.prune.latency_allocation import GroupCost, group_gains, group_losses, probe_count
 from graphopt_plugins.prune.shrink import is_pruned_weight
 from graphopt_plugins.prune.statistics import calibration_samples
-from graphopt_plugins.prune.structured import prune_channels
+from graphopt_plugins.prune.structured import group_multiple, prune_channels
 from graphopt_plugins.prune.unstructured import find_layers, prune_weights
 
 __all__ = ["Prune"]
@@ -75,17 +75,17 @@ class Prune(graphopt.Pass):
         reconstruct: Literal["auto", "true", "false"] = "auto"  # refit remaining weights on calibration data (auto: with --calibration)
         max_ratio: float = 0.9  # allocation never removes more than this share of one layer or group
         min_channels: int = 1  # a group keeps at least this many channels
-        channel_multiple: int = 1  # channels are removed in multiples of this
+        channel_multiple: int = 0  # channels are removed in multiples of this; 0 (auto): 8 from a group 8k wide (the widths onnxruntime's blocked convolutions need), else 1
         min_weights: int = 0  # unstructured: layers with fewer weights stay dense
-        refit_rounds: int = 32  # structured refit: at most this many sequential rounds (two model runs over the samples each); layer after layer up to 32 levels
+        refit_rounds: int = 8  # structured refit: at most this many sequential rounds (one pruned-model run over the samples each; the unpruned model's rows are cached); deeper models merge consecutive levels
         damp: float = 0.01  # ridge added to Gram/Hessian diagonals, relative to their mean
         tune_damp: bool = True  # structured refit: each sink's ridge by two-fold cross-validation over the samples (else damp)
-        samples: int = 16  # calibration samples used at most
+        samples: int = 24  # calibration samples used at most (three in four fitted, the fourth judges the strength)
         sensitivity_samples: int = 8  # allocation=latency: samples each group's loss is measured on
         max_rows: int = 2048  # activation rows kept per sample for statistics
         storage: Literal["dense", "sparse"] = "dense"  # unstructured: sparse writes a pruned weight as Constant(sparse_value) where that is smaller (above ~2/3 zeros)
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
-        backoff: int = 5  # bisection steps on the amount when the budget is missed (-1: no budget check)
+        backoff: int = 3  # further tries on the amount when the budget is missed, each aimed by the last one's loss (-1: no budget check)
         never_slower: bool = True  # time the result against the input (1 thread, onnxruntime); leave the model unchanged when slower (inputs under 1 ms are not judged)
 
         def __post_init__(self):
@@ -111,8 +111,8 @@ class Prune(graphopt.Pass):
                 raise ValueError("pattern applies to unstructured pruning only")
             if self.sensitivity_samples < 1 or self.refit_rounds < 1:
                 raise ValueError("sensitivity_samples and refit_rounds must be >= 1")
-            if self.min_channels < 1 or self.channel_multiple < 1 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
-                raise ValueError("min_channels, channel_multiple, samples and max_rows must be >= 1, min_weights >= 0")
+            if self.min_channels < 1 or self.channel_multiple < 0 or self.samples < 1 or self.max_rows < 1 or self.min_weights < 0:
+                raise ValueError("min_channels, samples and max_rows must be >= 1, channel_multiple and min_weights >= 0")
             if self.backoff < -1:
                 raise ValueError("backoff must be >= -1")
             if self.damp < 0:
@@ -139,6 +139,7 @@ class Prune(graphopt.Pass):
         settings.pattern_share = 1.0
         settings.reconstruct_enabled = options.reconstruct == "true" or (options.reconstruct == "auto" and ctx.calibration is not None)
         settings.track = ctx.track
+        settings.original_rows = {}  # the unpruned model's rows, shared by every strength tried (refit.py)
         wants_data = settings.reconstruct_enabled or options.importance == "activation" or options.allocation in ("sensitivity", "latency")
         checks_budget = options.backoff >= 0 and not self._nothing_asked(settings)
         samples = calibration_samples(ctx, options.samples, logger) if wants_data or checks_budget else None
@@ -156,7 +157,7 @@ class Prune(graphopt.Pass):
             stats = self._within_budget(graph, settings, model, samples, ctx)
         else:
             stats = self._prune(graph, settings, model, samples)
-        stats["reconstructed"] = settings.reconstruct_enabled and stats["changed"]
+        stats["reconstructed"] = stats.get("reconstructed", settings.reconstruct_enabled) and stats["changed"]
         changed = stats.pop("changed")
         if changed:
             graph_queries.remove_dead_nodes(graph)  # the Constant nodes and initializers replaced
@@ -179,18 +180,23 @@ class Prune(graphopt.Pass):
         """Prunes at the largest strength (share of the requested amount) that meets the budget."""
         budget = Budget.parse(self.options.budget) or ctx.budget or _DEFAULT_BUDGET
 
-        def prune_copy(strength: float):
+        def prune_copy(strength: float, refit: bool = settings.reconstruct_enabled):
             copy = convert.import_graph(model)
             scaled = types.SimpleNamespace(**vars(settings))
             scaled.sparsity, scaled.ratio = settings.sparsity * strength, settings.ratio * strength
             scaled.pattern_share = strength
-            return copy, self._prune(copy, scaled, model, fitted)
+            scaled.reconstruct_enabled = refit
+            return copy, dict(self._prune(copy, scaled, model, fitted), reconstructed=refit)
 
         # fitted on three samples in four, the strength judged on the fourth (statistics.split_held_out)
         fitted, judged = split_held_out(samples)
-        best, tried = search_strength(prune_copy, model, judged, budget, self.options.backoff,
-                                      track=lambda steps: ctx.track(steps, desc="prune: budget search"),
-                                      slices=ctx.output_slices)
+        search = lambda make, steps, start=1.0, floor=0.0: search_strength(  # noqa: E731
+            make, model, judged, budget, steps, track=lambda items: ctx.track(items, desc="prune: budget search"),
+            slices=ctx.output_slices, start=start, floor=floor)
+        if settings.structured == "channels" and settings.reconstruct_enabled:
+            best, tried = self._search_then_refit(search, prune_copy)
+        else:
+            best, tried = search(prune_copy, self.options.backoff)
         for attempt in tried[1:] if tried else ():
             logger.info("prune: strength %.3g %s", attempt.strength, "within budget" if not attempt.violations else "misses " + budget.describe())
         if best is None and tried and tried[0].stats.get("changed"):
@@ -217,6 +223,23 @@ class Prune(graphopt.Pass):
         stats.update(budget=budget.describe(), attempts=[attempt.summary() for attempt in tried])
         return stats
 
+    def _search_then_refit(self, search, prune_copy):
+        """Channels: the strength searched without the refit (one held-out run a try), then the
+        refit — the pass's whole cost, a pruned-model run per level — tried twice at most: at the
+        weakest strength that missed without it (where its gain most likely carries the result
+        within budget), then where that try's loss says the budget is met."""
+        plain, tried = search(lambda strength: prune_copy(strength, refit=False), self.options.backoff)
+        found = plain.strength if plain is not None else 0.0
+        misses = [attempt.strength for attempt in tried if attempt.violations and attempt.strength > found]
+        if found < 1.0 and not misses:
+            return plain, tried  # nothing pruned at any strength tried
+        start = min(misses, default=1.0)
+        refitted, more = search(prune_copy, 1 if start > found else 0, start=start, floor=found)
+        tried += more
+        if refitted is not None and (plain is None or refitted.strength >= plain.strength):
+            return refitted, tried
+        return plain, tried
+
     def _group_costs(self, graph: gs.Graph, settings, model, samples, ctx) -> dict[str, GroupCost]:
         """Per safe group: MACs per channel, and the loss measured with it alone half pruned."""
         safe = _safe_groups(find_groups(graph))[0]
@@ -224,7 +247,7 @@ class Prune(graphopt.Pass):
             return {}
         gains = group_gains(safe, model, samples)
         probe_samples = {name: value[: self.options.sensitivity_samples] for name, value in samples.items()}
-        probes = {g.name: probe_count(g.size, settings.channel_multiple, settings.min_channels) for g in safe}
+        probes = {g.name: probe_count(g.size, group_multiple(g.size, settings.channel_multiple), settings.min_channels) for g in safe}
 
         def prune_one(copy: gs.Graph, name: str) -> bool:
             group = next((g for g in _safe_groups(find_groups(copy))[0] if g.name == name), None)

@@ -40,30 +40,55 @@ class SinkRecord:
 
 
 def refit_sinks(graph: gs.Graph, original: onnx.ModelProto, records: list[SinkRecord], samples: dict, max_rows: int, damp: float,
-                rounds: int = 32, track=lambda items, desc, total: items, tune_damp: bool = False) -> None:
+                rounds: int = 32, track=lambda items, desc, total: items, tune_damp: bool = False,
+                cache: dict | None = None) -> None:
     """Refits every record's node in place, level by level; fills `record.errors`.
 
     With `tune_damp`, each sink's ridge is chosen from `_DAMP_GRID` by two-fold cross-validation
     over the samples (even ones fit, odd ones judge, and back), and the refit is kept only when
     it beats the plain cut on the held-out fold: one-shot least squares on few images overfits
     (PP-OCR cls lost accuracy on unseen images). `track` is `PassContext.track` or a no-op.
+
+    The unpruned model's rows are the same at every level and for every strength the pass
+    tries: they come from `cache` (`{(tensor, axis, max_rows): [rows per sample]}`, filled by
+    one run of `original` for what it lacks), so each level runs only the pruned model.
     """
     levels = _levels(graph, records, rounds)
+    cache = {} if cache is None else cache
+    _cache_original_rows(original, samples, records, max_rows, cache)
     for level in track(levels, desc="prune: refit", total=len(levels)):
         pruned = onnx.shape_inference.infer_shapes(convert.export_model(graph, original), strict_mode=False)
         names = sorted({record.tensor for record in level})
         folds: dict[int, list] = {id(record): [0, 0] for record in level}  # Gram of even / odd samples
-        pairs = zip(iter_activations(original, samples, names), iter_activations(pruned, samples, names))
-        for index, (values_o, values_p) in enumerate(pairs):
+        for index, values_p in enumerate(iter_activations(pruned, samples, names)):
             for record in level:
-                x_o = _rows(values_o[record.tensor], record.axis)
+                x_o = cache[(record.tensor, record.axis, max_rows)][index].astype(np.float64)
                 x_p = _rows(values_p[record.tensor], record.axis)
-                keep = np.linspace(0, len(x_o) - 1, min(len(x_o), max_rows)).round().astype(np.int64)
-                joint = np.concatenate([x_o[keep], x_p[keep], np.ones((len(keep), 1))], axis=1)
+                keep = _kept_rows(len(x_p), max_rows)
+                joint = np.concatenate([x_o, x_p[keep], np.ones((len(keep), 1))], axis=1)
                 folds[id(record)][index % 2] = folds[id(record)][index % 2] + joint.T @ joint
         for record in level:
             even, odd = folds[id(record)]
             _refit(record, even + odd, _best_damp(record, even, odd) if tune_damp and not np.isscalar(odd) else damp)
+
+
+def _cache_original_rows(original: onnx.ModelProto, samples: dict, records: list[SinkRecord], max_rows: int, cache: dict) -> None:
+    """Adds to `cache` the unpruned model's rows (float32, as computed) of every record's input it lacks."""
+    missing = sorted({(record.tensor, record.axis, max_rows) for record in records} - cache.keys())
+    if not missing:
+        return
+    found: dict[tuple, list[np.ndarray]] = {key: [] for key in missing}
+    for values in iter_activations(original, samples, sorted({tensor for tensor, _, _ in missing})):
+        for tensor, axis, limit in missing:
+            rows = np.moveaxis(values[tensor], axis, -1)
+            rows = rows.reshape(-1, rows.shape[-1])
+            found[(tensor, axis, limit)].append(np.array(rows[_kept_rows(len(rows), limit)], dtype=np.float32))
+    cache.update(found)
+
+
+def _kept_rows(count: int, limit: int) -> np.ndarray:
+    """The same `limit` evenly spaced positions in both models."""
+    return np.linspace(0, count - 1, min(count, limit)).round().astype(np.int64)
 
 
 def _rows(value: np.ndarray, axis: int) -> np.ndarray:

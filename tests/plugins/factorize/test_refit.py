@@ -6,7 +6,8 @@ import onnx.helper as oh
 
 from graphopt import convert
 from factorize_support import run
-from graphopt_plugins.factorize.factorize_pass import Factorize, _factorized_copy
+from graphopt_plugins.factorize.factorize_pass import Factorize
+from graphopt_plugins.factorize.rewrite import factorized_copy
 from graphopt_plugins.factorize.lowrank import fit_data_aware
 from graphopt_plugins.factorize.refit import refit_in_order
 from graphopt_plugins.factorize.sites import find_sites
@@ -47,7 +48,7 @@ def test_refit_goes_in_order_each_layer_on_the_refitted_inputs():
     factors = {site.index: fit_data_aware(site.weight, rows.T @ rows).factors(20)
                for site, rows in zip(sites, exact_inputs)}
     options = Factorize.Options()
-    refitted = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), samples, sites, factors,
+    refitted = refit_in_order(model, lambda chosen: factorized_copy(model, options.conv, options.op_set(), chosen), samples, sites, factors,
                               rows_per_sample=1000, seed=0)
     for site in sites:
         assert np.array_equal(refitted[site.index][0], factors[site.index][0])  # U kept
@@ -76,12 +77,12 @@ def test_refit_brings_the_model_back_in_onnxruntime():
     factors = {0: fit_data_aware(sites[0].weight, x.T @ x).factors(24),
                1: fit_data_aware(sites[1].weight, relu.T @ relu).factors(32)}
     options = Factorize.Options()
-    refitted = refit_in_order(model, lambda chosen: _factorized_copy(model, options, chosen), samples, sites, factors,
+    refitted = refit_in_order(model, lambda chosen: factorized_copy(model, options.conv, options.op_set(), chosen), samples, sites, factors,
                               rows_per_sample=1000, seed=0)
     feeds = {"x": samples["x"][0]}
     expected = run(model, feeds)[0]
-    before = np.linalg.norm(run(_factorized_copy(model, options, factors), feeds)[0] - expected)
-    after = np.linalg.norm(run(_factorized_copy(model, options, refitted), feeds)[0] - expected)
+    before = np.linalg.norm(run(factorized_copy(model, options.conv, options.op_set(), factors), feeds)[0] - expected)
+    after = np.linalg.norm(run(factorized_copy(model, options.conv, options.op_set(), refitted), feeds)[0] - expected)
     assert after < 0.9 * before
 
 
@@ -96,7 +97,7 @@ def test_bias_is_refitted_with_v_on_a_conv():
     sites, _ = find_sites(convert.import_graph(model), "channel", {"Conv"})
     options = Factorize.Options(conv="channel")
     factors = {0: fit_data_aware(sites[0].weight, np.eye(72)).factors(4)}  # fitted as if inputs were white
-    build = lambda chosen: _factorized_copy(model, options, chosen)  # noqa: E731
+    build = lambda chosen: factorized_copy(model, options.conv, options.op_set(), chosen)  # noqa: E731
     plain = refit_in_order(model, build, samples, sites, factors, rows_per_sample=100, seed=0)
     biased = refit_in_order(model, build, samples, sites, factors, rows_per_sample=100, seed=0, bias=True)
     assert len(plain[0]) == 2 and len(biased[0]) == 3

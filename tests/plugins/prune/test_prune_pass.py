@@ -44,14 +44,17 @@ def test_channels_shrink_resnet_and_reconstruction_recovers(resnet):
     refit, refit_details = result.model, entry["details"]
     onnx.checker.check_model(refit, full_check=True)
     assert details["channels_removed"] > 0 and refit_details["reconstructed"]
-    assert details["channels_removed"] == refit_details["channels_removed"]
+    # the budget search may settle below the amount asked (it refits from the weakest plain miss)
+    assert 0 < refit_details["channels_removed"] <= details["channels_removed"]
     before, after = _conv_weights(resnet), _conv_weights(plain)
     assert sum(np.prod(s) for s in after.values()) < 0.8 * sum(np.prod(s) for s in before.values())
     assert any(after[name][0] < before[name][0] for name in before)
     # the refit claims lower sink error on its data; on held-out images it must lower the output error
-    for row in refit_details["layers"]:
+    cut = [row for row in refit_details["layers"] if row["kept"] < row["channels"]]  # 8k-wide groups lose 8s or none
+    assert cut and all("sink_error_refit" in row for row in cut)
+    for row in cut:
         assert row["sink_error_refit"] <= row["sink_error"]
-    assert any(row["sink_error_refit"] < 0.5 * row["sink_error"] for row in refit_details["layers"])
+    assert any(row["sink_error_refit"] < 0.5 * row["sink_error"] for row in cut)
     plain_cos, refit_cos = cosine(resnet, plain, HELD_OUT), cosine(resnet, refit, HELD_OUT)
     assert refit_cos > plain_cos and refit_cos > 0.99, (plain_cos, refit_cos)
     again, again_details = prune(refit, CALIBRATION, structured="channels", ratio=0.25)
@@ -60,7 +63,8 @@ def test_channels_shrink_resnet_and_reconstruction_recovers(resnet):
 
 def test_channels_with_activation_importance_and_sensitivity_allocation():
     resnet = torch_models.resnet_like("dynamo")
-    pruned, details = prune(resnet, CALIBRATION, structured="channels", ratio=0.3, importance="activation", allocation="sensitivity", backoff=-1)
+    pruned, details = prune(resnet, CALIBRATION, structured="channels", ratio=0.3, importance="activation", allocation="sensitivity", backoff=-1,
+                            channel_multiple=1)  # the target to the channel: no rounding to widths in 8s
     kept = {row["group"]: row["kept"] / row["channels"] for row in details["layers"]}
     assert details["channels_removed"] >= int(0.3 * details["channels_total"]) - 8
     assert len(set(kept.values())) > 1  # allocation varies per group
