@@ -18,8 +18,9 @@ import onnx
 import logging
 
 from graphopt.errors import first_line
-from graphopt.model import infer_model_shapes
-from graphopt.summary import MAC_OPS, summarize
+from graphopt.convert import stand_in_weights
+from graphopt.model import infer_model_shapes, inferred_skeleton
+from graphopt.summary import MAC_OPS, count_macs, summarize
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.input_shapes import choose_input_shapes, freeze_input_shapes
 
@@ -30,13 +31,14 @@ __all__ = ["summarize_at_shapes", "count_macs_at"]
 
 def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """`summary` (of `model`) with `macs` and `macs_unknown` counted at `shapes`, when `model`
-    leaves some of those dims dynamic; shape inference only (no run). Modifies and returns it."""
+    leaves some of those dims dynamic; shape inference only (no run), on the weightless form of
+    `model` (checked already). Modifies and returns it."""
     declared = {value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
                 for value in model.graph.input}
     if all(None not in declared.get(name, []) for name in shapes):
         return summary
-    at_shapes = summarize(infer_model_shapes(freeze_input_shapes(model, shapes)), size=summary["bytes"])
-    summary.update(macs=at_shapes["macs"], macs_unknown=at_shapes["macs_unknown"],
+    macs, unknown = count_macs(inferred_skeleton(freeze_input_shapes(stand_in_weights(model)[0], shapes)))
+    summary.update(macs=macs, macs_unknown=unknown,
                    macs_shapes={name: list(shape) for name, shape in shapes.items()})
     return summary
 

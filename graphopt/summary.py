@@ -20,7 +20,7 @@ from onnx import external_data_helper
 from graphopt.latency import energy
 from graphopt.proto_walk import iter_graph_protos, iter_tensors, tensor_nbytes
 
-__all__ = ["summarize", "format_comparison", "model_bytes", "MAC_OPS"]
+__all__ = ["summarize", "count_macs", "format_comparison", "model_bytes", "MAC_OPS"]
 
 
 def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None) -> dict:
@@ -28,10 +28,9 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
     `size_of` when given (the model as stored, where `model` is its shape-inferred copy, whose
     value_info would inflate the count).
     """
-    shapes = _known_shapes(model)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
                               for node in _all_nodes(model.graph))
-    macs, unknown = _graph_macs(model.graph, shapes, _scalar_constants(model.graph))
+    macs, unknown = count_macs(model)
     tensors = list(iter_tensors(model))
     initializer_names = {t.name for t in model.graph.initializer}
     return {**energy.estimate(model), 
@@ -41,14 +40,20 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
         "parameters": sum(math.prod(t.dims) for t in tensors),
         "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
         "bytes": size if size is not None else model_bytes(size_of if size_of is not None else model),
-        "macs": int(macs),
-        "macs_unknown": dict(unknown),
+        "macs": macs,
+        "macs_unknown": unknown,
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
         "ir_version": model.ir_version,
         "inputs": [_describe_value(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [_describe_value(v) for v in model.graph.output],
         "functions": len(model.functions),
     }
+
+
+def count_macs(model: onnx.ModelProto) -> tuple[int, dict[str, int]]:
+    """(MACs of one run of `model`, {op: nodes whose MACs are not known}) from its inferred shapes."""
+    macs, unknown = _graph_macs(model.graph, _known_shapes(model), _scalar_constants(model.graph))
+    return int(macs), dict(unknown)
 
 
 def format_comparison(before: dict, after: dict) -> str:
