@@ -55,7 +55,7 @@ _SPILL_FILE = "spilled.data"
 def external_folder(model: onnx.ModelProto) -> Path | None:
     """The folder of the input's data files the model still reads weights from, if any."""
     for tensor in iter_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # `uses_external_data`, without a call per tensor
             return Path(external_data_helper.ExternalDataInfo(tensor).location).parent
     return None
 

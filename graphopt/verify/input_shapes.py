@@ -391,17 +391,19 @@ def _reshape_target(model: onnx.ModelProto, spec: InputSpec) -> list[int] | None
 def _value_info_dims(model: onnx.ModelProto, spec: InputSpec) -> list[int | None] | None:
     """Fixed dims an exporter wrote in value_info for the tensor the input passes unchanged into
     (through Cast/Identity): sizes the model states even where its interface leaves them open."""
-    values = {v.name: v for v in model.graph.value_info}
-    current = spec.name
+    path, current = [], spec.name
     for node in model.graph.node:
         if node.op_type in _PASS_THROUGH and node.input and node.input[0] == current and node.output:
             current = node.output[0]
-            value = values.get(current)
-            if value is not None and value.type.tensor_type.HasField("shape"):
-                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                        for d in value.type.tensor_type.shape.dim]
-                if len(dims) == len(spec.dims) and any(d is not None for d in dims):
-                    return dims
+            path.append(current)
+    values = {v.name: v for v in model.graph.value_info if v.name in path} if path else {}
+    for current in path:
+        value = values.get(current)
+        if value is not None and value.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                    for d in value.type.tensor_type.shape.dim]
+            if len(dims) == len(spec.dims) and any(d is not None for d in dims):
+                return dims
     return None
 
 
