@@ -103,14 +103,6 @@ def external_file(tensor: onnx.TensorProto, folder: Path | None = None) -> Path:
     return folder / location
 
 
-def spilled_tensors(model: onnx.ModelProto, spill: Path | None) -> list[onnx.TensorProto]:
-    """The main graph's initializers that live in the spill folder `spill`."""
-    if spill is None:
-        return []
-    return [t for t in model.graph.initializer
-            if external_data_helper.uses_external_data(t) and external_file(t).parent == spill]
-
-
 def read_external(tensor: onnx.TensorProto, folder: Path | None = None) -> np.ndarray:
     """An external tensor's values, memory-mapped read-only."""
     info = external_data_helper.ExternalDataInfo(tensor)

@@ -43,7 +43,6 @@ __all__ = [
     "confirmed_shapes",
     "run_shapes",
     "freeze_input_shapes",
-    "describe_shapes",
 ]
 
 # The values tried for a dim of each role, first choice first (image sides are rounded up to the
@@ -80,16 +79,6 @@ class ChosenShape:
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "reason": "; ".join(dict.fromkeys(self.reasons)) or "a scalar", "dims": [
             {"size": size, "reason": reason} for size, reason in zip(self.shape, self.reasons)]}
-
-
-def describe_shapes(chosen: Mapping[str, ChosenShape]) -> list[str]:
-    """One line per input whose shape graphopt chose, for the terminal."""
-    lines = []
-    for shape in chosen.values():
-        if shape.chosen:
-            why = "; ".join(reason for reason, role in zip(shape.reasons, shape.roles) if role is not None)
-            lines.append(f"input '{shape.name}' at {'x'.join(map(str, shape.shape))} ({why})")
-    return lines
 
 
 def choose_input_shapes(
