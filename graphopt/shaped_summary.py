@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["summarize_at_shapes", "count_macs_at"]
 
 
+ENERGY_KEYS = ("macs_by_dtype", "macs_uncounted_nodes", "peak_activation_bytes", "activations_unsized", "energy_proxy")
+
+
 def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """`summary` (of `model`) with `macs` and `macs_unknown` counted at `shapes`, when `model`
     leaves some of those dims dynamic; shape inference only (no run). Modifies and returns it."""
@@ -36,6 +39,8 @@ def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tu
     if all(None not in declared.get(name, []) for name in shapes):
         return summary
     at_shapes = summarize(infer_model_shapes(freeze_input_shapes(model, shapes)), size=summary["bytes"])
+    # The energy estimate prices MACs and activations too: at the same shapes, or it reads zeros.
+    summary.update({key: at_shapes[key] for key in ENERGY_KEYS if key in at_shapes})
     summary.update(macs=at_shapes["macs"], macs_unknown=at_shapes["macs_unknown"],
                    macs_shapes={name: list(shape) for name, shape in shapes.items()})
     return summary
