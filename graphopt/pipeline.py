@@ -358,7 +358,11 @@ class _Run:
                 verdict = dataclasses.replace(verdict, ok=False, failures=[f"evaluator: {failure}"] + verdict.failures)
         if not verdict.ok:
             verdict.first_divergence = verifier.localize(self.original, model, budget=budget)
-            raise VerificationError(f"end-to-end verification failed: {verdict.summary()}",
+            if budget is not None:
+                verdict.worst_tensors = verifier.worst_tensors(self.original, model)
+            worst = (f"; worst tensor '{verdict.worst_tensors[0]['tensor']}' (SQNR {verdict.worst_tensors[0]['sqnr_db']:.1f} dB,"
+                     " all in the report)" if verdict.worst_tensors else "")
+            raise VerificationError(f"end-to-end verification failed: {verdict.summary()}{worst}",
                                     report={"passes": self.reports, "verification": verdict.to_dict()})
         end_to_end = verdict.to_dict()
         if score is not None:

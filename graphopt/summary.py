@@ -20,7 +20,7 @@ from onnx import external_data_helper
 from graphopt.latency import energy
 from graphopt.proto_walk import iter_graph_protos, iter_tensors, tensor_nbytes
 
-__all__ = ["summarize", "count_macs", "format_comparison", "model_bytes", "MAC_OPS"]
+__all__ = ["summarize", "format_comparison", "model_bytes", "MAC_OPS"]
 
 
 def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None) -> dict:
@@ -28,9 +28,10 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
     `size_of` when given (the model as stored, where `model` is its shape-inferred copy, whose
     value_info would inflate the count).
     """
+    shapes = _known_shapes(model)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
                               for node in _all_nodes(model.graph))
-    macs, unknown = count_macs(model)
+    macs, unknown = _graph_macs(model.graph, shapes, _scalar_constants(model.graph))
     tensors = list(iter_tensors(model))
     initializer_names = {t.name for t in model.graph.initializer}
     return {**energy.estimate(model), 
@@ -40,8 +41,8 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
         "parameters": sum(math.prod(t.dims) for t in tensors),
         "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
         "bytes": size if size is not None else model_bytes(size_of if size_of is not None else model),
-        "macs": macs,
-        "macs_unknown": unknown,
+        "macs": int(macs),
+        "macs_unknown": dict(unknown),
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
         "ir_version": model.ir_version,
         "inputs": [_describe_value(v) for v in model.graph.input if v.name not in initializer_names],
@@ -50,21 +51,17 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
     }
 
 
-def count_macs(model: onnx.ModelProto) -> tuple[int, dict[str, int]]:
-    """(MACs of one run of `model`, {op: nodes whose MACs are not known}) from its inferred shapes."""
-    macs, unknown = _graph_macs(model.graph, _known_shapes(model), _scalar_constants(model.graph))
-    return int(macs), dict(unknown)
-
-
 def format_comparison(before: dict, after: dict) -> str:
     """A plain-text before/after table for the terminal."""
     rows = [("nodes", before["nodes"], after["nodes"]), ("parameters", before["parameters"], after["parameters"]),
             ("bytes", before["bytes"], after["bytes"]), ("MACs", before["macs"], after["macs"])]
     rows += energy_rows(before, after)
-    lines = [f"{'':<16}{'before':>14}{'after':>14}{'change':>10}"]
+    # Wide enough for the largest figure (energy in pJ runs to 13+ digits) plus a gap.
+    width = max(14, *(len(f"{value:,}") + 2 for _, old, new in rows for value in (old, new)))
+    lines = [f"{'':<16}{'before':>{width}}{'after':>{width}}{'change':>10}"]
     for label, old, new in rows:
         change = f"{(new - old) / old:+.1%}" if old else ""
-        lines.append(f"{label:<16}{old:>14,}{new:>14,}{change:>10}")
+        lines.append(f"{label:<16}{old:>{width},}{new:>{width},}{change:>10}")
     if "energy_proxy" in after:
         lines.append("  * relative energy proxy (45 nm per-operation table, weights read from DRAM), not joules")
     ops = sorted(set(before["ops"]) | set(after["ops"]), key=lambda op: (-before["ops"].get(op, 0), op))
