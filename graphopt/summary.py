@@ -56,10 +56,12 @@ def format_comparison(before: dict, after: dict) -> str:
     rows = [("nodes", before["nodes"], after["nodes"]), ("parameters", before["parameters"], after["parameters"]),
             ("bytes", before["bytes"], after["bytes"]), ("MACs", before["macs"], after["macs"])]
     rows += energy_rows(before, after)
-    lines = [f"{'':<16}{'before':>14}{'after':>14}{'change':>10}"]
+    # Wide enough for the largest figure (energy in pJ runs to 13+ digits) plus a gap.
+    width = max(14, *(len(f"{value:,}") + 2 for _, old, new in rows for value in (old, new)))
+    lines = [f"{'':<16}{'before':>{width}}{'after':>{width}}{'change':>10}"]
     for label, old, new in rows:
         change = f"{(new - old) / old:+.1%}" if old else ""
-        lines.append(f"{label:<16}{old:>14,}{new:>14,}{change:>10}")
+        lines.append(f"{label:<16}{old:>{width},}{new:>{width},}{change:>10}")
     if "energy_proxy" in after:
         lines.append("  * relative energy proxy (45 nm per-operation table, weights read from DRAM), not joules")
     ops = sorted(set(before["ops"]) | set(after["ops"]), key=lambda op: (-before["ops"].get(op, 0), op))

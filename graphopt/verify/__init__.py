@@ -11,6 +11,7 @@ import onnx
 from graphopt.jsonable import to_jsonable
 from graphopt.verify.feeds import generate_feeds, input_specs, load_feeds, parse_input_shape, split_samples
 from graphopt.verify.localize import first_divergence
+from graphopt.verify.tensor_errors import per_tensor_errors
 from graphopt.verify.metrics import Budget, Tolerance, output_metrics, sample_metrics, tolerance_for, within_tolerance
 from graphopt.verify.runner import SessionError, make_session, run_samples
 from graphopt.verify.slices import OutputSlice, detect_slices, parse_slices
@@ -38,6 +39,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+WORST_TENSOR_ROWS = 10  # rows of per-tensor errors a failed budget puts in the report
+
 
 @dataclasses.dataclass
 class Verdict:
@@ -56,6 +59,7 @@ class Verdict:
     outputs: dict[str, dict]
     failures: list[str]
     first_divergence: dict | None = None
+    worst_tensors: list[dict] | None = None  # on a missed budget: shared tensors, worst SQNR first
 
     def summary(self) -> str:
         return self.failures[0] if self.failures else "all outputs agree"
@@ -67,6 +71,7 @@ class Verdict:
             "outputs": self.outputs,
             "failures": self.failures,
             "first_divergence": self.first_divergence,
+            **({"worst_tensors": self.worst_tensors} if self.worst_tensors is not None else {}),
         }
 
 
@@ -133,6 +138,17 @@ class Verifier:
             logger.debug("localisation failed: %s", error)
             return None
         return to_jsonable(found) if found else None
+
+    def worst_tensors(self, reference: onnx.ModelProto, candidate: onnx.ModelProto, limit: int = WORST_TENSOR_ROWS) -> list[dict] | None:
+        """The tensors both models share, worst SQNR first, on the first two samples: where a
+        missed budget's error comes from (`verify --per-tensor` gives every row)."""
+        samples = self.samples[:2]
+        try:
+            stacked = {name: np.stack([sample[name] for sample in samples]) for name in samples[0]}
+            return to_jsonable(per_tensor_errors(reference, candidate, stacked, limit=limit))
+        except Exception as error:  # a diagnosis; it must not mask the verdict
+            logger.debug("per-tensor errors failed: %s", error)
+            return None
 
 
 def _flatten(values) -> tuple[np.ndarray, list]:

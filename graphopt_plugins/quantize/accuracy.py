@@ -15,20 +15,20 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from graphopt.verify.metrics import Budget, output_metrics
+from graphopt.verify.metrics import Budget, measure_outputs
 
 __all__ = ["worst_metrics", "fit_to_budget"]
 
 logger = logging.getLogger(__name__)
 
 
-def worst_metrics(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], budget: Budget | None) -> dict:
-    """The lowest cosine and SQNR over outputs, and the budget's violations."""
+def worst_metrics(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], budget: Budget | None,
+                  slices=()) -> dict:
+    """The lowest worst-sample cosine and SQNR over outputs (and slices of one), and the budget's
+    violations: both `{output: array stacked over samples}`, judged per sample as the verifier
+    judges them, so a plan that passes here does not fail verification on one sample."""
     cosine, sqnr, violations = 1.0, math.inf, []
-    for name, expected in reference.items():
-        if expected.dtype.kind != "f":
-            continue
-        metrics = output_metrics(expected, candidate[name])
+    for name, metrics in measure_outputs(reference, candidate, slices).items():
         cosine, sqnr = min(cosine, metrics["cosine"]), min(sqnr, metrics["sqnr_db"])
         if budget is not None:
             violations += budget.violations(name, metrics)

@@ -44,11 +44,12 @@ _GUARD_MARGIN = 0.97
 
 class Planner:
     def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int,
-                 track=lambda items, desc, total: items, latency=None):
+                 track=lambda items, desc, total: items, latency=None, slices=()):
         self.model, self.targets, self.options = model, targets, options
         self.latency = latency if latency is not None else graphopt_latency.backend("host-ort")  # where int8 vs float is timed
         self.track = track  # PassContext.track: a progress bar over the long loops, when the run shows one
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
+        self.slices = tuple(slices)  # parts of outputs the budget holds on too (PassContext.output_slices)
         self.signed = options.activations == "int8"
         # Weights that an integer kernel multiplies: held to 7 bits where its int16 pair sums saturate.
         integer_kernels = options.mode in ("static", "dynamic")
@@ -157,10 +158,10 @@ class Planner:
 
     def _evaluate(self, reference: dict, candidate: onnx.ModelProto) -> dict:
         """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs it)."""
-        deployed = worst_metrics(reference, stacked_outputs(candidate, self.evaluation, optimize=True), self.budget)
+        deployed = worst_metrics(reference, stacked_outputs(candidate, self.evaluation, optimize=True), self.budget, self.slices)
         if not deployed["ok"]:
             return deployed
-        verified = worst_metrics(reference, stacked_outputs(candidate, self.evaluation), self.budget)
+        verified = worst_metrics(reference, stacked_outputs(candidate, self.evaluation), self.budget, self.slices)
         return verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
 
     def _keep(self, index: int, why: str) -> None:

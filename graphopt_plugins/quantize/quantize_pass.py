@@ -120,7 +120,8 @@ class Quantize(graphopt.Pass):
         plans = {}
         for mode, (targets, skipped) in found.items():
             planner = Planner(model, targets, dataclasses.replace(options, mode=mode), calibration, evaluation, budget, ctx.seed,
-                              track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency)
+                              track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency,
+                              slices=ctx.output_slices)
             chosen, stats = planner.plan()
             stats.update(data=origin, skipped=skipped, mode=mode)
             plans[mode] = (planner, chosen, stats)

@@ -78,3 +78,19 @@ def test_when_even_the_weakest_setting_misses_the_report_says_what_was_tried():
     entry = caught.value.report["passes"][0]
     assert entry["status"] == "rolled_back" and len(entry["tries"]) == BACKOFF_STEPS + 1
     assert not any(t["ok"] for t in entry["tries"])
+
+
+def test_a_missed_end_to_end_budget_lists_the_worst_tensors_in_the_report():
+    # Verified only at the end, there is no back-off: the report must say where the error is.
+    two_layers = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[4] x) => (float[4] y) <float[4] w = {1.0, 1.0, 1.0, 1.0}, float[4] v = {2.0, 2.0, 2.0, 2.0}>
+{ h = Mul(x, w)
+  y = Mul(h, v) }"""
+    with pytest.raises(graphopt.VerificationError) as caught:
+        graphopt.optimize(onnx.parser.parse_model(two_layers), passes=["shrink-weight"], inputs=_INPUTS,
+                          budget="cos=0.999", verify="end", plugins=[_plugin()])
+    assert caught.value.exit_code == 1
+    assert "worst tensor 'h'" in caught.value.message
+    rows = caught.value.report["verification"]["worst_tensors"]
+    assert [row["tensor"] for row in rows] == ["h", "y"]  # both carry the error; h is where it starts
+    assert all(row["cosine"] < 0.999 for row in rows)

@@ -80,3 +80,22 @@ def test_the_report_has_it_for_input_and_output():
     report = graphopt.optimize(_two_layers(int8=False), passes=["cleanup"]).report
     assert report["input"]["energy_proxy"]["total_pj"] == pytest.approx(883.2 + 122880.0)
     assert report["output"]["peak_activation_bytes"] == 128
+
+
+def test_a_model_with_a_dynamic_batch_is_priced_at_the_shapes_graphopt_chose():
+    # Declared ["batch", 8]: without the chosen shape every MAC and activation would read zero.
+    model = _two_layers(int8=False)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    report = graphopt.optimize(model, passes=["cleanup"]).report
+    for side in ("input", "output"):
+        assert report[side]["macs_by_dtype"]["fp32"] == 8 * 16 + 16 * 4
+        assert report[side]["energy_proxy"]["total_pj"] == pytest.approx(883.2 + 122880.0)
+        assert report[side]["peak_activation_bytes"] == 128
+
+
+def test_figures_too_wide_for_the_column_stay_apart():
+    before, after = summarize(_two_layers(int8=False)), summarize(_two_layers(int8=True))
+    before["energy_proxy"]["total_pj"], after["energy_proxy"]["total_pj"] = 5_037_853_408_123, 10_784_621_318_456
+    row = next(line for line in format_comparison(before, after).splitlines() if line.startswith("energy* pJ"))
+    assert row.split()[2:4] == ["5,037,853,408,123", "10,784,621,318,456"]
