@@ -36,6 +36,9 @@ _OPS = ("MatMul", "Gemm", "Conv")
 _DEFAULT_BUDGET = Budget(cos=0.99)
 _WEAKEST = 1 / 64
 logger = logging.getLogger(__name__)
+# Timed down to 0.01 ms, not the core's 1 ms: a small model (a 0.04 ms CNN) came back from a
+# lossy pass 1.7x slower under that floor; 5 interleaved rounds of 1 s hold its median.
+TIMING_FLOOR_MS = 0.01
 
 
 class Factorize(graphopt.Pass):
@@ -60,6 +63,11 @@ class Factorize(graphopt.Pass):
     `saving_by=latency` times each layer alone in onnxruntime and allocates a global target
     only to layers whose factors run faster, by milliseconds saved per unit of loss;
     `method=svd` (or no data at all, with a warning) is plain truncated SVD of the weight.
+    `rank_by=budget` (the default with data) takes as much as the budget allows: the layers
+    that could save most are probed for their end-to-end sensitivity once, the greedy
+    allocation (most MACs saved per unit of weighted loss first) is laid out as steps, and the
+    longest prefix whose held-out samples all meet the budget, less `safety` of its room, is
+    found by bisection, one model run per probe (budget_search.py); the other rules back off.
     Lossy: it fits on three calibration samples in four and, before returning, runs the
     factorized model on the fourth and backs off (halving `strength`) until every held-out
     sample's outputs (and slices of outputs, `--budget-slices`) meet its budget (`budget`, else
@@ -255,7 +263,7 @@ class Factorize(graphopt.Pass):
             if not within:  # a probe of the same prefix passed: only noise-free runs would repeat it
                 log.info("factorize: %d steps missed %s on a second run; backing off", count, aim.describe())
             else:
-                slow = slower(model, copy(_factors(fits, ranks)), judged, graphopt_latency.of(ctx)) if options.never_slower else None
+                slow = slower(model, copy(_factors(fits, ranks)), judged, graphopt_latency.of(ctx), floor_ms=TIMING_FLOOR_MS) if options.never_slower else None
                 if slow is None:
                     return ranks, _factors(fits, ranks), strength, dict(measured)
                 stats.setdefault("slower_than_input", []).append(dict(slow, strength=round(strength, 4)))
@@ -291,7 +299,7 @@ class Factorize(graphopt.Pass):
                 if worst_cosine(remeasured) > worst_cosine(measured):
                     factors, measured, refitted = again, remeasured, True
             if not misses(budget, measured):
-                slow = slower(model, copy(factors), judged, graphopt_latency.of(ctx)) if options.never_slower else None
+                slow = slower(model, copy(factors), judged, graphopt_latency.of(ctx), floor_ms=TIMING_FLOOR_MS) if options.never_slower else None
                 if slow is None:
                     break
                 stats.setdefault("slower_than_input", []).append(dict(slow, strength=strength))
