@@ -4,7 +4,8 @@ Processes are started with `spawn` (the parent may hold onnxruntime threads, whi
 would copy half-alive). Link i carries stage i's inputs: link 0 is written by the driver,
 link K is read by it (`graphopt.partition.shared_ring`). The driver is one thread, the
 caller's: between results it feeds whatever samples fit and waits — on the last link, on a
-slot coming back on the first, and on the workers' process sentinels at once — so it costs
+slot coming back on the first, and on the workers' process sentinels at once (one
+selector, registered once) — so it costs
 little CPU, and a worker that dies is seen the moment it dies. A worker that raises sends an
 error marker down the chain, after the results before it, and exits. Workers poll their input
 every 0.1 s to notice a stopped run or a dead driver; nothing waits without a timeout.
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import selectors
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
@@ -76,51 +77,55 @@ def run_local(files: list[Path], inputs: Iterable[dict], settings: dict, *, queu
 
 def _drive(workers, writer: RingWriter, reader: RingReader, inputs: Iterator, timeout: float, stats: dict | None):
     """Feeds, collects and watches, from the caller's thread; yields owned copies of the results."""
-    live = {worker.sentinel: index for index, worker in enumerate(workers)}
-    fed = expected = 0
-    feeding, busy_cpu, last_progress = True, 0.0, time.monotonic()
-    resumed = time.thread_time()
-    while True:
-        while feeding and writer.slot_ready():
-            try:
-                sample = next(inputs, _END)
-            except Exception as error:  # the caller's iterable raised: the run must end, not hang
-                raise PipelineError(f"reading the inputs failed: {first_line(error)}") from error
-            if sample is _END:
-                writer.send_marker(("end", fed, []))
-                feeding = False
-            else:
-                writer.write(fed, {name: np.asarray(value) for name, value in sample.items()})
-                fed += 1
-        waiting = [reader.data, *live] + ([writer.freed] if feeding else [])
-        ready = wait(waiting, timeout=max(0.0, last_progress + timeout - time.monotonic()))
-        if not ready:
-            raise PipelineError(f"no result for {timeout:g} s: the pipeline stalled")
-        for sentinel in [s for s in ready if s in live]:
-            index = live.pop(sentinel)
-            workers[index].join(timeout=1)
-            if workers[index].exitcode:  # a worker that raised sent an error marker and exited with 0
-                raise _death(workers)
-        if not reader.data.poll(0):
-            continue
-        item = reader.take()
-        if item[0] == "error":
-            raise PipelineError(f"stage {item[1]} failed: {item[2]}", stage=item[1])
-        if item[0] == "end":
-            if item[1] != expected:
-                raise PipelineError(f"the pipeline ended after {expected} of {item[1]} samples")
-            if stats is not None:
-                busy_cpu += time.thread_time() - resumed
-                stats.update(stages=item[2], samples=expected, driver_cpu_ms=1000 * busy_cpu / max(expected, 1))
-            return
-        if item[1] != expected:  # a FIFO chain cannot reorder; if it did, say so rather than mislabel
-            raise PipelineError(f"result {item[1]} arrived where {expected} was due")
-        result = {name: np.array(view) for name, view in item[2].items()}
-        reader.release()
-        expected, last_progress = expected + 1, time.monotonic()
-        busy_cpu += time.thread_time() - resumed
-        yield result
+    with selectors.DefaultSelector() as selector:  # registered once: a wait costs one syscall
+        selector.register(reader.data, selectors.EVENT_READ, "result")
+        selector.register(writer.freed, selectors.EVENT_READ, "freed")
+        for index, worker in enumerate(workers):
+            selector.register(worker.sentinel, selectors.EVENT_READ, index)
+        fed = expected = 0
+        feeding, busy_cpu, last_progress = True, 0.0, time.monotonic()
         resumed = time.thread_time()
+        while True:
+            while feeding and writer.slot_ready():
+                try:
+                    sample = next(inputs, _END)
+                except Exception as error:  # the caller's iterable raised: the run must end, not hang
+                    raise PipelineError(f"reading the inputs failed: {first_line(error)}") from error
+                if sample is _END:
+                    writer.send_marker(("end", fed, []))
+                    selector.unregister(writer.freed)
+                    feeding = False
+                else:
+                    writer.write(fed, {name: np.asarray(value) for name, value in sample.items()})
+                    fed += 1
+            ready = selector.select(timeout=max(0.0, last_progress + timeout - time.monotonic()))
+            if not ready:
+                raise PipelineError(f"no result for {timeout:g} s: the pipeline stalled")
+            for key in [key for key, _ in ready if isinstance(key.data, int)]:
+                selector.unregister(key.fileobj)
+                workers[key.data].join(timeout=1)
+                if workers[key.data].exitcode:  # a worker that raised sent an error marker and exited with 0
+                    raise _death(workers)
+            if not reader.data.poll(0):
+                continue
+            item = reader.take()
+            if item[0] == "error":
+                raise PipelineError(f"stage {item[1]} failed: {item[2]}", stage=item[1])
+            if item[0] == "end":
+                if item[1] != expected:
+                    raise PipelineError(f"the pipeline ended after {expected} of {item[1]} samples")
+                if stats is not None:
+                    busy_cpu += time.thread_time() - resumed
+                    stats.update(stages=item[2], samples=expected, driver_cpu_ms=1000 * busy_cpu / max(expected, 1))
+                return
+            if item[1] != expected:  # a FIFO chain cannot reorder; if it did, say so rather than mislabel
+                raise PipelineError(f"result {item[1]} arrived where {expected} was due")
+            result = {name: np.array(view) for name, view in item[2].items()}
+            reader.release()
+            expected, last_progress = expected + 1, time.monotonic()
+            busy_cpu += time.thread_time() - resumed
+            yield result
+            resumed = time.thread_time()
 
 
 def _death(workers) -> PipelineError:
