@@ -63,7 +63,7 @@ def run(
     manifest's runtime settings for every stage. `queue_size`: samples waiting between two
     stages. `timeout`: seconds without progress before the run is declared stalled.
     `stats`: a dict the `local` backend fills when the run ends normally — per stage
-    (`stats["stages"]`) the ms per sample in onnxruntime (`run_ms`), outside it on the CPU
+    (`stats["stages"]`) the ms per sample in onnxruntime (`run_ms`, `run_cpu_ms`), outside it on the CPU
     (`transport_cpu_ms`), and waiting for input or for room downstream; `driver_cpu_ms`, the
     driver's own CPU per sample. `samples_per_call` (`ray` only): samples a Ray actor call
     carries (default: enough for ~100 ms of the slowest stage by the manifest's measured costs,
