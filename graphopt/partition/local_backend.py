@@ -90,14 +90,15 @@ def _drive(workers, writer: RingWriter, reader: RingReader, inputs: Iterator, ti
             while feeding and writer.slot_ready():
                 try:
                     sample = next(inputs, _END)
+                    arrays = None if sample is _END else {name: np.asarray(value) for name, value in sample.items()}
                 except Exception as error:  # the caller's iterable raised: the run must end, not hang
                     raise PipelineError(f"reading the inputs failed: {first_line(error)}") from error
-                if sample is _END:
+                if arrays is None:
                     writer.send_marker(("end", fed, []))
                     selector.unregister(writer.freed)
                     feeding = False
                 else:
-                    writer.write(fed, {name: np.asarray(value) for name, value in sample.items()})
+                    writer.write(fed, arrays)
                     fed += 1
             ready = selector.select(timeout=max(0.0, last_progress + timeout - time.monotonic()))
             if not ready:
@@ -201,7 +202,11 @@ def _serve(index, path, threads, providers, reader: RingReader, writer: RingWrit
             if not running():
                 return
         clock["output_wait_s"] += time.perf_counter() - waited
-        writer.write(item[1], dict(zip(produced, values)))
+        try:
+            writer.write(item[1], dict(zip(produced, values)))
+        except OSError as error:  # /dev/shm full, most likely
+            writer.send_marker(("error", index, f"cannot put its outputs in shared memory: {first_line(error)}"))
+            return
         del item, values
         reader.release()  # after the write: an output may be an input passed through, a view of the slot
         clock["samples"] += 1

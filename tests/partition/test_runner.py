@@ -85,6 +85,8 @@ def test_an_input_iterable_that_raises_ends_the_run(cnn_partition):
 
     with pytest.raises(PipelineError, match="camera unplugged"):
         list(run(folder, broken()))
+    with pytest.raises(PipelineError, match="reading the inputs failed"):
+        list(run(folder, [{name: _samples(1)[0]["input"]}, ["not", "a", "mapping"]]))
 
 
 def test_shapes_that_change_between_samples_come_back_right_and_the_stats_add_up(tmp_path):
