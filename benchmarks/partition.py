@@ -17,7 +17,8 @@ Per model and K:
   after `--samples` more (at least 3 Ray calls' worth), before the pipeline drains; against
   one whole-model onnxruntime session at 1 thread (ORT_ENABLE_ALL, as the stages run) over
   the same inputs; `--rounds` rounds per backend, whole and pipelines alternating, medians
-  reported, with the load average of each round;
+  reported, with the load average of each round; a backend's speedup is against the whole-model
+  rounds interleaved with its own (the load may differ between the local and the Ray phase);
 - the runner's overhead, load-independent enough to compare runs on a busy machine: the CPU
   time per sample of every process of the run (this one, the stage workers, Ray's daemons and
   actors; Linux `schedstat`, ns) minus the whole model's CPU per sample, divided by the K+1
@@ -224,6 +225,7 @@ def main() -> None:
                 for round_index in range(args.rounds):
                     speed, cpu_ms = whole_throughput(case["path"], samples)
                     throughput["whole"].append(speed)
+                    throughput.setdefault(f"whole during {backend}", []).append(speed)
                     cpu["whole"].append(cpu_ms)
                     for stages in stage_counts:
                         key = f"{backend} K={stages}"
@@ -243,14 +245,16 @@ def main() -> None:
                     "cuts": result.manifest["plan"]["cuts"], "nodes": sum(s["nodes"] for s in result.manifest["stages"]),
                     "whole_samples_per_s": whole,
                     "throughput": {backend: statistics.median(throughput[f"{backend} K={stages}"]) for backend in backends},
-                    "throughput_rounds": {key: values for key, values in throughput.items() if key == "whole" or key.endswith(f"K={stages}")},
+                    "throughput_rounds": {key: values for key, values in throughput.items() if key.startswith("whole") or key.endswith(f"K={stages}")},
                     "planned_slowest_over_ideal": result.manifest["balance"]["slowest_over_ideal"],
                     "stage_ms": [latencies[f"stage_{i}"] for i in range(stages)], "whole_ms": latencies["whole"],
                     "measured_slowest_over_ideal": max(latencies[f"stage_{i}"] for i in range(stages)) / ideal_ms,
                     "bytes": brute_force(result, stages),
                     "bit_exact": result.manifest["verification"]["bit_exact"],
                 }
-                row["speedup"] = {backend: value / whole for backend, value in row["throughput"].items()}
+                # against the whole-model rounds interleaved with this backend's: the load moves between phases
+                row["speedup"] = {backend: value / statistics.median(throughput[f"whole during {backend}"])
+                                  for backend, value in row["throughput"].items()}
                 row["load_average_per_round"] = {b: loads[f"{b} K={stages}"] for b in backends}
                 row["cpu_ms_per_sample"] = {"whole": statistics.median(cpu["whole"]),
                                             **{b: _median_or_none(cpu[f"{b} K={stages}"]) for b in backends}}

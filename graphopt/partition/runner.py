@@ -30,7 +30,7 @@ __all__ = ["run", "PipelineError", "BACKENDS", "stage_session"]
 
 BACKENDS = ("local", "ray")
 _DEFAULT_TIMEOUT = 300.0
-_SECONDS_PER_CALL = 0.1
+_SECONDS_PER_CALL = 0.2
 _MAX_SAMPLES_PER_CALL = 16
 
 
@@ -66,7 +66,7 @@ def run(
     (`stats["stages"]`) the ms per sample in onnxruntime (`run_ms`, `run_cpu_ms`), outside it on the CPU
     (`transport_cpu_ms`), and waiting for input or for room downstream; `driver_cpu_ms`, the
     driver's own CPU per sample. `samples_per_call` (`ray` only): samples a Ray actor call
-    carries (default: enough for ~100 ms of the slowest stage by the manifest's measured costs,
+    carries (default: enough for ~200 ms of the slowest stage by the manifest's measured costs,
     at most 16; 1 for a plan by MACs); more amortise Ray's per-call cost, fewer add less latency.
     """
     document, folder = load_manifest(manifest)
@@ -99,7 +99,7 @@ def run(
 
 
 def _samples_per_call(document: dict) -> int:
-    """Samples per Ray call so that one call keeps the slowest stage busy ~100 ms (see ray_backend)."""
+    """Samples per Ray call so that one call keeps the slowest stage busy ~200 ms (see ray_backend)."""
     costs = [stage.get("cost") for stage in document["stages"]]
     if document.get("plan", {}).get("by") != "latency" or not all(isinstance(c, (int, float)) and c > 0 for c in costs):
         return 1

@@ -52,7 +52,7 @@ def test_samples_per_call_follows_the_measured_stage_costs():
         return {"plan": {"by": by}, "stages": [{"cost": cost} for cost in costs]}
 
     assert _samples_per_call(manifest("latency", [0.004, 0.0041])) == 16  # capped
-    assert _samples_per_call(manifest("latency", [0.02, 0.045])) == 3  # the slowest stage decides
-    assert _samples_per_call(manifest("latency", [0.3, 0.2])) == 1
+    assert _samples_per_call(manifest("latency", [0.02, 0.045])) == 5  # the slowest stage decides
+    assert _samples_per_call(manifest("latency", [0.3, 0.25])) == 1
     assert _samples_per_call(manifest("macs", [4e6, 5e6])) == 1  # MACs are not seconds
     assert [len(chunk) for chunk in _chunks(({"x": i} for i in range(8)), 3)] == [3, 3, 2]
