@@ -61,7 +61,7 @@ from graphopt.bench import compare_latency  # noqa: E402
 from graphopt.partition import partition_to_dir  # noqa: E402
 from graphopt.partition.planner import enumerate_cuts  # noqa: E402
 from graphopt.partition.manifest import load_manifest  # noqa: E402
-from graphopt.partition.runner import PipelineError, _samples_per_call, stage_session  # noqa: E402
+from graphopt.partition.runner import PipelineError, default_samples_per_call, stage_session  # noqa: E402
 from graphopt.pipeline_runner import run  # noqa: E402
 
 WARMUP = 3
@@ -102,7 +102,7 @@ def whole_throughput(path: Path, samples: list[dict]) -> tuple[float, float]:
 def pipelined_throughput(folder: Path, samples: list[dict], backend: str) -> tuple[float, float | None]:
     """Steady-state samples/s of the runner on endlessly cycling inputs, and the CPU ms per
     sample of all processes of the run (None where /proc has no schedstat)."""
-    per_call = _samples_per_call(load_manifest(folder)[0]) if backend == "ray" else 1
+    per_call = default_samples_per_call(load_manifest(folder)[0]) if backend == "ray" else 1
     warmup = math.ceil(WARMUP / per_call) * per_call
     timed = max(len(samples) - WARMUP, 3 * per_call)
     timed = math.ceil(timed / per_call) * per_call
@@ -261,7 +261,7 @@ def main() -> None:
                 row["overhead_ms_per_hop"] = {
                     b: None if row["cpu_ms_per_sample"][b] is None else (row["cpu_ms_per_sample"][b] - row["cpu_ms_per_sample"]["whole"]) / (stages + 1)
                     for b in backends}
-                row["ray_samples_per_call"] = _samples_per_call(result.manifest) if "ray" in backends else None
+                row["ray_samples_per_call"] = default_samples_per_call(result.manifest) if "ray" in backends else None
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             if case is not None and "killed" not in locals():

@@ -26,7 +26,7 @@ import numpy as np
 from graphopt.errors import GraphoptError, UsageError
 from graphopt.partition.manifest import load_manifest
 
-__all__ = ["run", "PipelineError", "BACKENDS", "stage_session"]
+__all__ = ["run", "PipelineError", "BACKENDS", "stage_session", "default_samples_per_call"]
 
 BACKENDS = ("local", "ray")
 _DEFAULT_TIMEOUT = 300.0
@@ -87,7 +87,7 @@ def run(
     if backend == "ray":
         from graphopt.partition.ray_backend import run_on_ray
 
-        per_call = samples_per_call or _samples_per_call(document)
+        per_call = samples_per_call or default_samples_per_call(document)
         results = run_on_ray(files, inputs, settings, in_flight=max(queue_size, 1) * len(files), timeout=timeout,
                              samples_per_call=per_call)
     else:
@@ -98,7 +98,7 @@ def run(
         yield {name: values[name] for name in outputs}
 
 
-def _samples_per_call(document: dict) -> int:
+def default_samples_per_call(document: dict) -> int:
     """Samples per Ray call so that one call keeps the slowest stage busy ~200 ms (see ray_backend)."""
     costs = [stage.get("cost") for stage in document["stages"]]
     if document.get("plan", {}).get("by") != "latency" or not all(isinstance(c, (int, float)) and c > 0 for c in costs):

@@ -46,13 +46,13 @@ def test_stages_as_ray_actors_give_the_whole_models_results_in_order(tmp_path):
 
 def test_samples_per_call_follows_the_measured_stage_costs():
     from graphopt.partition.ray_backend import _chunks
-    from graphopt.partition.runner import _samples_per_call
+    from graphopt.partition.runner import default_samples_per_call
 
     def manifest(by, costs):
         return {"plan": {"by": by}, "stages": [{"cost": cost} for cost in costs]}
 
-    assert _samples_per_call(manifest("latency", [0.004, 0.0041])) == 16  # capped
-    assert _samples_per_call(manifest("latency", [0.02, 0.045])) == 5  # the slowest stage decides
-    assert _samples_per_call(manifest("latency", [0.3, 0.25])) == 1
-    assert _samples_per_call(manifest("macs", [4e6, 5e6])) == 1  # MACs are not seconds
+    assert default_samples_per_call(manifest("latency", [0.004, 0.0041])) == 16  # capped
+    assert default_samples_per_call(manifest("latency", [0.02, 0.045])) == 5  # the slowest stage decides
+    assert default_samples_per_call(manifest("latency", [0.3, 0.25])) == 1
+    assert default_samples_per_call(manifest("macs", [4e6, 5e6])) == 1  # MACs are not seconds
     assert [len(chunk) for chunk in _chunks(({"x": i} for i in range(8)), 3)] == [3, 3, 2]
