@@ -44,7 +44,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     run.add_argument("--threads", type=int, help="intra-op threads per stage (default: the manifest's)")
     run.add_argument("--timeout", type=float, default=300.0, help="seconds without progress before the run fails")
     run.add_argument("--samples-per-call", type=int, metavar="N",
-                     help="ray: samples one actor call carries (default: ~200 ms of the slowest stage's work)")
+                     help="ray: samples one actor call carries (default: ~0.4 s of the slowest stage's work)")
     run.set_defaults(handler=_run)
 
     optimize = commands.choices["optimize"]

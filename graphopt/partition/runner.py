@@ -30,7 +30,8 @@ __all__ = ["run", "PipelineError", "BACKENDS", "stage_session", "default_samples
 
 BACKENDS = ("local", "ray")
 _DEFAULT_TIMEOUT = 300.0
-_SECONDS_PER_CALL = 0.2
+_SECONDS_PER_CALL = 0.4
+_MAX_BYTES_PER_CALL = 64 * 2**20
 _MAX_SAMPLES_PER_CALL = 16
 
 
@@ -66,8 +67,8 @@ def run(
     (`stats["stages"]`) the ms per sample in onnxruntime (`run_ms`, `run_cpu_ms`), outside it on the CPU
     (`transport_cpu_ms`), and waiting for input or for room downstream; `driver_cpu_ms`, the
     driver's own CPU per sample. `samples_per_call` (`ray` only): samples a Ray actor call
-    carries (default: enough for ~200 ms of the slowest stage by the manifest's measured costs,
-    at most 16; 1 for a plan by MACs); more amortise Ray's per-call cost, fewer add less latency.
+    carries (default: enough for ~0.4 s of the slowest stage by the manifest's measured costs,
+    at most 16 and 64 MiB per link; 1 for a plan by MACs); more amortise Ray's per-call cost, fewer add less latency.
     """
     document, folder = load_manifest(manifest)
     if folder is None:
@@ -99,11 +100,15 @@ def run(
 
 
 def default_samples_per_call(document: dict) -> int:
-    """Samples per Ray call so that one call keeps the slowest stage busy ~200 ms (see ray_backend)."""
+    """Samples per Ray call so that one call keeps the slowest stage busy ~0.4 s (see ray_backend),
+    at most 16 and at most 64 MiB through any link per call (by the manifest's per-sample bytes)."""
     costs = [stage.get("cost") for stage in document["stages"]]
     if document.get("plan", {}).get("by") != "latency" or not all(isinstance(c, (int, float)) and c > 0 for c in costs):
         return 1
-    return max(1, min(_MAX_SAMPLES_PER_CALL, math.ceil(_SECONDS_PER_CALL / max(costs))))
+    link_bytes = max((sum(value.get("bytes") or 0 for value in stage.get(side, []))
+                      for stage in document["stages"] for side in ("inputs", "outputs")), default=0)
+    by_bytes = _MAX_BYTES_PER_CALL // link_bytes if link_bytes else _MAX_SAMPLES_PER_CALL
+    return max(1, min(_MAX_SAMPLES_PER_CALL, by_bytes, math.ceil(_SECONDS_PER_CALL / max(costs))))
 
 
 def stage_session(model, threads: int, providers: list[str]):

@@ -48,11 +48,13 @@ def test_samples_per_call_follows_the_measured_stage_costs():
     from graphopt.partition.ray_backend import _chunks
     from graphopt.partition.runner import default_samples_per_call
 
-    def manifest(by, costs):
-        return {"plan": {"by": by}, "stages": [{"cost": cost} for cost in costs]}
+    def manifest(by, costs, bytes_per_sample=1000):
+        return {"plan": {"by": by}, "stages": [{"cost": cost, "inputs": [{"bytes": bytes_per_sample}], "outputs": [{"bytes": 10}]}
+                                               for cost in costs]}
 
     assert default_samples_per_call(manifest("latency", [0.004, 0.0041])) == 16  # capped
-    assert default_samples_per_call(manifest("latency", [0.02, 0.045])) == 5  # the slowest stage decides
-    assert default_samples_per_call(manifest("latency", [0.3, 0.25])) == 1
+    assert default_samples_per_call(manifest("latency", [0.02, 0.045])) == 9  # the slowest stage decides: 0.4 s / 45 ms
+    assert default_samples_per_call(manifest("latency", [0.02, 0.045], bytes_per_sample=16 * 2**20)) == 4  # 64 MiB a call
+    assert default_samples_per_call(manifest("latency", [0.5, 0.45])) == 1
     assert default_samples_per_call(manifest("macs", [4e6, 5e6])) == 1  # MACs are not seconds
     assert [len(chunk) for chunk in _chunks(({"x": i} for i in range(8)), 3)] == [3, 3, 2]
