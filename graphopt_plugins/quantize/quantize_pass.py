@@ -14,6 +14,7 @@ from graphopt.errors import PreconditionError, UsageError
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
+from graphopt_plugins.quantize.equalization import equalize, equalized_model
 from graphopt_plugins.quantize.mode_choice import candidate_modes, fastest, targets_for, trial_row
 from graphopt_plugins.quantize.planner import Planner
 from graphopt_plugins.quantize.targets import WEIGHT_OPS, is_quantized
@@ -69,6 +70,9 @@ class Quantize(graphopt.Pass):
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
         bias_correction: bool = False  # static: move each layer's mean output error per channel into its bias
         smooth: float = 0.5  # SmoothQuant alpha for MatMuls fed by LayerNorm (outlier channels into the weights); 0 = off
+        equalize: bool = False  # cross-layer equalization of Conv -> (Relu) -> Conv pairs first (float outputs unchanged)
+        weight_granularity: Literal["per-channel", "per-tensor"] = "per-channel"  # static/dynamic: one weight scale per output channel or per tensor
+        rounding: Literal["nearest", "adaptive"] = "nearest"  # static/dynamic: adaptive rounds each weight up or down to fit the layer's output on calibration data
         full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
@@ -114,7 +118,7 @@ class Quantize(graphopt.Pass):
         found = {mode: pair for mode, pair in found.items() if pair[0]}
         if not found:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": targets_for(graph, options, modes[0])[1]})
-        model = ctx.proto()
+        model, equalized = equalized_model(ctx.proto()) if options.equalize else (ctx.proto(), 0)
         calibration, evaluation, origin = self._data(model, ctx)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         plans = {}
@@ -123,7 +127,7 @@ class Quantize(graphopt.Pass):
                               track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency,
                               slices=ctx.output_slices)
             chosen, stats = planner.plan()
-            stats.update(data=origin, skipped=skipped, mode=mode)
+            stats.update(data=origin, skipped=skipped, mode=mode, **({"equalized_pairs": equalized} if options.equalize else {}))
             plans[mode] = (planner, chosen, stats)
         mode, timings = next(iter(plans)), {}
         useful = {m: p for m, p in plans.items() if p[1]}
@@ -138,6 +142,8 @@ class Quantize(graphopt.Pass):
         if not chosen:
             ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
             return graphopt.PassResult(changed=False, stats=stats)
+        if equalized:
+            equalize(graph)  # the planner's model was equalized the same way: same weights, same indices
         planner.apply(graph, chosen)
         ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(planner.targets), mode,
                         stats.get("cosine", float("nan")))
