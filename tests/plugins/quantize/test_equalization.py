@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from quantize_support import quantize, run
+from quantize_support import quantize, quantize_and_check, run
 
 from graphopt import convert
 from graphopt.verify.metrics import output_metrics
@@ -89,3 +89,10 @@ def test_equalization_lowers_the_int8_error_per_tensor_and_does_not_hurt_per_cha
             error[granularity, equalize] = 1 - _worst_cosine(model, quantized, evaluation)
     assert error["per-tensor", True] < 0.25 * error["per-tensor", False], error
     assert error["per-channel", True] <= 1.1 * error["per-channel", False], error
+
+
+def test_equalized_model_keeps_the_pass_contract():
+    model = _separable_block()
+    _, stats = quantize_and_check(model, _samples(8, 1), equalize=True, mode="static",
+                                  feeds={"x": _samples(1, 9)["x"][0]})
+    assert stats["equalized_pairs"] == 2
