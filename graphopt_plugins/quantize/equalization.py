@@ -9,6 +9,12 @@ BatchNorm folded) no longer needs one weight scale for all of them, and the tens
 two, quantized per tensor, has even channels too. Chains (pointwise -> depthwise -> pointwise)
 are equalized pair by pair, a few rounds, until the scales settle.
 
+That balances weights, which is what per-tensor weight scales need. With per-channel weight
+scales the first Conv's rows are quantized on their own scale whatever s is; what s changes
+there is the tensor between the two Convs, quantized per tensor. So with calibration data
+(`middle_ranges`) r1_i is that tensor's range in channel i instead: s_i evens out its channels
+against the second Conv's input channels (the SmoothQuant trade at alpha 0.5, for Conv pairs).
+
 Fires on: Conv -> Conv and Conv -> Relu -> Conv (any `group` on either side; a depthwise Conv
 followed by a pointwise Conv is the case that matters), constant weights and bias, the middle
 tensor read by the next node only and not a graph output. Refuses: any other activation
@@ -20,14 +26,16 @@ Lossless in exact arithmetic; in float32 the outputs agree to rounding (relative
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import convert, graph_queries
+from graphopt.activations import iter_activations
 
-__all__ = ["equalization_pairs", "equalize", "equalized_model"]
+__all__ = ["equalization_pairs", "equalize", "equalized_model", "middle_ranges"]
 
 logger = logging.getLogger(__name__)
 _ROUNDS = 8
@@ -82,8 +90,11 @@ def _scale_inputs(weight: np.ndarray, groups: int, scale: np.ndarray) -> np.ndar
     return grouped.reshape(weight.shape)
 
 
-def equalize(graph: gs.Graph) -> int:
-    """Equalizes every pair `equalization_pairs` finds; returns how many pairs changed."""
+def equalize(graph: gs.Graph, ranges: Mapping[str, np.ndarray] | None = None) -> int:
+    """Equalizes every pair `equalization_pairs` finds; returns how many pairs changed.
+
+    With `ranges` (per channel, of the tensor between the two: `middle_ranges`), that tensor's
+    range stands in for the first Conv's weight range (per-channel weights: see the module)."""
     pairs = equalization_pairs(graph)
     if not pairs:
         return 0
@@ -91,12 +102,14 @@ def equalize(graph: gs.Graph) -> int:
     biases = {id(n): graph_queries.constant_value(n.inputs[2]).astype(np.float64) for pair in pairs for n in pair
               if len(n.inputs) > 2 and n.inputs[2].name}
     nodes = {id(n): n for pair in pairs for n in pair}
+    middles = {id(first): ranges[_middle(first).name].astype(np.float64) for first, _ in pairs
+               if ranges and _middle(first).name in ranges}
     moved = set()
     for _ in range(_ROUNDS):
         largest = 0.0
         for first, second in pairs:
             w1, w2, groups = weights[id(first)], weights[id(second)], int(second.attrs.get("group", 1))
-            r1 = np.max(np.abs(w1.reshape(w1.shape[0], -1)), axis=1)
+            r1 = middles.get(id(first), np.max(np.abs(w1.reshape(w1.shape[0], -1)), axis=1))
             r2 = np.max(np.abs(_input_view(w2, groups)), axis=1)
             live = (r1 > 0) & (r2 > 0)
             scale = np.ones_like(r1)
@@ -105,6 +118,8 @@ def equalize(graph: gs.Graph) -> int:
             if id(first) in biases:
                 biases[id(first)] = biases[id(first)] / scale
             weights[id(second)] = _scale_inputs(w2, groups, scale)
+            if id(first) in middles:
+                middles[id(first)] = middles[id(first)] / scale
             change = float(np.max(np.abs(np.log(scale))))
             if change > _SETTLED:
                 moved.add((id(first), id(second)))
@@ -121,8 +136,26 @@ def equalize(graph: gs.Graph) -> int:
     return len(moved)
 
 
-def equalized_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def _middle(first: gs.Node) -> gs.Tensor:
+    """The tensor the second Conv of a pair reads: the first's output, or the Relu's after it."""
+    out = first.outputs[0]
+    return out.outputs[0].outputs[0] if out.outputs and out.outputs[0].op == "Relu" else out
+
+
+def middle_ranges(model: onnx.ModelProto, samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """max |x| per channel (axis 1) over `samples` of every tensor between two equalizable Convs."""
+    names = [_middle(first).name for first, _ in equalization_pairs(convert.import_graph(model))]
+    found: dict[str, np.ndarray] = {}
+    for values in iter_activations(model, samples, names):
+        for name in names:
+            value = np.abs(np.asarray(values[name], np.float32))
+            peak = value.max(axis=tuple(i for i in range(value.ndim) if i != 1))
+            found[name] = np.maximum(found[name], peak) if name in found else peak
+    return found
+
+
+def equalized_model(model: onnx.ModelProto, ranges: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, int]:
     """(`model` with its pairs equalized, how many pairs changed); `model` itself when none did."""
     graph = convert.import_graph(model)
-    changed = equalize(graph)
+    changed = equalize(graph, ranges)
     return (convert.export_model(graph, model), changed) if changed else (model, 0)

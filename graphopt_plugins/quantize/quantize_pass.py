@@ -14,7 +14,7 @@ from graphopt.errors import PreconditionError, UsageError
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
-from graphopt_plugins.quantize.equalization import equalize, equalized_model
+from graphopt_plugins.quantize.equalization import equalize, equalized_model, middle_ranges
 from graphopt_plugins.quantize.mode_choice import candidate_modes, fastest, targets_for, trial_row
 from graphopt_plugins.quantize.planner import Planner
 from graphopt_plugins.quantize.targets import WEIGHT_OPS, is_quantized
@@ -121,8 +121,9 @@ class Quantize(graphopt.Pass):
         found = {mode: pair for mode, pair in found.items() if pair[0]}
         if not found:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": targets_for(graph, options, modes[0])[1]})
-        model, equalized = equalized_model(ctx.proto()) if options.equalize else (ctx.proto(), 0)
-        calibration, evaluation, origin = self._data(model, ctx)
+        calibration, evaluation, origin = self._data(ctx.proto(), ctx)
+        ranges = middle_ranges(ctx.proto(), calibration) if options.equalize and options.weight_granularity == "per-channel" else None
+        model, equalized = equalized_model(ctx.proto(), ranges) if options.equalize else (ctx.proto(), 0)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         plans = {}
         for mode, (targets, skipped) in found.items():
@@ -146,7 +147,7 @@ class Quantize(graphopt.Pass):
             ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
             return graphopt.PassResult(changed=False, stats=stats)
         if equalized:
-            equalize(graph)  # the planner's model was equalized the same way: same weights, same indices
+            equalize(graph, ranges)  # the planner's model was equalized the same way: same weights, same indices
         planner.apply(graph, chosen)
         ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(planner.targets), mode,
                         stats.get("cosine", float("nan")))

@@ -10,7 +10,7 @@ from quantize_support import quantize, quantize_and_check, run
 
 from graphopt import convert
 from graphopt.verify.metrics import output_metrics
-from graphopt_plugins.quantize.equalization import equalization_pairs, equalized_model
+from graphopt_plugins.quantize.equalization import equalization_pairs, equalized_model, middle_ranges
 
 
 def _separable_block(activation: str = "Relu", seed: int = 0) -> onnx.ModelProto:
@@ -36,7 +36,7 @@ def _separable_block(activation: str = "Relu", seed: int = 0) -> onnx.ModelProto
              helper.make_node("Conv", ["a2", "pw2", "b3"], ["y"], name="pw2")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
 def _samples(count: int, seed: int) -> dict[str, np.ndarray]:
@@ -47,14 +47,21 @@ def _worst_cosine(model, quantized, samples) -> float:
     return min(output_metrics(run(model, {"x": x})[0], run(quantized, {"x": x}, optimize=True)[0])["cosine"] for x in samples["x"])
 
 
-def test_equalized_float_model_computes_the_same():
+@pytest.mark.parametrize("data_aware", [False, True])
+def test_equalized_float_model_computes_the_same(data_aware):
     model = _separable_block()
-    equalized, pairs = equalized_model(model)
+    middle = middle_ranges(model, _samples(4, 1)) if data_aware else None
+    assert middle is None or sorted(middle) == ["a1", "a2"]
+    equalized, pairs = equalized_model(model, middle)
     assert pairs == 2  # pw1 -> dw, dw -> pw2
     weights = {t.name: numpy_helper.to_array(t) for t in equalized.graph.initializer}
     dw = next(v for k, v in weights.items() if k.startswith("dw_equalized"))
     ranges = np.abs(dw).reshape(16, -1).max(axis=1)
-    assert ranges.max() / ranges.min() < 10  # was ~100 before
+    if not data_aware:
+        assert ranges.max() / ranges.min() < 10  # was ~100 before
+    else:
+        after = middle_ranges(equalized, _samples(4, 1))["a2"]
+        assert after.max() / after.min() < 0.5 * middle["a2"].max() / middle["a2"].min()  # the depthwise output evened out
     for x in _samples(3, 5)["x"]:
         np.testing.assert_allclose(run(equalized, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
 
