@@ -9,8 +9,6 @@ coordinate descent from nearest rounding flips one weight at a time when that lo
 (exact update of `e H` per flip), all rows of a layer at once, a few sweeps. It never ends
 above nearest rounding on the calibration data. Bounded: at most `_ROWS` input positions per
 sample, `_SWEEPS` sweeps, and layers whose H would be too large (`_MAX_ENTRIES`) keep nearest.
-The fit uses the even calibration samples; a row keeps its fitted rounding only where it also
-lowers the error on the odd ones (a fit to few positions must not pass for a gain).
 
 Handles Conv (2-D kernels, explicit pads, any group: one H per group), Gemm, and MatMul with a
 2-D weight; activations are the float model's (a deployed int8 input adds its own noise, which
@@ -119,14 +117,6 @@ def rounding_fit(rows: np.ndarray, scale: np.ndarray, hessian: np.ndarray, qmax:
     return levels
 
 
-def _held_out_better(rows, scale, nearest, adaptive, hessian) -> np.ndarray:
-    """(G, R): True where the adaptive row's output error on the held-out H is below nearest's."""
-    def error(levels):
-        e = rows.astype(np.float64) - levels * scale[..., None]
-        return np.einsum("grk,gkj,grj->gr", e, hessian, e)
-    return error(adaptive) < error(nearest)
-
-
 def fitted_weights(model: onnx.ModelProto, targets: list[Target], samples: Mapping[str, np.ndarray], qmax: int,
                    per_tensor: bool, adaptive: bool, seed: int = 0) -> tuple[dict[int, tuple[str, np.ndarray, np.ndarray]], dict]:
     """Per target index: (weight name, int8 weight in its own layout, scale per output channel)."""
@@ -143,18 +133,15 @@ def fitted_weights(model: onnx.ModelProto, targets: list[Target], samples: Mappi
                 found[target.index] = (weight[0], np.clip(np.rint(weight[1] / scale.reshape(shape)), -qmax, qmax).astype(np.int8), scale)
             continue
         layouts[target.index] = (weight, *layout)
-    started, fitted, improved, rows_total = time.perf_counter(), 0, 0, 0
+    started, fitted = time.perf_counter(), 0
     hessians = _hessians(model, targets, samples, layouts, seed) if adaptive else {}
     for index, ((name, weight), groups, rows) in layouts.items():
         scale = _scales(rows, qmax, per_tensor)
-        levels = np.clip(np.rint(rows / scale[..., None]), -qmax, qmax)
         if index in hessians:
-            fit, check = hessians[index]
-            adaptive_levels = rounding_fit(rows, scale, fit, qmax)
-            better = _held_out_better(rows, scale, levels, adaptive_levels, check if check is not None else fit)
-            levels = np.where(better[..., None], adaptive_levels, levels)
-            fitted, improved = fitted + 1, improved + int(better.sum())
-        rows_total += rows.shape[0] * rows.shape[1] if index in hessians else 0
+            levels = rounding_fit(rows, scale, hessians[index], qmax)
+            fitted += 1
+        else:
+            levels = np.clip(np.rint(rows / scale[..., None]), -qmax, qmax)
         node = model.graph.node[index]
         levels, flat_scale = levels.reshape(-1, rows.shape[2]), scale.reshape(-1)
         if node.op_type == "Conv":
@@ -162,26 +149,24 @@ def fitted_weights(model: onnx.ModelProto, targets: list[Target], samples: Mappi
         else:
             quantized = levels if node.op_type == "Gemm" and int(_attrs(node).get("transB", 0)) else levels.T
         found[index] = (name, quantized.astype(np.int8), flat_scale)
-    stats = {"adaptive_rounded": fitted, "adaptive_rows": f"{improved}/{rows_total}", "rounding_seconds": round(time.perf_counter() - started, 2)} if adaptive else {}
+    stats = {"adaptive_rounded": fitted, "rounding_seconds": round(time.perf_counter() - started, 2)} if adaptive else {}
     return found, stats
 
 
-def _hessians(model, targets, samples, layouts, seed) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
-    """Per target: H = sum of x x^T over sampled input positions, one (K, K) per group, from the even
-    samples (to fit) and from the odd ones (to check the fit; None with a single sample)."""
+def _hessians(model, targets, samples, layouts, seed) -> dict[int, np.ndarray]:
+    """Per target: H = sum of x x^T over sampled input positions, one (K, K) per group."""
     rng = np.random.default_rng(seed)
     wanted = {t.index: t for t in targets if t.index in layouts
               and layouts[t.index][1] * layouts[t.index][2].shape[2] ** 2 <= _MAX_ENTRIES}
     for index in set(layouts) - set(wanted):
         logger.debug("quantize: %s keeps nearest rounding (its H is too large)", model.graph.node[index].name)
-    sums: dict[tuple[int, int], np.ndarray] = {}
+    sums: dict[int, np.ndarray] = {}
     names = list(dict.fromkeys(t.activation for t in wanted.values()))
-    for number, values in enumerate(iter_activations(model, samples, names)):
+    for values in iter_activations(model, samples, names):
         for index, target in wanted.items():
             (_, weight), groups, _ = layouts[index]
             node = model.graph.node[index]
             x = np.asarray(values[target.activation], np.float64)
             patches = _patches(node, x, groups, weight.shape[2:] if node.op_type == "Conv" else (), rng)
-            key = (index, number % 2)
-            sums[key] = sums.get(key, 0.0) + np.einsum("gpk,gpj->gkj", patches, patches)
-    return {index: (sums[index, 0], sums.get((index, 1))) for index in wanted if (index, 0) in sums}
+            sums[index] = sums.get(index, 0.0) + np.einsum("gpk,gpj->gkj", patches, patches)
+    return sums
