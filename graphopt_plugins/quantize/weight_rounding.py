@@ -150,6 +150,8 @@ def fitted_weights(model: onnx.ModelProto, targets: list[Target], samples: Mappi
             quantized = levels if node.op_type == "Gemm" and int(_attrs(node).get("transB", 0)) else levels.T
         found[index] = (name, quantized.astype(np.int8), flat_scale)
     stats = {"adaptive_rounded": fitted, "rounding_seconds": round(time.perf_counter() - started, 2)} if adaptive else {}
+    if per_tensor:
+        stats["per_tensor_weights"] = len(found)
     return found, stats
 
 

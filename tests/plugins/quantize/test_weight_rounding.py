@@ -71,4 +71,4 @@ def test_adaptive_rounding_lowers_the_error_of_the_quantized_model():
 def test_adaptive_rounding_keeps_the_pass_contract(op, mode):
     quantized, stats = quantize_and_check(single_op_model(op, relu=op == "Conv"), mode=mode, rounding="adaptive",
                                           weight_granularity="per-tensor")
-    assert stats["adaptive_rounded"] == 1
+    assert stats["adaptive_rounded"] == 1 and stats["per_tensor_weights"] == 1
