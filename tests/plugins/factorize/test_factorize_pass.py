@@ -166,3 +166,25 @@ def test_without_any_data_it_falls_back_to_plain_svd_with_a_warning():
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValueError):
         Factorize.Options(**bad)
+
+
+def test_weaker_halves_then_hands_the_model_back_unchanged_under_rank_by_budget():
+    result = graphopt.PassResult(changed=True, stats={"strength": 0.4})
+    assert Factorize().weaker(None, result).options.strength == pytest.approx(0.2)
+    nearly = graphopt.PassResult(changed=True, stats={"strength": 0.02})
+    last = Factorize().weaker(None, nearly)
+    assert last is not None and last.options.strength < 1e-6  # caps the search at no step: unchanged, not failed
+    assert last.weaker(None, graphopt.PassResult(changed=False, stats={})) is None
+    assert Factorize(Factorize.Options(rank_by="max_error")).weaker(None, nearly) is None  # the rules still stop at 1/64
+
+
+def test_rank_by_budget_takes_no_step_at_the_weakest_strength():
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 4)) @ rng.normal(size=(4, 64))  # rank 4: cheap to factorize within any budget
+    model = single_layer("MatMul", [16, 64], weight)
+    data = {"x": rng.normal(size=(8, 16, 64)).astype(np.float32)}
+    full = graphopt.optimize(model, passes=["factorize"], calibration=data, verify="off")
+    assert full.report["passes"][0]["changed"] and full.report["passes"][0]["details"]["rank_by"] == "budget"
+    none = graphopt.optimize(model, passes=["factorize"], options={"factorize": {"strength": 1e-9}}, calibration=data,
+                             verify="off")
+    assert not none.report["passes"][0]["changed"]
