@@ -44,7 +44,7 @@ def test_factorize_backs_off_from_a_slower_result_and_leaves_the_model(monkeypat
     if pass_module is None:
         import graphopt_plugins.factorize.factorize_pass as pass_module
     calls = []
-    monkeypatch.setattr(pass_module, "slower", lambda *args: calls.append(1) or {"latency_ratio": 1.2, "reference_ms": 3.0})
+    monkeypatch.setattr(pass_module, "slower", lambda *args, **kwargs: calls.append(1) or {"latency_ratio": 1.2, "reference_ms": 3.0})
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(64, 8)) @ rng.normal(size=(8, 64))
     model = single_layer("MatMul", [16, 64], weight)
