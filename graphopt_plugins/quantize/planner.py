@@ -44,6 +44,7 @@ _GUARD_ROUNDS = 4
 # The whole model must beat float by this much as measured: one timing on a shared machine
 # can be off by a few percent, and "never slower" has to survive the next measurement too.
 _GUARD_MARGIN = 0.97
+_BUILT_KEPT = 3  # candidate models kept built (a few MB each)
 
 
 class Planner:
@@ -63,6 +64,8 @@ class Planner:
         self.bias_shift: dict[int, np.ndarray] = {}  # bias correction per target index (static)
         self.extremes: dict = {}  # per LayerNorm output read by a quantized MatMul: per-channel (min, max), for `smooth`
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
+        self._built: dict[tuple, onnx.ModelProto] = {}  # the last few candidates built, by plan
+        self._judged: dict[tuple, dict] = {}  # metrics by (plan, deployed only)
         self.units = _shared_weight_units(targets)  # first index -> every target index reading that weight
         constants = constant_tensors(model)
         self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
@@ -103,10 +106,14 @@ class Planner:
         self.rewrite(graph, [t for t in targets if t.index in wanted])
 
     def build(self, chosen: list[int]) -> onnx.ModelProto:
+        key = tuple(sorted(chosen))
+        if key in self._built:  # the plan the search settled on is built again by the guard and mode=auto
+            return self._built[key]
         graph = convert.import_graph(self.model)
         self.apply(graph, chosen)
         candidate = convert.export_model(graph, self.model)
         convert.release_graph(graph, self.model)  # evaluated next: its session must not sit on this graph's weights
+        self._built = {**dict(list(self._built.items())[-(_BUILT_KEPT - 1):]), key: candidate}
         return candidate
 
     # -- the decisions ---------------------------------------------------------------------
@@ -137,14 +144,20 @@ class Planner:
         if timed:
             chosen = self._layer_latency(chosen)
         reference = stacked_outputs(self.model, self.evaluation, optimize=True)
-        evaluate = lambda subset: self._evaluate(reference, self.build(subset))  # noqa: E731
+        evaluate = lambda subset, deployed_only=False: self._evaluate(reference, subset, deployed_only)  # noqa: E731
         if self.options.auto:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
             sensitivity_of = lambda unit: worst_metrics(small_reference, stacked_outputs(self.build(self._members([unit])), small, optimize=True), None)["sqnr_db"]  # noqa: E731
             units = [unit for unit in self.units if unit in set(chosen)]
-            quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset)), units,
+            # The search judges the int8 kernels as deployed; the plan it settles on must also pass
+            # unfused (as the verifier runs it), else the search runs again judging both forms.
+            quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset), True), units,
                                                                    sensitivity_of, self.track)
+            if quantized and not (metrics := evaluate(self._members(quantized)))["ok"]:
+                quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset)), units,
+                                                                       lambda unit: sensitivity.get(unit) or sensitivity_of(unit), self.track)
+                tried += again
             for unit, sqnr in sensitivity.items():
                 for index in self.units[unit]:
                     self.rows[index]["sensitivity_sqnr_db"] = _rounded(sqnr)
@@ -169,13 +182,21 @@ class Planner:
         """Every target index of `units` (first indices of shared-weight units), in graph order."""
         return sorted(index for unit in units for index in self.units[unit])
 
-    def _evaluate(self, reference: dict, candidate: onnx.ModelProto) -> dict:
-        """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs it)."""
-        deployed = worst_metrics(reference, stacked_outputs(candidate, self.evaluation, optimize=True), self.budget, self.slices)
-        if not deployed["ok"]:
+    def _evaluate(self, reference: dict, chosen: list[int], deployed_only: bool = False) -> dict:
+        """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs
+        it) of the plan quantizing `chosen`; the deployed form alone with `deployed_only`."""
+        key = tuple(sorted(chosen))
+        if (key, False) in self._judged or (deployed_only and (key, True) in self._judged):
+            return self._judged.get((key, False)) or self._judged[(key, True)]
+        deployed = self._judged.get((key, True))
+        if deployed is None:
+            deployed = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation, optimize=True), self.budget, self.slices)
+            self._judged[(key, True)] = deployed
+        if not deployed["ok"] or deployed_only:
             return deployed
-        verified = worst_metrics(reference, stacked_outputs(candidate, self.evaluation), self.budget, self.slices)
-        return verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
+        verified = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation), self.budget, self.slices)
+        self._judged[(key, False)] = verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
+        return self._judged[(key, False)]
 
     def _keep(self, index: int, why: str) -> None:
         self.rows[index].update(decision="float", why=why)
