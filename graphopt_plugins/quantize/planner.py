@@ -156,7 +156,8 @@ class Planner:
                                                                    sensitivity_of, self.track)
             if quantized and not (metrics := evaluate(self._members(quantized)))["ok"]:
                 quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset)), units,
-                                                                       lambda unit: sensitivity.get(unit) or sensitivity_of(unit), self.track)
+                                                                       lambda unit: sensitivity.get(unit) or sensitivity_of(unit), self.track,
+                                                                       at_least=len(units) - len(quantized))
                 tried += again
             for unit, sqnr in sensitivity.items():
                 for index in self.units[unit]:
