@@ -41,6 +41,9 @@ class Quantize(graphopt.Pass):
     harmful first, by measured sensitivity), or when int8 is slower there on the latency backend
     (`latency=auto`; `--latency-on`, default host-ort: this machine); if the whole result is
     still slower than float, nothing is changed. With `--latency-on none` nothing is timed.
+    A weight read by several layers (an unrolled LSTM) is quantized once, and its readers are
+    kept float or int8 together. With `--calibration` alone, ranges are fitted without its last
+    quarter, and plans are judged on every sample, so on some the plan did not fit.
     Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
     that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
     Needs opset 13 (int4 blocks: 21): the pipeline converts an older model first. Lossy: held to `budget`.
