@@ -176,8 +176,6 @@ class _Run:
         self.stages: list[Stage] = []  # accepted passes' results, for the never-slower check
         self.feeds = verifier.samples[0] if verifier is not None and verifier.samples else None
         self.timed = settings.latency_compare is not None and self.feeds is not None  # else only the last stage is read
-        self.exporting: set[int] = set()  # passes whose accepted output is needed as a proto at once
-        self._pending_size, self._pending_proto = None, None  # the last check's measure and export
 
     def _reference_outputs(self, reference: bytes | None):
         try:
@@ -191,8 +189,8 @@ class _Run:
             raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
 
     def all(self, passes: list[Pass]) -> PipelineOutcome:
-        # The output a session reads, or the never-slower check keeps, or the result: exported
-        # once, before its check, which takes its placeholder form from it.
+        # Passes whose output a session reads, the never-slower check keeps, or is the result:
+        # exported once, before its check, which takes its placeholder form from that export.
         self.exporting = set(range(len(passes))) if self.verify_each or self.timed else {len(passes) - 1}
         for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not self.settings.progress, leave=False)):
             entry = self.step(index, pass_)

@@ -37,8 +37,7 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of the model: initializers, Constant attributes, subgraphs, functions."""
     yield from _graph_tensors(model.graph)
     for function in model.functions:
-        for node in function.node:
-            yield from _node_tensors(node)
+        yield from _nodes_tensors(function.node)
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
@@ -68,16 +67,14 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
+    yield from _nodes_tensors(graph.node)
+
+
+def _nodes_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attribute in node.attribute:
             if attribute.type in _HOLDERS:
                 yield from _attribute_tensors(attribute)
-
-
-def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
-    for attribute in node.attribute:
-        if attribute.type in _HOLDERS:
-            yield from _attribute_tensors(attribute)
 
 
 def _attribute_tensors(attribute: onnx.AttributeProto) -> Iterator[onnx.TensorProto]:
