@@ -40,17 +40,21 @@ def fit_to_budget(
     candidates: list[int],
     sensitivity_of: Callable[[int], float],
     track: Callable[[Iterable, str, int], Iterable] = lambda items, desc, total: items,
+    at_least: int = 0,
 ) -> tuple[list[int], dict, dict[int, float], int]:
     """(quantized subset, its metrics, sensitivity per candidate, plans tried).
 
     `evaluate(subset)` returns `worst_metrics` of the plan quantizing `subset`;
     `sensitivity_of(i)` the output SQNR (dB) with only candidate `i` quantized; `track`
-    draws the progress of the sensitivity sweep.
+    draws the progress of the sensitivity sweep. `at_least` candidates are known to need float
+    (a looser search's answer that a stricter check refused): the search grows from there.
     """
-    metrics = evaluate(candidates)
-    tried = 1
-    if metrics["ok"] or not candidates:
-        return candidates, metrics, {}, tried
+    tried = 0
+    if not at_least:
+        metrics = evaluate(candidates)
+        tried = 1
+        if metrics["ok"] or not candidates:
+            return candidates, metrics, {}, tried
     sensitivity = {index: sensitivity_of(index) for index in track(candidates, "quantize: layer sensitivity", len(candidates))}
     harmful_first = sorted(candidates, key=lambda index: sensitivity[index])
 
@@ -59,14 +63,15 @@ def fit_to_budget(
         return [index for index in candidates if index not in kept]
 
     # Grow the float set geometrically until the budget holds, then bisect down to the fewest.
-    low, high, found = 0, 1, None
-    while high <= len(candidates):
+    low, step, found = at_least, 1, None
+    while found is None and low < len(candidates):
+        high = min(at_least + step, len(candidates))
         tried += 1
         result = evaluate(plan(high))
         if result["ok"]:
             found = (high, result)
-            break
-        low, high = high, min(high * 2, len(candidates)) if high < len(candidates) else len(candidates) + 1
+        else:
+            low, step = high, step * 2
     if found is None:
         return [], {"cosine": 1.0, "sqnr_db": math.inf, "ok": True, "violations": []}, sensitivity, tried
     high, best = found

@@ -5,6 +5,10 @@ float where int8 loses (`latency=auto`); measure accuracy and, if the budget fai
 most harmful layers float (`auto`); finally time the whole model against float, interleaved,
 and drop the least profitable layers until it is not slower (or give up: nothing changes).
 Every decision lands in the per-layer table of the pass's stats.
+
+Targets that read one weight (an unrolled recurrence reuses a matrix at every step) form one
+unit: quantized or kept float together, so the model never holds that weight twice (float for
+some readers, int8 for others); a unit's latency is the sum of its layers'.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ _GUARD_ROUNDS = 4
 # The whole model must beat float by this much as measured: one timing on a shared machine
 # can be off by a few percent, and "never slower" has to survive the next measurement too.
 _GUARD_MARGIN = 0.97
+_BUILT_KEPT = 3  # candidate models kept built (a few MB each)
 
 
 class Planner:
@@ -61,6 +66,9 @@ class Planner:
         self.prepared: dict[int, tuple] = {}  # int8 weights made ahead (rounding=adaptive, per-tensor scales)
         self.extremes: dict = {}  # per LayerNorm output read by a quantized MatMul: per-channel (min, max), for `smooth`
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
+        self._built: dict[tuple, onnx.ModelProto] = {}  # the last few candidates built, by plan
+        self._judged: dict[tuple, dict] = {}  # metrics by (plan, deployed only)
+        self.units = _shared_weight_units(targets)  # first index -> every target index reading that weight
         constants = constant_tensors(model)
         self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
                                "sensitivity_sqnr_db": None, "float_ms": None, "int8_ms": None,
@@ -100,10 +108,14 @@ class Planner:
         self.rewrite(graph, [t for t in targets if t.index in wanted])
 
     def build(self, chosen: list[int]) -> onnx.ModelProto:
+        key = tuple(sorted(chosen))
+        if key in self._built:  # the plan the search settled on is built again by the guard and mode=auto
+            return self._built[key]
         graph = convert.import_graph(self.model)
         self.apply(graph, chosen)
         candidate = convert.export_model(graph, self.model)
         convert.release_graph(graph, self.model)  # evaluated next: its session must not sit on this graph's weights
+        self._built = {**dict(list(self._built.items())[-(_BUILT_KEPT - 1):]), key: candidate}
         return candidate
 
     # -- the decisions ---------------------------------------------------------------------
@@ -138,14 +150,25 @@ class Planner:
         if timed:
             chosen = self._layer_latency(chosen)
         reference = stacked_outputs(self.model, self.evaluation, optimize=True)
-        evaluate = lambda subset: self._evaluate(reference, self.build(subset))  # noqa: E731
+        evaluate = lambda subset, deployed_only=False: self._evaluate(reference, subset, deployed_only)  # noqa: E731
         if self.options.auto:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
-            sensitivity_of = lambda index: worst_metrics(small_reference, stacked_outputs(self.build([index]), small, optimize=True), None)["sqnr_db"]  # noqa: E731
-            quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, chosen, sensitivity_of, self.track)
-            for index, sqnr in sensitivity.items():
-                self.rows[index]["sensitivity_sqnr_db"] = _rounded(sqnr)
+            sensitivity_of = lambda unit: worst_metrics(small_reference, stacked_outputs(self.build(self._members([unit])), small, optimize=True), None)["sqnr_db"]  # noqa: E731
+            units = [unit for unit in self.units if unit in set(chosen)]
+            # The search judges the int8 kernels as deployed; the plan it settles on must also pass
+            # unfused (as the verifier runs it), else the search runs again judging both forms.
+            quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset), True), units,
+                                                                   sensitivity_of, self.track)
+            if quantized and not (metrics := evaluate(self._members(quantized)))["ok"]:
+                quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset)), units,
+                                                                       lambda unit: sensitivity.get(unit) or sensitivity_of(unit), self.track,
+                                                                       at_least=len(units) - len(quantized))
+                tried += again
+            for unit, sqnr in sensitivity.items():
+                for index in self.units[unit]:
+                    self.rows[index]["sensitivity_sqnr_db"] = _rounded(sqnr)
+            quantized = self._members(quantized)
             for index in set(chosen) - set(quantized):
                 self._keep(index, f"too harmful for budget {self.budget.describe()}")
             chosen, stats["plans_evaluated"] = quantized, tried
@@ -162,13 +185,25 @@ class Planner:
             stats["reason"] = "every layer kept float"
         return chosen, stats
 
-    def _evaluate(self, reference: dict, candidate: onnx.ModelProto) -> dict:
-        """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs it)."""
-        deployed = worst_metrics(reference, stacked_outputs(candidate, self.evaluation, optimize=True), self.budget, self.slices)
-        if not deployed["ok"]:
+    def _members(self, units) -> list[int]:
+        """Every target index of `units` (first indices of shared-weight units), in graph order."""
+        return sorted(index for unit in units for index in self.units[unit])
+
+    def _evaluate(self, reference: dict, chosen: list[int], deployed_only: bool = False) -> dict:
+        """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs
+        it) of the plan quantizing `chosen`; the deployed form alone with `deployed_only`."""
+        key = tuple(sorted(chosen))
+        if (key, False) in self._judged or (deployed_only and (key, True) in self._judged):
+            return self._judged.get((key, False)) or self._judged[(key, True)]
+        deployed = self._judged.get((key, True))
+        if deployed is None:
+            deployed = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation, optimize=True), self.budget, self.slices)
+            self._judged[(key, True)] = deployed
+        if not deployed["ok"] or deployed_only:
             return deployed
-        verified = worst_metrics(reference, stacked_outputs(candidate, self.evaluation), self.budget, self.slices)
-        return verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
+        verified = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation), self.budget, self.slices)
+        self._judged[(key, False)] = verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
+        return self._judged[(key, False)]
 
     def _keep(self, index: int, why: str) -> None:
         self.rows[index].update(decision="float", why=why)
@@ -199,21 +234,28 @@ class Planner:
     def _layer_latency(self, chosen: list[int]) -> list[int]:
         shapes = self._input_shapes()
         boundaries = self._integer_boundaries()
-        kept = []
+        kept, timed_alike = [], {}  # layers alike (op, attributes, shapes, boundaries) are timed once
         for target in self.track(self.targets, "quantize: timing layers", len(self.targets)):
             shape = shapes.get(target.activation)
-            pair = layer_models(self.model, target.index, target.relu_output, shape,
-                                lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),
-                                *boundaries[target.index]) if shape else None
-            if pair is None:
-                kept.append(target.index)
+            alike = _layer_signature(self.model.graph.node[target.index], target, shape, boundaries[target.index])
+            if alike not in timed_alike:
+                pair = layer_models(self.model, target.index, target.relu_output, shape,
+                                    lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),
+                                    *boundaries[target.index]) if shape else None
+                timed_alike[alike] = None if pair is None else self._medians(*pair, "quantize: layer", seconds=0.12, rounds=3)
+            if timed_alike[alike] is None:
                 continue
-            float_ms, int8_ms = self._medians(pair[0], pair[1], pair[2], pair[3], "quantize: layer", seconds=0.12, rounds=3)
+            float_ms, int8_ms = timed_alike[alike]
             self.rows[target.index].update(float_ms=round(float_ms, 4), int8_ms=round(int8_ms, 4))
-            if int8_ms <= self.options.latency_margin * float_ms:
-                kept.append(target.index)
-            else:
-                self._keep(target.index, f"int8 slower on {self.latency.name} ({int8_ms:.3f} vs {float_ms:.3f} ms)")
+        for members in self.units.values():  # a shared weight is int8 for all its readers or none
+            timed = [self.rows[i] for i in members if self.rows[i]["float_ms"] is not None]
+            float_ms, int8_ms = sum(r["float_ms"] for r in timed), sum(r["int8_ms"] for r in timed)
+            if not timed or int8_ms <= self.options.latency_margin * float_ms:
+                kept.extend(members)
+                continue
+            for index in members:
+                self._keep(index, f"int8 slower on {self.latency.name} ({int8_ms:.3f} vs {float_ms:.3f} ms"
+                                  f"{f' over {len(members)} readers of one weight' if len(members) > 1 else ''})")
         return [index for index in chosen if index in set(kept)]
 
     def _medians(self, float_model, int8_model, float_feed, int8_feed, purpose: str, seconds: float, rounds: int) -> tuple[float, float]:
@@ -232,7 +274,8 @@ class Planner:
         """Drops the layers that gain least until the whole model is not slower than float."""
         feed = {name: value[0] for name, value in self.evaluation.items()
                 if name in {i.name for i in self.model.graph.input}}
-        gain = {i: (r["float_ms"] or 0.0) - (r["int8_ms"] or 0.0) for i, r in self.rows.items()}
+        gain = {unit: sum((self.rows[i]["float_ms"] or 0.0) - (self.rows[i]["int8_ms"] or 0.0) for i in members)
+                for unit, members in self.units.items()}
         history = []
         for _ in range(_GUARD_ROUNDS):
             float_ms, int8_ms = self._medians(self.model, self.build(chosen), feed, feed, "quantize: whole model", seconds=2.0, rounds=5)
@@ -240,15 +283,30 @@ class Planner:
             if int8_ms <= _GUARD_MARGIN * float_ms:
                 return chosen, {"float_ms": history[-1]["float_ms"], "quantized_ms": history[-1]["quantized_ms"],
                                 "speedup": round(float_ms / int8_ms, 3), "rounds": history}
-            drop = sorted(chosen, key=lambda i: gain[i])[: max(1, len(chosen) // 4)]
+            units = [unit for unit in self.units if unit in set(chosen)]
+            drop = set(self._members(sorted(units, key=lambda unit: gain[unit])[: max(1, len(units) // 4)]))
             for index in drop:
                 self._keep(index, "dropped: the whole model was slower than float")
-            chosen = [i for i in chosen if i not in set(drop)]
+            chosen = [i for i in chosen if i not in drop]
             if not chosen:
                 break
         for index in chosen:
             self._keep(index, "the whole model stayed slower than float")
         return [], {"rounds": history, "gave_up": True}
+
+
+def _shared_weight_units(targets: list[Target]) -> dict[int, list[int]]:
+    """{first target index: the indices of every target reading the same weight}, in graph order."""
+    readers: dict[str, list[int]] = {}
+    for target in targets:
+        readers.setdefault(target.weight or f"#{target.index}", []).append(target.index)
+    return {members[0]: members for members in readers.values()}
+
+
+def _layer_signature(node: onnx.NodeProto, target: Target, shape, boundaries) -> tuple:
+    """What a layer's float and int8 times depend on: two layers alike here time alike."""
+    attributes = tuple((a.name, str(onnx.helper.get_attribute_value(a))) for a in node.attribute)
+    return (target.op, attributes, target.weight_shape, shape, target.relu_output is not None, len(node.input), boundaries)
 
 
 def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict, qmax: int) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -41,6 +42,9 @@ class Quantize(graphopt.Pass):
     harmful first, by measured sensitivity), or when int8 is slower there on the latency backend
     (`latency=auto`; `--latency-on`, default host-ort: this machine); if the whole result is
     still slower than float, nothing is changed. With `--latency-on none` nothing is timed.
+    A weight read by several layers (an unrolled LSTM) is quantized once, and its readers are
+    kept float or int8 together. With `--calibration` alone, ranges are fitted without its last
+    quarter, and plans are judged on every sample, so on some the plan did not fit.
     Accuracy options (off by default): `equalize` (cross-layer equalization, `equalization.py`),
     `rounding=adaptive` (weights rounded to fit each layer's output, `weight_rounding.py`),
     `bias_correction`; `weight_granularity=per-tensor` for targets that need one weight scale.
@@ -121,7 +125,7 @@ class Quantize(graphopt.Pass):
         found = {mode: pair for mode, pair in found.items() if pair[0]}
         if not found:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": targets_for(graph, options, modes[0])[1]})
-        calibration, evaluation, origin = self._data(ctx.proto(), ctx)
+        calibration, evaluation, origin, held_out = self._data(ctx.proto(), ctx)
         ranges = middle_ranges(ctx.proto(), calibration) if options.equalize and options.weight_granularity == "per-channel" else None
         model, equalized = equalized_model(ctx.proto(), ranges) if options.equalize else (ctx.proto(), 0)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
@@ -131,7 +135,8 @@ class Quantize(graphopt.Pass):
                               track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency,
                               slices=ctx.output_slices)
             chosen, stats = planner.plan()
-            stats.update(data=origin, skipped=skipped, mode=mode, **({"equalized_pairs": equalized} if options.equalize else {}))
+            stats.update(data=origin, held_out_samples=held_out, skipped=skipped, mode=mode,
+                         **({"equalized_pairs": equalized} if options.equalize else {}))
             plans[mode] = (planner, chosen, stats)
         mode, timings = next(iter(plans)), {}
         useful = {m: p for m, p in plans.items() if p[1]}
@@ -146,9 +151,15 @@ class Quantize(graphopt.Pass):
         if not chosen:
             ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
             return graphopt.PassResult(changed=False, stats=stats)
+        weight_bytes = _constant_bytes(graph)
         if equalized:
             equalize(graph, ranges)  # the planner's model was equalized the same way: same weights, same indices
         planner.apply(graph, chosen)
+        stats.update(weight_bytes_before=weight_bytes, weight_bytes_after=_constant_bytes(graph))
+        if stats["weight_bytes_after"] > weight_bytes:  # never larger without saying why
+            stats.setdefault("warnings", []).append(
+                f"the constants grew from {weight_bytes:,} to {stats['weight_bytes_after']:,} bytes: the scales, zero points "
+                f"and int32 biases of {len(chosen)} quantized layers outweigh the bytes their int8 weights save")
         ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(planner.targets), mode,
                         stats.get("cosine", float("nan")))
         return graphopt.PassResult(changed=True, stats=stats)
@@ -164,4 +175,49 @@ class Quantize(graphopt.Pass):
         if origin != "calibration" and self.options.mode in ("static", "auto"):
             ctx.logger.warning("quantize: no --calibration data; calibrating on %s, so ranges and accuracy figures mean little", origin)
         evaluation = ctx.sample_inputs if ctx.sample_inputs is not None else calibration
-        return cut(calibration), cut(evaluation), origin
+        calibration, evaluation = cut(calibration), cut(evaluation)
+        held_out = 0  # samples judged on but not fitted to, when the judging data is the fitting data
+        if self.options.auto and calibration and _same_samples(calibration, evaluation):  # only a judged plan needs it
+            calibration, evaluation = _hold_out(calibration, ctx)
+            held_out = len(next(iter(evaluation.values()))) - len(next(iter(calibration.values())))
+        return calibration, evaluation, origin, held_out
+
+
+def _same_samples(fitting: dict, judging: dict) -> bool:
+    """Whether the samples a plan would be judged on are the ones its ranges are fitted to
+    (no `--inputs`: the verifier runs on the `--calibration` data itself)."""
+    if fitting.keys() != judging.keys():
+        return False
+    return all(len(fitting[name]) == len(judging[name]) and np.array_equal(fitting[name], judging[name]) for name in fitting)
+
+
+def _hold_out(samples: dict, ctx: graphopt.PassContext) -> tuple[dict, dict]:
+    """(fitting samples, judging samples): ranges are fitted without the last quarter of the samples,
+    so a plan is judged on inputs it did not fit too (a plan fitted and judged on the same inputs
+    meets the budget there and misses it on the next ones). The judging set is every sample,
+    held-out ones first (the sensitivity sweep measures on the first few), as the verifier that
+    runs on the same data judges on all of them."""
+    count = len(next(iter(samples.values())))
+    held = count // 4
+    if held < 1:
+        ctx.logger.warning("quantize: %d calibration sample(s): none can be held out, so the plan is judged on the "
+                           "samples its ranges were fitted to; give 4 or more (or --inputs)", count)
+        return samples, samples
+    fitting = {name: value[: count - held] for name, value in samples.items()}
+    judging = {name: np.concatenate([value[count - held:], value[: count - held]]) for name, value in samples.items()}
+    return fitting, judging
+
+
+def _constant_bytes(graph: gs.Graph) -> int:
+    """The bytes of the distinct constants the main graph's nodes read (each shared one counted once)."""
+    seen, total = set(), 0
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant) and id(tensor) not in seen:
+                seen.add(id(tensor))
+                try:
+                    itemsize = np.dtype(tensor.dtype).itemsize
+                except TypeError:  # int4 and other sub-byte types
+                    itemsize = 1
+                total += int(np.prod(tensor.shape, dtype=np.int64)) * itemsize
+    return total

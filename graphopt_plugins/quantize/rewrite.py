@@ -7,6 +7,10 @@ that Relu), so that onnxruntime fuses QLinearConv / QGemm / QLinearMatMul. The o
 needed for MatMul too: without it onnxruntime's MatMul+Add fusion runs first and no int8
 kernel is left. New nodes and tensors get unique `_q`-suffixed names; the node's outputs keep
 their tensor objects, so graph outputs and other readers are untouched.
+
+A weight read by several targets (an unrolled recurrence reuses one matrix at every time step)
+is quantized once: one int8 initializer, one DequantizeLinear (or one MatMulInteger weight and
+scale) that every reader shares, so the model shrinks instead of holding a copy per reader.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
     nodes = [graph.nodes[t.index] for t in targets]
     dequantized: dict[int, gs.Variable] = {}  # id(float tensor) -> its Q/DQ'd twin
     params: dict[int, tuple] = {}
+    weights: dict[tuple, tuple] = {}  # (id(weight), axis) -> (its DQ output, scale): one copy per shared weight
     for target, node in zip(targets, nodes):
         x = node.inputs[0]
         if id(x) not in dequantized:
@@ -60,7 +65,7 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
             params[id(dequantized[id(x)])] = (scale, zero)
         node.inputs[0] = dequantized[id(x)]
         x_scale = params[id(node.inputs[0])][0]
-        w_scale = _dequantize_weight(graph, names, node, target, qmax, _prepared(prepared, target, node))
+        w_scale = _dequantize_weight(graph, names, node, target, qmax, _prepared(prepared, target, node), weights)
         if len(node.inputs) > 2 and _is_channel_bias(node.inputs[2], len(w_scale)):
             float_bias = graph_queries.constant_value(node.inputs[2])
             if bias_shift and target.index in bias_shift and bias_shift[target.index].shape == float_bias.shape:
@@ -94,6 +99,7 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127, prepa
     names = UniqueNames(graph)
     done = 0
     quantized_inputs: dict[int, tuple] = {}
+    weights: dict[int, tuple] = {}  # id(weight) -> (int8 weight, zero points, scales): one copy per shared weight
     for target, node in [(t, graph.nodes[t.index]) for t in targets]:
         if target.op not in ("MatMul", "Gemm"):
             continue
@@ -101,11 +107,16 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127, prepa
         if weight.ndim != 2:
             continue  # MatMulInteger's per-column zero point is defined for a 2-D weight only
         transposed = target.op == "Gemm" and int(node.attrs.get("transB", 0))
-        made = _prepared(prepared, target, node)
-        if made is not None:
-            q_weight, w_scale = (made[0].T if transposed else made[0]), made[1]
-        else:
-            q_weight, w_scale = quantize_per_channel(weight.T if transposed else weight, weight.ndim - 1, qmax)
+        key = (id(node.inputs[1]), bool(transposed))
+        if key not in weights:
+            made = _prepared(prepared, target, node)
+            if made is not None:
+                q_weight, w_scale = (made[0].T if transposed else made[0]), made[1]
+            else:
+                q_weight, w_scale = quantize_per_channel(weight.T if transposed else weight, 1, qmax)
+            weights[key] = (_const(names, node.inputs[1].name, q_weight), _const(names, "w_zero", np.zeros(w_scale.shape, np.int8)),
+                            _const(names, "w_scale", w_scale))
+        q_const, w_zero, w_scale = weights[key]
         x = node.inputs[0]
         if id(x) not in quantized_inputs:
             outs = [gs.Variable(names(f"{x.name}_{kind}"), dtype=dtype, shape=shape)
@@ -117,12 +128,10 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127, prepa
         acc = gs.Variable(names(f"{y.name}_int32"), dtype=np.int32)
         as_float = gs.Variable(names(f"{y.name}_float"), dtype=np.float32)
         both = gs.Variable(names(f"{y.name}_scale"), dtype=np.float32)
-        w_zero = np.zeros(w_scale.shape, np.int8)
         graph.nodes.append(gs.Node("MatMulInteger", names(f"{node.name}_MatMulInteger"),
-                                   inputs=[xq, _const(names, node.inputs[1].name, q_weight), xz, _const(names, "w_zero", w_zero)],
-                                   outputs=[acc]))
+                                   inputs=[xq, q_const, xz, w_zero], outputs=[acc]))
         graph.nodes.append(gs.Node("Cast", names(f"{node.name}_Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[acc], outputs=[as_float]))
-        graph.nodes.append(gs.Node("Mul", names(f"{node.name}_scales"), inputs=[xs, _const(names, "w_scale", w_scale)], outputs=[both]))
+        graph.nodes.append(gs.Node("Mul", names(f"{node.name}_scales"), inputs=[xs, w_scale], outputs=[both]))
         bias = node.inputs[2] if target.op == "Gemm" and len(node.inputs) > 2 else None
         scaled = y if bias is None else gs.Variable(names(f"{y.name}_nobias"), dtype=np.float32)
         graph.nodes.append(gs.Node("Mul", names(f"{node.name}_rescale"), inputs=[as_float, both], outputs=[scaled]))
@@ -138,11 +147,16 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127, prepa
 def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_size: int) -> int:
     """Weights stored as int8 per channel, or int4 in blocks along the reduction axis, read through DQ."""
     names = UniqueNames(graph)
+    weights: dict[tuple, tuple] = {}  # one DequantizeLinear per shared weight
     for target, node in [(t, graph.nodes[t.index]) for t in targets]:
         if bits == 8:
-            _dequantize_weight(graph, names, node, target)
+            _dequantize_weight(graph, names, node, target, weights=weights)
             continue
         weight = node.inputs[1]
+        key = (id(weight), target.reduction_axis)
+        if key in weights:
+            node.inputs[1] = weights[key][0]
+            continue
         quantized, scale = quantize_blocked(graph_queries.constant_value(weight), target.reduction_axis, block_size)
         # graphsurgeon cannot convert numpy to INT4; a lazily held TensorProto is exported as is.
         proto = onnx.helper.make_tensor(names(weight.name), onnx.TensorProto.INT4, quantized.shape, quantized.ravel().tolist())
@@ -151,6 +165,7 @@ def apply_weight_only(graph: gs.Graph, targets: list[Target], bits: int, block_s
         graph.nodes.append(gs.Node("DequantizeLinear", names(f"{weight.name}_DQ"),
                                    attrs={"axis": target.reduction_axis, "block_size": block_size},
                                    inputs=[q_const, _const(names, f"{weight.name}_scale", scale)], outputs=[out]))
+        weights[key] = (out, scale)
         node.inputs[1] = out
     return len(targets)
 
@@ -188,11 +203,21 @@ def _prepared(prepared: dict | None, target: Target, node: gs.Node) -> tuple[np.
     return entry[1], entry[2]
 
 
-def _dequantize_weight(graph, names, node: gs.Node, target: Target, qmax: int = 127, made=None) -> np.ndarray:
+def _dequantize_weight(graph, names, node: gs.Node, target: Target, qmax: int = 127, made=None,
+                       weights: dict | None = None) -> np.ndarray:
+    """Points `node` at its weight's int8 per-channel DequantizeLinear (`made`: a prepared int8 weight
+    and scale), made once per weight and axis in `weights`; returns the per-channel scale."""
     weight = node.inputs[1]
-    quantized, scale = made or quantize_per_channel(graph_queries.constant_value(weight), target.axis, qmax)
-    node.inputs[1] = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis,
-                         shape=list(weight.shape))
+    key = (id(weight), target.axis)
+    if weights is None or key not in weights:
+        quantized, scale = made or quantize_per_channel(graph_queries.constant_value(weight), target.axis, qmax)
+        out = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis,
+                  shape=list(weight.shape))
+        if weights is not None:
+            weights[key] = (out, scale)
+    else:
+        out, scale = weights[key]
+    node.inputs[1] = out
     return scale
 
 

@@ -42,6 +42,7 @@ class Target:
     relu_output: str | None = None  # a Relu reading only this node's output, absorbed by the output Q
     output: str = ""
     macs: int = 0
+    weight: str = ""  # the weight tensor's name: targets that share one are quantized together
 
 
 def is_quantized(graph: gs.Graph) -> bool:
@@ -81,7 +82,7 @@ def find_targets(graph: gs.Graph, op_types, include, exclude) -> tuple[list[Targ
         relu = _single_relu(node.outputs[0], outputs)
         targets.append(Target(index, name, node.op, node.inputs[0].name, tuple(weight.shape), axes[0], axes[1],
                               relu_output=relu.outputs[0].name if relu is not None else None,
-                              output=node.outputs[0].name, macs=_macs(node, weight)))
+                              output=node.outputs[0].name, macs=_macs(node, weight), weight=node.inputs[1].name))
     return targets, skipped
 
 
