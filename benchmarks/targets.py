@@ -223,10 +223,11 @@ def interleaved(runners: dict, feed: dict, seconds: float, rounds: int = 5) -> d
     return {variant: statistics.median(values) for variant, values in times.items()}
 
 
-def write(rows: list[dict], out: Path, command: str) -> None:
+def write(rows: list[dict], out: Path, command: str, load_at_start: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "targets.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    lines = ["# Deployment targets on this host (1 thread)", "", f"`{command}`", "",
+    load = f"1-minute load average {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at this write ({os.cpu_count()} cores)"
+    lines = ["# Deployment targets on this host (1 thread)", "", f"`{command}`", "", load, "",
              "| model | variant | median ms | × ORT fp32 | cosine | bytes | bytes × fp32 | float bytes × fp32 | energy × fp32 | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -243,12 +244,12 @@ def main() -> None:
     parser.add_argument("--models", default="det,rec,cls,demo,cnn,encoder")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per variant, in all")
     args = parser.parse_args()
-    rows = []
+    rows, load_at_start = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="graphopt-targets-") as scratch:
         for label, (model, calibration, evaluation) in load_models(args.models.split(",")).items():
             print(f"{label} ...", flush=True)
             rows += bench(label, model, calibration, evaluation, args.seconds, Path(scratch))
-            write(rows, Path(args.out), "python benchmarks/targets.py " + " ".join(sys.argv[1:]))
+            write(rows, Path(args.out), "python benchmarks/targets.py " + " ".join(sys.argv[1:]), load_at_start)
     for row in rows:
         print({k: v for k, v in row.items() if k not in ("layout",)})
 
