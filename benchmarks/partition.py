@@ -11,11 +11,19 @@ the default cut weight, K = 2 and 3 stages, every stage at 1 thread.
 
 Per model and K:
 - throughput (samples/s) of the pipelined runner, `local` (one process per stage) and `ray`
-  (one actor per stage, `ray.init(num_cpus=3)` on this machine, started only for the Ray
-  rounds), over `--samples` inputs after 3 warm-up results (worker start-up excluded),
-  against one whole-model onnxruntime session at 1 thread (ORT_ENABLE_ALL, as the stages run)
-  over the same inputs; `--rounds` rounds per backend, whole and pipelines alternating,
-  medians reported;
+  (one actor per stage, `ray.init(num_cpus=max K)` on this machine, started only for the Ray
+  rounds), in steady state: the inputs cycle without end, the clock starts after the warm-up
+  results (3, or the first Ray call's `samples_per_call`; worker start-up excluded) and stops
+  after `--samples` more (at least 3 Ray calls' worth), before the pipeline drains; against
+  one whole-model onnxruntime session at 1 thread (ORT_ENABLE_ALL, as the stages run) over
+  the same inputs; `--rounds` rounds per backend, whole and pipelines alternating, medians
+  reported, with the load average of each round; a backend's speedup is against the whole-model
+  rounds interleaved with its own (the load may differ between the local and the Ray phase);
+- the runner's overhead, load-independent enough to compare runs on a busy machine: the CPU
+  time per sample of every process of the run (this one, the stage workers, Ray's daemons and
+  actors; Linux `schedstat`, ns) minus the whole model's CPU per sample, divided by the K+1
+  hops (driver → stage 0 → … → driver). It includes what running the stages side by side
+  costs them (shared caches), not only transport;
 - balance: the slowest stage against the ideal (whole latency / K), as planned (profiled
   costs) and as measured (each stage model timed at 1 thread, interleaved with the whole);
 - crossing bytes of the chosen cuts against brute force over every cut set: the fewest bytes
@@ -29,8 +37,10 @@ other work on its 2 cores takes from the pipeline first.
 from __future__ import annotations
 
 import argparse
+import glob
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -50,7 +60,8 @@ from common import PP_OCR_MODELS, fetch_models  # noqa: E402
 from graphopt.bench import compare_latency  # noqa: E402
 from graphopt.partition import partition_to_dir  # noqa: E402
 from graphopt.partition.planner import enumerate_cuts  # noqa: E402
-from graphopt.partition.runner import PipelineError, stage_session  # noqa: E402
+from graphopt.partition.manifest import load_manifest  # noqa: E402
+from graphopt.partition.runner import PipelineError, default_samples_per_call, stage_session  # noqa: E402
 from graphopt.pipeline_runner import run  # noqa: E402
 
 WARMUP = 3
@@ -76,23 +87,62 @@ def cases(selected: set[str], folder: Path) -> list[dict]:
     return found
 
 
-def whole_throughput(path: Path, samples: list[dict]) -> float:
+def whole_throughput(path: Path, samples: list[dict]) -> tuple[float, float]:
+    """Samples/s of one whole-model session at 1 thread, and its CPU ms per sample."""
     session = stage_session(str(path), 1, ["CPUExecutionProvider"])
     for sample in samples[:WARMUP]:
         session.run(None, sample)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     for sample in samples[WARMUP:]:
         session.run(None, sample)
-    return (len(samples) - WARMUP) / (time.perf_counter() - start)
+    count = len(samples) - WARMUP
+    return count / (time.perf_counter() - start), 1000 * (time.thread_time() - cpu) / count
 
 
-def pipelined_throughput(folder: Path, samples: list[dict], backend: str) -> float:
-    results = run(folder, samples, backend=backend)
-    for _ in range(WARMUP):
-        next(results)
-    start = time.perf_counter()
-    count = sum(1 for _ in results)
-    return count / (time.perf_counter() - start)
+def pipelined_throughput(folder: Path, samples: list[dict], backend: str) -> tuple[float, float | None]:
+    """Steady-state samples/s of the runner on endlessly cycling inputs, and the CPU ms per
+    sample of all processes of the run (None where /proc has no schedstat)."""
+    per_call = default_samples_per_call(load_manifest(folder)[0]) if backend == "ray" else 1
+    warmup = math.ceil(WARMUP / per_call) * per_call
+    timed = max(len(samples) - WARMUP, 3 * per_call)
+    timed = math.ceil(timed / per_call) * per_call
+    results = run(folder, itertools.cycle(samples), backend=backend)
+    try:
+        for _ in range(warmup):
+            next(results)
+        cpu, start = tree_cpu_seconds(), time.perf_counter()
+        for _ in range(timed):
+            next(results)
+        elapsed, cpu_after = time.perf_counter() - start, tree_cpu_seconds()
+    finally:
+        results.close()
+    cpu_ms = None if cpu is None or cpu_after is None else 1000 * (cpu_after - cpu) / timed
+    return timed / elapsed, cpu_ms
+
+
+def tree_cpu_seconds() -> float | None:
+    """CPU seconds so far of this process and all its descendants (every thread; Linux schedstat)."""
+    parents = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        pid = int(stat.split("/")[2])
+        parents[pid] = int(text.rsplit(")", 1)[1].split()[1])
+    family, grown = {os.getpid()}, True
+    while grown:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grown = bool(more)
+    total = 0.0
+    for pid in family:
+        for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+            try:
+                total += int(Path(path).read_text().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                continue
+    return total if total > 0 else None
 
 
 def stage_latencies(path: Path, folder: Path, stages: int, sample: dict, runs: int) -> dict:
@@ -163,6 +213,8 @@ def main() -> None:
                 result = partition_to_dir(case["path"], folder, stages=stages, inputs=verification)
                 partitions[stages] = (folder, result, time.perf_counter() - start)
             throughput: dict[str, list[float]] = {"whole": []}
+            cpu: dict[str, list[float]] = {"whole": []}
+            loads: dict[str, list[float]] = {}
             # One backend at a time: a running Ray cluster's own processes would slow the local
             # pipeline. Within a backend, the whole model and each K alternate round by round.
             for backend in backends:
@@ -171,10 +223,16 @@ def main() -> None:
 
                     ray.init(num_cpus=max(stage_counts), include_dashboard=False, log_to_driver=False)
                 for round_index in range(args.rounds):
-                    throughput["whole"].append(whole_throughput(case["path"], samples))
+                    speed, cpu_ms = whole_throughput(case["path"], samples)
+                    throughput["whole"].append(speed)
+                    throughput.setdefault(f"whole during {backend}", []).append(speed)
+                    cpu["whole"].append(cpu_ms)
                     for stages in stage_counts:
-                        throughput.setdefault(f"{backend} K={stages}", []).append(
-                            pipelined_throughput(partitions[stages][0], samples, backend))
+                        key = f"{backend} K={stages}"
+                        speed, cpu_ms = pipelined_throughput(partitions[stages][0], samples, backend)
+                        throughput.setdefault(key, []).append(speed)
+                        cpu.setdefault(key, []).append(cpu_ms)
+                        loads.setdefault(key, []).append(round(os.getloadavg()[0], 2))
                 if backend == "ray":
                     ray.shutdown()
             whole = statistics.median(throughput["whole"])
@@ -187,14 +245,23 @@ def main() -> None:
                     "cuts": result.manifest["plan"]["cuts"], "nodes": sum(s["nodes"] for s in result.manifest["stages"]),
                     "whole_samples_per_s": whole,
                     "throughput": {backend: statistics.median(throughput[f"{backend} K={stages}"]) for backend in backends},
-                    "throughput_rounds": {key: values for key, values in throughput.items() if key == "whole" or key.endswith(f"K={stages}")},
+                    "throughput_rounds": {key: values for key, values in throughput.items() if key.startswith("whole") or key.endswith(f"K={stages}")},
                     "planned_slowest_over_ideal": result.manifest["balance"]["slowest_over_ideal"],
                     "stage_ms": [latencies[f"stage_{i}"] for i in range(stages)], "whole_ms": latencies["whole"],
                     "measured_slowest_over_ideal": max(latencies[f"stage_{i}"] for i in range(stages)) / ideal_ms,
                     "bytes": brute_force(result, stages),
                     "bit_exact": result.manifest["verification"]["bit_exact"],
                 }
-                row["speedup"] = {backend: value / whole for backend, value in row["throughput"].items()}
+                # against the whole-model rounds interleaved with this backend's: the load moves between phases
+                row["speedup"] = {backend: value / statistics.median(throughput[f"whole during {backend}"])
+                                  for backend, value in row["throughput"].items()}
+                row["load_average_per_round"] = {b: loads[f"{b} K={stages}"] for b in backends}
+                row["cpu_ms_per_sample"] = {"whole": statistics.median(cpu["whole"]),
+                                            **{b: _median_or_none(cpu[f"{b} K={stages}"]) for b in backends}}
+                row["overhead_ms_per_hop"] = {
+                    b: None if row["cpu_ms_per_sample"][b] is None else (row["cpu_ms_per_sample"][b] - row["cpu_ms_per_sample"]["whole"]) / (stages + 1)
+                    for b in backends}
+                row["ray_samples_per_call"] = default_samples_per_call(result.manifest) if "ray" in backends else None
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             if case is not None and "killed" not in locals():
@@ -202,19 +269,28 @@ def main() -> None:
     document = {"rows": rows, "killed_worker": locals().get("killed"), "load_average": os.getloadavg(),
                 "command": "python benchmarks/partition.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "partition.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "partition.md").write_text(to_markdown(document))
     print(to_markdown(document))
 
 
+def _median_or_none(values: list) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
 def to_markdown(document: dict) -> str:
     lines = [f"# Partition benchmark\n\n`{document['command']}`; load average at the end {tuple(round(x, 1) for x in document['load_average'])}.\n",
-             "| model | K | whole (samples/s) | local | ray | slowest/ideal planned | measured | stage ms | crossing bytes | brute force, same balance | brute force, ≤1.15× ideal | bit-exact |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | K | whole (samples/s) | local | ray | overhead per hop, ms CPU (local / ray) | load per round (local / ray) | slowest/ideal planned | measured | stage ms | crossing bytes | brute force, same balance | brute force, ≤1.15× ideal | bit-exact |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in document["rows"]:
         speed = {b: f"{row['throughput'][b]:.2f} ({row['speedup'][b]:.2f}×)" for b in row["throughput"]}
         b = row["bytes"]
-        lines.append(f"| {row['model']} | {row['stages']} | {row['whole_samples_per_s']:.2f} | {speed.get('local', '–')} | {speed.get('ray', '–')} | "
+        hop = " / ".join("–" if row["overhead_ms_per_hop"].get(k) is None else f"{row['overhead_ms_per_hop'][k]:.2f}" for k in ("local", "ray"))
+        load = " / ".join(",".join(str(x) for x in row["load_average_per_round"].get(k, [])) or "–" for k in ("local", "ray"))
+        per_call = f" ({row['ray_samples_per_call']}/call)" if row.get("ray_samples_per_call") else ""
+        lines.append(f"| {row['model']} | {row['stages']} | {row['whole_samples_per_s']:.2f} | {speed.get('local', '–')} | {speed.get('ray', '–')}{per_call} | {hop} | {load} | "
                      f"{row['planned_slowest_over_ideal']:.3f} | {row['measured_slowest_over_ideal']:.3f} | "
                      f"{', '.join(f'{ms:.1f}' for ms in row['stage_ms'])} (whole {row['whole_ms']:.1f}) | {b['chosen_bytes']:,} | "
                      f"{b['brute_force_bytes_same_balance']:,} | {b['brute_force_bytes_within_1.15_ideal'] if b['brute_force_bytes_within_1.15_ideal'] is None else format(b['brute_force_bytes_within_1.15_ideal'], ',')} | {row['bit_exact']} |")

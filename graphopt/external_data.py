@@ -55,7 +55,7 @@ _SPILL_FILE = "spilled.data"
 def external_folder(model: onnx.ModelProto) -> Path | None:
     """The folder of the input's data files the model still reads weights from, if any."""
     for tensor in iter_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # `uses_external_data`, without a call per tensor
             return Path(external_data_helper.ExternalDataInfo(tensor).location).parent
     return None
 
@@ -101,14 +101,6 @@ def external_file(tensor: onnx.TensorProto, folder: Path | None = None) -> Path:
     if folder is None:
         raise InputError(f"tensor '{tensor.name}' refers to external data whose folder is unknown")
     return folder / location
-
-
-def spilled_tensors(model: onnx.ModelProto, spill: Path | None) -> list[onnx.TensorProto]:
-    """The main graph's initializers that live in the spill folder `spill`."""
-    if spill is None:
-        return []
-    return [t for t in model.graph.initializer
-            if external_data_helper.uses_external_data(t) and external_file(t).parent == spill]
 
 
 def read_external(tensor: onnx.TensorProto, folder: Path | None = None) -> np.ndarray:

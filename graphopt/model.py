@@ -30,7 +30,8 @@ from graphopt.external_data import external_folder, materialize_external_data
 from graphopt.proto_walk import copy_fields, copy_model, serialized_bytes
 from graphopt.tensor_shapes import apply_inferred_shapes
 
-__all__ = ["RunContext", "Model", "to_proto", "WEIGHTS", "check_and_infer", "checked_input", "check_model", "infer_model_shapes"]
+__all__ = ["RunContext", "Model", "to_proto", "WEIGHTS", "check_and_infer", "checked_input", "check_model", "infer_model_shapes",
+           "inferred_skeleton"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +79,25 @@ def to_proto(model: Model, weights: str = "refs") -> onnx.ModelProto:
     return proto
 
 
-def check_and_infer(model: Model, *, value_info: bool = True) -> int | None:
+def check_and_infer(model: Model, *, value_info: bool = True, exported: onnx.ModelProto | None = None) -> int | None:
     """Checks `model` as `check_model(full=True)` does, on its placeholder form, and gives its
     graph the shapes inference found; returns its stored size (None over 2 GiB).
 
     A full check is the structural check plus strict, type-checking shape inference; run that
     inference with data propagation and its result is the shapes too. The size is the
     placeholder form's bytes plus the weights it left out, without the main graph's value_info
-    unless `value_info`. Raises InputError if the model is invalid.
+    unless `value_info`. `exported`: `to_proto(model, "refs")` when the caller has it at hand
+    (the placeholder form is then taken from it, not exported again). Raises InputError if the
+    model is invalid.
     """
-    skeleton = to_proto(model, "placeholders")
+    if exported is None:
+        skeleton = to_proto(model, "placeholders")
+        stand_ins = {value.name for value in skeleton.graph.input} - {t.name for t in skeleton.graph.initializer}
+        left_out = sum(int(t._values.nbytes) for t in model.graph.tensors().values()
+                       if isinstance(t, gs.Constant) and t.name in stand_ins)
+    else:
+        skeleton, moved = stand_in_weights(exported)
+        left_out = sum(moved.values())
     data = serialized_bytes(skeleton)
     if data is None:
         return None
@@ -96,10 +106,10 @@ def check_and_infer(model: Model, *, value_info: bool = True) -> int | None:
     inferred = _checked_inference(data) if external_folder(skeleton) is None else _lenient_inference(data) or data
     shaped = onnx.load_model_from_string(inferred)
     apply_inferred_shapes(model.graph, shaped)
-    initialized = {t.name for t in skeleton.graph.initializer}
-    inputs = {value.name for value in skeleton.graph.input}
-    size = len(inferred) + sum(int(t._values.nbytes) for t in model.graph.tensors().values()
-                               if isinstance(t, gs.Constant) and t.name in inputs and t.name not in initialized)
+    if exported is not None:  # as exporting the graph now would write them
+        del exported.graph.value_info[:]
+        exported.graph.value_info.extend(shaped.graph.value_info)
+    size = len(inferred) + left_out
     if not value_info:
         size -= sum(entry.ByteSize() + 2 for entry in shaped.graph.value_info)
     return size
@@ -185,3 +195,12 @@ def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` shape-inferred once (data propagation on, lenient), as a new proto; a model
     inference cannot follow comes back as it was. Checks it structurally first."""
     return checked_input(model)
+
+
+def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`'s placeholder form (`convert.stand_in_weights`), shape-inferred leniently and not
+    checked: for reading the shapes of a model already checked, without copying its weights."""
+    skeleton = stand_in_weights(model)[0]
+    data = serialized_bytes(skeleton)
+    inferred = _lenient_inference(data) if data is not None else None
+    return onnx.load_model_from_string(inferred) if inferred is not None else skeleton

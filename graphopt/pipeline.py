@@ -174,6 +174,8 @@ class _Run:
         self.interface = None
         self.score = score_check(settings, self.original, self.sample_inputs)
         self.stages: list[Stage] = []  # accepted passes' results, for the never-slower check
+        self.feeds = verifier.samples[0] if verifier is not None and verifier.samples else None
+        self.timed = settings.latency_compare is not None and self.feeds is not None  # else only the last stage is read
 
     def _reference_outputs(self, reference: bytes | None):
         try:
@@ -187,17 +189,21 @@ class _Run:
             raise InputError(f"onnxruntime cannot run the input model on the given inputs: {error}") from error
 
     def all(self, passes: list[Pass]) -> PipelineOutcome:
+        # Passes whose output a session reads, the never-slower check keeps, or is the result:
+        # exported once, before its check, which takes its placeholder form from that export.
+        self.exporting = set(range(len(passes))) if self.verify_each or self.timed else {len(passes) - 1}
         for index, pass_ in enumerate(tqdm(passes, desc="passes", unit="pass", disable=not self.settings.progress, leave=False)):
             entry = self.step(index, pass_)
             logger.info("pass %s: %s %s (%.3fs)", pass_.name, entry["status"], entry.get("details", {}), entry["seconds"])
             self.reports.append(entry)
             if entry["status"] == "accepted":
-                self.stages.append(Stage(pass_.name, self.state.as_proto(), lossless=pass_.lossless, size=self.state.size,
-                                         entry=entry))
+                self.stages.append(Stage(pass_.name, self.state.as_proto() if self.timed else None, lossless=pass_.lossless,
+                                         size=self.state.size, entry=entry))
         model = self.state.as_proto()
-        feeds = self.verifier.samples[0] if self.verifier is not None and self.verifier.samples else None
+        if self.stages and self.stages[-1].model is None:
+            self.stages[-1].model = model
         kept, size, never_slower = check_pipeline_result(self.original, self.reports[0]["bytes_before"] if self.reports else None,
-                                                         self.stages, self.settings.latency_compare, feeds)
+                                                         self.stages, self.settings.latency_compare, self.feeds)
         if kept is not model:
             model, self.stage_outputs = kept, None  # outputs of the kept model are computed in _end_to_end
         return PipelineOutcome(model, self.reports, self._end_to_end(model), size, never_slower)
@@ -208,7 +214,7 @@ class _Run:
         self._hook("graphopt_before_pass", index=index, pass_=pass_)
         entry = pass_entry(pass_, self.plugins.registry, state.nodes, state.size) | conversion_note(pass_)
         snapshot = state.as_proto() if settings.keep_going else state.proto
-        self.before = state.proto
+        self.before, self.index = state.proto, index
         model = state.graph_model()
         if self.interface is None:
             self.interface = _interface(model.graph)
@@ -232,6 +238,7 @@ class _Run:
             candidate, pass_, result = self._verified(index, pass_, result, entry)
             if entry["status"] == "accepted" and (candidate is not None or not self.verify_each):
                 self.lossy_ran = self.lossy_ran or not pass_.lossless
+                candidate = candidate if candidate is not None else self._pending_proto
                 state.proto, state.nodes = candidate, len(state.graph_model().graph.nodes)
                 state.size = entry.pop("_size")
                 if state.context.weights_dir is not None:  # a graph mapping weights must not outlive the pass
@@ -276,7 +283,8 @@ class _Run:
 
     def _checked(self, pass_: Pass, model: Model) -> None:
         try:
-            size = check_and_infer(model, value_info=self.settings.keeps_value_info)
+            exported = to_proto(model, "refs") if self.index in self.exporting else None
+            size = check_and_infer(model, value_info=self.settings.keeps_value_info, exported=exported)
         except InputError as error:
             raise PassError(f"pass '{pass_.name}' produced an invalid model: {error.message}", pass_name=pass_.name) from error
         except Exception as error:
@@ -284,7 +292,7 @@ class _Run:
                             pass_name=pass_.name) from error
         if _interface(model.graph) != self.interface:
             raise PassError(f"pass '{pass_.name}' changed the model's inputs or outputs", pass_name=pass_.name)
-        self._pending_size = size
+        self._pending_size, self._pending_proto = size, exported
 
     def _verified(self, index: int, pass_: Pass, result: PassResult, entry: dict):
         """(the pass's output as a proto when verification ran and it held, else None; the pass
@@ -295,7 +303,7 @@ class _Run:
             return None, pass_, result
         state, verifier, settings = self.state, self.verifier, self.settings
         previous = self.before if self.before is not None else self.original
-        candidate = to_proto(state.model, "refs")
+        candidate = self._pending_proto if self._pending_proto is not None else to_proto(state.model, "refs")
         verdict, entry["verification"], candidate_outputs, message = judge_pass(
             verifier, self.stage_outputs, self.reference_outputs, self.original, previous, candidate, pass_, settings, self.score)
         tries = []  # the back-off protocol (Pass.weaker): a weaker setting, a bounded number of times
@@ -310,7 +318,7 @@ class _Run:
             if not result.changed:
                 break
             entry["_size"] = self._pending_size
-            candidate = to_proto(state.model, "refs")
+            candidate = self._pending_proto if self._pending_proto is not None else to_proto(state.model, "refs")
             verdict, entry["verification"], candidate_outputs, message = judge_pass(
                 verifier, self.stage_outputs, self.reference_outputs, self.original, previous, candidate, pass_, settings,
                 self.score)

@@ -13,23 +13,31 @@ __all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nb
            "field_kinds", "PROTOBUF_LIMIT", "serialized_bytes", "serialized_too_big"]
 
 
+# Attribute kinds that hold graphs or tensors. An attribute is told by its `type` (an int
+# compare) rather than by `HasField`: these walks visit every attribute of every node several
+# times a run. Only an IR 1 model may leave `type` unset; such an attribute is looked into.
+_A = onnx.AttributeProto
+_HOLDERS = {_A.GRAPH, _A.GRAPHS, _A.TENSOR, _A.TENSORS, _A.UNDEFINED}
+_GRAPH_HOLDERS = {_A.GRAPH, _A.GRAPHS, _A.UNDEFINED}
+
+
 def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and every If/Loop/Scan body nested in it, depth first."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from iter_graph_protos(attribute.g)
-            for body in attribute.graphs:
-                yield from iter_graph_protos(body)
+            if attribute.type in _GRAPH_HOLDERS:
+                if attribute.HasField("g"):
+                    yield from iter_graph_protos(attribute.g)
+                for body in attribute.graphs:
+                    yield from iter_graph_protos(body)
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of the model: initializers, Constant attributes, subgraphs, functions."""
     yield from _graph_tensors(model.graph)
     for function in model.functions:
-        for node in function.node:
-            yield from _node_tensors(node)
+        yield from _nodes_tensors(function.node)
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
@@ -59,19 +67,24 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
-        yield from _node_tensors(node)
+    yield from _nodes_tensors(graph.node)
 
 
-def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
-    for attribute in node.attribute:
-        if attribute.HasField("t"):
-            yield attribute.t
-        yield from attribute.tensors
-        if attribute.HasField("g"):
-            yield from _graph_tensors(attribute.g)
-        for graph in attribute.graphs:
-            yield from _graph_tensors(graph)
+def _nodes_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.type in _HOLDERS:
+                yield from _attribute_tensors(attribute)
+
+
+def _attribute_tensors(attribute: onnx.AttributeProto) -> Iterator[onnx.TensorProto]:
+    if attribute.HasField("t"):
+        yield attribute.t
+    yield from attribute.tensors
+    if attribute.HasField("g"):
+        yield from _graph_tensors(attribute.g)
+    for graph in attribute.graphs:
+        yield from _graph_tensors(graph)
 
 
 # Protobuf cannot serialise a message of 2 GiB or more; stay clear of it with some headroom

@@ -18,7 +18,8 @@ import onnx
 import logging
 
 from graphopt.errors import first_line
-from graphopt.model import infer_model_shapes
+from graphopt.convert import stand_in_weights
+from graphopt.model import infer_model_shapes, inferred_skeleton
 from graphopt.summary import MAC_OPS, summarize
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.input_shapes import choose_input_shapes, freeze_input_shapes
@@ -33,17 +34,33 @@ ENERGY_KEYS = ("macs_by_dtype", "macs_uncounted_nodes", "peak_activation_bytes",
 
 def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """`summary` (of `model`) with `macs` and `macs_unknown` counted at `shapes`, when `model`
-    leaves some of those dims dynamic; shape inference only (no run). Modifies and returns it."""
+    leaves some of those dims dynamic; shape inference only (no run), on the weightless form of
+    `model` (checked already). Modifies and returns it."""
     declared = {value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
                 for value in model.graph.input}
     if all(None not in declared.get(name, []) for name in shapes):
         return summary
-    at_shapes = summarize(infer_model_shapes(freeze_input_shapes(model, shapes)), size=summary["bytes"])
+    at_shapes = summarize(_frozen_weightless(model, shapes), size=summary["bytes"])
     # The energy estimate prices MACs and activations too: at the same shapes, or it reads zeros.
     summary.update({key: at_shapes[key] for key in ENERGY_KEYS if key in at_shapes})
     summary.update(macs=at_shapes["macs"], macs_unknown=at_shapes["macs_unknown"],
                    macs_shapes={name: list(shape) for name, shape in shapes.items()})
     return summary
+
+
+def _frozen_weightless(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """`model` with its inputs frozen at `shapes`, shape-inferred, each large weight a dims-only
+    initializer: what counting MACs, weight bytes and activations reads, without copying a
+    weight's bytes or checking the model again (it was checked)."""
+    skeleton, moved = stand_in_weights(model)
+    frozen = inferred_skeleton(freeze_input_shapes(skeleton, shapes))
+    declared = {value.name for value in model.graph.input}
+    inputs = [value for value in frozen.graph.input if value.name not in moved or value.name in declared]
+    del frozen.graph.input[:]
+    frozen.graph.input.extend(inputs)
+    frozen.graph.initializer.extend(onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type)
+                                    for t in model.graph.initializer if t.name in moved)
+    return frozen
 
 
 def summarize_at_shapes(model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]] | None = None) -> dict:

@@ -43,6 +43,8 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     run.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here, one (N, *shape) array each")
     run.add_argument("--threads", type=int, help="intra-op threads per stage (default: the manifest's)")
     run.add_argument("--timeout", type=float, default=300.0, help="seconds without progress before the run fails")
+    run.add_argument("--samples-per-call", type=int, metavar="N",
+                     help="ray: samples one actor call carries (default: ~0.4 s of the slowest stage's work)")
     run.set_defaults(handler=_run)
 
     optimize = commands.choices["optimize"]
@@ -126,7 +128,10 @@ def _run(args) -> int:
         _check_report_path(Path(args.output))
     samples = split_samples(feeds)
     start = time.perf_counter()
-    results = list(run(args.folder, samples, backend=args.backend, threads=args.threads, timeout=args.timeout))
+    if args.samples_per_call is not None and args.samples_per_call < 1:
+        raise UsageError(f"--samples-per-call must be at least 1, got {args.samples_per_call}")
+    results = list(run(args.folder, samples, backend=args.backend, threads=args.threads, timeout=args.timeout,
+                       samples_per_call=args.samples_per_call))
     seconds = time.perf_counter() - start
     stacked = {name: np.stack([result[name] for result in results]) for name in results[0]} if results else {}
     if args.output:

@@ -17,6 +17,7 @@ what shrinks). Only the main graph is counted; If/Loop bodies are not (they may 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -132,12 +133,14 @@ def _peak_activation_bytes(model: onnx.ModelProto, types) -> tuple[int, int]:
     (graph outputs: to the end); weights and Constant values are not activations.
     """
     graph = model.graph
-    constants = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    # Read once: each pass over the protobuf nodes makes their wrappers and field views anew.
+    nodes = [(node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
+    constants = {t.name for t in graph.initializer} | {outputs[0] for op, _, outputs in nodes if op == "Constant"}
     last_use: dict[str, int] = {}
-    for index, node in enumerate(graph.node):
-        for name in node.input:
+    for index, (_, inputs, _) in enumerate(nodes):
+        for name in inputs:
             last_use[name] = index
-    end = len(graph.node)
+    end = len(nodes)
     for value in graph.output:
         last_use[value.name] = end
     unsized = 0
@@ -153,20 +156,21 @@ def _peak_activation_bytes(model: onnx.ModelProto, types) -> tuple[int, int]:
 
     live = {value.name: size(value.name) for value in graph.input if value.name not in constants}
     current = peak = sum(live.values())
-    for index, node in enumerate(graph.node):
-        if node.op_type == "Constant":
+    for index, (op, inputs, outputs) in enumerate(nodes):
+        if op == "Constant":
             continue
-        for name in node.output:
+        for name in outputs:
             if name and name not in live:
                 live[name] = size(name)
                 current += live[name]
         peak = max(peak, current)
-        for name in set(node.input) | set(node.output):
+        for name in set(inputs) | set(outputs):
             if name in live and last_use.get(name, -1) <= index:
                 current -= live.pop(name)
     return peak, unsized
 
 
+@functools.cache
 def _itemsize(elem: int) -> int:
     if elem in (_T.INT4, _T.UINT4):
         return 1

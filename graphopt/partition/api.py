@@ -20,6 +20,7 @@ import onnx
 from graphopt import __version__
 from graphopt.api import prepare_feeds, prepare_model
 from graphopt.errors import UsageError, VerificationError
+from graphopt.partition.constants import constants_as_initializers
 from graphopt.partition.costs import node_latency, node_macs, tensor_bytes, weight_bytes_by_node
 from graphopt.partition.cuts import crossing_sets
 from graphopt.partition.manifest import MANIFEST_SCHEMA, check_output_dir, describe_values, stage_file, write_partition
@@ -77,7 +78,7 @@ def partition(
         raise UsageError(f"--stages must be a positive integer, got {stages!r}")
     if cut_weight < 0 or (max_stage_bytes is not None and max_stage_bytes <= 0):
         raise UsageError("--cut-weight must be ≥ 0 and --max-stage-bytes > 0")
-    source = prepare_model(model)
+    source = constants_as_initializers(prepare_model(model))
     feeds, origin = _verification_feeds(source, inputs, calibration, input_shapes, seed)
     samples = split_samples(feeds)
     cuts = crossing_sets(source)

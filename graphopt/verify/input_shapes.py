@@ -6,8 +6,9 @@ Given shapes win; every other dim is chosen, with a reason a user can read:
 1. a dim the model fixes stays as it is;
 2. a symbol another input (or a given shape) already settled takes that value, so `ids` and
    `mask` sharing "sequence" stay equal;
-3. what the model says: a constant Reshape target the input flows into, metadata
-   (`imgsz`, `image_size`, or a key named like the symbol);
+3. what the model says (`verify.shape_hints`): a constant Reshape target the input flows into,
+   the value_info of the tensor it passes into, metadata (`imgsz`, `image_size`, or a key
+   named like the symbol);
 4. else a default for the dim's role (see `ROLE_DEFAULTS`): a leading batch-like dim is 1, an
    image side the smallest of 224..640 that is a multiple of the model's total stride (at least
    32), a token sequence 128, audio samples 16000 (1 s at 16 kHz), spectrogram frames 100,
@@ -21,7 +22,6 @@ here changes the model except `freeze_input_shapes`, which only the user asks fo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -33,6 +33,7 @@ from graphopt.errors import UsageError
 from graphopt.parameter_names import parameter
 from graphopt.suggest import did_you_mean
 from graphopt.verify.feeds import InputSpec, generate_feeds, input_specs
+from graphopt.verify.shape_hints import axis_strides, metadata_sizes, reshape_target, value_info_dims
 
 __all__ = [
     "ROLE_DEFAULTS",
@@ -42,8 +43,6 @@ __all__ = [
     "confirmed_shapes",
     "run_shapes",
     "freeze_input_shapes",
-    "total_stride",
-    "describe_shapes",
 ]
 
 # The values tried for a dim of each role, first choice first (image sides are rounded up to the
@@ -62,9 +61,6 @@ _SEQUENCE_NAMES = re.compile(r"seq|token|len|words?|text|sentence", re.IGNORECAS
 _AUDIO_NAMES = re.compile(r"audio|wave|wav|speech|samples|pcm|input_values", re.IGNORECASE)
 _TIME_NAMES = re.compile(r"time|frames?|steps", re.IGNORECASE)
 _SPATIAL_NAMES = re.compile(r"height|width|^h$|^w$|side|size|img|image", re.IGNORECASE)
-_IMAGE_SIZE_KEYS = ("imgsz", "image_size", "img_size", "input_size", "imagesize")
-_STRIDED_OPS = {"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool", "ConvTranspose"}
-_PASS_THROUGH = {"Cast", "Identity"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +79,6 @@ class ChosenShape:
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "reason": "; ".join(dict.fromkeys(self.reasons)) or "a scalar", "dims": [
             {"size": size, "reason": reason} for size, reason in zip(self.shape, self.reasons)]}
-
-
-def describe_shapes(chosen: Mapping[str, ChosenShape]) -> list[str]:
-    """One line per input whose shape graphopt chose, for the terminal."""
-    lines = []
-    for shape in chosen.values():
-        if shape.chosen:
-            why = "; ".join(reason for reason, role in zip(shape.reasons, shape.roles) if role is not None)
-            lines.append(f"input '{shape.name}' at {'x'.join(map(str, shape.shape))} ({why})")
-    return lines
 
 
 def choose_input_shapes(
@@ -180,34 +166,6 @@ def freeze_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, 
     return frozen
 
 
-def total_stride(model: onnx.ModelProto, input_name: str) -> int:
-    """The largest spatial downsampling any tensor reached from `input_name` (product of the
-    strides of Conv/pooling on the way); sides must be multiples of it for Resize/Concat to align."""
-    return max(axis_strides(model, input_name))
-
-
-def axis_strides(model: onnx.ModelProto, input_name: str) -> tuple[int, int]:
-    """(height, width) downsampling reached from `input_name`, each the largest along any path.
-
-    A text recognizer downsamples its height far more than its width (strides (2, 1)) and must
-    end at height 1: its height side is best the height stride itself."""
-    stride = {input_name: (1, 1)}
-    largest = (1, 1)
-    for node in model.graph.node:
-        reached = [stride[name] for name in node.input if name in stride]
-        if not reached:
-            continue
-        factor = (1, 1)
-        if node.op_type in _STRIDED_OPS and node.op_type != "ConvTranspose":
-            ints = next((list(attr.ints) for attr in node.attribute if attr.name == "strides" and attr.ints), [1])
-            factor = (ints[0], ints[-1]) if len(ints) >= 2 else (ints[0], ints[0])
-        value = (max(r[0] for r in reached) * factor[0], max(r[1] for r in reached) * factor[1])
-        largest = (max(largest[0], value[0]), max(largest[1], value[1]))
-        for name in node.output:
-            stride[name] = value
-    return largest
-
-
 # --- planning ---------------------------------------------------------------------------------
 
 def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, list[tuple[tuple[int, ...], str, str | None]]]:
@@ -223,14 +181,14 @@ def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, 
             declared = ",".join(str(d) if isinstance(d, int) else (d or "?") for d in spec.dims)
             raise UsageError(f"{_option_name()} {name}={','.join(map(str, shape))} does not fit its declared shape [{declared}]")
     settled = _settled_symbols(specs, given)
-    metadata = _metadata(model)
+    metadata = metadata_sizes(model)
     plans = {}
     for spec in specs:
         if spec.name in given:
             plans[spec.name] = [((int(size),), f"{origin}", None) for size in given[spec.name]]
             continue
-        reshape = _reshape_target(model, spec)
-        declared_next = _value_info_dims(model, spec)
+        reshape = reshape_target(model, spec)
+        declared_next = value_info_dims(model, spec)
         roles = _roles(model, spec)
         plan = []
         for axis, dim in enumerate(spec.dims):
@@ -347,62 +305,6 @@ def _shared_symbols_alike(specs, plans):
             elif dim not in first:
                 first[dim] = (plan[axis], spec.name)
     return plans
-
-
-def _metadata(model: onnx.ModelProto) -> dict[str, int]:
-    """Integer sizes the exporter wrote in metadata_props: a key named like a symbol, or an image size."""
-    found = {}
-    for entry in model.metadata_props:
-        key, text = entry.key.strip(), entry.value.strip()
-        try:
-            value = json.loads(text.replace("(", "[").replace(")", "]"))
-        except ValueError:
-            continue
-        sizes = value if isinstance(value, list) else [value]
-        if not sizes or not all(isinstance(v, int) and v > 0 for v in sizes):
-            continue
-        if key.lower() in _IMAGE_SIZE_KEYS:
-            found["image side"] = max(sizes)
-        elif len(sizes) == 1:
-            found[key] = sizes[0]
-    return found
-
-
-def _reshape_target(model: onnx.ModelProto, spec: InputSpec) -> list[int] | None:
-    """The constant target of a Reshape the input reaches through Cast/Identity, if of the same rank."""
-    constants = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    constants[node.output[0]] = attr.t
-    current = {spec.name}
-    for node in model.graph.node:
-        if not node.input or node.input[0] not in current:
-            continue
-        if node.op_type in _PASS_THROUGH:
-            current.update(node.output)
-        elif node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
-            target = onnx.numpy_helper.to_array(constants[node.input[1]]).astype(int).ravel().tolist()
-            return target if len(target) == len(spec.dims) else None
-    return None
-
-
-def _value_info_dims(model: onnx.ModelProto, spec: InputSpec) -> list[int | None] | None:
-    """Fixed dims an exporter wrote in value_info for the tensor the input passes unchanged into
-    (through Cast/Identity): sizes the model states even where its interface leaves them open."""
-    values = {v.name: v for v in model.graph.value_info}
-    current = spec.name
-    for node in model.graph.node:
-        if node.op_type in _PASS_THROUGH and node.input and node.input[0] == current and node.output:
-            current = node.output[0]
-            value = values.get(current)
-            if value is not None and value.type.tensor_type.HasField("shape"):
-                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                        for d in value.type.tensor_type.shape.dim]
-                if len(dims) == len(spec.dims) and any(d is not None for d in dims):
-                    return dims
-    return None
 
 
 def _at_attempt(name: str, plan, attempt: int) -> ChosenShape:

@@ -32,6 +32,7 @@ from graphopt_plugins.quantize.smoothing import channel_extremes, smooth, smooth
 from graphopt_plugins.quantize.regions import find_region, insert_pairs, shared_ranges
 from graphopt_plugins.quantize.rewrite import UniqueNames, activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
 from graphopt_plugins.quantize.targets import Target, find_embeddings, find_targets
+from graphopt_plugins.quantize.weight_rounding import fitted_weights
 
 __all__ = ["Planner"]
 
@@ -57,6 +58,7 @@ class Planner:
         self.ranges: dict[str, tuple[float, float]] = {}
         self.embeddings = 0
         self.bias_shift: dict[int, np.ndarray] = {}  # bias correction per target index (static)
+        self.prepared: dict[int, tuple] = {}  # int8 weights made ahead (rounding=adaptive, per-tensor scales)
         self.extremes: dict = {}  # per LayerNorm output read by a quantized MatMul: per-channel (min, max), for `smooth`
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
         constants = constant_tensors(model)
@@ -74,11 +76,11 @@ class Planner:
             region = self._region(graph, targets)
             ranges = {**self.ranges, **smoothed}
             ranges = shared_ranges(ranges, region) if region else ranges
-            apply_static(graph, targets, ranges, self.signed, self.qmax, self.bias_shift)
+            apply_static(graph, targets, ranges, self.signed, self.qmax, self.bias_shift, self.prepared)
             if region:
                 insert_pairs(graph, region, ranges, self.signed, UniqueNames(graph))
         elif self.options.mode == "dynamic":
-            apply_dynamic(graph, targets, self.qmax)
+            apply_dynamic(graph, targets, self.qmax, self.prepared)
         else:
             apply_weight_only(graph, targets, self.options.weight_bits, self.options.block_size)
         graph_queries.remove_dead_nodes(graph)
@@ -120,6 +122,10 @@ class Planner:
             self.region_outputs = {t.name for node in region.nodes for t in node.outputs} if region else set()
             self.ranges = collect_ranges(self.model, self.calibration, names, self.options.calibrate,
                                          self.options.percentile, self.signed, self.seed, self.track)
+        adaptive, per_tensor = self.options.rounding == "adaptive", self.options.weight_granularity == "per-tensor"
+        if self.options.mode in ("static", "dynamic") and (adaptive or per_tensor):
+            self.prepared, rounding = fitted_weights(self.model, self.targets, self.calibration, self.qmax, per_tensor, adaptive, self.seed)
+            stats.update(rounding)
         if self.options.mode == "static" and self.options.bias_correction:
             finals = {t.index: t.relu_output if t.relu_output and not self.signed else t.output for t in self.targets}
             self.bias_shift = bias_shifts(self.model, self.build([t.index for t in self.targets]), self.calibration,

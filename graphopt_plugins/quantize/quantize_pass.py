@@ -14,6 +14,7 @@ from graphopt.errors import PreconditionError, UsageError
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
+from graphopt_plugins.quantize.equalization import equalize, equalized_model, middle_ranges
 from graphopt_plugins.quantize.mode_choice import candidate_modes, fastest, targets_for, trial_row
 from graphopt_plugins.quantize.planner import Planner
 from graphopt_plugins.quantize.targets import WEIGHT_OPS, is_quantized
@@ -40,6 +41,9 @@ class Quantize(graphopt.Pass):
     harmful first, by measured sensitivity), or when int8 is slower there on the latency backend
     (`latency=auto`; `--latency-on`, default host-ort: this machine); if the whole result is
     still slower than float, nothing is changed. With `--latency-on none` nothing is timed.
+    Accuracy options (off by default): `equalize` (cross-layer equalization, `equalization.py`),
+    `rounding=adaptive` (weights rounded to fit each layer's output, `weight_rounding.py`),
+    `bias_correction`; `weight_granularity=per-tensor` for targets that need one weight scale.
     Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
     that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
     Needs opset 13 (int4 blocks: 21): the pipeline converts an older model first. Lossy: held to `budget`.
@@ -69,6 +73,9 @@ class Quantize(graphopt.Pass):
         latency_margin: float = 0.95  # a layer stays int8 when its int8 time <= margin x float time
         bias_correction: bool = False  # static: move each layer's mean output error per channel into its bias
         smooth: float = 0.5  # SmoothQuant alpha for MatMuls fed by LayerNorm (outlier channels into the weights); 0 = off
+        equalize: bool = False  # cross-layer equalization of Conv -> (Relu) -> Conv pairs first (float outputs unchanged)
+        weight_granularity: Literal["per-channel", "per-tensor"] = "per-channel"  # static/dynamic: one weight scale per output channel or per tensor
+        rounding: Literal["nearest", "adaptive"] = "nearest"  # static/dynamic: adaptive rounds each weight up or down to fit the layer's output on calibration data
         full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
@@ -114,8 +121,9 @@ class Quantize(graphopt.Pass):
         found = {mode: pair for mode, pair in found.items() if pair[0]}
         if not found:
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "skipped": targets_for(graph, options, modes[0])[1]})
-        model = ctx.proto()
-        calibration, evaluation, origin = self._data(model, ctx)
+        calibration, evaluation, origin = self._data(ctx.proto(), ctx)
+        ranges = middle_ranges(ctx.proto(), calibration) if options.equalize and options.weight_granularity == "per-channel" else None
+        model, equalized = equalized_model(ctx.proto(), ranges) if options.equalize else (ctx.proto(), 0)
         budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
         plans = {}
         for mode, (targets, skipped) in found.items():
@@ -123,7 +131,7 @@ class Quantize(graphopt.Pass):
                               track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency,
                               slices=ctx.output_slices)
             chosen, stats = planner.plan()
-            stats.update(data=origin, skipped=skipped, mode=mode)
+            stats.update(data=origin, skipped=skipped, mode=mode, **({"equalized_pairs": equalized} if options.equalize else {}))
             plans[mode] = (planner, chosen, stats)
         mode, timings = next(iter(plans)), {}
         useful = {m: p for m, p in plans.items() if p[1]}
@@ -138,6 +146,8 @@ class Quantize(graphopt.Pass):
         if not chosen:
             ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
             return graphopt.PassResult(changed=False, stats=stats)
+        if equalized:
+            equalize(graph, ranges)  # the planner's model was equalized the same way: same weights, same indices
         planner.apply(graph, chosen)
         ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(planner.targets), mode,
                         stats.get("cosine", float("nan")))

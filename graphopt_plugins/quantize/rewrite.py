@@ -45,8 +45,9 @@ def activation_tensors(targets: list[Target], mode: str, signed: bool) -> list[s
 
 
 def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: bool, qmax: int = 127,
-                 bias_shift: dict[int, np.ndarray] | None = None) -> int:
-    """Static QDQ on `targets`; `bias_shift[index]` (bias correction) is subtracted from a target's float bias."""
+                 bias_shift: dict[int, np.ndarray] | None = None, prepared: dict | None = None) -> int:
+    """Static QDQ on `targets`; `bias_shift[index]` (bias correction) is subtracted from a target's float bias;
+    `prepared[index]` (weight name, int8 weight, scale: `weight_rounding`) replaces nearest per-channel rounding."""
     names = UniqueNames(graph)
     nodes = [graph.nodes[t.index] for t in targets]
     dequantized: dict[int, gs.Variable] = {}  # id(float tensor) -> its Q/DQ'd twin
@@ -59,7 +60,7 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
             params[id(dequantized[id(x)])] = (scale, zero)
         node.inputs[0] = dequantized[id(x)]
         x_scale = params[id(node.inputs[0])][0]
-        w_scale = _dequantize_weight(graph, names, node, target, qmax)
+        w_scale = _dequantize_weight(graph, names, node, target, qmax, _prepared(prepared, target, node))
         if len(node.inputs) > 2 and _is_channel_bias(node.inputs[2], len(w_scale)):
             float_bias = graph_queries.constant_value(node.inputs[2])
             if bias_shift and target.index in bias_shift and bias_shift[target.index].shape == float_bias.shape:
@@ -86,7 +87,7 @@ def apply_static(graph: gs.Graph, targets: list[Target], ranges: dict, signed: b
     return len(targets)
 
 
-def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127) -> int:
+def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127, prepared: dict | None = None) -> int:
     """MatMul / Gemm -> DynamicQuantizeLinear, MatMulInteger (u8 x s8), Cast, Mul by both scales.
 
     Weights are int8 in [-qmax, qmax]: 63 where the int8 kernel saturates (see `kernels`)."""
@@ -99,9 +100,12 @@ def apply_dynamic(graph: gs.Graph, targets: list[Target], qmax: int = 127) -> in
         weight = graph_queries.constant_value(node.inputs[1])
         if weight.ndim != 2:
             continue  # MatMulInteger's per-column zero point is defined for a 2-D weight only
-        if target.op == "Gemm" and int(node.attrs.get("transB", 0)):
-            weight = weight.T
-        q_weight, w_scale = quantize_per_channel(weight, weight.ndim - 1, qmax)
+        transposed = target.op == "Gemm" and int(node.attrs.get("transB", 0))
+        made = _prepared(prepared, target, node)
+        if made is not None:
+            q_weight, w_scale = (made[0].T if transposed else made[0]), made[1]
+        else:
+            q_weight, w_scale = quantize_per_channel(weight.T if transposed else weight, weight.ndim - 1, qmax)
         x = node.inputs[0]
         if id(x) not in quantized_inputs:
             outs = [gs.Variable(names(f"{x.name}_{kind}"), dtype=dtype, shape=shape)
@@ -176,9 +180,17 @@ def quantize_embeddings(graph: gs.Graph, nodes: list[gs.Node]) -> int:
     return len(nodes)
 
 
-def _dequantize_weight(graph, names, node: gs.Node, target: Target, qmax: int = 127) -> np.ndarray:
+def _prepared(prepared: dict | None, target: Target, node: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """The int8 weight and scale made for this node's weight, unless the weight changed since (smoothing)."""
+    entry = (prepared or {}).get(target.index)
+    if entry is None or entry[0] != node.inputs[1].name or entry[1].shape != tuple(node.inputs[1].shape):
+        return None
+    return entry[1], entry[2]
+
+
+def _dequantize_weight(graph, names, node: gs.Node, target: Target, qmax: int = 127, made=None) -> np.ndarray:
     weight = node.inputs[1]
-    quantized, scale = quantize_per_channel(graph_queries.constant_value(weight), target.axis, qmax)
+    quantized, scale = made or quantize_per_channel(graph_queries.constant_value(weight), target.axis, qmax)
     node.inputs[1] = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis,
                          shape=list(weight.shape))
     return scale

@@ -1,8 +1,8 @@
 """How often a run crosses into ONNX's C++ side and onnxruntime: counted, so the counts cannot creep back.
 
-Per accepted pass the pipeline serialises its output once with its weights (for the
-onnxruntime session that verifies it) and once in placeholder form (large weights as dims-only
-inputs), which it checks and shape-infers once. At load the placeholder form is built, checked
+Per accepted pass the pipeline exports its graph once and serialises its output once with its
+weights (for the onnxruntime session that verifies it) and once in placeholder form (large
+weights as dims-only inputs, taken from that export), which it checks and shape-infers once. At load the placeholder form is built, checked
 and inferred once. What a pass does inside its own `run` (quantize's sensitivity sessions,
 fuse's shape refreshes) is its own business and not counted here.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 
 import onnx
+import onnx_graphsurgeon
 import onnxruntime
 from onnx.onnx_cpp2py_export import shape_inference as c_shape_inference
 
@@ -45,6 +46,7 @@ def _count_outside_passes(monkeypatch) -> collections.Counter:
     monkeypatch.setattr(onnx.checker, "check_model", counting("check", onnx.checker.check_model))
     monkeypatch.setattr(c_shape_inference, "infer_shapes", counting("infer", c_shape_inference.infer_shapes))
     monkeypatch.setattr(onnxruntime, "InferenceSession", counting("session", onnxruntime.InferenceSession))
+    monkeypatch.setattr(onnx_graphsurgeon, "export_onnx", counting("export", onnx_graphsurgeon.export_onnx))
     for cls in (Cleanup, Fuse, Quantize):
         monkeypatch.setattr(cls, "run", in_pass(cls.run))
     return counts
@@ -62,7 +64,9 @@ def test_each_accepted_pass_is_serialised_once_with_weights_and_checked_once_on_
     # reads the file's own bytes. Each accepted pass: placeholder form + its session's proto.
     # Issue 17 adds, at load, one inference of the declared output shapes (output_annotations) and,
     # when verifying, one check and inference for the output slices (verify.slices.detect_slices).
-    assert counts == {"serialise": 3 + 2 * accepted, "check": 2 + accepted, "infer": 3 + accepted, "session": 1 + accepted}
+    # One graphsurgeon export per accepted pass: its check takes the placeholder form from it.
+    assert counts == {"serialise": 3 + 2 * accepted, "check": 2 + accepted, "infer": 3 + accepted, "session": 1 + accepted,
+                      "export": accepted}
 
 
 def test_without_verification_a_pass_is_only_checked_and_the_result_exported_once(tmp_path, monkeypatch):
@@ -73,4 +77,5 @@ def test_without_verification_a_pass_is_only_checked_and_the_result_exported_onc
     accepted = sum(entry["status"] == "accepted" for entry in result.report["passes"])
     assert accepted >= 1
     # + the declared output shapes' inference at load (issue 17, output_annotations)
-    assert counts == {"serialise": 2 + accepted, "check": 1 + accepted, "infer": 2 + accepted}
+    # One export per accepted pass: the placeholder form, and for the last one the result it checks.
+    assert counts == {"serialise": 2 + accepted, "check": 1 + accepted, "infer": 2 + accepted, "export": accepted}

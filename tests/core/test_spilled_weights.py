@@ -13,13 +13,19 @@ from onnx import external_data_helper
 
 import graphopt
 from graphopt import convert, tensor_shapes
-from graphopt.external_data import external_folder, spill_folder, spilled_tensors
+from graphopt.external_data import external_file, external_folder, spill_folder
 from graphopt.model import Model, RunContext, to_proto
 from graphopt.hookspecs import hookimpl
 from graphopt.model import check_model, infer_model_shapes
 from graphopt.model_io import load_model, save_model
 from graphopt.verify.runner import make_session, run_samples
 from test_model_io import HIDDEN, assert_close, folded_mlp_model, run_ort, save_split_all
+
+
+def spilled_tensors(model: onnx.ModelProto, spill) -> list[onnx.TensorProto]:
+    """The main graph's initializers that live in the spill folder `spill`."""
+    return [t for t in model.graph.initializer
+            if external_data_helper.uses_external_data(t) and external_file(t).parent == spill]
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ def test_partition_then_run_writes_stages_manifest_and_outputs(encoder, tmp_path
     assert main(["run", str(folder), "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"), "--quiet"]) == 0
     with np.load(tmp_path / "y.npz") as outputs:
         assert outputs["hidden"].shape[0] == 2
+    assert main(["run", str(folder), "--inputs", str(tmp_path / "x.npz"), "--samples-per-call", "0"]) == 2
+    assert "--samples-per-call must be at least 1" in capsys.readouterr().err
 
 
 def test_optimize_with_partition_cuts_the_optimized_model(encoder, tmp_path, capsys):

@@ -85,3 +85,41 @@ def test_an_input_iterable_that_raises_ends_the_run(cnn_partition):
 
     with pytest.raises(PipelineError, match="camera unplugged"):
         list(run(folder, broken()))
+    with pytest.raises(PipelineError, match="reading the inputs failed"):
+        list(run(folder, [{name: _samples(1)[0]["input"]}, ["not", "a", "mapping"]]))
+
+
+def test_shapes_that_change_between_samples_come_back_right_and_the_stats_add_up(tmp_path):
+    import trait_models
+    from graphopt.partition import partition_to_dir
+
+    model = trait_models.dynamic_cnn()
+    partition_to_dir(model, tmp_path / "stages", stages=2, by="macs", input_shapes={"image": [1, 3, 32, 32]})
+    rng = np.random.default_rng(3)
+    sides = [32, 96, 16, 64, 200, 24, 96]  # the slots grow and the shapes shrink again between samples
+    samples = [{"image": rng.standard_normal((1 + i % 2, 3, side, side)).astype(np.float32)} for i, side in enumerate(sides)]
+    expected = run_chain([model], samples, optimize=True)
+    stats: dict = {}
+    results = list(run(tmp_path / "stages", samples, queue_size=1, stats=stats))
+    assert [r["logits"].shape for r in results] == [(1 + i % 2, 10) for i in range(len(sides))]
+    for want, got in zip(expected, results):
+        np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-5)
+        assert got["logits"].flags.writeable and got["logits"].flags.owndata  # the caller's own copy
+    assert stats["samples"] == len(samples) and [s["stage"] for s in stats["stages"]] == [0, 1]
+    assert all(s["samples"] == len(samples) and s["run_ms"] > 0 and s["transport_cpu_ms"] >= 0 for s in stats["stages"])
+    assert stats["driver_cpu_ms"] > 0
+
+
+def test_a_finished_run_leaves_no_shared_memory_and_no_workers(cnn_partition):
+    import glob
+
+    model, folder = cnn_partition
+    name = model.graph.input[0].name
+    before = set(glob.glob("/dev/shm/graphopt_*"))
+    results = run(folder, [{name: s["input"]} for s in _samples(4)])
+    next(results)
+    ours = set(glob.glob("/dev/shm/graphopt_*")) - before
+    assert ours  # the rings are in use
+    results.close()  # the caller stops early
+    assert not ours & set(glob.glob("/dev/shm/graphopt_*"))
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("graphopt-stage-")]

@@ -1,4 +1,4 @@
-"""Choosing concrete shapes for dynamic inputs (graphopt/verify/input_shapes.py)."""
+"""Choosing concrete shapes for dynamic inputs (graphopt/verify/input_shapes.py, shape_hints.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from graphopt.verify.input_shapes import (
     confirmed_shapes,
     freeze_input_shapes,
     run_shapes,
-    total_stride,
 )
+from graphopt.verify.shape_hints import total_stride
 from trait_models import crnn_lstm, dynamic_cnn, dynamic_transformer, set_input_dims, yolo_like
 
 
