@@ -21,7 +21,8 @@ CNN, random token ids for the encoder: 16 calibration samples, 4 others for eval
 Latency: one inference, CPU time of the calling thread, 1 thread, every variant of a model
 alternated round after round (5 rounds, `--seconds` in all per variant), medians, ratio to ORT
 fp32 of the same run. Cosine: worst output against ORT fp32 on the evaluation samples. Bytes:
-the file as written. Energy: the report's relative proxy of the ONNX variants, ratio to fp32.
+the file as written, and its ratio to ORT fp32's; float bytes: the float weights and Constant
+values alone (what fp16 halves; the rest is graph structure). Energy: the report's relative proxy of the ONNX variants, ratio to fp32.
 Writes targets.{md,json}; a variant that fails says why in its row.
 """
 
@@ -150,7 +151,8 @@ def bench(label, model, calibration, evaluation, seconds: float, scratch: Path) 
     def onnx_variant(model_proto, summary):
         runner = OrtRunner(model_proto)
         outputs = [dict(zip(names, runner(s))) for s in samples]
-        return runner, model_proto.SerializeToString(), outputs, {"energy_pj": summary["energy_proxy"]["total_pj"]}
+        return runner, model_proto.SerializeToString(), outputs, {"energy_pj": summary["energy_proxy"]["total_pj"],
+                                                                   "float_bytes": float_tensor_bytes(model_proto)}
 
     add("ORT fp32", lambda: onnx_variant(fp32, base.report["output"]))
 
@@ -192,7 +194,19 @@ def bench(label, model, calibration, evaluation, seconds: float, scratch: Path) 
             row["latency_vs_ort_fp32"] = round(timings[row["variant"]] / timings["ORT fp32"], 3)
         if "energy_pj" in row:
             row["energy_vs_fp32"] = round(row["energy_pj"] / rows[0]["energy_pj"], 3)
+        if "bytes" in row and "bytes" in rows[0]:
+            row["bytes_vs_fp32"] = round(row["bytes"] / rows[0]["bytes"], 4)
+        if "float_bytes" in row and rows[0].get("float_bytes"):
+            row["float_bytes_vs_fp32"] = round(row["float_bytes"] / rows[0]["float_bytes"], 4)
     return rows
+
+
+def float_tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the float32/float16 weights and Constant values: what a float16 conversion can halve
+    (the rest of the file is graph structure: names, attributes, integer shape data)."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes for t in tensors if t.data_type in floats)
 
 
 def interleaved(runners: dict, feed: dict, seconds: float, rounds: int = 5) -> dict[str, float]:
@@ -209,15 +223,18 @@ def interleaved(runners: dict, feed: dict, seconds: float, rounds: int = 5) -> d
     return {variant: statistics.median(values) for variant, values in times.items()}
 
 
-def write(rows: list[dict], out: Path, command: str) -> None:
+def write(rows: list[dict], out: Path, command: str, load_at_start: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "targets.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    lines = ["# Deployment targets on this host (1 thread)", "", f"`{command}`", "",
-             "| model | variant | median ms | × ORT fp32 | cosine | bytes | energy × fp32 | note |", "|---|---|---|---|---|---|---|---|"]
+    load = f"1-minute load average {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at this write ({os.cpu_count()} cores)"
+    lines = ["# Deployment targets on this host (1 thread)", "", f"`{command}`", "", load, "",
+             "| model | variant | median ms | × ORT fp32 | cosine | bytes | bytes × fp32 | float bytes × fp32 | energy × fp32 | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         note = row.get("error", "") or ("verified" if row.get("verified") else "")
         lines.append(f"| {row['model']} | {row['variant']} | {row.get('median_ms', '')} | {row.get('latency_vs_ort_fp32', '')} | "
-                     f"{round(row['cosine'], 6) if 'cosine' in row else ''} | {row.get('bytes', '')} | {row.get('energy_vs_fp32', '')} | {note} |")
+                     f"{round(row['cosine'], 6) if 'cosine' in row else ''} | {row.get('bytes', '')} | {row.get('bytes_vs_fp32', '')} | "
+                     f"{row.get('float_bytes_vs_fp32', '')} | {row.get('energy_vs_fp32', '')} | {note} |")
     (out / "targets.md").write_text("\n".join(lines) + "\n")
 
 
@@ -227,12 +244,12 @@ def main() -> None:
     parser.add_argument("--models", default="det,rec,cls,demo,cnn,encoder")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per variant, in all")
     args = parser.parse_args()
-    rows = []
+    rows, load_at_start = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="graphopt-targets-") as scratch:
         for label, (model, calibration, evaluation) in load_models(args.models.split(",")).items():
             print(f"{label} ...", flush=True)
             rows += bench(label, model, calibration, evaluation, args.seconds, Path(scratch))
-            write(rows, Path(args.out), "python benchmarks/targets.py " + " ".join(sys.argv[1:]))
+            write(rows, Path(args.out), "python benchmarks/targets.py " + " ".join(sys.argv[1:]), load_at_start)
     for row in rows:
         print({k: v for k, v in row.items() if k not in ("layout",)})
 

@@ -9,7 +9,8 @@ transposed. onnx2tf rewrites the ONNX file it reads (op names), so it is always 
 Precisions: `fp32`; `fp16` (float16 weights behind DEQUANTIZE ops, float32 compute and
 interface: TFLite's float16 quantization, `tflite_fp16`); `int8`, integer
 kernels throughout (int8 weights per tensor and activations, float32 inputs and outputs,
-onnx2tf's `_integer_quant` flatbuffer), calibrated on the given samples. onnx2tf's int8
+onnx2tf's `_integer_quant` flatbuffer), calibrated on the given samples; HardSigmoid is handed
+to it as RELU6 arithmetic, which it quantizes (`tflite_int8_forms`). onnx2tf's int8
 writer is strict: an op it cannot quantize (a MatMul of two activations, a comparison) fails the
 conversion, and so the emit, with the reason it gave.
 """
@@ -27,6 +28,7 @@ import numpy as np
 import onnx
 
 from graphopt.emit.tflite_fp16 import with_float16_weights
+from graphopt.emit.tflite_int8_forms import int8_friendly
 from graphopt.errors import InputError, UsageError
 
 __all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "prepare_interpreter", "TfliteModel", "PRECISIONS"]
@@ -50,6 +52,7 @@ def require_tflite(what: str) -> None:
 class TfliteModel:
     flatbuffer: bytes
     precision: str
+    rewritten: dict[str, int] = dataclasses.field(default_factory=dict)  # ops rewritten for onnx2tf's int8 writer
 
 
 def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibration: dict[str, np.ndarray] | None = None) -> TfliteModel:
@@ -62,6 +65,9 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
 
     if precision not in PRECISIONS:
         raise UsageError(f"tflite precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    rewritten: dict[str, int] = {}
+    if precision == "int8":
+        model, rewritten = int8_friendly(model)  # forms its strict integer writer quantizes (tflite_int8_forms)
     with tempfile.TemporaryDirectory(prefix="graphopt-tflite-") as folder:
         source = Path(folder) / "model.onnx"
         onnx.save_model(model, str(source))  # a copy: onnx2tf renames ops in the file it reads
@@ -89,7 +95,7 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
         if not written.is_file():
             raise InputError(f"onnx2tf wrote no {precision} flatbuffer: {_reason(None, captured.getvalue())}")
         data = written.read_bytes()
-        return TfliteModel(with_float16_weights(data) if precision == "fp16" else data, precision)
+        return TfliteModel(with_float16_weights(data) if precision == "fp16" else data, precision, rewritten)
 
 
 def _calibration_files(model: onnx.ModelProto, calibration: dict[str, np.ndarray], folder: Path) -> list:

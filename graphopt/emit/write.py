@@ -37,6 +37,7 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
         raise UsageError("--emit-precision is for --emit tflite; quantize or fp16 the ONNX model with passes instead")
     samples, calibration = _feeds(model, settings)
     layouts: dict[str, str] = {}
+    rewritten: dict[str, int] = {}
     if emit == "ort":
         from graphopt.emit.ort_format import convert_to_ort, ort_session
 
@@ -55,6 +56,7 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
         converted = convert_to_tflite(model, precision, calibration)
         reference = _onnxruntime_outputs(model, samples)
         files = {output: converted.flatbuffer}
+        rewritten = converted.rewritten
         raw, layouts = run_tflite(converted.flatbuffer, samples, model)
         got, output_layouts = restore_layout(raw, reference)
         layouts.update(output_layouts)
@@ -66,6 +68,8 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
     _write_all(files)
     entry = {"format": emit, "precision": precision, "files": [str(path) for path in files],
              "bytes": {str(path): len(data) for path, data in files.items()}, "verification": verification}
+    if rewritten:
+        entry["rewritten_for_converter"] = rewritten
     if layouts:
         entry["layout"] = layouts
         entry["layout_note"] = ("LiteRT lays images out channels last: inputs marked NCHW→NHWC are fed transposed, "

@@ -11,7 +11,12 @@ A switched output gets a new float16 tensor; the original name is kept as a Cast
 float32, which stays only where something still reads float32 — a kept node, a graph output,
 an If/Loop/Scan body. So the interface and every fp32 reader are untouched. A float32 input
 read as float16 comes through a Cast shared by its readers, or, for a weight or a Constant
-node, as a float16 copy clamped to ±65504.
+node, as a float16 copy clamped to ±65504. A weight of at least `_STORED_HALF_MIN` values that a
+node kept float32 reads (a blocked op, a node kept by name or by `auto`) is stored float16 too,
+behind one Cast back to float32, when float16 holds every value exactly: lossless, half its bytes.
+
+`restore_names` gives each float16 tensor its float32 original's name back once nothing reads the
+original any more, so the conversion adds no name bytes (only its boundary Casts).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import onnx_graphsurgeon as gs
 from graphopt import graph_queries
 from graphopt.graph_queries import iter_graphs, node_subgraphs
 
-__all__ = ["Conversion", "convert_graph", "has_float16", "FP16_MAX"]
+__all__ = ["Conversion", "convert_graph", "has_float16", "restore_names", "FP16_MAX"]
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+_STORED_HALF_MIN = 16  # below this a Cast node costs more bytes than the halving saves
 
 
 @dataclasses.dataclass
@@ -41,6 +47,8 @@ class Conversion:
     casts_in: int = 0
     renamed: dict[str, str] = dataclasses.field(default_factory=dict)
     switched: list[int] = dataclasses.field(default_factory=list)  # main-graph node indices converted
+    stored_half: int = 0  # float32 weights of kept nodes stored float16 (exactly) behind a Cast
+    originals: list[tuple[gs.Tensor, str]] = dataclasses.field(default_factory=list)  # (float16 tensor, its original's name)
 
 
 def has_float16(graph: gs.Graph) -> bool:
@@ -86,18 +94,37 @@ def _convert_level(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[i
             added.append(gs.Node("Cast", name=made.name + "_cast", attrs={"to": onnx.TensorProto.FLOAT16}, inputs=[tensor], outputs=[made]))
             conversion.casts_in += 1
         half[id(tensor)] = made
+        if values is not None:
+            conversion.originals.append((made, tensor.name))
+        return made
+
+    widened: dict[int, gs.Tensor] = {}
+
+    def stored_half(tensor: gs.Tensor) -> gs.Tensor:
+        """A kept node's float32 weight as Cast(float16 copy) when float16 holds it exactly."""
+        if id(tensor) in widened:
+            return widened[id(tensor)]
+        values = graph_queries.constant_value(tensor)
+        if (values is None or values.dtype != np.float32 or values.size < _STORED_HALF_MIN
+                or not np.array_equal(np.asarray(values, np.float16).astype(np.float32), values)):
+            return tensor
+        made = gs.Variable(unique(tensor.name + "_stored"), dtype=np.float32, shape=list(values.shape))
+        added.append(gs.Node("Cast", name=made.name + "_cast", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[fp16_of(tensor)], outputs=[made]))
+        conversion.stored_half += 1
+        widened[id(tensor)] = made
         return made
 
     for index, node in enumerate(list(graph.nodes)):
         for body in node_subgraphs(node) if node.attrs else ():
             _convert_level(body, opset, block_ops, frozenset(), conversion, names, half, main=False)
-        if main and index in keep:
-            continue
-        inputs, outputs = _switched_slots(node, opset, block_ops)
+        inputs, outputs = ([], []) if main and index in keep else _switched_slots(node, opset, block_ops)
         if not outputs:
             for slot in inputs:  # read fp16 only where it is there already
                 if id(node.inputs[slot]) in half:
                     node.inputs[slot] = half[id(node.inputs[slot])]
+            for slot, tensor in enumerate(node.inputs):
+                if slot not in inputs and tensor.name and _is(tensor, np.float32):
+                    node.inputs[slot] = stored_half(tensor)
             continue
         for slot in inputs:
             node.inputs[slot] = fp16_of(node.inputs[slot])
@@ -107,12 +134,29 @@ def _convert_level(graph: gs.Graph, opset: int, block_ops: set[str], keep: set[i
             node.outputs[slot] = new
             added.append(gs.Node("Cast", name=new.name + "_back", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[new], outputs=[old]))
             half[id(old)] = new
+            conversion.originals.append((new, old.name))
             if main:
                 conversion.renamed[old.name] = new.name
         conversion.nodes += 1
         if main:
             conversion.switched.append(index)
     graph.nodes.extend(added)
+
+
+def restore_names(graph: gs.Graph, conversion: Conversion) -> int:
+    """Renames each float16 tensor to its original's name where no level of `graph` still has a
+    tensor of that name (run after dead nodes are removed); returns how many were renamed."""
+    taken: set[str] = set()
+    for level in iter_graphs(graph, functions=False):
+        taken.update(level.tensors())
+    restored = 0
+    for tensor, original in conversion.originals:
+        if original not in taken and tensor.name in taken:
+            taken.discard(tensor.name)
+            tensor.name = original
+            taken.add(original)
+            restored += 1
+    return restored
 
 
 def _switched_slots(node: gs.Node, opset: int, block_ops: set[str]) -> tuple[list[int], list[int]]:

@@ -18,7 +18,7 @@ from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget, output_metrics
 from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.fp16.casts import fold_cast_chains
-from graphopt_plugins.fp16.convert import Conversion, convert_graph, has_float16
+from graphopt_plugins.fp16.convert import Conversion, convert_graph, has_float16, restore_names
 
 __all__ = ["ConvertToFloat16", "DEFAULT_BLOCK_OPS"]
 
@@ -37,7 +37,9 @@ class ConvertToFloat16(graphopt.Pass):
     the interface of If/Loop/Scan bodies, which are converted inside the same way. Slots of fixed
     type (Resize's scales) stay float32, and so do the ops in `block_ops` (Range, TopK,
     NonMaxSuppression, RoiAlign, CumSum, the summing reductions) and nodes matching `keep`.
-    Cast→Cast chains left behind are folded. With `auto`, if the result misses the budget, nodes
+    A kept node's float32 weight that float16 holds exactly is stored float16 behind one Cast.
+    Cast→Cast chains left behind are folded, and each float16 tensor takes back its original's
+    name where that is free, so the only bytes added are the boundary Casts. With `auto`, if the result misses the budget, nodes
     are ranked by sensitivity (how much each adds to the relative error of what it reads, on the
     calibration data) and the fewest most sensitive ones are kept float32, found by bisection.
     Halves the bytes of the weights. It is not faster on x86 CPUs without native float16
@@ -96,8 +98,10 @@ class ConvertToFloat16(graphopt.Pass):
         conversion = convert_graph(graph, ctx.opset, set(options.block_ops), user_keep | set(kept))
         stats["cast_chains_folded"] = fold_cast_chains(graph)
         graph_queries.remove_dead_nodes(graph)
+        restore_names(graph, conversion)
         graph_queries.toposort(graph)
         stats.update(converted_nodes=conversion.nodes, weights_converted=conversion.weights, clamped_values=conversion.clamped_values,
+                     weights_stored_half=conversion.stored_half,
                      casts_in=conversion.casts_in, kept_float32=[model.graph.node[i].name or f"#{i}" for i in sorted(kept)],
                      cosine=metrics["cosine"], sqnr_db=metrics["sqnr_db"])
         ctx.logger.info("fp16: %d nodes converted, %d kept float32, cosine %.6f", conversion.nodes, len(kept), metrics["cosine"])

@@ -8,6 +8,13 @@ worst output cosine on the fitting data when that group alone loses half its cha
 then removes channels in order of loss per MAC saved until `ratio` of the MACs the groups
 carry is gone, each group's loss growing along its importance curve. On PP-OCRv4 det the two
 3×3 convs at 1/4 resolution take ~half the MACs, which uniform ratios barely touch.
+
+When the run's latency backend measures (`--latency-on`: host-ort, host-litert, a device
+plugin), the gain is timed there instead (`measured_costs`): the model against the same
+probe-pruned copy the loss is measured on, one `compare` per group (purpose `"prune: group"`),
+and the gain is the milliseconds saved per channel removed; a group whose channels save nothing
+on that target gets no gain and is left whole. `ratio` is then a share of the time the groups
+save. With backend `none` nothing is timed and the MACs are the gain.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from graphopt.verify.metrics import output_metrics
 from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.prune.groups import Group, prunable_layer
 
-__all__ = ["GroupCost", "group_gains", "group_losses", "probe_count"]
+__all__ = ["GroupCost", "group_gains", "group_losses", "measured_costs", "probe_count"]
 
 
 @dataclasses.dataclass
@@ -82,13 +89,36 @@ def _in_features(node: gs.Node) -> int:
 def group_losses(model: onnx.ModelProto, samples: dict[str, np.ndarray], names: list[str],
                  prune_one: Callable[[gs.Graph, str], bool], track) -> dict[str, float]:
     """`{group name: 1 - worst output cosine}` with that group alone pruned by `prune_one(copy, name)`."""
+    return {name: loss for name, (loss, _) in _probe(model, samples, names, prune_one, track, None).items()}
+
+
+def measured_costs(model: onnx.ModelProto, samples: dict[str, np.ndarray], names: list[str], prune_one: Callable[[gs.Graph, str], bool],
+                   track, gains: dict[str, float], probes: dict[str, int], timer) -> dict[str, GroupCost]:
+    """A `GroupCost` per group `prune_one` prunes: the loss measured, and as gain the milliseconds
+    per channel the probe saves on `timer` (a `graphopt.latency` backend), or `gains` (MACs per
+    channel) when the backend times nothing."""
+    costs = {}
+    for name, (loss, saved_ms) in _probe(model, samples, names, prune_one, track, timer if timer.measures else None).items():
+        gain = gains[name] if saved_ms is None else max(0.0, saved_ms) / probes[name]
+        costs[name] = GroupCost(gain, loss, probes[name])
+    return costs
+
+
+def _probe(model, samples, names, prune_one, track, timer) -> dict[str, tuple[float, float | None]]:
+    """`{group: (loss, ms saved on timer or None)}` with that group alone pruned."""
     reference = stacked_outputs(model, samples)
-    losses = {}
+    first = {key: value[0] for key, value in samples.items()}
+    found = {}
     for name in track(names, desc="prune: group sensitivity", total=len(names)):
         graph = convert.import_graph(model)
         if not prune_one(graph, name):
             continue
-        outputs = stacked_outputs(convert.export_model(graph, model), samples)
+        pruned = convert.export_model(graph, model)
+        outputs = stacked_outputs(pruned, samples)
         worst = min(output_metrics(expected, outputs[key])["cosine"] for key, expected in reference.items() if expected.dtype.kind == "f")
-        losses[name] = max(0.0, 1.0 - worst)
-    return losses
+        saved = None
+        if timer is not None:
+            timing = timer.compare({"whole": model, "pruned": pruned}, first, seconds=0.2, rounds=3, purpose="prune: group")
+            saved = timing["whole"]["median_ms"] - timing["pruned"]["median_ms"]
+        found[name] = (max(0.0, 1.0 - worst), saved)
+    return found

@@ -17,7 +17,7 @@ from graphopt.statistics import split_held_out
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.prune.backoff import adopt_graph, search_strength
 from graphopt_plugins.prune.groups import find_groups, prunable_layer
-from graphopt_plugins.prune.latency_allocation import GroupCost, group_gains, group_losses, probe_count
+from graphopt_plugins.prune.latency_allocation import GroupCost, group_gains, measured_costs, probe_count
 from graphopt_plugins.prune.shrink import is_pruned_weight
 from graphopt_plugins.prune.statistics import calibration_samples
 from graphopt_plugins.prune.structured import group_multiple, prune_channels
@@ -74,7 +74,7 @@ class Prune(graphopt.Pass):
         pattern: str = ""  # unstructured n:m, e.g. 2:4: at most n nonzeros in every m along the reduction axis
         ratio: float = 0.25  # structured: share of channels removed (per group, or overall with allocation)
         importance: Literal["l1", "l2", "activation"] = "l2"  # channel ranking: weight norm, or calibrated output energy
-        allocation: Literal["uniform", "global", "sensitivity", "latency"] = "uniform"  # per-layer amounts: equal, one threshold, least estimated loss, least measured loss per MAC (channels; ratio is then a share of MACs)
+        allocation: Literal["uniform", "global", "sensitivity", "latency"] = "uniform"  # per-layer amounts: equal, one threshold, least estimated loss, least measured loss per MAC, or per ms saved on the latency backend (channels; ratio is then a share of those)
         reconstruct: Literal["auto", "true", "false"] = "auto"  # refit remaining weights on calibration data (auto: with --calibration)
         max_ratio: float = 0.9  # allocation never removes more than this share of one layer or group
         min_channels: int = 1  # a group keeps at least this many channels
@@ -261,8 +261,8 @@ class Prune(graphopt.Pass):
             prune_channels(copy, [group], probe, model, probe_samples)
             return True
 
-        losses = group_losses(model, probe_samples, [g.name for g in safe if probes[g.name]], prune_one, ctx.track)
-        return {name: GroupCost(gains[name], loss, probes[name]) for name, loss in losses.items()}
+        return measured_costs(model, probe_samples, [g.name for g in safe if probes[g.name]], prune_one, ctx.track,
+                              gains, probes, latency.of(ctx))
 
     def _channels(self, graph: gs.Graph, settings, model, samples) -> dict:
         if settings.ratio == 0:

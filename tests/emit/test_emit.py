@@ -75,6 +75,33 @@ def test_emit_tflite_int8_is_calibrated_on_the_given_data_and_keeps_cosine_0_99(
     assert emitted["bytes"][str(output)] < 0.7 * fp32["emit"]["bytes"][str(tmp_path / "phone.fp32.tflite")]
 
 
+def test_emit_tflite_int8_takes_hardsigmoid_as_relu6_arithmetic(tmp_path):
+    # below opset 14 torch writes HardSwish as x * HardSigmoid(x), which onnx2tf's int8 writer refuses (RELU_0_TO_1)
+    source = tmp_path / "cnn13.onnx"
+    onnx.save(torch_models.cnn("torchscript", 13), source)
+    assert any(node.op_type == "HardSigmoid" for node in onnx.load(source).graph.node)
+    output = tmp_path / "cnn13.int8.tflite"
+    report = graphopt.optimize_to_file(str(source), output, passes=["cleanup"], emit="tflite", emit_precision="int8",
+                                       calibration=_cnn_calibration())
+    emitted = report["emit"]
+    assert emitted["rewritten_for_converter"] == {"HardSigmoid": 1}
+    assert emitted["verification"]["outputs"]["logits"]["cosine"] >= 0.99 and output.is_file()
+
+
+def test_the_relu6_form_of_hardsigmoid_is_the_same_function():
+    from graphopt.emit.tflite_int8_forms import int8_friendly
+
+    model = onnx.parser.parse_model('''<ir_version: 8, opset_import: ["" : 13]>
+        g (float[64] x) => (float[64] y) { y = HardSigmoid<alpha = 0.2, beta = 0.5>(x) }''')
+    rewritten, counts = int8_friendly(model)
+    assert counts == {"HardSigmoid": 1} and "HardSigmoid" not in {n.op_type for n in rewritten.graph.node}
+    assert [n.op_type for n in model.graph.node] == ["HardSigmoid"]  # the caller's model is untouched
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = np.linspace(-5, 5, 64, dtype=np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run(rewritten), np.clip(0.2 * x + 0.5, 0, 1), atol=1e-6)
+
+
 def test_a_model_litert_cannot_take_is_exit_2_and_nothing_is_written(tmp_path, capsys):
     model = torch_models.transformer("torchscript", 17)  # int64 token ids cannot be calibrated for int8
     source = tmp_path / "encoder.onnx"

@@ -223,3 +223,38 @@ def test_torch_models_halve_their_weights_at_cosine_0_999(build, feeds):
     assert after["macs_by_dtype"]["fp16"] == before["macs_by_dtype"]["fp32"] and after["macs_by_dtype"]["fp32"] == 0
     sample = feeds(seed=11)
     assert _cos(_run(result.model, sample)[0], _run(model, sample)[0]) >= 0.999
+
+
+def test_the_conversion_adds_no_name_bytes_only_its_boundary_casts():
+    model = torch_models.cnn("torchscript", 17)
+    base = graphopt.optimize(model, passes=["cleanup", "fuse"]).model
+    result, entry = _fp16(base)
+    converted = result.model
+    names = lambda m: {n for node in m.graph.node for n in list(node.input) + list(node.output)} | {t.name for t in m.graph.initializer}
+    casts = [node for node in converted.graph.node if node.op_type == "Cast"]
+    assert len(casts) == 2 and names(converted) == names(base) | {n for node in casts for n in list(node.input) + list(node.output)}
+    float_bytes = sum(len(t.raw_data) for t in base.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    structure = base.ByteSize() - float_bytes
+    cast_bytes = sum(node.ByteSize() + 2 for node in casts)
+    assert converted.ByteSize() <= float_bytes / 2 + structure + cast_bytes + 2 * len(converted.graph.initializer)
+
+
+def test_a_kept_nodes_exact_weight_is_stored_float16_behind_one_cast():
+    exact = np.arange(64, dtype=np.float32).reshape(8, 8) / 4  # float16 holds every value
+    inexact = (np.arange(64, dtype=np.float32).reshape(8, 8) + 1) / 3
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "we"], ["a"], name="kept_exact"), helper.make_node("MatMul", ["a", "wi"], ["b"], name="kept_inexact"),
+         helper.make_node("Relu", ["b"], ["y"])],
+        "kept", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(exact, "we"), numpy_helper.from_array(inexact, "wi")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result, entry = _fp16(model, keep=["kept_*"])
+    assert entry["details"]["weights_stored_half"] == 1
+    stored = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert stored == {"we": F16, "wi": onnx.TensorProto.FLOAT}  # the float16 copy took the weight's name
+    matmul = next(n for n in result.model.graph.node if n.name == "kept_exact")
+    cast = next(n for n in result.model.graph.node if matmul.input[1] in n.output)
+    assert cast.op_type == "Cast" and cast.input[0] == "we" and _types(result.model)[matmul.input[1]] == onnx.TensorProto.FLOAT
+    x = np.random.default_rng(4).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(result.model, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-6, atol=1e-5)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper
 
+import graphopt
 from graphopt import convert
 from graphopt_plugins.prune.allocation import allocate, loss_curve
 from graphopt_plugins.prune.groups import find_groups
 from graphopt_plugins.prune.latency_allocation import group_gains
-from prune_support import assert_close, build, feeds_for, prune
+from prune_support import assert_close, build, feeds_for
 
 _DEAD = list(range(8))  # channels of conv b that nothing reads
 
@@ -56,9 +58,50 @@ def test_latency_allocation_takes_the_free_channels_not_the_biggest_layer():
     gains = group_gains(groups, model, feeds_for(model, 2))
     total = sum(gains[g.name] * g.size for g in groups)
     ratio = 0.99 * len(_DEAD) * gains["b"] / total  # exactly conv b's dead channels' worth of MACs
-    pruned, details = prune(model, feeds_for(model, 4, seed=3), structured="channels", allocation="latency", importance="l2",
-                            reconstruct="false", ratio=ratio, sensitivity_samples=4, backoff=-1)
+    # backend none: the gains are the MACs (nothing timed)
+    pruned, details, report = _prune_on(model, "none", ratio=ratio)
     kept = {row["group"]: row["kept"] for row in details["layers"]}
     assert kept == {"a": 16, "b": 8, "c": 16}, kept  # a has the most MACs per channel, but every one of them matters
-    assert details["allocation"] == "latency"
+    assert details["allocation"] == "latency" and report["latency"]["comparisons"] == {}
     assert_close(model, pruned)
+
+
+def _prune_on(model: onnx.ModelProto, backend: str, plugins=(), **options):
+    options = dict(structured="channels", allocation="latency", importance="l2", reconstruct="false", sensitivity_samples=4,
+                   backoff=-1, **options)
+    result = graphopt.optimize(model, passes=["prune"], options={"prune": options}, calibration=feeds_for(model, 4, seed=3),
+                               verify="off", latency_on=backend, plugins=list(plugins))
+    entry = result.report["passes"][0]
+    onnx.checker.check_model(result.model, full_check=True)
+    return result.model, entry["details"], result.report
+
+
+class _Device:
+    """A fake device on which only conv `slow`'s output channels cost time (1 ms each)."""
+
+    def __init__(self, slow: str):
+        self.slow, self.calls = slow, 0
+
+    @graphopt.hookimpl
+    def graphopt_latency_backends(self):
+        return ["fake-board"]
+
+    @graphopt.hookimpl
+    def graphopt_measure_latency(self, model_path, inputs, settings):
+        model = onnx.load(model_path)
+        weights = {init.name: list(init.dims) for init in model.graph.initializer}
+        conv = next(node for node in model.graph.node if node.name == self.slow)
+        self.calls += 1
+        return {"median_ms": 1.0 + weights[conv.input[1]][0]}
+
+
+@pytest.mark.parametrize("slow", ["a", "c"])
+def test_latency_allocation_prunes_where_the_backend_saves_time(slow):
+    model = _cnn()
+    device = _Device(slow)
+    _, details, report = _prune_on(model, "fake-board", plugins=[device], ratio=0.5)
+    kept = {row["group"]: row["kept"] for row in details["layers"]}
+    # only the slow conv's channels save time there: the others, costing nothing, stay whole
+    assert kept[slow] < 16 and all(kept[group] == 16 for group in kept if group != slow), kept
+    assert report["latency"]["backend"] == "fake-board"
+    assert report["latency"]["comparisons"]["prune: group"] == 3 and device.calls >= 3 * 2
