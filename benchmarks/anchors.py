@@ -1,13 +1,17 @@
 """The tools graphopt is measured against, each as `(ModelProto, seconds)` from a model path.
 
 onnxsim and onnxoptimizer (graph simplifiers), onnxruntime's own offline optimizer (the graph
-ORT builds at load time, saved), and onnxruntime's quantizer (static QDQ and dynamic). Each
-runs as its documentation shows; a tool that fails on a model raises, and the caller records
-the failure instead of a number.
+ORT builds at load time, saved), onnxruntime's quantizer (static QDQ and dynamic), and AMD
+Quark's ONNX quantizer (`quark_rows`: run by Quark's own interpreter, see `quark_worker.py`).
+Each runs as its documentation shows; a tool that fails on a model raises, and the caller
+records the failure instead of a number.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +21,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["ANCHORS", "onnxsim_simplify", "onnxoptimizer_fuse", "ort_offline", "ort_quantize_static", "ort_quantize_dynamic"]
+__all__ = ["ANCHORS", "QUARK_CONFIGS", "onnxsim_simplify", "onnxoptimizer_fuse", "ort_offline", "ort_quantize_static",
+           "ort_quantize_dynamic", "quark_rows"]
 
 
 def _timed(action: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, float]:
@@ -117,3 +122,58 @@ ANCHORS = {
     "ORT quantize_static": (ort_quantize_static, True),
     "ORT quantize_dynamic": (ort_quantize_dynamic, True),
 }
+
+
+# row label -> `quark_worker.py` config (its docstring says what each is)
+QUARK_CONFIGS = {"Quark A8W8": "a8w8", "Quark A8W8 +CLE/SmoothQuant": "a8w8_algo"}
+QUARK_NOT_INSTALLED = "not installed (give --quark-python PATH or GRAPHOPT_QUARK_PYTHON)"
+
+
+def _torch_site_packages() -> str | None:
+    """The site-packages folder holding this interpreter's torch (Quark 0.13 imports torch)."""
+    spec = importlib.util.find_spec("torch")
+    return str(Path(spec.origin).parent.parent) if spec and spec.origin else None
+
+
+def quark_rows(python: str | None, path: Path, calibration: Path, folder: Path, configs: Mapping[str, str] = QUARK_CONFIGS,
+               limit: float = 120.0) -> dict[str, dict]:
+    """One corpus row per Quark config: `{"exit", "path", "seconds", "error"?, "note"?}`.
+
+    Each config runs in its own process of Quark's interpreter `python` (its own venv: amd-quark
+    0.13 pins onnx <= 1.22) and is killed after `limit` seconds plus its import time. `seconds`
+    is Quark's quantization alone (the worker's import left out); a model that onnxruntime
+    cannot load (Quark's custom ops) is a failed row that says so.
+    """
+    if not python:
+        return {tool: {"exit": "n/a", "path": None, "seconds": None, "error": QUARK_NOT_INSTALLED} for tool in configs}
+    worker = Path(__file__).resolve().parent / "quark_worker.py"
+    torch_path = _torch_site_packages()
+    rows = {}
+    for tool, config in configs.items():
+        out = folder / f"{path.stem}.quark_{config}"
+        command = [python, str(worker), str(path), str(calibration), str(out), "--configs", config]
+        command += ["--torch-path", torch_path] if torch_path else []
+        try:
+            subprocess.run(command, capture_output=True, text=True, timeout=limit + 60)
+            report = json.loads((out / "quark.json").read_text())
+        except subprocess.TimeoutExpired:
+            rows[tool] = {"exit": "skipped", "path": None, "seconds": None, "error": f"over the {limit:.0f} s limit"}
+            continue
+        except (OSError, ValueError) as error:
+            rows[tool] = {"exit": "fail", "path": None, "seconds": None, "error": f"the Quark worker did not report: {error}"}
+            continue
+        result = report["configs"].get(config, {})
+        note = "; ".join(filter(None, [result.get("config"), report.get("prepared")]))
+        row = {"exit": 0, "path": Path(result["path"]) if result.get("path") else None, "seconds": result.get("seconds"), "note": note}
+        if row["path"] is None:
+            row.update(exit="fail", error=result.get("error", "no model written"))
+        elif result["seconds"] > limit:
+            row.update(exit="skipped", path=None, error=f"took {result['seconds']:.0f} s, over the {limit:.0f} s limit")
+        else:
+            try:
+                ort.InferenceSession(str(row["path"]), providers=["CPUExecutionProvider"])
+            except Exception as error:  # noqa: BLE001 - Quark's custom ops need its own library
+                domains = ", ".join(result.get("custom_domains", [])) or "none"
+                row.update(exit="fail", path=None, error=f"plain onnxruntime cannot load it (custom domains: {domains}): {str(error)[:120]}")
+        rows[tool] = row
+    return rows

@@ -16,7 +16,12 @@ DIR` is reused. For each model:
   images for PP-OCR, smooth natural-looking images normalised as the family expects, token ids
   in range), both through the CLI as a user runs it;
 - onnxsim, onnxslim, ORT's offline optimizer (extended), ORT `quantize_static` (QDQ, per
-  channel) and `quantize_dynamic`, and NNCF `nncf.quantize`, on the same data.
+  channel) and `quantize_dynamic`, and NNCF `nncf.quantize`, on the same data;
+- AMD Quark's ONNX quantizer (A8W8 QDQ with per-channel weights, and the same + CLE for CNNs or
+  + SmoothQuant for MatMul-only models), each config killed past 120 s. amd-quark 0.13 pins
+  onnx <= 1.22, so it lives in a venv of its own: `--quark-python PATH` (or
+  `$GRAPHOPT_QUARK_PYTHON`) names that interpreter, which runs `benchmarks/quark_worker.py` on
+  the model and the calibration .npz; without it the Quark rows read 'not installed'.
 
 Columns: exit code, nodes, bytes, latency × original (1 onnxruntime thread, all candidates of a
 model timed interleaved, medians), cosine against the original (worst of the evaluation
@@ -24,7 +29,7 @@ samples, disjoint from calibration), compile seconds (wall; the CLI's include it
 whether every dynamic input dim is kept, and for graphopt's lossless output whether it equals
 the original at a second shape (batch 2, last side + 32).
 
-    python benchmarks/corpus.py [--wheels DIR] [--models a,b] [--runs 30]
+    python benchmarks/corpus.py [--wheels DIR] [--models a,b] [--runs 30] [--quark-python PATH]
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from anchors import onnxsim_simplify, ort_offline, ort_quantize_dynamic, ort_quantize_static  # noqa: E402
+from anchors import onnxsim_simplify, ort_offline, ort_quantize_dynamic, ort_quantize_static, quark_rows  # noqa: E402
 from text_images import text_images  # noqa: E402
 
 from graphopt.bench import compare_latency  # noqa: E402
@@ -252,7 +257,7 @@ def equal_at_second_shape(original: Path, candidate: Path, model: onnx.ModelProt
     return "yes" if same else "NO"
 
 
-def bench_model(label: str, path: Path, shapes: dict, kind: tuple, folder: Path, runs: int) -> dict:
+def bench_model(label: str, path: Path, shapes: dict, kind: tuple, folder: Path, runs: int, quark_python: str | None = None) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {label}", file=sys.stderr, flush=True)
     model = onnx.load(str(path))
     calibration = make_data(kind, shapes, 16, seed=1)
@@ -275,6 +280,7 @@ def bench_model(label: str, path: Path, shapes: dict, kind: tuple, folder: Path,
             rows[tool] = {"exit": 0, "path": target, "seconds": seconds}
         except Exception as error:  # noqa: BLE001 - a tool failing on a model is a result
             rows[tool] = {"exit": "fail", "path": None, "seconds": None, "error": f"{type(error).__name__}: {str(error)[:160]}"}
+    rows.update(quark_rows(quark_python, path, calibration_path, folder))
     sample = {name: array[0, ...] for name, array in evaluation.items()}
     ready = {tool: row["path"] for tool, row in rows.items() if row["path"] is not None}
     try:
@@ -328,6 +334,8 @@ def to_markdown(results: list[dict], command: str, notes: list[str]) -> str:
                 note.append(f"equal at a 2nd shape: {row['second_shape_equal']}")
             if "int8_ops" in row:
                 note.append(f"int8 ops: {row['int8_ops']}")
+            if row.get("note"):
+                note.append(row["note"].replace("|", "/"))
             if row.get("error"):
                 note.append(row["error"].replace("|", "/"))
             lines.append(f"| {tool} | {row['exit']} | {_cell(row.get('nodes'), '{:,}')} | {_cell(row.get('bytes'), '{:,}')} | "
@@ -344,11 +352,12 @@ def _times(row: dict | None, key: str = "latency_x") -> str:
 def summary_markdown(results: list[dict]) -> str:
     """One line per model: the first try, +quantize, and the anchors' latency (cosine where lossy)."""
     lines = ["| model | opset | chose (no flag) | exit | nodes | bytes × | latency × | dyn kept | = at 2nd shape | "
-             "+quantize exit | int8 ops | latency × | cosine | onnxslim × | onnxsim × | ORT offline × | ORT static × (cos) | NNCF × (cos) |",
-             "|" + "---|" * 19]
+             "+quantize exit | int8 ops | latency × | cosine | onnxslim × | onnxsim × | ORT offline × | ORT static × (cos) | NNCF × (cos) | "
+             "Quark A8W8 × (cos) |",
+             "|" + "---|" * 20]
     for result in results:
         if not result["rows"]:
-            lines.append(f"| {result['model']} | the benchmark failed on this model (see its log) |" + " |" * 17)
+            lines.append(f"| {result['model']} | the benchmark failed on this model (see its log) |" + " |" * 18)
             continue
         rows, original = result["rows"], result["rows"]["original"]
         first, quantized = rows.get("graphopt cleanup,fuse", {}), rows.get("graphopt +quantize", {})
@@ -361,7 +370,8 @@ def summary_markdown(results: list[dict]) -> str:
             f"{original.get('nodes')}→{first.get('nodes', '–')} | {size} | {_times(first)} | {first.get('dynamic_kept', '–')} | "
             f"{first.get('second_shape_equal', '–')} | {quantized.get('exit')} | {quantized.get('int8_ops', '–')} | "
             f"{_times(quantized)} | {_cell(quantized.get('cosine'), '{:.4f}')} | {_times(rows.get('onnxslim'))} | "
-            f"{_times(rows.get('onnxsim'))} | {_times(rows.get('ORT offline'))} | {lossy('ORT quantize_static')} | {lossy('NNCF quantize')} |")
+            f"{_times(rows.get('onnxsim'))} | {_times(rows.get('ORT offline'))} | {lossy('ORT quantize_static')} | {lossy('NNCF quantize')} | "
+            f"{lossy('Quark A8W8')} |")
     return "\n".join(lines)
 
 
@@ -406,6 +416,8 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated labels (default: all)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--quark-python", default=os.environ.get("GRAPHOPT_QUARK_PYTHON"),
+                        help="the interpreter of a venv with amd-quark (default $GRAPHOPT_QUARK_PYTHON; none: its rows read 'not installed')")
     args = parser.parse_args()
     selected = set(args.models.split(",")) if args.models else None
     notes = []
@@ -414,6 +426,8 @@ def main() -> None:
             __import__(package)
         except ImportError:
             notes.append(f"{package} is not installed: its rows read 'fail'")
+    if not args.quark_python:
+        notes.append("AMD Quark is not installed (no --quark-python): its rows read 'not installed'")
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -430,7 +444,7 @@ def main() -> None:
                 cases.append((label, export, shapes, kind))
         for label, locate, shapes, kind in cases:
             try:
-                results.append(bench_model(label, locate(), shapes, kind, folder, args.runs))
+                results.append(bench_model(label, locate(), shapes, kind, folder, args.runs, args.quark_python))
             except Exception:  # noqa: BLE001 - one model's failure must not lose the others
                 traceback.print_exc()
                 results.append({"model": label, "inputs": shapes, "graphopt_chose": None, "opset": {}, "rows": {}})

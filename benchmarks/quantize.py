@@ -13,12 +13,15 @@ Columns: median latency at 1 thread (ORT_ENABLE_ALL; every variant of a model ti
 alternation, 10 rounds of >= 0.25 s each; also the median CPU time of the calling thread, which
 leaves out the time other processes held the core), bytes, output cosine and SQNR against fp32 on the evaluation
 set, seconds to quantize. Writes quantize.{md,json} and quantize.png (latency vs cosine).
+AMD Quark's rows (`anchors.quark_rows`) need `--quark-python PATH` (a venv of its own with
+amd-quark; without it they read 'not installed').
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +33,7 @@ import onnx
 import onnx.version_converter
 
 import graphopt
+from anchors import QUARK_CONFIGS, quark_rows
 from common import PP_OCR_MODELS, fetch_models
 from graphopt.verify.metrics import output_metrics
 from graphopt.verify.runner import make_session
@@ -139,6 +143,18 @@ def ort_dynamic_reduced(path: Path, out: Path, calibration) -> onnx.ModelProto:
     return ort_dynamic(path, out, calibration, reduce_range=True)
 
 
+def quark(python: str | None, tool: str):
+    """AMD Quark's config `tool` (see `anchors.QUARK_CONFIGS`), run by Quark's own interpreter."""
+    def run(path: Path, out: Path, calibration) -> onnx.ModelProto:
+        samples = out.with_suffix(".calibration.npz")
+        np.savez(samples, **calibration)
+        row = quark_rows(python, path, samples, out.parent, {tool: QUARK_CONFIGS[tool]})[tool]
+        if row["path"] is None:
+            raise RuntimeError(f"{row['exit']}: {row.get('error')}")
+        return onnx.load(str(row["path"]))
+    return run
+
+
 def graphopt_quantize(options: dict, fuse: dict | None = None, quantize: bool = True):
     """graphopt's `cleanup[,fuse],quantize` (or `cleanup,fuse` alone: how much is fusion, not int8)."""
     passes = ["cleanup"] + (["fuse"] if fuse is not None else []) + (["quantize"] if quantize else [])
@@ -221,8 +237,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--models", default="det,rec,cls,encoder")
+    parser.add_argument("--quark-python", default=os.environ.get("GRAPHOPT_QUARK_PYTHON"),
+                        help="the interpreter of a venv with amd-quark (default $GRAPHOPT_QUARK_PYTHON; none: its rows read 'not installed')")
     args = parser.parse_args()
     wanted = args.models.split(",")
+    quarks = [(tool, quark(args.quark_python, tool)) for tool in QUARK_CONFIGS]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
@@ -234,7 +253,7 @@ def main() -> None:
             # weights as initializers (paddle2onnx writes Constant nodes), and fp32 is timed on it too.
             model = graphopt.optimize(model, passes=["cleanup"], verify="off").model
             calibration, evaluation = image_set(label, shapes["x"], 32, 0), image_set(label, shapes["x"], 8, 1)
-            variants = [("ort static", ort_static), ("ort dynamic", ort_dynamic), ("graphopt static", graphopt_quantize({}))]
+            variants = [("ort static", ort_static), ("ort dynamic", ort_dynamic), ("graphopt static", graphopt_quantize({}))] + quarks
             rows += bench(label, model, calibration, evaluation, shapes, variants, args.runs, scratch)
         if "encoder" in wanted:
             model = encoder()
@@ -243,7 +262,7 @@ def main() -> None:
             variants = [("ort static", ort_static), ("ort dynamic", ort_dynamic), ("ort dynamic reduce_range", ort_dynamic_reduced),
                         ("graphopt dynamic", graphopt_quantize({"mode": "dynamic"})), ("graphopt static", graphopt_quantize({})),
                         ("graphopt fuse (fp32)", graphopt_quantize({}, fuse=contrib, quantize=False)),
-                        ("graphopt fuse+dynamic", graphopt_quantize({"mode": "dynamic"}, fuse=contrib))]
+                        ("graphopt fuse+dynamic", graphopt_quantize({"mode": "dynamic"}, fuse=contrib))] + quarks
             rows += bench("encoder 6x384", model, calibration, evaluation, None, variants, args.runs, scratch)
     write(rows, args)
 
@@ -268,7 +287,8 @@ def write(rows: list[dict], args) -> None:
     import matplotlib.pyplot as plt
     figure, axis = plt.subplots(figsize=(7, 4.5))
     markers = {"fp32": "o", "ort static": "s", "ort dynamic": "^", "graphopt static": "*", "graphopt dynamic": "P",
-               "graphopt fuse (fp32)": "D", "graphopt fuse+dynamic": "X", "ort dynamic reduce_range": "v"}
+               "graphopt fuse (fp32)": "D", "graphopt fuse+dynamic": "X", "ort dynamic reduce_range": "v",
+               "Quark A8W8": "h", "Quark A8W8 +CLE/SmoothQuant": "H"}
     for model in dict.fromkeys(r["model"] for r in rows):
         points = [r for r in rows if r["model"] == model and "error" not in r]
         line, = axis.plot([], [], label=model)
