@@ -124,8 +124,9 @@ ANCHORS = {
 }
 
 
-# row label -> `quark_worker.py` config (its docstring says what each is)
-QUARK_CONFIGS = {"Quark A8W8": "a8w8", "Quark A8W8 +CLE/SmoothQuant": "a8w8_algo"}
+# row label -> (`quark_worker.py` config (its docstring says what each is), time limit in seconds)
+QUARK_CONFIGS = {"Quark A8W8": ("a8w8", 120.0), "Quark A8W8 +CLE/SmoothQuant": ("a8w8_algo", 120.0),
+                 "Quark U8S8": ("u8s8", 120.0), "Quark auto-search": ("autosearch", 240.0)}
 QUARK_NOT_INSTALLED = "not installed (give --quark-python PATH or GRAPHOPT_QUARK_PYTHON)"
 
 
@@ -135,12 +136,13 @@ def _torch_site_packages() -> str | None:
     return str(Path(spec.origin).parent.parent) if spec and spec.origin else None
 
 
-def quark_rows(python: str | None, path: Path, calibration: Path, folder: Path, configs: Mapping[str, str] = QUARK_CONFIGS,
-               limit: float = 120.0) -> dict[str, dict]:
+def quark_rows(python: str | None, path: Path, calibration: Path, folder: Path,
+               configs: Mapping[str, tuple[str, float]] = QUARK_CONFIGS) -> dict[str, dict]:
     """One corpus row per Quark config: `{"exit", "path", "seconds", "error"?, "note"?}`.
 
     Each config runs in its own process of Quark's interpreter `python` (its own venv: amd-quark
-    0.13 pins onnx <= 1.22) and is killed after `limit` seconds plus its import time. `seconds`
+    0.13 pins onnx <= 1.22) and is killed after its time limit plus a minute for the import
+    (the auto-search stops itself once 60% of its limit is spent quantizing). `seconds`
     is Quark's quantization alone (the worker's import left out); a model that onnxruntime
     cannot load (Quark's custom ops) is a failed row that says so.
     """
@@ -149,9 +151,9 @@ def quark_rows(python: str | None, path: Path, calibration: Path, folder: Path, 
     worker = Path(__file__).resolve().parent / "quark_worker.py"
     torch_path = _torch_site_packages()
     rows = {}
-    for tool, config in configs.items():
+    for tool, (config, limit) in configs.items():
         out = folder / f"{path.stem}.quark_{config}"
-        command = [python, str(worker), str(path), str(calibration), str(out), "--configs", config]
+        command = [python, str(worker), str(path), str(calibration), str(out), "--configs", config, "--search-budget", str(0.6 * limit)]
         command += ["--torch-path", torch_path] if torch_path else []
         try:
             subprocess.run(command, capture_output=True, text=True, timeout=limit + 60)

@@ -288,7 +288,7 @@ def write(rows: list[dict], args) -> None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     markers = {"fp32": "o", "ort static": "s", "ort dynamic": "^", "graphopt static": "*", "graphopt dynamic": "P",
                "graphopt fuse (fp32)": "D", "graphopt fuse+dynamic": "X", "ort dynamic reduce_range": "v",
-               "Quark A8W8": "h", "Quark A8W8 +CLE/SmoothQuant": "H"}
+               "Quark A8W8": "h", "Quark A8W8 +CLE/SmoothQuant": "H", "Quark U8S8": "p", "Quark auto-search": "8"}
     for model in dict.fromkeys(r["model"] for r in rows):
         points = [r for r in rows if r["model"] == model and "error" not in r]
         line, = axis.plot([], [], label=model)

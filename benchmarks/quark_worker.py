@@ -6,14 +6,17 @@ Data crosses by files: the model (.onnx), the calibration samples (.npz, `{input
 and, written here, one `quark_<config>.onnx` per config plus `quark.json` (seconds, error, the
 custom-op domains left in the graph). Imports nothing from graphopt.
 
-    QUARK_PYTHON benchmarks/quark_worker.py MODEL CALIB.npz OUTDIR --configs a8w8,a8w8_algo,a8w8_adaround
-        [--torch-path DIR] [--adaround-iterations 100]
+    QUARK_PYTHON benchmarks/quark_worker.py MODEL CALIB.npz OUTDIR --configs a8w8,a8w8_algo,u8s8,autosearch
+        [--torch-path DIR] [--adaround-iterations 100] [--search-budget 90]
 
 Configs, all through `quark.onnx.ModelQuantizer(QConfig)` (Quark's current API):
 - `a8w8`: Quark's A8W8 preset as its docs recommend for CPU int8 (int8 symmetric activations,
   Percentile calibration, float scales, standard QDQ) with per-channel int8 weights;
 - `a8w8_algo`: the same plus Quark's pre-quantization algorithm for the model family: SmoothQuant
   (alpha 0.5) when the model has MatMuls and no Conv, else CLE (cross-layer equalization);
+- `u8s8`: the same with uint8 asymmetric activations (Quark's U8S8_AAWS / INT8_CNN_DEFAULT
+  family: the layout onnxruntime's x86 int8 kernels prefer);
+- `autosearch`: Quark's `AutoSearch` over calibration method x CLE on `a8w8` (see `auto_search`);
 - `a8w8_adaround`: the same as `a8w8` plus AdaRound (Quark's torch fast-finetune) fitted on the
   calibration set at `--adaround-iterations` per layer (the preset's 1000 / 10). Not in the corpus's
   rows: even so it took 460 s on PP-OCR cls (54 layers, 16 samples) on a loaded 2-core machine.
@@ -64,9 +67,10 @@ def _family_algorithm(model_path: Path):
 
 def make_config(name: str, model_path: Path, adaround_iterations: int):
     """(QConfig, description) for a config name."""
-    from quark.onnx import AdaRoundConfig, Int8Spec, QConfig, QLayerConfig, QuantGranularity
+    from quark.onnx import AdaRoundConfig, Int8Spec, QConfig, QLayerConfig, QuantGranularity, UInt8Spec
 
-    layer = QLayerConfig(input_tensors=Int8Spec(), weight=Int8Spec(quant_granularity=QuantGranularity.Channel))
+    weights = Int8Spec(quant_granularity=QuantGranularity.Channel)
+    layer = QLayerConfig(input_tensors=UInt8Spec() if name == "u8s8" else Int8Spec(), weight=weights)
     # A8W8_QCONFIG's extra options, passed as keywords (QConfig keeps **kwargs as its extra_options)
     extras = {"ForceQuantizeNoInputCheck": True, "AlignSlice": False, "FoldRelu": True, "AlignConcat": True,
               "PrintSummary": False}
@@ -77,9 +81,44 @@ def make_config(name: str, model_path: Path, adaround_iterations: int):
     elif name == "a8w8_adaround":
         algorithms = [AdaRoundConfig(num_iterations=adaround_iterations, learning_rate=0.1, early_stop=True)]
         description = f"{description} + AdaRound ({adaround_iterations} iterations per layer)"
+    elif name == "u8s8":
+        description = "U8S8 (uint8 asym activations, Percentile; per-channel int8 weights; QDQ)"
     elif name != "a8w8":
         raise ValueError(f"unknown Quark config {name!r}")
     return QConfig(global_config=layer, algo_config=algorithms, **extras), description
+
+
+def auto_search(source: Path, arrays: dict, out: Path, target: Path, budget: float) -> str:
+    """Quark's `AutoSearch` (grid, its L2 metric on the calibration samples) over calibration method
+    x CLE on the A8W8 per-channel config, stopped once `budget` seconds of quantizing are spent;
+    the best searched model is copied to `target`. Returns what it chose."""
+    import shutil
+
+    from quark.onnx import AutoSearch, CalibrationMethod, Config, QuantFormat, QuantizationConfig, QuantType
+    from quark.onnx.quantization.auto_search.auto_search_v1 import AutoSearchConfig
+
+    base = QuantizationConfig(calibrate_method=CalibrationMethod.Percentile, quant_format=QuantFormat.QDQ,
+                              activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                              include_cle=False, print_summary=False,
+                              extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "ForceQuantizeNoInputCheck": True,
+                                             "AlignSlice": False, "FoldRelu": True, "AlignConcat": True})
+    search = AutoSearchConfig()
+    search.search_space = {"calibrate_method": [CalibrationMethod.Percentile, CalibrationMethod.MinMax, CalibrationMethod.Entropy],
+                           "include_cle": [False, True]}
+    search.search_metric, search.search_metric_tolerance = "L2", 1e30  # keep every searched model, pick the best below
+    search.search_cache_dir = search.search_output_dir = str(out / "autosearch")
+    search.search_log_path = str(out / "autosearch" / "auto_search.log")
+    search.search_stop_condition = {"find_n_candidates": -1, "iteration_limit": 6, "time_limit": budget}
+    reader = _Reader(arrays)
+    searcher = AutoSearch(str(source), Config(global_quant_config=base), search, eval_dataloader=list(reader._samples),
+                          calibration_data_reader=reader)
+    candidates = searcher.search_model()
+    best = min(candidates, key=lambda candidate: candidate["difference"])
+    shutil.copy(best["model_path"], target)
+    tried = searcher.all_configs[best["config_index"]] if best["config_index"] < len(searcher.all_configs) else {}
+    chosen = ", ".join(f"{key}={getattr(value, 'name', value)}" for key, value in tried.items())
+    return (f"AutoSearch over calibration {{Percentile, MinMax, Entropy}} x CLE {{off, on}} on A8W8 per-channel: "
+            f"{searcher.iterations} tried in {searcher.time_consumed:.0f} s, best #{best['config_index']} {chosen} (L2 {best['difference']:.3g})")
 
 
 def prepare(model_path: Path, out: Path) -> tuple[Path, str]:
@@ -103,9 +142,10 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("calibration", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--configs", default="a8w8,a8w8_algo,a8w8_adaround")
+    parser.add_argument("--configs", default="a8w8,a8w8_algo,u8s8,autosearch")
     parser.add_argument("--torch-path", help="a site-packages folder with torch, appended to sys.path")
     parser.add_argument("--adaround-iterations", type=int, default=100)
+    parser.add_argument("--search-budget", type=float, default=90.0, help="seconds of quantizing for autosearch")
     args = parser.parse_args()
     if args.torch_path:
         sys.path.append(args.torch_path)
@@ -128,8 +168,11 @@ def main() -> None:
         row: dict = {"path": None}
         start = time.perf_counter()
         try:
-            config, row["config"] = make_config(name, source, args.adaround_iterations)
-            ModelQuantizer(config).quantize_model(str(source), str(target), _Reader(arrays))
+            if name == "autosearch":
+                row["config"] = auto_search(source, arrays, args.out, target, args.search_budget)
+            else:
+                config, row["config"] = make_config(name, source, args.adaround_iterations)
+                ModelQuantizer(config).quantize_model(str(source), str(target), _Reader(arrays))
             produced = onnx.load(str(target), load_external_data=False)
             row["path"] = str(target)
             row["custom_domains"] = sorted({n.domain for n in produced.graph.node if n.domain not in ("", "ai.onnx")})
