@@ -4,6 +4,11 @@ A factorized or pruned model does fewer MACs but can run slower (two thin MatMul
 than one wide one at small sizes; an OCR recognizer came back at 1.063×). A lossy pass times
 its result against its input here and weakens or drops a result that is slower.
 
+The rule is strict: a lossy pass trades accuracy for speed or size, so a result whose median
+ratio is above 1.0 is not kept, however small the excess; there is no noise allowance (a
+lossless rewrite gets one, `latency.never_slower`). A first timing close to 1.0 is settled by
+the median of three interleaved timings, not by one.
+
 Timing goes through the run's latency backend (`graphopt.latency.of(ctx)`, `--latency-on`;
 onnxruntime on the host by default); a backend that measures nothing (`none`) judges nothing.
 """
@@ -11,6 +16,7 @@ onnxruntime on the host by default); a backend that measures nothing (`none`) ju
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Mapping
 
 import numpy as np
@@ -24,9 +30,10 @@ logger = logging.getLogger(__name__)
 
 # Below this per-run time the timing is the scheduler's noise, not the model's: not judged.
 TIMING_FLOOR_MS = 1.0
-# Interleaved medians on a busy 2-core machine move by a few percent run to run; a result is
-# called slower only beyond this.
-_NOISE = 0.02
+# Interleaved medians on a busy 2-core machine move by a few percent run to run: a first ratio
+# within this of 1.0 is timed twice more and the median of the three decides.
+_UNSETTLED = 0.03
+_TIMINGS = 3
 
 
 def latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, sample: Mapping[str, np.ndarray],
@@ -45,9 +52,10 @@ def latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, sample
 
 def slower(reference: onnx.ModelProto, candidate: onnx.ModelProto, samples: Mapping[str, np.ndarray] | None,
            backend=None, floor_ms: float = TIMING_FLOOR_MS, seconds: float = 1.0) -> dict | None:
-    """`{"latency_ratio": r, "reference_ms": ms}` when `candidate` runs slower than `reference`
-    beyond noise on the first of `samples` (`{input: (N, *shape)}`), else None (also when the
-    reference runs under `floor_ms` or there is no sample to time on)."""
+    """`{"latency_ratio": r, "reference_ms": ms, "timings": n}` when `candidate` is not measurably
+    faster than `reference` (median ratio above 1.0 on the first of `samples`, `{input: (N,
+    *shape)}`), else None (also when the reference runs under `floor_ms` or there is no sample
+    to time on)."""
     if not samples:
         return None
     inputs = {value.name for value in reference.graph.input}
@@ -55,8 +63,17 @@ def slower(reference: onnx.ModelProto, candidate: onnx.ModelProto, samples: Mapp
     measured = latency_ratio(reference, candidate, sample, backend, seconds)
     if measured is None:
         return None
-    ratio, reference_ms = measured
-    logger.debug("latency: %.3f× of %.2f ms", ratio, reference_ms)
-    if reference_ms < floor_ms or ratio <= 1.0 + _NOISE:
+    ratios, reference_ms = [measured[0]], measured[1]
+    if reference_ms < floor_ms:
         return None
-    return {"latency_ratio": round(ratio, 3), "reference_ms": round(reference_ms, 3)}
+    while abs(ratios[0] - 1.0) <= _UNSETTLED and len(ratios) < _TIMINGS:
+        again = latency_ratio(reference, candidate, sample, backend, seconds)
+        if again is None:
+            break
+        ratios.append(again[0])
+    ratio = statistics.median(ratios)
+    logger.debug("latency: %.3f× of %.2f ms (median of %d timings: %s)", ratio, reference_ms, len(ratios),
+                 ", ".join(f"{r:.3f}" for r in ratios))
+    if ratio <= 1.0:
+        return None
+    return {"latency_ratio": round(ratio, 3), "reference_ms": round(reference_ms, 3), "timings": len(ratios)}

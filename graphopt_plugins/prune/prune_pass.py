@@ -58,7 +58,9 @@ class Prune(graphopt.Pass):
     to `budget`, else `--budget`, else cos=0.99. Before returning, the pass measures its result
     on the fitting data and, when it misses the budget, bisects the amount (sparsity, ratio, or
     for n:m the share of layers given the pattern, least harmful first) for `backoff` tries,
-    keeping the largest that holds; if none does, the model is left unchanged. Layers this
+    keeping the largest that holds; if none does, the model is left unchanged, as it is when
+    (`never_slower`) the result does not time faster than its input (median ratio at most 1.0,
+    graphopt/speed.py). Layers this
     pass already pruned (`*.sparse`, `*.pruned-out` weights) are left alone, so a second run
     changes nothing.
     """
@@ -89,7 +91,7 @@ class Prune(graphopt.Pass):
         storage: Literal["dense", "sparse"] = "dense"  # unstructured: sparse writes a pruned weight as Constant(sparse_value) where that is smaller (above ~2/3 zeros)
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
         backoff: int = 3  # further tries on the amount when the budget is missed, each aimed by the last one's loss (-1: no budget check)
-        never_slower: bool = True  # time the result against the input (1 thread, onnxruntime); leave the model unchanged when slower (inputs under 1 ms are not judged)
+        never_slower: bool = True  # time the result against the input on the latency backend; leave the model unchanged unless it is faster (median ratio <= 1.0; inputs under 0.01 ms are not judged)
 
         def __post_init__(self):
             if not 0.0 <= self.sparsity < 1.0:
@@ -208,7 +210,8 @@ class Prune(graphopt.Pass):
         if best is not None and self.options.never_slower:
             slow = slower(model, convert.export_model(best.graph, model), judged, latency.of(ctx), floor_ms=TIMING_FLOOR_MS)
             if slow is not None:
-                logger.info("prune: the result runs %.3g× the input's latency; model left unchanged", slow["latency_ratio"])
+                logger.info("prune: kept the input: the pruned model timed %.3g× its latency (median of %d timings)",
+                            slow["latency_ratio"], slow["timings"])
         if best is None or slow is not None:
             nothing = {"groups_pruned": 0, "channels_removed": 0} if settings.structured == "channels" else {"layers_pruned": 0}
             stats = dict(nothing, changed=False, strength=0.0, **({"slower_than_input": slow} if slow else {}))
