@@ -14,8 +14,8 @@ Stages are rolled back last first, down to the last lossy stage that is not `str
 pass (quantize) made its own latency decision (`quantize.latency`), which the user may have set
 on purpose, and its trade of accuracy for size is not undone here.
 
-A `strict` stage is a lossy pass that holds itself to never slower (prune, factorize with their
-`never_slower` option on): it traded accuracy for speed, so a result that contains it is kept
+A `strict` stage is a lossy pass that holds itself to never slower (`Pass.trades_for_speed`:
+channel prune and factorize with their `never_slower` option on): it traded accuracy for speed, so a result that contains it is kept
 only when its median ratio to the input is at most 1.0 — no noise allowance, no timer floor. A
 result that is not measurably faster than the input is not worth the accuracy it cost. The
 pass checked itself against *its* input; this checks the whole result against the pipeline's
@@ -66,8 +66,9 @@ class NeverSlower:
 
 
 def holds_to_never_slower(pass_) -> bool:
-    """Whether a pass's result is a `strict` stage: a lossy pass with its `never_slower` option on."""
-    return not pass_.lossless and bool(getattr(pass_.options, "never_slower", False))
+    """Whether a pass's result is a `strict` stage: a lossy pass that trades accuracy for speed
+    (`Pass.trades_for_speed`: prune with channels, factorize, with `never_slower` on)."""
+    return not pass_.lossless and pass_.trades_for_speed()
 
 
 def check_on(backend) -> Compare | None:
