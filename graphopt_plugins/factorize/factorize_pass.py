@@ -73,8 +73,8 @@ class Factorize(graphopt.Pass):
     Lossy: it fits on three calibration samples in four and, before returning, runs the
     factorized model on the fourth and backs off (halving `strength`) until every held-out
     sample's outputs (and slices of outputs, `--budget-slices`) meet its budget (`budget`, else
-    `--budget`, else cos=0.99) and, with `never_slower`, the result is faster than its input
-    (median ratio at most 1.0, graphopt/speed.py); if no setting does, it leaves the model unchanged. When the
+    `--budget`, else cos=0.99) and, with `never_slower`, the result is measurably faster than
+    its input (graphopt/speed.py); if no setting does, it leaves the model unchanged. When the
     pipeline's verification still misses, `weaker()` hands it a halved strength.
     """
 
@@ -102,7 +102,7 @@ class Factorize(graphopt.Pass):
         refit: bool = True  # data method: where the factors miss the budget, refit each V (and a Conv's bias) by least squares, layer by layer, on the inputs the factorized model feeds it
         refit_samples: int = 8  # calibration samples the refit runs on (two model runs per layer each)
         backoff: int = 4  # times strength is halved when the budget is missed (or the result runs slower)
-        never_slower: bool = True  # time the result against the input on the latency backend and back off unless it is faster (median ratio <= 1.0); inputs under 0.01 ms are not judged
+        never_slower: bool = True  # time the result against the input on the latency backend and back off unless it is measurably faster (median ratio <= 1.0 less the input's own noise); inputs under 0.01 ms are not judged
         strength: float = 1.0  # how far rank_by goes, 1 = as asked; the pipeline's back-off (weaker) lowers it
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
         safety: float = 0.2  # rank_by=budget: share of the budget's room (1 - cos) left unspent, for inputs the search never saw

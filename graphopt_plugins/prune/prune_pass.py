@@ -59,8 +59,7 @@ class Prune(graphopt.Pass):
     on the fitting data and, when it misses the budget, bisects the amount (sparsity, ratio, or
     for n:m the share of layers given the pattern, least harmful first) for `backoff` tries,
     keeping the largest that holds; if none does, the model is left unchanged, as it is when
-    (`never_slower`, channels) the result does not time faster than its input (median ratio at most 1.0,
-    graphopt/speed.py). Layers this
+    (`never_slower`, channels) the result is not measurably faster than its input (graphopt/speed.py). Layers this
     pass already pruned (`*.sparse`, `*.pruned-out` weights) are left alone, so a second run
     changes nothing.
     """
@@ -91,7 +90,7 @@ class Prune(graphopt.Pass):
         storage: Literal["dense", "sparse"] = "dense"  # unstructured: sparse writes a pruned weight as Constant(sparse_value) where that is smaller (above ~2/3 zeros)
         budget: str = ""  # this pass's accuracy budget, e.g. cos=0.98 (default: --budget, else cos=0.99)
         backoff: int = 3  # further tries on the amount when the budget is missed, each aimed by the last one's loss (-1: no budget check)
-        never_slower: bool = True  # time the result against the input on the latency backend; leave the model unchanged unless it is faster (median ratio <= 1.0; channels only: zeroed weights run the same kernels; inputs under 0.01 ms are not judged)
+        never_slower: bool = True  # time the result against the input on the latency backend; leave the model unchanged unless it is measurably faster (median ratio <= 1.0 less the input's own noise; channels only: zeroed weights run the same kernels; inputs under 0.01 ms are not judged)
 
         def __post_init__(self):
             if not 0.0 <= self.sparsity < 1.0:

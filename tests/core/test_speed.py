@@ -59,25 +59,28 @@ def test_factorize_backs_off_from_a_slower_result_and_leaves_the_model(monkeypat
 
 
 class _Board(LatencyBackend):
-    """A fake target: the first model runs 2 ms, every other `ratio` times that."""
+    """A fake target: the first model runs 2 ms, a copy of it (2 + 2·`noise`) ms, any other `ratio` times 2 ms."""
 
     name = "fake-board"
 
-    def __init__(self, ratio: float):
+    def __init__(self, ratio: float, noise: float = 0.0):
         super().__init__()
-        self.ratio = ratio
+        self.ratio, self.noise = ratio, noise
 
     def _medians(self, models, feeds, seconds, rounds):
-        return [2.0] + [2.0 * self.ratio for _ in models[1:]]
+        return [2.0] + [2.0 * (1 + self.noise) if model is models[0] else 2.0 * self.ratio for model in models[1:]]
 
 
 def test_a_lossy_result_one_percent_slower_is_slower_however_small_and_a_faster_one_is_not():
     samples = {"x": np.ones((1, 64, 8), np.float32)}
     board = _Board(1.01)
     found = slower(_chain(1, width=8), _chain(2, width=8), samples, backend=board)
-    assert found == {"latency_ratio": 1.01, "reference_ms": 2.0, "timings": 3}  # near 1.0: the median of three
-    assert board.comparisons["lossy pass: never slower"] == 3
-    assert slower(_chain(1, width=8), _chain(2, width=8), samples, backend=_Board(1.0)) is None  # equal is not slower
+    assert found == {"latency_ratio": 1.01, "noise": 0.0, "reference_ms": 2.0, "timings": 3}  # near 1.0: three more
+    assert board.comparisons["lossy pass: never slower"] == 4
+    assert slower(_chain(1, width=8), _chain(2, width=8), samples, backend=_Board(1.0)) is None  # no noise: equal is kept
+    # 2% faster, but the input differs from its own copy by 3%: not measurably faster
+    assert slower(_chain(1, width=8), _chain(2, width=8), samples, backend=_Board(0.98, noise=0.03))["noise"] == 0.03
+    assert slower(_chain(1, width=8), _chain(2, width=8), samples, backend=_Board(0.98, noise=0.01)) is None
     far = _Board(1.2)
     assert slower(_chain(1, width=8), _chain(2, width=8), samples, backend=far)["timings"] == 1  # settled at once
     assert far.comparisons["lossy pass: never slower"] == 1
