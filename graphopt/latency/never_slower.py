@@ -15,11 +15,12 @@ pass (quantize) made its own latency decision (`quantize.latency`), which the us
 on purpose, and its trade of accuracy for size is not undone here.
 
 A `strict` stage is a lossy pass that holds itself to never slower (`Pass.trades_for_speed`:
-channel prune and factorize with their `never_slower` option on): it traded accuracy for speed, so a result that contains it is kept
-only when its median ratio to the input is at most 1.0 — no noise allowance, no timer floor. A
-result that is not measurably faster than the input is not worth the accuracy it cost. The
-pass checked itself against *its* input; this checks the whole result against the pipeline's
-input, which also catches a lossless stage before it that cost more than the lossy one gained.
+channel prune and factorize with their `never_slower` option on). It traded accuracy for
+speed, so a result that contains it is kept only when its median ratio to the input is at
+most 1.0 — no noise allowance, no timer floor: a result that is not faster than the input is
+not worth the accuracy it cost. The pass checked itself against *its* input (`speed.py`);
+this checks the whole result against the pipeline's input, which also catches a lossless
+stage before it that cost more than the lossy one gained.
 """
 
 from __future__ import annotations
