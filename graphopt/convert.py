@@ -146,7 +146,7 @@ def _stubbed_weights(graph: gs.Graph):
             tensor._values = values
 
 
-def stand_in_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True) -> tuple[onnx.ModelProto, dict[str, int]]:
     """`model` as ONNX's checker and shape inference get it: each large weight of the main graph
     a graph input of its type and shape (and {name: bytes} of those), or `model` itself when
     none is large.
@@ -155,6 +155,8 @@ def stand_in_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     propagation follows only small integer tensors. Weights in data files stand in too (the
     checker cannot read them by absolute path). A weight whose bytes do not fit its shape
     crosses whole, so the checker names it. `model` is not modified, nor its weights copied.
+    `value_info=False` leaves the main graph's value_info out of a copy (a caller about to
+    drop them spares copying them); `model` itself, when it comes back, keeps them.
     """
     moved = {}
     for tensor in model.graph.initializer:
@@ -165,7 +167,7 @@ def stand_in_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
         return model, moved
     skeleton = onnx.ModelProto()
     copy_fields(model, skeleton, skip=("graph",))
-    copy_fields(model.graph, skeleton.graph, skip=("initializer",))
+    copy_fields(model.graph, skeleton.graph, skip=("initializer",) if value_info else ("initializer", "value_info"))
     skeleton.graph.initializer.extend(t for t in model.graph.initializer if t.name not in moved)
     declared = {value.name for value in model.graph.input}
     skeleton.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
