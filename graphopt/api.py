@@ -100,7 +100,8 @@ def optimize(
         # Under 2 GiB the result is self-contained, as docs/design.md promises; over it, its
         # weights stay in the input's data files (by absolute path) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
-        if not _read_in_if_it_fits(final) and spill is not None:
+        # No spill folder: the input's weights were all in memory, and so are the result's.
+        if spill is not None and not _read_in_if_it_fits(final):
             materialize_external_data(final, only_in=spill)
         return Result(final, report)
 
@@ -188,8 +189,9 @@ def _optimized(
                                 evaluator=load_evaluator(evaluator) if evaluator is not None else None)
     if settings.evaluator is not None and (global_budget is None or global_budget.score_budget() is None):
         raise UsageError("--evaluator needs a score term in --budget, e.g. score=-1% or score>=0.75")
-    with spill_folder(source) as spill:
-        context = RunContext(weights_dir=external_folder(source), spill_dir=spill)
+    weights_dir = external_folder(source)
+    with spill_folder(source) if weights_dir is not None else contextlib.nullcontext() as spill:
+        context = RunContext(weights_dir=weights_dir, spill_dir=spill)
         try:
             outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds,
                                    model_size=prepared.given_size, context=context, reference=prepared.data)

@@ -45,6 +45,12 @@ class RunContext:
     weights_dir: Path | None = None  # the input's data files, for weights loading left on disk
     spill_dir: Path | None = None  # this run's scratch folder for large weights passes create
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether every weight of the run is held in memory: no data files to read, none to spill
+        to. Then no proto made of the run's model refers to a file, and none needs looking through."""
+        return self.weights_dir is None and self.spill_dir is None
+
 
 @dataclasses.dataclass
 class Model:
@@ -103,7 +109,8 @@ def check_and_infer(model: Model, *, value_info: bool = True, exported: onnx.Mod
         return None
     # Weights in Constant nodes or bodies still in data files: the checker cannot read them by
     # absolute path; they are checked by path when written.
-    inferred = _checked_inference(data) if external_folder(skeleton) is None else _lenient_inference(data) or data
+    on_disk = not model.context.in_memory and external_folder(skeleton) is not None
+    inferred = _lenient_inference(data) or data if on_disk else _checked_inference(data)
     shaped = onnx.load_model_from_string(inferred)
     apply_inferred_shapes(model.graph, shaped)
     if exported is not None:  # as exporting the graph now would write them
