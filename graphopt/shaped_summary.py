@@ -56,7 +56,7 @@ def _frozen_weightless(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, .
     weight's bytes or checking the model again (it was checked)."""
     # Without the main graph's value_info (inferred for the dynamic interface, they would
     # contradict the frozen one): a copy made here is frozen in place, not copied again.
-    skeleton, moved = stand_in_weights(model, value_info=False)
+    skeleton, moved = stand_in_weights(model, value_info=False, constants=True)
     frozen = inferred_skeleton(freeze_input_shapes(skeleton, shapes, in_place=skeleton is not model))
     declared = {value.name for value in model.graph.input}
     inputs = [value for value in frozen.graph.input if value.name not in moved or value.name in declared]
