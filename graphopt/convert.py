@@ -97,7 +97,7 @@ def export_model(
     unmap_external_constants(iter_graphs(graph))
     if weights == "placeholders":
         with _stubbed_weights(graph):
-            return stand_in_weights(_exported(graph, template))[0]
+            return stand_in_weights(_exported(graph, template), in_place=True)[0]
     if spill_dir is not None:
         spill_new_constants(graph, spill_dir)
     return _exported(graph, template)
@@ -143,7 +143,7 @@ def _stubbed_weights(graph: gs.Graph):
             tensor._values = values
 
 
-def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constants: bool = False
+def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constants: bool = False, in_place: bool = False
                      ) -> tuple[onnx.ModelProto, dict[str, int]]:
     """`model` as ONNX's checker and shape inference get it: each large weight of the main graph
     a graph input of its type and shape (and {name: bytes} of those), or `model` itself when
@@ -160,6 +160,8 @@ def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constan
     paddle2onnx keeps every weight) into a dims-only placeholder (`constant_placeholders`),
     for a shape inference whose result is only read, never checked nor used as the model: the
     checker would take a placeholder for a data file, and inference gives the node back so.
+    `in_place=True` makes `model` itself the placeholder form (a fresh export nobody else holds:
+    no copy of its graph), `value_info` and `constants` aside.
     """
     moved = {}
     for tensor in model.graph.initializer:
@@ -169,6 +171,15 @@ def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constan
     stubs = constant_placeholders(model.graph) if constants else {}
     if not moved and not stubs:
         return model, moved
+    declared = {value.name for value in model.graph.input}
+    stand_ins = [onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                 for t in model.graph.initializer if t.name in moved and t.name not in declared]
+    if in_place and not stubs and value_info:
+        initializers = model.graph.initializer
+        for index in reversed([index for index, t in enumerate(initializers) if t.name in moved]):
+            del initializers[index]
+        model.graph.input.extend(stand_ins)
+        return model, moved
     skeleton = onnx.ModelProto()
     copy_fields(model, skeleton, skip=("graph",))
     skipped = ("initializer",) + (() if value_info else ("value_info",)) + (("node",) if stubs else ())
@@ -176,9 +187,7 @@ def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constan
     if stubs:
         skeleton.graph.node.extend(stubs.get(index, node) for index, node in enumerate(model.graph.node))
     skeleton.graph.initializer.extend(t for t in model.graph.initializer if t.name not in moved)
-    declared = {value.name for value in model.graph.input}
-    skeleton.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
-                                for t in model.graph.initializer if t.name in moved and t.name not in declared)
+    skeleton.graph.input.extend(stand_ins)
     return skeleton, moved
 
 
