@@ -33,9 +33,9 @@ def leaves_dynamic(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]
     """Whether `model` leaves some dim of an input in `shapes` dynamic: then `count_macs_at`
     counts on a copy frozen at `shapes`, and the summary need not count on `model` itself
     (`summarize(..., count=False)`)."""
-    declared = {value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-                for value in model.graph.input}
-    return not all(None not in declared.get(name, []) for name in shapes)
+    # Only the inputs named: before IR 4 every initializer is listed as an input too.
+    return any(not dim.HasField("dim_value") for value in model.graph.input if value.name in shapes
+               for dim in value.type.tensor_type.shape.dim)
 
 
 def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
