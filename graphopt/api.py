@@ -220,11 +220,21 @@ def _optimized(
             output_summary=count_macs_at(output_summary, final, at), passes=outcome.passes, verify=verify,
             samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
             end_to_end=outcome.end_to_end,
-            warnings=list(loaded.warnings) + model_warnings + pass_warnings(outcome.passes), latency=timer.report())
+            warnings=list(loaded.warnings) + model_warnings + pass_warnings(outcome.passes) + _judged_on_fitting_data(origin, outcome.passes),
+            latency=timer.report())
         report["verification"]["shapes"] = {name: c.to_dict() for name, c in chosen.items()}
         report["verification"]["frozen"] = freeze_shapes
         report["never_slower"] = outcome.never_slower
         yield final, report, spill
+
+
+def _judged_on_fitting_data(origin: str, entries: list[dict]) -> list[str]:
+    """A warning when a lossy result was verified only on the samples its passes fitted to."""
+    lossy = [entry["name"] for entry in entries if entry.get("status") == "accepted" and not entry.get("lossless", True)]
+    if origin != "calibration" or not lossy:
+        return []
+    return [f"{', '.join(lossy)} verified on the {parameter('calibration')} samples they were fitted to (a quarter held "
+            f"out while fitting); give unseen samples with {parameter('inputs')} to verify on inputs no pass has seen"]
 
 
 def prepare_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:

@@ -266,3 +266,17 @@ def test_a_pass_runs_on_the_graph_the_accepted_pass_before_it_left(tmp_path):
     assert graphs[1] is graphs[0] and graphs[2] is graphs[1] and graphs[3] is not graphs[2]
     assert [e["status"] for e in outcome.passes] == ["accepted", "unchanged", "rolled_back", "unchanged"]
     assert [n.op_type for n in outcome.model.graph.node] == ["Relu"] and outcome.model.graph.node[0].name == "renamed"
+
+
+def test_a_lossy_result_verified_on_its_own_calibration_samples_says_so():
+    model = onnx.parser.parse_model(MODEL)
+    samples = {"x": np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32)}
+    options = {"scale-weights": {"factor": 1.001}}
+    fitted = graphopt.optimize(model, passes=["scale-weights"], options=options, calibration=samples, never_slower=False)
+    assert fitted.report["passes"][0]["status"] == "accepted"
+    assert any("verified on the calibration= samples" in text for text in fitted.report["warnings"])
+    unseen = graphopt.optimize(model, passes=["scale-weights"], options=options, calibration=samples, inputs=samples,
+                               never_slower=False)
+    assert not any("calibration= samples" in text for text in unseen.report["warnings"])
+    lossless = graphopt.optimize(model, passes=["cleanup"], calibration=samples, never_slower=False)
+    assert not any("calibration= samples" in text for text in lossless.report["warnings"])
