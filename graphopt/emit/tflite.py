@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import io
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,11 +42,31 @@ PRECISIONS = ("fp32", "fp16", "int8")
 _FILES = {"fp32": "_float32.tflite", "fp16": "_float32.tflite", "int8": "_integer_quant.tflite"}
 
 
+# onnx2tf sets the interpreter's recursion limit to this when imported, for its own graph walks.
+# graphopt gives it that limit while it converts and gives the caller's back afterwards: left
+# raised, a deep recursion anywhere else in the process overflows the C stack (a crash, not a
+# RecursionError) or, where code sizes work by the limit, runs out of memory.
+_ONNX2TF_RECURSION_LIMIT = 2**31 - 1
+
+
+@contextlib.contextmanager
+def _recursion_limit(during: int | None = None):
+    """The caller's recursion limit restored on exit; `during` set while the block runs."""
+    caller = sys.getrecursionlimit()
+    if during is not None:
+        sys.setrecursionlimit(max(caller, during))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(caller)
+
+
 def require_tflite(what: str) -> None:
     """Raises UsageError naming the install when onnx2tf or ai-edge-litert is missing."""
     try:
-        import ai_edge_litert.interpreter  # noqa: F401
-        import onnx2tf  # noqa: F401
+        with _recursion_limit():  # importing onnx2tf raises it for good
+            import ai_edge_litert.interpreter  # noqa: F401
+            import onnx2tf  # noqa: F401
     except ImportError as error:
         raise UsageError(f"{what} needs the tflite extra ({error.name} is missing): pip install 'graphopt[tflite]', "
                          "then the onnx2tf step in docs/targets.md") from error
@@ -64,7 +85,8 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
     Raises InputError naming the op onnx2tf could not convert.
     """
     require_tflite("--emit tflite")
-    import onnx2tf
+    with _recursion_limit():
+        import onnx2tf
 
     if precision not in PRECISIONS:
         raise UsageError(f"tflite precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -84,7 +106,8 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
         captured = io.StringIO()
         written = Path(folder) / "out" / f"model{_FILES[precision]}"
         try:
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _rank1_bias_axis() as per_channel:
+            with (contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _rank1_bias_axis() as per_channel,
+                  _recursion_limit(_ONNX2TF_RECURSION_LIMIT)):
                 onnx2tf.convert(**settings, **({"quant_type": "per-channel" if per_channel else "per-tensor"} if precision == "int8" else {}))
         except BaseException as error:  # onnx2tf exits (SystemExit) on some unsupported models
             if isinstance(error, KeyboardInterrupt):

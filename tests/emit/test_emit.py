@@ -143,3 +143,12 @@ def test_emit_tflite_fp16_stores_float16_weights_behind_dequantize_and_runs_in_l
     dequantized = [op for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.DEQUANTIZE]
     assert dequantized and all(graph.tensors[op.inputs[0]].type == schema.TensorType.FLOAT16 for op in dequantized)
     assert graph.tensors[graph.inputs[0]].type == schema.TensorType.FLOAT32  # the interface stays float32
+
+
+def test_converting_with_onnx2tf_leaves_the_callers_recursion_limit_as_it_was(cnn_path, tmp_path):
+    # onnx2tf raises it to 2**31 - 1 when imported; left so, a deep recursion elsewhere crashes the process
+    import sys
+
+    limit = sys.getrecursionlimit()
+    graphopt.optimize_to_file(str(cnn_path), tmp_path / "m.tflite", passes=["cleanup"], emit="tflite")
+    assert sys.getrecursionlimit() == limit
