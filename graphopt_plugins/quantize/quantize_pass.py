@@ -24,7 +24,6 @@ __all__ = ["Quantize"]
 
 _DEFAULT_BUDGET = Budget(cos=0.99)  # the pipeline's own default for lossy passes
 _SAFETY_STEPS = (0.5, 0.8, 0.95)  # the back-off's aims inside the budget before quantizing nothing
-_UNSEEN_MARGIN = 0.2  # as factorize's `safety`: room left for inputs no plan was judged on
 
 
 class Quantize(graphopt.Pass):
@@ -86,7 +85,7 @@ class Quantize(graphopt.Pass):
         full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
-        safety: float | None = None  # share of the budget's room left unused; None: 0.2 when judged on --calibration itself, else 0 (back-off raises it; 1 = nothing)
+        safety: float = 0.0  # share of the budget's room the plan leaves unused (the back-off raises it; 1 = quantize nothing)
 
         def __post_init__(self):
             if self.weight_bits not in (4, 8):
@@ -97,7 +96,7 @@ class Quantize(graphopt.Pass):
                 raise ValueError("percentile must be in (50, 100]")
             if not 0.0 < self.latency_margin <= 1.0:
                 raise ValueError("latency_margin must be in (0, 1]")
-            if self.safety is not None and not 0.0 <= self.safety <= 1.0:
+            if not 0.0 <= self.safety <= 1.0:
                 raise ValueError("safety must be in [0, 1]")
             if self.max_samples < 1 or self.sensitivity_samples < 1:
                 raise ValueError("max_samples and sensitivity_samples must be >= 1")
@@ -121,7 +120,7 @@ class Quantize(graphopt.Pass):
         if result is not None and not result.changed:
             return None
         steps = _SAFETY_STEPS + (1.0,)
-        later = [safety for safety in steps if safety > (self.options.safety or 0.0)]
+        later = [safety for safety in steps if safety > self.options.safety]
         return Quantize(dataclasses.replace(self.options, safety=later[0])) if later else None
 
     def required_opset(self) -> int:
@@ -136,7 +135,7 @@ class Quantize(graphopt.Pass):
         if ctx.opset and ctx.opset < self.required_opset():  # the pipeline converts first; a direct caller may not
             raise PreconditionError(f"pass 'quantize' needs opset >= {self.required_opset()} (per-channel DequantizeLinear; "
                                     f"int4 blocks: 21); the model has {ctx.opset} (convert it first: --passes opset,...)")
-        if options.safety is not None and options.safety >= 1.0:
+        if options.safety >= 1.0:
             ctx.logger.info("quantize: backed off to quantizing nothing")
             return graphopt.PassResult(changed=False, stats={"quantized": 0, "reason": "backed off: no plan met the budget"})
         latency = graphopt_latency.of(ctx)
@@ -148,16 +147,14 @@ class Quantize(graphopt.Pass):
         calibration, evaluation, origin, held_out = self._data(ctx.proto(), ctx)
         ranges = middle_ranges(ctx.proto(), calibration) if options.equalize and options.weight_granularity == "per-channel" else None
         model, equalized = equalized_model(ctx.proto(), ranges) if options.equalize else (ctx.proto(), 0)
-        # Judged on the samples it was fitted to (a quarter held out), a plan keeps a margin for unseen ones.
-        safety = options.safety if options.safety is not None else _UNSEEN_MARGIN if held_out else 0.0
-        budget = (Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET).tightened(safety)
+        budget = (Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET).tightened(options.safety)
         plans = {}
         for mode, (targets, skipped) in found.items():
             planner = Planner(model, targets, dataclasses.replace(options, mode=mode), calibration, evaluation, budget, ctx.seed,
                               track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency,
                               slices=ctx.output_slices)
             chosen, stats = planner.plan()
-            stats.update(data=origin, held_out_samples=held_out, skipped=skipped, mode=mode, **({"safety": safety} if safety else {}),
+            stats.update(data=origin, held_out_samples=held_out, skipped=skipped, mode=mode, **({"safety": options.safety} if options.safety else {}),
                          **({"equalized_pairs": equalized} if options.equalize else {}))
             plans[mode] = (planner, chosen, stats)
         mode, timings = next(iter(plans)), {}

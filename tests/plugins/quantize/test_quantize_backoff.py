@@ -35,7 +35,7 @@ def test_a_plan_the_verifier_refuses_is_backed_off_to_a_result_not_a_failure():
     entry = result.report["passes"][0]
     assert entry["status"] == "unchanged", entry["status"]
     tries = entry["tries"]
-    assert tries[0]["options"]["safety"] is None and tries[0]["ok"] is False  # the plan as first made fails
+    assert tries[0]["options"]["safety"] == 0.0 and tries[0]["ok"] is False  # the plan as first made fails
     assert [step["options"]["safety"] for step in tries[1:]] == [0.5, 0.8, 0.95, 1.0]
     assert entry["details"]["reason"].startswith("backed off")
     assert not any(node.op_type == "QuantizeLinear" for node in result.model.graph.node)
