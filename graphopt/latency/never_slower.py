@@ -11,16 +11,19 @@ shows against its own copy (or within `margin`) is not a slowdown.
 Rolling back keeps the output of the longest run of stages that is not slower: a stage's
 output is the input of the next, so a stage in the middle cannot go without those after it.
 Stages are rolled back last first, down to the last lossy stage that is not `strict`: such a
-pass (quantize) made its own latency decision (`quantize.latency`), which the user may have set
-on purpose, and its trade of accuracy for size is not undone here.
+pass (quantize, fp16) made its own latency decision (`quantize.latency`), which the user may
+have set on purpose, and its trade of accuracy for size is not undone here. So the stages after
+it are timed against that lossy stage's output, not the input: `fp16,compact` keeps `compact`
+even though float16 itself is slower than the input on an x86 host (the slowdown is fp16's,
+which is not rolled back).
 
 A `strict` stage is a lossy pass that holds itself to never slower (`Pass.trades_for_speed`:
 channel prune and factorize with their `never_slower` option on). It traded accuracy for
-speed, so a result that contains it is kept only when its median ratio to the input is at
-most 1.0 — no noise allowance, no timer floor: a result that is not faster than the input is
-not worth the accuracy it cost. The pass checked itself against *its* input (`speed.py`);
-this checks the whole result against the pipeline's input, which also catches a lossless
-stage before it that cost more than the lossy one gained.
+speed, so a result that contains it is kept only when its median ratio to the baseline (the
+input, or that lossy stage's output) is at most 1.0 — no noise allowance, no timer floor: a
+result that is not faster is not worth the accuracy it cost. The pass checked itself against
+*its* input (`speed.py`); this checks the whole result, which also catches a lossless stage
+before it that cost more than the lossy one gained.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class NeverSlower:
 
     kept: int
     report: dict
+    baseline: str = "the input"  # what the rolled-back stages were slower than, in words
 
 
 def holds_to_never_slower(pass_) -> bool:
@@ -92,34 +96,45 @@ def host_compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> dict[str
 
 def keep_never_slower(original: onnx.ModelProto, stages: list[Stage], compare: Compare, feeds: dict, *,
                       margin: float = DEFAULT_MARGIN, repeats: int = 3) -> NeverSlower:
-    """How many of `stages` to keep so that the result is not slower than `original`.
+    """How many of `stages` to keep so that the result is not slower than `original`, or than
+    the last lossy, not `strict` stage's output when there is one (the stages after it are
+    judged against what they started from); a result with a `strict` stage after that
+    baseline is held to no slower at all.
 
-    Times the last stage's output against `original`; while it is slower beyond noise and the
+    Times the last stage's output against that baseline; while it is slower beyond noise and the
     last stage is lossless, drops it and times the one before. Every timing taken is in the report.
     """
     timings = []
+    # the last lossy stage whose own latency decision stands: the stages after it started from its output
+    anchor = next((index for index in range(len(stages) - 1, -1, -1) if not stages[index].lossless and not stages[index].strict), -1)
+    lossy = stages[anchor] if anchor >= 0 else None
+    baseline = original if lossy is None else lossy.model
     for kept in range(len(stages), 0, -1):
         last = stages[kept - 1]
         if not last.lossless and not last.strict:
             break
-        strict = any(stage.strict for stage in stages[:kept])
-        verdict = _judge(original, last.model, compare, feeds, margin, repeats, strict)
-        timings.append({"after": last.name, **verdict})
+        strict = any(stage.strict for stage in stages[anchor + 1:kept])
+        verdict = _judge(baseline, last.model, compare, feeds, margin, repeats, strict)
+        timings.append({"after": last.name, "against": "input" if lossy is None else lossy.name, **verdict})
         if not verdict["slower"]:
             break
         if strict:
-            logger.warning("the model after pass '%s' timed %.3fx the input (median of %d timings; a lossy pass must be "
-                           "faster); rolled back", last.name, verdict["ratio"], verdict["timings"])
+            logger.warning("the model after pass '%s' timed %.3fx %s (median of %d timings; a lossy pass must be "
+                           "faster); rolled back", last.name, verdict["ratio"], _baseline_words(lossy), verdict["timings"])
         else:
-            logger.warning("the model after pass '%s' is slower than the input (%.3fx, noise ±%.3f); rolled back",
-                           last.name, verdict["ratio"], verdict["noise"])
+            logger.warning("the model after pass '%s' is slower than %s (%.3fx, noise ±%.3f); rolled back",
+                           last.name, _baseline_words(lossy), verdict["ratio"], verdict["noise"])
     else:
         kept = 0
     rolled_back = [stage.name for stage in stages[kept:]]
     report = {"checked": True, "margin": margin, "timings": timings, "rolled_back": rolled_back}
     if not timings:
         report.update(checked=False, reason=f"the last pass, '{stages[-1].name}', is lossy: its own latency decision stands")
-    return NeverSlower(kept, report)
+    return NeverSlower(kept, report, _baseline_words(lossy))
+
+
+def _baseline_words(lossy: Stage | None) -> str:
+    return "the input" if lossy is None else f"the output of the lossy pass '{lossy.name}'"
 
 
 def _judge(original, candidate, compare: Compare, feeds: dict, margin: float, repeats: int, strict: bool = False) -> dict:
@@ -173,10 +188,10 @@ def check_pipeline_result(original: onnx.ModelProto, original_size: int | None, 
     for index, stage in enumerate(stages[outcome.kept:], outcome.kept):
         if stage.entry is None:
             continue
-        because = "slower than the input"
+        because = f"slower than {outcome.baseline}"
         timing = timings[len(stages) - 1 - index] if len(stages) - 1 - index < len(timings) else None
         if stage.strict and timing is not None:  # a lossy pass's result, held to no slower at all
-            because = (f"not faster than the input: the model after it timed {timing['ratio']:.3f}x "
+            because = (f"not faster than {outcome.baseline}: the model after it timed {timing['ratio']:.3f}x "
                        f"(median of {timing['timings']} interleaved timings)")
         stage.entry.update(status="rolled_back", rolled_back=True, rolled_back_because=because)
     return _last(original, original_size, stages[:outcome.kept]) + (outcome.report,)

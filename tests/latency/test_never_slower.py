@@ -44,8 +44,8 @@ def test_the_slower_last_stage_is_rolled_back_and_the_timings_reported():
     first, second = outcome.report["timings"]
     assert first["after"] == "fuse" and first["slower"] and first["ratio"] == pytest.approx(1.1)
     assert (first["input_ms"], first["output_ms"]) == (10.0, 11.0)
-    assert second == {"after": "cleanup", "slower": False, "ratio": pytest.approx(0.9), "noise": 0.0, "timings": 1,
-                      "input_ms": 10.0, "output_ms": 9.0}
+    assert second == {"after": "cleanup", "against": "input", "slower": False, "ratio": pytest.approx(0.9), "noise": 0.0,
+                      "timings": 1, "input_ms": 10.0, "output_ms": 9.0}
 
 
 def test_a_difference_within_the_measured_noise_is_kept():
@@ -135,8 +135,8 @@ def test_a_strict_stage_is_judged_on_the_whole_result_and_no_timer_floor_excuses
     outcome = keep_never_slower(_model("in"), stages, compare, {"x": None})
     assert outcome.report["rolled_back"] == ["prune"] and outcome.kept == 1  # fuse: 2 µs, under the lossless floor
     kept = keep_never_slower(_model("in"), stages, _compare_by_doc({"in": 10.0, "a": 10.1, "b": 10.0}), {"x": None})
-    assert kept.kept == 2 and kept.report["timings"][0] == {"after": "prune", "slower": False, "ratio": 1.0, "noise": 0.0,
-                                                             "timings": 1, "input_ms": 10.0, "output_ms": 10.0}
+    assert kept.kept == 2 and kept.report["timings"][0] == {"after": "prune", "against": "input", "slower": False, "ratio": 1.0,
+                                                             "noise": 0.0, "timings": 1, "input_ms": 10.0, "output_ms": 10.0}
 
 
 def test_the_report_says_why_a_strict_stage_went_back():
@@ -146,3 +146,23 @@ def test_the_report_says_why_a_strict_stage_went_back():
     assert model.doc_string == "in" and report["rolled_back"] == ["prune"]
     assert entry["status"] == "rolled_back"
     assert entry["rolled_back_because"] == "not faster than the input: the model after it timed 1.030x (median of 3 interleaved timings)"
+
+
+def test_lossless_stages_after_a_lossy_one_are_judged_against_its_output_not_the_input():
+    # fp16 on x86: slower than the input by its own choice; a lossless compact after it changes no speed.
+    stages = [Stage("fp16", _model("half"), lossless=False), Stage("compact", _model("small"))]
+    compare = _compare_by_doc({"in": 10.0, "half": 13.0, "small": 13.0})
+    outcome = keep_never_slower(_model("in"), stages, compare, {"x": None})
+    assert outcome.kept == 2 and outcome.report["rolled_back"] == []
+    assert outcome.report["timings"][0]["against"] == "fp16" and outcome.report["timings"][0]["ratio"] == 1.0
+    slower = [Stage("fp16", _model("half"), lossless=False), Stage("compact", _model("worse"))]
+    outcome = keep_never_slower(_model("in"), slower, _compare_by_doc({"in": 10.0, "half": 13.0, "worse": 15.0}), {"x": None})
+    assert outcome.kept == 1 and outcome.report["rolled_back"] == ["compact"] and "'fp16'" in outcome.baseline
+
+def test_after_a_lossy_stage_that_decides_for_itself_a_strict_one_is_judged_against_its_output():
+    stages = [Stage("fp16", _model("half"), lossless=False), Stage("prune", _model("cut"), lossless=False, strict=True)]
+    outcome = keep_never_slower(_model("in"), stages, _compare_by_doc({"in": 10.0, "half": 13.0, "cut": 13.1}), {"x": None})
+    assert outcome.kept == 1 and outcome.report["rolled_back"] == ["prune"]  # 1.008x fp16's output: not faster
+    assert outcome.report["timings"][0]["against"] == "fp16"
+    faster = keep_never_slower(_model("in"), stages, _compare_by_doc({"in": 10.0, "half": 13.0, "cut": 12.0}), {"x": None})
+    assert faster.kept == 2  # slower than the input, but fp16's slowdown is fp16's own decision
