@@ -29,6 +29,7 @@ from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.quantize.accuracy import fit_to_budget, worst_metrics
 from graphopt_plugins.quantize.bias_correction import bias_shifts
 from graphopt_plugins.quantize.calibration import collect_ranges
+from graphopt_plugins.quantize.judging import SampleJudge, judged_outputs
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
@@ -68,6 +69,10 @@ class Planner:
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
         self._built: dict[tuple, onnx.ModelProto] = {}  # the last few candidates built, by plan
         self._judged: dict[tuple, dict] = {}  # metrics by (plan, deployed only)
+        self._refused: dict[tuple, dict] = {}  # plans the search refused at their first sample that broke the budget
+        self._sample_judge: SampleJudge | None = None
+        self._hardest = 0  # the sample that broke the last refused plan: the next plan runs it first
+        self.sample_runs = 0  # candidate samples run to judge plans (the sensitivity sweep's aside)
         self.units = _shared_weight_units(targets)  # first index -> every target index reading that weight
         constants = constant_tensors(model)
         self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
@@ -150,7 +155,8 @@ class Planner:
         if timed:
             chosen = self._layer_latency(chosen)
         reference = stacked_outputs(self.model, self.evaluation, optimize=True)
-        evaluate = lambda subset, deployed_only=False: self._evaluate(reference, subset, deployed_only)  # noqa: E731
+        self._sample_judge = SampleJudge(reference, self.budget)
+        evaluate = lambda subset, deployed_only=False, searching=False: self._evaluate(reference, subset, deployed_only, searching)  # noqa: E731
         if self.options.auto:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
@@ -158,10 +164,11 @@ class Planner:
             units = [unit for unit in self.units if unit in set(chosen)]
             # The search judges the int8 kernels as deployed; the plan it settles on must also pass
             # unfused (as the verifier runs it), else the search runs again judging both forms.
-            quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset), True), units,
+            # A plan it refuses is refused at its first sample that breaks the budget (`judging.py`).
+            quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset), True, True), units,
                                                                    sensitivity_of, self.track)
-            if quantized and not (metrics := evaluate(self._members(quantized)))["ok"]:
-                quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset)), units,
+            if quantized and not (metrics := evaluate(self._members(quantized), searching=True))["ok"]:
+                quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset), searching=True), units,
                                                                        lambda unit: sensitivity.get(unit) or sensitivity_of(unit), self.track,
                                                                        at_least=len(units) - len(quantized))
                 tried += again
@@ -172,6 +179,7 @@ class Planner:
             for index in set(chosen) - set(quantized):
                 self._keep(index, f"too harmful for budget {self.budget.describe()}")
             chosen, stats["plans_evaluated"] = quantized, tried
+            stats.update(plans_refused_early=len(self._refused), plan_sample_runs=self.sample_runs)
         else:
             metrics = evaluate(chosen)
         if timed and chosen:
@@ -189,21 +197,41 @@ class Planner:
         """Every target index of `units` (first indices of shared-weight units), in graph order."""
         return sorted(index for unit in units for index in self.units[unit])
 
-    def _evaluate(self, reference: dict, chosen: list[int], deployed_only: bool = False) -> dict:
+    def _evaluate(self, reference: dict, chosen: list[int], deployed_only: bool = False, searching: bool = False) -> dict:
         """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs
-        it) of the plan quantizing `chosen`; the deployed form alone with `deployed_only`."""
+        it) of the plan quantizing `chosen`; the deployed form alone with `deployed_only`.
+        `searching`: only whether the plan holds matters, so a plan is refused at its first
+        sample that breaks the budget, its metrics that sample's; a plan that holds is judged whole."""
         key = tuple(sorted(chosen))
         if (key, False) in self._judged or (deployed_only and (key, True) in self._judged):
             return self._judged.get((key, False)) or self._judged[(key, True)]
+        if searching and key in self._refused:
+            return self._refused[key]
         deployed = self._judged.get((key, True))
         if deployed is None:
-            deployed = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation, optimize=True), self.budget, self.slices)
+            deployed = self._judge(reference, chosen, True, searching)
+            if deployed is None:
+                return self._refused[key]
             self._judged[(key, True)] = deployed
         if not deployed["ok"] or deployed_only:
             return deployed
-        verified = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation), self.budget, self.slices)
+        verified = self._judge(reference, chosen, False, searching)
+        if verified is None:
+            return self._refused[key]
         self._judged[(key, False)] = verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
         return self._judged[(key, False)]
+
+    def _judge(self, reference: dict, chosen: list[int], optimize: bool, searching: bool) -> dict | None:
+        """`worst_metrics` of the plan as deployed (`optimize`) or unfused; None when `searching`
+        and one sample broke the budget (the refusal is then in `_refused`)."""
+        outputs, broken, refusal, runs = judged_outputs(self.build(chosen), self.evaluation, self._sample_judge if searching else None,
+                                                        optimize=optimize, first=self._hardest)
+        self.sample_runs += runs
+        if outputs is not None:
+            return worst_metrics(reference, outputs, self.budget, self.slices)
+        self._hardest = broken
+        self._refused[tuple(sorted(chosen))] = dict(refusal, refused_at_sample=broken)
+        return None
 
     def _keep(self, index: int, why: str) -> None:
         self.rows[index].update(decision="float", why=why)
