@@ -33,6 +33,7 @@ from graphopt_plugins.quantize.judging import SampleJudge, judged_outputs
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
+from graphopt_plugins.quantize.sensitivity import default_workers, sweep
 from graphopt_plugins.quantize.smoothing import channel_extremes, smooth, smoothing_sites
 from graphopt_plugins.quantize.regions import find_region, insert_pairs, shared_ranges
 from graphopt_plugins.quantize.rewrite import UniqueNames, activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
@@ -72,6 +73,7 @@ class Planner:
         self._refused: dict[tuple, dict] = {}  # plans the search refused at their first sample that broke the budget
         self._sample_judge: SampleJudge | None = None
         self._hardest = 0  # the sample that broke the last refused plan: the next plan runs it first
+        self._measured: dict[int, float] = {}  # unit -> its sensitivity (the sweep's, for both searches)
         self.sample_runs = 0  # candidate samples run to judge plans (the sensitivity sweep's aside)
         self.units = _shared_weight_units(targets)  # first index -> every target index reading that weight
         constants = constant_tensors(model)
@@ -160,17 +162,16 @@ class Planner:
         if self.options.auto:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
-            sensitivity_of = lambda unit: worst_metrics(small_reference, stacked_outputs(self.build(self._members([unit])), small, optimize=True), None)["sqnr_db"]  # noqa: E731
+            sensitivities = lambda units: self._sensitivities(units, small, small_reference)  # noqa: E731
             units = [unit for unit in self.units if unit in set(chosen)]
             # The search judges the int8 kernels as deployed; the plan it settles on must also pass
             # unfused (as the verifier runs it), else the search runs again judging both forms.
             # A plan it refuses is refused at its first sample that breaks the budget (`judging.py`).
             quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset), True, True), units,
-                                                                   sensitivity_of, self.track)
+                                                                   sensitivities)
             if quantized and not (metrics := evaluate(self._members(quantized), searching=True))["ok"]:
                 quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset), searching=True), units,
-                                                                       lambda unit: sensitivity.get(unit) or sensitivity_of(unit), self.track,
-                                                                       at_least=len(units) - len(quantized))
+                                                                       sensitivities, at_least=len(units) - len(quantized))
                 tried += again
             for unit, sqnr in sensitivity.items():
                 for index in self.units[unit]:
@@ -192,6 +193,13 @@ class Planner:
         if not chosen:
             stats["reason"] = "every layer kept float"
         return chosen, stats
+
+    def _sensitivities(self, units: list[int], samples: dict, reference: dict) -> dict[int, float]:
+        """Each unit's output SQNR with it alone quantized (`sensitivity.py`), measured once per unit."""
+        missing = [unit for unit in units if unit not in self._measured]
+        self._measured.update(sweep(missing, lambda unit: self.build(self._members([unit])), samples, reference,
+                                    self.options.sensitivity_workers or default_workers(), self.track))
+        return {unit: self._measured[unit] for unit in units}
 
     def _members(self, units) -> list[int]:
         """Every target index of `units` (first indices of shared-weight units), in graph order."""
