@@ -13,7 +13,9 @@ as before. So the search refuses and accepts exactly the plans it did, on fewer 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -58,17 +60,27 @@ class SampleJudge:
 
 
 def judged_outputs(model: onnx.ModelProto, samples: dict[str, np.ndarray], judge: SampleJudge | None, *,
-                   optimize: bool, first: int = 0) -> tuple[dict[str, np.ndarray] | None, int | None, dict | None, int]:
+                   optimize: bool, first: int = 0, workers: int = 1) -> tuple[dict[str, np.ndarray] | None, int | None, dict | None, int]:
     """(outputs stacked over samples, None, None, runs) when no sample breaks the budget, else
     (None, the sample that broke it, what it proves (`SampleJudge.breaks`), runs). One session
-    at 1 thread, as `stacked_outputs` runs it; samples one at a time, `first` first, then in order."""
+    at 1 thread, as `stacked_outputs` runs it; `first` first, then in order, `workers` samples
+    at a time (side by side on threads of this process: the same outputs, judged in that order)."""
     session = make_session(model, optimize=optimize, threads=1)
     names = {value.name for value in model.graph.input}
     split = split_samples({k: v for k, v in samples.items() if k in names})
     first = first if 0 <= first < len(split) else 0
+    order = [first] + [i for i in range(len(split)) if i != first]
     results: list[dict | None] = [None] * len(split)
-    for runs, index in enumerate([first] + [i for i in range(len(split)) if i != first], start=1):
-        results[index] = run_samples(session, [split[index]])[0]
-        if judge is not None and (refusal := judge.breaks(index, results[index])) is not None:
-            return None, index, refusal, runs
+    workers = max(1, min(workers, len(split)))
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for start in range(0, len(order), workers):
+            batch = order[start:start + workers]
+            if pool is None:
+                results[batch[0]] = run_samples(session, [split[batch[0]]])[0]
+            else:
+                for index, future in [(i, pool.submit(run_samples, session, [split[i]])) for i in batch]:
+                    results[index] = future.result()[0]
+            for index in batch:
+                if judge is not None and (refusal := judge.breaks(index, results[index])) is not None:
+                    return None, index, refusal, start + len(batch)
     return {name: np.stack([result[name] for result in results]) for name in results[0]}, None, None, len(split)

@@ -48,6 +48,9 @@ _GUARD_ROUNDS = 4
 # can be off by a few percent, and "never slower" has to survive the next measurement too.
 _GUARD_MARGIN = 0.97
 _BUILT_KEPT = 3  # candidate models kept built (a few MB each)
+# A timing ends after two rounds when int8 is this far past its margin either way (a layer's
+# medians, of a few runs, move more than a whole model's): only a close call takes every round.
+_PLAIN_LAYER, _PLAIN_MODEL = 0.25, 0.10
 
 
 class Planner:
@@ -74,6 +77,7 @@ class Planner:
         self._sample_judge: SampleJudge | None = None
         self._hardest = 0  # the sample that broke the last refused plan: the next plan runs it first
         self._measured: dict[int, float] = {}  # unit -> its sensitivity (the sweep's, for both searches)
+        self.workers = options.workers or default_workers()  # sessions run side by side (same figures)
         self.sample_runs = 0  # candidate samples run to judge plans (the sensitivity sweep's aside)
         self.units = _shared_weight_units(targets)  # first index -> every target index reading that weight
         constants = constant_tensors(model)
@@ -198,7 +202,7 @@ class Planner:
         """Each unit's output SQNR with it alone quantized (`sensitivity.py`), measured once per unit."""
         missing = [unit for unit in units if unit not in self._measured]
         self._measured.update(sweep(missing, lambda unit: self.build(self._members([unit])), samples, reference,
-                                    self.options.sensitivity_workers or default_workers(), self.track))
+                                    self.workers, self.track))
         return {unit: self._measured[unit] for unit in units}
 
     def _members(self, units) -> list[int]:
@@ -233,7 +237,7 @@ class Planner:
         """`worst_metrics` of the plan as deployed (`optimize`) or unfused; None when `searching`
         and one sample broke the budget (the refusal is then in `_refused`)."""
         outputs, broken, refusal, runs = judged_outputs(self.build(chosen), self.evaluation, self._sample_judge if searching else None,
-                                                        optimize=optimize, first=self._hardest)
+                                                        optimize=optimize, first=self._hardest, workers=self.workers)
         self.sample_runs += runs
         if outputs is not None:
             return worst_metrics(reference, outputs, self.budget, self.slices)
@@ -278,7 +282,8 @@ class Planner:
                 pair = layer_models(self.model, target.index, target.relu_output, shape,
                                     lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),
                                     *boundaries[target.index]) if shape else None
-                timed_alike[alike] = None if pair is None else self._medians(*pair, "quantize: layer", seconds=0.12, rounds=3)
+                timed_alike[alike] = None if pair is None else self._medians(*pair, "quantize: layer", seconds=0.12, rounds=4,
+                                                                              margin=(self.options.latency_margin, _PLAIN_LAYER))
             if timed_alike[alike] is None:
                 continue
             float_ms, int8_ms = timed_alike[alike]
@@ -294,9 +299,13 @@ class Planner:
                                   f"{f' over {len(members)} readers of one weight' if len(members) > 1 else ''})")
         return [index for index in chosen if index in set(kept)]
 
-    def _medians(self, float_model, int8_model, float_feed, int8_feed, purpose: str, seconds: float, rounds: int) -> tuple[float, float]:
+    def _medians(self, float_model, int8_model, float_feed, int8_feed, purpose: str, seconds: float, rounds: int,
+                 margin: tuple[float, float]) -> tuple[float, float]:
+        """(float ms, int8 ms); `margin` (the decision's ratio, how far past it is plain) ends a plain call early."""
+        at, plain = margin
+        decided = lambda ms: bool(ms[0]) and not (1 - plain) * at < ms[1] / ms[0] < (1 + plain) * at  # noqa: E731
         timings = self.latency.compare({"float": float_model, "int8": int8_model}, {"float": float_feed, "int8": int8_feed},
-                                       seconds=seconds, rounds=rounds, purpose=purpose)
+                                       seconds=seconds, rounds=rounds, purpose=purpose, decided=decided)
         return timings["float"]["median_ms"], timings["int8"]["median_ms"]
 
     def _input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -314,7 +323,8 @@ class Planner:
                 for unit, members in self.units.items()}
         history = []
         for _ in range(_GUARD_ROUNDS):
-            float_ms, int8_ms = self._medians(self.model, self.build(chosen), feed, feed, "quantize: whole model", seconds=2.0, rounds=5)
+            float_ms, int8_ms = self._medians(self.model, self.build(chosen), feed, feed, "quantize: whole model", seconds=2.0,
+                                             rounds=5, margin=(_GUARD_MARGIN, _PLAIN_MODEL))
             history.append({"layers": len(chosen), "float_ms": round(float_ms, 3), "quantized_ms": round(int8_ms, 3)})
             if int8_ms <= _GUARD_MARGIN * float_ms:
                 return chosen, {"float_ms": history[-1]["float_ms"], "quantized_ms": history[-1]["quantized_ms"],

@@ -83,7 +83,7 @@ class Quantize(graphopt.Pass):
         full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
-        sensitivity_workers: int = 0  # candidates measured side by side in the sensitivity sweep (0: one per core, at most 4); same figures
+        workers: int = 0  # sessions run side by side to judge plans and layers (0: one per core, at most 4); the figures do not depend on it
 
         def __post_init__(self):
             if self.weight_bits not in (4, 8):
@@ -96,8 +96,8 @@ class Quantize(graphopt.Pass):
                 raise ValueError("latency_margin must be in (0, 1]")
             if self.max_samples < 1 or self.sensitivity_samples < 1:
                 raise ValueError("max_samples and sensitivity_samples must be >= 1")
-            if self.sensitivity_workers < 0:
-                raise ValueError("sensitivity_workers must be >= 0 (0: one per core)")
+            if self.workers < 0:
+                raise ValueError("workers must be >= 0 (0: one per core, at most 4)")
             unknown = [op for op in self.op_types if op not in WEIGHT_OPS]
             if unknown:
                 raise ValueError(f"op_types: {', '.join(unknown)} not among {', '.join(WEIGHT_OPS)}")

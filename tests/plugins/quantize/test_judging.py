@@ -71,12 +71,24 @@ def test_the_search_chooses_as_judging_every_sample_on_fewer_runs(monkeypatch):
     calibration = calibration_for(model, samples=8)  # 6 fitted, all 8 judged (held out first)
     _, loose, _ = quantize(model, calibration, latency="off", budget="cos:0.5")
     budget = f"sqnr:{loose['sqnr_db'] + 4.0}"  # unreachable with every layer quantized: the search refuses plans
-    _, early, _ = quantize(model, calibration, latency="off", budget=budget)
+    _, early, _ = quantize(model, calibration, latency="off", budget=budget, workers=1)
+    _, side_by_side, _ = quantize(model, calibration, latency="off", budget=budget, workers=2)
     monkeypatch.setattr(SampleJudge, "breaks", lambda self, index, outputs: None)
-    _, whole, _ = quantize(model, calibration, latency="off", budget=budget)
+    _, whole, _ = quantize(model, calibration, latency="off", budget=budget, workers=1)
     decisions = lambda stats: [(r["node"], r["decision"], r["sensitivity_sqnr_db"]) for r in stats["layers"]]  # noqa: E731
-    assert decisions(early) == decisions(whole) and early["kept_float"] >= 1
+    assert decisions(early) == decisions(whole) == decisions(side_by_side) and early["kept_float"] >= 1
+    assert side_by_side["cosine"] == early["cosine"]
     assert (early["cosine"], early["sqnr_db"], early["plans_evaluated"]) == (whole["cosine"], whole["sqnr_db"], whole["plans_evaluated"])
     # Pinned: every refused plan is refused on its first sample; a plan that holds runs all 8.
     assert whole["plans_refused_early"] == 0 and early["plans_refused_early"] >= 1
     assert early["plan_sample_runs"] == whole["plan_sample_runs"] - 7 * early["plans_refused_early"]
+
+
+def test_samples_run_side_by_side_give_the_same_outputs_and_refusal():
+    samples = _samples(5)
+    reference = stacked_outputs(_conv(), samples, optimize=True)
+    judge = SampleJudge(reference, Budget(sqnr=30.0))
+    outputs, _, _, runs = judged_outputs(_conv(), samples, judge, optimize=True, first=2, workers=2)
+    assert runs == 5 and np.array_equal(outputs["y"], reference["y"])
+    _, broken, _, runs = judged_outputs(_conv(scale=1.3), samples, judge, optimize=True, first=2, workers=2)
+    assert broken == 2 and runs == 2  # the first sample in order refuses; its batch-mate ran beside it
