@@ -316,7 +316,7 @@ def to_markdown(results: list[dict], command: str, notes: list[str]) -> str:
              "(medians); cosine is the worst of 4 evaluation samples (disjoint from the 16 calibration "
              "ones); compile s is wall time (graphopt's includes its CLI start-up).", ""]
     lines += [f"- {note}" for note in notes]
-    lines.append("")
+    lines += ["", summary_markdown(results), "", "![latency against 1 − worst cosine, per model](corpus.png)", ""]
     for result in results:
         lines += [f"### {result['model']} (opset {result['opset'].get('ai.onnx')}; inputs {result['inputs']}; "
                   f"graphopt chose {result['graphopt_chose']} with no flag)", "",
@@ -335,6 +335,69 @@ def to_markdown(results: list[dict], command: str, notes: list[str]) -> str:
                          f"{_cell(row.get('seconds'), '{:.1f}')} | {_cell(row.get('dynamic_kept'))} | {'; '.join(note)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _times(row: dict | None, key: str = "latency_x") -> str:
+    return "–" if not row or row.get(key) is None else f"{row[key]:.3f}"
+
+
+def summary_markdown(results: list[dict]) -> str:
+    """One line per model: the first try, +quantize, and the anchors' latency (cosine where lossy)."""
+    lines = ["| model | opset | chose (no flag) | exit | nodes | bytes × | latency × | dyn kept | = at 2nd shape | "
+             "+quantize exit | int8 ops | latency × | cosine | onnxslim × | onnxsim × | ORT offline × | ORT static × (cos) | NNCF × (cos) |",
+             "|" + "---|" * 19]
+    for result in results:
+        if not result["rows"]:
+            lines.append(f"| {result['model']} | the benchmark failed on this model (see its log) |" + " |" * 17)
+            continue
+        rows, original = result["rows"], result["rows"]["original"]
+        first, quantized = rows.get("graphopt cleanup,fuse", {}), rows.get("graphopt +quantize", {})
+        chose = "; ".join(f"{name}={'x'.join(map(str, dims))}" for name, dims in result["graphopt_chose"].items())
+        size = f"{first['bytes'] / original['bytes']:.3f}" if first.get("bytes") and original.get("bytes") else "–"
+        lossy = lambda tool: "fail" if rows.get(tool, {}).get("exit") != 0 else (  # noqa: E731
+            f"{_times(rows[tool])} ({rows[tool]['cosine']:.4f})" if rows[tool].get("cosine") is not None else _times(rows[tool]))
+        lines.append(
+            f"| {result['model']} | {result['opset'].get('ai.onnx')} | {chose} | {first.get('exit')} | "
+            f"{original.get('nodes')}→{first.get('nodes', '–')} | {size} | {_times(first)} | {first.get('dynamic_kept', '–')} | "
+            f"{first.get('second_shape_equal', '–')} | {quantized.get('exit')} | {quantized.get('int8_ops', '–')} | "
+            f"{_times(quantized)} | {_cell(quantized.get('cosine'), '{:.4f}')} | {_times(rows.get('onnxslim'))} | "
+            f"{_times(rows.get('onnxsim'))} | {_times(rows.get('ORT offline'))} | {lossy('ORT quantize_static')} | {lossy('NNCF quantize')} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Latency × original against 1 − worst cosine (log), one panel per model, every tool a point (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 4
+    count = len(results)
+    figure, axes = plt.subplots((count + columns - 1) // columns, columns, figsize=(4.2 * columns, 3.4 * ((count + columns - 1) // columns)),
+                                squeeze=False)
+    tools = sorted({tool for result in results for tool in result["rows"]})
+    markers = dict(zip(tools, "o^sDvP*Xh<>p"))
+    colors = {tool: "tab:blue" if tool.startswith("graphopt") else f"C{1 + index % 9}" for index, tool in enumerate(tools)}
+    for panel, result in zip(axes.flat, results):
+        for tool, row in result["rows"].items():
+            if row.get("latency_x") is None or row.get("cosine") is None:
+                continue
+            ours = tool.startswith("graphopt")
+            panel.scatter(row["latency_x"], min(max(1.0 - row["cosine"], 1e-7), 1.0), marker=markers[tool], s=70 if ours else 40, label=tool,
+                          color=colors[tool], edgecolors="white", linewidths=0.5)
+        panel.set_title(result["model"], fontsize=9)
+        panel.grid(alpha=0.3)
+        panel.set_xlabel("latency × original", fontsize=8)
+        panel.set_ylabel("1 − worst cosine (floor 1e-7)", fontsize=8)
+        panel.set_yscale("log")
+    for panel in list(axes.flat)[count:]:
+        panel.axis("off")
+    handles = {label: handle for panel in axes.flat for handle, label in zip(*panel.get_legend_handles_labels())}
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 def main() -> None:
@@ -376,6 +439,7 @@ def main() -> None:
             (args.out / "corpus.json").write_text(json.dumps({"command": command.strip(), "notes": notes, "results": results},
                                                              indent=2, default=str) + "\n")
             (args.out / "corpus.md").write_text(to_markdown(results, command.strip(), notes))
+    plot([result for result in results if result["rows"]], args.out / "corpus.png")
     print(to_markdown(results, command.strip(), notes))
 
 

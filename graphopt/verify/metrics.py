@@ -119,6 +119,20 @@ class Budget:
             found.append(f"output '{name}': max rel error {metrics['max_rel']:.3g} > {self.rel}")
         return found
 
+    def tightened(self, safety: float) -> Budget:
+        """This budget with `safety` of each bound's room given up: cos 0.99 at 0.2 → 0.992; at 1.0, exactness."""
+        keep = 1.0 - safety
+        changes = {}
+        if self.cos is not None:
+            changes["cos"] = 1.0 - (1.0 - self.cos) * keep
+        if self.sqnr is not None:
+            changes["sqnr"] = self.sqnr - 10.0 * math.log10(keep) if keep > 0 else math.inf
+        if self.abs is not None:
+            changes["abs"] = self.abs * keep
+        if self.rel is not None:
+            changes["rel"] = self.rel * keep
+        return dataclasses.replace(self, **changes)
+
     def describe(self) -> str:
         terms = [f"{k}={v}" for k, v in dataclasses.asdict(self).items() if v is not None and not k.startswith("score")]
         score = self.score_budget()

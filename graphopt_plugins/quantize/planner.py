@@ -191,12 +191,26 @@ class Planner:
             chosen, stats["latency"] = self._guard(chosen)
             if chosen:
                 metrics = evaluate(chosen)
+            if chosen and not metrics["ok"]:  # fewer int8 layers moved the Q/DQ boundaries: can be worse
+                chosen, metrics = self._refit(chosen, evaluate)
         stats.update(embeddings=self.embeddings if chosen else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
                      cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
         if not chosen:
             stats["reason"] = "every layer kept float"
         return chosen, stats
+
+    def _refit(self, chosen: list[int], evaluate) -> tuple[list[int], dict]:
+        """The plan the latency guard left, with its most harmful layers kept float until it meets the budget."""
+        units = [unit for unit in self.units if unit in set(chosen)]
+        sensitivity = {unit: self.rows[unit].get("sensitivity_sqnr_db") for unit in units}
+        kept, metrics, _, _ = fit_to_budget(lambda subset: evaluate(self._members(subset), searching=True), units,
+                                            lambda some: {unit: sensitivity[unit] if sensitivity[unit] is not None else -math.inf
+                                                          for unit in some})
+        refit = self._members(kept)
+        for index in set(chosen) - set(refit):
+            self._keep(index, f"too harmful for budget {self.budget.describe()} once the latency guard dropped others")
+        return refit, metrics
 
     def _sensitivities(self, units: list[int], samples: dict, reference: dict) -> dict[int, float]:
         """Each unit's output SQNR with it alone quantized (`sensitivity.py`), measured once per unit."""

@@ -23,6 +23,7 @@ from graphopt_plugins.quantize.targets import WEIGHT_OPS, is_quantized
 __all__ = ["Quantize"]
 
 _DEFAULT_BUDGET = Budget(cos=0.99)  # the pipeline's own default for lossy passes
+_SAFETY_STEPS = (0.5, 0.8, 0.95)  # the back-off's aims inside the budget before quantizing nothing
 
 
 class Quantize(graphopt.Pass):
@@ -50,7 +51,8 @@ class Quantize(graphopt.Pass):
     `bias_correction`; `weight_granularity=per-tensor` for targets that need one weight scale.
     Does not fire on: a graph that is already quantized (Q/DQ, QLinear*, *Integer ops), weights
     that are not float32 constants, activation x activation MatMuls, nested bodies and functions.
-    Needs opset 13 (int4 blocks: 21): the pipeline converts an older model first. Lossy: held to `budget`.
+    Needs opset 13 (int4 blocks: 21): the pipeline converts an older model first. Lossy: held to `budget`;
+    a plan the pipeline's verification refuses is backed off (`safety` 0.5, 0.8, 0.95, then nothing quantized).
     """
 
     name = "quantize"
@@ -83,6 +85,7 @@ class Quantize(graphopt.Pass):
         full_graph: bool = True  # static: also run activation-only ops (SiLU, Add, Concat, Split, MaxPool, Resize...) in 8 bits
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
+        safety: float = 0.0  # share of the budget's room the plan leaves unused (the back-off raises it; 1 = quantize nothing)
         workers: int = 0  # sessions run side by side to judge plans and layers (0: one per core, at most 4); the figures do not depend on it
 
         def __post_init__(self):
@@ -94,6 +97,8 @@ class Quantize(graphopt.Pass):
                 raise ValueError("percentile must be in (50, 100]")
             if not 0.0 < self.latency_margin <= 1.0:
                 raise ValueError("latency_margin must be in (0, 1]")
+            if not 0.0 <= self.safety <= 1.0:
+                raise ValueError("safety must be in [0, 1]")
             if self.max_samples < 1 or self.sensitivity_samples < 1:
                 raise ValueError("max_samples and sensitivity_samples must be >= 1")
             if self.workers < 0:
@@ -110,6 +115,17 @@ class Quantize(graphopt.Pass):
             if self.calibrate not in METHODS:
                 raise UsageError(f"calibrate must be one of {', '.join(METHODS)}, not {self.calibrate!r}")
 
+    def weaker(self, verdict, result=None) -> Quantize | None:
+        """This pass aiming further inside its budget (the pipeline's back-off): its plan met the
+        budget on the samples it judged but not in the verifier's check (other samples, or layers a
+        latency decision dropped afterwards). Gives up half the remaining room each time; the last
+        step quantizes nothing, so the model comes back unchanged rather than failed."""
+        if result is not None and not result.changed:
+            return None
+        steps = _SAFETY_STEPS + (1.0,)
+        later = [safety for safety in steps if safety > self.options.safety]
+        return Quantize(dataclasses.replace(self.options, safety=later[0])) if later else None
+
     def required_opset(self) -> int:
         int4_blocks = self.options.mode == "weight-only" and self.options.weight_bits == 4
         return 21 if int4_blocks else self.requires_opset
@@ -122,6 +138,9 @@ class Quantize(graphopt.Pass):
         if ctx.opset and ctx.opset < self.required_opset():  # the pipeline converts first; a direct caller may not
             raise PreconditionError(f"pass 'quantize' needs opset >= {self.required_opset()} (per-channel DequantizeLinear; "
                                     f"int4 blocks: 21); the model has {ctx.opset} (convert it first: --passes opset,...)")
+        if options.safety >= 1.0:
+            ctx.logger.info("quantize: backed off to quantizing nothing")
+            return graphopt.PassResult(changed=False, stats={"quantized": 0, "reason": "backed off: no plan met the budget"})
         latency = graphopt_latency.of(ctx)
         modes = candidate_modes(graph, options, latency.measures) if options.mode == "auto" else [options.mode]
         found = {mode: targets_for(graph, options, mode) for mode in modes}
@@ -131,14 +150,14 @@ class Quantize(graphopt.Pass):
         calibration, evaluation, origin, held_out = self._data(ctx.proto(), ctx)
         ranges = middle_ranges(ctx.proto(), calibration) if options.equalize and options.weight_granularity == "per-channel" else None
         model, equalized = equalized_model(ctx.proto(), ranges) if options.equalize else (ctx.proto(), 0)
-        budget = Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET
+        budget = (Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET).tightened(options.safety)
         plans = {}
         for mode, (targets, skipped) in found.items():
             planner = Planner(model, targets, dataclasses.replace(options, mode=mode), calibration, evaluation, budget, ctx.seed,
                               track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency,
                               slices=ctx.output_slices)
             chosen, stats = planner.plan()
-            stats.update(data=origin, held_out_samples=held_out, skipped=skipped, mode=mode,
+            stats.update(data=origin, held_out_samples=held_out, skipped=skipped, mode=mode, **({"safety": options.safety} if options.safety else {}),
                          **({"equalized_pairs": equalized} if options.equalize else {}))
             plans[mode] = (planner, chosen, stats)
         mode, timings = next(iter(plans)), {}

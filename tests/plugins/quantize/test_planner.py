@@ -97,3 +97,20 @@ def test_pipeline_verification_holds_the_pass_to_its_budget():
     _, stats, entry = quantize(model, calibration_for(model), verify="each", latency="off")
     assert entry["status"] == "accepted" and entry["verification"]["ok"]
     assert op_counts(model)["Relu"] == 4
+
+
+def test_a_plan_the_latency_guard_changed_is_held_to_the_budget_again(monkeypatch):
+    # Whatever the latency guard leaves (here: every layer, the harmful one back in), the plan
+    # that leaves the planner meets the budget: its most harmful layers go float again.
+    from graphopt_plugins.quantize.planner import Planner
+
+    model = _conv_chain(outlier_layer=2)
+    calibration = calibration_for(model, samples=8)
+    _, loose, _ = quantize(model, calibration, latency="off", budget="cos:0.5")
+    budget = f"sqnr:{loose['sqnr_db'] + 4.0}"
+    every_layer = lambda self, chosen: ([t.index for t in self.targets], {"float_ms": 1.0, "quantized_ms": 0.5})  # noqa: E731
+    monkeypatch.setattr(Planner, "_guard", every_layer)
+    quantized, stats = quantize_and_check(model, calibration, budget=budget, latency="auto", cosine=0.99)
+    assert stats["sqnr_db"] >= loose["sqnr_db"] + 4.0
+    assert "block2/conv" not in _quantized_convs(quantized)
+    assert any("latency guard" in (r.get("why") or "") for r in stats["layers"])
