@@ -49,7 +49,8 @@ _GUARD_ROUNDS = 4
 _GUARD_MARGIN = 0.97
 _BUILT_KEPT = 3  # candidate models kept built (a few MB each)
 # A timing ends after two rounds when int8 is this far past its margin either way (a layer's
-# medians, of a few runs, move more than a whole model's): only a close call takes every round.
+# medians, of a few runs, move more than a whole model's): a close call takes every round, as
+# many and as long as before, so a layer near the margin is measured as it always was.
 _PLAIN_LAYER, _PLAIN_MODEL = 0.25, 0.10
 
 
@@ -184,7 +185,6 @@ class Planner:
             for index in set(chosen) - set(quantized):
                 self._keep(index, f"too harmful for budget {self.budget.describe()}")
             chosen, stats["plans_evaluated"] = quantized, tried
-            stats.update(plans_refused_early=len(self._refused), plan_sample_runs=self.sample_runs)
         else:
             metrics = evaluate(chosen)
         if timed and chosen:
@@ -193,6 +193,8 @@ class Planner:
                 metrics = evaluate(chosen)
             if chosen and not metrics["ok"]:  # fewer int8 layers moved the Q/DQ boundaries: can be worse
                 chosen, metrics = self._refit(chosen, evaluate)
+        if self.options.auto:
+            stats.update(plans_refused_early=len(self._refused), plan_sample_runs=self.sample_runs)
         stats.update(embeddings=self.embeddings if chosen else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
                      cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
@@ -296,7 +298,7 @@ class Planner:
                 pair = layer_models(self.model, target.index, target.relu_output, shape,
                                     lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),
                                     *boundaries[target.index]) if shape else None
-                timed_alike[alike] = None if pair is None else self._medians(*pair, "quantize: layer", seconds=0.12, rounds=4,
+                timed_alike[alike] = None if pair is None else self._medians(*pair, "quantize: layer", seconds=0.12, rounds=3,
                                                                               margin=(self.options.latency_margin, _PLAIN_LAYER))
             if timed_alike[alike] is None:
                 continue
