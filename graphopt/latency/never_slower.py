@@ -11,8 +11,11 @@ shows against its own copy (or within `margin`) is not a slowdown.
 Rolling back keeps the output of the longest run of stages that is not slower: a stage's
 output is the input of the next, so a stage in the middle cannot go without those after it.
 Only lossless stages are rolled back, last first, down to the last lossy one: a lossy pass
-(quantize, prune, factorize) made its own latency decision (`quantize.latency`, `saving_by`),
+(quantize, prune, factorize, fp16) made its own latency decision (`quantize.latency`, `saving_by`),
 which the user may have set on purpose, and its trade of accuracy for size is not undone here.
+So the lossless stages after a lossy one are timed against that lossy stage's output, not the
+input: `fp16,compact` keeps `compact` even though float16 itself is slower than the input on an
+x86 host (the slowdown is fp16's, which is not rolled back).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class NeverSlower:
 
     kept: int
     report: dict
+    baseline: str = "the input"  # what the rolled-back stages were slower than, in words
 
 
 def check_on(backend) -> Compare | None:
@@ -77,28 +81,36 @@ def host_compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> dict[str
 
 def keep_never_slower(original: onnx.ModelProto, stages: list[Stage], compare: Compare, feeds: dict, *,
                       margin: float = DEFAULT_MARGIN, repeats: int = 3) -> NeverSlower:
-    """How many of `stages` to keep so that the result is not slower than `original`.
+    """How many of `stages` to keep so that the result is not slower than `original`, or than
+    the last lossy stage's output when there is one (the lossless stages after it are judged
+    against what they started from).
 
-    Times the last stage's output against `original`; while it is slower beyond noise and the
+    Times the last stage's output against that baseline; while it is slower beyond noise and the
     last stage is lossless, drops it and times the one before. Every timing taken is in the report.
     """
     timings = []
+    lossy = next((stage for stage in reversed(stages) if not stage.lossless), None)
+    baseline = original if lossy is None else lossy.model  # what the lossless stages after it started from
     for kept in range(len(stages), 0, -1):
         if not stages[kept - 1].lossless:
             break
-        verdict = _judge(original, stages[kept - 1].model, compare, feeds, margin, repeats)
-        timings.append({"after": stages[kept - 1].name, **verdict})
+        verdict = _judge(baseline, stages[kept - 1].model, compare, feeds, margin, repeats)
+        timings.append({"after": stages[kept - 1].name, "against": "input" if lossy is None else lossy.name, **verdict})
         if not verdict["slower"]:
             break
-        logger.warning("the model after pass '%s' is slower than the input (%.3fx, noise ±%.3f); rolled back",
-                       stages[kept - 1].name, verdict["ratio"], verdict["noise"])
+        logger.warning("the model after pass '%s' is slower than %s (%.3fx, noise ±%.3f); rolled back",
+                       stages[kept - 1].name, _baseline_words(lossy), verdict["ratio"], verdict["noise"])
     else:
         kept = 0
     rolled_back = [stage.name for stage in stages[kept:]]
     report = {"checked": True, "margin": margin, "timings": timings, "rolled_back": rolled_back}
     if not timings:
         report.update(checked=False, reason=f"the last pass, '{stages[-1].name}', is lossy: its own latency decision stands")
-    return NeverSlower(kept, report)
+    return NeverSlower(kept, report, _baseline_words(lossy))
+
+
+def _baseline_words(lossy: Stage | None) -> str:
+    return "the input" if lossy is None else f"the output of the lossy pass '{lossy.name}'"
 
 
 def _judge(original, candidate, compare: Compare, feeds: dict, margin: float, repeats: int) -> dict:
@@ -147,7 +159,7 @@ def check_pipeline_result(original: onnx.ModelProto, original_size: int | None, 
     outcome = keep_never_slower(original, stages, compare, feeds)
     for stage in stages[outcome.kept:]:
         if stage.entry is not None:
-            stage.entry.update(status="rolled_back", rolled_back=True, rolled_back_because="slower than the input")
+            stage.entry.update(status="rolled_back", rolled_back=True, rolled_back_because=f"slower than {outcome.baseline}")
     return _last(original, original_size, stages[:outcome.kept]) + (outcome.report,)
 
 

@@ -44,7 +44,7 @@ def test_the_slower_last_stage_is_rolled_back_and_the_timings_reported():
     first, second = outcome.report["timings"]
     assert first["after"] == "fuse" and first["slower"] and first["ratio"] == pytest.approx(1.1)
     assert (first["input_ms"], first["output_ms"]) == (10.0, 11.0)
-    assert second == {"after": "cleanup", "slower": False, "ratio": pytest.approx(0.9), "noise": 0.0, "input_ms": 10.0, "output_ms": 9.0}
+    assert second == {"after": "cleanup", "against": "input", "slower": False, "ratio": pytest.approx(0.9), "noise": 0.0, "input_ms": 10.0, "output_ms": 9.0}
 
 
 def test_a_difference_within_the_measured_noise_is_kept():
@@ -114,3 +114,15 @@ def test_a_gap_under_the_timer_resolution_is_not_a_slowdown():
     compare = _compare_by_doc({"in": 0.010, "b": 0.015})  # 1.5x, but 5 µs a run
     outcome = keep_never_slower(_model("in"), [Stage("fuse", _model("b"))], compare, {"x": None})
     assert outcome.kept == 1 and len(compare.calls) == 1
+
+
+def test_lossless_stages_after_a_lossy_one_are_judged_against_its_output_not_the_input():
+    # fp16 on x86: slower than the input by its own choice; a lossless compact after it changes no speed.
+    stages = [Stage("fp16", _model("half"), lossless=False), Stage("compact", _model("small"))]
+    compare = _compare_by_doc({"in": 10.0, "half": 13.0, "small": 13.0})
+    outcome = keep_never_slower(_model("in"), stages, compare, {"x": None})
+    assert outcome.kept == 2 and outcome.report["rolled_back"] == []
+    assert outcome.report["timings"][0]["against"] == "fp16" and outcome.report["timings"][0]["ratio"] == 1.0
+    slower = [Stage("fp16", _model("half"), lossless=False), Stage("compact", _model("worse"))]
+    outcome = keep_never_slower(_model("in"), slower, _compare_by_doc({"in": 10.0, "half": 13.0, "worse": 15.0}), {"x": None})
+    assert outcome.kept == 1 and outcome.report["rolled_back"] == ["compact"] and "'fp16'" in outcome.baseline
