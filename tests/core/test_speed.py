@@ -67,7 +67,7 @@ class _Board(LatencyBackend):
         super().__init__()
         self.ratio, self.noise = ratio, noise
 
-    def _medians(self, models, feeds, seconds, rounds):
+    def _medians(self, models, feeds, seconds, rounds, decided=None):
         return [2.0] + [2.0 * (1 + self.noise) if model is models[0] else 2.0 * self.ratio for model in models[1:]]
 
 
