@@ -9,7 +9,9 @@ For each model: `graphopt optimize MODEL --passes cleanup,fuse,factorize --budge
 with `--calibration` (32 samples) and `--inputs` (8 held-out samples the passes never fit
 to). Reported: exit code and wall time; on the held-out inputs, the worst-sample and the
 pooled cosine per output (the worst output) against the input model; bytes; 1-thread
-onnxruntime latency of the result over the cleanup+fuse model (interleaved medians); MACs.
+onnxruntime latency of the result over the input and the cleanup+fuse model (interleaved
+wall-clock medians of `--latency-runs`, and the host-ort backend's interleaved CPU-time
+medians, what the passes decide on); MACs.
 `benchmarks/factorize.py --corpus` and `benchmarks/prune.py --corpus` call this.
 
 Models (from the wheels in `$GRAPHOPT_WHEELS`, default /work/cache/wheels, unpacked into
@@ -43,6 +45,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import graphopt  # noqa: E402
+from graphopt import latency  # noqa: E402
 from graphopt.bench import compare_latency  # noqa: E402
 from graphopt.summary import summarize  # noqa: E402
 from graphopt.verify import Budget, Verifier, split_samples  # noqa: E402
@@ -164,11 +167,23 @@ def run_one(label: str, pass_name: str, folder: Path, work: Path, calibration: i
         original_timing = compare_latency({"input": original, "result": result}, one, runs=runs)
         row["latency_vs_fused"] = round(timing["result"]["ratio"], 3)
         row["latency_vs_input"] = round(original_timing["result"]["ratio"], 3)
+        # what the passes decide on: the host-ort backend's interleaved CPU-time medians, all three side by side
+        cpu = latency.backend("host-ort").compare({"input": original, "fused": baseline, "result": result}, one,
+                                                  seconds=max(2.0, runs * 0.15), rounds=max(3, runs // 2))
+        row["input_ms"] = round(cpu["input"]["median_ms"], 4)
+        row["cpu_vs_input"] = round(cpu["result"]["ratio"], 3)
+        row["cpu_vs_fused"] = round(cpu["result"]["median_ms"] / cpu["fused"]["median_ms"], 3)
         shapes = {name: value[:1].shape[1:] for name, value in test.items()}
         row["macs_in"], row["macs_out"] = _macs(baseline, shapes), _macs(result, shapes)
         details = json.loads(report.read_text())
         lossy = next((p for p in details.get("passes", []) if p["name"] == pass_name), {})
         row["status"] = lossy.get("status")
+        slow = (lossy.get("details") or {}).get("slower_than_input")
+        if lossy.get("rolled_back_because"):
+            row["why"] = lossy["rolled_back_because"]
+        elif slow:
+            last = slow[-1] if isinstance(slow, list) else slow
+            row["why"] = f"timed {last['latency_ratio']}x its input (median of {last.get('timings', 1)} timings)"
         row["tries"] = len(lossy.get("tries", [])) or 1
     return row
 
@@ -191,14 +206,15 @@ def _macs(model: onnx.ModelProto, shapes: dict) -> int | None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | pass | exit | s | worst cos | pooled cos | latency vs input | vs cleanup+fuse | MACs kept | bytes kept | tries |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | pass | exit | s | worst cos | pooled cos | latency vs input | vs cleanup+fuse | CPU-time vs input | vs cleanup+fuse | input ms | MACs kept | bytes kept | tries | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         macs = f"{row['macs_out'] / row['macs_in']:.2f}" if row.get("macs_in") and row.get("macs_out") else ""
         size = f"{row['bytes_out'] / row['bytes_in']:.2f}" if row.get("bytes_out") else ""
         lines.append(f"| {row['model']} | {row['pass']} | {row['exit']} | {row['seconds']} | {row.get('worst_cos', '')} | "
                      f"{row.get('pooled_cos', '')} | {row.get('latency_vs_input', '')} | {row.get('latency_vs_fused', '')} | "
-                     f"{macs} | {size} | {row.get('tries', '')} |")
+                     f"{row.get('cpu_vs_input', '')} | {row.get('cpu_vs_fused', '')} | {row.get('input_ms', '')} | "
+                     f"{macs} | {size} | {row.get('tries', '')} | {row.get('status', '')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,8 @@ encoder built as `tests/torch_models.py` builds them. Every variant starts from 
 - ORT fp32: that model; ORT int8: `quantize --latency-on none` (int8 wherever the budget cos=0.99
   allows: what an ARM phone with dot-product int8 wants; on this AVX2-without-VNNI host int8 is
   often slower); ORT fp16: the `fp16` pass (accuracy and size; its latency here only shows it is
-  not faster on x86);
+  not faster on x86); ORT fp16 + compact: then the `compact` pass (node names dropped, inner
+  tensors renamed, default attributes dropped: the smallest file);
 - .ort: `--emit ort` of the fp32 model, run in onnxruntime;
 - LiteRT fp32 / fp16 / int8: `--emit tflite` at each precision, run in ai_edge_litert's
   interpreter (XNNPACK, 1 thread).
@@ -161,12 +162,14 @@ def bench(label, model, calibration, evaluation, seconds: float, scratch: Path) 
         return onnx_variant(result.model, result.report["output"])
     add("ORT int8 (latency-on none)", quantized)
 
-    def half():
-        result = graphopt.optimize(fp32, passes=["fp16"], calibration=calibration, inputs=evaluation)
-        if result.report["passes"][0]["status"] != "accepted":
-            raise RuntimeError(f"fp16 pass: {result.report['passes'][0]['details'].get('reason', 'unchanged')}")
+    def half(passes=("fp16",)):
+        result = graphopt.optimize(fp32, passes=list(passes), calibration=calibration, inputs=evaluation)
+        for entry in result.report["passes"]:
+            if entry["status"] != "accepted":
+                raise RuntimeError(f"{entry['name']} pass: {entry['details'].get('reason', entry['status'])}")
         return onnx_variant(result.model, result.report["output"])
     add("ORT fp16 (accuracy; not faster on x86)", half)
+    add("ORT fp16 + compact (names shortened)", lambda: half(("fp16", "compact")))
 
     def ort_format():
         report = graphopt.optimize_to_file(str(source), scratch / "m.ort", passes=["cleanup"], inputs=evaluation, emit="ort")

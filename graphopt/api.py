@@ -38,7 +38,7 @@ from graphopt.verify.slices import output_slices, parse_slices
 from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
 from graphopt.output_annotations import repaired_output_shapes
 from graphopt.writable import require_writable_folder
-from graphopt.shaped_summary import count_macs_at
+from graphopt.shaped_summary import count_macs_at, leaves_dynamic
 from graphopt.parameter_names import parameter
 
 __all__ = ["Result", "optimize", "optimize_to_file", "prepare_model", "prepare_feeds", "REPORT_SCHEMA"]
@@ -100,7 +100,8 @@ def optimize(
         # Under 2 GiB the result is self-contained, as docs/design.md promises; over it, its
         # weights stay in the input's data files (by absolute path) and `save_model` copies
         # them. What passes spilled comes back in memory: the spill folder goes with the block.
-        if not _read_in_if_it_fits(final) and spill is not None:
+        # No spill folder: the input's weights were all in memory, and so are the result's.
+        if spill is not None and not _read_in_if_it_fits(final):
             materialize_external_data(final, only_in=spill)
         return Result(final, report)
 
@@ -188,8 +189,9 @@ def _optimized(
                                 evaluator=load_evaluator(evaluator) if evaluator is not None else None)
     if settings.evaluator is not None and (global_budget is None or global_budget.score_budget() is None):
         raise UsageError("--evaluator needs a score term in --budget, e.g. score=-1% or score>=0.75")
-    with spill_folder(source) as spill:
-        context = RunContext(weights_dir=external_folder(source), spill_dir=spill)
+    weights_dir = external_folder(source)
+    with spill_folder(source) if weights_dir is not None else contextlib.nullcontext() as spill:
+        context = RunContext(weights_dir=weights_dir, spill_dir=spill)
         try:
             outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds,
                                    model_size=prepared.given_size, context=context, reference=prepared.data)
@@ -200,7 +202,9 @@ def _optimized(
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
         final = outcome.model if changed else prepared.pristine()
         # Summarised while the inferred shapes are still there (MACs need them).
-        output_summary = summarize(outcome.model, size=0)  # sized below, as stored
+        at = {name: c.shape for name, c in chosen.items()}  # MACs need concrete shapes
+        # Counted at `at` below (count_macs_at) when the model leaves them dynamic: not on it too.
+        output_summary = summarize(outcome.model, size=0, count=not leaves_dynamic(final, at))  # sized below, as stored
         # The shapes graphopt inferred for its own use are not the user's; don't ship them
         # (given_annotations: the output keeps the value_info the input had).
         stripped = changed and keep_given_value_info(final, prepared.annotations)
@@ -208,10 +212,11 @@ def _optimized(
         # counts): sizing the result through protobuf would serialise it all once more.
         size = outcome.size if changed else prepared.given_size
         output_summary["bytes"] = size if size is not None and not (stripped and prepared.keeps_value_info) else model_bytes(final)
-        at = {name: c.shape for name, c in chosen.items()}  # MACs need concrete shapes
+        input_summary = summarize(source, size=prepared.given_size, size_of=prepared.given,
+                                  count=not leaves_dynamic(prepared.given, at))
         report = run_report(
             version=__version__,
-            input_summary=count_macs_at(summarize(source, size=prepared.given_size, size_of=prepared.given), prepared.given, at),
+            input_summary=count_macs_at(input_summary, prepared.given, at),
             output_summary=count_macs_at(output_summary, final, at), passes=outcome.passes, verify=verify,
             samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
             end_to_end=outcome.end_to_end,

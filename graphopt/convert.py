@@ -97,7 +97,7 @@ def export_model(
     unmap_external_constants(iter_graphs(graph))
     if weights == "placeholders":
         with _stubbed_weights(graph):
-            return stand_in_weights(_exported(graph, template))[0]
+            return stand_in_weights(_exported(graph, template), in_place=True)[0]
     if spill_dir is not None:
         spill_new_constants(graph, spill_dir)
     return _exported(graph, template)
@@ -133,10 +133,7 @@ def _stubbed_weights(graph: gs.Graph):
         kind = getattr(values.dtype, "kind", None)  # graphsurgeon gives some ONNX types no numpy dtype
         if kind not in ("b", "i", "u", "f", "c") or values.dtype in _SHAPE_TYPES or values.nbytes < PLACEHOLDER_BYTES:
             continue
-        stub = onnx.TensorProto(name=tensor.name, dims=values.shape, data_location=onnx.TensorProto.EXTERNAL,
-                                data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype))
-        entry = stub.external_data.add()
-        entry.key, entry.value = "location", "graphopt-placeholder"
+        stub = _placeholder(tensor.name, values.shape, onnx.helper.np_dtype_to_tensor_dtype(values.dtype))
         swapped.append((tensor, values))
         tensor._values = LazyValues(stub)
     try:
@@ -146,7 +143,8 @@ def _stubbed_weights(graph: gs.Graph):
             tensor._values = values
 
 
-def stand_in_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constants: bool = False, in_place: bool = False
+                     ) -> tuple[onnx.ModelProto, dict[str, int]]:
     """`model` as ONNX's checker and shape inference get it: each large weight of the main graph
     a graph input of its type and shape (and {name: bytes} of those), or `model` itself when
     none is large.
@@ -155,22 +153,69 @@ def stand_in_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     propagation follows only small integer tensors. Weights in data files stand in too (the
     checker cannot read them by absolute path). A weight whose bytes do not fit its shape
     crosses whole, so the checker names it. `model` is not modified, nor its weights copied.
+    `value_info=False` leaves the main graph's value_info out of a copy (a caller about to
+    drop them spares copying them); `model` itself, when it comes back, keeps them.
+
+    `constants=True` also turns each large value of a main-graph Constant node (where
+    paddle2onnx keeps every weight) into a dims-only placeholder (`constant_placeholders`),
+    for a shape inference whose result is only read, never checked nor used as the model: the
+    checker would take a placeholder for a data file, and inference gives the node back so.
+    `in_place=True` makes `model` itself the placeholder form (a fresh export nobody else holds:
+    no copy of its graph), `value_info` and `constants` aside.
     """
     moved = {}
     for tensor in model.graph.initializer:
         size = _stand_in_size(tensor)
         if size is not None:
             moved[tensor.name] = size
-    if not moved:
+    stubs = constant_placeholders(model.graph) if constants else {}
+    if not moved and not stubs:
+        return model, moved
+    declared = {value.name for value in model.graph.input}
+    stand_ins = [onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                 for t in model.graph.initializer if t.name in moved and t.name not in declared]
+    if in_place and not stubs and value_info:
+        initializers = model.graph.initializer
+        for index in reversed([index for index, t in enumerate(initializers) if t.name in moved]):
+            del initializers[index]
+        model.graph.input.extend(stand_ins)
         return model, moved
     skeleton = onnx.ModelProto()
     copy_fields(model, skeleton, skip=("graph",))
-    copy_fields(model.graph, skeleton.graph, skip=("initializer",))
+    skipped = ("initializer",) + (() if value_info else ("value_info",)) + (("node",) if stubs else ())
+    copy_fields(model.graph, skeleton.graph, skip=skipped)
+    if stubs:
+        skeleton.graph.node.extend(stubs.get(index, node) for index, node in enumerate(model.graph.node))
     skeleton.graph.initializer.extend(t for t in model.graph.initializer if t.name not in moved)
-    declared = {value.name for value in model.graph.input}
-    skeleton.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
-                                for t in model.graph.initializer if t.name in moved and t.name not in declared)
+    skeleton.graph.input.extend(stand_ins)
     return skeleton, moved
+
+
+def constant_placeholders(graph: onnx.GraphProto) -> dict[int, onnx.NodeProto]:
+    """{index: stand-in} for each Constant node of `graph` whose value would cross as a stand-in
+    were it an initializer: the node with its value a dims-only external stub, no bytes copied."""
+    stubs = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+            continue
+        attribute = node.attribute[0]
+        if attribute.name != "value" or external_data_helper.uses_external_data(attribute.t) or _stand_in_size(attribute.t) is None:
+            continue
+        stub = onnx.NodeProto()
+        copy_fields(node, stub, skip=("attribute",))
+        value = stub.attribute.add()
+        copy_fields(attribute, value, skip=("t",))
+        value.t.CopyFrom(_placeholder(attribute.t.name, attribute.t.dims, attribute.t.data_type))
+        stubs[index] = stub
+    return stubs
+
+
+def _placeholder(name: str, dims, data_type: int) -> onnx.TensorProto:
+    """A dims-only tensor whose values are said to be in a file no one reads."""
+    stub = onnx.TensorProto(name=name, dims=dims, data_location=onnx.TensorProto.EXTERNAL, data_type=data_type)
+    entry = stub.external_data.add()
+    entry.key, entry.value = "location", "graphopt-placeholder"
+    return stub
 
 
 def _stand_in_size(tensor: onnx.TensorProto) -> int | None:

@@ -45,6 +45,12 @@ class RunContext:
     weights_dir: Path | None = None  # the input's data files, for weights loading left on disk
     spill_dir: Path | None = None  # this run's scratch folder for large weights passes create
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether every weight of the run is held in memory: no data files to read, none to spill
+        to. Then no proto made of the run's model refers to a file, and none needs looking through."""
+        return self.weights_dir is None and self.spill_dir is None
+
 
 @dataclasses.dataclass
 class Model:
@@ -103,7 +109,8 @@ def check_and_infer(model: Model, *, value_info: bool = True, exported: onnx.Mod
         return None
     # Weights in Constant nodes or bodies still in data files: the checker cannot read them by
     # absolute path; they are checked by path when written.
-    inferred = _checked_inference(data) if external_folder(skeleton) is None else _lenient_inference(data) or data
+    on_disk = not model.context.in_memory and external_folder(skeleton) is not None
+    inferred = _lenient_inference(data) or data if on_disk else _checked_inference(data)
     shaped = onnx.load_model_from_string(inferred)
     apply_inferred_shapes(model.graph, shaped)
     if exported is not None:  # as exporting the graph now would write them
@@ -154,7 +161,13 @@ def checked_input(
         logger.info("model is over 2 GiB in memory; skipping in-memory checking and shape inference")
         return model
     _check(skeleton, data, path=path)
-    inferred = _lenient_inference(data)
+    # Inference reads only the dims of a large weight held in a Constant node (paddle2onnx
+    # keeps every weight in one): such values stand in too, the checker above had them whole.
+    # Inference gives back the nodes of a main graph without bodies as they were: in place,
+    # the model's own stay, and no weight crosses to C++ and back.
+    probe = stand_in_weights(skeleton, constants=True)[0] if in_place and not _holds_bodies(skeleton.graph) else skeleton
+    stubbed = probe is not skeleton
+    inferred = _lenient_inference(serialized_bytes(probe) if stubbed else data)
     if inferred is None:
         return model if in_place else copy_model(model)
     result = onnx.load_model_from_string(inferred)
@@ -164,16 +177,23 @@ def checked_input(
     # and the stand-in inputs comes from inference.
     declared = {value.name for value in model.graph.input}
     target = model if in_place else onnx.ModelProto()
-    for message, kept in ((target, "graph"), (target.graph, "initializer")):
+    kept = ("initializer", "node") if stubbed else ("initializer",)
+    for message, keep in ((target, ("graph",)), (target.graph, kept)):
         for field, _ in message.ListFields() if in_place else ():
-            if field.name != kept:
+            if field.name not in keep:
                 message.ClearField(field.name)
     copy_fields(result, target, skip=("graph",))
-    copy_fields(result.graph, target.graph, skip=("initializer", "input"))
+    copy_fields(result.graph, target.graph, skip=("input",) + kept)
     target.graph.input.extend(value for value in result.graph.input if value.name not in moved or value.name in declared)
     if not in_place:
         target.graph.initializer.extend(model.graph.initializer)
     return target
+
+
+def _holds_bodies(graph: onnx.GraphProto) -> bool:
+    """Whether a node of `graph` has a graph attribute (inference annotates the bodies)."""
+    return any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for node in graph.node for attribute in node.attribute)
 
 
 def check_model(model: onnx.ModelProto, *, path: str | None = None, full: bool = False) -> None:

@@ -56,8 +56,10 @@ def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
 
 def _inferred_output_shapes(model: onnx.ModelProto) -> dict[str, onnx.TensorShapeProto] | None:
     """The output shapes inference finds when the declared ones are taken away (None if it fails)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(stand_in_weights(model)[0])  # weights stand in: a cheap copy
+    probe = stand_in_weights(model, value_info=False, constants=True)[0]  # weights stand in: a cheap copy
+    if probe is model:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
     for value in probe.graph.output:
         value.type.tensor_type.ClearField("shape")
     del probe.graph.value_info[:]

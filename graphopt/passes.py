@@ -141,6 +141,14 @@ class Pass:
         """The opset this configured pass needs: `requires_opset`, unless its options ask for more."""
         return self.requires_opset
 
+    def trades_for_speed(self) -> bool:
+        """Whether this configured lossy pass gives up accuracy for speed and so must come out
+        faster: its result is then kept only when its median latency ratio to the pipeline's
+        input is at most 1.0 (`latency.never_slower`, strict). Default: a lossy pass with a
+        `never_slower` option that is on. A pass whose result computes at the same shapes
+        (weights zeroed, not removed) says False: its speed is unchanged by construction."""
+        return not self.lossless and bool(getattr(self.options, "never_slower", False))
+
     def weaker(self, verdict: Any | None, result: PassResult | None = None) -> Pass | None:
         """A weaker configuration of this lossy pass, to try when its result missed a budget.
 

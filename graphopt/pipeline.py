@@ -25,7 +25,7 @@ from graphopt.errors import GraphoptError, InputError, PassError, PluginError, P
 from graphopt.graph_queries import opset_version
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
-from graphopt.latency.never_slower import Stage, check_pipeline_result, host_compare
+from graphopt.latency.never_slower import Stage, check_pipeline_result, holds_to_never_slower, host_compare
 from graphopt.opset_requirements import conversion_note, refused_conversion, with_opset_conversions
 from graphopt.parameter_names import parameter
 from graphopt.model import Model, RunContext, check_and_infer, to_proto
@@ -198,7 +198,7 @@ class _Run:
             self.reports.append(entry)
             if entry["status"] == "accepted":
                 self.stages.append(Stage(pass_.name, self.state.as_proto() if self.timed else None, lossless=pass_.lossless,
-                                         size=self.state.size, entry=entry))
+                                         size=self.state.size, entry=entry, strict=holds_to_never_slower(pass_)))
         model = self.state.as_proto()
         if self.stages and self.stages[-1].model is None:
             self.stages[-1].model = model

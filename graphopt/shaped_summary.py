@@ -20,31 +20,33 @@ import logging
 from graphopt.errors import first_line
 from graphopt.convert import stand_in_weights
 from graphopt.model import infer_model_shapes, inferred_skeleton
-from graphopt.summary import MAC_OPS, summarize
+from graphopt.summary import MAC_OPS, counted_figures, summarize
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.input_shapes import choose_input_shapes, freeze_input_shapes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["summarize_at_shapes", "count_macs_at"]
+__all__ = ["summarize_at_shapes", "count_macs_at", "leaves_dynamic"]
 
 
-ENERGY_KEYS = ("macs_by_dtype", "macs_uncounted_nodes", "peak_activation_bytes", "activations_unsized", "energy_proxy")
+def leaves_dynamic(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether `model` leaves some dim of an input in `shapes` dynamic: then `count_macs_at`
+    counts on a copy frozen at `shapes`, and the summary need not count on `model` itself
+    (`summarize(..., count=False)`)."""
+    # Only the inputs named: before IR 4 every initializer is listed as an input too.
+    return any(not dim.HasField("dim_value") for value in model.graph.input if value.name in shapes
+               for dim in value.type.tensor_type.shape.dim)
 
 
 def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """`summary` (of `model`) with `macs` and `macs_unknown` counted at `shapes`, when `model`
-    leaves some of those dims dynamic; shape inference only (no run), on the weightless form of
-    `model` (checked already). Modifies and returns it."""
-    declared = {value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-                for value in model.graph.input}
-    if all(None not in declared.get(name, []) for name in shapes):
+    leaves some of those dims dynamic (`leaves_dynamic`); shape inference only (no run), on the
+    weightless form of `model` (checked already). Modifies and returns it."""
+    if not leaves_dynamic(model, shapes):
         return summary
-    at_shapes = summarize(_frozen_weightless(model, shapes), size=summary["bytes"])
     # The energy estimate prices MACs and activations too: at the same shapes, or it reads zeros.
-    summary.update({key: at_shapes[key] for key in ENERGY_KEYS if key in at_shapes})
-    summary.update(macs=at_shapes["macs"], macs_unknown=at_shapes["macs_unknown"],
-                   macs_shapes={name: list(shape) for name, shape in shapes.items()})
+    summary.update(counted_figures(_frozen_weightless(model, shapes)))
+    summary["macs_shapes"] = {name: list(shape) for name, shape in shapes.items()}
     return summary
 
 
@@ -52,8 +54,10 @@ def _frozen_weightless(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, .
     """`model` with its inputs frozen at `shapes`, shape-inferred, each large weight a dims-only
     initializer: what counting MACs, weight bytes and activations reads, without copying a
     weight's bytes or checking the model again (it was checked)."""
-    skeleton, moved = stand_in_weights(model)
-    frozen = inferred_skeleton(freeze_input_shapes(skeleton, shapes))
+    # Without the main graph's value_info (inferred for the dynamic interface, they would
+    # contradict the frozen one): a copy made here is frozen in place, not copied again.
+    skeleton, moved = stand_in_weights(model, value_info=False, constants=True)
+    frozen = inferred_skeleton(freeze_input_shapes(skeleton, shapes, in_place=skeleton is not model))
     declared = {value.name for value in model.graph.input}
     inputs = [value for value in frozen.graph.input if value.name not in moved or value.name in declared]
     del frozen.graph.input[:]

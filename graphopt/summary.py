@@ -20,35 +20,54 @@ from onnx import external_data_helper
 from graphopt.latency import energy
 from graphopt.proto_walk import iter_graph_protos, iter_tensors, tensor_nbytes
 
-__all__ = ["summarize", "format_comparison", "model_bytes", "MAC_OPS"]
+__all__ = ["summarize", "counted_figures", "COUNTED_KEYS", "format_comparison", "model_bytes", "MAC_OPS"]
+
+# What `summarize` reads from inferred shapes (the energy estimate's figures but the weight bytes, and the MACs).
+COUNTED_KEYS = ("macs_by_dtype", "macs_uncounted_nodes", "peak_activation_bytes", "activations_unsized", "energy_proxy",
+                "macs", "macs_unknown")
 
 
-def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None) -> dict:
+def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None,
+              count: bool = True) -> dict:
     """The summary of `model`; `bytes` is `size` when the caller knows it, else measured on
     `size_of` when given (the model as stored, where `model` is its shape-inferred copy, whose
     value_info would inflate the count).
+
+    `count=False` leaves the figures read from shapes (`COUNTED_KEYS`) None, in their places,
+    for a caller that counts them on another form of the model (`shaped_summary.count_macs_at`,
+    at concrete input shapes) and would throw these away.
     """
-    shapes = _known_shapes(model)
+    tensors = list(iter_tensors(model))
+    weight_bytes = int(sum(tensor_nbytes(t) for t in tensors))
+    counted = counted_figures(model, weight_bytes=weight_bytes) if count else dict.fromkeys(COUNTED_KEYS)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
                               for node in _all_nodes(model.graph))
-    macs, unknown = _graph_macs(model.graph, shapes, _scalar_constants(model.graph))
-    tensors = list(iter_tensors(model))
     initializer_names = {t.name for t in model.graph.initializer}
-    return {**energy.estimate(model), 
+    # The energy estimate's keys first, as they always came (reports are compared as text).
+    return {**{key: weight_bytes if key == "weight_bytes" else counted[key] for key in energy.ESTIMATE_KEYS},
         "nodes": sum(ops.values()),
         "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
         # Constant nodes count too: some exporters (paddle2onnx) keep every weight in one.
         "parameters": sum(math.prod(t.dims) for t in tensors),
-        "weight_bytes": int(sum(tensor_nbytes(t) for t in tensors)),
         "bytes": size if size is not None else model_bytes(size_of if size_of is not None else model),
-        "macs": int(macs),
-        "macs_unknown": dict(unknown),
+        "macs": counted["macs"],
+        "macs_unknown": counted["macs_unknown"],
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
         "ir_version": model.ir_version,
         "inputs": [_describe_value(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [_describe_value(v) for v in model.graph.output],
         "functions": len(model.functions),
     }
+
+
+def counted_figures(model: onnx.ModelProto, *, weight_bytes: int | None = None) -> dict:
+    """The figures of `summarize` read from `model`'s inferred shapes: `COUNTED_KEYS`.
+
+    `weight_bytes`: `model`'s, when the caller has summed them already (the energy proxy prices them).
+    """
+    figures = energy.estimate(model, weight_bytes=weight_bytes)
+    macs, unknown = _graph_macs(model.graph, _known_shapes(model), _scalar_constants(model.graph))
+    return {**{key: figures[key] for key in COUNTED_KEYS[:-2]}, "macs": int(macs), "macs_unknown": dict(unknown)}
 
 
 def format_comparison(before: dict, after: dict) -> str:

@@ -8,9 +8,11 @@ transposed. onnx2tf rewrites the ONNX file it reads (op names), so it is always 
 
 Precisions: `fp32`; `fp16` (float16 weights behind DEQUANTIZE ops, float32 compute and
 interface: TFLite's float16 quantization, `tflite_fp16`); `int8`, integer
-kernels throughout (int8 weights per tensor and activations, float32 inputs and outputs,
+kernels throughout (int8 weights per channel and activations, float32 inputs and outputs,
 onnx2tf's `_integer_quant` flatbuffer), calibrated on the given samples; HardSigmoid is handed
-to it as RELU6 arithmetic, which it quantizes (`tflite_int8_forms`). onnx2tf's int8
+to it as RELU6 arithmetic, and GlobalAveragePool as a FULLY_CONNECTED mean, which it quantizes
+well (`tflite_int8_forms`); the ops that cannot rescale get equal input and output quantization
+afterwards (`tflite_int8_qparams`). onnx2tf's int8
 writer is strict: an op it cannot quantize (a MatMul of two activations, a comparison) fails the
 conversion, and so the emit, with the reason it gave.
 """
@@ -21,6 +23,7 @@ import contextlib
 import dataclasses
 import io
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +32,7 @@ import onnx
 
 from graphopt.emit.tflite_fp16 import with_float16_weights
 from graphopt.emit.tflite_int8_forms import int8_friendly
+from graphopt.emit.tflite_int8_qparams import reconcile_passthrough_qparams
 from graphopt.errors import InputError, UsageError
 
 __all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "prepare_interpreter", "TfliteModel", "PRECISIONS"]
@@ -38,11 +42,31 @@ PRECISIONS = ("fp32", "fp16", "int8")
 _FILES = {"fp32": "_float32.tflite", "fp16": "_float32.tflite", "int8": "_integer_quant.tflite"}
 
 
+# onnx2tf sets the interpreter's recursion limit to this when imported, for its own graph walks.
+# graphopt gives it that limit while it converts and gives the caller's back afterwards: left
+# raised, a deep recursion anywhere else in the process overflows the C stack (a crash, not a
+# RecursionError) or, where code sizes work by the limit, runs out of memory.
+_ONNX2TF_RECURSION_LIMIT = 2**31 - 1
+
+
+@contextlib.contextmanager
+def _recursion_limit(during: int | None = None):
+    """The caller's recursion limit restored on exit; `during` set while the block runs."""
+    caller = sys.getrecursionlimit()
+    if during is not None:
+        sys.setrecursionlimit(max(caller, during))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(caller)
+
+
 def require_tflite(what: str) -> None:
     """Raises UsageError naming the install when onnx2tf or ai-edge-litert is missing."""
     try:
-        import ai_edge_litert.interpreter  # noqa: F401
-        import onnx2tf  # noqa: F401
+        with _recursion_limit():  # importing onnx2tf raises it for good
+            import ai_edge_litert.interpreter  # noqa: F401
+            import onnx2tf  # noqa: F401
     except ImportError as error:
         raise UsageError(f"{what} needs the tflite extra ({error.name} is missing): pip install 'graphopt[tflite]', "
                          "then the onnx2tf step in docs/targets.md") from error
@@ -61,7 +85,8 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
     Raises InputError naming the op onnx2tf could not convert.
     """
     require_tflite("--emit tflite")
-    import onnx2tf
+    with _recursion_limit():
+        import onnx2tf
 
     if precision not in PRECISIONS:
         raise UsageError(f"tflite precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -76,14 +101,14 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
         if precision == "int8":
             if not calibration:
                 raise UsageError("--emit tflite with int8 needs calibration data (--calibration)")
-            # per-tensor: 2.6.9's per-channel depthwise weights fail its own validator (quantized_dimension 3)
-            settings.update(output_integer_quantized_tflite=True, quant_type="per-tensor", input_quant_dtype="int8",
-                            output_quant_dtype="int8", custom_input_op_name_np_data_path=_calibration_files(model, calibration, Path(folder)))
+            settings.update(output_integer_quantized_tflite=True, input_quant_dtype="int8", output_quant_dtype="int8",
+                            custom_input_op_name_np_data_path=_calibration_files(model, calibration, Path(folder)))
         captured = io.StringIO()
         written = Path(folder) / "out" / f"model{_FILES[precision]}"
         try:
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-                onnx2tf.convert(**settings)
+            with (contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _rank1_bias_axis() as per_channel,
+                  _recursion_limit(_ONNX2TF_RECURSION_LIMIT)):
+                onnx2tf.convert(**settings, **({"quant_type": "per-channel" if per_channel else "per-tensor"} if precision == "int8" else {}))
         except BaseException as error:  # onnx2tf exits (SystemExit) on some unsupported models
             if isinstance(error, KeyboardInterrupt):
                 raise
@@ -95,7 +120,40 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
         if not written.is_file():
             raise InputError(f"onnx2tf wrote no {precision} flatbuffer: {_reason(None, captured.getvalue())}")
         data = written.read_bytes()
+        if precision == "int8":
+            data, reconciled = reconcile_passthrough_qparams(data)  # tflite_int8_qparams
+            if reconciled:
+                rewritten["passthrough_quantization_aligned"] = reconciled
         return TfliteModel(with_float16_weights(data) if precision == "fp16" else data, precision, rewritten)
+
+
+@contextlib.contextmanager
+def _rank1_bias_axis():
+    """Per-channel int8 weights from onnx2tf 2.6.9, its one fault mended: it gives a per-channel
+    bias the weight's `quantized_dimension` (3 for a depthwise weight), and LiteRT refuses a
+    rank-1 tensor quantized along axis 3. The bias quantizer (`_quantize_bias_tensor`, private)
+    is wrapped while the conversion runs to set it to 0; yields whether it could be (another onnx2tf
+    version without it: per-tensor weights, as before)."""
+    try:
+        from onnx2tf.tflite_builder import quantization
+    except ImportError:
+        yield False
+        return
+    original = getattr(quantization, "_quantize_bias_tensor", None)
+    if original is None:
+        yield False
+        return
+
+    def rank1_axis(**kwargs):
+        original(**kwargs)
+        params = getattr(kwargs.get("tensor"), "quantization", None)
+        if params is not None and len(getattr(params, "scale", ())) > 1:
+            params.quantized_dimension = 0
+    quantization._quantize_bias_tensor = rank1_axis
+    try:
+        yield True
+    finally:
+        quantization._quantize_bias_tensor = original
 
 
 def _calibration_files(model: onnx.ModelProto, calibration: dict[str, np.ndarray], folder: Path) -> list:

@@ -21,7 +21,7 @@ import collections
 import os
 import statistics
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +51,22 @@ class LatencyBackend:
         self.comparisons: collections.Counter[str] = collections.Counter()
 
     def compare(self, models: Mapping[str, ModelLike], feeds: Mapping[str, Any], *, seconds: float = 0.3,
-                rounds: int = 3, purpose: str = "") -> dict[str, dict]:
+                rounds: int = 3, purpose: str = "", decided: Callable[[list[float]], bool] | None = None) -> dict[str, dict]:
         """`{label: timing}` for each model, timed interleaved on this backend's target.
 
         `feeds` is one sample (`{input: array}`, no N axis) shared by all models, or
         `{label: sample}` per model. `seconds` is roughly the time to spend in all, `rounds` the
         number of alternations. A timing has `median_ms` (None when nothing is timed), `ratio`
         (median / the first model's) and `backend`. `purpose` (e.g. `"quantize: layer"`) is
-        counted for the report.
+        counted for the report. `decided(medians so far, one per model in order)`, asked after
+        each round from the second on but the last, ends the timing when it returns true: a
+        comparison whose answer is already plain takes fewer rounds (a backend may time them all).
         """
         labels = list(models)
         if not labels:
             return {}
         samples = _per_label(labels, feeds)
-        medians = self._medians([models[label] for label in labels], [samples[label] for label in labels], seconds, rounds)
+        medians = self._medians([models[label] for label in labels], [samples[label] for label in labels], seconds, rounds, decided)
         self.comparisons[purpose or "unnamed"] += 1
         first = medians[0]
         return {label: {"median_ms": ms, "ratio": (ms / first if ms is not None and first else None), "backend": self.name}
@@ -74,7 +76,7 @@ class LatencyBackend:
         """What the report says of the latency decisions: this backend and what it timed."""
         return {"backend": self.name, "measures": self.measures, "comparisons": dict(self.comparisons)}
 
-    def _medians(self, models: list, feeds: list[dict], seconds: float, rounds: int) -> list[float | None]:
+    def _medians(self, models: list, feeds: list[dict], seconds: float, rounds: int, decided=None) -> list[float | None]:
         raise NotImplementedError
 
 
@@ -83,10 +85,10 @@ class HostOrt(LatencyBackend):
 
     name = "host-ort"
 
-    def _medians(self, models, feeds, seconds, rounds):
+    def _medians(self, models, feeds, seconds, rounds, decided=None):
         from graphopt.latency.host_ort import interleaved_cpu_medians, medians
 
-        return medians(interleaved_cpu_medians(models, feeds, seconds, rounds))
+        return medians(interleaved_cpu_medians(models, feeds, seconds, rounds, decided))
 
 
 class NoLatency(LatencyBackend):
@@ -95,7 +97,7 @@ class NoLatency(LatencyBackend):
     name = "none"
     measures = False
 
-    def _medians(self, models, feeds, seconds, rounds):
+    def _medians(self, models, feeds, seconds, rounds, decided=None):
         return [None for _ in models]
 
 
@@ -110,7 +112,7 @@ class HostLitert(LatencyBackend):
         require_tflite("--latency-on host-litert")
         super().__init__()
 
-    def _medians(self, models, feeds, seconds, rounds):
+    def _medians(self, models, feeds, seconds, rounds, decided=None):
         from graphopt.latency.host_litert import interleaved_litert_medians
 
         return interleaved_litert_medians(models, feeds, seconds, rounds)
@@ -125,7 +127,7 @@ class PluginLatency(LatencyBackend):
         super().__init__()
         self.name, self._manager = name, manager
 
-    def _medians(self, models, feeds, seconds, rounds):
+    def _medians(self, models, feeds, seconds, rounds, decided=None):
         settings = {"backend": self.name, "threads": 1, "runs": max(3, int(10 * seconds / 0.3)), "warmup": 2}
         results: list[list[float]] = [[] for _ in models]
         with tempfile.TemporaryDirectory(prefix="graphopt-latency-") as folder:

@@ -25,7 +25,7 @@ import onnx
 
 from graphopt.proto_walk import iter_tensors, tensor_nbytes
 
-__all__ = ["estimate", "DEFAULT_TABLE", "TABLE_SOURCE"]
+__all__ = ["estimate", "ESTIMATE_KEYS", "DEFAULT_TABLE", "TABLE_SOURCE"]
 
 TABLE_SOURCE = "Horowitz ISSCC 2014 (45 nm) per operation; DRAM per 32-bit word from Han et al. 2015; int4 extrapolated"
 # picojoules per operation
@@ -37,6 +37,9 @@ DEFAULT_TABLE: dict[str, float] = {
     "dram_32bit_word": 640.0,
 }
 DTYPES = ("fp32", "fp16", "int8", "int4")
+# The keys of `estimate`, in order.
+ESTIMATE_KEYS = ("macs_by_dtype", "macs_uncounted_nodes", "weight_bytes", "peak_activation_bytes", "activations_unsized",
+                 "energy_proxy")
 _T = onnx.TensorProto
 _KIND = {_T.FLOAT: "fp32", _T.DOUBLE: "fp32", _T.FLOAT16: "fp16", _T.BFLOAT16: "fp16", _T.INT8: "int8", _T.UINT8: "int8",
          _T.INT4: "int4", _T.UINT4: "int4", _T.INT16: "int8", _T.UINT16: "int8"}
@@ -47,15 +50,21 @@ _MAC_OPERANDS = {"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMu
                  "DynamicQuantizeMatMul": (0, 1), "MatMulIntegerToFloat": (0, 1), "FusedConv": (0, 1), "FusedMatMul": (0, 1)}
 
 
-def estimate(model: onnx.ModelProto, table: Mapping[str, float] | None = None) -> dict:
-    """The estimate of one inference of `model` (shapes from its value_info: pass a shape-inferred model)."""
+def estimate(model: onnx.ModelProto, table: Mapping[str, float] | None = None, *, weight_bytes: int | None = None) -> dict:
+    """The estimate of one inference of `model` (shapes from its value_info: pass a shape-inferred model).
+
+    `weight_bytes`: the bytes of `model`'s weights, when the caller has summed them already.
+    """
     table = {**DEFAULT_TABLE, **(table or {})}
     types = _tensor_types(model)
-    dequantized = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    # Read once: each pass over the protobuf nodes makes their wrappers and field views anew.
+    nodes = list(model.graph.node)
+    op_types = [node.op_type for node in nodes]
+    dequantized = {node.output[0]: node.input[0] for node, op in zip(nodes, op_types) if op == "DequantizeLinear"}
     macs = dict.fromkeys(DTYPES, 0)
     unknown = 0
-    for node in model.graph.node:
-        if node.op_type not in _MAC_OPERANDS:
+    for node, op in zip(nodes, op_types):
+        if op not in _MAC_OPERANDS:
             continue
         count = _node_macs(node, types)
         if count is None:
@@ -63,10 +72,11 @@ def estimate(model: onnx.ModelProto, table: Mapping[str, float] | None = None) -
             continue
         kind = _mac_kind(node, types, dequantized)
         macs[kind] += count
-    weight_bytes = int(sum(tensor_nbytes(t) for t in iter_tensors(model)))
+    if weight_bytes is None:
+        weight_bytes = int(sum(tensor_nbytes(t) for t in iter_tensors(model)))
     compute = sum(macs[kind] * (table[f"{kind}_mult"] + table[f"{kind}_add"]) for kind in DTYPES)
     memory = weight_bytes / 4 * table["dram_32bit_word"]
-    peak, unsized = _peak_activation_bytes(model, types)
+    peak, unsized = _peak_activation_bytes(model, types, nodes, op_types)
     return {
         "macs_by_dtype": macs,
         "macs_uncounted_nodes": unknown,
@@ -78,17 +88,23 @@ def estimate(model: onnx.ModelProto, table: Mapping[str, float] | None = None) -
     }
 
 
-def _tensor_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | None] | None]]:
-    """`{name: (elem_type, shape or None)}` of the main graph's tensors."""
+def _tensor_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int] | None]]:
+    """`{name: (elem_type, shape or None)}` of the main graph's tensors; an unknown dim is 0,
+    which every reader here takes as unknown, as it does a 0-sized dim (`_static`).
+
+    A dim's `dim_value` is read without asking `HasField` first: this walks every value_info
+    of the graph, several times a run.
+    """
     found: dict[str, tuple[int, list | None]] = {}
     graph = model.graph
-    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tensor_type = value.type.tensor_type
-        if not value.type.HasField("tensor_type"):
-            continue
-        shape = ([d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-                 if tensor_type.HasField("shape") else None)
-        found[value.name] = (tensor_type.elem_type, shape)
+    for values in (graph.input, graph.value_info, graph.output):
+        for value in values:
+            value_type = value.type
+            if not value_type.HasField("tensor_type"):
+                continue
+            tensor_type = value_type.tensor_type
+            shape = [d.dim_value for d in tensor_type.shape.dim] if tensor_type.HasField("shape") else None
+            found[value.name] = (tensor_type.elem_type, shape)
     for tensor in graph.initializer:
         found[tensor.name] = (tensor.data_type, list(tensor.dims))
     for node in graph.node:
@@ -126,15 +142,14 @@ def _mac_kind(node: onnx.NodeProto, types, dequantized: dict[str, str]) -> str:
     return max(kinds, key=_WIDTH.__getitem__)
 
 
-def _peak_activation_bytes(model: onnx.ModelProto, types) -> tuple[int, int]:
+def _peak_activation_bytes(model: onnx.ModelProto, types, nodes, op_types) -> tuple[int, int]:
     """(the most activation bytes alive at once running the nodes in order, tensors of unknown size).
 
     A tensor lives from the node that makes it (graph inputs: from the start) to its last reader
     (graph outputs: to the end); weights and Constant values are not activations.
     """
     graph = model.graph
-    # Read once: each pass over the protobuf nodes makes their wrappers and field views anew.
-    nodes = [(node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
+    nodes = [(op, tuple(node.input), tuple(node.output)) for node, op in zip(nodes, op_types)]
     constants = {t.name for t in graph.initializer} | {outputs[0] for op, _, outputs in nodes if op == "Constant"}
     last_use: dict[str, int] = {}
     for index, (_, inputs, _) in enumerate(nodes):

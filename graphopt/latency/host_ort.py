@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 from graphopt.verify.runner import make_session
 
 __all__ = ["interleaved_cpu_medians"]
 
 
-def interleaved_cpu_medians(models: list, feeds: list[dict], seconds: float = 0.3, rounds: int = 3) -> list[list[float]]:
+def interleaved_cpu_medians(models: list, feeds: list[dict], seconds: float = 0.3, rounds: int = 3,
+                            decided: Callable[[list[float]], bool] | None = None) -> list[list[float]]:
     """Per model, the milliseconds (CPU time of this thread) of each timed run, runs alternated.
 
     `seconds` is the time to spend in all (it sets the run count, between 3 and 200 per round).
+    `decided(medians so far)`, asked after each round from the second on but the last, ends
+    the timing early when it returns true.
     """
     sessions = [make_session(model, optimize=True, threads=1) for model in models]
     for session, feed in zip(sessions, feeds):
@@ -32,12 +36,14 @@ def interleaved_cpu_medians(models: list, feeds: list[dict], seconds: float = 0.
     once = max(time.thread_time() - start, 1e-6)
     runs = int(min(max(seconds / once / max(rounds, 1), 3), 200))
     times: list[list[float]] = [[] for _ in models]
-    for _ in range(max(rounds, 1)):
+    for round_index in range(max(rounds, 1)):
         for index, (session, feed) in enumerate(zip(sessions, feeds)):
             for _ in range(runs):
                 begin = time.thread_time()
                 session.run(None, feed)
                 times[index].append((time.thread_time() - begin) * 1e3)
+        if decided is not None and 1 <= round_index < rounds - 1 and decided(medians(times)):
+            break
     return times
 
 

@@ -10,9 +10,20 @@ shows against its own copy (or within `margin`) is not a slowdown.
 
 Rolling back keeps the output of the longest run of stages that is not slower: a stage's
 output is the input of the next, so a stage in the middle cannot go without those after it.
-Only lossless stages are rolled back, last first, down to the last lossy one: a lossy pass
-(quantize, prune, factorize) made its own latency decision (`quantize.latency`, `saving_by`),
-which the user may have set on purpose, and its trade of accuracy for size is not undone here.
+Stages are rolled back last first, down to the last lossy stage that is not `strict`: such a
+pass (quantize, fp16) made its own latency decision (`quantize.latency`), which the user may
+have set on purpose, and its trade of accuracy for size is not undone here. So the stages after
+it are timed against that lossy stage's output, not the input: `fp16,compact` keeps `compact`
+even though float16 itself is slower than the input on an x86 host (the slowdown is fp16's,
+which is not rolled back).
+
+A `strict` stage is a lossy pass that holds itself to never slower (`Pass.trades_for_speed`:
+channel prune and factorize with their `never_slower` option on). It traded accuracy for
+speed, so a result that contains it is kept only when its median ratio to the baseline (the
+input, or that lossy stage's output) is at most 1.0 — no noise allowance, no timer floor: a
+result that is not faster is not worth the accuracy it cost. The pass checked itself against
+*its* input (`speed.py`); this checks the whole result, which also catches a lossless stage
+before it that cost more than the lossy one gained.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from typing import Any
 
 import onnx
 
-__all__ = ["Stage", "NeverSlower", "keep_never_slower", "check_on", "host_compare", "check_pipeline_result", "DEFAULT_MARGIN"]
+__all__ = ["Stage", "NeverSlower", "keep_never_slower", "check_on", "host_compare", "check_pipeline_result", "holds_to_never_slower", "DEFAULT_MARGIN"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +51,14 @@ MIN_MS = 0.02
 @dataclasses.dataclass
 class Stage:
     """One accepted pass: its name, the model it produced, whether it is lossless, that model's
-    stored size, its report entry."""
+    stored size, its report entry, and whether it is a lossy pass held to never slower (`strict`)."""
 
     name: str
     model: onnx.ModelProto
     lossless: bool = True
     size: int | None = None
     entry: dict | None = None
+    strict: bool = False
 
 
 @dataclasses.dataclass
@@ -55,6 +67,13 @@ class NeverSlower:
 
     kept: int
     report: dict
+    baseline: str = "the input"  # what the rolled-back stages were slower than, in words
+
+
+def holds_to_never_slower(pass_) -> bool:
+    """Whether a pass's result is a `strict` stage: a lossy pass that trades accuracy for speed
+    (`Pass.trades_for_speed`: prune with channels, factorize, with `never_slower` on)."""
+    return not pass_.lossless and pass_.trades_for_speed()
 
 
 def check_on(backend) -> Compare | None:
@@ -77,48 +96,68 @@ def host_compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> dict[str
 
 def keep_never_slower(original: onnx.ModelProto, stages: list[Stage], compare: Compare, feeds: dict, *,
                       margin: float = DEFAULT_MARGIN, repeats: int = 3) -> NeverSlower:
-    """How many of `stages` to keep so that the result is not slower than `original`.
+    """How many of `stages` to keep so that the result is not slower than `original`, or than
+    the last lossy, not `strict` stage's output when there is one (the stages after it are
+    judged against what they started from); a result with a `strict` stage after that
+    baseline is held to no slower at all.
 
-    Times the last stage's output against `original`; while it is slower beyond noise and the
+    Times the last stage's output against that baseline; while it is slower beyond noise and the
     last stage is lossless, drops it and times the one before. Every timing taken is in the report.
     """
     timings = []
+    # the last lossy stage whose own latency decision stands: the stages after it started from its output
+    anchor = next((index for index in range(len(stages) - 1, -1, -1) if not stages[index].lossless and not stages[index].strict), -1)
+    lossy = stages[anchor] if anchor >= 0 else None
+    baseline = original if lossy is None else lossy.model
     for kept in range(len(stages), 0, -1):
-        if not stages[kept - 1].lossless:
+        last = stages[kept - 1]
+        if not last.lossless and not last.strict:
             break
-        verdict = _judge(original, stages[kept - 1].model, compare, feeds, margin, repeats)
-        timings.append({"after": stages[kept - 1].name, **verdict})
+        strict = any(stage.strict for stage in stages[anchor + 1:kept])
+        verdict = _judge(baseline, last.model, compare, feeds, margin, repeats, strict)
+        timings.append({"after": last.name, "against": "input" if lossy is None else lossy.name, **verdict})
         if not verdict["slower"]:
             break
-        logger.warning("the model after pass '%s' is slower than the input (%.3fx, noise ±%.3f); rolled back",
-                       stages[kept - 1].name, verdict["ratio"], verdict["noise"])
+        if strict:
+            logger.warning("the model after pass '%s' timed %.3fx %s (median of %d timings; a lossy pass must be "
+                           "faster); rolled back", last.name, verdict["ratio"], _baseline_words(lossy), verdict["timings"])
+        else:
+            logger.warning("the model after pass '%s' is slower than %s (%.3fx, noise ±%.3f); rolled back",
+                           last.name, _baseline_words(lossy), verdict["ratio"], verdict["noise"])
     else:
         kept = 0
     rolled_back = [stage.name for stage in stages[kept:]]
     report = {"checked": True, "margin": margin, "timings": timings, "rolled_back": rolled_back}
     if not timings:
         report.update(checked=False, reason=f"the last pass, '{stages[-1].name}', is lossy: its own latency decision stands")
-    return NeverSlower(kept, report)
+    return NeverSlower(kept, report, _baseline_words(lossy))
 
 
-def _judge(original, candidate, compare: Compare, feeds: dict, margin: float, repeats: int) -> dict:
-    """`{"slower", "ratio", "noise", "input_ms", "output_ms"}` for `candidate` against `original`.
+def _baseline_words(lossy: Stage | None) -> str:
+    return "the input" if lossy is None else f"the output of the lossy pass '{lossy.name}'"
+
+
+def _judge(original, candidate, compare: Compare, feeds: dict, margin: float, repeats: int, strict: bool = False) -> dict:
+    """`{"slower", "ratio", "noise", "timings", "input_ms", "output_ms"}` for `candidate` against `original`.
 
     One quick comparison settles a result that is not slower; a result that looks slower is
     timed `repeats` times more beside a second copy of the input, whose ratio to the first
-    is the noise of that moment.
+    is the noise of that moment. Lossless (`strict` false): slower beyond the margin or the
+    noise, whichever is larger, and by at least `MIN_MS`. `strict`: the median ratio above 1.0.
     """
     quick = compare({"input": original, "output": candidate}, feeds)
     ratio = float(quick["output"]["ratio"])
-    if ratio <= 1.0 + margin or _gap_ms(quick) < MIN_MS:
-        return _verdict(False, ratio, 0.0, quick)
+    if ratio <= 1.0 or (not strict and (ratio <= 1.0 + margin or _gap_ms(quick) < MIN_MS)):
+        return _verdict(False, ratio, 0.0, 1, quick)
     ratios, noise, last = [], 0.0, quick
     for _ in range(max(repeats, 1)):
         last = compare({"input": original, "input_again": original, "output": candidate}, feeds)
         ratios.append(float(last["output"]["ratio"]))
         noise = max(noise, abs(float(last["input_again"]["ratio"]) - 1.0))
     ratio = statistics.median(ratios)
-    return _verdict(ratio > 1.0 + max(margin, noise) and _gap_ms(last) >= MIN_MS, ratio, noise, last)
+    if strict:
+        return _verdict(ratio > 1.0, ratio, noise, len(ratios), last)
+    return _verdict(ratio > 1.0 + max(margin, noise) and _gap_ms(last) >= MIN_MS, ratio, noise, len(ratios), last)
 
 
 def _gap_ms(timing: Mapping) -> float:
@@ -127,8 +166,8 @@ def _gap_ms(timing: Mapping) -> float:
     return float("inf") if output is None or input_ is None else output - input_
 
 
-def _verdict(slower: bool, ratio: float, noise: float, timing: Mapping) -> dict:
-    return {"slower": slower, "ratio": round(ratio, 4), "noise": round(noise, 4),
+def _verdict(slower: bool, ratio: float, noise: float, timings: int, timing: Mapping) -> dict:
+    return {"slower": slower, "ratio": round(ratio, 4), "noise": round(noise, 4), "timings": timings,
             "input_ms": timing["input"].get("median_ms"), "output_ms": timing["output"].get("median_ms")}
 
 
@@ -145,9 +184,16 @@ def check_pipeline_result(original: onnx.ModelProto, original_size: int | None, 
     if feeds is None:
         return _last(original, original_size, stages) + ({"checked": False, "reason": "no inputs to time it on (verification off)"},)
     outcome = keep_never_slower(original, stages, compare, feeds)
-    for stage in stages[outcome.kept:]:
-        if stage.entry is not None:
-            stage.entry.update(status="rolled_back", rolled_back=True, rolled_back_because="slower than the input")
+    timings = outcome.report.get("timings", [])
+    for index, stage in enumerate(stages[outcome.kept:], outcome.kept):
+        if stage.entry is None:
+            continue
+        because = f"slower than {outcome.baseline}"
+        timing = timings[len(stages) - 1 - index] if len(stages) - 1 - index < len(timings) else None
+        if stage.strict and timing is not None:  # a lossy pass's result, held to no slower at all
+            because = (f"not faster than {outcome.baseline}: the model after it timed {timing['ratio']:.3f}x "
+                       f"(median of {timing['timings']} interleaved timings)")
+        stage.entry.update(status="rolled_back", rolled_back=True, rolled_back_because=because)
     return _last(original, original_size, stages[:outcome.kept]) + (outcome.report,)
 
 

@@ -150,10 +150,14 @@ def run_shapes(
                               (None,) * (array.ndim - 1)) for name, array in feeds.items()}
 
 
-def freeze_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """A copy of `model` whose inputs declare `shapes` (what `--freeze-shapes` writes)."""
-    frozen = onnx.ModelProto()
-    frozen.CopyFrom(model)
+def freeze_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *,
+                        in_place: bool = False) -> onnx.ModelProto:
+    """A copy of `model` whose inputs declare `shapes` (what `--freeze-shapes` writes);
+    `model` itself, changed so, when `in_place` (a copy the caller made)."""
+    frozen = model
+    if not in_place:
+        frozen = onnx.ModelProto()
+        frozen.CopyFrom(model)
     for value in frozen.graph.input:
         if value.name not in shapes:
             continue

@@ -17,7 +17,8 @@ import numpy as np
 
 from graphopt.errors import UsageError
 
-__all__ = ["Tolerance", "tolerance_for", "Budget", "output_metrics", "sample_metrics", "stacked_sample_metrics", "within_tolerance"]
+__all__ = ["Tolerance", "tolerance_for", "Budget", "output_metrics", "sample_metrics", "stacked_sample_metrics", "within_tolerance",
+           "typical_energy", "SILENT", "LOUD_RESIDUE"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,22 +159,44 @@ def output_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
         equal = bool(np.array_equal(reference, candidate))
         return {"cosine": 1.0 if equal else 0.0, "sqnr_db": math.inf if equal else 0.0,
                 "max_abs": 0.0 if equal else math.inf, "max_rel": 0.0 if equal else math.inf}
-    ref = np.nan_to_num(reference.astype(np.float64).ravel(), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    cand = np.nan_to_num(candidate.astype(np.float64).ravel(), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return _from_sums(*_sums(reference, candidate))
+
+
+def _sums(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """(signal, noise, power, cross, max abs, max rel) of two numeric arrays of one shape, NaN and
+    infinities read as 0: what `output_metrics` is made of, and what adds up over samples."""
+    ref, cand = _finite(reference), _finite(candidate)
     error = cand - ref
     # einsum, not `@`: a threaded BLAS dot on a busy machine spins its threads (12 ms instead of
     # 0.2 ms for 250k values), and the quantize planner measures thousands of outputs.
-    signal, noise, power = _dot(ref, ref), _dot(error, error), _dot(cand, cand)
+    signal, noise, power, cross = _dot(ref, ref), _dot(error, error), _dot(cand, cand), _dot(ref, cand)
+    magnitude = np.abs(error)
+    max_abs = float(np.max(magnitude)) if error.size else 0.0
+    max_rel = float(np.max(magnitude / np.maximum(np.abs(ref), 1e-12))) if error.size else 0.0
+    return signal, noise, power, cross, max_abs, max_rel
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    flat = values.astype(np.float64).ravel()
+    return flat if np.isfinite(flat).all() else np.nan_to_num(flat, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _from_sums(signal: float, noise: float, power: float, cross: float, max_abs: float, max_rel: float) -> dict:
     norms = math.sqrt(signal) * math.sqrt(power)
     if norms == 0.0:
         cosine = 1.0 if signal == power else 0.0
     else:
-        cosine = _dot(ref, cand) / norms
+        cosine = cross / norms
     sqnr = math.inf if noise == 0.0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
-    magnitude = np.abs(error)
-    max_abs = float(np.max(magnitude)) if error.size else 0.0
-    max_rel = float(np.max(magnitude / np.maximum(np.abs(ref), 1e-12))) if error.size else 0.0
     return {"cosine": cosine, "sqnr_db": sqnr, "max_abs": max_abs, "max_rel": max_rel}
+
+
+def _pooled(sums: list[tuple]) -> dict:
+    """`output_metrics` over all samples flattened together, from each sample's `_sums`."""
+    if not sums:
+        return _from_sums(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    signal, noise, power, cross = (math.fsum(part[i] for part in sums) for i in range(4))
+    return _from_sums(signal, noise, power, cross, max(part[4] for part in sums), max(part[5] for part in sums))
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -183,6 +206,19 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 # A sample whose reference output is (near) silent has no direction to keep: its cosine is
 # judged only if the candidate's energy there is not negligible against a typical sample's.
 _SILENT = 1e-12
+_LOUD_RESIDUE = 1e-6  # a silent sample's candidate error, against a typical sample's energy, that counts it as lost
+
+
+def typical_energy(references: list[np.ndarray]) -> tuple[list[float], float]:
+    """(each sample's reference energy, the typical one) of one output: a sample is judged when
+    its energy exceeds `SILENT` times the typical one, or its candidate's error there exceeds
+    `LOUD_RESIDUE` times it (`sample_metrics`)."""
+    energies = [float(np.sum(np.square(np.ravel(r).astype(np.float64)))) if np.asarray(r).dtype.kind not in "OUS" else 1.0
+                for r in references]
+    return energies, max(float(np.mean(energies)), _SILENT)
+
+
+SILENT, LOUD_RESIDUE = _SILENT, _LOUD_RESIDUE
 
 
 def sample_metrics(references: list[np.ndarray], candidates: list[np.ndarray]) -> dict:
@@ -193,20 +229,24 @@ def sample_metrics(references: list[np.ndarray], candidates: list[np.ndarray]) -
     over all samples flattened together (the pre-0.2 figure), `max_abs`/`max_rel` over all,
     `worst_sample` the index of the lowest-cosine sample, `samples` the count.
     """
-    pooled = output_metrics(np.concatenate([np.ravel(r) for r in references]) if references else np.zeros(0),
-                            np.concatenate([np.ravel(c) for c in candidates]) if candidates else np.zeros(0))
-    if "shape_mismatch" in pooled or not references or any(np.shape(r) != np.shape(c) for r, c in zip(references, candidates)):
-        return dict(pooled, cosine_pooled=pooled["cosine"], cosine_mean=pooled["cosine"],
-                    sqnr_db_pooled=pooled["sqnr_db"], sqnr_db_mean=pooled["sqnr_db"], worst_sample=0, samples=len(references))
-    per = [output_metrics(np.ravel(r), np.ravel(c)) for r, c in zip(references, candidates)]
-    energies = [float(np.sum(np.square(np.ravel(r).astype(np.float64)))) if np.asarray(r).dtype.kind not in "OUS" else 1.0
-                for r in references]
-    typical = max(float(np.mean(energies)), _SILENT)
+    numeric = all(np.asarray(array).dtype.kind not in "OUS" for array in (*references, *candidates))
+    if not references or not numeric or len(references) != len(candidates) \
+            or any(np.shape(r) != np.shape(c) for r, c in zip(references, candidates)):
+        pooled = output_metrics(np.concatenate([np.ravel(r) for r in references]) if references else np.zeros(0),
+                                np.concatenate([np.ravel(c) for c in candidates]) if candidates else np.zeros(0))
+        if "shape_mismatch" in pooled or not references or any(np.shape(r) != np.shape(c) for r, c in zip(references, candidates)):
+            return dict(pooled, cosine_pooled=pooled["cosine"], cosine_mean=pooled["cosine"],
+                        sqnr_db_pooled=pooled["sqnr_db"], sqnr_db_mean=pooled["sqnr_db"], worst_sample=0, samples=len(references))
+        per = [output_metrics(np.ravel(r), np.ravel(c)) for r, c in zip(references, candidates)]
+    else:  # each sample's sums once: its metrics, and the pooled ones added up (no stacked copy of every output)
+        sums = [_sums(np.asarray(r), np.asarray(c)) for r, c in zip(references, candidates)]
+        per, pooled = [_from_sums(*part) for part in sums], _pooled(sums)
+    energies, typical = typical_energy(references)
     judged = [index for index, energy in enumerate(energies) if energy > _SILENT * typical]
     for index, (ref, cand) in enumerate(zip(references, candidates)):
         if index not in judged and np.asarray(ref).dtype.kind not in "OUS":
             residue = float(np.sum(np.square(np.ravel(cand).astype(np.float64) - np.ravel(ref))))
-            if residue > 1e-6 * typical:  # a silent sample made loud: count it as lost
+            if residue > _LOUD_RESIDUE * typical:  # a silent sample made loud: count it as lost
                 judged.append(index)
     judged = judged or list(range(len(per)))
     cosines = [per[index]["cosine"] for index in judged]

@@ -76,9 +76,11 @@ class Cleanup(graphopt.Pass):
         # Quiet: graphsurgeon warns on the terminal whenever a step reads a bfloat16 constant's values.
         with convert.collector_paused(), convert.quiet_graphsurgeon(), _distinct_node_names(graph):
             for round_index in range(_MAX_ROUNDS):
-                if round_index and options.fold_constants and decides_by_unknown_shapes(graph):
-                    tensor_shapes.refresh_shapes(graph)  # what the last round created has no shapes yet
-                    version += 1  # new shapes let more fold
+                # What the last round created has no shapes yet; new shapes let more fold. A
+                # refresh that learned nothing left the graph as it was: nothing to run again for it.
+                if round_index and options.fold_constants and decides_by_unknown_shapes(graph) \
+                        and tensor_shapes.refresh_shapes(graph):
+                    version += 1
                 changed = False
                 for key, step in steps:
                     if ran_at.get(key) == version:

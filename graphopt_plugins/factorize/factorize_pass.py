@@ -73,8 +73,8 @@ class Factorize(graphopt.Pass):
     Lossy: it fits on three calibration samples in four and, before returning, runs the
     factorized model on the fourth and backs off (halving `strength`) until every held-out
     sample's outputs (and slices of outputs, `--budget-slices`) meet its budget (`budget`, else
-    `--budget`, else cos=0.99) and, with `never_slower`, the result runs no slower than its
-    input (graphopt/speed.py); if no setting does, it leaves the model unchanged. When the
+    `--budget`, else cos=0.99) and, with `never_slower`, the result is measurably faster than
+    its input (graphopt/speed.py); if no setting does, it leaves the model unchanged. When the
     pipeline's verification still misses, `weaker()` hands it a halved strength.
     """
 
@@ -102,7 +102,7 @@ class Factorize(graphopt.Pass):
         refit: bool = True  # data method: where the factors miss the budget, refit each V (and a Conv's bias) by least squares, layer by layer, on the inputs the factorized model feeds it
         refit_samples: int = 8  # calibration samples the refit runs on (two model runs per layer each)
         backoff: int = 4  # times strength is halved when the budget is missed (or the result runs slower)
-        never_slower: bool = True  # time the result against the input (1 thread, onnxruntime) and back off when slower; inputs under 1 ms are not judged
+        never_slower: bool = True  # time the result against the input on the latency backend and back off unless it is measurably faster (median ratio <= 1.0 less the input's own noise); inputs under 0.01 ms are not judged
         strength: float = 1.0  # how far rank_by goes, 1 = as asked; the pipeline's back-off (weaker) lowers it
         budget: str = ""  # the pass's own accuracy budget, e.g. 'cos=0.995'
         safety: float = 0.2  # rank_by=budget: share of the budget's room (1 - cos) left unspent, for inputs the search never saw
@@ -280,8 +280,8 @@ class Factorize(graphopt.Pass):
                 if slow is None:
                     return ranks, _factors(fits, ranks), strength, measured
                 stats.setdefault("slower_than_input", []).append(dict(slow, strength=round(strength, 4)))
-                log.info("factorize: %.3g of the saving runs %.3g× the input's latency; backing off", strength,
-                         slow["latency_ratio"])
+                log.info("factorize: %.3g of the saving timed %.3g× the input's latency (median of %d timings); backing off",
+                         strength, slow["latency_ratio"], slow["timings"])
             count //= 2
         return {}, {}, 0.0, None
 
@@ -316,7 +316,8 @@ class Factorize(graphopt.Pass):
                 if slow is None:
                     break
                 stats.setdefault("slower_than_input", []).append(dict(slow, strength=strength))
-                log.info("factorize: strength %.3g runs %.3g× the input's latency; backing off", strength, slow["latency_ratio"])
+                log.info("factorize: strength %.3g timed %.3g× the input's latency (median of %d timings); backing off",
+                         strength, slow["latency_ratio"], slow["timings"])
                 ranks = {}
                 continue
             log.info("factorize: strength %.3g misses %s (%s); backing off", strength, budget.describe(), cosines(measured))

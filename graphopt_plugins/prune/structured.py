@@ -20,6 +20,7 @@ from graphopt_plugins.prune.groups import Group, Sink, prunable_layer
 from graphopt_plugins.prune.refit import SinkRecord, refit_sinks
 from graphopt_plugins.prune.shrink import channel_features, shrink_groups
 from graphopt_plugins.prune.statistics import Request, collect_grams
+from graphopt_plugins.prune.widths import group_multiple, removable
 
 __all__ = ["prune_channels", "group_multiple"]
 
@@ -56,11 +57,7 @@ def prune_channels(graph: gs.Graph, groups: list[Group], options, model: onnx.Mo
 def _counts(groups: list[Group], scores: list[np.ndarray], options) -> list[int]:
     multiple = max(1, options.channel_multiple)
     def fit(size: int, count: int) -> int:
-        step = group_multiple(size, options.channel_multiple)
-        if step > 1 and not options.channel_multiple:
-            count = int(round(count / step)) * step  # auto: to the nearest width in 8s
-        count = min(count, size - options.min_channels)
-        return max(0, count - count % step)
+        return removable(size, count, options.channel_multiple, options.min_channels)
     if options.allocation == "uniform" or not groups:
         return [fit(group.size, int(np.floor(options.ratio * group.size))) for group in groups]
     if options.allocation == "latency":
@@ -68,16 +65,6 @@ def _counts(groups: list[Group], scores: list[np.ndarray], options) -> list[int]
     target = int(np.floor(options.ratio * sum(group.size for group in groups)))
     counts = allocate([loss_curve(score) for score in scores], target, cap=options.max_ratio)
     return [fit(group.size, count) for group, count in zip(groups, counts)]
-
-
-def group_multiple(size: int, multiple: int) -> int:
-    """Channels a group of `size` loses in multiples of: `multiple`, or with 0 (auto) 8 where
-    the group is 8k wide and at least 64 — onnxruntime's blocked (NCHWc) convolutions want
-    widths in 8s and fall back to slower kernels otherwise (PP-OCRv4 det, 6% of its channels
-    cut to odd widths, ran 1.3× slower) — and 1 for narrower groups or ones off that grid."""
-    if multiple:
-        return multiple
-    return 8 if size % 8 == 0 and size >= 64 else 1
 
 
 def _latency_counts(groups: list[Group], scores: list[np.ndarray], options, multiple: int) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,15 +38,14 @@ def worst_metrics(reference: dict[str, np.ndarray], candidate: dict[str, np.ndar
 def fit_to_budget(
     evaluate: Callable[[list[int]], dict],
     candidates: list[int],
-    sensitivity_of: Callable[[int], float],
-    track: Callable[[Iterable, str, int], Iterable] = lambda items, desc, total: items,
+    sensitivities: Callable[[list[int]], dict[int, float]],
     at_least: int = 0,
 ) -> tuple[list[int], dict, dict[int, float], int]:
     """(quantized subset, its metrics, sensitivity per candidate, plans tried).
 
     `evaluate(subset)` returns `worst_metrics` of the plan quantizing `subset`;
-    `sensitivity_of(i)` the output SQNR (dB) with only candidate `i` quantized; `track`
-    draws the progress of the sensitivity sweep. `at_least` candidates are known to need float
+    `sensitivities(candidates)` each one's output SQNR (dB) with only it quantized (the sweep,
+    `sensitivity.py`). `at_least` candidates are known to need float
     (a looser search's answer that a stricter check refused): the search grows from there.
     """
     tried = 0
@@ -55,7 +54,7 @@ def fit_to_budget(
         tried = 1
         if metrics["ok"] or not candidates:
             return candidates, metrics, {}, tried
-    sensitivity = {index: sensitivity_of(index) for index in track(candidates, "quantize: layer sensitivity", len(candidates))}
+    sensitivity = sensitivities(candidates)
     harmful_first = sorted(candidates, key=lambda index: sensitivity[index])
 
     def plan(keep_float: int) -> list[int]:

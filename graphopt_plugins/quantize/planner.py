@@ -29,9 +29,11 @@ from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.quantize.accuracy import fit_to_budget, worst_metrics
 from graphopt_plugins.quantize.bias_correction import bias_shifts
 from graphopt_plugins.quantize.calibration import collect_ranges
+from graphopt_plugins.quantize.judging import SampleJudge, judged_outputs
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
+from graphopt_plugins.quantize.sensitivity import default_workers, sweep
 from graphopt_plugins.quantize.smoothing import channel_extremes, smooth, smoothing_sites
 from graphopt_plugins.quantize.regions import find_region, insert_pairs, shared_ranges
 from graphopt_plugins.quantize.rewrite import UniqueNames, activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
@@ -46,6 +48,10 @@ _GUARD_ROUNDS = 4
 # can be off by a few percent, and "never slower" has to survive the next measurement too.
 _GUARD_MARGIN = 0.97
 _BUILT_KEPT = 3  # candidate models kept built (a few MB each)
+# A timing ends after two rounds when int8 is this far past its margin either way (a layer's
+# medians, of a few runs, move more than a whole model's): a close call takes every round, as
+# many and as long as before, so a layer near the margin is measured as it always was.
+_PLAIN_LAYER, _PLAIN_MODEL = 0.25, 0.10
 
 
 class Planner:
@@ -68,6 +74,12 @@ class Planner:
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
         self._built: dict[tuple, onnx.ModelProto] = {}  # the last few candidates built, by plan
         self._judged: dict[tuple, dict] = {}  # metrics by (plan, deployed only)
+        self._refused: dict[tuple, dict] = {}  # plans the search refused at their first sample that broke the budget
+        self._sample_judge: SampleJudge | None = None
+        self._hardest = 0  # the sample that broke the last refused plan: the next plan runs it first
+        self._measured: dict[int, float] = {}  # unit -> its sensitivity (the sweep's, for both searches)
+        self.workers = options.workers or default_workers()  # sessions run side by side (same figures)
+        self.sample_runs = 0  # candidate samples run to judge plans (the sensitivity sweep's aside)
         self.units = _shared_weight_units(targets)  # first index -> every target index reading that weight
         constants = constant_tensors(model)
         self.rows = {t.index: {"node": t.name, "op": t.op, "weight_sqnr_db": _weight_sqnr(model, t, constants, self.qmax),
@@ -150,20 +162,21 @@ class Planner:
         if timed:
             chosen = self._layer_latency(chosen)
         reference = stacked_outputs(self.model, self.evaluation, optimize=True)
-        evaluate = lambda subset, deployed_only=False: self._evaluate(reference, subset, deployed_only)  # noqa: E731
+        self._sample_judge = SampleJudge(reference, self.budget)
+        evaluate = lambda subset, deployed_only=False, searching=False: self._evaluate(reference, subset, deployed_only, searching)  # noqa: E731
         if self.options.auto:
             small = {k: v[: self.options.sensitivity_samples] for k, v in self.evaluation.items()}
             small_reference = {k: v[: self.options.sensitivity_samples] for k, v in reference.items()}
-            sensitivity_of = lambda unit: worst_metrics(small_reference, stacked_outputs(self.build(self._members([unit])), small, optimize=True), None)["sqnr_db"]  # noqa: E731
+            sensitivities = lambda units: self._sensitivities(units, small, small_reference)  # noqa: E731
             units = [unit for unit in self.units if unit in set(chosen)]
             # The search judges the int8 kernels as deployed; the plan it settles on must also pass
             # unfused (as the verifier runs it), else the search runs again judging both forms.
-            quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset), True), units,
-                                                                   sensitivity_of, self.track)
-            if quantized and not (metrics := evaluate(self._members(quantized)))["ok"]:
-                quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset)), units,
-                                                                       lambda unit: sensitivity.get(unit) or sensitivity_of(unit), self.track,
-                                                                       at_least=len(units) - len(quantized))
+            # A plan it refuses is refused at its first sample that breaks the budget (`judging.py`).
+            quantized, metrics, sensitivity, tried = fit_to_budget(lambda subset: evaluate(self._members(subset), True, True), units,
+                                                                   sensitivities)
+            if quantized and not (metrics := evaluate(self._members(quantized), searching=True))["ok"]:
+                quantized, metrics, sensitivity, again = fit_to_budget(lambda subset: evaluate(self._members(subset), searching=True), units,
+                                                                       sensitivities, at_least=len(units) - len(quantized))
                 tried += again
             for unit, sqnr in sensitivity.items():
                 for index in self.units[unit]:
@@ -180,6 +193,8 @@ class Planner:
                 metrics = evaluate(chosen)
             if chosen and not metrics["ok"]:  # fewer int8 layers moved the Q/DQ boundaries: can be worse
                 chosen, metrics = self._refit(chosen, evaluate)
+        if self.options.auto:
+            stats.update(plans_refused_early=len(self._refused), plan_sample_runs=self.sample_runs)
         stats.update(embeddings=self.embeddings if chosen else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
                      cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
@@ -191,32 +206,60 @@ class Planner:
         """The plan the latency guard left, with its most harmful layers kept float until it meets the budget."""
         units = [unit for unit in self.units if unit in set(chosen)]
         sensitivity = {unit: self.rows[unit].get("sensitivity_sqnr_db") for unit in units}
-        kept, metrics, _, _ = fit_to_budget(lambda subset: evaluate(self._members(subset)), units,
-                                            lambda unit: sensitivity[unit] if sensitivity[unit] is not None else -math.inf)
+        kept, metrics, _, _ = fit_to_budget(lambda subset: evaluate(self._members(subset), searching=True), units,
+                                            lambda some: {unit: sensitivity[unit] if sensitivity[unit] is not None else -math.inf
+                                                          for unit in some})
         refit = self._members(kept)
         for index in set(chosen) - set(refit):
             self._keep(index, f"too harmful for budget {self.budget.describe()} once the latency guard dropped others")
         return refit, metrics
 
+    def _sensitivities(self, units: list[int], samples: dict, reference: dict) -> dict[int, float]:
+        """Each unit's output SQNR with it alone quantized (`sensitivity.py`), measured once per unit."""
+        missing = [unit for unit in units if unit not in self._measured]
+        self._measured.update(sweep(missing, lambda unit: self.build(self._members([unit])), samples, reference,
+                                    self.workers, self.track))
+        return {unit: self._measured[unit] for unit in units}
+
     def _members(self, units) -> list[int]:
         """Every target index of `units` (first indices of shared-weight units), in graph order."""
         return sorted(index for unit in units for index in self.units[unit])
 
-    def _evaluate(self, reference: dict, chosen: list[int], deployed_only: bool = False) -> dict:
+    def _evaluate(self, reference: dict, chosen: list[int], deployed_only: bool = False, searching: bool = False) -> dict:
         """The worse of the int8 kernels (as deployed) and the unfused Q/DQ (as the verifier runs
-        it) of the plan quantizing `chosen`; the deployed form alone with `deployed_only`."""
+        it) of the plan quantizing `chosen`; the deployed form alone with `deployed_only`.
+        `searching`: only whether the plan holds matters, so a plan is refused at its first
+        sample that breaks the budget, its metrics that sample's; a plan that holds is judged whole."""
         key = tuple(sorted(chosen))
         if (key, False) in self._judged or (deployed_only and (key, True) in self._judged):
             return self._judged.get((key, False)) or self._judged[(key, True)]
+        if searching and key in self._refused:
+            return self._refused[key]
         deployed = self._judged.get((key, True))
         if deployed is None:
-            deployed = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation, optimize=True), self.budget, self.slices)
+            deployed = self._judge(reference, chosen, True, searching)
+            if deployed is None:
+                return self._refused[key]
             self._judged[(key, True)] = deployed
         if not deployed["ok"] or deployed_only:
             return deployed
-        verified = worst_metrics(reference, stacked_outputs(self.build(chosen), self.evaluation), self.budget, self.slices)
+        verified = self._judge(reference, chosen, False, searching)
+        if verified is None:
+            return self._refused[key]
         self._judged[(key, False)] = verified if not verified["ok"] or verified["cosine"] < deployed["cosine"] else deployed
         return self._judged[(key, False)]
+
+    def _judge(self, reference: dict, chosen: list[int], optimize: bool, searching: bool) -> dict | None:
+        """`worst_metrics` of the plan as deployed (`optimize`) or unfused; None when `searching`
+        and one sample broke the budget (the refusal is then in `_refused`)."""
+        outputs, broken, refusal, runs = judged_outputs(self.build(chosen), self.evaluation, self._sample_judge if searching else None,
+                                                        optimize=optimize, first=self._hardest, workers=self.workers)
+        self.sample_runs += runs
+        if outputs is not None:
+            return worst_metrics(reference, outputs, self.budget, self.slices)
+        self._hardest = broken
+        self._refused[tuple(sorted(chosen))] = dict(refusal, refused_at_sample=broken)
+        return None
 
     def _keep(self, index: int, why: str) -> None:
         self.rows[index].update(decision="float", why=why)
@@ -255,7 +298,8 @@ class Planner:
                 pair = layer_models(self.model, target.index, target.relu_output, shape,
                                     lambda g: self.rewrite(g, find_targets(g, [target.op], [], [])[0]),
                                     *boundaries[target.index]) if shape else None
-                timed_alike[alike] = None if pair is None else self._medians(*pair, "quantize: layer", seconds=0.12, rounds=3)
+                timed_alike[alike] = None if pair is None else self._medians(*pair, "quantize: layer", seconds=0.12, rounds=3,
+                                                                              margin=(self.options.latency_margin, _PLAIN_LAYER))
             if timed_alike[alike] is None:
                 continue
             float_ms, int8_ms = timed_alike[alike]
@@ -271,9 +315,13 @@ class Planner:
                                   f"{f' over {len(members)} readers of one weight' if len(members) > 1 else ''})")
         return [index for index in chosen if index in set(kept)]
 
-    def _medians(self, float_model, int8_model, float_feed, int8_feed, purpose: str, seconds: float, rounds: int) -> tuple[float, float]:
+    def _medians(self, float_model, int8_model, float_feed, int8_feed, purpose: str, seconds: float, rounds: int,
+                 margin: tuple[float, float]) -> tuple[float, float]:
+        """(float ms, int8 ms); `margin` (the decision's ratio, how far past it is plain) ends a plain call early."""
+        at, plain = margin
+        decided = lambda ms: bool(ms[0]) and not (1 - plain) * at < ms[1] / ms[0] < (1 + plain) * at  # noqa: E731
         timings = self.latency.compare({"float": float_model, "int8": int8_model}, {"float": float_feed, "int8": int8_feed},
-                                       seconds=seconds, rounds=rounds, purpose=purpose)
+                                       seconds=seconds, rounds=rounds, purpose=purpose, decided=decided)
         return timings["float"]["median_ms"], timings["int8"]["median_ms"]
 
     def _input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -291,7 +339,8 @@ class Planner:
                 for unit, members in self.units.items()}
         history = []
         for _ in range(_GUARD_ROUNDS):
-            float_ms, int8_ms = self._medians(self.model, self.build(chosen), feed, feed, "quantize: whole model", seconds=2.0, rounds=5)
+            float_ms, int8_ms = self._medians(self.model, self.build(chosen), feed, feed, "quantize: whole model", seconds=2.0,
+                                             rounds=5, margin=(_GUARD_MARGIN, _PLAIN_MODEL))
             history.append({"layers": len(chosen), "float_ms": round(float_ms, 3), "quantized_ms": round(int8_ms, 3)})
             if int8_ms <= _GUARD_MARGIN * float_ms:
                 return chosen, {"float_ms": history[-1]["float_ms"], "quantized_ms": history[-1]["quantized_ms"],

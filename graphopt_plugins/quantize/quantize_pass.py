@@ -86,6 +86,7 @@ class Quantize(graphopt.Pass):
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
         safety: float = 0.0  # share of the budget's room the plan leaves unused (the back-off raises it; 1 = quantize nothing)
+        workers: int = 0  # sessions run side by side to judge plans and layers (0: one per core, at most 4); the figures do not depend on it
 
         def __post_init__(self):
             if self.weight_bits not in (4, 8):
@@ -100,6 +101,8 @@ class Quantize(graphopt.Pass):
                 raise ValueError("safety must be in [0, 1]")
             if self.max_samples < 1 or self.sensitivity_samples < 1:
                 raise ValueError("max_samples and sensitivity_samples must be >= 1")
+            if self.workers < 0:
+                raise ValueError("workers must be >= 0 (0: one per core, at most 4)")
             unknown = [op for op in self.op_types if op not in WEIGHT_OPS]
             if unknown:
                 raise ValueError(f"op_types: {', '.join(unknown)} not among {', '.join(WEIGHT_OPS)}")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon
 import onnxruntime
 from onnx.onnx_cpp2py_export import shape_inference as c_shape_inference
 
 import graphopt
+from graphopt.latency import energy
 from graphopt_plugins.cleanup import Cleanup
 from graphopt_plugins.fuse import Fuse
 from graphopt_plugins.quantize import Quantize
@@ -79,3 +81,50 @@ def test_without_verification_a_pass_is_only_checked_and_the_result_exported_onc
     # + the declared output shapes' inference at load (issue 17, output_annotations)
     # One export per accepted pass: the placeholder form, and for the last one the result it checks.
     assert counts == {"serialise": 2 + accepted, "check": 1 + accepted, "infer": 2 + accepted, "export": accepted}
+
+
+def _paddle_style(width: int = 64) -> onnx.ModelProto:
+    """MatMul + Relu with a dynamic batch, its weight in a Constant node as paddle2onnx keeps every weight."""
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((width, width)).astype(np.float32), "w")
+    nodes = [onnx.helper.make_node("Constant", [], ["w"], value=weight), onnx.helper.make_node("MatMul", ["x", "w"], ["m"]),
+             onnx.helper.make_node("Identity", ["m"], ["i"]), onnx.helper.make_node("Relu", ["i"], ["y"])]
+    graph = onnx.helper.make_graph(nodes, "paddle_style", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", width])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", width])])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+
+
+def test_a_summary_counts_macs_and_energy_once_at_the_shapes_it_reports(tmp_path, monkeypatch):
+    path = tmp_path / "paddle_style.onnx"
+    onnx.save_model(_paddle_style(), str(path))
+    calls = collections.Counter()
+    estimate = energy.estimate
+
+    def counting(model, *args, **kwargs):
+        calls["estimate"] += 1
+        return estimate(model, *args, **kwargs)
+
+    monkeypatch.setattr(energy, "estimate", counting)
+    report = graphopt.optimize(str(path), passes=["cleanup"], verify="off").report
+    # Input and output each: once, on the copy frozen at the chosen batch (not also on the dynamic model).
+    assert calls == {"estimate": 2}
+    for side in ("input", "output"):
+        assert report[side]["macs"] == 64 * 64 and report[side]["macs_shapes"] == {"x": [1, 64]}
+        assert report[side]["macs_by_dtype"]["fp32"] == 64 * 64 and report[side]["weight_bytes"] == 64 * 64 * 4
+
+
+def test_no_shape_inference_gets_the_weights_of_constant_nodes(tmp_path, monkeypatch):
+    path = tmp_path / "paddle_style.onnx"
+    onnx.save_model(_paddle_style(), str(path))
+    sizes = []
+    infer = c_shape_inference.infer_shapes
+
+    def measuring(data, *args):
+        sizes.append(len(data))
+        return infer(data, *args)
+
+    monkeypatch.setattr(c_shape_inference, "infer_shapes", measuring)
+    result = graphopt.optimize(str(path), passes=["cleanup"], verify="off")
+    assert [entry["status"] for entry in result.report["passes"]] == ["accepted"]
+    # At load: the declared output shapes, the input, its MACs at the chosen shape; then the pass's
+    # check and the output's MACs. Each crosses with the 16 KiB weight as a dims-only stand-in.
+    assert len(sizes) == 5 and max(sizes) < 2048, sizes

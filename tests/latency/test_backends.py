@@ -34,6 +34,25 @@ def test_host_ort_times_every_model_interleaved_and_relates_it_to_the_first():
     assert timer.report() == {"backend": "host-ort", "measures": True, "comparisons": {"test": 1}}
 
 
+def test_a_plain_comparison_ends_after_two_rounds_and_a_close_one_takes_every_round():
+    from graphopt.latency.host_ort import interleaved_cpu_medians
+
+    asked = []
+
+    def decided(answer):
+        def ask(medians):
+            asked.append(len(medians))
+            return answer
+        return ask
+
+    models, feeds = [_chain("Tanh", 1), _chain("Tanh", 3)], [_feed(), _feed()]
+    plain = interleaved_cpu_medians(models, feeds, seconds=0.02, rounds=5, decided=decided(True))
+    assert asked == [2] and len(plain[0]) == len(plain[1]) and len(plain[0]) % 2 == 0  # asked once, after round 2
+    asked.clear()
+    close = interleaved_cpu_medians(models, feeds, seconds=0.02, rounds=5, decided=decided(False))
+    assert asked == [2, 2, 2] and len(close[0]) % 5 == 0  # asked after rounds 2, 3 and 4; all 5 timed
+
+
 def test_none_times_nothing_and_says_so():
     timer = latency.backend("none")
     timings = timer.compare({"a": _chain("Tanh", 1)}, _feed())

@@ -9,7 +9,7 @@ import pytest
 
 import graphopt
 import graphopt.api
-from graphopt.latency.never_slower import Stage, keep_never_slower
+from graphopt.latency.never_slower import Stage, check_pipeline_result, keep_never_slower
 
 
 def _model(tag: str) -> onnx.ModelProto:
@@ -44,7 +44,8 @@ def test_the_slower_last_stage_is_rolled_back_and_the_timings_reported():
     first, second = outcome.report["timings"]
     assert first["after"] == "fuse" and first["slower"] and first["ratio"] == pytest.approx(1.1)
     assert (first["input_ms"], first["output_ms"]) == (10.0, 11.0)
-    assert second == {"after": "cleanup", "slower": False, "ratio": pytest.approx(0.9), "noise": 0.0, "input_ms": 10.0, "output_ms": 9.0}
+    assert second == {"after": "cleanup", "against": "input", "slower": False, "ratio": pytest.approx(0.9), "noise": 0.0,
+                      "timings": 1, "input_ms": 10.0, "output_ms": 9.0}
 
 
 def test_a_difference_within_the_measured_noise_is_kept():
@@ -114,3 +115,54 @@ def test_a_gap_under_the_timer_resolution_is_not_a_slowdown():
     compare = _compare_by_doc({"in": 0.010, "b": 0.015})  # 1.5x, but 5 µs a run
     outcome = keep_never_slower(_model("in"), [Stage("fuse", _model("b"))], compare, {"x": None})
     assert outcome.kept == 1 and len(compare.calls) == 1
+
+
+def test_a_lossy_pass_held_to_never_slower_goes_back_when_not_faster_however_little():
+    """prune/factorize (`strict`): 1% over the input is inside the lossless margin, and still rolled back."""
+    stages = [Stage("fuse", _model("a")), Stage("prune", _model("b"), lossless=False, strict=True, entry={})]
+    compare = _compare_by_doc({"in": 10.0, "a": 9.9, "b": 10.1}, noise=0.05)
+    outcome = keep_never_slower(_model("in"), stages, compare, {"x": None})
+    assert outcome.kept == 1 and outcome.report["rolled_back"] == ["prune"]
+    prune, fuse = outcome.report["timings"]
+    assert prune["slower"] and prune["ratio"] == pytest.approx(1.01) and prune["timings"] == 3  # the median of three
+    assert not fuse["slower"]  # the lossless stage before it keeps its margin
+
+
+def test_a_strict_stage_is_judged_on_the_whole_result_and_no_timer_floor_excuses_it():
+    # prune made its own input faster, but cleanup+fuse cost more than it gained: the result is slower than the input
+    stages = [Stage("fuse", _model("a")), Stage("prune", _model("b"), lossless=False, strict=True)]
+    compare = _compare_by_doc({"in": 0.010, "a": 0.012, "b": 0.0102})  # 1.02x, 0.2 µs a run
+    outcome = keep_never_slower(_model("in"), stages, compare, {"x": None})
+    assert outcome.report["rolled_back"] == ["prune"] and outcome.kept == 1  # fuse: 2 µs, under the lossless floor
+    kept = keep_never_slower(_model("in"), stages, _compare_by_doc({"in": 10.0, "a": 10.1, "b": 10.0}), {"x": None})
+    assert kept.kept == 2 and kept.report["timings"][0] == {"after": "prune", "against": "input", "slower": False, "ratio": 1.0,
+                                                             "noise": 0.0, "timings": 1, "input_ms": 10.0, "output_ms": 10.0}
+
+
+def test_the_report_says_why_a_strict_stage_went_back():
+    entry = {}
+    stages = [Stage("prune", _model("b"), lossless=False, strict=True, entry=entry)]
+    model, _, report = check_pipeline_result(_model("in"), 100, stages, _compare_by_doc({"in": 10.0, "b": 10.3}), {"x": None})
+    assert model.doc_string == "in" and report["rolled_back"] == ["prune"]
+    assert entry["status"] == "rolled_back"
+    assert entry["rolled_back_because"] == "not faster than the input: the model after it timed 1.030x (median of 3 interleaved timings)"
+
+
+def test_lossless_stages_after_a_lossy_one_are_judged_against_its_output_not_the_input():
+    # fp16 on x86: slower than the input by its own choice; a lossless compact after it changes no speed.
+    stages = [Stage("fp16", _model("half"), lossless=False), Stage("compact", _model("small"))]
+    compare = _compare_by_doc({"in": 10.0, "half": 13.0, "small": 13.0})
+    outcome = keep_never_slower(_model("in"), stages, compare, {"x": None})
+    assert outcome.kept == 2 and outcome.report["rolled_back"] == []
+    assert outcome.report["timings"][0]["against"] == "fp16" and outcome.report["timings"][0]["ratio"] == 1.0
+    slower = [Stage("fp16", _model("half"), lossless=False), Stage("compact", _model("worse"))]
+    outcome = keep_never_slower(_model("in"), slower, _compare_by_doc({"in": 10.0, "half": 13.0, "worse": 15.0}), {"x": None})
+    assert outcome.kept == 1 and outcome.report["rolled_back"] == ["compact"] and "'fp16'" in outcome.baseline
+
+def test_after_a_lossy_stage_that_decides_for_itself_a_strict_one_is_judged_against_its_output():
+    stages = [Stage("fp16", _model("half"), lossless=False), Stage("prune", _model("cut"), lossless=False, strict=True)]
+    outcome = keep_never_slower(_model("in"), stages, _compare_by_doc({"in": 10.0, "half": 13.0, "cut": 13.1}), {"x": None})
+    assert outcome.kept == 1 and outcome.report["rolled_back"] == ["prune"]  # 1.008x fp16's output: not faster
+    assert outcome.report["timings"][0]["against"] == "fp16"
+    faster = keep_never_slower(_model("in"), stages, _compare_by_doc({"in": 10.0, "half": 13.0, "cut": 12.0}), {"x": None})
+    assert faster.kept == 2  # slower than the input, but fp16's slowdown is fp16's own decision

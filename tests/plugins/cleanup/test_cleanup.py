@@ -705,3 +705,25 @@ def test_an_outer_constant_is_not_merged_with_an_equal_one_inside_a_body():
     outer_reads = {name for node in cleaned.graph.node for name in node.input}
     assert "w2" not in outer_reads  # the outer graph never reads the body's name
     assert [t.name for t in body.initializer] in (["w2"], [])
+
+
+def test_a_shape_refresh_that_learns_nothing_runs_no_step_again(monkeypatch):
+    from graphopt import tensor_shapes
+    from graphopt_plugins.cleanup import cleanup_pass
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 4])  # an unnamed unknown dim: never inferred
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["a", "b"], ["c"]), onnx.helper.make_node("Add", ["x", "c"], ["y"]),
+         onnx.helper.make_node("Shape", ["x"], ["s"])],
+        "g", [x], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 4]),
+                   onnx.helper.make_tensor_value_info("s", onnx.TensorProto.INT64, [2])],
+        [onnx.numpy_helper.from_array(np.ones(4, np.float32), "a"), onnx.numpy_helper.from_array(np.ones(4, np.float32), "b")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    calls, learned = [], []
+    fold, refresh = cleanup_pass.fold_constants, tensor_shapes.refresh_shapes
+    monkeypatch.setattr(cleanup_pass, "fold_constants", lambda *args: calls.append(1) or fold(*args))
+    monkeypatch.setattr(tensor_shapes, "refresh_shapes", lambda g: learned.append(refresh(g)) or learned[-1])
+    result = graphopt.optimize(model, passes=["cleanup"], verify="off")
+    assert result.report["passes"][0]["details"]["constants_folded"] == 1
+    # Round 2 waits on Shape(x): the refresh finds nothing new, so no step reruns on the same graph.
+    assert learned == [0] and len(calls) == 1

@@ -129,7 +129,9 @@ def test_global_macs_target_on_a_torch_transformer_runs_in_onnxruntime():
     model = torch_models.transformer("torchscript", 17)
     rng = np.random.default_rng(0)
     calibration = {"ids": rng.integers(0, 100, (8, 2, 16)), "mask": np.ones((8, 2, 16), np.int64)}
-    result = graphopt.optimize(model, passes=["factorize"], options={"factorize": {"rank_by": "target", "target": "macs=0.1"}},
+    # the MACs target is under test; a 10% cut of a 0.1 ms encoder times at about 1.0x, either way
+    result = graphopt.optimize(model, passes=["factorize"], options={"factorize": {"rank_by": "target", "target": "macs=0.1",
+                                                                                   "never_slower": False}},
                                calibration=calibration, inputs=calibration, budget="cos=0.98")
     entry = result.report["passes"][0]
     assert entry["status"] == "accepted", entry

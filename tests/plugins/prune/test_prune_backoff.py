@@ -77,15 +77,16 @@ def test_nm_pattern_backs_off_by_leaving_layers_dense():
 def test_budgeted_pipeline_keeps_backed_off_channel_pruning():
     resnet = torch_models.resnet_like("torchscript")
     data = {"image": np.stack([torch_models.cnn_feeds(seed=i)["image"] for i in range(6)])}
-    options = {"structured": "channels", "ratio": 0.6, "reconstruct": "false"}
+    # the 0.3 ms test net runs ~1.1-1.2x slower pruned (odd widths), and its 16- and 32-wide groups
+    # lose too much in whole blocks of 16: the rule under test here is the budget, not speed
+    options = {"structured": "channels", "ratio": 0.6, "reconstruct": "false", "never_slower": False, "channel_multiple": 1}
     # without its own budget check, the pipeline's back-off (Pass.weaker) halves the ratio until it holds
     fixed = graphopt.optimize(resnet, passes=["prune"], options={"prune": dict(options, backoff=-1)}, calibration=data,
                               inputs=data, budget="cos=0.99", keep_going=True)
     fixed_entry = fixed.report["passes"][0]
     assert fixed_entry["status"] in ("accepted", "unchanged") and len(fixed_entry["tries"]) >= 2
     assert not fixed_entry["tries"][0]["ok"] and fixed_entry["tries"][0]["options"]["ratio"] == 0.6
-    # the 0.3 ms test net runs ~1.2x slower pruned (odd widths): the rule under test here is the budget, not speed
-    searched = graphopt.optimize(resnet, passes=["prune"], options={"prune": dict(options, never_slower=False)}, calibration=data,
+    searched = graphopt.optimize(resnet, passes=["prune"], options={"prune": options}, calibration=data,
                                  inputs=data, budget="cos=0.99")
     entry = searched.report["passes"][0]
     assert entry["status"] == "accepted" and 0 < entry["details"]["ratio"] < 0.6
@@ -128,7 +129,8 @@ def test_channel_search_refits_at_most_twice_and_runs_the_unpruned_model_once(mo
 
     monkeypatch.setattr(refit, "_cache_original_rows", counting_cache)
     monkeypatch.setattr("graphopt_plugins.prune.structured.refit_sinks", counting_refit)
-    result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.6}},
+    # to the channel: in whole blocks of 16 the test net's narrow groups leave the search little to try
+    result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.6, "channel_multiple": 1}},
                                calibration=data, budget="cos=0.99", verify="off")
     details = result.report["passes"][0]["details"]
     refits = [a for a in details["attempts"] if a.get("refit")]

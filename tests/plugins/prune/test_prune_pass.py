@@ -35,10 +35,11 @@ def _conv_weights(model: onnx.ModelProto) -> dict[str, tuple]:
 
 
 def test_channels_shrink_resnet_and_reconstruction_recovers(resnet):
-    plain, details = prune(resnet, structured="channels", ratio=0.25, reconstruct="false")
+    # a 0.3 ms net of 16- and 32-wide groups: accuracy is under test, not speed nor the host's block widths
+    plain, details = prune(resnet, structured="channels", ratio=0.25, reconstruct="false", channel_multiple=1)
     # through the pipeline, verified on held-out inputs against the pass's own budget
     result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.25, "budget": "cos=0.99",
-                                                                                    "never_slower": False}},  # a 0.3 ms net: accuracy is under test
+                                                                                    "never_slower": False, "channel_multiple": 1}},
                                calibration=CALIBRATION, inputs=HELD_OUT)
     entry = result.report["passes"][0]
     assert entry["changed"] and not entry.get("rolled_back")
@@ -51,7 +52,7 @@ def test_channels_shrink_resnet_and_reconstruction_recovers(resnet):
     assert sum(np.prod(s) for s in after.values()) < 0.8 * sum(np.prod(s) for s in before.values())
     assert any(after[name][0] < before[name][0] for name in before)
     # the refit claims lower sink error on its data; on held-out images it must lower the output error
-    cut = [row for row in refit_details["layers"] if row["kept"] < row["channels"]]  # 8k-wide groups lose 8s or none
+    cut = [row for row in refit_details["layers"] if row["kept"] < row["channels"]]
     assert cut and all("sink_error_refit" in row for row in cut)
     for row in cut:
         assert row["sink_error_refit"] <= row["sink_error"]
@@ -134,7 +135,7 @@ def test_reconstruction_without_calibration_uses_verifier_inputs_with_warning(ca
     resnet = torch_models.resnet_like("torchscript")
     with caplog.at_level(logging.WARNING, logger="graphopt_plugins.prune"):
         result = graphopt.optimize(resnet, passes=["prune"], options={"prune": {"structured": "channels", "ratio": 0.1, "reconstruct": "true",
-                                                                                    "never_slower": False}},
+                                                                                    "never_slower": False, "channel_multiple": 1}},
                                    inputs=HELD_OUT, verify="each")
     assert result.report["passes"][0]["details"]["reconstructed"]
     assert any("no --calibration" in record.getMessage() for record in caplog.records)

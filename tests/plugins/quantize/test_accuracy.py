@@ -12,7 +12,7 @@ def _search(needed: int, at_least: int = 0):
         ok = len(candidates) - len(subset) >= needed
         return {"cosine": 1.0 if ok else 0.5, "sqnr_db": 0.0, "ok": ok, "violations": []}
 
-    quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, candidates, lambda i: float(i), at_least=at_least)
+    quantized, metrics, sensitivity, tried = fit_to_budget(evaluate, candidates, lambda units: {i: float(i) for i in units}, at_least=at_least)
     return quantized, metrics, tried, seen
 
 
