@@ -153,10 +153,12 @@ def quark_rows(python: str | None, path: Path, calibration: Path, folder: Path,
     rows = {}
     for tool, (config, limit) in configs.items():
         out = folder / f"{path.stem}.quark_{config}"
-        command = [python, str(worker), str(path), str(calibration), str(out), "--configs", config, "--search-budget", str(0.6 * limit)]
+        command = [python, str(worker), str(path.resolve()), str(calibration.resolve()), str(out.resolve()), "--configs", config,
+                   "--search-budget", str(0.6 * limit)]
         command += ["--torch-path", torch_path] if torch_path else []
-        try:
-            subprocess.run(command, capture_output=True, text=True, timeout=limit + 60)
+        out.mkdir(parents=True, exist_ok=True)
+        try:  # in `out`: Quark writes its quantized_info.csv into the working directory
+            subprocess.run(command, capture_output=True, text=True, timeout=limit + 60, cwd=out)
             report = json.loads((out / "quark.json").read_text())
         except subprocess.TimeoutExpired:
             rows[tool] = {"exit": "skipped", "path": None, "seconds": None, "error": f"over the {limit:.0f} s limit"}
