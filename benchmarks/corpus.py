@@ -17,8 +17,9 @@ DIR` is reused. For each model:
   in range), both through the CLI as a user runs it;
 - onnxsim, onnxslim, ORT's offline optimizer (extended), ORT `quantize_static` (QDQ, per
   channel) and `quantize_dynamic`, and NNCF `nncf.quantize`, on the same data;
-- AMD Quark's ONNX quantizer (A8W8 QDQ with per-channel weights, and the same + CLE for CNNs or
-  + SmoothQuant for MatMul-only models), each config killed past 120 s. amd-quark 0.13 pins
+- AMD Quark's ONNX quantizer (`anchors.QUARK_CONFIGS`: A8W8 QDQ with per-channel weights, the
+  same + CLE for CNNs or + SmoothQuant for MatMul-only models, U8S8, and its AutoSearch over
+  calibration method x CLE), each config skipped past its time limit. amd-quark 0.13 pins
   onnx <= 1.22, so it lives in a venv of its own: `--quark-python PATH` (or
   `$GRAPHOPT_QUARK_PYTHON`) names that interpreter, which runs `benchmarks/quark_worker.py` on
   the model and the calibration .npz; without it the Quark rows read 'not installed'.
