@@ -26,7 +26,7 @@ from graphopt.graph_queries import opset_version
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
 from graphopt.latency.never_slower import Stage, check_pipeline_result, holds_to_never_slower, host_compare
-from graphopt.opset_requirements import conversion_note, refused_conversion, with_opset_conversions
+from graphopt.opset_requirements import ImplicitConversion, conversion_note, refused_conversion, with_opset_conversions
 from graphopt.parameter_names import parameter
 from graphopt.model import Model, RunContext, check_and_infer, to_proto
 from graphopt.model_io import save_model
@@ -174,6 +174,8 @@ class _Run:
         self.interface = None
         self.score = score_check(settings, self.original, self.sample_inputs)
         self.stages: list[Stage] = []  # accepted passes' results, for the never-slower check
+        self.before_conversion = None  # the model an implicit opset conversion was given
+        self.unconverted = None  # (that model, its nodes, its bytes) once the conversion was accepted
         self.feeds = verifier.samples[0] if verifier is not None and verifier.samples else None
         self.timed = settings.latency_compare is not None and self.feeds is not None  # else only the last stage is read
 
@@ -199,6 +201,9 @@ class _Run:
             if entry["status"] == "accepted":
                 self.stages.append(Stage(pass_.name, self.state.as_proto() if self.timed else None, lossless=pass_.lossless,
                                          size=self.state.size, entry=entry, strict=holds_to_never_slower(pass_)))
+                if isinstance(pass_, ImplicitConversion):
+                    self.unconverted = (self.before_conversion, entry["nodes_before"], entry["bytes_before"])
+        self._drop_unused_conversion()
         model = self.state.as_proto()
         if self.stages and self.stages[-1].model is None:
             self.stages[-1].model = model
@@ -208,12 +213,25 @@ class _Run:
             model, self.stage_outputs = kept, None  # outputs of the kept model are computed in _end_to_end
         return PipelineOutcome(model, self.reports, self._end_to_end(model), size, never_slower)
 
+    def _drop_unused_conversion(self) -> None:
+        """An implicit opset conversion that no later pass built on is undone: the passes it was
+        for changed nothing, and a converted model can run slower (opset 11 -> 13 on a small CNN)."""
+        if self.unconverted is None or not self.stages or self.stages[-1].entry.get("implicit") is None:
+            return
+        stage = self.stages.pop()
+        self.state.proto, self.state.nodes, self.state.size = self.unconverted
+        self.state.drop_graph()
+        stage.entry.update(status="rolled_back", rolled_back=True,
+                           reason=f"pass '{stage.entry['implicit']['for']}' changed nothing at the new opset")
+
     def step(self, index: int, pass_: Pass) -> dict:
         """Runs, checks and verifies one pass; keeps its output or rolls it back. Returns its report entry."""
         state, settings = self.state, self.settings
         self._hook("graphopt_before_pass", index=index, pass_=pass_)
         entry = pass_entry(pass_, self.plugins.registry, state.nodes, state.size) | conversion_note(pass_)
         snapshot = state.as_proto() if settings.keep_going else state.proto
+        if isinstance(pass_, ImplicitConversion):  # kept to undo the conversion if nothing builds on it
+            self.before_conversion = snapshot or state.as_proto()
         self.before, self.index = state.proto, index
         model = state.graph_model()
         if self.interface is None:

@@ -67,3 +67,20 @@ def test_a_model_the_converter_refuses_is_exit_2_naming_the_pass(monkeypatch):
         graphopt.optimize(trait_models.dynamic_cnn(11), passes=["cleanup", "quantize"], calibration=_calibration(2),
                           input_shapes={"image": (1, 3, 32, 32)}, keep_going=True)
     assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("verify", ["each", "off"])
+def test_a_conversion_no_pass_built_on_is_undone(verify):
+    model = trait_models.dynamic_cnn(11)
+    # every Conv excluded: quantize changes nothing at opset 13, so the model keeps opset 11
+    result = graphopt.optimize(model, passes=["cleanup", "quantize"], calibration=_calibration(), verify=verify,
+                               options={"quantize": {"latency": "off", "exclude": ["Conv", "Gemm", "MatMul"]}},
+                               input_shapes={"image": (1, 3, 32, 32)}, never_slower=False)
+    conversion = next(entry for entry in result.report["passes"] if entry.get("implicit"))
+    assert conversion["status"] == "rolled_back" and "changed nothing" in conversion["reason"]
+    assert _opset(result.model) == 11
+    assert not any("for pass 'quantize'" in warning for warning in result.report["warnings"])
+    onnx.checker.check_model(result.model, full_check=True)
+    cleaned = graphopt.optimize(model, passes=["cleanup"], verify=verify, input_shapes={"image": (1, 3, 32, 32)},
+                                never_slower=False)
+    assert result.model.SerializeToString() == cleaned.model.SerializeToString()
