@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from base_tree import base_tree
 from common import PP_OCR_MODELS, cache_dir, fetch_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,30 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")), help="folder for compile_ab.md")
     args = parser.parse_args(argv)
     models = [_model_path(short) for short in args.models.split(",")]
-    with tempfile.TemporaryDirectory(prefix="graphopt-ab-") as scratch:
-        base = Path(scratch) / "base"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base), args.base], check=True)
-        try:
-            shim = Path(scratch) / "shim"
-            shim.mkdir()
-            (shim / "graphopt").symlink_to(base / "graphopt")
-            plugins = base / "graphopt_plugins" if (base / "graphopt_plugins").is_dir() else base / "plugins"
-            (shim / "graphopt_plugins").symlink_to(plugins)
-            sides = {"base": str(shim), "tree": None, "onnxsim": None}
-            lines = [f"base {args.base}, verify={args.verify}, min of {args.rounds} rounds x {args.inner} runs, CPU s", "",
-                     "| model | base s | working tree s | onnxsim s | tree / base | tree / onnxsim |", "|---|---|---|---|---|---|"]
-            print("\n".join(lines))
-            for label, path in models:
-                best = {side: float("inf") for side in sides}
-                for _ in range(args.rounds):
-                    for side, pythonpath in sides.items():
-                        tool = "onnxsim" if side == "onnxsim" else "graphopt"
-                        best[side] = min(best[side], _child_seconds(path, tool, pythonpath, args.inner, scratch, args.verify))
-                lines.append(f"| {label} | {best['base']:.3f} | {best['tree']:.3f} | {best['onnxsim']:.3f} "
-                             f"| {best['tree'] / best['base']:.2f} | {best['tree'] / best['onnxsim']:.2f} |")
-                print(lines[-1])
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
+    with base_tree(args.base) as shim, tempfile.TemporaryDirectory(prefix="graphopt-ab-") as scratch:
+        sides = {"base": str(shim), "tree": None, "onnxsim": None}
+        lines = [f"base {args.base}, verify={args.verify}, min of {args.rounds} rounds x {args.inner} runs, CPU s", "",
+                 "| model | base s | working tree s | onnxsim s | tree / base | tree / onnxsim |", "|---|---|---|---|---|---|"]
+        print("\n".join(lines))
+        for label, path in models:
+            best = {side: float("inf") for side in sides}
+            for _ in range(args.rounds):
+                for side, pythonpath in sides.items():
+                    tool = "onnxsim" if side == "onnxsim" else "graphopt"
+                    best[side] = min(best[side], _child_seconds(path, tool, pythonpath, args.inner, scratch, args.verify))
+            lines.append(f"| {label} | {best['base']:.3f} | {best['tree']:.3f} | {best['onnxsim']:.3f} "
+                         f"| {best['tree'] / best['base']:.2f} | {best['tree'] / best['onnxsim']:.2f} |")
+            print(lines[-1])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / ("compile_ab.md" if args.verify == "off" else f"compile_ab_{args.verify}.md")).write_text("\n".join(lines) + "\n")
