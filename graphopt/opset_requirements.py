@@ -18,7 +18,8 @@ from graphopt.errors import InputError, UsageError
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import PassRegistry
 
-__all__ = ["with_opset_conversions", "ImplicitConversion", "conversion_note", "refused_conversion", "pass_warnings"]
+__all__ = ["with_opset_conversions", "ImplicitConversion", "conversion_note", "refused_conversion", "pass_warnings",
+           "undo_unused_conversion"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,19 @@ def refused_conversion(pass_: Pass, error: Exception) -> InputError | None:
         return None
     return InputError(f"pass '{pass_.needed_by}' needs opset {pass_.needed}; the model has {pass_.current} "
                       f"and cannot be converted: {error}")
+
+
+def undo_unused_conversion(stages: list, unconverted: tuple | None) -> tuple | None:
+    """(model, nodes, bytes) before an implicit conversion no later pass built on, else None.
+
+    When the last accepted stage is the conversion, the passes it was for changed nothing, and
+    a converted model can run slower (opset 11 -> 13 on a small CNN): its stage is dropped and
+    its report entry marked rolled back; the caller restores what this returns."""
+    if unconverted is None or not stages or stages[-1].entry.get("implicit") is None:
+        return None
+    entry = stages.pop().entry
+    entry.update(status="rolled_back", rolled_back=True, reason=f"pass '{entry['implicit']['for']}' changed nothing at the new opset")
+    return unconverted
 
 
 def pass_warnings(entries: list[dict]) -> list[str]:

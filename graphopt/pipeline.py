@@ -26,7 +26,8 @@ from graphopt.graph_queries import opset_version
 from graphopt.hookspecs import hookimpl
 from graphopt.jsonable import to_jsonable
 from graphopt.latency.never_slower import Stage, check_pipeline_result, holds_to_never_slower, host_compare
-from graphopt.opset_requirements import ImplicitConversion, conversion_note, refused_conversion, with_opset_conversions
+from graphopt.opset_requirements import (ImplicitConversion, conversion_note, refused_conversion, undo_unused_conversion,
+                                         with_opset_conversions)
 from graphopt.parameter_names import parameter
 from graphopt.model import Model, RunContext, check_and_infer, to_proto
 from graphopt.model_io import save_model
@@ -203,7 +204,9 @@ class _Run:
                                          size=self.state.size, entry=entry, strict=holds_to_never_slower(pass_)))
                 if isinstance(pass_, ImplicitConversion):
                     self.unconverted = (self.before_conversion, entry["nodes_before"], entry["bytes_before"])
-        self._drop_unused_conversion()
+        if (restored := undo_unused_conversion(self.stages, self.unconverted)) is not None:
+            self.state.proto, self.state.nodes, self.state.size = restored
+            self.state.drop_graph()
         model = self.state.as_proto()
         if self.stages and self.stages[-1].model is None:
             self.stages[-1].model = model
@@ -212,17 +215,6 @@ class _Run:
         if kept is not model:
             model, self.stage_outputs = kept, None  # outputs of the kept model are computed in _end_to_end
         return PipelineOutcome(model, self.reports, self._end_to_end(model), size, never_slower)
-
-    def _drop_unused_conversion(self) -> None:
-        """An implicit opset conversion that no later pass built on is undone: the passes it was
-        for changed nothing, and a converted model can run slower (opset 11 -> 13 on a small CNN)."""
-        if self.unconverted is None or not self.stages or self.stages[-1].entry.get("implicit") is None:
-            return
-        stage = self.stages.pop()
-        self.state.proto, self.state.nodes, self.state.size = self.unconverted
-        self.state.drop_graph()
-        stage.entry.update(status="rolled_back", rolled_back=True,
-                           reason=f"pass '{stage.entry['implicit']['for']}' changed nothing at the new opset")
 
     def step(self, index: int, pass_: Pass) -> dict:
         """Runs, checks and verifies one pass; keeps its output or rolls it back. Returns its report entry."""
