@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable, Iterable
 
-from graphopt.verify.metrics import Budget
 from graphopt_plugins.factorize.sites import Site
 
-__all__ = ["Probe", "worth_probing", "tightened", "search_prefix", "ranks_at"]
+__all__ = ["Probe", "worth_probing", "search_prefix", "ranks_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +57,6 @@ def worth_probing(sites: list[Site], potential: Callable[[Site], int], total: in
         kept.append(site)
         left -= potential(site)
     return kept
-
-
-def tightened(budget: Budget, safety: float) -> Budget:
-    """`budget` with `safety` of each bound's room given up: cos 0.99 at 0.2 → 0.992."""
-    keep = 1.0 - safety
-    changes = {}
-    if budget.cos is not None:
-        changes["cos"] = 1.0 - (1.0 - budget.cos) * keep
-    if budget.sqnr is not None:
-        changes["sqnr"] = budget.sqnr - 10.0 * math.log10(keep)
-    if budget.abs is not None:
-        changes["abs"] = budget.abs * keep
-    if budget.rel is not None:
-        changes["rel"] = budget.rel * keep
-    return dataclasses.replace(budget, **changes)
 
 
 def ranks_at(steps: list[tuple[int, int, int]], count: int) -> dict[int, int]:

@@ -19,7 +19,7 @@ from graphopt_plugins.factorize.latency import LayerTiming, time_layers
 from graphopt_plugins.factorize.lowrank import Factorization, round_rank
 from graphopt_plugins.factorize.fits import fit_site
 from graphopt_plugins.factorize.refit import refit_in_order
-from graphopt_plugins.factorize.budget_search import ranks_at, search_prefix, tightened, worth_probing
+from graphopt_plugins.factorize.budget_search import ranks_at, search_prefix, worth_probing
 from graphopt_plugins.factorize.ranks import allocation_steps, first_paying_rank, parse_target, ranks_by_rule, ranks_for_target
 from graphopt_plugins.factorize.rewrite import apply_factors, factorized_copy
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
@@ -253,7 +253,7 @@ class Factorize(graphopt.Pass):
         options, log = self.options, ctx.logger
         copy = lambda chosen: factorized_copy(model, options.conv, options.op_set(), chosen)  # noqa: E731
         steps = list(allocation_steps(candidates, fits, "macs", options.margin, options.rank_multiple, weights, timings))
-        aim = tightened(budget, options.safety)
+        aim = budget.tightened(options.safety)
         measured = {}
 
         def judge(ranks: dict[int, int]) -> tuple[bool, float]:

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from graphopt.verify.metrics import Budget
-from graphopt_plugins.factorize.budget_search import ranks_at, search_prefix, tightened, worth_probing
+from graphopt_plugins.factorize.budget_search import ranks_at, search_prefix, worth_probing
 
 
 def test_worth_probing_orders_by_saving_and_drops_the_negligible_tail():
@@ -21,11 +21,11 @@ def test_worth_probing_orders_by_saving_and_drops_the_negligible_tail():
 
 
 def test_tightened_keeps_a_share_of_each_bound_unspent():
-    aim = tightened(Budget(cos=0.99, sqnr=20.0, abs=0.5), 0.2)
+    aim = Budget(cos=0.99, sqnr=20.0, abs=0.5).tightened(0.2)
     assert aim.cos == pytest.approx(0.992)
     assert aim.sqnr == pytest.approx(20.0 + 10 * 0.09691, abs=1e-3)
     assert aim.abs == pytest.approx(0.4)
-    assert tightened(Budget(cos=0.99), 0.0).cos == pytest.approx(0.99)
+    assert Budget(cos=0.99).tightened(0.0).cos == pytest.approx(0.99)
 
 
 def _steps(count: int) -> list[tuple[int, int, int]]:
