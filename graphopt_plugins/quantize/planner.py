@@ -269,8 +269,7 @@ class Planner:
 
     def timing_feed(self) -> dict[str, np.ndarray]:
         """The first evaluation sample, as the models are timed on it (a scalar input stays an array)."""
-        inputs = {value.name for value in self.model.graph.input}
-        return {name: np.asarray(value[0]) for name, value in self.evaluation.items() if name in inputs}
+        return {value.name: np.asarray(self.evaluation[value.name][0]) for value in self.model.graph.input if value.name in self.evaluation}
 
     def _key(self, chosen) -> tuple:
         """A plan's identity: its int8 layers and the float layers whose weights are stored int8."""

@@ -85,3 +85,31 @@ def test_stored_weights_slower_on_the_latency_backend_are_not_kept(monkeypatch):
     assert quantized.SerializeToString() == model.SerializeToString()
     trial = stats["stored_weights"]["trials"][0]
     assert trial["ok"] and trial["ms"] > trial["base_ms"] and trial["against"] == "float"
+
+
+def test_weights_inside_if_branches_are_stored_in_the_branch_that_reads_them():
+    import trait_models
+
+    model = trait_models.if_with_weights()
+    calibration = {name: np.stack([trait_models.if_feeds(flag=bool(s % 2), seed=s)[name] for s in range(8)])
+                   for name in ("x", "flag")}
+    quantized, stats, entry = quantize(model, calibration, latency="off")
+    assert entry["status"] == "accepted" and stats["stored_weights"]["other_weights"]
+    onnx.checker.check_model(quantized, full_check=True)
+    (branching,) = [node for node in quantized.graph.node if node.op_type == "If"]
+    for branch in branching.attribute:  # each body's own weight is int8, cast back inside the body
+        assert [t.data_type for t in branch.g.initializer if len(t.dims) == 2 and min(t.dims) > 1] == [TensorProto.INT8]
+        assert "Cast" in [node.op_type for node in branch.g.node]
+    assert not _float_matrices(quantized) and quantized.ByteSize() < 0.35 * model.ByteSize()
+    for flag in (True, False):
+        feeds = trait_models.if_feeds(flag=flag, seed=11)
+        for optimize in (False, True):
+            assert output_metrics(run(model, feeds)[0], run(quantized, feeds, optimize)[0])["cosine"] >= 0.999
+
+
+def test_storing_weights_may_use_half_the_room_the_plan_left():
+    from graphopt.verify.metrics import Budget
+    from graphopt_plugins.quantize.stored_weights import _half_the_room
+
+    assert _half_the_room(Budget(cos=0.99), {"cosine": 0.994, "sqnr_db": 30.0}) == {"cosine": 0.992}
+    assert _half_the_room(Budget(cos=0.99, sqnr=20.0), {"cosine": 1.0, "sqnr_db": 30.0}) == {"cosine": 0.995, "sqnr_db": 25.0}
