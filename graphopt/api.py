@@ -169,7 +169,9 @@ def _optimized(
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
     calibration_feeds = prepare_feeds(calibration, source, option=parameter("calibration")) if calibration is not None else None
     feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
-    confirmation: dict = {}  # the run that confirms chosen shapes: its outputs are the reference's when on the same feeds
+    # The run that confirms chosen shapes reads the model as given, as the reference session
+    # would: its outputs are the reference's when on the same feeds.
+    confirmation: dict = {"serialised": prepared.data}
     chosen = run_shapes(source, shapes, feeds, feeds_from="inputs" if inputs is not None else "calibration", seed=seed,
                         confirm=verify != "off" or freeze_shapes, confirmation=confirmation)
     if freeze_shapes:

@@ -109,7 +109,8 @@ def confirmed_shapes(
     `runs(model, feeds, cache) -> str | None` (an error message, None when the run worked) is
     how a candidate is tried; by default one onnxruntime session without optimizations, which
     leaves the run's `"feeds"` and `"outputs"` in `cache`. `confirmation`: that cache, when the
-    caller wants those (the verifier's reference outputs, when it runs the same feeds).
+    caller wants those (the verifier's reference outputs, when it runs the same feeds); its
+    `"serialised"`, when given, is `model` as bytes (the session reads them, not a new serialisation).
     """
     runs = runs or _runs_in_onnxruntime
     candidates = candidate_shapes(model, given, origin=origin)
@@ -337,7 +338,7 @@ def _runs_in_onnxruntime(model, feeds, cache) -> str | None:
 
     try:
         if "session" not in cache:
-            cache["session"] = make_session(model)
+            cache["session"] = make_session(cache.get("serialised") or model)
         cache["outputs"], cache["feeds"] = None, None
         cache["outputs"], cache["feeds"] = run_samples(cache["session"], split_samples(feeds)), feeds
     except SessionError as error:
