@@ -98,7 +98,7 @@ def plainly_apart(medians: list[float]) -> bool:
     """Whether the second model's median is `PLAIN` or more from the first's, either way: a
     verdict no further round would turn (one that looks slower is timed again beside the
     input's copy anyway, `_judge`)."""
-    return bool(medians[0]) and abs(medians[1] / medians[0] - 1.0) >= PLAIN
+    return bool(medians[0]) and medians[1] is not None and abs(medians[1] / medians[0] - 1.0) >= PLAIN
 
 
 def host_compare(models: Mapping[str, onnx.ModelProto], feeds: dict) -> dict[str, dict]:
