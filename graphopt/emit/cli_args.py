@@ -16,8 +16,9 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--emit", choices=EMIT_FORMATS, default="onnx",
                         help="write the model for this runtime, verified in it first: onnx (default), ort "
                              "(ORT format + required_operators.config), tflite (LiteRT flatbuffer; graphopt[tflite])")
-    parser.add_argument("--emit-precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                        help="--emit tflite: float32, float16 weights, or full-integer int8 from --calibration")
+    parser.add_argument("--emit-precision", choices=("fp32", "fp16", "int8", "int8-mixed"), default="fp32",
+                        help="--emit tflite: float32, float16 weights, full-integer int8 from --calibration, or "
+                             "int8-mixed (int8 pieces where the accuracy allows, float32 where not)")
     parser.add_argument("--latency-on", metavar="BACKEND",
                         help="where latency decisions are timed: host-ort (default), host-litert (default with --emit "
                              "tflite), none (accuracy and MACs only), or a plugin's backend")

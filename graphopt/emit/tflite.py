@@ -37,7 +37,7 @@ from graphopt.errors import InputError, UsageError
 
 __all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "prepare_interpreter", "TfliteModel", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-mixed")
 # fp16 starts from the float32 flatbuffer: its weights are halved behind DEQUANTIZE (tflite_fp16)
 _FILES = {"fp32": "_float32.tflite", "fp16": "_float32.tflite", "int8": "_integer_quant.tflite"}
 
@@ -77,6 +77,7 @@ class TfliteModel:
     flatbuffer: bytes
     precision: str
     rewritten: dict[str, int] = dataclasses.field(default_factory=dict)  # ops rewritten for onnx2tf's int8 writer
+    mixed: dict | None = None  # int8-mixed: the pieces kept float32 and why (tflite_mixed)
 
 
 def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibration: dict[str, np.ndarray] | None = None) -> TfliteModel:
@@ -90,6 +91,12 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
 
     if precision not in PRECISIONS:
         raise UsageError(f"tflite precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "int8-mixed":
+        if not calibration:
+            raise UsageError("--emit tflite with int8-mixed needs calibration data (--calibration)")
+        from graphopt.emit.tflite_mixed import convert_mixed
+        data, chosen = convert_mixed(model, calibration, convert_to_tflite)
+        return TfliteModel(data, precision, mixed=chosen)
     rewritten: dict[str, int] = {}
     if precision == "int8":
         model, rewritten = int8_friendly(model)  # forms its strict integer writer quantizes (tflite_int8_forms)
