@@ -1,11 +1,13 @@
-"""A model cut into consecutive pieces that pass one tensor from each to the next.
+"""A model cut into consecutive pieces, each handing the tensors later pieces read to them.
 
 `tflite_mixed` converts each piece to LiteRT on its own, float32 or int8. A cut is a place in
-the node order where exactly one tensor computed from the inputs is still needed afterwards
-(tensors computed from weights alone, such as shapes, are recomputed by the piece that reads
-them), that tensor is float32 with a static shape, and no output of the model is computed
-before it. A model with If/Loop/Scan nodes, or more inputs than one reaching every cut, has
-fewer cuts or none; each piece is extracted with `onnx.utils.Extractor`.
+the node order where at most `width` tensors computed from the model's inputs are still needed
+afterwards (tensors computed from weights alone, such as shapes, are recomputed by the piece
+that reads them), each float32 with a static shape and a batch dim of 1 (onnx2tf calibrates
+one sample at a time). A model with If/Loop/Scan nodes has none. Each piece is extracted with
+`onnx.utils.Extractor`; the tensors between pieces are renamed `cut<n>` inside them (onnx2tf
+rewrites names with '/'), and an output a piece also reads itself is written by a `Mul(x, 1)`
+of its own (see `_outputs_of_their_own`).
 """
 
 from __future__ import annotations
