@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -272,7 +273,7 @@ def main() -> None:
     parser.add_argument("--variants", help="only these variants (comma-separated; ORT fp32 always), merged into the results")
     args = parser.parse_args()
     rows, load_at_start = [], os.getloadavg()[0]
-    command = "python benchmarks/targets.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/targets.py " + shlex.join(sys.argv[1:])
     variants = set(args.variants.split(",")) if args.variants else None
     with tempfile.TemporaryDirectory(prefix="graphopt-targets-") as scratch:
         for label, (model, calibration, evaluation) in load_models(args.models.split(",")).items():
