@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,12 +91,14 @@ def main() -> None:
     parser.add_argument("--models", default="det")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         for label, (model, calibration, evaluation) in load_models(args.models.split(",")).items():
             rows += attribute(label, model, calibration, evaluation, Path(scratch))
     (args.out / "tflite_int8_attribution.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| model | variant | float nodes | cosine |", "|---|---|---|---|"]
+    lines = [f"`python benchmarks/tflite_int8_attribution.py {shlex.join(sys.argv[1:])}`; 1-minute load average {load:.2f} "
+             f"at the start, {os.getloadavg()[0]:.2f} at the end ({os.cpu_count()} cores)", "",
+             "| model | variant | float nodes | cosine |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['variant']} | {r.get('float_nodes', '')} | {r['cosine']:.4f} |" for r in rows]
     (args.out / "tflite_int8_attribution.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
