@@ -62,12 +62,12 @@ def fastest(float_model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto]
 
 def trial_row(mode: str, stats: dict, timing: dict | None) -> dict:
     """One row of the report's `mode_trials`: what the mode's plan kept, its accuracy, its time."""
-    row = {"mode": mode, "quantized": stats.get("quantized", 0), "cosine": stats.get("cosine"), "sqnr_db": stats.get("sqnr_db")}
+    row = {"mode": mode, "quantized": stats.get("quantized", 0), "stored_int8": stats.get("stored_int8", 0), "cosine": stats.get("cosine"), "sqnr_db": stats.get("sqnr_db")}
     guard = stats.get("latency") or {}
     if timing is not None:
         row.update(timing)
     elif "quantized_ms" in guard:
         row.update(ms=guard["quantized_ms"], float_ms=guard["float_ms"], ratio=round(guard["quantized_ms"] / guard["float_ms"], 3))
-    if not row["quantized"]:
+    if not row["quantized"] and not row["stored_int8"]:
         row["why"] = stats.get("reason", "every layer kept float")
     return row

@@ -34,6 +34,7 @@ from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, layer_models
 from graphopt_plugins.quantize.numerics import quantize_per_channel
 from graphopt_plugins.quantize.sensitivity import default_workers, sweep
+from graphopt_plugins.quantize.stored_weights import NOTHING_STORED, store_kept_weights, store_weights
 from graphopt_plugins.quantize.smoothing import channel_extremes, smooth, smoothing_sites
 from graphopt_plugins.quantize.regions import find_region, insert_pairs, shared_ranges
 from graphopt_plugins.quantize.rewrite import UniqueNames, activation_tensors, apply_dynamic, apply_static, apply_weight_only, quantize_embeddings
@@ -71,6 +72,7 @@ class Planner:
         self.bias_shift: dict[int, np.ndarray] = {}  # bias correction per target index (static)
         self.prepared: dict[int, tuple] = {}  # int8 weights made ahead (rounding=adaptive, per-tensor scales)
         self.extremes: dict = {}  # per LayerNorm output read by a quantized MatMul: per-channel (min, max), for `smooth`
+        self.stored = NOTHING_STORED  # (kept-float layers whose weights are stored int8, form) (`stored_weights.py`)
         self.region_outputs: set[str] = set()  # outputs of the activation-only ops that run in 8 bits (full_graph)
         self._built: dict[tuple, onnx.ModelProto] = {}  # the last few candidates built, by plan
         self._judged: dict[tuple, dict] = {}  # metrics by (plan, deployed only)
@@ -114,13 +116,15 @@ class Planner:
 
     def apply(self, graph: gs.Graph, chosen: list[int]) -> None:
         targets, _ = find_targets(graph, self.options.op_types, self.options.include, self.options.exclude)
-        wanted = set(chosen)
-        embeddings = find_embeddings(graph, self.options.include, self.options.exclude) if self.options.embeddings and chosen else []
+        wanted, stored = set(chosen), set(self.stored[0])
+        embeddings = find_embeddings(graph, self.options.include, self.options.exclude) if self.options.embeddings and (chosen or self.stored != NOTHING_STORED) else []
         self.embeddings = quantize_embeddings(graph, embeddings)  # appends nodes: target indices stay valid
+        if self.stored != NOTHING_STORED:  # appends nodes too, so first: the mode's rewrite may remove some
+            store_weights(graph, [t for t in targets if t.index in stored], self.stored[1], self.options.exclude)
         self.rewrite(graph, [t for t in targets if t.index in wanted])
 
     def build(self, chosen: list[int]) -> onnx.ModelProto:
-        key = tuple(sorted(chosen))
+        key = self._key(chosen)
         if key in self._built:  # the plan the search settled on is built again by the guard and mode=auto
             return self._built[key]
         graph = convert.import_graph(self.model)
@@ -193,12 +197,14 @@ class Planner:
                 metrics = evaluate(chosen)
             if chosen and not metrics["ok"]:  # fewer int8 layers moved the Q/DQ boundaries: can be worse
                 chosen, metrics = self._refit(chosen, evaluate)
+        if self.options.mode != "weight-only":
+            metrics, stats["stored_weights"] = store_kept_weights(self, chosen, metrics, evaluate, timed)
         if self.options.auto:
             stats.update(plans_refused_early=len(self._refused), plan_sample_runs=self.sample_runs)
-        stats.update(embeddings=self.embeddings if chosen else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
-                     cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
+        stats.update(embeddings=self.embeddings if chosen or self.stored != NOTHING_STORED else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
+                     stored_int8=len(self.stored[0]), cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
-        if not chosen:
+        if not chosen and self.stored == NOTHING_STORED:
             stats["reason"] = "every layer kept float"
         return chosen, stats
 
@@ -230,7 +236,7 @@ class Planner:
         it) of the plan quantizing `chosen`; the deployed form alone with `deployed_only`.
         `searching`: only whether the plan holds matters, so a plan is refused at its first
         sample that breaks the budget, its metrics that sample's; a plan that holds is judged whole."""
-        key = tuple(sorted(chosen))
+        key = self._key(chosen)
         if (key, False) in self._judged or (deployed_only and (key, True) in self._judged):
             return self._judged.get((key, False)) or self._judged[(key, True)]
         if searching and key in self._refused:
@@ -258,8 +264,16 @@ class Planner:
         if outputs is not None:
             return worst_metrics(reference, outputs, self.budget, self.slices)
         self._hardest = broken
-        self._refused[tuple(sorted(chosen))] = dict(refusal, refused_at_sample=broken)
+        self._refused[self._key(chosen)] = dict(refusal, refused_at_sample=broken)
         return None
+
+    def timing_feed(self) -> dict[str, np.ndarray]:
+        """The first evaluation sample, as the models are timed on it (a scalar input stays an array)."""
+        return {value.name: np.asarray(self.evaluation[value.name][0]) for value in self.model.graph.input if value.name in self.evaluation}
+
+    def _key(self, chosen) -> tuple:
+        """A plan's identity: its int8 layers and the float layers whose weights are stored int8."""
+        return tuple(sorted(chosen)), self.stored
 
     def _keep(self, index: int, why: str) -> None:
         self.rows[index].update(decision="float", why=why)
@@ -333,8 +347,7 @@ class Planner:
 
     def _guard(self, chosen: list[int]) -> tuple[list[int], dict]:
         """Drops the layers that gain least until the whole model is not slower than float."""
-        feed = {name: value[0] for name, value in self.evaluation.items()
-                if name in {i.name for i in self.model.graph.input}}
+        feed = self.timing_feed()
         gain = {unit: sum((self.rows[i]["float_ms"] or 0.0) - (self.rows[i]["int8_ms"] or 0.0) for i in members)
                 for unit, members in self.units.items()}
         history = []

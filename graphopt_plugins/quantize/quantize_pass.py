@@ -18,6 +18,7 @@ from graphopt_plugins.quantize.calibration import METHODS
 from graphopt_plugins.quantize.equalization import equalize, equalized_model, middle_ranges
 from graphopt_plugins.quantize.mode_choice import candidate_modes, fastest, targets_for, trial_row
 from graphopt_plugins.quantize.planner import Planner
+from graphopt_plugins.quantize.stored_weights import NOTHING_STORED
 from graphopt_plugins.quantize.targets import WEIGHT_OPS, is_quantized
 
 __all__ = ["Quantize"]
@@ -43,6 +44,10 @@ class Quantize(graphopt.Pass):
     harmful first, by measured sensitivity), or when int8 is slower there on the latency backend
     (`latency=auto`; `--latency-on`, default host-ort: this machine); if the whole result is
     still slower than float, nothing is changed. With `--latency-on none` nothing is timed.
+    A layer kept float still stores its weight int8 per channel when the budget holds and the model
+    is not slower for it (`stored_weights.py`): through MatMulNBits (a MatMul/Gemm alone on its
+    weight, when that times faster) or as Cast -> Mul, which onnxruntime folds back to the float
+    weight at load; an LSTM's W and R and other large float constants are stored the second way.
     A weight read by several layers (an unrolled LSTM) is quantized once, and its readers are
     kept float or int8 together. With `--calibration` alone, ranges are fitted without its last
     quarter, and plans are judged on every sample, so on some the plan did not fit.
@@ -161,16 +166,15 @@ class Quantize(graphopt.Pass):
                          **({"equalized_pairs": equalized} if options.equalize else {}))
             plans[mode] = (planner, chosen, stats)
         mode, timings = next(iter(plans)), {}
-        useful = {m: p for m, p in plans.items() if p[1]}
+        useful = {m: p for m, p in plans.items() if p[1] or p[0].stored != NOTHING_STORED}
         if len(useful) > 1:
-            feed = {name: value[0] for name, value in evaluation.items() if name in {i.name for i in model.graph.input}}
-            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()}, feed, latency)
+            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()}, planner.timing_feed(), latency)
         elif useful:
             mode = next(iter(useful))
         planner, chosen, stats = plans[mode]
         if options.mode == "auto":
             stats.update(mode_requested="auto", mode_trials=[trial_row(m, p[2], timings.get(m)) for m, p in plans.items()])
-        if not chosen:
+        if not chosen and planner.stored == NOTHING_STORED:
             ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
             return graphopt.PassResult(changed=False, stats=stats)
         weight_bytes = _constant_bytes(graph)
@@ -182,8 +186,8 @@ class Quantize(graphopt.Pass):
             stats.setdefault("warnings", []).append(
                 f"the constants grew from {weight_bytes:,} to {stats['weight_bytes_after']:,} bytes: the scales, zero points "
                 f"and int32 biases of {len(chosen)} quantized layers outweigh the bytes their int8 weights save")
-        ctx.logger.info("quantize: %d of %d layers quantized (%s), cosine %.5f", len(chosen), len(planner.targets), mode,
-                        stats.get("cosine", float("nan")))
+        ctx.logger.info("quantize: %d of %d layers quantized (%s), %d more with int8 weights only, cosine %.5f", len(chosen),
+                        len(planner.targets), mode, len(planner.stored[0]), stats.get("cosine", float("nan")))
         return graphopt.PassResult(changed=True, stats=stats)
 
     def _data(self, model: onnx.ModelProto, ctx: graphopt.PassContext):

@@ -211,7 +211,7 @@ def _dequantize_weight(graph, names, node: gs.Node, target: Target, qmax: int = 
     key = (id(weight), target.axis)
     if weights is None or key not in weights:
         quantized, scale = made or quantize_per_channel(graph_queries.constant_value(weight), target.axis, qmax)
-        out = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis,
+        out = _dq(graph, names, weight.name, quantized, scale, np.zeros(len(scale), np.int8), axis=target.axis, keep_zero=target.op != "Conv",
                   shape=list(weight.shape))
         if weights is not None:
             weights[key] = (out, scale)
@@ -226,11 +226,14 @@ def _is_channel_bias(tensor: gs.Tensor, channels: int) -> bool:
     return value is not None and value.dtype == np.float32 and value.shape == (channels,)
 
 
-def _dq(graph, names, base: str, quantized: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, shape=None) -> gs.Variable:
+def _dq(graph, names, base: str, quantized: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, shape=None, keep_zero=False) -> gs.Variable:
+    """A DequantizeLinear of the constant `quantized`; an all-zero `zero` is left out (the default),
+    as a per-channel zero vector weighs as much as the int8 weight's channels, or the int32 bias."""
     out = gs.Variable(names(f"{base}_dequantized"), dtype=np.float32, shape=shape or list(quantized.shape))
-    graph.nodes.append(gs.Node("DequantizeLinear", names(f"{base}_DQ"), attrs={"axis": axis},
-                               inputs=[_const(names, base, quantized), _const(names, f"{base}_scale", scale),
-                                       _const(names, f"{base}_zero_point", zero)], outputs=[out]))
+    inputs = [_const(names, base, quantized), _const(names, f"{base}_scale", scale)]
+    if keep_zero or np.any(zero):
+        inputs.append(_const(names, f"{base}_zero_point", zero))
+    graph.nodes.append(gs.Node("DequantizeLinear", names(f"{base}_DQ"), attrs={"axis": axis}, inputs=inputs, outputs=[out]))
     return out
 
 

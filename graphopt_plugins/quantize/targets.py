@@ -46,7 +46,10 @@ class Target:
 
 
 def is_quantized(graph: gs.Graph) -> bool:
-    return any(node.op in QUANTIZED_OPS for _, node in graph_queries.iter_nodes(graph))
+    """Quantized ops, or a weight stored int8 and cast back to float (`stored_weights.py`)."""
+    return any(node.op in QUANTIZED_OPS or (node.op == "Cast" and isinstance(node.inputs[0], gs.Constant)
+                                            and node.inputs[0].dtype == np.int8)
+               for _, node in graph_queries.iter_nodes(graph))
 
 
 def weight_axis(node: gs.Node, weight: np.ndarray) -> tuple[int, int] | None:

@@ -26,7 +26,7 @@ class _RecordingContext(graphopt.PassContext):
 def _bars(model, **options) -> dict:
     ctx = _RecordingContext(opset=17, calibration=calibration_for(model, samples=3), model=model, progress=True)
     result = Quantize(Quantize.Options(**options)).run(convert.import_graph(model), ctx)
-    assert not result.changed and result.stats["kept_float"] == 1
+    assert result.stats["quantized"] == 0 and result.stats["kept_float"] == 1  # (its weight may be stored int8)
     return {desc: (total, seen) for desc, total, seen in ctx.bars}
 
 

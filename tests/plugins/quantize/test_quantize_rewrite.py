@@ -139,3 +139,16 @@ def test_activation_by_activation_matmul_is_not_quantized():
     quantized, stats, entry = quantize(model, calibration, latency="off")
     assert entry["status"] == "unchanged" and stats["quantized"] == 0
     assert "activation x activation" in stats["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("op, kernel, weight_zero", [("Conv", "QLinearConv", False), ("Gemm", "QGemm", True)])
+def test_all_zero_zero_points_are_left_out_where_the_kernel_fuses_without_them(op, kernel, weight_zero):
+    # A per-channel zero vector weighs as much as the int32 bias (or the int8 weight's channels);
+    # QGemm's fusion wants the weight's, QLinearConv's does not.
+    quantized, _ = quantize_and_check(single_op_model(op), mode="static")
+    producers = {out: node for node in quantized.graph.node for out in node.output}
+    (layer,) = [node for node in quantized.graph.node if node.op_type == op]
+    weight_dq, bias_dq = producers[layer.input[1]], producers[layer.input[2]]
+    assert len(bias_dq.input) == 2
+    assert (len(weight_dq.input) == 3) == weight_zero
+    assert ort_optimized_ops(quantized)[kernel] == 1
