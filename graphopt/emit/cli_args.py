@@ -47,5 +47,8 @@ def describe_emit(report: dict) -> str | None:
     files = ", ".join(f"{path} ({size:,} bytes)" for path, size in emitted["bytes"].items())
     layout = "; layout " + ", ".join(f"{name} {how}" for name, how in emitted["layout"].items() if how != "same") \
         if any(how != "same" for how in emitted.get("layout", {}).values()) else ""
+    mixed = emitted.get("mixed_precision")
+    pieces = (f"; {mixed['int8_nodes']} of {mixed['nodes']} nodes int8, float32: {', '.join(mixed['float_pieces']) or 'none'}"
+              if mixed else "")
     return (f"emitted {emitted['format']} {emitted['precision']}: {files}; verified in {verification['runtime']} "
-            f"({verification['bar']}, worst cosine {worst:.6f}){layout}")
+            f"({verification['bar']}, worst cosine {worst:.6f}){layout}{pieces}")

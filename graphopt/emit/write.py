@@ -4,7 +4,7 @@ Verification runs the converted model in its own runtime (onnxruntime for `.ort`
 interpreter for `.tflite`) on the verification inputs (`--inputs`, else `--calibration`, else
 generated), against onnxruntime running the optimized ONNX with all optimizations. Float32
 targets must agree to 1e-4 of each output's range (`max_abs / max|reference|`); float16 to
-cosine 0.999; int8 to cosine 0.99. A miss is a VerificationError (exit 1) and nothing is
+cosine 0.999; int8 and int8-mixed to cosine 0.99. A miss is a VerificationError (exit 1) and nothing is
 written; otherwise every file is written to a temporary name in the output's folder and renamed.
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -67,7 +69,11 @@ def test_an_op_the_int8_writer_lacks_stays_float_in_int8_mixed_and_the_rest_is_i
     assert main(["optimize", str(source), "--emit", "tflite", "--emit-precision", "int8", "--calibration",
                  str(tmp_path / "cal.npz"), "-o", str(tmp_path / "no.tflite")]) == 2
     assert "SQRT" in capsys.readouterr().err and not (tmp_path / "no.tflite").exists()
-    emitted, output = _emit(model, tmp_path, "int8-mixed")
+    output, report = tmp_path / "sqrt.tflite", tmp_path / "report.json"
+    assert main(["optimize", str(source), "--emit", "tflite", "--emit-precision", "int8-mixed", "--calibration",
+                 str(tmp_path / "cal.npz"), "-o", str(output), "--report", str(report), "--passes", "cleanup"]) == 0
+    assert "nodes int8, float32: nodes" in capsys.readouterr().out  # the terminal names the float32 pieces
+    emitted = json.loads(report.read_text())["emit"]
     mixed = emitted["mixed_precision"]
     assert emitted["verification"]["ok"] and emitted["verification"]["outputs"]["logits"]["cosine"] >= 0.99
     assert 0 < mixed["int8_pieces"] < mixed["pieces"] and any("SQRT" in piece for piece in mixed["float_pieces"])
