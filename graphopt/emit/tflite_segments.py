@@ -3,8 +3,7 @@
 `tflite_mixed` converts each piece to LiteRT on its own, float32 or int8. A cut is a place in
 the node order where at most `width` tensors computed from the model's inputs are still needed
 afterwards (tensors computed from weights alone, such as shapes, are recomputed by the piece
-that reads them), each float32 with a static shape and a batch dim of 1 (onnx2tf calibrates
-one sample at a time). A model with If/Loop/Scan nodes has none. Each piece is extracted with
+that reads them), each float32, int64 or int32 with a static shape. A model with If/Loop/Scan nodes has none. Each piece is extracted with
 `onnx.utils.Extractor`; the tensors between pieces are renamed `cut<n>` inside them (onnx2tf
 rewrites names with '/'), and an output a piece also reads itself is written by a `Mul(x, 1)`
 of its own (see `_outputs_of_their_own`).
@@ -19,6 +18,9 @@ import onnx
 
 __all__ = ["Piece", "cuts", "cut_into_pieces", "piece_feeds"]
 
+# the tensor types a piece hands to the next (an int64 attention mask passes through every layer)
+_PASSED = (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
 
 @dataclasses.dataclass
 class Piece:
@@ -31,15 +33,14 @@ class Piece:
 
 
 def cuts(model: onnx.ModelProto, width: int = 4) -> dict[int, list[str]]:
-    """{node index k: the tensors nodes[:k] hand to nodes[k:]} where they are at most `width`, float32 and static."""
+    """{node index k: the tensors nodes[:k] hand to nodes[k:]} where they are at most `width`, of `_PASSED` types and static."""
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return {}
     inferred = onnx.shape_inference.infer_shapes(model)
     static = {v.name for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and len(v.type.tensor_type.shape.dim) >= 2
-              and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)
-              and v.type.tensor_type.shape.dim[0].dim_value == 1}  # onnx2tf calibrates a batch of one
+              if v.type.tensor_type.elem_type in _PASSED and len(v.type.tensor_type.shape.dim) >= 1
+              and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
     count = len(graph.node)
     dynamic = {v.name for v in graph.input} - {t.name for t in graph.initializer}
     last_use = {}
