@@ -118,3 +118,19 @@ def test_int8_mixed_is_the_full_integer_model_where_that_holds(tmp_path):
     emitted, _ = _emit(conv_chain(), tmp_path, "int8-mixed")
     assert emitted["mixed_precision"]["pieces"] == 1 and emitted["mixed_precision"]["float_pieces"] == []
     assert emitted["verification"]["outputs"]["logits"]["cosine"] >= 0.99
+
+
+def test_a_batch_2_int64_encoder_is_calibrated_whole_and_its_attention_stays_float(tmp_path):
+    import torch_models
+
+    feeds = [torch_models.transformer_feeds(seed=s) for s in range(8)]
+    calibration = {k: np.stack([f[k] for f in feeds]) for k in feeds[0]}
+    assert calibration["ids"].shape[1:] == (2, 16) and calibration["ids"].dtype == np.int64
+    source = tmp_path / "encoder.onnx"
+    onnx.save(torch_models.transformer("torchscript", 17), source)
+    report = graphopt.optimize_to_file(str(source), tmp_path / "encoder.tflite", passes=["cleanup", "fuse"], emit="tflite",
+                                       emit_precision="int8-mixed", calibration=calibration)
+    mixed = report["emit"]["mixed_precision"]
+    # onnx2tf's own calibration fed batch 1 and float32: "RESHAPE failed to prepare (512 != 1024)" before
+    assert report["emit"]["verification"]["ok"] and min(r["cosine"] for r in report["emit"]["verification"]["outputs"].values()) >= 0.99
+    assert mixed["int8_nodes"] > 0 and any("Weight tensor must be constant" in piece for piece in mixed["float_pieces"])
