@@ -169,8 +169,11 @@ def _optimized(
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}
     calibration_feeds = prepare_feeds(calibration, source, option=parameter("calibration")) if calibration is not None else None
     feeds = prepare_feeds(inputs, source) if inputs is not None else calibration_feeds
+    # The run that confirms chosen shapes reads the model as given, as the reference session
+    # would: its outputs are the reference's when on the same feeds.
+    confirmation: dict = {"serialised": prepared.data}
     chosen = run_shapes(source, shapes, feeds, feeds_from="inputs" if inputs is not None else "calibration", seed=seed,
-                        confirm=verify != "off" or freeze_shapes)
+                        confirm=verify != "off" or freeze_shapes, confirmation=confirmation)
     if freeze_shapes:
         prepared = _prepared(freeze_input_shapes(prepared.pristine(), {name: c.shape for name, c in chosen.items()}))
         prepared.warnings = model_warnings
@@ -180,6 +183,8 @@ def _optimized(
         if feeds is None:
             feeds = generate_feeds(source, {name: c.shape for name, c in chosen.items()}, seed=seed)
         verifier = Verifier(split_samples(feeds), output_slices(source, budget_slices, feeds))
+    reference_outputs = _confirmed_outputs(confirmation, verifier.samples) if verifier and not freeze_shapes else None
+    confirmation.clear()  # its onnxruntime session goes now
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
     settings = PipelineSettings(verify=verify, keep_going=keep_going, budget=global_budget, seed=seed,
                                 progress=progress, dump_dir=Path(dump_dir) if dump_dir else None,
@@ -194,7 +199,8 @@ def _optimized(
         context = RunContext(weights_dir=weights_dir, spill_dir=spill)
         try:
             outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds,
-                                   model_size=prepared.given_size, context=context, reference=prepared.data)
+                                   model_size=prepared.given_size, context=context, reference=prepared.data,
+                                   reference_outputs=reference_outputs)
         except VerificationError as error:
             if error.report is not None:
                 error.report["input"] = summarize(source, size=prepared.given_size, size_of=prepared.given)
@@ -226,6 +232,19 @@ def _optimized(
         report["verification"]["frozen"] = freeze_shapes
         report["never_slower"] = outcome.never_slower
         yield final, report, spill
+
+
+def _confirmed_outputs(confirmation: dict, samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]] | None:
+    """The outputs of the run that confirmed the chosen shapes (`run_shapes`), when it ran the
+    input model on the verifier's very samples: the reference outputs, without a second session."""
+    feeds, outputs = confirmation.get("feeds"), confirmation.get("outputs")
+    if feeds is None or outputs is None:
+        return None
+    confirmed = split_samples(feeds)
+    same = len(confirmed) == len(samples) and all(
+        done.keys() == sample.keys() and all(done[name].dtype == sample[name].dtype and np.array_equal(done[name], sample[name])
+                                             for name in sample) for done, sample in zip(confirmed, samples))
+    return outputs if same else None
 
 
 def _judged_on_fitting_data(origin: str, entries: list[dict]) -> list[str]:

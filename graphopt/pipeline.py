@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,15 @@ import onnx
 from tqdm import tqdm
 
 from graphopt.convert import release_graph
-from graphopt.errors import GraphoptError, InputError, PassError, PluginError, PreconditionError, UsageError, VerificationError
+from graphopt.errors import GraphoptError, InputError, PassError, PreconditionError, UsageError, VerificationError
 from graphopt.graph_queries import opset_version
-from graphopt.hookspecs import hookimpl
+from graphopt.instruments import ModelDumper, PassTimer, call_hook
 from graphopt.jsonable import to_jsonable
 from graphopt.latency.never_slower import Stage, check_pipeline_result, holds_to_never_slower, host_compare
 from graphopt.opset_requirements import (ImplicitConversion, conversion_note, refused_conversion, undo_unused_conversion,
                                          with_opset_conversions)
 from graphopt.parameter_names import parameter
 from graphopt.model import Model, RunContext, check_and_infer, to_proto
-from graphopt.model_io import save_model
 from graphopt.passes import Pass, PassContext, PassResult
 from graphopt.registry import Plugins
 from graphopt.report import pass_entry
@@ -71,33 +69,6 @@ class PipelineOutcome:
     never_slower: dict | None = None  # the never-slower check: timings, stages rolled back
 
 
-class _PassTimer:
-    """Times passes through the before/after hooks."""
-
-    def __init__(self) -> None:
-        self.started: dict[int, float] = {}
-        self.seconds: dict[int, float] = {}
-
-    @hookimpl
-    def graphopt_before_pass(self, index):
-        self.started[index] = time.perf_counter()
-
-    @hookimpl
-    def graphopt_after_pass(self, index):
-        self.seconds[index] = time.perf_counter() - self.started.pop(index, time.perf_counter())
-
-
-class _ModelDumper:
-    """Writes the model after each pass as `NN_pass.onnx` (`--dump-dir`)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    @hookimpl
-    def graphopt_after_pass(self, index, pass_, model):
-        save_model(model, self.folder / f"{index + 1:02d}_{pass_.name}.onnx")
-
-
 def run_pipeline(
     model: onnx.ModelProto,
     passes: list[Pass],
@@ -109,26 +80,28 @@ def run_pipeline(
     model_size: int | None = None,
     context: RunContext = RunContext(),
     reference: bytes | None = None,
+    reference_outputs: list[dict] | None = None,
 ) -> PipelineOutcome:
     """Runs `passes` in order over `model` (checked, shape-inferred); raises VerificationError or
     PassError as docs/design.md says.
 
     `model_size`: `model`'s stored size, for the first report entry; `context`: where the
     run's weights live outside the proto; `reference`: the model as given, serialised, when at
-    hand (the reference session reads it instead of serialising `model` again).
+    hand (the reference session reads it instead of serialising `model` again);
+    `reference_outputs`: `model`'s outputs on the verifier's samples when already run (no session then).
     """
-    timer = _PassTimer()
+    timer = PassTimer()
     instruments: list[Any] = [timer]
     if settings.dump_dir is not None:
         if not settings.dump_dir.is_dir():
             raise UsageError(f"{parameter('dump_dir')} folder does not exist", path=str(settings.dump_dir))
-        instruments.append(_ModelDumper(settings.dump_dir))
+        instruments.append(ModelDumper(settings.dump_dir))
     passes = with_opset_conversions(passes, plugins.registry, model)
     for instrument in instruments:
         plugins.manager.register(instrument)
     try:
         state = _State(model, context, model_size)
-        return _Run(model, plugins, settings, verifier, calibration, timer, state, reference).all(passes)
+        return _Run(model, plugins, settings, verifier, calibration, timer, state, reference, reference_outputs).all(passes)
     finally:
         for instrument in instruments:
             plugins.manager.unregister(instrument)
@@ -163,11 +136,13 @@ class _State:
 class _Run:
     """One pipeline run: the reference outputs, the state, the report entries."""
 
-    def __init__(self, model, plugins, settings, verifier, calibration, timer, state: _State, reference: bytes | None):
+    def __init__(self, model, plugins, settings, verifier, calibration, timer, state: _State, reference: bytes | None,
+                 reference_outputs: list[dict] | None = None):
         self.original, self.plugins, self.settings, self.verifier = model, plugins, settings, verifier
         self.calibration, self.timer, self.state = calibration, timer, state
         self.verify_each = settings.verify == "each" and verifier is not None
-        self.reference_outputs = self._reference_outputs(reference) if verifier is not None and settings.verify != "off" else None
+        verified = verifier is not None and settings.verify != "off"
+        self.reference_outputs = (reference_outputs or self._reference_outputs(reference)) if verified else None
         self.stage_outputs = self.reference_outputs
         self.sample_inputs = _stacked(verifier.samples) if verifier is not None and verifier.samples else None
         self.reports: list[dict] = []
@@ -378,30 +353,12 @@ class _Run:
         return end_to_end
 
     def _hook(self, name: str, **kwargs) -> None:
-        _call_hook(self.plugins, name, model=self.state.as_proto, **kwargs)
+        call_hook(self.plugins, name, model=self.state.as_proto, **kwargs)
 
 
 def _interface(graph) -> tuple[list[str], list[str]]:
     """The names of a graph's inputs and outputs, which no pass may change."""
     return [t.name for t in graph.inputs], [t.name for t in graph.outputs]
-
-
-def _call_hook(plugins: Plugins, name: str, *, model, **kwargs) -> None:
-    """Calls every implementation of an instrumentation hook; one that raises is named.
-
-    pluggy would let the exception through bare, and the user would see an internal error
-    instead of which plugin failed. `model` is made (a callable's result) only for a hook
-    that takes it.
-    """
-    caller = getattr(plugins.manager.hook, name)
-    for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
-        arguments = {key: (model() if key == "model" else kwargs[key]) for key in impl.argnames}
-        try:
-            impl.function(**arguments)
-        except GraphoptError:
-            raise
-        except Exception as error:
-            raise PluginError(f"plugin '{impl.plugin_name}' failed in {name}: {type(error).__name__}: {error}") from error
 
 
 def _stacked(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

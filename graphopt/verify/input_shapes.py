@@ -102,12 +102,15 @@ def candidate_shapes(
 
 def confirmed_shapes(
     model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]] | None = None, *, origin: str = "given", seed: int = 0,
-    runs=None,
+    runs=None, confirmation: dict | None = None,
 ) -> dict[str, ChosenShape]:
     """The first candidate on which onnxruntime runs `model`; a UsageError naming the inputs if none.
 
-    `runs(model, feeds) -> str | None` (an error message, None when the run worked) is how a
-    candidate is tried; by default one onnxruntime session without optimizations.
+    `runs(model, feeds, cache) -> str | None` (an error message, None when the run worked) is
+    how a candidate is tried; by default one onnxruntime session without optimizations, which
+    leaves the run's `"feeds"` and `"outputs"` in `cache`. `confirmation`: that cache, when the
+    caller wants those (the verifier's reference outputs, when it runs the same feeds); its
+    `"serialised"`, when given, is `model` as bytes (the session reads them, not a new serialisation).
     """
     runs = runs or _runs_in_onnxruntime
     candidates = candidate_shapes(model, given, origin=origin)
@@ -115,7 +118,7 @@ def confirmed_shapes(
     if not any(shape.chosen for shape in first.values()):
         return first  # nothing was guessed: the pipeline's own reference run is the check
     failures = []
-    session_cache: dict = {}
+    session_cache: dict = confirmation if confirmation is not None else {}
     for attempt in (first, *candidates):
         shapes = {name: shape.shape for name, shape in attempt.items()}
         error = runs(model, generate_feeds(model, shapes, seed=seed), session_cache)
@@ -132,14 +135,14 @@ def confirmed_shapes(
 
 def run_shapes(
     model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]], feeds: Mapping[str, np.ndarray] | None, *,
-    feeds_from: str | None, seed: int = 0, confirm: bool = True,
+    feeds_from: str | None, seed: int = 0, confirm: bool = True, confirmation: dict | None = None,
 ) -> dict[str, ChosenShape]:
     """The shapes a run verifies (and `--freeze-shapes` writes): the per-sample shapes of `feeds`
     when given (a given shape that contradicts them is a UsageError naming both), else the
-    chosen ones, confirmed in onnxruntime when `confirm`."""
+    chosen ones, confirmed in onnxruntime when `confirm` (`confirmation`: as `confirmed_shapes`)."""
     if feeds is None:
         if confirm:
-            return confirmed_shapes(model, given, seed=seed)
+            return confirmed_shapes(model, given, seed=seed, confirmation=confirmation)
         return choose_input_shapes(model, given)
     where = parameter(feeds_from or "inputs")
     for name, shape in given.items():
@@ -335,8 +338,9 @@ def _runs_in_onnxruntime(model, feeds, cache) -> str | None:
 
     try:
         if "session" not in cache:
-            cache["session"] = make_session(model)
-        run_samples(cache["session"], split_samples(feeds))
+            cache["session"] = make_session(cache.get("serialised") or model)
+        cache["outputs"], cache["feeds"] = None, None
+        cache["outputs"], cache["feeds"] = run_samples(cache["session"], split_samples(feeds)), feeds
     except SessionError as error:
         cache.pop("session", None)
         return first_line(error)

@@ -136,20 +136,29 @@ def _split_of(name: str, producers: dict, shapes: dict, depth: int) -> tuple[int
 
 
 def _with_static_inputs(model: onnx.ModelProto, input_shapes: dict) -> onnx.ModelProto:
-    from graphopt.model import infer_model_shapes
+    """`model` (checked already) with its inputs fixed at `input_shapes` and shape-inferred, each
+    large weight a dims-only stand-in that is no input here: no weight is copied, nor checked again."""
+    from graphopt.convert import stand_in_weights
 
-    static = onnx.ModelProto()
-    static.CopyFrom(model)
-    del static.graph.value_info[:]
+    static, moved = stand_in_weights(model, value_info=False, constants=True)
+    if static is model:
+        static = onnx.ModelProto()
+        static.CopyFrom(model)
+        del static.graph.value_info[:]
     for value in static.graph.input:
         if value.name in input_shapes and value.type.HasField("tensor_type"):
             for dim, size in zip(value.type.tensor_type.shape.dim, input_shapes[value.name]):
                 dim.Clear()
                 dim.dim_value = int(size)
     try:
-        return infer_model_shapes(static)
+        inferred = onnx.shape_inference.infer_shapes(static, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # detection is a convenience: a model inference cannot fix keeps its own shapes
         return model
+    declared = {value.name for value in model.graph.input}
+    inputs = [value for value in inferred.graph.input if value.name not in moved or value.name in declared]
+    del inferred.graph.input[:]
+    inferred.graph.input.extend(inputs)
+    return inferred
 
 
 def _static_dims(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:

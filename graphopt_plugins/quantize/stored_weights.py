@@ -13,18 +13,20 @@ store its weight in 8 bits, per output channel, in one of two forms:
   file is smaller. This is also the form for a weight several layers read (an unrolled LSTM),
   whose DequantizeLinear onnxruntime would copy per reader and not fuse.
 
-The other large float constants of the main graph (an LSTM's W and R, which no int8 kernel
-here reads) are stored folded alongside. Tried in order: every kept-float layer fused where it
-can be, then every one folded, then the folded ones not too harmful for the budget, then those
-without the other constants. The first that meets the budget and, where latency
-is measured, runs no slower than the plan without it (than float, when nothing else is int8;
-the folded form within the timer's noise, as it runs the same graph) is kept. Judged on half
-the room the plan left in the budget (`_half_the_room`).
+The other large float constants (an LSTM's W and R, which no int8 kernel here reads; the
+weights in If/Loop bodies) are stored folded alongside. Tried in order: every kept-float layer
+fused where it can be, then every one folded, then the folded ones not too harmful for the budget, then those
+without the other constants, then the half and the quarter of all whose weights int8 hurts
+least. The first that meets the budget and, where latency is measured, runs no slower than the
+plan without it (than float, when nothing else is int8; the folded form within the timer's
+noise, as it runs the same graph) is kept. Judged on half the room the plan left in the budget
+(`_half_the_room`).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 
 import numpy as np
 import onnx
@@ -129,6 +131,12 @@ def store_kept_weights(planner, chosen: list[int], metrics: dict, evaluate, time
         attempts.append((candidates, "folded"))
         attempts += [(harmless, "folded")] if harmless != candidates else []
         attempts += [(harmless, "targets")] if others and harmless else []
+        # Then the half, and the quarter, whose weights lose least to int8 (per-channel SQNR).
+        units = [members for members in planner.units.values() if members[0] in set(candidates)]  # a shared weight: all or none
+        ranked = sorted(units, key=lambda members: _or_lowest(planner.rows[members[0]]["weight_sqnr_db"]), reverse=True)
+        attempts += [(tuple(sorted(i for members in ranked[: len(ranked) // share] for i in members)), "targets")
+                     for share in (2, 4) if len(ranked) >= share]
+        attempts = [a for a in dict.fromkeys(attempts) if a[0] or (others and a[1] != "targets")]  # each stores something
     trials, floor = [], _half_the_room(planner.budget, metrics)
     for attempt in attempts:
         planner.stored = attempt
@@ -144,6 +152,10 @@ def store_kept_weights(planner, chosen: list[int], metrics: dict, evaluate, time
                             "trials": trials}
     planner.stored = NOTHING_STORED
     return metrics, {"layers": 0, "trials": trials}
+
+
+def _or_lowest(value) -> float:
+    return -math.inf if value is None else value
 
 
 def _half_the_room(budget, metrics: dict) -> dict[str, float]:

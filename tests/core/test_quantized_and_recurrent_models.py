@@ -94,7 +94,7 @@ def test_quantize_stores_lstm_weights_int8_restored_to_float_per_gate_row():
     model = trait_models.crnn_lstm()
     feeds = trait_models.crnn_feeds(1, 64)
     result = graphopt.optimize(model, passes=["cleanup", "fuse", "quantize"], input_shapes={k: v.shape for k, v in feeds.items()},
-                               never_slower=False)
+                               never_slower=False, latency_on="none")  # decided by accuracy alone: no timing noise
     onnx.checker.check_model(result.model, full_check=True)
     producers = {out: node for node in result.model.graph.node for out in node.output}
     (lstm,) = [node for node in result.model.graph.node if node.op_type == "LSTM"]

@@ -23,6 +23,7 @@ from graphopt_plugins.cleanup import Cleanup
 from graphopt_plugins.fuse import Fuse
 from graphopt_plugins.quantize import Quantize
 from torch_models import transformer
+from trait_models import dynamic_cnn
 
 
 def _count_outside_passes(monkeypatch) -> collections.Counter:
@@ -65,10 +66,30 @@ def test_each_accepted_pass_is_serialised_once_with_weights_and_checked_once_on_
     # load: the placeholder form serialised, checked and inferred once; the reference session
     # reads the file's own bytes. Each accepted pass: placeholder form + its session's proto.
     # Issue 17 adds, at load, one inference of the declared output shapes (output_annotations) and,
-    # when verifying, one check and inference for the output slices (verify.slices.detect_slices).
-    # One graphsurgeon export per accepted pass: its check takes the placeholder form from it.
-    assert counts == {"serialise": 3 + 2 * accepted, "check": 2 + accepted, "infer": 3 + accepted, "session": 1 + accepted,
+    # when verifying, one inference for the output slices (verify.slices.detect_slices; the input
+    # is not checked again there). One graphsurgeon export per accepted pass: its check takes the
+    # placeholder form from it.
+    assert counts == {"serialise": 3 + 2 * accepted, "check": 1 + accepted, "infer": 3 + accepted, "session": 1 + accepted,
                       "export": accepted}
+
+
+def test_with_chosen_shapes_and_the_never_slower_check_the_input_runs_once_for_both_confirmation_and_reference(
+        tmp_path, monkeypatch):
+    path = tmp_path / "cnn.onnx"
+    onnx.save_model(dynamic_cnn(), str(path))  # dynamic batch and image side: shapes are chosen, then confirmed
+    counts = _count_outside_passes(monkeypatch)
+    result = graphopt.optimize(str(path), passes=["cleanup", "fuse"])
+    accepted = sum(entry["status"] == "accepted" for entry in result.report["passes"])
+    assert accepted == 2 and result.report["verification"]["shapes"]["image"]["shape"] == [1, 3, 224, 224]
+    assert result.report["never_slower"]["checked"] and len(result.report["never_slower"]["timings"]) == 1
+    # Sessions: the run confirming the chosen shapes (on the file's bytes), whose outputs are the
+    # reference's too; one per accepted pass; the never-slower check's input and output.
+    # Serialised: at load the placeholder form and the declared output shapes' probe; each accepted
+    # pass's placeholder form and session proto; the output slices' probe; the two timed models;
+    # the MAC counts at the chosen shapes (input and output). Checked: at load and once per pass.
+    # Inferred: at load (declared outputs, the input), the output slices, per pass, the two MAC counts.
+    assert counts == {"session": 1 + accepted + 2, "serialise": 2 + 2 * accepted + 1 + 2 + 2, "check": 1 + accepted,
+                      "infer": 2 + 1 + accepted + 2, "export": accepted}
 
 
 def test_without_verification_a_pass_is_only_checked_and_the_result_exported_once(tmp_path, monkeypatch):

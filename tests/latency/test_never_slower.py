@@ -9,6 +9,7 @@ import pytest
 
 import graphopt
 import graphopt.api
+import graphopt.latency
 from graphopt.latency.never_slower import Stage, check_pipeline_result, keep_never_slower
 
 
@@ -166,3 +167,44 @@ def test_after_a_lossy_stage_that_decides_for_itself_a_strict_one_is_judged_agai
     assert outcome.report["timings"][0]["against"] == "fp16"
     faster = keep_never_slower(_model("in"), stages, _compare_by_doc({"in": 10.0, "half": 13.0, "cut": 12.0}), {"x": None})
     assert faster.kept == 2  # slower than the input, but fp16's slowdown is fp16's own decision
+
+
+class _RoundsBackend(graphopt.latency.LatencyBackend):
+    """A backend whose medians per round are scripted; records how many rounds each comparison took."""
+
+    name = "scripted"
+
+    def __init__(self, ratio_of: dict[str, float]):
+        super().__init__()
+        self.ratio_of, self.rounds_taken = ratio_of, []
+
+    def _medians(self, models, feeds, seconds, rounds, decided=None):
+        medians = [10.0 * self.ratio_of[model.doc_string] for model in models]
+        for index in range(rounds):  # as host-ort asks: after each round from the second on but the last
+            if decided is not None and 1 <= index < rounds - 1 and decided(medians):
+                break
+        self.rounds_taken.append(index + 1)
+        return medians
+
+
+def test_a_plain_verdict_ends_the_first_comparison_after_two_rounds():
+    from graphopt.latency.never_slower import QUICK_ROUNDS, check_on
+
+    backend = _RoundsBackend({"in": 1.0, "fast": 0.8, "close": 0.95})
+    compare = check_on(backend)
+    plain = keep_never_slower(_model("in"), [Stage("fuse", _model("fast"))], compare, {"x": None})
+    close = keep_never_slower(_model("in"), [Stage("fuse", _model("close"))], compare, {"x": None})
+    assert plain.kept == 1 and close.kept == 1
+    # 0.8x settles after two rounds; 0.95x is within 10% of the input's median: every round is timed.
+    assert backend.rounds_taken == [2, QUICK_ROUNDS]
+    assert plain.report["timings"][0]["ratio"] == 0.8 and plain.report["timings"][0]["timings"] == 1
+
+
+def test_a_plainly_slower_output_is_still_timed_beside_the_input_copy_in_full_rounds():
+    from graphopt.latency.never_slower import check_on
+
+    backend = _RoundsBackend({"in": 1.0, "slow": 1.3})
+    outcome = keep_never_slower(_model("in"), [Stage("fuse", _model("slow"))], check_on(backend), {"x": None})
+    assert outcome.kept == 0 and outcome.report["rolled_back"] == ["fuse"]
+    # the quick look ends early; the three timings with the input's copy (the noise) run every round
+    assert backend.rounds_taken == [2, 3, 3, 3]

@@ -113,3 +113,13 @@ def test_storing_weights_may_use_half_the_room_the_plan_left():
 
     assert _half_the_room(Budget(cos=0.99), {"cosine": 0.994, "sqnr_db": 30.0}) == {"cosine": 0.992}
     assert _half_the_room(Budget(cos=0.99, sqnr=20.0), {"cosine": 1.0, "sqnr_db": 30.0}) == {"cosine": 0.995, "sqnr_db": 25.0}
+
+
+def test_when_every_layer_at_once_breaks_the_budget_the_best_quantizable_half_is_tried():
+    model = _conv_chain(layers=4, outlier_layer=1)  # block1's weight loses most to int8
+    calibration = _spiky_calibration(model)
+    _, stats, _ = quantize(model, calibration, latency="off", budget="cos=0.9999", mode="static")
+    trials = stats["stored_weights"]["trials"]
+    assert [(t["layers"], t["form"], t["ok"]) for t in trials] == [(4, "folded", False), (2, "targets", True)]
+    stored = {row["node"] for row in stats["layers"] if row["decision"] == "int8 weights"}
+    assert len(stored) == 2 and "block1/conv" not in stored
