@@ -1,6 +1,7 @@
 """Deployment targets side by side: ORT fp32/int8/fp16, `.ort`, LiteRT fp32/fp16/int8, on this host.
 
     python benchmarks/targets.py [--out benchmarks/results] [--models det,rec,cls,demo,cnn,encoder] [--seconds 2]
+                                 [--variants "LiteRT int8,LiteRT int8-mixed"]
 
 Models: PP-OCRv4 det/rec and PP-OCR cls (from the rapidocr-onnxruntime 1.4.4 wheel, `common.fetch_models`,
 or `$GRAPHOPT_MODELS` holding the .onnx files; inputs fixed at the shapes of `common.PP_OCR_MODELS`,
@@ -14,8 +15,11 @@ encoder built as `tests/torch_models.py` builds them. Every variant starts from 
   not faster on x86); ORT fp16 + compact: then the `compact` pass (node names dropped, inner
   tensors renamed, default attributes dropped: the smallest file);
 - .ort: `--emit ort` of the fp32 model, run in onnxruntime;
-- LiteRT fp32 / fp16 / int8: `--emit tflite` at each precision, run in ai_edge_litert's
+- LiteRT fp32 / fp16 / int8 / int8-mixed: `--emit tflite` at each precision, run in ai_edge_litert's
   interpreter (XNNPACK, 1 thread).
+
+`--variants` runs only those (and ORT fp32, the baseline of every ratio) and puts their rows into
+the results already written, in place of the same model's and variant's earlier row.
 
 Data: synthetic text images (`text_images.py`) for PP-OCR, random images for the demo and the
 CNN, random token ids for the encoder: 16 calibration samples, 4 others for evaluation.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -123,7 +128,7 @@ class LitertRunner:
         return restore_layout(raw, reference)[0]
 
 
-def bench(label, model, calibration, evaluation, seconds: float, scratch: Path) -> list[dict]:
+def bench(label, model, calibration, evaluation, seconds: float, scratch: Path, variants: set | None = None) -> list[dict]:
     passes = (["opset"] if label in KIND else []) + ["cleanup", "fuse"]
     options = {"opset": {"target": 13}} if label in KIND else {}
     base = graphopt.optimize(model, passes=passes, options=options, calibration=calibration, inputs=evaluation)
@@ -136,6 +141,8 @@ def bench(label, model, calibration, evaluation, seconds: float, scratch: Path) 
     rows, runners = [], {}
 
     def add(variant, build):
+        if variants and variant not in variants and variant != "ORT fp32":
+            return
         started = time.perf_counter()
         row = {"model": label, "variant": variant}
         try:
@@ -178,7 +185,7 @@ def bench(label, model, calibration, evaluation, seconds: float, scratch: Path) 
         return runner, data, [dict(zip(names, runner(s))) for s in samples], {"verified": report["emit"]["verification"]["ok"]}
     add(".ort (ORT Mobile format)", ort_format)
 
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp32", "fp16", "int8", "int8-mixed"):
         def litert(precision=precision):
             out = scratch / f"m.{precision}.tflite"
             report = graphopt.optimize_to_file(str(source), out, passes=["cleanup"], inputs=evaluation, calibration=calibration,
@@ -187,6 +194,8 @@ def bench(label, model, calibration, evaluation, seconds: float, scratch: Path) 
             runner = LitertRunner(data, fp32)
             runner.data = data
             extra = {"verified": report["emit"]["verification"]["ok"], "layout": report["emit"].get("layout")}
+            if "mixed_precision" in report["emit"]:
+                extra["mixed_precision"] = report["emit"]["mixed_precision"]
             return runner, data, runner.outputs(samples, reference), extra
         add(f"LiteRT {precision}", litert)
 
@@ -226,15 +235,30 @@ def interleaved(runners: dict, feed: dict, seconds: float, rounds: int = 5) -> d
     return {variant: statistics.median(values) for variant, values in times.items()}
 
 
-def write(rows: list[dict], out: Path, command: str, load_at_start: float) -> None:
+def write(rows: list[dict], out: Path, command: str, load_at_start: float, merge: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "targets.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     load = f"1-minute load average {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at this write ({os.cpu_count()} cores)"
-    lines = ["# Deployment targets on this host (1 thread)", "", f"`{command}`", "", load, "",
+    header = [f"`{command}`", "", load]
+    if merge and (out / "targets.json").is_file():
+        # the earlier run's baseline row stays: the earlier rows' ratios are to it, the new rows' to this run's
+        new = {(row["model"], row["variant"]): row for row in rows if row["variant"] != "ORT fp32"}
+        earlier = (out / "targets.md").read_text().splitlines()
+        header = [*earlier[2:earlier.index(next(line for line in earlier if line.startswith("| model")))],
+                  f"Rows {', '.join(sorted({v for _, v in new}))} of {', '.join(sorted({m for m, _ in new}))} rerun: " + " ".join(header)]
+        old = json.loads((out / "targets.json").read_text())
+        rows = [new.pop((row["model"], row["variant"]), row) for row in old]
+        for row in new.values():  # a variant the earlier run had not: after its model's last row
+            last = max((i for i, have in enumerate(rows) if have["model"] == row["model"]), default=len(rows) - 1)
+            rows.insert(last + 1, row)
+    (out / "targets.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    lines = ["# Deployment targets on this host (1 thread)", "", *header, "",
              "| model | variant | median ms | × ORT fp32 | cosine | bytes | bytes × fp32 | float bytes × fp32 | energy × fp32 | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         note = row.get("error", "") or ("verified" if row.get("verified") else "")
+        if row.get("mixed_precision"):
+            mixed = row["mixed_precision"]
+            note += f" ({mixed['int8_nodes']} of {mixed['nodes']} nodes int8)"
         lines.append(f"| {row['model']} | {row['variant']} | {row.get('median_ms', '')} | {row.get('latency_vs_ort_fp32', '')} | "
                      f"{round(row['cosine'], 6) if 'cosine' in row else ''} | {row.get('bytes', '')} | {row.get('bytes_vs_fp32', '')} | "
                      f"{row.get('float_bytes_vs_fp32', '')} | {row.get('energy_vs_fp32', '')} | {note} |")
@@ -246,13 +270,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--models", default="det,rec,cls,demo,cnn,encoder")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per variant, in all")
+    parser.add_argument("--variants", help="only these variants (comma-separated; ORT fp32 always), merged into the results")
     args = parser.parse_args()
     rows, load_at_start = [], os.getloadavg()[0]
+    command = "python benchmarks/targets.py " + shlex.join(sys.argv[1:])
+    variants = set(args.variants.split(",")) if args.variants else None
     with tempfile.TemporaryDirectory(prefix="graphopt-targets-") as scratch:
         for label, (model, calibration, evaluation) in load_models(args.models.split(",")).items():
             print(f"{label} ...", flush=True)
-            rows += bench(label, model, calibration, evaluation, args.seconds, Path(scratch))
-            write(rows, Path(args.out), "python benchmarks/targets.py " + " ".join(sys.argv[1:]), load_at_start)
+            rows += bench(label, model, calibration, evaluation, args.seconds, Path(scratch), variants)
+            if not variants:  # a whole run is written as it goes; a partial one is merged once, at the end
+                write(rows, Path(args.out), command, load_at_start)
+    if variants:
+        write(rows, Path(args.out), command, load_at_start, merge=True)
     for row in rows:
         print({k: v for k, v in row.items() if k not in ("layout",)})
 

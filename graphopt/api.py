@@ -118,7 +118,7 @@ def optimize_to_file(
     """`optimize`, then the result written to `output` (atomic, checked); returns the report.
 
     Takes `optimize`'s keyword arguments, and `emit` (`"ort"`, `"tflite"`) with `emit_precision`
-    (tflite: `"fp32"`, `"fp16"`, `"int8"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
+    (tflite: `"fp32"`, `"fp16"`, `"int8"`, `"int8-mixed"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
     there by passes, are streamed into the output's data file, never gathered in memory: the
     way to write a model of several GiB. `external_data` writes one even when it would fit.
     """

@@ -16,8 +16,9 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--emit", choices=EMIT_FORMATS, default="onnx",
                         help="write the model for this runtime, verified in it first: onnx (default), ort "
                              "(ORT format + required_operators.config), tflite (LiteRT flatbuffer; graphopt[tflite])")
-    parser.add_argument("--emit-precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                        help="--emit tflite: float32, float16 weights, or full-integer int8 from --calibration")
+    parser.add_argument("--emit-precision", choices=("fp32", "fp16", "int8", "int8-mixed"), default="fp32",
+                        help="--emit tflite: float32, float16 weights, full-integer int8 from --calibration, or "
+                             "int8-mixed (int8 pieces where the accuracy allows, float32 where not)")
     parser.add_argument("--latency-on", metavar="BACKEND",
                         help="where latency decisions are timed: host-ort (default), host-litert (default with --emit "
                              "tflite), none (accuracy and MACs only), or a plugin's backend")
@@ -46,5 +47,8 @@ def describe_emit(report: dict) -> str | None:
     files = ", ".join(f"{path} ({size:,} bytes)" for path, size in emitted["bytes"].items())
     layout = "; layout " + ", ".join(f"{name} {how}" for name, how in emitted["layout"].items() if how != "same") \
         if any(how != "same" for how in emitted.get("layout", {}).values()) else ""
+    mixed = emitted.get("mixed_precision")
+    pieces = (f"; {mixed['int8_nodes']} of {mixed['nodes']} nodes int8, float32: {', '.join(mixed['float_pieces']) or 'none'}"
+              if mixed else "")
     return (f"emitted {emitted['format']} {emitted['precision']}: {files}; verified in {verification['runtime']} "
-            f"({verification['bar']}, worst cosine {worst:.6f}){layout}")
+            f"({verification['bar']}, worst cosine {worst:.6f}){layout}{pieces}")

@@ -31,13 +31,14 @@ import numpy as np
 import onnx
 
 from graphopt.emit.tflite_fp16 import with_float16_weights
+from graphopt.emit.tflite_int8_calibration import calibration_files, graphopt_calibration
 from graphopt.emit.tflite_int8_forms import int8_friendly
 from graphopt.emit.tflite_int8_qparams import reconcile_passthrough_qparams
 from graphopt.errors import InputError, UsageError
 
 __all__ = ["require_tflite", "convert_to_tflite", "run_tflite", "restore_layout", "prepare_interpreter", "TfliteModel", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-mixed")
 # fp16 starts from the float32 flatbuffer: its weights are halved behind DEQUANTIZE (tflite_fp16)
 _FILES = {"fp32": "_float32.tflite", "fp16": "_float32.tflite", "int8": "_integer_quant.tflite"}
 
@@ -77,6 +78,7 @@ class TfliteModel:
     flatbuffer: bytes
     precision: str
     rewritten: dict[str, int] = dataclasses.field(default_factory=dict)  # ops rewritten for onnx2tf's int8 writer
+    mixed: dict | None = None  # int8-mixed: the pieces kept float32 and why (tflite_mixed)
 
 
 def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibration: dict[str, np.ndarray] | None = None) -> TfliteModel:
@@ -90,6 +92,12 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
 
     if precision not in PRECISIONS:
         raise UsageError(f"tflite precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "int8-mixed":
+        if not calibration:
+            raise UsageError("--emit tflite with int8-mixed needs calibration data (--calibration)")
+        from graphopt.emit.tflite_mixed import convert_mixed
+        data, chosen = convert_mixed(model, calibration, convert_to_tflite)
+        return TfliteModel(data, precision, mixed=chosen)
     rewritten: dict[str, int] = {}
     if precision == "int8":
         model, rewritten = int8_friendly(model)  # forms its strict integer writer quantizes (tflite_int8_forms)
@@ -102,12 +110,12 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
             if not calibration:
                 raise UsageError("--emit tflite with int8 needs calibration data (--calibration)")
             settings.update(output_integer_quantized_tflite=True, input_quant_dtype="int8", output_quant_dtype="int8",
-                            custom_input_op_name_np_data_path=_calibration_files(model, calibration, Path(folder)))
+                            custom_input_op_name_np_data_path=calibration_files(model, calibration, Path(folder)))
         captured = io.StringIO()
         written = Path(folder) / "out" / f"model{_FILES[precision]}"
         try:
             with (contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _rank1_bias_axis() as per_channel,
-                  _recursion_limit(_ONNX2TF_RECURSION_LIMIT)):
+                  graphopt_calibration(), _recursion_limit(_ONNX2TF_RECURSION_LIMIT)):
                 onnx2tf.convert(**settings, **({"quant_type": "per-channel" if per_channel else "per-tensor"} if precision == "int8" else {}))
         except BaseException as error:  # onnx2tf exits (SystemExit) on some unsupported models
             if isinstance(error, KeyboardInterrupt):
@@ -154,22 +162,6 @@ def _rank1_bias_axis():
         yield True
     finally:
         quantization._quantize_bias_tensor = original
-
-
-def _calibration_files(model: onnx.ModelProto, calibration: dict[str, np.ndarray], folder: Path) -> list:
-    """onnx2tf's calibration list: one .npy per input, channels last for images, mean 0, std 1."""
-    entries = []
-    for value in model.graph.input:
-        if value.name not in calibration:
-            continue
-        samples = np.asarray(calibration[value.name], dtype=np.float32)  # (N, *input shape), batch 1 each
-        data = samples.reshape((-1,) + samples.shape[2:])  # onnx2tf wants (N, ...) with the batch axis merged
-        if data.ndim >= 3:  # (N, C, ...) -> (N, ..., C), as onnx2tf lays the flatbuffer's input out
-            data = np.moveaxis(data, 1, -1)
-        path = folder / f"calibration_{len(entries)}.npy"
-        np.save(path, data)
-        entries.append([value.name, str(path), np.zeros(1, np.float32), np.ones(1, np.float32)])
-    return entries
 
 
 def _reason(error: BaseException | None, log: str) -> str:

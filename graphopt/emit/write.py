@@ -4,7 +4,7 @@ Verification runs the converted model in its own runtime (onnxruntime for `.ort`
 interpreter for `.tflite`) on the verification inputs (`--inputs`, else `--calibration`, else
 generated), against onnxruntime running the optimized ONNX with all optimizations. Float32
 targets must agree to 1e-4 of each output's range (`max_abs / max|reference|`); float16 to
-cosine 0.999; int8 to cosine 0.99. A miss is a VerificationError (exit 1) and nothing is
+cosine 0.999; int8 and int8-mixed to cosine 0.99. A miss is a VerificationError (exit 1) and nothing is
 written; otherwise every file is written to a temporary name in the output's folder and renamed.
 """
 
@@ -25,7 +25,7 @@ __all__ = ["emit_model", "EXTENSIONS", "verify_outputs"]
 EXTENSIONS = {"onnx": ".onnx", "ort": ".ort", "tflite": ".tflite"}
 _MAX_SAMPLES = 8
 _RANGE_TOLERANCE = 1e-4
-_COSINE = {"fp16": 0.999, "int8": 0.99}
+_COSINE = {"fp16": 0.999, "int8": 0.99, "int8-mixed": 0.99}
 
 
 def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settings: dict) -> dict:
@@ -38,6 +38,7 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
     samples, calibration = _feeds(model, settings)
     layouts: dict[str, str] = {}
     rewritten: dict[str, int] = {}
+    mixed = None
     if emit == "ort":
         from graphopt.emit.ort_format import convert_to_ort, ort_session
 
@@ -57,6 +58,7 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
         reference = _onnxruntime_outputs(model, samples)
         files = {output: converted.flatbuffer}
         rewritten = converted.rewritten
+        mixed = converted.mixed
         raw, layouts = run_tflite(converted.flatbuffer, samples, model)
         got, output_layouts = restore_layout(raw, reference)
         layouts.update(output_layouts)
@@ -70,6 +72,8 @@ def emit_model(model: onnx.ModelProto, output, emit: str, precision: str, settin
              "bytes": {str(path): len(data) for path, data in files.items()}, "verification": verification}
     if rewritten:
         entry["rewritten_for_converter"] = rewritten
+    if mixed:
+        entry["mixed_precision"] = mixed
     if layouts:
         entry["layout"] = layouts
         entry["layout_note"] = ("LiteRT lays images out channels last: inputs marked NCHW→NHWC are fed transposed, "
