@@ -56,7 +56,7 @@ def fastest(float_model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto]
     """(the mode whose model ran fastest, per mode its time and float's, timed together on `latency`)."""
     times = time_models({"float": float_model, **candidates}, feed, latency)
     rows = {mode: {"ms": round(times[mode], 3), "float_ms": round(times["float"], 3),
-                   "ratio": round(times[mode] / times["float"], 3)} for mode in candidates}
+                   "ratio": round(times[mode] / times["float"], 3), "bytes": candidates[mode].ByteSize()} for mode in candidates}
     return min(candidates, key=lambda mode: times[mode]), rows
 
 

@@ -45,20 +45,19 @@ __all__ = ["Planner"]
 
 logger = logging.getLogger(__name__)
 _GUARD_ROUNDS = 4
-# The whole model must beat float by this much as measured: one timing on a shared machine
-# can be off by a few percent, and "never slower" has to survive the next measurement too.
+# The whole model must beat float by this much as measured ("never slower" must survive the next timing).
 _GUARD_MARGIN = 0.97
 _BUILT_KEPT = 3  # candidate models kept built (a few MB each)
 # A timing ends after two rounds when int8 is this far past its margin either way (a layer's
-# medians, of a few runs, move more than a whole model's): a close call takes every round, as
-# many and as long as before, so a layer near the margin is measured as it always was.
+# medians move more than a whole model's); a close call takes every round, as it always did.
 _PLAIN_LAYER, _PLAIN_MODEL = 0.25, 0.10
 
 
 class Planner:
     def __init__(self, model: onnx.ModelProto, targets: list[Target], options, calibration, evaluation, budget, seed: int,
-                 track=lambda items, desc, total: items, latency=None, slices=()):
+                 track=lambda items, desc, total: items, latency=None, slices=(), layer_times=None):
         self.model, self.targets, self.options = model, targets, options
+        self.layer_times = {} if layer_times is None else layer_times  # layers alike timed once; shared by planners of one model
         self.latency = latency if latency is not None else graphopt_latency.backend("host-ort")  # where int8 vs float is timed
         self.track = track  # PassContext.track: a progress bar over the long loops, when the run shows one
         self.calibration, self.evaluation, self.budget, self.seed = calibration, evaluation, budget, seed
@@ -158,6 +157,7 @@ class Planner:
             finals = {t.index: t.relu_output if t.relu_output and not self.signed else t.output for t in self.targets}
             self.bias_shift = bias_shifts(self.model, self.build([t.index for t in self.targets]), self.calibration,
                                           self.targets, finals)
+            self._built = {}  # built without the shifts: the plans judged next must carry them
             stats["bias_corrected"] = len(self.bias_shift)
         chosen = [t.index for t in self.targets]
         # `--latency-on none` times nothing: every layer is decided by accuracy alone.
@@ -304,7 +304,7 @@ class Planner:
     def _layer_latency(self, chosen: list[int]) -> list[int]:
         shapes = self._input_shapes()
         boundaries = self._integer_boundaries()
-        kept, timed_alike = [], {}  # layers alike (op, attributes, shapes, boundaries) are timed once
+        kept, timed_alike = [], self.layer_times  # layers alike (op, attributes, shapes, boundaries) are timed once
         for target in self.track(self.targets, "quantize: timing layers", len(self.targets)):
             shape = shapes.get(target.activation)
             alike = _layer_signature(self.model.graph.node[target.index], target, shape, boundaries[target.index])

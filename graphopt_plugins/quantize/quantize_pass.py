@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Literal
 
 import numpy as np
@@ -15,6 +16,7 @@ from graphopt.errors import PreconditionError, UsageError
 from graphopt.verify.feeds import generate_feeds
 from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
+from graphopt_plugins.quantize.ingredients import ingredient_plans
 from graphopt_plugins.quantize.equalization import equalize, equalized_model, middle_ranges
 from graphopt_plugins.quantize.mode_choice import candidate_modes, fastest, targets_for, trial_row
 from graphopt_plugins.quantize.planner import Planner
@@ -91,6 +93,7 @@ class Quantize(graphopt.Pass):
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
         safety: float = 0.0  # share of the budget's room the plan leaves unused (the back-off raises it; 1 = quantize nothing)
+        search_seconds: float = 20.0  # accuracy fixes (bias correction, percentile, adaptive rounding) are tried, before layers stay float, until the pass has run this long; 0 = never
         workers: int = 0  # sessions run side by side to judge plans and layers (0: one per core, at most 4); the figures do not depend on it
 
         def __post_init__(self):
@@ -106,6 +109,8 @@ class Quantize(graphopt.Pass):
                 raise ValueError("safety must be in [0, 1]")
             if self.max_samples < 1 or self.sensitivity_samples < 1:
                 raise ValueError("max_samples and sensitivity_samples must be >= 1")
+            if self.search_seconds < 0:
+                raise ValueError("search_seconds must be >= 0 (0: no accuracy fixes are tried)")
             if self.workers < 0:
                 raise ValueError("workers must be >= 0 (0: one per core, at most 4)")
             unknown = [op for op in self.op_types if op not in WEIGHT_OPS]
@@ -156,24 +161,30 @@ class Quantize(graphopt.Pass):
         ranges = middle_ranges(ctx.proto(), calibration) if options.equalize and options.weight_granularity == "per-channel" else None
         model, equalized = equalized_model(ctx.proto(), ranges) if options.equalize else (ctx.proto(), 0)
         budget = (Budget.parse(options.budget) or ctx.budget or _DEFAULT_BUDGET).tightened(options.safety)
-        plans = {}
+        plans, untried, layer_times, started = {}, [], {}, time.perf_counter()
         for mode, (targets, skipped) in found.items():
-            planner = Planner(model, targets, dataclasses.replace(options, mode=mode), calibration, evaluation, budget, ctx.seed,
-                              track=lambda items, desc, total: ctx.track(items, desc=desc, total=total), latency=latency,
-                              slices=ctx.output_slices)
-            chosen, stats = planner.plan()
-            stats.update(data=origin, held_out_samples=held_out, skipped=skipped, mode=mode, **({"safety": options.safety} if options.safety else {}),
-                         **({"equalized_pairs": equalized} if options.equalize else {}))
-            plans[mode] = (planner, chosen, stats)
+            def plan(planned_options, targets=targets, skipped=skipped, mode=mode):
+                planner = Planner(model, targets, planned_options, calibration, evaluation, budget, ctx.seed, latency=latency,
+                                  track=lambda items, desc, total: ctx.track(items, desc=desc, total=total),
+                                  slices=ctx.output_slices, layer_times=layer_times)
+                chosen, stats = planner.plan()
+                stats.update(data=origin, held_out_samples=held_out, skipped=skipped, mode=mode, **({"safety": options.safety} if options.safety else {}),
+                             **({"equalized_pairs": equalized} if options.equalize else {}))
+                return planner, chosen, stats
+            plans[mode] = plan(dataclasses.replace(options, mode=mode))
+            fixes, not_tried = ingredient_plans(mode, dataclasses.replace(options, mode=mode), plans[mode][2], plan, started)
+            plans.update(fixes)
+            untried += not_tried
         mode, timings = next(iter(plans)), {}
         useful = {m: p for m, p in plans.items() if p[1] or p[0].stored != NOTHING_STORED}
-        if len(useful) > 1:
-            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()}, planner.timing_feed(), latency)
-        elif useful:
-            mode = next(iter(useful))
+        if len(useful) > 1 and options.latency == "auto" and latency.measures:
+            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()},
+                                    next(iter(useful.values()))[0].timing_feed(), latency)
+        elif useful:  # untimed: the plan with the most int8 layers, the first among equals
+            mode = max(useful, key=lambda m: len(useful[m][1]))
         planner, chosen, stats = plans[mode]
-        if options.mode == "auto":
-            stats.update(mode_requested="auto", mode_trials=[trial_row(m, p[2], timings.get(m)) for m, p in plans.items()])
+        if options.mode == "auto" or len(plans) > 1 or untried:
+            stats.update(mode_requested=options.mode, chosen_plan=mode, mode_trials=[trial_row(m, p[2], timings.get(m)) for m, p in plans.items()] + untried)
         if not chosen and planner.stored == NOTHING_STORED:
             ctx.logger.info("quantize: nothing quantized (%s)", stats.get("reason", "every layer kept float"))
             return graphopt.PassResult(changed=False, stats=stats)
