@@ -12,7 +12,8 @@ kernels throughout (int8 weights per channel and activations, float32 inputs and
 onnx2tf's `_integer_quant` flatbuffer), calibrated on the given samples; HardSigmoid is handed
 to it as RELU6 arithmetic, and GlobalAveragePool as a FULLY_CONNECTED mean, which it quantizes
 well (`tflite_int8_forms`); the ops that cannot rescale get equal input and output quantization
-afterwards (`tflite_int8_qparams`). onnx2tf's int8
+afterwards (`tflite_int8_qparams`), and BATCH_MATMUL's constant operands are requantized per
+tensor, the one form LiteRT's kernel reads (`tflite_int8_matmul`). onnx2tf's int8
 writer is strict: an op it cannot quantize (a MatMul of two activations, a comparison) fails the
 conversion, and so the emit, with the reason it gave.
 """
@@ -33,6 +34,7 @@ import onnx
 from graphopt.emit.tflite_fp16 import with_float16_weights
 from graphopt.emit.tflite_int8_calibration import calibration_files, graphopt_calibration
 from graphopt.emit.tflite_int8_forms import int8_friendly
+from graphopt.emit.tflite_int8_matmul import per_tensor_matmul_constants
 from graphopt.emit.tflite_int8_qparams import reconcile_passthrough_qparams
 from graphopt.errors import InputError, UsageError
 
@@ -132,6 +134,9 @@ def convert_to_tflite(model: onnx.ModelProto, precision: str = "fp32", calibrati
             data, reconciled = reconcile_passthrough_qparams(data)  # tflite_int8_qparams
             if reconciled:
                 rewritten["passthrough_quantization_aligned"] = reconciled
+            data, requantized = per_tensor_matmul_constants(data)  # tflite_int8_matmul
+            if requantized:
+                rewritten["batch_matmul_constants_per_tensor"] = requantized
         return TfliteModel(with_float16_weights(data) if precision == "fp16" else data, precision, rewritten)
 
 

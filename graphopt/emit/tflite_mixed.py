@@ -39,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 MAX_PIECES = 12
 TARGET = 0.992  # on the calibration samples; the emit's bar on the verification inputs is 0.99
-_CHOICE_SAMPLES = 8
+# the choice runs on up to this many calibration samples: on 8 of rec's 16 it kept pieces that
+# reached 0.9928 there and 0.9873 on held-out images (0.9912 on all 16)
+_CHOICE_SAMPLES = 32
 
 
 def convert_mixed(model: onnx.ModelProto, calibration: dict[str, np.ndarray], convert) -> tuple[bytes, dict]:
