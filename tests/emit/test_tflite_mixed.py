@@ -134,3 +134,50 @@ def test_a_batch_2_int64_encoder_is_calibrated_whole_and_its_attention_stays_flo
     # onnx2tf's own calibration fed batch 1 and float32: "RESHAPE failed to prepare (512 != 1024)" before
     assert report["emit"]["verification"]["ok"] and min(r["cosine"] for r in report["emit"]["verification"]["outputs"].values()) >= 0.99
     assert mixed["int8_nodes"] > 0 and any("Weight tensor must be constant" in piece for piece in mixed["float_pieces"])
+
+
+def square_chain() -> onnx.ModelProto:
+    """image (1, 3, 16, 16) -> Conv 16 -> Relu -> Conv 16 -> Relu -> Conv 8 -> Relu -> Conv 4: the first tensors are (1, 16, 16, 16)."""
+    rng = np.random.default_rng(0)
+    nodes, weights, x = [], [], "image"
+    for layer, (cin, cout) in enumerate([(3, 16), (16, 16), (16, 8), (8, 4)]):
+        weights += [numpy_helper.from_array(rng.normal(0, (2.0 / (9 * cin)) ** 0.5, (cout, cin, 3, 3)).astype(np.float32), f"w{layer}"),
+                    numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), f"b{layer}")]
+        out = "logits" if layer == 3 else f"c{layer}"
+        nodes.append(helper.make_node("Conv", [x, f"w{layer}", f"b{layer}"], [out], pads=[1, 1, 1, 1]))
+        x = out
+        if layer < 3:
+            nodes.append(helper.make_node("Relu", [x], [f"r{layer}"]))
+            x = f"r{layer}"
+    graph = helper.make_graph(nodes, "square_chain", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 4, 16, 16])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_pieces_are_cut_only_where_the_shape_tells_the_layout_and_each_computes_its_part():
+    from graphopt.emit.tflite import convert_to_tflite
+    from graphopt.emit.tflite_mixed import _restored
+    from graphopt.emit.tflite_segments import cut_into_pieces, cuts, piece_feeds
+
+    model = square_chain()
+    found = cuts(model)
+    # a (1, 16, 16, 16) tensor is the same shape channels first and last: a piece handing it over was read back
+    # untransposed (the torch CNN's stem piece: cosine 0.008 alone), so only the 8-channel tensors are cuts
+    assert found and all(names == ["r2"] or names == ["c2"] for names in found.values())
+    pieces = cut_into_pieces(model, sorted(found))
+    images = _images(2, 4)
+    feeds = {**images, **piece_feeds(model, images, ["c2", "r2"])}
+    for piece in pieces:
+        samples = [{name: feeds[piece.originals[name]][i] for name in piece.inputs} for i in range(2)]
+        session = _session(piece.model)
+        expected = [dict(zip(piece.outputs, session.run(piece.outputs, s))) for s in samples]
+        got = _restored(convert_to_tflite(piece.model, "fp32").flatbuffer, piece.model, samples, expected)
+        for name in piece.outputs:
+            reference = np.stack([e[name] for e in expected])
+            np.testing.assert_allclose(np.stack([g[name] for g in got]), reference, atol=1e-4 * np.abs(reference).max())
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
