@@ -29,7 +29,7 @@ from graphopt.model_io import read_model, save_model
 from graphopt.pipeline import PipelineSettings, run_pipeline
 from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, initializer_nbytes, iter_tensors, serialized_bytes
 from graphopt.registry import configure_passes, load_registry
-from graphopt.report import REPORT_SCHEMA, run_report
+from graphopt.report import REPORT_SCHEMA, growth_warnings, run_report
 from graphopt.summary import model_bytes, summarize
 from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
 from graphopt.verify.feeds import check_feeds
@@ -226,7 +226,8 @@ def _optimized(
             output_summary=count_macs_at(output_summary, final, at), passes=outcome.passes, verify=verify,
             samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
             end_to_end=outcome.end_to_end,
-            warnings=list(loaded.warnings) + model_warnings + pass_warnings(outcome.passes) + _judged_on_fitting_data(origin, outcome.passes),
+            warnings=list(loaded.warnings) + model_warnings + pass_warnings(outcome.passes) + _judged_on_fitting_data(origin, outcome.passes)
+            + growth_warnings(input_summary.get("bytes"), output_summary.get("bytes"), outcome.passes),
             latency=timer.report())
         report["verification"]["shapes"] = {name: c.to_dict() for name, c in chosen.items()}
         report["verification"]["frozen"] = freeze_shapes

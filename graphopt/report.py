@@ -7,7 +7,7 @@ import dataclasses
 
 from graphopt.jsonable import to_jsonable
 
-__all__ = ["REPORT_SCHEMA", "pass_entry", "run_report", "brief", "pass_lines"]
+__all__ = ["REPORT_SCHEMA", "pass_entry", "run_report", "brief", "pass_lines", "growth_warnings"]
 
 REPORT_SCHEMA = "graphopt.report/1"
 
@@ -49,6 +49,21 @@ def run_report(*, version: str, input_summary: dict, output_summary: dict, passe
         "latency": latency,
         "warnings": list(warnings),
     }
+
+
+def growth_warnings(input_bytes: int | None, output_bytes: int | None, passes: list[dict]) -> list[str]:
+    """Why the output is larger than the input, when it is: the passes that grew it, by how much.
+
+    The usual cause is weights the input computes when it runs (ConstantOfShape, Expand, Tile
+    of a small constant) that folding stores, or that a fold into them (BatchNormalization into
+    a Conv) has to store."""
+    if not input_bytes or not output_bytes or output_bytes <= input_bytes:
+        return []
+    grew = [f"{e['name']} {e['bytes_before']:,} -> {e['bytes_after']:,}" for e in passes
+            if e.get("status") == "accepted" and e.get("bytes_before") and e.get("bytes_after") and e["bytes_after"] > e["bytes_before"]]
+    return [f"the output ({output_bytes:,} bytes) is larger than the input ({input_bytes:,}): grown by "
+            f"{', '.join(grew) or 'the final export'} (typically: weights the input computes when it runs, with "
+            f"ConstantOfShape, Expand or Tile, are stored once folded, or once another node is folded into them)"]
 
 
 def brief(details: dict) -> str:

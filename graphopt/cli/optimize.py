@@ -117,6 +117,8 @@ def run(args) -> int:
             print(describe_emit(report))
         for line in pass_lines(report):
             print(line)
+        for warning in report["warnings"]:  # the run's warnings again, where the result is summed up
+            print(f"warning: {warning}")
     return 0
 
 
