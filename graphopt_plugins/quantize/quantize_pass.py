@@ -172,7 +172,7 @@ class Quantize(graphopt.Pass):
                              **({"equalized_pairs": equalized} if options.equalize else {}))
                 return planner, chosen, stats
             plans[mode] = plan(dataclasses.replace(options, mode=mode))
-            fixes, not_tried = ingredient_plans(mode, dataclasses.replace(options, mode=mode), plans[mode][2], plan, started)
+            fixes, not_tried = ingredient_plans(mode, dataclasses.replace(options, mode=mode), plans[mode][2], plan, started, budget)
             plans.update(fixes)
             untried += not_tried
         mode, timings = next(iter(plans)), {}

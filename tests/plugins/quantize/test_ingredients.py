@@ -17,12 +17,13 @@ def _case():
         _, stats, _ = quantize(model, calibration, mode="static", reduce_range="on", bias_correction=corrected,
                                latency="off", auto=False)
         cosine[corrected] = stats["cosine"]
-    assert cosine[True] > cosine[False]
-    return model, calibration, f"cos={(cosine[True] + cosine[False]) / 2:.6f}"  # only the corrected plan meets it
+    # A budget the uncorrected plan misses and the corrected one clears by half its room.
+    assert cosine[False] < 2 * cosine[True] - 1
+    return model, calibration, f"cos={(cosine[False] + 2 * cosine[True] - 1) / 2:.7f}", cosine
 
 
 def test_a_layer_bias_correction_saves_is_int8_instead_of_float():
-    model, calibration, budget = _case()
+    model, calibration, budget, _ = _case()
     quantized, stats, entry = quantize(model, calibration, mode="static", reduce_range="on", latency="off", budget=budget)
     assert entry["status"] == "accepted"
     assert stats["chosen_plan"] == "static+bias_correction" and stats["quantized"] == 1 and stats["bias_corrected"] == 1
@@ -33,7 +34,7 @@ def test_a_layer_bias_correction_saves_is_int8_instead_of_float():
 
 
 def test_no_fix_is_tried_past_search_seconds():
-    model, calibration, budget = _case()
+    model, calibration, budget, _ = _case()
     _, stats, _ = quantize(model, calibration, mode="static", reduce_range="on", latency="off", budget=budget, search_seconds=0)
     assert stats["chosen_plan"] == "static" and stats["quantized"] == 0
     assert [row["mode"] for row in stats["mode_trials"]] == ["static", "static+bias_correction", "static+adaptive_rounding",
@@ -42,6 +43,15 @@ def test_no_fix_is_tried_past_search_seconds():
 
 
 def test_a_plan_that_kept_nothing_float_for_accuracy_searches_nothing():
-    model, calibration, _ = _case()
+    model, calibration, _, _ = _case()
     _, stats, _ = quantize(model, calibration, mode="static", reduce_range="on", latency="off", budget="cos=0.5")
     assert harmful(stats) == 0 and "mode_trials" not in stats
+
+
+def test_a_fix_that_meets_the_budget_only_at_its_edge_is_not_a_candidate():
+    model, calibration, _, cosine = _case()
+    edge = f"cos={(2 * cosine[True] - 1 + cosine[True]) / 2:.7f}"  # met by the corrected plan, but not by half the room
+    _, stats, _ = quantize(model, calibration, mode="static", reduce_range="on", latency="off", budget=edge)
+    assert stats["chosen_plan"] == "static" and stats["quantized"] == 0
+    (refused,) = [row for row in stats["mode_trials"] if row["mode"] == "static+bias_correction"]
+    assert "half its room" in refused["why"] and refused["quantized"] == 1
