@@ -117,12 +117,20 @@ def _may_fold(node: gs.Node) -> bool:
     if node.op in NONDETERMINISTIC:
         logger.debug("not folding %s (%s): its value is random", node.name, node.op)
         return False
-    if node.op in QUANTIZATION:
+    if node.op in QUANTIZATION or _widens_a_stored_weight(node):
         logger.debug("not folding %s (%s): a quantized weight stays quantized", node.name, node.op)
         return False
     if node.attrs and (graph_queries.node_subgraphs(node) or any(isinstance(value, gs.Node.AttributeRef) for value in node.attrs.values())):
         return False  # a body is not folded; a function's attribute reference has no value here
     return True
+
+
+def _widens_a_stored_weight(node: gs.Node) -> bool:
+    """A Cast of an 8-bit integer constant to a float: a weight stored int8 and restored at load
+    (quantize's folded form); folded here it would be stored at 2-4x the bytes again."""
+    source = node.inputs[0] if node.op == "Cast" and node.inputs else None
+    return (isinstance(source, gs.Constant) and np.dtype(source.dtype) in (np.dtype(np.int8), np.dtype(np.uint8))
+            and int(node.attrs.get("to", 0)) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE))
 
 
 def _reads_only_constants(node: gs.Node) -> bool:

@@ -123,3 +123,15 @@ def test_when_every_layer_at_once_breaks_the_budget_the_best_quantizable_half_is
     assert [(t["layers"], t["form"], t["ok"]) for t in trials] == [(4, "folded", False), (2, "targets", True)]
     stored = {row["node"] for row in stats["layers"] if row["decision"] == "int8 weights"}
     assert len(stored) == 2 and "block1/conv" not in stored
+
+
+def test_cleanup_run_again_on_the_result_keeps_the_stored_weights_int8():
+    # A second graphopt run (cleanup folds constants) must not fold Cast(int8) -> float back.
+    model = _conv_chain(layers=3)
+    calibration = _spiky_calibration(model)
+    quantized, stats, _ = quantize(model, calibration, latency="off", budget="cos=0.999", mode="static")
+    assert stats["stored_int8"] >= 1
+    import graphopt
+
+    again = graphopt.optimize(quantized, passes=["cleanup", "fuse"], never_slower=False)
+    assert again.model.ByteSize() <= quantized.ByteSize() and not _float_matrices(again.model)
