@@ -14,6 +14,16 @@ from graphopt.cli import main
 from graphopt.errors import VerificationError
 
 
+
+def _conv_relu(nodes: list, x: str, layer: int, last: bool) -> str:
+    """Appends Conv(x, w{layer}, b{layer}) and, unless `last` (the output "logits"), a Relu; returns the new tensor."""
+    out = "logits" if last else f"c{layer}"
+    nodes.append(helper.make_node("Conv", [x, f"w{layer}", f"b{layer}"], [out], pads=[1, 1, 1, 1]))
+    if last:
+        return out
+    nodes.append(helper.make_node("Relu", [out], [f"r{layer}"]))
+    return f"r{layer}"
+
 def conv_chain(sqrt: bool = False, outlier: float = 1.0, seed: int = 0) -> onnx.ModelProto:
     """image (1, 3, 16, 16) -> six 3x3 Conv+Relu layers of 8 channels -> logits (1, 4, 16, 16).
 
@@ -32,12 +42,7 @@ def conv_chain(sqrt: bool = False, outlier: float = 1.0, seed: int = 0) -> onnx.
         if layer == 2:
             w[:, 0] /= outlier
         weights += [numpy_helper.from_array(w, f"w{layer}"), numpy_helper.from_array(b, f"b{layer}")]
-        out = "logits" if layer == 5 else f"c{layer}"
-        nodes.append(helper.make_node("Conv", [x, f"w{layer}", f"b{layer}"], [out], pads=[1, 1, 1, 1]))
-        x = out
-        if layer < 5:
-            nodes.append(helper.make_node("Relu", [x], [f"r{layer}"]))
-            x = f"r{layer}"
+        x = _conv_relu(nodes, x, layer, last=layer == 5)
         if sqrt and layer == 2:
             weights.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
             nodes += [helper.make_node("Add", [x, "one"], ["shifted"]), helper.make_node("Sqrt", ["shifted"], ["rooted"])]
@@ -143,12 +148,7 @@ def square_chain() -> onnx.ModelProto:
     for layer, (cin, cout) in enumerate([(3, 16), (16, 16), (16, 8), (8, 4)]):
         weights += [numpy_helper.from_array(rng.normal(0, (2.0 / (9 * cin)) ** 0.5, (cout, cin, 3, 3)).astype(np.float32), f"w{layer}"),
                     numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), f"b{layer}")]
-        out = "logits" if layer == 3 else f"c{layer}"
-        nodes.append(helper.make_node("Conv", [x, f"w{layer}", f"b{layer}"], [out], pads=[1, 1, 1, 1]))
-        x = out
-        if layer < 3:
-            nodes.append(helper.make_node("Relu", [x], [f"r{layer}"]))
-            x = f"r{layer}"
+        x = _conv_relu(nodes, x, layer, last=layer == 3)
     graph = helper.make_graph(nodes, "square_chain", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
                               [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 4, 16, 16])], weights)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
