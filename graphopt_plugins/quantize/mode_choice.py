@@ -5,8 +5,8 @@ quantizes a MatMul's input on every call (DynamicQuantizeMatMul) and has no int8
 faster depends on the model and the runtime: on this CPU, convolutional models gain most from
 static QDQ, transformer encoders from dynamic MatMuls. So `auto` plans every applicable mode
 under the same budget and keeps the fastest, timed against the float model, interleaved.
-Weight-only is not a candidate: it saves bytes but runs slower than float on onnxruntime's CPU
-kernels.
+Weight-only is not a mode `auto` tries: the layers a plan keeps float store their weights int8
+on their own (`stored_weights.py`), and the accuracy fixes join the candidates (`ingredients.py`).
 """
 
 from __future__ import annotations

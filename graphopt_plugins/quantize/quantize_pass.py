@@ -93,7 +93,7 @@ class Quantize(graphopt.Pass):
         max_samples: int = 32  # calibration samples used at most
         sensitivity_samples: int = 4  # samples per per-layer sensitivity measurement
         safety: float = 0.0  # share of the budget's room the plan leaves unused (the back-off raises it; 1 = quantize nothing)
-        search_seconds: float = 20.0  # accuracy fixes (bias correction, percentile, adaptive rounding) are tried, before layers stay float, until the pass has run this long; 0 = never
+        search_seconds: float = 20.0  # accuracy fixes (bias correction, adaptive rounding, percentile) are tried, before layers stay float, until the pass has run this long; 0 = never
         workers: int = 0  # sessions run side by side to judge plans and layers (0: one per core, at most 4); the figures do not depend on it
 
         def __post_init__(self):

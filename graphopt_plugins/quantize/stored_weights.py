@@ -15,9 +15,9 @@ store its weight in 8 bits, per output channel, in one of two forms:
 
 The other large float constants (an LSTM's W and R, which no int8 kernel here reads; the
 weights in If/Loop bodies) are stored folded alongside. Tried in order: every kept-float layer
-fused where it can be, then every one folded, then the folded ones not too harmful for the budget, then those
-without the other constants, then the half and the quarter of all whose weights int8 hurts
-least. The first that meets the budget and, where latency is measured, runs no slower than the
+fused where it can be, then every one folded, then the folded ones not too harmful for the
+budget, then those without the other constants, then the half and the quarter of all whose
+weights int8 hurts least. The first that meets the budget and, where latency is measured, runs no slower than the
 plan without it (than float, when nothing else is int8; the folded form within the timer's
 noise, as it runs the same graph) is kept. Judged on half the room the plan left in the budget
 (`_half_the_room`).
