@@ -67,7 +67,7 @@ def test_a_classifier_calibrated_on_confident_inputs_keeps_its_budget_on_near_ti
 
 
 def test_a_classifier_whose_int8_error_is_small_at_its_boundary_is_still_quantized():
-    model = _classifier(logit_scale=0.5)
+    model = _classifier(logit_scale=0.2)
     result = graphopt.optimize(model, passes=["quantize"], calibration=_confident(),
                                options={"quantize": {"latency": "off", "mode": "static"}})
     details = result.report["passes"][0]["details"]
