@@ -6,6 +6,9 @@ The exit codes are a contract (docs/design.md): 1 verification failed, 2 bad usa
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "GraphoptError",
     "UsageError",
@@ -15,6 +18,7 @@ __all__ = [
     "PluginError",
     "PreconditionError",
     "first_line",
+    "did_you_mean",
 ]
 
 
@@ -22,6 +26,12 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     """A library's exception as one short line for a graphopt message."""
     text = str(error).strip() or type(error).__name__
     return " ".join(text.splitlines()[0].split())[:limit]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`"; did you mean 'fuse'?"` for the closest choice to a misspelled `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class GraphoptError(Exception):

@@ -16,8 +16,7 @@ import typing
 from typing import Any, Literal, Union
 
 from graphopt.parameter_names import parameter
-from graphopt.suggest import did_you_mean
-from graphopt.errors import UsageError
+from graphopt.errors import UsageError, did_you_mean
 
 __all__ = ["OptionInfo", "describe_options", "build_options", "parse_assignment"]
 

@@ -20,8 +20,7 @@ import pluggy
 
 from graphopt import hookspecs
 from graphopt.parameter_names import parameter
-from graphopt.suggest import did_you_mean
-from graphopt.errors import PluginError, UsageError
+from graphopt.errors import PluginError, UsageError, did_you_mean
 from graphopt.options import build_options
 from graphopt.passes import Pass
 

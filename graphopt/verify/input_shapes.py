@@ -29,9 +29,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import onnx
 
-from graphopt.errors import UsageError
+from graphopt.errors import UsageError, did_you_mean
 from graphopt.parameter_names import parameter
-from graphopt.suggest import did_you_mean
 from graphopt.verify.feeds import InputSpec, generate_feeds, input_specs
 from graphopt.verify.shape_hints import axis_strides, metadata_sizes, reshape_target, value_info_dims
 
