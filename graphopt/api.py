@@ -21,7 +21,6 @@ from graphopt import __version__, latency
 from graphopt.emit.write import emit_model
 from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.external_data import external_folder, materialize_external_data, spill_folder
-from graphopt.given_annotations import keep_given_value_info
 from graphopt.latency.never_slower import check_on
 from graphopt.opset_requirements import pass_warnings
 from graphopt.model import RunContext, checked_input
@@ -36,7 +35,7 @@ from graphopt.verify.feeds import check_feeds
 from graphopt.verify.evaluator import load_evaluator
 from graphopt.verify.slices import output_slices, parse_slices
 from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
-from graphopt.output_annotations import repaired_output_shapes
+from graphopt.output_annotations import annotated_names, keep_given_value_info, repaired_output_shapes
 from graphopt.writable import require_writable_folder
 from graphopt.shaped_summary import count_macs_at, leaves_dynamic
 from graphopt.parameter_names import parameter
@@ -212,7 +211,7 @@ def _optimized(
         # Counted at `at` below (count_macs_at) when the model leaves them dynamic: not on it too.
         output_summary = summarize(outcome.model, size=0, count=not leaves_dynamic(final, at))  # sized below, as stored
         # The shapes graphopt inferred for its own use are not the user's; don't ship them
-        # (given_annotations: the output keeps the value_info the input had).
+        # (output_annotations: the output keeps the value_info the input had).
         stripped = changed and keep_given_value_info(final, prepared.annotations)
         # Measured by the last check (the placeholder form's bytes plus the weights' byte
         # counts): sizing the result through protobuf would serialise it all once more.
@@ -271,7 +270,7 @@ class _Prepared:
     data: bytes | None  # the given model serialised, when at hand (its size; the reference session reads it)
     keeps_value_info: bool  # whether the given model has value_info (the output keeps it then)
     warnings: list[str] = dataclasses.field(default_factory=list)  # declared output shapes repaired
-    annotations: onnx.ModelProto | None = None  # the given model's value_info alone (given_annotations)
+    annotations: set[str] = dataclasses.field(default_factory=set)  # the tensors the given model annotated
 
     @property
     def given_size(self) -> int | None:
@@ -289,7 +288,7 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
         if warnings:
             data = serialized_bytes(given) if data is not None else None
         keeps = bool(len(given.graph.value_info))
-        annotations = _annotations(given)
+        annotations = annotated_names(given)
         # Read from a file, the model is graphopt's own: inferred in place, its weights not copied.
         running = checked_input(given, path=str(model), data=data, in_place=data is not None)
         return _Prepared(running, given if data is None else running, data, keeps, warnings, annotations)
@@ -302,15 +301,7 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
     model, warnings = repaired_output_shapes(model)
     data = None if external_folder(model) is not None else serialized_bytes(model)
     return _Prepared(checked_input(model, data=data), model, data, bool(len(model.graph.value_info)), warnings,
-                     _annotations(model))
-
-
-def _annotations(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A model holding only `model`'s value_info, in graphs nested alike (what `keep_given_value_info` reads)."""
-    from graphopt.proto_walk import iter_graph_protos
-    kept = onnx.ModelProto()
-    kept.graph.value_info.extend(value for graph in iter_graph_protos(model.graph) for value in graph.value_info)
-    return kept
+                     annotated_names(model))
 
 
 def prepare_feeds(feeds, model, *, option=None) -> dict[str, np.ndarray]:
