@@ -73,23 +73,17 @@ def optimize(
     latency_on: str | None = None,
     never_slower: bool = True,
 ) -> Result:
-    """Runs `passes` over `model` and verifies the result in onnxruntime.
+    """Runs `passes` over `model` and verifies the result in onnxruntime; the keywords are the
+    `graphopt optimize` flags of the same names (docs/cli.md).
 
-    `inputs` / `calibration`: `{input name: array shaped (N, *shape)}` or an `.npz` path.
-    `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
-    `plugins`: extra plugin objects (modules or instances with hook implementations), used
-    besides those of the `graphopt` entry-point group. `set_options` takes option values as
-    text, as `--set` does. Dims neither fixed nor in `input_shapes` are chosen and confirmed
-    (`graphopt.verify.input_shapes`; the report's `verification.shapes` says why); the output
-    keeps them dynamic unless `freeze_shapes`, which writes the shapes verified into it.
-    `latency_on`: the backend every latency decision is timed on (`host-ort` by default,
-    `host-litert`, `none`, or a plugin's; see `graphopt.latency`).
-    `never_slower`: time the result against the input on that backend and roll back the
-    lossless stages that made it slower (the report's `never_slower`). `budget_slices`:
-    `"NAME[@AXIS]=START:STOP,..."` specs, parts of outputs the budget also holds on
-    (`graphopt.verify.slices`; detector layouts are detected). `evaluator`:
-    `function(model_path, inputs) -> score` or `"package.module:function"`, held to the
-    budget's `score=-1%` / `score>=0.75` terms (`graphopt.verify.evaluator`). Raises
+    `inputs` / `calibration`: `{input name: (N, *shape) array}`, an `.npz` path, a folder of
+    samples or an iterable of `{input name: array}`. `plugins`: extra plugin objects besides the
+    `graphopt` entry-point group's. `set_options` takes option values as text, as `--set` does.
+    Dims neither fixed nor in `input_shapes` are chosen and confirmed (`verify.input_shapes`; the
+    report's `verification.shapes` says why) and stay dynamic unless `freeze_shapes`.
+    `never_slower`: time the result against the input on the `latency_on` backend and roll back
+    the lossless stages that made it slower (the report's `never_slower`).
+    `evaluator`: `function(model_path, inputs) -> score` or `"package.module:function"`. Raises
     `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
@@ -116,10 +110,10 @@ def optimize_to_file(
 ) -> dict:
     """`optimize`, then the result written to `output` (atomic, checked); returns the report.
 
-    Takes `optimize`'s keyword arguments, and `emit` (`"ort"`, `"tflite"`) with `emit_precision`
-    (tflite: `"fp32"`, `"fp16"`, `"int8"`, `"int8-mixed"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
-    there by passes, are streamed into the output's data file, never gathered in memory: the
-    way to write a model of several GiB. `external_data` writes one even when it would fit.
+    Takes `optimize`'s keywords, and `emit` (`"ort"`, `"tflite"`) with `emit_precision` (tflite:
+    `"fp32"`, `"fp16"`, `"int8"`, `"int8-mixed"`) to write for that runtime (graphopt/emit).
+    Weights still in files are streamed into the output's data file, never gathered in memory
+    (the way to write a model of several GiB); `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     require_writable_folder(Path(output), "output")  # before any pass runs, not after
@@ -206,9 +200,9 @@ def _optimized(
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
         final = outcome.model if changed else prepared.pristine()
-        # Summarised while the inferred shapes are still there (MACs need them).
-        at = {name: c.shape for name, c in chosen.items()}  # MACs need concrete shapes
-        # Counted at `at` below (count_macs_at) when the model leaves them dynamic: not on it too.
+        # Summarised while the inferred shapes are still there; MACs of a model that leaves the
+        # input shapes dynamic are counted at `at` instead (count_macs_at).
+        at = {name: c.shape for name, c in chosen.items()}
         output_summary = summarize(outcome.model, size=0, count=not leaves_dynamic(final, at))  # sized below, as stored
         # The shapes graphopt inferred for its own use are not the user's; don't ship them
         # (output_annotations: the output keeps the value_info the input had).
