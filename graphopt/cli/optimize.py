@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.external_data import same_file
 from graphopt.options import parse_assignment
-from graphopt.writable import require_writable_folder
+from graphopt.writable import atomic_write, folder_of, require_writable_folder
 
 __all__ = ["register", "run"]
 
@@ -195,21 +193,10 @@ def _read_recipe(path: Path) -> dict:
 
 
 def _write_json(path: Path, document: dict) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = folder_of(path)
     if not folder.is_dir():
         raise UsageError("report folder does not exist", path=str(path))
-    staged = None
     try:
-        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-            staged = handle.name
-            json.dump(document, handle, indent=2, default=str)
-            handle.write("\n")
-        # NamedTemporaryFile makes the file 0600; a report is an ordinary file (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staged, 0o666 & ~umask)
-        os.replace(staged, path)
+        atomic_write(path, lambda handle: handle.write((json.dumps(document, indent=2, default=str) + "\n").encode()))
     except OSError as error:
-        if staged is not None and os.path.exists(staged):
-            os.unlink(staged)
         raise UsageError(f"cannot write the report in folder '{folder}': {error.strerror or error}", path=str(path)) from error
