@@ -76,29 +76,14 @@ def run(args) -> int:
     for assignment in args.assignments:
         pass_name, option, value = parse_assignment(assignment)
         text_options.setdefault(pass_name, {})[option] = value
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet and sys.stderr.isatty()  # docs/design.md: bars on a terminal only
     try:
         report = optimize_to_file(
-            str(source),
-            output,
-            passes=passes,
-            external_data=args.external_data,
-            options=recipe,
-            set_options=text_options,
-            inputs=args.inputs,
-            calibration=calibration,
-            verify=verify,
-            budget=budget,
-            input_shapes=dict(parse_input_shape(item) for item in args.input_shape),
-            keep_going=args.keep_going,
-            seed=args.seed,
-            dump_dir=args.dump_dir,
-            progress=progress,
-            budget_slices=args.budget_slices,
-            evaluator=args.evaluator,
-            freeze_shapes=args.freeze_shapes,
-            **target_settings(args),
-        )
+            str(source), output, passes=passes, external_data=args.external_data, options=recipe,
+            set_options=text_options, inputs=args.inputs, calibration=calibration, verify=verify, budget=budget,
+            input_shapes=dict(parse_input_shape(item) for item in args.input_shape), keep_going=args.keep_going,
+            seed=args.seed, dump_dir=args.dump_dir, progress=progress, budget_slices=args.budget_slices,
+            evaluator=args.evaluator, freeze_shapes=args.freeze_shapes, **target_settings(args))
     except GraphoptError as error:
         if error.path is None and not isinstance(error, UsageError):
             error.path = str(source)  # docs/design.md: `graphopt: error: <what> (<file>)`
