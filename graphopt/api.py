@@ -26,7 +26,7 @@ from graphopt.opset_requirements import pass_warnings
 from graphopt.model import RunContext, checked_input
 from graphopt.model_io import read_model, save_model
 from graphopt.pipeline import PipelineSettings, run_pipeline
-from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, initializer_nbytes, iter_tensors, serialized_bytes
+from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, iter_tensors, serialized_bytes, tensor_nbytes
 from graphopt.registry import configure_passes, load_registry
 from graphopt.report import REPORT_SCHEMA, growth_warnings, run_report
 from graphopt.summary import model_bytes, summarize
@@ -135,7 +135,7 @@ def optimize_to_file(
 
 def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
     """Reads every external weight of `model` (the run's own) into it, in place, if that fits in a proto."""
-    if external_folder(model) is not None and initializer_nbytes(model) + model.ByteSize() < PROTOBUF_LIMIT:
+    if external_folder(model) is not None and sum(map(tensor_nbytes, iter_tensors(model))) + model.ByteSize() < PROTOBUF_LIMIT:
         materialize_external_data(model)
         return True
     return False

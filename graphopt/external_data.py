@@ -26,7 +26,7 @@ from graphopt.errors import InputError, first_line
 from graphopt.proto_walk import copy_model, iter_tensors, tensor_nbytes
 
 __all__ = ["INLINE_EXTERNAL_BYTES", "external_folder", "spill_folder", "spill_array", "external_file", "read_external",
-           "uses_external_data", "materialize_external_data", "write_with_external_data", "load_confined_external_data",
+           "materialize_external_data", "write_with_external_data", "load_confined_external_data",
            "is_external_file_of", "same_file"]
 
 # External tensors smaller than this are read into memory at load (shape tensors, biases).
@@ -39,7 +39,7 @@ _SPILL_FILE = "spilled.data"
 def external_folder(model: onnx.ModelProto) -> Path | None:
     """The folder of the input's data files the model still reads weights from, if any."""
     for tensor in iter_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # `uses_external_data`, without a call per tensor
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # external_data_helper's test, without a call per tensor
             return Path(external_data_helper.ExternalDataInfo(tensor).location).parent
     return None
 
@@ -143,11 +143,6 @@ def _chunks(file: Path, offset: int, length: int, size: int = 64 * 2**20):
                 raise InputError("external data file ended early", path=str(file))
             length -= len(chunk)
             yield chunk
-
-
-def uses_external_data(model: onnx.ModelProto) -> bool:
-    """Whether some tensor of `model` still refers to an external data file."""
-    return any(external_data_helper.uses_external_data(t) for t in iter_tensors(model))
 
 
 def materialize_external_data(model: onnx.ModelProto, *, only_in: Path | None = None) -> None:
