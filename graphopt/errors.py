@@ -9,17 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = [
-    "GraphoptError",
-    "UsageError",
-    "InputError",
-    "VerificationError",
-    "PassError",
-    "PluginError",
-    "PreconditionError",
-    "first_line",
-    "did_you_mean",
-]
+__all__ = ["GraphoptError", "UsageError", "InputError", "VerificationError", "PassError", "PluginError", "PreconditionError",
+           "first_line", "did_you_mean"]
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

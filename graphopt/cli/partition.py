@@ -64,16 +64,9 @@ def _add_partition_options(parser, cost_models, default_weight, prefix: str = ""
 
 
 def _settings(args) -> dict:
-    return {
-        "by": args.by,
-        "cut_weight": args.cut_weight,
-        "max_stage_bytes": args.max_stage_bytes,
-        "inputs": args.inputs,
-        "calibration": args.calibration,
-        "input_shapes": dict(parse_input_shape(item) for item in args.input_shape),
-        "seed": args.seed,
-        "threads": args.stage_threads,
-    }
+    return {"by": args.by, "cut_weight": args.cut_weight, "max_stage_bytes": args.max_stage_bytes, "inputs": args.inputs,
+            "calibration": args.calibration, "input_shapes": dict(parse_input_shape(item) for item in args.input_shape),
+            "seed": args.seed, "threads": args.stage_threads}
 
 
 def _partition(args) -> int:
