@@ -1,9 +1,8 @@
 """Refusing, before any work, a path graphopt could not write at the end; writing one atomically.
 
-A read-only output folder used to be found after the whole run (minutes of quantization), as
-an internal error naming a hidden temp file. `os.access` answers for the permission bits; a
-probe file created and removed answers for what it cannot see (a read-only mount, an ACL,
-a folder where even root may not create files, such as /proc).
+A read-only output folder used to be found after the whole run, as an internal error naming a
+hidden temp file. `os.access` answers for the permission bits; a probe file for what it cannot
+see (a read-only mount, an ACL, /proc, where even root may not create files).
 """
 
 from __future__ import annotations
