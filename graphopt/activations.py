@@ -1,9 +1,7 @@
 """Intermediate tensors of a model on real inputs: what data-aware passes fit to.
 
-Quantization calibrates on them, factorization whitens by them, pruning reconstructs from
-them. A pass names the tensors it needs and gets them back stacked over samples; the model
-runs in onnxruntime exactly as written (optimizations off), one sample at a time, so memory
-holds one sample's intermediates plus what was asked for.
+The model runs in onnxruntime as written (optimizations off), one sample at a time, so memory
+holds one sample's intermediates plus the tensors a pass asked for.
 """
 
 from __future__ import annotations
@@ -30,11 +28,8 @@ def typed_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 
 def expose_tensors(model: onnx.ModelProto, names: Iterable[str], types: Mapping[str, onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
-    """A copy of `model` with the named intermediate tensors added as graph outputs.
-
-    A tensor needs a known element type (run shape inference first); graph inputs and
-    initializers cannot be exposed this way and are refused with a KeyError naming them.
-    """
+    """A copy of `model` with the named intermediate tensors, of known element type, added as graph
+    outputs; a KeyError names one without (not inferred, or an input or initializer)."""
     types = typed_values(model) if types is None else types
     exposed = copy_model(model)
     present = {output.name for output in exposed.graph.output}
@@ -49,10 +44,7 @@ def expose_tensors(model: onnx.ModelProto, names: Iterable[str], types: Mapping[
 
 
 def iter_activations(model: onnx.ModelProto, samples: Mapping[str, np.ndarray], names: Sequence[str]):
-    """Yields, per sample, `{name: value}` for `names` (inputs, intermediates or outputs).
-
-    `samples` is `{input name: array (N, *shape)}`, the form of `--calibration`.
-    """
+    """Yields, per sample of `samples` (`{input name: (N, *shape) array}`), `{name: value}` for `names`."""
     inputs = {value.name: samples[value.name] for value in model.graph.input if value.name in samples}
     feed_names = set(inputs)
     wanted = [name for name in names if name not in feed_names]

@@ -21,13 +21,12 @@ from graphopt import __version__, latency
 from graphopt.emit.write import emit_model
 from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.external_data import external_folder, materialize_external_data, spill_folder
-from graphopt.given_annotations import keep_given_value_info
 from graphopt.latency.never_slower import check_on
 from graphopt.opset_requirements import pass_warnings
 from graphopt.model import RunContext, checked_input
 from graphopt.model_io import read_model, save_model
 from graphopt.pipeline import PipelineSettings, run_pipeline
-from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, initializer_nbytes, iter_tensors, serialized_bytes
+from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, iter_tensors, serialized_bytes, tensor_nbytes
 from graphopt.registry import configure_passes, load_registry
 from graphopt.report import REPORT_SCHEMA, growth_warnings, run_report
 from graphopt.summary import model_bytes, summarize
@@ -36,7 +35,7 @@ from graphopt.verify.feeds import check_feeds
 from graphopt.verify.evaluator import load_evaluator
 from graphopt.verify.slices import output_slices, parse_slices
 from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
-from graphopt.output_annotations import repaired_output_shapes
+from graphopt.output_annotations import annotated_names, keep_given_value_info, repaired_output_shapes
 from graphopt.writable import require_writable_folder
 from graphopt.shaped_summary import count_macs_at, leaves_dynamic
 from graphopt.parameter_names import parameter
@@ -74,23 +73,17 @@ def optimize(
     latency_on: str | None = None,
     never_slower: bool = True,
 ) -> Result:
-    """Runs `passes` over `model` and verifies the result in onnxruntime.
+    """Runs `passes` over `model` and verifies the result in onnxruntime; the keywords are the
+    `graphopt optimize` flags of the same names (docs/cli.md).
 
-    `inputs` / `calibration`: `{input name: array shaped (N, *shape)}` or an `.npz` path.
-    `budget`: the end-to-end accuracy budget of lossy passes (`"cos=0.99"`, `"sqnr=30"`).
-    `plugins`: extra plugin objects (modules or instances with hook implementations), used
-    besides those of the `graphopt` entry-point group. `set_options` takes option values as
-    text, as `--set` does. Dims neither fixed nor in `input_shapes` are chosen and confirmed
-    (`graphopt.verify.input_shapes`; the report's `verification.shapes` says why); the output
-    keeps them dynamic unless `freeze_shapes`, which writes the shapes verified into it.
-    `latency_on`: the backend every latency decision is timed on (`host-ort` by default,
-    `host-litert`, `none`, or a plugin's; see `graphopt.latency`).
-    `never_slower`: time the result against the input on that backend and roll back the
-    lossless stages that made it slower (the report's `never_slower`). `budget_slices`:
-    `"NAME[@AXIS]=START:STOP,..."` specs, parts of outputs the budget also holds on
-    (`graphopt.verify.slices`; detector layouts are detected). `evaluator`:
-    `function(model_path, inputs) -> score` or `"package.module:function"`, held to the
-    budget's `score=-1%` / `score>=0.75` terms (`graphopt.verify.evaluator`). Raises
+    `inputs` / `calibration`: `{input name: (N, *shape) array}`, an `.npz` path, a folder of
+    samples or an iterable of `{input name: array}`. `plugins`: extra plugin objects besides the
+    `graphopt` entry-point group's. `set_options` takes option values as text, as `--set` does.
+    Dims neither fixed nor in `input_shapes` are chosen and confirmed (`verify.input_shapes`; the
+    report's `verification.shapes` says why) and stay dynamic unless `freeze_shapes`.
+    `never_slower`: time the result against the input on the `latency_on` backend and roll back
+    the lossless stages that made it slower (the report's `never_slower`).
+    `evaluator`: `function(model_path, inputs) -> score` or `"package.module:function"`. Raises
     `graphopt.GraphoptError` subclasses (see `graphopt.errors`).
     """
     with _optimized(model, passes, options, inputs=inputs, calibration=calibration, verify=verify, budget=budget,
@@ -117,10 +110,10 @@ def optimize_to_file(
 ) -> dict:
     """`optimize`, then the result written to `output` (atomic, checked); returns the report.
 
-    Takes `optimize`'s keyword arguments, and `emit` (`"ort"`, `"tflite"`) with `emit_precision`
-    (tflite: `"fp32"`, `"fp16"`, `"int8"`, `"int8-mixed"`) to write for that runtime instead (graphopt/emit). Weights still in the input's data files, or spilled
-    there by passes, are streamed into the output's data file, never gathered in memory: the
-    way to write a model of several GiB. `external_data` writes one even when it would fit.
+    Takes `optimize`'s keywords, and `emit` (`"ort"`, `"tflite"`) with `emit_precision` (tflite:
+    `"fp32"`, `"fp16"`, `"int8"`, `"int8-mixed"`) to write for that runtime (graphopt/emit).
+    Weights still in files are streamed into the output's data file, never gathered in memory
+    (the way to write a model of several GiB); `external_data` writes one even when it would fit.
     """
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     require_writable_folder(Path(output), "output")  # before any pass runs, not after
@@ -142,7 +135,7 @@ def optimize_to_file(
 
 def _read_in_if_it_fits(model: onnx.ModelProto) -> bool:
     """Reads every external weight of `model` (the run's own) into it, in place, if that fits in a proto."""
-    if external_folder(model) is not None and initializer_nbytes(model) + model.ByteSize() < PROTOBUF_LIMIT:
+    if external_folder(model) is not None and sum(map(tensor_nbytes, iter_tensors(model))) + model.ByteSize() < PROTOBUF_LIMIT:
         materialize_external_data(model)
         return True
     return False
@@ -207,12 +200,12 @@ def _optimized(
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
         final = outcome.model if changed else prepared.pristine()
-        # Summarised while the inferred shapes are still there (MACs need them).
-        at = {name: c.shape for name, c in chosen.items()}  # MACs need concrete shapes
-        # Counted at `at` below (count_macs_at) when the model leaves them dynamic: not on it too.
+        # Summarised while the inferred shapes are still there; MACs of a model that leaves the
+        # input shapes dynamic are counted at `at` instead (count_macs_at).
+        at = {name: c.shape for name, c in chosen.items()}
         output_summary = summarize(outcome.model, size=0, count=not leaves_dynamic(final, at))  # sized below, as stored
         # The shapes graphopt inferred for its own use are not the user's; don't ship them
-        # (given_annotations: the output keeps the value_info the input had).
+        # (output_annotations: the output keeps the value_info the input had).
         stripped = changed and keep_given_value_info(final, prepared.annotations)
         # Measured by the last check (the placeholder form's bytes plus the weights' byte
         # counts): sizing the result through protobuf would serialise it all once more.
@@ -271,7 +264,7 @@ class _Prepared:
     data: bytes | None  # the given model serialised, when at hand (its size; the reference session reads it)
     keeps_value_info: bool  # whether the given model has value_info (the output keeps it then)
     warnings: list[str] = dataclasses.field(default_factory=list)  # declared output shapes repaired
-    annotations: onnx.ModelProto | None = None  # the given model's value_info alone (given_annotations)
+    annotations: set[str] = dataclasses.field(default_factory=set)  # the tensors the given model annotated
 
     @property
     def given_size(self) -> int | None:
@@ -289,7 +282,7 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
         if warnings:
             data = serialized_bytes(given) if data is not None else None
         keeps = bool(len(given.graph.value_info))
-        annotations = _annotations(given)
+        annotations = annotated_names(given)
         # Read from a file, the model is graphopt's own: inferred in place, its weights not copied.
         running = checked_input(given, path=str(model), data=data, in_place=data is not None)
         return _Prepared(running, given if data is None else running, data, keeps, warnings, annotations)
@@ -302,15 +295,7 @@ def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
     model, warnings = repaired_output_shapes(model)
     data = None if external_folder(model) is not None else serialized_bytes(model)
     return _Prepared(checked_input(model, data=data), model, data, bool(len(model.graph.value_info)), warnings,
-                     _annotations(model))
-
-
-def _annotations(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A model holding only `model`'s value_info, in graphs nested alike (what `keep_given_value_info` reads)."""
-    from graphopt.proto_walk import iter_graph_protos
-    kept = onnx.ModelProto()
-    kept.graph.value_info.extend(value for graph in iter_graph_protos(model.graph) for value in graph.value_info)
-    return kept
+                     annotated_names(model))
 
 
 def prepare_feeds(feeds, model, *, option=None) -> dict[str, np.ndarray]:

@@ -23,23 +23,14 @@ __all__ = ["measure_latency", "compare_latency"]
 Model = onnx.ModelProto | str | os.PathLike
 
 
-def compare_latency(
-    models: Mapping[str, Model],
-    feeds: Mapping[str, dict[str, np.ndarray]] | dict[str, np.ndarray],
-    *,
-    threads: int = 1,
-    runs: int = 50,
-    warmup: int = 5,
-    optimize: bool = True,
-) -> dict[str, dict]:
+def compare_latency(models: Mapping[str, Model], feeds: Mapping[str, dict[str, np.ndarray]] | dict[str, np.ndarray], *,
+                    threads: int = 1, runs: int = 50, warmup: int = 5, optimize: bool = True) -> dict[str, dict]:
     """`{label: timing}` for each model, timed interleaved; `timing["ratio"]` is median / first median.
 
     `feeds` is one sample (no N axis) shared by all models, or `{label: sample}` per model.
     """
     labels = list(models)
-    per_model = all(label in feeds for label in labels) and not any(
-        isinstance(value, np.ndarray) for value in feeds.values()
-    )
+    per_model = all(label in feeds for label in labels) and not any(isinstance(value, np.ndarray) for value in feeds.values())
     sample = {label: feeds[label] if per_model else feeds for label in labels}
     sessions = {label: make_session(models[label], optimize=optimize, threads=threads) for label in labels}
     for label in labels:
@@ -69,10 +60,5 @@ def measure_latency(model: Model, feeds: dict[str, np.ndarray], *, threads: int 
 
 def _timing(times: list[float], threads: int) -> dict:
     times = sorted(times)
-    return {
-        "median_ms": statistics.median(times),
-        "min_ms": times[0],
-        "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-        "runs": len(times),
-        "threads": threads,
-    }
+    return {"median_ms": statistics.median(times), "min_ms": times[0], "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "runs": len(times), "threads": threads}

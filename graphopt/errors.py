@@ -6,22 +6,23 @@ The exit codes are a contract (docs/design.md): 1 verification failed, 2 bad usa
 
 from __future__ import annotations
 
-__all__ = [
-    "GraphoptError",
-    "UsageError",
-    "InputError",
-    "VerificationError",
-    "PassError",
-    "PluginError",
-    "PreconditionError",
-    "first_line",
-]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["GraphoptError", "UsageError", "InputError", "VerificationError", "PassError", "PluginError", "PreconditionError",
+           "first_line", "did_you_mean"]
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
     """A library's exception as one short line for a graphopt message."""
     text = str(error).strip() or type(error).__name__
     return " ".join(text.splitlines()[0].split())[:limit]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`"; did you mean 'fuse'?"` for the closest choice to a misspelled `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class GraphoptError(Exception):

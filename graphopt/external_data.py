@@ -1,18 +1,12 @@
 """Weights that stay outside the ModelProto: the input's data files, and graphopt's spill file.
 
-A model loaded from disk keeps its large tensors in their files (a 2.5 GiB model must not
-cost 2.5 GiB per copy). Once loading has checked that every location stays inside the model's
-folder, each location is made absolute, so the proto says itself where its bytes are: nothing
-about the run is stored in `metadata_props`. onnxruntime reads them through
-`verify.runner.make_session`, graphsurgeon memory-maps them (`mapped_weights`), and
-`write_with_external_data` streams them into the output's data file. Tensors under
-`INLINE_EXTERNAL_BYTES` are read in, so shape inference can use them.
-
-Weights a pass *creates* in such a model (a folded or quantized matrix) would otherwise sit
-in the ModelProto, and every export and session would copy them again. For the length of a
-run (`spill_folder`) they are appended to a file in a scratch folder, which the run's
-`graphopt.model.RunContext` names, and referred to by absolute path;
-`materialize_external_data` reads them back before the run returns.
+A model loaded from disk keeps its large tensors in their files (a 2.5 GiB model must not cost
+2.5 GiB per copy); loading checks that every location stays inside the model's folder and makes
+it absolute, so the proto itself says where its bytes are (nothing about the run goes into
+`metadata_props`). Tensors under `INLINE_EXTERNAL_BYTES` are read in, for shape inference.
+Weights a pass *creates* in such a model would otherwise be copied by every export and session:
+for the length of a run (`spill_folder`) they are appended to a scratch file and referred to by
+absolute path; `materialize_external_data` reads them back before the run returns.
 """
 
 from __future__ import annotations
@@ -31,19 +25,9 @@ from onnx import external_data_helper
 from graphopt.errors import InputError, first_line
 from graphopt.proto_walk import copy_model, iter_tensors, tensor_nbytes
 
-__all__ = [
-    "INLINE_EXTERNAL_BYTES",
-    "external_folder",
-    "spill_folder",
-    "spill_array",
-    "external_file",
-    "uses_external_data",
-    "materialize_external_data",
-    "write_with_external_data",
-    "load_confined_external_data",
-    "is_external_file_of",
-    "same_file",
-]
+__all__ = ["INLINE_EXTERNAL_BYTES", "external_folder", "spill_folder", "spill_array", "external_file", "read_external",
+           "materialize_external_data", "write_with_external_data", "load_confined_external_data",
+           "is_external_file_of", "same_file"]
 
 # External tensors smaller than this are read into memory at load (shape tensors, biases).
 INLINE_EXTERNAL_BYTES = 64 * 2**10
@@ -55,19 +39,15 @@ _SPILL_FILE = "spilled.data"
 def external_folder(model: onnx.ModelProto) -> Path | None:
     """The folder of the input's data files the model still reads weights from, if any."""
     for tensor in iter_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # `uses_external_data`, without a call per tensor
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # external_data_helper's test, without a call per tensor
             return Path(external_data_helper.ExternalDataInfo(tensor).location).parent
     return None
 
 
 @contextlib.contextmanager
 def spill_folder(model: onnx.ModelProto) -> Iterator[Path | None]:
-    """A scratch folder for the new large weights of a run over `model`, for as long as the block runs.
-
-    Only a model whose weights stay in its data files spills (None otherwise): one held
-    wholly in memory has nothing to gain. The folder is deleted on leaving; materialize what
-    must outlive it.
-    """
+    """A scratch folder, deleted on leaving, for the new large weights of a run over `model`; None
+    when `model` holds its weights in memory (it has nothing to gain)."""
     if external_folder(model) is None:
         yield None
         return
@@ -114,13 +94,11 @@ def read_external(tensor: onnx.TensorProto, folder: Path | None = None) -> np.nd
 
 
 def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, data_name: str, *, size_threshold: int = 1024) -> None:
-    """Writes `model` to `path` with every tensor of `size_threshold` bytes or more in `data_name` beside it.
+    """Writes `model` (unchanged) to `path`, every tensor of `size_threshold` bytes or more in `data_name` beside it.
 
-    `model` is not modified. Tensors still in the input's external data files are copied from
-    there in chunks, never whole into memory; offsets are page-aligned. Unlike
-    `onnx.save_model(save_as_external_data=True)`, which refuses when a file named `data_name`
-    exists in the *current directory*, this only looks at `path`'s folder; the caller makes
-    sure `data_name` does not exist there yet.
+    Tensors still in the input's data files are copied in chunks, never whole into memory. Not
+    `onnx.save_model(save_as_external_data=True)`: it refuses when `data_name` exists in the
+    *current directory*; the caller makes sure it does not exist in `path`'s folder.
     """
     model = copy_model(model)  # weights still on disk are references here: the copy is small
     path = Path(path)
@@ -167,17 +145,9 @@ def _chunks(file: Path, offset: int, length: int, size: int = 64 * 2**20):
             yield chunk
 
 
-def uses_external_data(model: onnx.ModelProto) -> bool:
-    """Whether some tensor of `model` still refers to an external data file."""
-    return any(external_data_helper.uses_external_data(t) for t in iter_tensors(model))
-
-
 def materialize_external_data(model: onnx.ModelProto, *, only_in: Path | None = None) -> None:
-    """Reads external tensors of `model` into memory, in place.
-
-    Every one (for a result under 2 GiB), or with `only_in` just those in that folder (the
-    spill folder), so the model outlives it while big weights stay in the input's files.
-    """
+    """Reads `model`'s external tensors into it, in place: all, or with `only_in` those in that
+    folder (the spill folder, so the model outlives it while big weights stay in the input's files)."""
     for tensor in iter_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue

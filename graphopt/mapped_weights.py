@@ -1,9 +1,8 @@
 """External weights as graphsurgeon constants that stay in their file, memory-mapped.
 
-`convert.import_graph` wraps each constant whose tensor refers to external data (a model loaded by
-`model_io.load_model`, which leaves big weights on disk) in `_MappedValues`; `convert.export_model`
-turns a constant still holding the array it mapped back into the same file reference, and
-(in a run that spills) writes large arrays a pass created to the spill file first.
+`convert.import_graph` wraps each constant whose tensor refers to external data in
+`_MappedValues`; `convert.export_model` turns a constant still holding the array it mapped back
+into the same file reference, and (in a run that spills) writes new large arrays to the spill file.
 """
 
 from __future__ import annotations
@@ -24,12 +23,9 @@ __all__ = ["map_external_constants", "unmap_external_constants", "spill_new_cons
 
 
 class _MappedValues(LazyValues):
-    """A constant whose values stay in the model's external data file, memory-mapped read-only.
-
-    graphsurgeon would read an external tensor relative to the current directory; this reads
-    it from the model's folder. Reading `.values` maps the bytes without copying them, and a
-    constant whose values a pass did not replace is exported as the same reference again
-    (`unmap_external_constants`), so untouched weights never enter the exported proto.
+    """A constant whose values stay in the model's external data file, memory-mapped read-only
+    (graphsurgeon would read them relative to the current directory, and copy them); untouched,
+    it is exported as the same reference again (`unmap_external_constants`).
     """
 
     def __init__(self, tensor: onnx.TensorProto):
@@ -80,11 +76,8 @@ def unmap_external_constants(levels: Iterable[gs.Graph]) -> None:
 
 
 def spill_new_constants(graph: gs.Graph, folder: Path) -> None:
-    """Moves the large arrays passes created in `graph`'s own constants to the spill file.
-
-    Only the main graph's: onnxruntime is handed spilled weights as external initializers
-    (`verify.runner.make_session`), which it accepts for the main graph alone.
-    """
+    """Moves the large arrays passes created in `graph`'s own constants to the spill file: only the
+    main graph's, since onnxruntime accepts external initializers (`make_session`) there alone."""
     for constant in graph.tensors().values():
         if not isinstance(constant, gs.Constant) or isinstance(constant._values, LazyValues):
             continue

@@ -1,9 +1,8 @@
 """Reading and writing ONNX files safely.
 
-Loading refuses external data that would be read from outside the model's own folder (a
-crafted model must not make graphopt read `/etc/shadow` or a neighbour's file), and writing
-is atomic: a temporary file in the target folder, checked, then renamed over the target.
-How weights that stay in files are handled meanwhile is `graphopt.external_data`'s job.
+Loading refuses external data outside the model's own folder (a crafted model must not make
+graphopt read `/etc/shadow`); writing is atomic: a temporary file in the target folder, checked,
+then renamed over the target. Weights that stay in files are `graphopt.external_data`'s job.
 """
 
 from __future__ import annotations
@@ -17,13 +16,8 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 
 from graphopt.errors import InputError, UsageError, first_line
-from graphopt.external_data import (
-    external_folder,
-    is_external_file_of,
-    load_confined_external_data,
-    same_file,
-    write_with_external_data,
-)
+from graphopt.external_data import (external_folder, is_external_file_of, load_confined_external_data, same_file,
+                                     write_with_external_data)
 from graphopt.model import check_model, checked_input
 from graphopt.proto_walk import PROTOBUF_LIMIT, field_kinds, serialized_too_big
 
@@ -33,13 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes | None]:
-    """The model in the file `path`, not yet checked, with the file's bytes when they hold all of it.
-
-    The bytes (None when weights stay in external files, or the file is not binary protobuf)
-    let callers check, infer, size and run the model without serialising it again: on a 5 MB
-    model each serialisation costs as much as the checker. Loading refuses external data
-    outside the model's folder; anything that is not a readable model is an InputError
-    naming the file.
+    """The model in the file `path`, not yet checked, with the file's bytes when they hold all of it
+    (so callers check, size and run it without serialising it again: on a 5 MB model that costs as
+    much as the checker). Anything that is not a readable model is an InputError naming the file.
     """
     path = Path(path)
     if not path.exists():
@@ -63,10 +53,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes | None]:
 
 
 def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.ModelProto:
-    """The checked model in the file `path` (see `read_model`), shape-inferred unless `infer_shapes=False`.
-
-    Weights of 64 KiB or more in external data files stay there, referred to by absolute path.
-    """
+    """The checked model in the file `path` (see `read_model`), shape-inferred unless `infer_shapes=False`."""
     model, data = read_model(path)
     if infer_shapes:
         return checked_input(model, path=str(path), data=data)
@@ -74,18 +61,10 @@ def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.Mo
     return model
 
 
-def save_model(
-    model: onnx.ModelProto,
-    path: str | os.PathLike,
-    *,
-    external_data: bool = False,
-    source: str | os.PathLike | None = None,
-) -> Path:
-    """Writes `model` atomically, with external data beside it when asked or when over 2 GiB.
-
-    `source` is the input file, which is never overwritten. The model is checked with
-    `full_check=True` before anything is renamed into place.
-    """
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool = False,
+               source: str | os.PathLike | None = None) -> Path:
+    """Writes `model` atomically, checked with `full_check=True` before anything is renamed into
+    place, with external data beside it when asked or when over 2 GiB; never over `source`."""
     path = Path(path)
     if source is not None and same_file(path, Path(source)):
         raise UsageError("output would overwrite the input; choose another -o", path=str(path))

@@ -1,11 +1,9 @@
 """A pass that needs a newer opset gets it: the `opset` pass put before it, or a clear refusal.
 
-A pass declares `requires_opset` (or, when it depends on options, overrides `required_opset()`).
-Before the first pass whose need the model's opset does not meet, the pipeline runs the
-first-party `opset` pass, converting to the highest need of the passes still to run, so one
-conversion serves them all. The conversion is a pass entry of its own in the report (marked
-`implicit`, naming the pass it was for) and a warning on the terminal. A model the converter
-cannot convert stops the run with exit 2 naming both passes: never exit 0 with the pass skipped.
+A pass declares `requires_opset` (or overrides `required_opset()`). Before the first pass whose
+need the model does not meet, the first-party `opset` pass converts to the highest need of the
+passes still to run (one conversion serves them all), reported as an `implicit` entry and a
+warning. A model the converter cannot convert is exit 2 naming both passes, never a skipped pass.
 """
 
 from __future__ import annotations
@@ -43,10 +41,8 @@ class ImplicitConversion(Pass):
 
 
 def with_opset_conversions(passes: list[Pass], registry: PassRegistry, model: onnx.ModelProto) -> list[Pass]:
-    """`passes`, with an `ImplicitConversion` before each pass whose opset need is not met there.
-
-    A user's own `opset` pass counts as meeting the needs up to its target.
-    """
+    """`passes`, with an `ImplicitConversion` before each pass whose opset need is not met there
+    (a user's own `opset` pass meets the needs up to its target)."""
     planned, current = [], next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     for index, pass_ in enumerate(passes):
         if pass_.name == CONVERTER and not isinstance(pass_, ImplicitConversion):
@@ -89,11 +85,9 @@ def refused_conversion(pass_: Pass, error: Exception) -> InputError | None:
 
 
 def undo_unused_conversion(stages: list, unconverted: tuple | None) -> tuple | None:
-    """(model, nodes, bytes) before an implicit conversion no later pass built on, else None.
-
-    When the last accepted stage is the conversion, the passes it was for changed nothing, and
-    a converted model can run slower (opset 11 -> 13 on a small CNN): its stage is dropped and
-    its report entry marked rolled back; the caller restores what this returns."""
+    """`unconverted` (model, nodes, bytes) when the last accepted stage is an implicit conversion (the
+    passes it was for changed nothing, and a converted model can run slower: opset 11 -> 13 on a
+    small CNN): its stage dropped, its entry marked rolled back; else None."""
     if unconverted is None or not stages or stages[-1].entry.get("implicit") is None:
         return None
     entry = stages.pop().entry
@@ -113,5 +107,3 @@ def pass_warnings(entries: list[dict]) -> list[str]:
                             f"{details.get('to')} for pass '{implicit['for']}' (needs opset {implicit['needs_opset']})")
         warnings += [f"{entry['name']}: {text}" for text in entry.get("details", {}).get("warnings", [])]
     return warnings
-
-

@@ -7,6 +7,7 @@ value is a one-line usage error naming the pass, the option and what it expects.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import inspect
 import io
@@ -16,13 +17,14 @@ import typing
 from typing import Any, Literal, Union
 
 from graphopt.parameter_names import parameter
-from graphopt.suggest import did_you_mean
-from graphopt.errors import UsageError
+from graphopt.errors import UsageError, did_you_mean
 
 __all__ = ["OptionInfo", "describe_options", "build_options", "parse_assignment"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+# Number types: (values taken as they are, how text is parsed, what the error says is expected).
+_NUMBERS = {int: (int, lambda text: int(text, 0), "an integer"), float: ((int, float), float, "a number")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +81,8 @@ def _coerce(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
     if hint is Any:
         return raw
     if origin in (Union, types.UnionType):
-        if raw is None or (from_text and str(raw).lower() in ("none", "")) and type(None) in args:
-            if type(None) in args:
-                return None
+        if type(None) in args and (raw is None or (from_text and str(raw).lower() in ("none", ""))):
+            return None
         for option in (a for a in args if a is not type(None)):
             try:
                 return _coerce(option, raw, where, from_text)
@@ -107,24 +108,14 @@ def _coerce(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
         if from_text and str(raw).lower() in _TRUE | _FALSE:
             return str(raw).lower() in _TRUE
         raise UsageError(f"option {where} expects true or false, got {raw!r}")
-    if hint is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if from_text:
-            try:
-                return int(str(raw), 0)
-            except ValueError:
-                pass
-        raise UsageError(f"option {where} expects an integer, got {raw!r}")
-    if hint is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        if from_text:
-            try:
-                return float(str(raw))
-            except ValueError:
-                pass
-        raise UsageError(f"option {where} expects a number, got {raw!r}")
+    if hint in _NUMBERS:
+        accepted, parse, expected = _NUMBERS[hint]
+        if isinstance(raw, accepted) and not isinstance(raw, bool):
+            return hint(raw)
+        with contextlib.suppress(ValueError):
+            if from_text:
+                return parse(str(raw))
+        raise UsageError(f"option {where} expects {expected}, got {raw!r}")
     if hint is str:
         if isinstance(raw, str):
             return raw

@@ -1,10 +1,16 @@
-"""Declared output shapes that contradict what the model computes (an exporter bug).
+"""The output's value_info: declared output shapes that contradict the model are repaired, and
+only the annotations the user's model had are kept.
 
 Some exporters write a graph output's shape from a stale trace: declared `[1, seqlen]`, the
 model really produces `[32, 1, 8210]`. onnxruntime runs such a model (it checks outputs only
 loosely), but ONNX's full checker refuses it, and so would refuse graphopt's output. Such an
 annotation is replaced by the shape inference finds, or dropped when inference finds none;
 the caller reports the warning, and verification compares the outputs the model really makes.
+
+Shape inference annotates every tensor for the passes' use; shipping them grew a pre-quantized
+CNN whose exporter annotated 33 tensors to 73 annotations (+1.3 kB over 27 kB), though nothing
+else grew. So the output keeps value_info only for the tensors the input annotated (possibly
+sharper than what graphopt inferred).
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import onnx
 
 from graphopt.errors import first_line
 from graphopt.convert import stand_in_weights
+from graphopt.proto_walk import iter_graph_protos
 
-__all__ = ["repaired_output_shapes"]
+__all__ = ["repaired_output_shapes", "annotated_names", "keep_given_value_info"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +90,20 @@ def _contradicts(declared: onnx.TensorShapeProto, inferred: onnx.TensorShapeProt
 
 def _text(shape: onnx.TensorShapeProto) -> str:
     return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim) + "]"
+
+
+def annotated_names(model: onnx.ModelProto) -> set[str]:
+    """The tensors `model` has value_info for, in any of its graphs."""
+    return {value.name for graph in iter_graph_protos(model.graph) for value in graph.value_info}
+
+
+def keep_given_value_info(model: onnx.ModelProto, annotated: set[str]) -> bool:
+    """Drops from every graph of `model` the value_info of tensors not in `annotated`; whether any went."""
+    dropped = False
+    for graph in iter_graph_protos(model.graph):
+        kept = [value for value in graph.value_info if value.name in annotated]
+        if len(kept) != len(graph.value_info):
+            dropped = True
+            del graph.value_info[:]
+            graph.value_info.extend(kept)
+    return dropped

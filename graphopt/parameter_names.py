@@ -1,8 +1,7 @@
 """How an error names a setting: as the API parameter (`input_shapes=`) or as the CLI flag.
 
-The same checks run under both front ends; a message quoting `--input-shape` to a Python
-caller (or `input_shapes=` to a shell user) points at something they never typed. The CLI
-runs its command inside `cli_spelling()`; everything else reads the API's names.
+The same checks serve both front ends, and a message should name what the caller typed; the CLI
+runs its command inside `cli_spelling()`.
 """
 
 from __future__ import annotations

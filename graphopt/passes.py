@@ -42,33 +42,24 @@ class PassResult:
 
 @dataclasses.dataclass
 class PassContext:
-    """What a pass may use besides the graph.
+    """What a pass may use besides the graph (never global state: make generators from `seed`).
 
-    `calibration` holds N samples per model input (arrays shaped `(N, *input_shape)`), or is
-    None; `seed` is the run's random seed (make a generator from it, never use global state).
-    `proto()` is the model the pass received as a ModelProto, built only when asked.
-    `budget` is the run's global accuracy budget (`--budget`), or None; a lossy pass that
-    chooses how far to go prefers its own `budget` option, then this. `sample_inputs` are the
-    verifier's inputs in the same form as `calibration` (from `--inputs`, or generated), for a
-    pass that needs data when no calibration was given (it should warn that figures on
-    generated inputs mean little); None when verification is off and nothing was given.
-    `output_slices` are the parts of outputs a budget also holds on (`graphopt.verify.slices`:
-    declared with `--budget-slices` or detected, e.g. a detector's boxes and scores); a lossy
-    pass judging its own result measures them too (`metrics.measure_outputs`).
-    `latency` is the run's latency backend (`graphopt.latency.of(ctx)` reads it).
-    `progress` is whether long loops may draw a progress bar (a terminal, not `--quiet`):
-    wrap them in `ctx.track(...)` rather than reading it.
+    A lossy pass that chooses how far to go prefers its own `budget` option, then `budget`. A pass
+    needing data when no `calibration` was given may use `sample_inputs` (it should warn that
+    figures on generated inputs mean little); `fitting_data` picks. A lossy pass judging its own
+    result measures `output_slices` too (`metrics.measure_outputs`). Long loops go through
+    `ctx.track(...)`, which draws a bar only when `progress` allows.
     """
 
     opset: int
-    seed: int = 0
-    calibration: dict[str, np.ndarray] | None = None
+    seed: int = 0  # the run's random seed
+    calibration: dict[str, np.ndarray] | None = None  # N samples per model input, `(N, *input_shape)` arrays
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("graphopt"))
     model: onnx.ModelProto | None = None  # deprecated alias of `proto(build=False)`; give it to run a pass by hand
-    budget: Budget | None = None
-    sample_inputs: dict[str, np.ndarray] | None = None
-    progress: bool = False
-    output_slices: tuple = ()
+    budget: Budget | None = None  # the run's global accuracy budget (`--budget`)
+    sample_inputs: dict[str, np.ndarray] | None = None  # the verifier's inputs (`--inputs` or generated); None: verify off
+    progress: bool = False  # a terminal, not `--quiet`
+    output_slices: tuple = ()  # parts of outputs a budget also holds on (`verify.slices`: declared or detected)
     latency: Any = None  # the graphopt.latency backend every latency decision is timed on (None: host-ort)
     build_proto: Callable[[], onnx.ModelProto] | None = dataclasses.field(default=None, repr=False)
 
@@ -88,23 +79,15 @@ class PassContext:
         return self.model
 
     def track(self, items: Iterable[Item], desc: str, total: int | None = None) -> Iterator[Item]:
-        """`items`, drawing a progress bar named `desc` when the run shows progress.
-
-        For the long loops docs/design.md names (calibration, sensitivity sweeps); the bar goes to
-        stderr and disappears when done, so logs and reports are unchanged.
-        """
+        """`items`, with a progress bar named `desc` on stderr (gone when done) when the run shows progress."""
         return iter(tqdm(items, desc=desc, total=total, unit="step", leave=False, disable=not self.progress))
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
 
     def fitting_data(self, limit: int | None = None) -> tuple[dict[str, np.ndarray] | None, str]:
-        """What a data-aware pass fits to: `(samples, origin)`, at most `limit` samples per input.
-
-        `--calibration` data (origin "calibration") when given, else the verifier's inputs
-        ("sample_inputs": generated unless `--inputs` was given, so the pass should warn that
-        its figures mean little), else `(None, "none")`.
-        """
+        """What a data-aware pass fits to, at most `limit` samples per input: `(calibration, "calibration")`,
+        else `(sample_inputs, "sample_inputs")`, else `(None, "none")`."""
         for origin, given in (("calibration", self.calibration), ("sample_inputs", self.sample_inputs)):
             if given:
                 return {name: np.asarray(array)[:limit] for name, array in given.items()}, origin
@@ -142,11 +125,10 @@ class Pass:
         return self.requires_opset
 
     def trades_for_speed(self) -> bool:
-        """Whether this configured lossy pass gives up accuracy for speed and so must come out
-        faster: its result is then kept only when its median latency ratio to the pipeline's
-        input is at most 1.0 (`latency.never_slower`, strict). Default: a lossy pass with a
-        `never_slower` option that is on. A pass whose result computes at the same shapes
-        (weights zeroed, not removed) says False: its speed is unchanged by construction."""
+        """Whether this configured lossy pass gives up accuracy for speed, so its result is kept only
+        when its median latency ratio to the pipeline's input is at most 1.0 (`latency.never_slower`).
+        Default: a lossy pass whose `never_slower` option is on. A pass whose result computes at the
+        same shapes (weights zeroed, not removed) says False."""
         return not self.lossless and bool(getattr(self.options, "never_slower", False))
 
     def weaker(self, verdict: Any | None, result: PassResult | None = None) -> Pass | None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import onnx
 from google.protobuf.message import EncodeError
 
-__all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "initializer_nbytes", "copy_model", "copy_fields",
+__all__ = ["iter_graph_protos", "iter_tensors", "tensor_nbytes", "copy_model", "copy_fields",
            "field_kinds", "PROTOBUF_LIMIT", "serialized_bytes", "serialized_too_big"]
 
 
@@ -56,10 +56,6 @@ def _itemsize(data_type: int) -> int:
         return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
     except (KeyError, TypeError, ValueError):
         return 1
-
-
-def initializer_nbytes(model: onnx.ModelProto) -> int:
-    return sum(tensor_nbytes(tensor) for tensor in iter_tensors(model))
 
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

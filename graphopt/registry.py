@@ -20,8 +20,7 @@ import pluggy
 
 from graphopt import hookspecs
 from graphopt.parameter_names import parameter
-from graphopt.suggest import did_you_mean
-from graphopt.errors import PluginError, UsageError
+from graphopt.errors import PluginError, UsageError, did_you_mean
 from graphopt.options import build_options
 from graphopt.passes import Pass
 
@@ -68,11 +67,9 @@ class PassRegistry:
             raise PluginError(f"plugin '{plugin}': pass '{name}' does not implement run()")
         taken = self._passes.get(name)
         if taken is not None and taken.cls is not pass_cls:
-            raise PluginError(
-                f"pass name '{name}' registered twice: by plugin '{taken.plugin}' "
-                f"({taken.cls.__module__}.{taken.cls.__qualname__}) and by plugin '{plugin}' "
-                f"({pass_cls.__module__}.{pass_cls.__qualname__})"
-            )
+            raise PluginError(f"pass name '{name}' registered twice: by plugin '{taken.plugin}' "
+                              f"({taken.cls.__module__}.{taken.cls.__qualname__}) and by plugin '{plugin}' "
+                              f"({pass_cls.__module__}.{pass_cls.__qualname__})")
         self._passes[name] = RegisteredPass(pass_cls, plugin)
 
     def get(self, name: str) -> type[Pass]:
@@ -105,11 +102,9 @@ class Plugins:
 
 
 def load_registry(extra_plugins: Iterable[Any] = (), *, entry_points: bool = True) -> Plugins:
-    """Loads every plugin of the `graphopt` entry-point group, then `extra_plugins`, and registers their passes.
-
-    A plugin that fails to import, misspells a hook, or raises while registering is named in
-    a warning (logged, and kept in `Plugins.warnings`); the others keep working.
-    """
+    """Loads every plugin of the `graphopt` entry-point group, then `extra_plugins`, and registers their
+    passes; one that fails to import, misspells a hook or raises is a warning naming it (logged, and
+    kept in `Plugins.warnings`)."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     warnings: list[str] = []
@@ -159,19 +154,11 @@ def _entry_points(search_path: tuple[str, ...]) -> list:
 
 def _declared_hooks(plugin: Any) -> list[str]:
     marker = f"{hookspecs.PROJECT}_impl"
-    return [
-        name
-        for name in dir(plugin)
-        if name.startswith("graphopt_") and hasattr(getattr(plugin, name, None), marker)
-    ]
+    return [name for name in dir(plugin) if name.startswith("graphopt_") and hasattr(getattr(plugin, name, None), marker)]
 
 
-def configure_passes(
-    registry: PassRegistry,
-    names: list[str],
-    options: dict[str, dict[str, Any]] | None = None,
-    text_options: dict[str, dict[str, str]] | None = None,
-) -> list[Pass]:
+def configure_passes(registry: PassRegistry, names: list[str], options: dict[str, dict[str, Any]] | None = None,
+                     text_options: dict[str, dict[str, str]] | None = None) -> list[Pass]:
     """Pass instances for `names`, options from typed values (API, recipe) then text (`--set`)."""
     options, text_options = options or {}, text_options or {}
     if not names:

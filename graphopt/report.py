@@ -52,11 +52,7 @@ def run_report(*, version: str, input_summary: dict, output_summary: dict, passe
 
 
 def growth_warnings(input_bytes: int | None, output_bytes: int | None, passes: list[dict]) -> list[str]:
-    """Why the output is larger than the input, when it is: the passes that grew it, by how much.
-
-    The usual cause is weights the input computes when it runs (ConstantOfShape, Expand, Tile
-    of a small constant) that folding stores, or that a fold into them (BatchNormalization into
-    a Conv) has to store."""
+    """Why the output is larger than the input, when it is: the passes that grew it, by how much."""
     if not input_bytes or not output_bytes or output_bytes <= input_bytes:
         return []
     grew = [f"{e['name']} {e['bytes_before']:,} -> {e['bytes_after']:,}" for e in passes

@@ -11,11 +11,10 @@ and the sizes it produced fill in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import onnx
-
-import logging
 
 from graphopt.errors import first_line
 from graphopt.convert import stand_in_weights
@@ -30,18 +29,16 @@ __all__ = ["summarize_at_shapes", "count_macs_at", "leaves_dynamic"]
 
 
 def leaves_dynamic(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
-    """Whether `model` leaves some dim of an input in `shapes` dynamic: then `count_macs_at`
-    counts on a copy frozen at `shapes`, and the summary need not count on `model` itself
-    (`summarize(..., count=False)`)."""
+    """Whether `model` leaves some dim of an input in `shapes` dynamic (then `count_macs_at` counts,
+    and `summarize(..., count=False)` need not)."""
     # Only the inputs named: before IR 4 every initializer is listed as an input too.
     return any(not dim.HasField("dim_value") for value in model.graph.input if value.name in shapes
                for dim in value.type.tensor_type.shape.dim)
 
 
 def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
-    """`summary` (of `model`) with `macs` and `macs_unknown` counted at `shapes`, when `model`
-    leaves some of those dims dynamic (`leaves_dynamic`); shape inference only (no run), on the
-    weightless form of `model` (checked already). Modifies and returns it."""
+    """`summary` (of `model`, modified and returned) with its shape-read figures counted at
+    `shapes` when `model` leaves them dynamic: shape inference only, on a weightless form."""
     if not leaves_dynamic(model, shapes):
         return summary
     # The energy estimate prices MACs and activations too: at the same shapes, or it reads zeros.
@@ -51,11 +48,9 @@ def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tu
 
 
 def _frozen_weightless(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """`model` with its inputs frozen at `shapes`, shape-inferred, each large weight a dims-only
-    initializer: what counting MACs, weight bytes and activations reads, without copying a
-    weight's bytes or checking the model again (it was checked)."""
-    # Without the main graph's value_info (inferred for the dynamic interface, they would
-    # contradict the frozen one): a copy made here is frozen in place, not copied again.
+    """`model` with its inputs frozen at `shapes`, shape-inferred (not checked again), each large
+    weight a dims-only initializer: what counting reads, without copying a weight's bytes."""
+    # Without the main graph's value_info, which would contradict the frozen interface.
     skeleton, moved = stand_in_weights(model, value_info=False, constants=True)
     frozen = inferred_skeleton(freeze_input_shapes(skeleton, shapes, in_place=skeleton is not model))
     declared = {value.name for value in model.graph.input}

@@ -1,11 +1,8 @@
 """Sparse tensors made dense for graphsurgeon, which drops them.
 
-ONNX stores a tensor sparsely as a `SparseTensorProto` (values plus int64 COO indices), in a
-graph's `sparse_initializer` or a Constant node's `sparse_value`; onnxruntime densifies both at
-load. onnx-graphsurgeon skips `SPARSE_TENSOR` attributes and ignores sparse initializers, so a
-model holding them would lose those weights on import. `import_graph` therefore sees a copy in
-which each is an ordinary dense tensor of the same name; the model a pass did not change keeps
-its sparse storage, since the pipeline keeps that ModelProto as it was.
+onnx-graphsurgeon ignores sparse initializers and `sparse_value` Constant attributes, so a model
+holding them would lose those weights on import; `import_graph` sees a copy in which each is a
+dense tensor of the same name. A model no pass changed keeps its sparse storage.
 """
 
 from __future__ import annotations

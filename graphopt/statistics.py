@@ -1,16 +1,14 @@
 """Calibration statistics for data-aware passes: im2col rows, Gram matrices, robust solves.
 
-Factorization whitens by a layer's input Gram `XᵀX`, pruning regresses channels on it and
-reconstructs from it; both stream the model's activations once (`graphopt.activations`) and
-accumulate `XᵀX` in float64, a few rows per sample, so memory holds one sample at a time.
+Factorization whitens by a layer's input Gram `XᵀX`, pruning regresses channels on it; both
+stream the activations once (`graphopt.activations`), summing `XᵀX` in float64 a sample at a time.
 
-Real models give Grams that textbook solves break on: an LSTM gate or a saturated activation
-is constant, a padded sequence is zero over whole rows, a squeeze-excite branch sees one row
-per image (rank ≤ samples < K), and a Gram summed from float32 products is only positive
-semi-definite up to rounding. Every solve here is therefore ridged relative to the Gram's own
-scale, and the ridge grows until the factorization succeeds (`robust_cholesky`); a Gram that
-is not finite, or carries no signal, is refused with a reason (`gram_problem`) so the caller
-leaves that layer alone instead of crashing.
+Real models give Grams that textbook solves break on: a constant LSTM gate or saturated
+activation, a padded sequence zero over whole rows, a squeeze-excite branch with one row per
+image (rank ≤ samples < K), float32 rounding making a Gram only semi-definite. So every solve is
+ridged relative to the Gram's own scale, the ridge grown until the factorization succeeds
+(`robust_cholesky`), and a Gram that is not finite or carries no signal is refused with a reason
+(`gram_problem`), so the caller leaves that layer alone instead of crashing.
 """
 
 from __future__ import annotations
@@ -23,21 +21,8 @@ import onnx
 
 from graphopt.activations import iter_activations
 
-__all__ = [
-    "conv_output_size",
-    "pick_positions",
-    "im2col",
-    "Grams",
-    "accumulate_grams",
-    "collect_grams",
-    "gram_problem",
-    "ridged",
-    "robust_cholesky",
-    "ridge_solve",
-    "robust_eigh",
-    "split_held_out",
-    "quadratic_form",
-]
+__all__ = ["conv_output_size", "pick_positions", "im2col", "Grams", "accumulate_grams", "collect_grams", "gram_problem",
+           "ridged", "robust_cholesky", "ridge_solve", "robust_eigh", "split_held_out", "quadratic_form"]
 
 # Relative to the mean diagonal: small enough to leave a well-conditioned solve as it is,
 # large enough to make float32 rounding's negative eigenvalues positive.
@@ -48,11 +33,9 @@ _TRIES = 6  # 1e-6 … 1e4 × the mean diagonal: past that the Gram is noise, no
 
 def split_held_out(samples: Mapping[str, np.ndarray] | None, every: int = 4
                    ) -> tuple[Mapping[str, np.ndarray] | None, Mapping[str, np.ndarray] | None]:
-    """(samples to fit on, samples to judge the fit on): every `every`-th sample held out.
-
-    A lossy pass that picks its strength on the samples it fitted to picks too strong a
-    one (issue 22: fitted within cos 0.99 on calibration, 0.970 on held-out inputs). With
-    fewer than `every` samples there is nothing to spare: both are all of them."""
+    """(samples to fit on, samples to judge the fit on): every `every`-th sample held out, or all
+    of them both ways when fewer. A strength picked on the fitted samples is too strong (issue 22:
+    cos 0.99 on calibration, 0.970 on held-out inputs)."""
     if not samples:
         return samples, samples
     count = len(next(iter(samples.values())))
@@ -83,11 +66,8 @@ def pick_positions(total: int, limit: int, rng: np.random.Generator | None = Non
 
 def im2col(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
            dilations: Sequence[int] = (1, 1), positions: np.ndarray | None = None) -> np.ndarray:
-    """Patches of an NCHW tensor as rows (C·kh·kw wide, ordered as a Conv weight (O, C, kh, kw) flattens).
-
-    `positions` indexes the flattened (batch, out_h, out_w) grid; only those rows are built,
-    so sampling a few hundred positions of a large feature map costs a few hundred rows.
-    """
+    """Patches of an NCHW tensor as rows (C·kh·kw wide, ordered as a Conv weight (O, C, kh, kw)
+    flattens); only the rows at `positions` of the flattened (batch, out_h, out_w) grid are built."""
     x = x.reshape((-1,) + x.shape[-3:])
     batch, channels, height, width = x.shape
     kh, kw = kernel
@@ -116,10 +96,8 @@ class Grams:
 def accumulate_grams(stream: Iterable[Mapping[str, np.ndarray]],
                      rows_of: Mapping[Hashable, Callable[[Mapping[str, np.ndarray], int], np.ndarray]],
                      on_sample: Callable[[int, Mapping[str, np.ndarray]], None] | None = None) -> Grams:
-    """Sums `rows_of[key](values, sample_number)ᵀ·rows` over the samples `stream` yields.
-
-    Products are formed in float32 (the activations' precision) and summed in float64.
-    `on_sample(number, values)` sees every sample (a pass keeping outputs or shapes)."""
+    """Sums `rows_of[key](values, sample_number)ᵀ·rows` over `stream`'s samples, formed in float32
+    and summed in float64; `on_sample(number, values)` sees every sample."""
     total: dict[Hashable, np.ndarray] = {}
     odd: dict[Hashable, np.ndarray] = {}
     counts = {key: 0 for key in rows_of}
@@ -142,9 +120,8 @@ def collect_grams(model: onnx.ModelProto, samples: Mapping[str, np.ndarray], ten
                   rows_of: Mapping[Hashable, Callable[[Mapping[str, np.ndarray], int], np.ndarray]],
                   track: Callable[[Iterable], Iterable] = iter,
                   on_sample: Callable[[int, Mapping[str, np.ndarray]], None] | None = None) -> Grams:
-    """Runs `model` over `samples` once, exposing `tensors`, and accumulates the Grams `rows_of` names.
-
-    `track` wraps the per-sample stream (a pass's progress bar)."""
+    """`accumulate_grams` over one run of `model` on `samples` exposing `tensors`; `track` wraps the
+    stream (a progress bar)."""
     stream = iter_activations(model, samples, list(dict.fromkeys(tensors)))
     return accumulate_grams(track(stream), rows_of, on_sample)
 
@@ -161,10 +138,8 @@ def gram_problem(gram: np.ndarray | None, rows: int | None = None) -> str | None
 
 
 def ridged(gram: np.ndarray, relative: float = _RIDGE) -> np.ndarray:
-    """Symmetrised `gram` + ridge·I in float64, the ridge `relative` × its mean diagonal.
-
-    A Gram with no usable scale (zero, negative or non-finite trace) gets a unit ridge so a
-    solve stays defined; `gram_problem` says whether the result means anything."""
+    """Symmetrised `gram` + ridge·I in float64, the ridge `relative` × its mean diagonal (× 1 when
+    the trace is not positive and finite, so a solve stays defined)."""
     gram = np.asarray(gram, dtype=np.float64)
     gram = (gram + gram.T) / 2
     scale = float(np.trace(gram)) / max(len(gram), 1)
@@ -174,19 +149,14 @@ def ridged(gram: np.ndarray, relative: float = _RIDGE) -> np.ndarray:
 
 
 def robust_cholesky(gram: np.ndarray, relative: float = _RIDGE) -> np.ndarray:
-    """Lower Cholesky factor of `ridged(gram)`, the ridge grown ×100 per failure.
-
-    Rounding in a float32-summed Gram, constant or duplicated channels make a Gram only
-    semi-definite; the smallest ridge that factors it is the least change to the fit.
-    Raises `np.linalg.LinAlgError` only for a Gram with non-finite entries."""
+    """Lower Cholesky factor of `ridged(gram)`, the ridge grown ×100 per failure: the least that
+    factors it is the least change to the fit. Raises `LinAlgError` only for non-finite entries."""
     return _definite(gram, relative)[1]
 
 
 def ridge_solve(system: np.ndarray, rhs: np.ndarray, relative: float = _RIDGE) -> np.ndarray:
-    """x with `(system + ridge·I)·x = rhs`, `system` a Gram-like (PSD) matrix.
-
-    The ridge is the least (`robust_cholesky`'s) that makes the system definite, so a singular
-    or rounding-indefinite system is solved, never raised on; least squares for non-finite ones."""
+    """x with `(system + ridge·I)·x = rhs` for a Gram-like `system`, the ridge `robust_cholesky`'s:
+    a singular system is solved, never raised on; least squares for non-finite ones."""
     system = np.asarray(system, dtype=np.float64)
     rhs = np.asarray(rhs, dtype=np.float64)
     if not (np.all(np.isfinite(system)) and np.all(np.isfinite(rhs))):

@@ -19,11 +19,8 @@ __all__ = ["hoist_shared_body_weights"]
 
 
 def hoist_shared_body_weights(model: onnx.ModelProto) -> int:
-    """Moves initializers held by two or more nested bodies into the main graph, once; returns how many.
-
-    Names are unique across a model's graphs, so equal names are the same weight. A weight
-    only one body holds stays where it is.
-    """
+    """Moves initializers held by two or more nested bodies (names are unique across a model's
+    graphs: the same weight) into the main graph, once; returns how many."""
     bodies = list(iter_graph_protos(model.graph))[1:]
     held = Counter(tensor.name for body in bodies for tensor in body.initializer)
     shared = {name for name, count in held.items() if count > 1}

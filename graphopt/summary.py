@@ -30,18 +30,15 @@ COUNTED_KEYS = ("macs_by_dtype", "macs_uncounted_nodes", "peak_activation_bytes"
 def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.ModelProto | None = None,
               count: bool = True) -> dict:
     """The summary of `model`; `bytes` is `size` when the caller knows it, else measured on
-    `size_of` when given (the model as stored, where `model` is its shape-inferred copy, whose
-    value_info would inflate the count).
-
-    `count=False` leaves the figures read from shapes (`COUNTED_KEYS`) None, in their places,
-    for a caller that counts them on another form of the model (`shaped_summary.count_macs_at`,
-    at concrete input shapes) and would throw these away.
+    `size_of` (the model as stored, where `model` is its shape-inferred copy, whose value_info
+    would inflate the count). `count=False` leaves the figures read from shapes (`COUNTED_KEYS`)
+    None, for a caller that counts them at concrete input shapes (`shaped_summary.count_macs_at`).
     """
     tensors = list(iter_tensors(model))
     weight_bytes = int(sum(tensor_nbytes(t) for t in tensors))
     counted = counted_figures(model, weight_bytes=weight_bytes) if count else dict.fromkeys(COUNTED_KEYS)
     ops = collections.Counter(node.op_type if not node.domain or node.domain == "ai.onnx" else f"{node.domain}.{node.op_type}"
-                              for node in _all_nodes(model.graph))
+                              for graph in iter_graph_protos(model.graph) for node in graph.node)
     initializer_names = {t.name for t in model.graph.initializer}
     # The energy estimate's keys first, as they always came (reports are compared as text).
     return {**{key: weight_bytes if key == "weight_bytes" else counted[key] for key in energy.ESTIMATE_KEYS},
@@ -61,10 +58,8 @@ def summarize(model: onnx.ModelProto, *, size: int | None = None, size_of: onnx.
 
 
 def counted_figures(model: onnx.ModelProto, *, weight_bytes: int | None = None) -> dict:
-    """The figures of `summarize` read from `model`'s inferred shapes: `COUNTED_KEYS`.
-
-    `weight_bytes`: `model`'s, when the caller has summed them already (the energy proxy prices them).
-    """
+    """The figures of `summarize` read from `model`'s inferred shapes (`COUNTED_KEYS`); `weight_bytes`
+    when the caller has summed them already (the energy proxy prices them)."""
     figures = energy.estimate(model, weight_bytes=weight_bytes)
     macs, unknown = _graph_macs(model.graph, _known_shapes(model), _scalar_constants(model.graph))
     return {**{key: figures[key] for key in COUNTED_KEYS[:-2]}, "macs": int(macs), "macs_unknown": dict(unknown)}
@@ -102,11 +97,6 @@ def energy_rows(before: dict, after: dict) -> list[tuple[str, int, int]]:
              ("peak act. bytes", before["peak_activation_bytes"], after["peak_activation_bytes"]),
              ("energy* pJ", round(before["energy_proxy"]["total_pj"]), round(after["energy_proxy"]["total_pj"]))]
     return rows
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    for owner in iter_graph_protos(graph):
-        yield from owner.node
 
 
 def model_bytes(model: onnx.ModelProto) -> int:

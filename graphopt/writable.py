@@ -1,20 +1,22 @@
-"""Refusing, before any work, a path graphopt could not write at the end.
+"""Refusing, before any work, a path graphopt could not write at the end; writing one atomically.
 
-A read-only output folder used to be found after the whole run (minutes of quantization), as
-an internal error naming a hidden temp file. `os.access` answers for the permission bits; a
-probe file created and removed answers for what it cannot see (a read-only mount, an ACL,
-a folder where even root may not create files, such as /proc).
+A read-only output folder used to be found after the whole run, as an internal error naming a
+hidden temp file. `os.access` answers for the permission bits; a probe file for what it cannot
+see (a read-only mount, an ACL, /proc, where even root may not create files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from graphopt.errors import UsageError
 
-__all__ = ["require_writable_folder", "folder_of"]
+__all__ = ["require_writable_folder", "folder_of", "atomic_write"]
 
 
 def folder_of(path: Path) -> Path:
@@ -36,3 +38,20 @@ def _can_create_in(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """`write(handle)` into a temporary file beside `path`, renamed over it when done (removed if not)."""
+    handle = tempfile.NamedTemporaryFile("wb", dir=folder_of(path), prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+        # NamedTemporaryFile makes the file 0600; ours are ordinary files (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise

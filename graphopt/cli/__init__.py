@@ -81,11 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _logging_for(args):
-    """Our loggers print to stderr at the level the flags ask for, for this command only.
-
-    The previous state is put back afterwards, so `main()` called in-process (embedding,
-    tests) leaves the host's logging as it found it.
-    """
+    """Our loggers print to stderr at the level the flags ask for, for this command only: `main()`
+    called in-process (embedding, tests) leaves the host's logging as it found it."""
     level = logging.DEBUG if args.debug else logging.ERROR if args.quiet else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("graphopt: %(levelname)s: %(message)s"))

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.external_data import same_file
 from graphopt.options import parse_assignment
-from graphopt.writable import require_writable_folder
+from graphopt.writable import atomic_write, folder_of, require_writable_folder
 
 __all__ = ["register", "run"]
 
@@ -78,29 +76,14 @@ def run(args) -> int:
     for assignment in args.assignments:
         pass_name, option, value = parse_assignment(assignment)
         text_options.setdefault(pass_name, {})[option] = value
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet and sys.stderr.isatty()  # docs/design.md: bars on a terminal only
     try:
         report = optimize_to_file(
-            str(source),
-            output,
-            passes=passes,
-            external_data=args.external_data,
-            options=recipe,
-            set_options=text_options,
-            inputs=args.inputs,
-            calibration=calibration,
-            verify=verify,
-            budget=budget,
-            input_shapes=dict(parse_input_shape(item) for item in args.input_shape),
-            keep_going=args.keep_going,
-            seed=args.seed,
-            dump_dir=args.dump_dir,
-            progress=progress,
-            budget_slices=args.budget_slices,
-            evaluator=args.evaluator,
-            freeze_shapes=args.freeze_shapes,
-            **target_settings(args),
-        )
+            str(source), output, passes=passes, external_data=args.external_data, options=recipe,
+            set_options=text_options, inputs=args.inputs, calibration=calibration, verify=verify, budget=budget,
+            input_shapes=dict(parse_input_shape(item) for item in args.input_shape), keep_going=args.keep_going,
+            seed=args.seed, dump_dir=args.dump_dir, progress=progress, budget_slices=args.budget_slices,
+            evaluator=args.evaluator, freeze_shapes=args.freeze_shapes, **target_settings(args))
     except GraphoptError as error:
         if error.path is None and not isinstance(error, UsageError):
             error.path = str(source)  # docs/design.md: `graphopt: error: <what> (<file>)`
@@ -195,21 +178,10 @@ def _read_recipe(path: Path) -> dict:
 
 
 def _write_json(path: Path, document: dict) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = folder_of(path)
     if not folder.is_dir():
         raise UsageError("report folder does not exist", path=str(path))
-    staged = None
     try:
-        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-            staged = handle.name
-            json.dump(document, handle, indent=2, default=str)
-            handle.write("\n")
-        # NamedTemporaryFile makes the file 0600; a report is an ordinary file (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staged, 0o666 & ~umask)
-        os.replace(staged, path)
+        atomic_write(path, lambda handle: handle.write((json.dumps(document, indent=2, default=str) + "\n").encode()))
     except OSError as error:
-        if staged is not None and os.path.exists(staged):
-            os.unlink(staged)
         raise UsageError(f"cannot write the report in folder '{folder}': {error.strerror or error}", path=str(path)) from error

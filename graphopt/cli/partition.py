@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-
 import tempfile
 import time
 from pathlib import Path
 
 from graphopt.errors import GraphoptError, InputError, UsageError
 from graphopt.verify.feeds import parse_input_shape
+from graphopt.writable import atomic_write, folder_of
 
 __all__ = ["add_commands"]
 
@@ -65,16 +64,9 @@ def _add_partition_options(parser, cost_models, default_weight, prefix: str = ""
 
 
 def _settings(args) -> dict:
-    return {
-        "by": args.by,
-        "cut_weight": args.cut_weight,
-        "max_stage_bytes": args.max_stage_bytes,
-        "inputs": args.inputs,
-        "calibration": args.calibration,
-        "input_shapes": dict(parse_input_shape(item) for item in args.input_shape),
-        "seed": args.seed,
-        "threads": args.stage_threads,
-    }
+    return {"by": args.by, "cut_weight": args.cut_weight, "max_stage_bytes": args.max_stage_bytes, "inputs": args.inputs,
+            "calibration": args.calibration, "input_shapes": dict(parse_input_shape(item) for item in args.input_shape),
+            "seed": args.seed, "threads": args.stage_threads}
 
 
 def _partition(args) -> int:
@@ -197,26 +189,15 @@ def _read_npz(path: Path, names: list[str]) -> dict:
 
 
 def _check_report_path(path: Path) -> None:
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
+    if not folder_of(path).is_dir():
         raise UsageError("the folder of this output does not exist", path=str(path))
 
 
 def _write_json(path: Path, document: dict) -> None:
-    _atomic_write(path, lambda handle: handle.write((json.dumps(document, indent=2, default=str) + "\n").encode()))
+    atomic_write(path, lambda handle: handle.write((json.dumps(document, indent=2, default=str) + "\n").encode()))
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
     import numpy as np
 
-    _atomic_write(path, lambda handle: np.savez(handle, **arrays))
-
-
-def _atomic_write(path: Path, write) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    with tempfile.NamedTemporaryFile("wb", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        write(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, path)
-
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))

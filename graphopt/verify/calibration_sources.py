@@ -1,17 +1,10 @@
 """Calibration data the way users keep it: folders of `.npy`/`.npz` samples or images, or any iterable.
 
-Every source is read one sample at a time and stops at `MAX_SAMPLES` (no pass calibrates on
-more: `quantize` uses 32), so a folder of 10,000 images costs the memory of the first few only.
-The result is the `{input name: (N, *input_shape)}` form every pass gets (`--calibration .npz`).
-
-- A folder of `.npy` files: one sample each, for a model with one input.
-- A folder of `.npz` files: one sample each, one array per input name.
-- A folder of images (`.png`, `.jpg`, `.jpeg`, `.bmp`, `.webp`) for a model with one image input,
-  through `Preprocessing` (the `[calibration]` table of a TOML recipe): resize to (height,
-  width), scale (default 1/255), subtract `mean`, divide by `std` (per channel), `layout` NCHW
-  (default) or NHWC, `rgb` or `bgr` channel order.
-- From the API, any iterable of `{input name: array}` dicts, read lazily.
-A sample may leave out a leading batch axis of 1 that the model's input has; it is added.
+Read one sample at a time up to `MAX_SAMPLES` (no pass calibrates on more), so a folder of 10,000
+images costs the memory of the first few, into the `{input name: (N, *input_shape)}` form of
+`--calibration .npz`. A folder holds `.npy` files (one input), `.npz` files (one array per input)
+or images (one image input, through `Preprocessing`: the recipe's `[calibration]` table); the API
+also takes any iterable of `{input name: array}`. A missing leading batch axis of 1 is added.
 """
 
 from __future__ import annotations
@@ -38,10 +31,10 @@ class Preprocessing:
 
     resize: tuple[int, int] | None = None  # (height, width); default: the model input's static size
     scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    layout: str = "NCHW"
-    channels: str = "rgb"
+    mean: tuple[float, ...] = (0.0,)  # per channel, subtracted after scaling
+    std: tuple[float, ...] = (1.0,)  # per channel, divided by last
+    layout: str = "NCHW"  # or NHWC
+    channels: str = "rgb"  # or bgr
 
     @classmethod
     def from_table(cls, table: Mapping | None, path: str | None = None) -> Preprocessing:

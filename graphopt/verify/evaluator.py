@@ -1,12 +1,9 @@
 """A user's own task metric as a budget: top-1 accuracy, mean IoU, anything that scores a model.
 
-Output cosine is a proxy. Where the user can say what matters, `--evaluator pkg.module:function`
-(API `evaluator=callable`) scores a model: `function(model_path, inputs) -> float`, with the
-path of an .onnx file holding the model (the user opens their own session) and `inputs` the
-`--inputs` data (`{input name: array (N, *shape)}`). `--budget score=-1%` allows a relative
-drop of 1% against the input model's score (higher is better), `score>=0.75` an absolute floor.
-Every lossy pass is held to it after it runs (a miss is a failed verification: the pass backs
-off, `Pass.weaker`), and so is the end-to-end result.
+Output cosine is a proxy. `--evaluator pkg.module:function` (API `evaluator=callable`) scores a
+model as `function(model_path, inputs) -> float` (an .onnx path; the `--inputs` data).
+`--budget score=-1%` allows a 1% relative drop from the input model's score, `score>=0.75` sets
+a floor; every lossy pass (a miss backs it off, `Pass.weaker`) and the result are held to it.
 """
 
 from __future__ import annotations

@@ -45,10 +45,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise InputError(f"input '{value.name}' is not a tensor; graphopt can only feed tensors")
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         # Some exporters write -1 for a dynamic dimension; it is as unknown as a missing one.
-        dims = tuple(
-            dim.dim_value if dim.HasField("dim_value") and dim.dim_value >= 0 else (dim.dim_param or None)
-            for dim in tensor_type.shape.dim
-        )
+        dims = tuple(dim.dim_value if dim.HasField("dim_value") and dim.dim_value >= 0 else (dim.dim_param or None)
+                     for dim in tensor_type.shape.dim)
         specs.append(InputSpec(value.name, dtype, dims))
     return specs
 
@@ -65,13 +63,8 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name.strip(), shape
 
 
-def generate_feeds(
-    model: onnx.ModelProto,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-    *,
-    seed: int = 0,
-    samples: int = 1,
-) -> dict[str, np.ndarray]:
+def generate_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None, *, seed: int = 0,
+                   samples: int = 1) -> dict[str, np.ndarray]:
     """Random inputs for every model input, shaped `(samples, *shape)`, reproducible from `seed`."""
     from graphopt.verify.input_shapes import choose_input_shapes  # it reads the specs from here
 
@@ -107,9 +100,8 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto, *, option: str |
     return check_feeds(arrays, model, option=option, path=path)
 
 
-def check_feeds(
-    arrays: dict[str, np.ndarray], model: onnx.ModelProto, *, option: str | None = None, path: Path | None = None
-) -> dict[str, np.ndarray]:
+def check_feeds(arrays: dict[str, np.ndarray], model: onnx.ModelProto, *, option: str | None = None,
+                path: Path | None = None) -> dict[str, np.ndarray]:
     """Checks `{input name: (N, *shape) array}` against the model's inputs; casts safe dtypes."""
     option = option or parameter("inputs")
     where = str(path) if path else None
@@ -125,13 +117,9 @@ def check_feeds(
         spec = specs[name]
         expected = ", ".join("?" if not isinstance(d, int) else str(d) for d in spec.dims)
         per_sample = array.shape[1:]
-        if array.ndim != len(spec.dims) + 1 or any(
-            isinstance(d, int) and d != got for d, got in zip(spec.dims, per_sample)
-        ):
-            raise InputError(
-                f"{option} array '{name}' has shape {tuple(array.shape)}; expected (N, {expected}) with N samples",
-                path=where,
-            )
+        if array.ndim != len(spec.dims) + 1 or any(isinstance(d, int) and d != got for d, got in zip(spec.dims, per_sample)):
+            raise InputError(f"{option} array '{name}' has shape {tuple(array.shape)}; expected (N, {expected}) with N samples",
+                             path=where)
         feeds[name] = _as_dtype(array, spec, option, path)
         counts.add(array.shape[0])
     if len(counts) > 1:
@@ -154,8 +142,7 @@ def _reject_unknown_names(given, specs, option: str, path: Path | None = None) -
     if unknown:
         raise (UsageError if option == parameter("input_shapes") else InputError)(
             f"{option} names no model input: {', '.join(map(repr, unknown))} (model inputs: {', '.join(sorted(known))})",
-            path=str(path) if path else None,
-        )
+            path=str(path) if path else None)
 
 
 def _check_fits(spec: InputSpec, given: tuple[int, ...]) -> None:

@@ -9,14 +9,12 @@ Given shapes win; every other dim is chosen, with a reason a user can read:
 3. what the model says (`verify.shape_hints`): a constant Reshape target the input flows into,
    the value_info of the tensor it passes into, metadata (`imgsz`, `image_size`, or a key
    named like the symbol);
-4. else a default for the dim's role (see `ROLE_DEFAULTS`): a leading batch-like dim is 1, an
-   image side the smallest of 224..640 that is a multiple of the model's total stride (at least
-   32), a token sequence 128, audio samples 16000 (1 s at 16 kHz), spectrogram frames 100,
-   anything else 32.
+4. else a default for the dim's role, with fallbacks (`ROLE_DEFAULTS`; image sides rounded up to
+   a multiple of the model's total stride, at least 32).
 
-Each default role lists fallbacks: `candidate_shapes` yields the first choice, then the next
-candidates, and `confirmed_shapes` keeps the first one onnxruntime runs the model on. Nothing
-here changes the model except `freeze_input_shapes`, which only the user asks for.
+`candidate_shapes` yields the first choice, then the fallbacks; `confirmed_shapes` keeps the
+first one onnxruntime runs the model on. Only `freeze_input_shapes` (asked by the user) changes
+the model.
 """
 
 from __future__ import annotations
@@ -29,21 +27,13 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import onnx
 
-from graphopt.errors import UsageError
+from graphopt.errors import UsageError, did_you_mean
 from graphopt.parameter_names import parameter
-from graphopt.suggest import did_you_mean
 from graphopt.verify.feeds import InputSpec, generate_feeds, input_specs
 from graphopt.verify.shape_hints import axis_strides, metadata_sizes, reshape_target, value_info_dims
 
-__all__ = [
-    "ROLE_DEFAULTS",
-    "ChosenShape",
-    "choose_input_shapes",
-    "candidate_shapes",
-    "confirmed_shapes",
-    "run_shapes",
-    "freeze_input_shapes",
-]
+__all__ = ["ROLE_DEFAULTS", "ChosenShape", "choose_input_shapes", "candidate_shapes", "confirmed_shapes", "run_shapes",
+           "freeze_input_shapes"]
 
 # The values tried for a dim of each role, first choice first (image sides are rounded up to the
 # model's total stride). Documented in docs/verifier.md.
@@ -106,11 +96,10 @@ def confirmed_shapes(
 ) -> dict[str, ChosenShape]:
     """The first candidate on which onnxruntime runs `model`; a UsageError naming the inputs if none.
 
-    `runs(model, feeds, cache) -> str | None` (an error message, None when the run worked) is
-    how a candidate is tried; by default one onnxruntime session without optimizations, which
-    leaves the run's `"feeds"` and `"outputs"` in `cache`. `confirmation`: that cache, when the
-    caller wants those (the verifier's reference outputs, when it runs the same feeds); its
-    `"serialised"`, when given, is `model` as bytes (the session reads them, not a new serialisation).
+    `runs(model, feeds, cache) -> error message | None` tries a candidate; by default one
+    onnxruntime session (optimizations off) that leaves the run's `"feeds"` and `"outputs"` in
+    `cache`. `confirmation` is that cache for a caller that wants them (the verifier's reference
+    outputs); its `"serialised"`, when given, is `model` as bytes for the session to read.
     """
     runs = runs or _runs_in_onnxruntime
     candidates = candidate_shapes(model, given, origin=origin)
@@ -130,7 +119,7 @@ def confirmed_shapes(
         failures.append((shapes, error))
     tried = "; ".join(", ".join(f"{n}={','.join(map(str, s))}" for n, s in shapes.items()) for shapes, _ in failures[:3])
     raise UsageError(f"onnxruntime cannot run the model at any shape graphopt chose ({tried}): {failures[0][1]}; "
-                     f"give the shapes with {_option_name()}")
+                     f"give the shapes with {parameter('input_shapes')}")
 
 
 def run_shapes(
@@ -180,13 +169,13 @@ def _plan(model, specs: list[InputSpec], given: dict, origin: str) -> dict[str, 
     unknown = sorted(set(given) - {spec.name for spec in specs})
     if unknown:
         hint = did_you_mean(unknown[0], [spec.name for spec in specs])
-        raise UsageError(f"{_option_name()} names no model input: {', '.join(map(repr, unknown))}{hint} "
+        raise UsageError(f"{parameter('input_shapes')} names no model input: {', '.join(map(repr, unknown))}{hint} "
                          f"(model inputs: {', '.join(spec.name for spec in specs)})")
     for name, shape in given.items():
         spec = next((s for s in specs if s.name == name), None)
         if spec is not None and len(shape) != len(spec.dims):
             declared = ",".join(str(d) if isinstance(d, int) else (d or "?") for d in spec.dims)
-            raise UsageError(f"{_option_name()} {name}={','.join(map(str, shape))} does not fit its declared shape [{declared}]")
+            raise UsageError(f"{parameter('input_shapes')} {name}={','.join(map(str, shape))} does not fit its declared shape [{declared}]")
     settled = _settled_symbols(specs, given)
     metadata = metadata_sizes(model)
     plans = {}
@@ -347,7 +336,3 @@ def _runs_in_onnxruntime(model, feeds, cache) -> str | None:
     except Exception as error:  # onnxruntime raises its own types when a model fails on its inputs
         return first_line(error)
     return None
-
-
-def _option_name() -> str:
-    return parameter("input_shapes")

@@ -1,18 +1,12 @@
 """Finding where two graphs first disagree — among tensors whose meaning survived the rewrite.
 
-A tensor both graphs name alike need not mean the same thing in both: a fold that moves a scale
-across a Conv keeps the Conv's output name while the output is rescaled, and the reader
-downstream compensates. Comparing it would report a "divergence" a lossless rewrite never made.
-
-So only *anchored* tensors are compared, found by walking from the outputs back. A graph output
-is anchored (its meaning is the interface). A shared tensor is anchored when every node that
-reads it in the candidate reads it as the reference does — the same node (same op, attributes,
-input names and constant values, producing the same names) whose outputs are anchored in turn —
-or is a quantizer (QuantizeLinear, DynamicQuantizeLinear), which reads values as they are. A
-tensor a fold rescaled has a reader that changed to compensate, so it is never anchored; the
-output of a fused node whose readers are untouched is. Both models then run with the anchored
-tensors exposed, and in the candidate's topological order the first one outside the tolerance
-(or budget) names the node where the divergence starts.
+A tensor both graphs name alike need not mean the same in both: a fold that moves a scale across
+a Conv keeps the Conv's output name while the reader downstream compensates. So only *anchored*
+tensors are compared, found walking back from the outputs: a graph output is anchored, and a
+shared tensor is when every candidate node reading it is the reference's same node (op,
+attributes, input names and constant values, outputs) with anchored outputs, or a quantizer,
+which reads values as they are. Both models run with those exposed; in the candidate's order the
+first outside the tolerance (or budget) names the node where the divergence starts.
 """
 
 from __future__ import annotations

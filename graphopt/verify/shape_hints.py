@@ -28,10 +28,8 @@ def total_stride(model: onnx.ModelProto, input_name: str) -> int:
 
 
 def axis_strides(model: onnx.ModelProto, input_name: str) -> tuple[int, int]:
-    """(height, width) downsampling reached from `input_name`, each the largest along any path.
-
-    A text recognizer downsamples its height far more than its width (strides (2, 1)) and must
-    end at height 1: its height side is best the height stride itself."""
+    """(height, width) downsampling reached from `input_name`, each the largest along any path (a
+    text recognizer's (2, 1) strides end at height 1: its height is best the height stride itself)."""
     stride = {input_name: (1, 1)}
     largest = (1, 1)
     for node in model.graph.node:

@@ -1,9 +1,8 @@
 """Where a lossy model's error comes from: SQNR and cosine of every tensor it shares with the reference.
 
-Like onnxruntime's `qdq_loss_debug`, but for any two models: the float tensors present under the
-same name in both (graphopt's rewrites keep a quantized tensor's name on its dequantized value)
-are captured sample by sample and compared; each row holds the worst sample. Rows are sorted
-worst first by SQNR, so the first rows name the layers to keep float or to fix.
+Like onnxruntime's `qdq_loss_debug`, for any two models: float tensors of the same name in both
+(rewrites keep a quantized tensor's name on its dequantized value), worst sample per row, worst
+SQNR first, so the first rows name the layers to keep float or to fix.
 """
 
 from __future__ import annotations
