@@ -16,6 +16,7 @@ import re
 import numpy as np
 
 from graphopt.errors import UsageError
+from graphopt.verify.unseen import BOUNDARY_SUFFIX, at_decision_boundary, predicted_worst, probability_axis
 
 __all__ = ["Tolerance", "tolerance_for", "Budget", "output_metrics", "sample_metrics", "stacked_sample_metrics", "within_tolerance",
            "typical_energy", "SILENT", "LOUD_RESIDUE"]
@@ -102,11 +103,19 @@ class Budget:
 
         return ScoreBudget(drop=self.score_drop, minimum=self.score_min)
 
-    def violations(self, name: str, metrics: dict) -> list[str]:
+    def violations(self, name: str, metrics: dict, unseen: bool = False) -> list[str]:
         """What `metrics` (one output's, from `sample_metrics` or `output_metrics`) breaks.
 
-        `cosine` and `sqnr_db` are the worst sample's where the metrics are per sample."""
+        `cosine` and `sqnr_db` are the worst sample's where the metrics are per sample; with
+        `unseen`, the worst a new input is predicted to give must meet the budget too
+        (`cosine_predicted`, `graphopt.verify.unseen`)."""
         found = []
+        if unseen and "cosine_predicted" in metrics:
+            if self.cos is not None and metrics["cosine_predicted"] < self.cos <= metrics["cosine"]:
+                found.append(f"output '{name}': cosine predicted for a new input {metrics['cosine_predicted']:.6f} < {self.cos} "
+                             f"(worst of {metrics['samples']} judged samples {metrics['cosine']:.6f})")
+            if self.sqnr is not None and metrics["sqnr_db_predicted"] < self.sqnr <= metrics["sqnr_db"]:
+                found.append(f"output '{name}': SQNR predicted for a new input {metrics['sqnr_db_predicted']:.2f} dB < {self.sqnr}")
         where = f" (sample {metrics['worst_sample']}; mean {metrics['cosine_mean']:.6f}, pooled {metrics['cosine_pooled']:.6f})" \
             if "worst_sample" in metrics else ""
         if self.cos is not None and metrics["cosine"] < self.cos:
@@ -227,7 +236,9 @@ def sample_metrics(references: list[np.ndarray], candidates: list[np.ndarray]) -
     `cosine` and `sqnr_db` are the worst sample's (the budget's reading: every sample keeps
     it), `cosine_mean`/`sqnr_db_mean` their mean over samples, `cosine_pooled`/`sqnr_db_pooled`
     over all samples flattened together (the pre-0.2 figure), `max_abs`/`max_rel` over all,
-    `worst_sample` the index of the lowest-cosine sample, `samples` the count.
+    `worst_sample` the index of the lowest-cosine sample, `samples` the count,
+    `cosine_predicted`/`sqnr_db_predicted` the worst a new input is predicted to give
+    (`graphopt.verify.unseen.predicted_worst`).
     """
     numeric = all(np.asarray(array).dtype.kind not in "OUS" for array in (*references, *candidates))
     if not references or not numeric or len(references) != len(candidates) \
@@ -258,6 +269,7 @@ def sample_metrics(references: list[np.ndarray], candidates: list[np.ndarray]) -
         "sqnr_db": float(min(sqnrs)), "sqnr_db_mean": float(np.mean(finite)) if finite else float(min(sqnrs)),
         "sqnr_db_pooled": pooled["sqnr_db"], "max_abs": pooled["max_abs"], "max_rel": pooled["max_rel"],
         "worst_sample": int(worst), "samples": len(per),
+        "cosine_predicted": predicted_worst(cosines, "cosine"), "sqnr_db_predicted": predicted_worst(sqnrs, "sqnr_db"),
     }
 
 
@@ -268,11 +280,18 @@ def stacked_sample_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict
     return sample_metrics(list(reference), list(candidate))
 
 
-def measure_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], slices=()) -> dict[str, dict]:
+def measure_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], slices=(), boundary: bool = False) -> dict[str, dict]:
     """Per float output, and per slice of one (`graphopt.verify.slices`), the per-sample metrics
-    of `candidate` against `reference`, both `{output: array stacked over samples}`."""
+    of `candidate` against `reference`, both `{output: array stacked over samples}`; with
+    `boundary`, also each probability output's at its decision boundary (`NAME@boundary`,
+    `graphopt.verify.unseen.at_decision_boundary`)."""
     measured = {name: stacked_sample_metrics(expected, candidate[name]) for name, expected in reference.items()
                 if expected.dtype.kind == "f" and name in candidate}
+    for name in [name for name in measured if boundary and reference[name].shape == candidate[name].shape]:
+        axis = probability_axis(list(reference[name]))
+        if axis is not None:
+            views = [at_decision_boundary(r, c, axis) for r, c in zip(reference[name], candidate[name])]
+            measured[name + BOUNDARY_SUFFIX] = dict(sample_metrics([r for r, _ in views], [c for _, c in views]), boundary_of=name)
     for part in slices:
         if part.output in measured and reference[part.output].shape == candidate[part.output].shape:
             pieces = [(part.take(r), part.take(c)) for r, c in zip(reference[part.output], candidate[part.output])]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from graphopt.verify.metrics import Budget, measure_outputs
+from graphopt.verify.unseen import BOUNDARY_SUFFIX
 
 __all__ = ["worst_metrics", "fit_to_budget"]
 
@@ -26,13 +27,20 @@ def worst_metrics(reference: dict[str, np.ndarray], candidate: dict[str, np.ndar
                   slices=()) -> dict:
     """The lowest worst-sample cosine and SQNR over outputs (and slices of one), and the budget's
     violations: both `{output: array stacked over samples}`, judged per sample as the verifier
-    judges them, so a plan that passes here does not fail verification on one sample."""
-    cosine, sqnr, violations = 1.0, math.inf, []
-    for name, metrics in measure_outputs(reference, candidate, slices).items():
+    judges them, so a plan that passes here does not fail verification on one sample.
+
+    A plan must also hold on inputs it was not judged on (`graphopt.verify.unseen`): the worst
+    a new sample is predicted to give meets the budget, and so does a probability output at its
+    decision boundary (`NAME@boundary`)."""
+    cosine, sqnr, predicted, violations = 1.0, math.inf, 1.0, []
+    measured = measure_outputs(reference, candidate, slices, boundary=True)
+    for name, metrics in measured.items():
         cosine, sqnr = min(cosine, metrics["cosine"]), min(sqnr, metrics["sqnr_db"])
+        unseen = name + BOUNDARY_SUFFIX not in measured  # a probability output is predicted from its boundary view
+        predicted = min(predicted, metrics["cosine_predicted"]) if unseen else predicted
         if budget is not None:
-            violations += budget.violations(name, metrics)
-    return {"cosine": cosine, "sqnr_db": sqnr, "ok": not violations, "violations": violations}
+            violations += budget.violations(name, metrics, unseen=unseen)
+    return {"cosine": cosine, "sqnr_db": sqnr, "cosine_predicted": predicted, "ok": not violations, "violations": violations}
 
 
 def fit_to_budget(

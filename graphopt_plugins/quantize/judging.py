@@ -7,7 +7,8 @@ over every sample (`worst_metrics`) would count it the same way: a worst-sample 
 a max abs or rel error, each of which one sample can only lower (raise). The verifier does not
 judge a sample whose reference is silent (`graphopt.verify.metrics.sample_metrics`), a rule that
 reads every sample's reference energy: known before any candidate runs, so applied here alike.
-Slices of outputs never stop a run early; a plan no sample refuses is judged on all of them,
+A probability output is judged at its decision boundary too (`graphopt.verify.unseen`), sample
+by sample as `worst_metrics` judges it. Slices of outputs never stop a run early; a plan no sample refuses is judged on all of them,
 as before. So the search refuses and accepts exactly the plans it did, on fewer runs.
 """
 
@@ -23,6 +24,7 @@ import onnx
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import LOUD_RESIDUE, SILENT, Budget, output_metrics, typical_energy
 from graphopt.verify.runner import make_session, run_samples
+from graphopt.verify.unseen import BOUNDARY_SUFFIX, at_decision_boundary, probability_axis
 
 __all__ = ["SampleJudge", "judged_outputs"]
 
@@ -33,9 +35,12 @@ class SampleJudge:
     def __init__(self, reference: dict[str, np.ndarray], budget: Budget):
         self.reference, self.budget = reference, budget
         self.loudness: dict[str, tuple[list[float], float]] = {}  # per float output: (energy per sample, typical)
+        self.probability_axes: dict[str, int] = {}  # per probability output: its class axis (judged at the boundary too)
         for name, stacked in reference.items():
             if stacked.dtype.kind != "f":
                 continue
+            if (axis := probability_axis(list(stacked))) is not None:
+                self.probability_axes[name] = axis
             energies, typical = typical_energy(list(stacked))
             if any(energy > SILENT * typical for energy in energies):  # else every sample is judged, silent or not
                 self.loudness[name] = (energies, typical)
@@ -53,9 +58,13 @@ class SampleJudge:
                 residue = float(np.sum(np.square(np.ravel(candidate).astype(np.float64) - np.ravel(expected))))
                 if residue <= LOUD_RESIDUE * typical:
                     continue  # a silent sample left silent is not judged
-            metrics = output_metrics(np.ravel(expected), np.ravel(candidate))
-            cosine, sqnr = min(cosine, metrics["cosine"]), min(sqnr, metrics["sqnr_db"])
-            found += [f"{problem} (sample {index})" for problem in self.budget.violations(name, metrics)]
+            views = {name: (np.ravel(expected), np.ravel(candidate))}
+            if name in self.probability_axes:
+                views[name + BOUNDARY_SUFFIX] = at_decision_boundary(expected, np.asarray(candidate), self.probability_axes[name])
+            for view, (ref, cand) in views.items():
+                metrics = output_metrics(ref, cand)
+                cosine, sqnr = min(cosine, metrics["cosine"]), min(sqnr, metrics["sqnr_db"])
+                found += [f"{problem} (sample {index})" for problem in self.budget.violations(view, metrics)]
         return {"cosine": cosine, "sqnr_db": sqnr, "ok": False, "violations": found} if found else None
 
 

@@ -202,7 +202,8 @@ class Planner:
         if self.options.auto:
             stats.update(plans_refused_early=len(self._refused), plan_sample_runs=self.sample_runs)
         stats.update(embeddings=self.embeddings if chosen or self.stored != NOTHING_STORED else 0, weight_qmax=self.qmax, quantized=len(chosen), kept_float=len(self.targets) - len(chosen),
-                     stored_int8=len(self.stored[0]), cosine=metrics["cosine"], sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
+                     stored_int8=len(self.stored[0]), cosine=metrics["cosine"], cosine_predicted=metrics.get("cosine_predicted", metrics["cosine"]),
+                     sqnr_db=_rounded(metrics["sqnr_db"]), budget=self.budget.describe(),
                      layers=[self.rows[t.index] for t in self.targets], seconds=round(time.perf_counter() - started, 2))
         if not chosen and self.stored == NOTHING_STORED:
             stats["reason"] = "every layer kept float"
