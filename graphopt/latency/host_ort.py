@@ -29,22 +29,24 @@ def interleaved_cpu_medians(models: list, feeds: list[dict], seconds: float = 0.
     """
     sessions = [make_session(model, optimize=True, threads=1) for model in models]
     for session, feed in zip(sessions, feeds):
-        session.run(None, feed)  # warm-up; also what sets the per-round run count
-    start = time.thread_time()
-    for session, feed in zip(sessions, feeds):
-        session.run(None, feed)
-    once = max(time.thread_time() - start, 1e-6)
+        session.run(None, feed)  # warm-up
+    # One run each, timed, sets the per-round run count and is the first timed run of round one.
+    times: list[list[float]] = [[_timed_ms(session, feed)] for session, feed in zip(sessions, feeds)]
+    once = max(sum(first for first, in times) / 1e3, 1e-6)
     runs = int(min(max(seconds / once / max(rounds, 1), 3), 200))
-    times: list[list[float]] = [[] for _ in models]
     for round_index in range(max(rounds, 1)):
         for index, (session, feed) in enumerate(zip(sessions, feeds)):
-            for _ in range(runs):
-                begin = time.thread_time()
-                session.run(None, feed)
-                times[index].append((time.thread_time() - begin) * 1e3)
+            for _ in range(runs - (round_index == 0)):
+                times[index].append(_timed_ms(session, feed))
         if decided is not None and 1 <= round_index < rounds - 1 and decided(medians(times)):
             break
     return times
+
+
+def _timed_ms(session, feed: dict) -> float:
+    begin = time.thread_time()
+    session.run(None, feed)
+    return (time.thread_time() - begin) * 1e3
 
 
 def medians(times: list[list[float]]) -> list[float]:

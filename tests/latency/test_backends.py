@@ -53,6 +53,28 @@ def test_a_plain_comparison_ends_after_two_rounds_and_a_close_one_takes_every_ro
     assert asked == [2, 2, 2] and len(close[0]) % 5 == 0  # asked after rounds 2, 3 and 4; all 5 timed
 
 
+def test_each_model_runs_once_untimed_and_every_other_run_is_a_timed_sample(monkeypatch):
+    from graphopt.latency import host_ort
+
+    runs = []
+
+    class Counting:
+        def __init__(self, session):
+            self._session = session
+            runs.append(0)
+            self._index = len(runs) - 1
+
+        def run(self, *args):
+            runs[self._index] += 1
+            return self._session.run(*args)
+
+    make_session = host_ort.make_session
+    monkeypatch.setattr(host_ort, "make_session", lambda *args, **kwargs: Counting(make_session(*args, **kwargs)))
+    times = host_ort.interleaved_cpu_medians([_chain("Tanh", 1), _chain("Tanh", 3)], [_feed(), _feed()], seconds=0.02, rounds=3)
+    # The warm-up alone is untimed: the run that sets the run count is round one's first sample.
+    assert runs == [len(times[0]) + 1, len(times[1]) + 1] and len(times[0]) % 3 == 0
+
+
 def test_none_times_nothing_and_says_so():
     timer = latency.backend("none")
     timings = timer.compare({"a": _chain("Tanh", 1)}, _feed())
