@@ -78,3 +78,33 @@ def test_a_target_out_of_range_is_bad_usage():
     model = onnx.parser.parse_model(OLD_MODEL)
     with pytest.raises(graphopt.UsageError, match="target"):
         graphopt.optimize(model, passes=["opset"], options={"opset": {"target": 99}})
+
+
+def _opset6_cnn() -> onnx.ModelProto:
+    """An opset-6, IR-3 CNN as 2017-era exporters wrote it: initializers are graph inputs too."""
+    rng = np.random.default_rng(0)
+    weight = onnx.numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    bias = onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    nodes = [onnx.helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             onnx.helper.make_node("Relu", ["c"], ["r"]),
+             onnx.helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        nodes, "old", [value("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16]), value("w", onnx.TensorProto.FLOAT, [8, 3, 3, 3]),
+                       value("b", onnx.TensorProto.FLOAT, [8])],
+        [value("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])], [weight, bias])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 6)], ir_version=3)
+
+
+def test_an_opset_6_model_is_converted_and_quantized():
+    # onnx's converter reads opsets below 7 (onnxruntime runs none newer than it must): a
+    # first-try `quantize` on a 2017-era export is converted, not refused.
+    model = _opset6_cnn()
+    result = graphopt.optimize(model, passes=["quantize"], options={"quantize": {"latency": "off", "mode": "static"}})
+    assert _opset(result.model) >= 13
+    assert any(node.op_type == "DequantizeLinear" for node in result.model.graph.node)
+    onnx.checker.check_model(result.model, full_check=True)
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    expected, got = _run(model, x)[0], _run(result.model, x)[0]
+    cosine = float(np.dot(expected.ravel(), got.ravel()) / (np.linalg.norm(expected) * np.linalg.norm(got)))
+    assert cosine > 0.99
