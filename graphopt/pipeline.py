@@ -159,6 +159,10 @@ class _Run:
         try:
             return self.verifier.outputs(reference if reference is not None else self.original)
         except SessionError as error:
+            if "NOT_IMPLEMENTED" in str(error):  # no kernel: other inputs cannot help
+                raise InputError(f"onnxruntime has no kernel for an op of the input model, so it cannot be verified: {error}; "
+                                 f"skip verification with {parameter('verify')} off (onnxruntime runs opset 7 and newer: "
+                                 f"put 'opset' first in {parameter('passes')} for an older model)") from error
             if self.settings.inputs_origin == "generated":
                 raise InputError(
                     f"onnxruntime cannot run the input model on generated inputs (seed {self.settings.seed}): {error}; "

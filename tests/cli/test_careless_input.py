@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import graphopt
@@ -116,3 +117,29 @@ def test_a_failing_pass_is_exit_3_and_writes_nothing(capsys, model_path, tmp_pat
 def test_input_shape_naming_no_input_is_refused(capsys, model_path):
     err = refused(capsys, "optimize", model_path, "--input-shape", "imgae=1,3,64,64")
     assert "--input-shape names no model input: 'imgae'; did you mean 'image'?" in err
+
+
+def _opset6_broadcast_add(path: Path) -> Path:
+    """Add with opset 6's `broadcast` attribute: onnxruntime has no kernel for it, onnx's converter
+    rewrites it to opset 7's implicit broadcasting."""
+    value = onnx.helper.make_tensor_value_info
+    bias = onnx.numpy_helper.from_array(np.arange(4, dtype=np.float32), "bias")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["x", "bias"], ["y"], broadcast=1, axis=1)], "old",
+                                   [value("x", onnx.TensorProto.FLOAT, [2, 4]), value("bias", onnx.TensorProto.FLOAT, [4])],
+                                   [value("y", onnx.TensorProto.FLOAT, [2, 4])], [bias])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 6)], ir_version=3), path)
+    return path
+
+
+def test_a_model_onnxruntime_has_no_kernel_for_says_inputs_cannot_help(capsys, tmp_path):
+    old = _opset6_broadcast_add(tmp_path / "old.onnx")
+    err = refused(capsys, "optimize", old, "-o", tmp_path / "out.onnx")
+    assert "no kernel" in err and "--verify off" in err and "'opset'" in err and "--inputs" not in err
+    assert not (tmp_path / "out.onnx").exists()
+    assert main([str(a) for a in ("optimize", old, "--passes", "opset,cleanup", "--verify", "off", "-o", tmp_path / "out.onnx")]) == 0
+    converted = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(converted, full_check=True)
+    assert max(o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")) >= 7
+    x = np.ones((2, 4), np.float32)
+    got = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x + np.arange(4, dtype=np.float32))
