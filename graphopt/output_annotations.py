@@ -28,14 +28,15 @@ __all__ = ["repaired_output_shapes", "annotated_names", "keep_given_value_info"]
 logger = logging.getLogger(__name__)
 
 
-def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+def repaired_output_shapes(model: onnx.ModelProto, *, stubs: dict | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """(`model`, []) when its declared output shapes agree with inference; else a copy whose
-    contradicting output annotations are replaced or dropped, and one warning per output."""
+    contradicting output annotations are replaced or dropped, and one warning per output.
+    `stubs`: `model`'s `convert.constant_placeholders`, when the caller has them."""
     declared = {v.name: v.type.tensor_type.shape for v in model.graph.output
                 if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
     if not declared:
         return model, []
-    inferred = _inferred_output_shapes(model)
+    inferred = _inferred_output_shapes(model, stubs)
     if inferred is None:
         return model, []
     wrong = {name: inferred.get(name) for name, shape in declared.items() if _contradicts(shape, inferred.get(name))}
@@ -61,9 +62,9 @@ def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
     return repaired, warnings
 
 
-def _inferred_output_shapes(model: onnx.ModelProto) -> dict[str, onnx.TensorShapeProto] | None:
+def _inferred_output_shapes(model: onnx.ModelProto, stubs: dict | None) -> dict[str, onnx.TensorShapeProto] | None:
     """The output shapes inference finds when the declared ones are taken away (None if it fails)."""
-    probe = stand_in_weights(model, value_info=False, constants=True)[0]  # weights stand in: a cheap copy
+    probe = stand_in_weights(model, value_info=False, constants=True, stubs=stubs)[0]  # weights stand in: a cheap copy
     if probe is model:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
