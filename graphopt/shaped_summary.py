@@ -44,7 +44,8 @@ def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tu
     if not leaves_dynamic(model, shapes):
         return summary
     # The energy estimate prices MACs and activations too: at the same shapes, or it reads zeros.
-    summary.update(counted_figures(_frozen_weightless(model, shapes, stubs)))
+    # `summary`'s weight bytes are `model`'s: the frozen copy's dims-only stand-ins need not be summed again.
+    summary.update(counted_figures(_frozen_weightless(model, shapes, stubs), weight_bytes=summary.get("weight_bytes")))
     summary["macs_shapes"] = {name: list(shape) for name, shape in shapes.items()}
     return summary
 
