@@ -1,11 +1,14 @@
-"""The output's value_info: declared output shapes that contradict the model are repaired, and
-only the annotations the user's model had are kept.
+"""The output's value_info: declared output shapes that contradict the model, or are missing,
+are repaired, and only the annotations the user's model had are kept.
 
 Some exporters write a graph output's shape from a stale trace: declared `[1, seqlen]`, the
 model really produces `[32, 1, 8210]`. onnxruntime runs such a model (it checks outputs only
 loosely), but ONNX's full checker refuses it, and so would refuse graphopt's output. Such an
 annotation is replaced by the shape inference finds, or dropped when inference finds none;
 the caller reports the warning, and verification compares the outputs the model really makes.
+An output declared with a type and no shape (`make_tensor_value_info(name, FLOAT, None)`, as
+hand-built models have it) also runs in onnxruntime and fails the checker; it gets the shape
+inference finds.
 
 Shape inference annotates every tensor for the passes' use; shipping them grew a pre-quantized
 CNN whose exporter annotated 33 tensors to 73 annotations (+1.3 kB over 27 kB), though nothing
@@ -31,14 +34,16 @@ logger = logging.getLogger(__name__)
 def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """(`model`, []) when its declared output shapes agree with inference; else a copy whose
     contradicting output annotations are replaced or dropped, and one warning per output."""
-    declared = {v.name: v.type.tensor_type.shape for v in model.graph.output
-                if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
-    if not declared:
+    tensors = [v for v in model.graph.output if v.type.HasField("tensor_type")]
+    declared = {v.name: v.type.tensor_type.shape for v in tensors if v.type.tensor_type.HasField("shape")}
+    shapeless = [v.name for v in tensors if not v.type.tensor_type.HasField("shape")]
+    if not tensors:
         return model, []
     inferred = _inferred_output_shapes(model)
     if inferred is None:
         return model, []
     wrong = {name: inferred.get(name) for name, shape in declared.items() if _contradicts(shape, inferred.get(name))}
+    wrong.update((name, inferred[name]) for name in shapeless if name in inferred)
     if not wrong:
         return model, []
     repaired = onnx.ModelProto()
@@ -46,6 +51,11 @@ def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
     warnings = []
     for value in repaired.graph.output:
         if value.name not in wrong:
+            continue
+        if value.name in shapeless:
+            value.type.tensor_type.shape.CopyFrom(wrong[value.name])
+            warnings.append(f"output '{value.name}' declares no shape, which ONNX's checker requires of a graph output; "
+                            f"it declares {_text(wrong[value.name])}, the shape inference finds")
             continue
         before = _text(value.type.tensor_type.shape)
         replacement = wrong[value.name]

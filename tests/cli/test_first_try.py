@@ -132,3 +132,32 @@ def test_verify_and_bench_need_no_shapes(tmp_path, capsys):
     assert main(["verify", str(path), str(tmp_path / "m.opt.onnx")]) == 0
     assert main(["bench", str(path), "--runs", "2"]) == 0
     assert "median" in capsys.readouterr().out
+
+
+def test_an_output_declared_without_a_shape_gets_the_inferred_one(tmp_path, capsys):
+    # make_tensor_value_info(name, FLOAT, None), as hand-built models have it: onnxruntime runs
+    # the model, onnx's checker refuses it
+    model = dynamic_cnn(17)
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(model)
+    path, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    assert main(["optimize", str(path), "--passes", "cleanup,fuse", "--report", str(report)]) == 0
+    assert "output 'logits' declares no shape" in capsys.readouterr().err
+    assert any("declares no shape" in w for w in json.loads(report.read_text())["warnings"])
+    optimized = onnx.load(tmp_path / "m.opt.onnx")
+    onnx.checker.check_model(optimized, full_check=True)
+    assert _dims(optimized.graph.output[0]) == ["batch", 10]
+    assert main(["inspect", str(path)]) == 0
+
+
+def test_an_input_declared_without_a_shape_is_named_in_one_line(tmp_path, capsys):
+    model = dynamic_cnn(17)
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["optimize", str(path), "--passes", "cleanup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'image'" in err and "declares a type but no shape" in err
+    assert not (tmp_path / "m.opt.onnx").exists()
