@@ -35,16 +35,19 @@ _HOMES = {
     "PreconditionError": "graphopt.errors",
     "UsageError": "graphopt.errors",
     "VerificationError": "graphopt.errors",
+    # the subpackage itself: callable as the function (see graphopt/partition/__init__.py)
+    "partition": "graphopt.partition",
 }
 
-__all__ = ["__version__", "partition", *_HOMES]
+__all__ = ["__version__", *_HOMES]
 
 
 def __getattr__(name: str):
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    module = importlib.import_module(home)
+    value = module if home == f"graphopt.{name}" else getattr(module, name)
     globals()[name] = value  # found once, then an ordinary attribute
     return value
 
@@ -52,7 +55,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOMES))
 
-
-# Imported now, not on first use: importing the subpackage `graphopt.partition` (as the CLI
-# does) would otherwise leave the module, not the function, under that name.
-from graphopt.partition import partition  # noqa: E402

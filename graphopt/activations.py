@@ -28,17 +28,25 @@ def typed_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 
 def expose_tensors(model: onnx.ModelProto, names: Iterable[str], types: Mapping[str, onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
-    """A copy of `model` with the named intermediate tensors, of known element type, added as graph
-    outputs; a KeyError names one without (not inferred, or an input or initializer)."""
+    """A copy of `model` with the named intermediate tensors added as graph outputs, typed where
+    their type is known; a KeyError names one no node of the main graph makes (an input or an
+    initializer, or no tensor at all)."""
     types = typed_values(model) if types is None else types
     exposed = copy_model(model)
     present = {output.name for output in exposed.graph.output}
+    made = None
     for name in names:
         if name in present:
             continue
-        if name not in types:
-            raise KeyError(f"tensor {name!r} has no known type in the model; run shape inference, or is it an input?")
-        exposed.graph.output.append(types[name])
+        if name in types:
+            exposed.graph.output.append(types[name])
+        else:
+            made = {output for node in model.graph.node for output in node.output} if made is None else made
+            if name not in made:
+                raise KeyError(f"no node of the main graph makes tensor {name!r}: is it an input or an initializer?")
+            # ONNX's inference does not type the outputs of ops it has no schema for (the
+            # com.microsoft ops of onnxruntime's transformer optimizer); onnxruntime does.
+            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
         present.add(name)
     return exposed
 

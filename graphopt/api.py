@@ -31,7 +31,7 @@ from graphopt.proto_walk import PROTOBUF_LIMIT, copy_model, iter_tensors, serial
 from graphopt.registry import configure_passes, load_registry
 from graphopt.report import REPORT_SCHEMA, growth_warnings, run_report
 from graphopt.summary import model_bytes, summarize
-from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, split_samples
+from graphopt.verify import Budget, Verifier, generate_feeds, load_feeds, lossless_floor, split_samples
 from graphopt.verify.feeds import check_feeds
 from graphopt.verify.evaluator import load_evaluator
 from graphopt.verify.slices import output_slices, parse_slices
@@ -176,7 +176,7 @@ def _optimized(
     if verify != "off":
         if feeds is None:
             feeds = generate_feeds(source, {name: c.shape for name, c in chosen.items()}, seed=seed)
-        verifier = Verifier(split_samples(feeds), output_slices(source, budget_slices, feeds))
+        verifier = Verifier(split_samples(feeds), output_slices(source, budget_slices, feeds), lossless_floor(source))
     reference_outputs = _confirmed_outputs(confirmation, verifier.samples) if verifier and not freeze_shapes else None
     confirmation.clear()  # its onnxruntime session goes now
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"

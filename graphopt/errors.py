@@ -29,11 +29,18 @@ class GraphoptError(Exception):
     """Base of every error graphopt raises on purpose; `str()` is the one-line message."""
 
     exit_code = 3
+    # keyword arguments a kind carries beside the message, each an attribute (None when not given)
+    details: tuple[str, ...] = ()
 
-    def __init__(self, message: str, *, path: str | None = None):
+    def __init__(self, message: str, *, path: str | None = None, **details):
         super().__init__(message)
         self.message = message
         self.path = path
+        unknown = set(details) - set(self.details)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no {', '.join(sorted(unknown))}")
+        for name in self.details:
+            setattr(self, name, details.get(name))
 
     def __str__(self) -> str:
         return f"{self.message} ({self.path})" if self.path else self.message
@@ -55,20 +62,14 @@ class VerificationError(GraphoptError):
     """The optimized model does not agree with the reference within its tolerance."""
 
     exit_code = 1
-
-    def __init__(self, message: str, *, path: str | None = None, report: dict | None = None):
-        super().__init__(message, path=path)
-        self.report = report
+    details = ("report",)
 
 
 class PassError(GraphoptError):
     """A pass raised, or produced an invalid model."""
 
     exit_code = 3
-
-    def __init__(self, message: str, *, pass_name: str, path: str | None = None):
-        super().__init__(message, path=path)
-        self.pass_name = pass_name
+    details = ("pass_name",)
 
 
 class PluginError(GraphoptError):

@@ -210,7 +210,17 @@ def _check(skeleton: onnx.ModelProto, data: bytes | None, *, path: str | None, f
     try:
         onnx.checker.check_model(data, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError) as error:
-        raise InputError(f"invalid model: {first_line(error)}", path=path) from error
+        raise InputError(f"invalid model: {first_line(error)}{_shapeless_interface(skeleton)}", path=path) from error
+
+
+def _shapeless_interface(model: onnx.ModelProto) -> str:
+    """For the checker's "Field 'shape' of 'type' is required": which graph input or output, and what to do."""
+    names = [value.name for value in (*model.graph.input, *model.graph.output)
+             if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")]
+    if not names:
+        return ""
+    return (f" (graph input/output {', '.join(map(repr, names))} declares a type but no shape; declare one, with "
+            "dim_param names for dims that vary)")
 
 
 def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -19,7 +19,8 @@ from graphopt.errors import InputError, UsageError, first_line
 from graphopt.external_data import (external_folder, is_external_file_of, load_confined_external_data, same_file,
                                      write_with_external_data)
 from graphopt.model import check_model, checked_input
-from graphopt.proto_walk import PROTOBUF_LIMIT, field_kinds, serialized_too_big
+from graphopt.output_annotations import repaired_output_shapes
+from graphopt.proto_walk import PROTOBUF_LIMIT, field_kinds, serialized_bytes, serialized_too_big
 
 __all__ = ["read_model", "load_model", "save_model"]
 
@@ -53,8 +54,12 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes | None]:
 
 
 def load_model(path: str | os.PathLike, *, infer_shapes: bool = True) -> onnx.ModelProto:
-    """The checked model in the file `path` (see `read_model`), shape-inferred unless `infer_shapes=False`."""
+    """The checked model in the file `path` (see `read_model`), shape-inferred unless `infer_shapes=False`;
+    output shapes repaired as `output_annotations.repaired_output_shapes` does, with a warning."""
     model, data = read_model(path)
+    model, warnings = repaired_output_shapes(model)  # each logged as a warning
+    if warnings and data is not None:
+        data = serialized_bytes(model)
     if infer_shapes:
         return checked_input(model, path=str(path), data=data)
     check_model(model, path=str(path))

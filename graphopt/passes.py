@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the verifier pulls in onnxruntime, which `graphopt passes` 
 
 Item = TypeVar("Item")
 
-__all__ = ["Pass", "PassResult", "PassContext", "NoOptions"]
+__all__ = ["Pass", "PassResult", "PassContext", "NoOptions", "keep_unless"]
 
 
 @dataclasses.dataclass
@@ -150,3 +150,16 @@ class Pass:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options!r})"
+
+
+def keep_unless(items: Iterable[Item], reason_against: Callable[[Item], str | None]) -> tuple[list[Item], list[tuple[Item, str]]]:
+    """(the items with no reason against them, `(item, reason)` for each of the others), in order:
+    what a pass works on and what it leaves alone, each with why, for its report."""
+    kept, left = [], []
+    for item in items:
+        reason = reason_against(item)
+        if reason is None:
+            kept.append(item)
+        else:
+            left.append((item, reason))
+    return kept, left

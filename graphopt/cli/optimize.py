@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from graphopt.emit.cli_args import add_target_arguments, default_suffix, describe_emit, target_settings
+from graphopt.documents import read_document
 from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
 from graphopt.external_data import same_file
 from graphopt.options import parse_assignment
@@ -159,12 +160,8 @@ def _read_recipe(path: Path) -> dict:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    try:
-        recipe = tomllib.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise InputError("recipe file does not exist", path=str(path)) from error
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise InputError(f"recipe is not valid TOML: {error}", path=str(path)) from error
+    recipe = read_document(path, tomllib.loads, missing="recipe file does not exist", unreadable="recipe is not valid TOML",
+                           invalid=tomllib.TOMLDecodeError)
     for key, value in recipe.items():
         if key not in ("passes", "budget", "verify") and not isinstance(value, dict):
             raise InputError(f"recipe key '{key}' is neither passes, budget, verify nor a [pass] table", path=str(path))

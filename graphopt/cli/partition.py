@@ -14,7 +14,7 @@ from pathlib import Path
 
 from graphopt.errors import GraphoptError, InputError, UsageError
 from graphopt.verify.feeds import parse_input_shape
-from graphopt.writable import atomic_write, folder_of
+from graphopt.writable import atomic_write, require_writable_folder
 
 __all__ = ["add_commands"]
 
@@ -76,7 +76,7 @@ def _partition(args) -> int:
     source, folder = Path(args.model), Path(args.output)
     check_output_dir(folder, source)
     if args.report:
-        _check_report_path(Path(args.report))
+        require_writable_folder(Path(args.report), "report")
     if not source.is_file():
         raise InputError("model file does not exist", path=str(source))
     try:
@@ -114,10 +114,10 @@ def _run(args) -> int:
     from graphopt.partition.runner import run
     from graphopt.verify.feeds import split_samples
 
-    manifest, _ = load_manifest(args.folder)
-    feeds = _read_npz(Path(args.inputs), [value["name"] for value in manifest["model"]["inputs"]])
     if args.output:
-        _check_report_path(Path(args.output))
+        require_writable_folder(Path(args.output), "output")
+    manifest, _ = load_manifest(args.folder)
+    feeds = _model_inputs(Path(args.inputs), [value["name"] for value in manifest["model"]["inputs"]])
     samples = split_samples(feeds)
     start = time.perf_counter()
     if args.samples_per_call is not None and args.samples_per_call < 1:
@@ -169,16 +169,10 @@ def _optimize_then_partition(optimize_handler):
     return handler
 
 
-def _read_npz(path: Path, names: list[str]) -> dict:
-    import numpy as np
+def _model_inputs(path: Path, names: list[str]) -> dict:
+    from graphopt.verify.feeds import read_npz
 
-    if not path.is_file():
-        raise InputError("--inputs file does not exist", path=str(path))
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as error:  # numpy raises OSError, ValueError or BadZipFile for a bad file
-        raise InputError(f"--inputs is not a readable .npz file: {error}", path=str(path)) from error
+    arrays = read_npz(path, "--inputs")
     missing = sorted(set(names) - set(arrays))
     if missing:
         raise InputError(f"--inputs has no array for model input {', '.join(map(repr, missing))}", path=str(path))
@@ -186,11 +180,6 @@ def _read_npz(path: Path, names: list[str]) -> dict:
     if len({array.shape[0] if array.ndim else None for array in feeds.values()}) != 1 or any(a.ndim == 0 for a in feeds.values()):
         raise InputError("--inputs arrays must all be shaped (N, *input_shape) with the same N", path=str(path))
     return feeds
-
-
-def _check_report_path(path: Path) -> None:
-    if not folder_of(path).is_dir():
-        raise UsageError("the folder of this output does not exist", path=str(path))
 
 
 def _write_json(path: Path, document: dict) -> None:

@@ -33,7 +33,7 @@ def run(args) -> int:
     from graphopt.api import prepare_feeds
     from graphopt.model_io import load_model
     from graphopt.cli.optimize import generated_feeds
-    from graphopt.verify import Budget, SessionError, Verifier, input_specs, split_samples
+    from graphopt.verify import Budget, SessionError, Verifier, input_specs, lossless_floor, split_samples
     from graphopt.verify.slices import output_slices
     from graphopt.verify.feeds import parse_input_shape
     from graphopt.verify.tensor_errors import per_tensor_errors
@@ -44,7 +44,7 @@ def run(args) -> int:
         raise InputError("the candidate's inputs differ from the reference's (names or dtypes)", path=args.candidate)
     shapes = dict(parse_input_shape(item) for item in args.input_shape)
     feeds = prepare_feeds(args.inputs, reference) if args.inputs else generated_feeds(reference, shapes, args.seed, args.json, "verified")
-    verifier = Verifier(split_samples(feeds), output_slices(reference, args.budget_slices, feeds))
+    verifier = Verifier(split_samples(feeds), output_slices(reference, args.budget_slices, feeds), lossless_floor(reference))
     budget = Budget.parse(args.budget)
     outputs = {}
     for label, model, path in (("reference", reference, args.reference), ("candidate", candidate, args.candidate)):

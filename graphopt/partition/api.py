@@ -27,7 +27,7 @@ from graphopt.partition.manifest import MANIFEST_SCHEMA, check_output_dir, descr
 from graphopt.partition.planner import plan_cuts
 from graphopt.partition.refine import plan_by_measured_stages
 from graphopt.partition.stages import extract_stages, run_chain
-from graphopt.verify import Verifier, generate_feeds, split_samples
+from graphopt.verify import Verifier, generate_feeds, lossless_floor, split_samples
 
 __all__ = ["Partition", "partition", "partition_to_dir", "COST_MODELS", "DEFAULT_CUT_WEIGHT"]
 
@@ -132,7 +132,7 @@ def _verification_feeds(source, inputs, calibration, input_shapes, seed) -> tupl
 
 def _verify_chain(source: onnx.ModelProto, stage_models: list[onnx.ModelProto], samples: list[dict], origin: str) -> dict:
     """The chain's outputs against the whole model's on every sample (ORT, optimizations off)."""
-    verifier = Verifier(samples)
+    verifier = Verifier(samples, precision=lossless_floor(source))
     whole = verifier.outputs(source)
     chained = run_chain(stage_models, samples)
     chained = [{name: values[name] for name in whole[0]} for values in chained]

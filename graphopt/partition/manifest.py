@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 
+from graphopt.documents import read_document
 from graphopt.errors import InputError, UsageError
 
 __all__ = ["MANIFEST_SCHEMA", "MANIFEST_NAME", "stage_file", "describe_values", "load_manifest", "write_partition", "check_output_dir"]
@@ -50,12 +51,8 @@ def load_manifest(manifest: str | os.PathLike | dict) -> tuple[dict, Path | None
         path = Path(manifest)
         if path.is_dir():
             path = path / MANIFEST_NAME
-        try:
-            document = json.loads(path.read_text())
-        except FileNotFoundError as error:
-            raise InputError("no partition manifest here", path=str(path)) from error
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"manifest is not readable JSON: {error}", path=str(path)) from error
+        document = read_document(path, json.loads, missing="no partition manifest here", unreadable="manifest is not readable JSON",
+                                 invalid=json.JSONDecodeError)
         folder = path.parent
     if not isinstance(document, dict) or document.get("schema") != MANIFEST_SCHEMA:
         raise InputError(f"not a {MANIFEST_SCHEMA} manifest (schema {document.get('schema') if isinstance(document, dict) else None!r})",

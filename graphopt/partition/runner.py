@@ -39,10 +39,7 @@ class PipelineError(GraphoptError):
     """A stage worker died, raised, or stalled; `stage` is its index (None: the driver's side)."""
 
     exit_code = 3
-
-    def __init__(self, message: str, *, stage: int | None = None, path: str | None = None):
-        super().__init__(message, path=path)
-        self.stage = stage
+    details = ("stage",)
 
 
 def run(

@@ -13,6 +13,7 @@ from graphopt.verify.feeds import generate_feeds, input_specs, load_feeds, parse
 from graphopt.verify.localize import first_divergence
 from graphopt.verify.tensor_errors import per_tensor_errors
 from graphopt.verify.metrics import Budget, Tolerance, output_metrics, sample_metrics, tolerance_for, within_tolerance
+from graphopt.verify.precision import lossless_floor, looser
 from graphopt.verify.runner import SessionError, make_session, run_samples
 from graphopt.verify.slices import OutputSlice, detect_slices, parse_slices
 
@@ -30,6 +31,7 @@ __all__ = [
     "output_metrics",
     "sample_metrics",
     "tolerance_for",
+    "lossless_floor",
     "within_tolerance",
     "first_divergence",
     "OutputSlice",
@@ -78,9 +80,12 @@ class Verdict:
 class Verifier:
     """Judges candidates against references on a fixed list of input samples."""
 
-    def __init__(self, samples: list[dict[str, np.ndarray]], slices: tuple[OutputSlice, ...] = ()):
+    def __init__(self, samples: list[dict[str, np.ndarray]], slices: tuple[OutputSlice, ...] = (),
+                 precision: Tolerance | None = None):
         self.samples = samples
         self.slices = tuple(slices)  # parts of outputs judged on their own under a budget
+        # the reference's own precision (`precision.lossless_floor`): no float output is held closer
+        self.precision = precision
 
     def outputs(self, model: onnx.ModelProto | bytes) -> list[dict[str, np.ndarray]]:
         """Runs `model` (a proto or its bytes; ORT, optimizations off) on every sample. Raises SessionError."""
@@ -108,7 +113,7 @@ class Verifier:
             else:
                 metrics = output_metrics(ref[:0], cand[:1])
             if budget is None:
-                tolerance = tolerance_for(ref.dtype)
+                tolerance = looser(tolerance_for(ref.dtype), self.precision) if ref.dtype.kind == "f" else tolerance_for(ref.dtype)
                 within = shapes_agree and ref.dtype == cand.dtype and within_tolerance(ref, cand, tolerance)
                 metrics["tolerance"] = dataclasses.asdict(tolerance)
                 if not within:

@@ -18,7 +18,7 @@ import onnx
 from graphopt.errors import InputError, UsageError
 from graphopt.parameter_names import parameter
 
-__all__ = ["InputSpec", "check_feeds", "input_specs", "parse_input_shape", "generate_feeds", "load_feeds", "split_samples"]
+__all__ = ["InputSpec", "check_feeds", "input_specs", "parse_input_shape", "generate_feeds", "load_feeds", "read_npz", "split_samples"]
 
 # Integer inputs whose range no consumer bounds are drawn from [0, _DEFAULT_INT_HIGH).
 _DEFAULT_INT_HIGH = 8
@@ -89,15 +89,18 @@ def generate_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | 
 def load_feeds(path: str | os.PathLike, model: onnx.ModelProto, *, option: str | None = None) -> dict[str, np.ndarray]:
     """Arrays from an `.npz`, checked against the model's inputs (names, per-sample shapes, dtypes)."""
     option = option or parameter("inputs")
-    path = Path(path)
+    return check_feeds(read_npz(Path(path), option), model, option=option, path=Path(path))
+
+
+def read_npz(path: Path, option: str) -> dict[str, np.ndarray]:
+    """Every array of an `.npz`, by name; InputError naming `option` and the file when it cannot be read."""
     if not path.is_file():
         raise InputError(f"{option} file does not exist", path=str(path))
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+            return {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise InputError(f"{option} is not a readable .npz file: {error}", path=str(path)) from error
-    return check_feeds(arrays, model, option=option, path=path)
 
 
 def check_feeds(arrays: dict[str, np.ndarray], model: onnx.ModelProto, *, option: str | None = None,

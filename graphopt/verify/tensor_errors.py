@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from graphopt.activations import iter_activations
 from graphopt.model import infer_model_shapes
 from graphopt.verify.metrics import output_metrics
 
@@ -45,6 +44,10 @@ def per_tensor_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, sa
     reference, candidate = infer_model_shapes(reference), infer_model_shapes(candidate)
     names = shared_tensors(reference, candidate)
     worst: dict[str, dict] = {}
+    # imported here: graphopt.activations runs models through graphopt.verify's feeds and
+    # runner, so importing it at the top made `import graphopt.activations` a cycle
+    from graphopt.activations import iter_activations
+
     for expected, actual in zip(iter_activations(reference, samples, names), iter_activations(candidate, samples, names)):
         for name in names:
             metrics = output_metrics(np.asarray(expected[name]), np.asarray(actual[name]))

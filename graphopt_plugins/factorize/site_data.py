@@ -11,6 +11,7 @@ import onnx
 
 from graphopt import tensor_shapes
 from graphopt.model import infer_model_shapes
+from graphopt.passes import keep_unless
 from graphopt.statistics import gram_problem
 from graphopt.summary import summarize
 from graphopt_plugins.factorize.sites import Site
@@ -35,16 +36,11 @@ def potential(site: Site, options) -> int:
 
 def fittable(sites: list[Site], data: LayerData) -> tuple[list[Site], list[dict]]:
     """(the sites whose input statistics can be fitted to, one `{node, reason}` per site left alone)."""
-    kept, unfit = [], []
-    for site in sites:
-        problem = gram_problem(data.grams.get(site.index), data.rows_seen.get(site.index)) \
-            if site.index in data.grams and data.rows_seen.get(site.index) else None
-        if problem is None:
-            kept.append(site)
-        else:
-            unfit.append({"node": site.name, "reason": problem})
-            logger.info("factorize: '%s' left alone: %s", site.name, problem)
-    return kept, unfit
+    kept, unfit = keep_unless(sites, lambda site: gram_problem(data.grams.get(site.index), data.rows_seen.get(site.index))
+                              if site.index in data.grams and data.rows_seen.get(site.index) else None)
+    for site, problem in unfit:
+        logger.info("factorize: '%s' left alone: %s", site.name, problem)
+    return kept, [{"node": site.name, "reason": problem} for site, problem in unfit]
 
 
 def set_rows(sites: list[Site], data: LayerData | None) -> None:

@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 import graphopt
 from graphopt import convert, graph_queries, latency
+from graphopt.passes import keep_unless
 from graphopt.speed import slower
 from graphopt.statistics import split_held_out
 from graphopt.verify.metrics import Budget
@@ -312,14 +313,12 @@ class Prune(graphopt.Pass):
 
 def _safe_groups(groups: list) -> tuple[list, list[dict]]:
     """(groups that can be pruned, one `{group, reason}` per group that cannot)."""
-    safe, skipped = [], []
-    for group in groups:
-        reason = group.reason
-        if reason is None and any(is_pruned_weight(root.inputs[prunable_layer(root)[0]]) for root, _ in group.roots):
-            reason = "already pruned"
-        if reason is None:
-            safe.append(group)
-        else:
-            skipped.append({"group": group.name, "reason": reason})
-            logger.debug("prune: group of '%s' skipped: %s", group.name, reason)
-    return safe, skipped
+    def reason_against(group) -> str | None:
+        if group.reason is None and any(is_pruned_weight(root.inputs[prunable_layer(root)[0]]) for root, _ in group.roots):
+            return "already pruned"
+        return group.reason
+
+    safe, skipped = keep_unless(groups, reason_against)
+    for group, reason in skipped:
+        logger.debug("prune: group of '%s' skipped: %s", group.name, reason)
+    return safe, [{"group": group.name, "reason": reason} for group, reason in skipped]

@@ -8,9 +8,11 @@ symmetric. A bias becomes int32 with scale x_scale * w_scale, per output channel
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["quantize_per_channel", "quantize_blocked", "activation_params", "quantize_bias", "fake_quantize"]
+__all__ = ["quantize_per_channel", "weight_sqnr_db", "quantize_blocked", "activation_params", "quantize_bias", "fake_quantize"]
 
 _TINY = np.float32(1e-12)
 
@@ -24,6 +26,16 @@ def quantize_per_channel(weight: np.ndarray, axis: int, qmax: int = 127) -> tupl
     shape[axis] = -1
     quantized = np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
     return quantized, scale
+
+
+def weight_sqnr_db(weight: np.ndarray, axis: int, qmax: int = 127) -> float:
+    """The SQNR (dB) of `weight` quantized per channel along `axis`: inf when it is exact."""
+    weight = weight.astype(np.float32)
+    quantized, scale = quantize_per_channel(weight, axis, qmax)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    noise = float(np.sum((weight - quantized * scale.reshape(shape)) ** 2))
+    return 10 * math.log10(float(np.sum(weight ** 2)) / noise) if noise > 0 else math.inf
 
 
 def quantize_blocked(weight: np.ndarray, axis: int, block: int, qmax: int = 7) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from graphopt_plugins.quantize.calibration import collect_ranges
 from graphopt_plugins.quantize.judging import SampleJudge, judged_outputs
 from graphopt_plugins.quantize.kernels import FULL_RANGE, weight_qmax
 from graphopt_plugins.quantize.latency import constant_tensors, layer_models
-from graphopt_plugins.quantize.numerics import quantize_per_channel
+from graphopt_plugins.quantize.numerics import weight_sqnr_db
 from graphopt_plugins.quantize.sensitivity import default_workers, sweep
 from graphopt_plugins.quantize.stored_weights import NOTHING_STORED, store_kept_weights, store_weights
 from graphopt_plugins.quantize.smoothing import channel_extremes, smooth, smoothing_sites
@@ -387,14 +387,7 @@ def _layer_signature(node: onnx.NodeProto, target: Target, shape, boundaries) ->
 
 def _weight_sqnr(model: onnx.ModelProto, target: Target, constants: dict, qmax: int) -> float | None:
     tensor = constants.get(model.graph.node[target.index].input[1])
-    if tensor is None:
-        return None
-    weight = onnx.numpy_helper.to_array(tensor).astype(np.float32)
-    quantized, scale = quantize_per_channel(weight, target.axis, qmax)
-    shape = [1] * weight.ndim
-    shape[target.axis] = -1
-    noise = float(np.sum((weight - quantized * scale.reshape(shape)) ** 2))
-    return _rounded(10 * math.log10(float(np.sum(weight ** 2)) / noise) if noise > 0 else math.inf)
+    return None if tensor is None else _rounded(weight_sqnr_db(onnx.numpy_helper.to_array(tensor), target.axis, qmax))
 
 
 def _rounded(value):

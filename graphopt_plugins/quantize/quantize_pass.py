@@ -238,7 +238,7 @@ def _hold_out(samples: dict, ctx: graphopt.PassContext) -> tuple[dict, dict]:
     held = count // 4
     if held < 1:
         ctx.logger.warning("quantize: %d calibration sample(s): none can be held out, so the plan is judged on the "
-                           "samples its ranges were fitted to; give 4 or more (or --inputs)", count)
+                           "samples its ranges were fitted to; give --calibration (or --inputs) with 4 or more samples", count)
         return samples, samples
     fitting = {name: value[: count - held] for name, value in samples.items()}
     judging = {name: np.concatenate([value[count - held:], value[: count - held]]) for name, value in samples.items()}

@@ -132,3 +132,69 @@ def test_verify_and_bench_need_no_shapes(tmp_path, capsys):
     assert main(["verify", str(path), str(tmp_path / "m.opt.onnx")]) == 0
     assert main(["bench", str(path), "--runs", "2"]) == 0
     assert "median" in capsys.readouterr().out
+
+
+def test_an_output_declared_without_a_shape_gets_the_inferred_one(tmp_path, capsys):
+    # make_tensor_value_info(name, FLOAT, None), as hand-built models have it: onnxruntime runs
+    # the model, onnx's checker refuses it
+    model = dynamic_cnn(17)
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(model)
+    path, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    assert main(["optimize", str(path), "--passes", "cleanup,fuse", "--report", str(report)]) == 0
+    assert "output 'logits' declares no shape" in capsys.readouterr().err
+    assert any("declares no shape" in w for w in json.loads(report.read_text())["warnings"])
+    optimized = onnx.load(tmp_path / "m.opt.onnx")
+    onnx.checker.check_model(optimized, full_check=True)
+    assert _dims(optimized.graph.output[0]) == ["batch", 10]
+    assert main(["inspect", str(path)]) == 0
+
+
+def test_an_input_declared_without_a_shape_is_named_in_one_line(tmp_path, capsys):
+    model = dynamic_cnn(17)
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["optimize", str(path), "--passes", "cleanup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'image'" in err and "declares a type but no shape" in err
+    assert not (tmp_path / "m.opt.onnx").exists()
+
+
+def _stale_trace(length: int = 20) -> onnx.ModelProto:
+    """x [1, time, 8] -> Relu -> MatMul -> Add -> y, every annotation written at time = `length`,
+    as an exporter that fixed the dim while tracing leaves it."""
+    rng = np.random.default_rng(0)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("MatMul", ["r", "w"], ["h"]),
+         onnx.helper.make_node("Add", ["h", "b"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, "time", 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, length, 16])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w"),
+         onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b")],
+        value_info=[onnx.helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [1, length, 8]),
+                    onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [1, length, 16])])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def _optimized_session(path):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_annotations_a_trace_fixed_are_dropped_so_the_model_runs_at_every_length(tmp_path, capsys):
+    path, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(_stale_trace(), path)
+    x = np.ones((1, 50, 8), np.float32)
+    with pytest.raises(Exception, match="reshape"):  # onnxruntime's optimizer plans with time = 20
+        _optimized_session(path).run(None, {"x": x})
+    assert main(["optimize", str(path), "--passes", "cleanup,fuse,quantize", "--report", str(report)]) == 0
+    err = capsys.readouterr().err
+    assert "'y' declares shape [1, 20, 16]" in err and "'r' declares [1, 20, 8] where the model makes [1, time, 8]" in err
+    assert len(json.loads(report.read_text())["warnings"]) >= 2
+    optimized = onnx.load(tmp_path / "m.opt.onnx")
+    assert _dims(optimized.graph.output[0]) == [1, "time", 16]
+    assert _optimized_session(tmp_path / "m.opt.onnx").run(None, {"x": x})[0].shape == (1, 50, 16)

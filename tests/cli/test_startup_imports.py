@@ -1,4 +1,4 @@
-"""`graphopt passes` and `graphopt --help` start without loading onnxruntime (a second on a
+"""`import graphopt`, `graphopt passes` and `graphopt --help` start without loading onnxruntime (a second on a
 small machine): `graphopt/__init__` and the modules every plugin loads defer it."""
 
 import subprocess
@@ -29,3 +29,17 @@ def test_the_api_names_are_there_on_first_use():
     probe = "import graphopt; print(callable(graphopt.optimize), graphopt.UsageError.__name__, 'optimize' in dir(graphopt))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "UsageError", "True"]
+
+
+def test_importing_graphopt_loads_neither_onnx_onnxruntime_nor_networkx():
+    probe = "import sys, graphopt; print(*(name in sys.modules for name in ('onnx', 'onnxruntime', 'networkx')))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "False"]
+
+
+@pytest.mark.parametrize("first", ["import graphopt.partition.manifest", "from graphopt.partition import partition", "pass"])
+def test_graphopt_partition_is_the_function_whichever_import_came_first(first):
+    probe = (f"{first}\nimport graphopt\nfrom graphopt.partition.api import partition\n"
+             "print(callable(graphopt.partition), graphopt.partition.partition is partition)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True"]

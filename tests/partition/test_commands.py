@@ -71,3 +71,13 @@ def test_a_chain_that_disagrees_exits_1_and_writes_nothing(encoder, tmp_path, mo
     assert main(["partition", str(encoder), "--stages", "2", "-o", str(folder), "--by", "macs"]) == 1
     assert "differ from the whole model" in capsys.readouterr().err
     assert not folder.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".graphopt")]
+
+
+def test_run_refuses_an_unwritable_output_before_reading_anything(tmp_path, capsys):
+    # /proc: no one may create files there, root included; neither the stages folder nor the
+    # inputs exist, so the output is what is checked first
+    assert main(["run", str(tmp_path / "nowhere"), "--inputs", str(tmp_path / "none.npz"), "-o", "/proc/y.npz"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "graphopt: error: output folder '/proc' is not writable (/proc/y.npz)"
+    assert main(["run", str(tmp_path / "nowhere"), "--inputs", str(tmp_path / "none.npz"), "-o", str(tmp_path / "no" / "y.npz")]) == 2
+    assert "output folder does not exist" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 
 import graphopt
@@ -190,3 +191,19 @@ def test_rank_by_budget_takes_no_step_at_the_weakest_strength():
     none = graphopt.optimize(model, passes=["factorize"], options={"factorize": {"strength": 1e-9}}, calibration=data,
                              verify="off")
     assert not none.report["passes"][0]["changed"]
+
+
+def test_a_matmul_fed_by_an_onnxruntime_contrib_op_is_factorized():
+    # onnxruntime's transformer optimizer leaves com.microsoft ops, whose outputs ONNX's
+    # inference cannot type: the MatMul after one is still fitted to its real inputs
+    weight = RNG.standard_normal((64, 8)) @ RNG.standard_normal((8, 64)) / 8
+    model = onnx.parser.parse_model('''<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+        g (float[4,64] x) => (float[4,64] y) {
+            h = com.microsoft.Gelu(x)
+            y = MatMul(h, w)
+        }''')
+    model.graph.initializer.append(onnx.numpy_helper.from_array(weight.astype(np.float32), "w"))
+    calibration = _calibration([4, 64], n=16)
+    factorized, entry = factorize(model, calibration, rank_by="max_error", max_error=0.05)
+    assert entry["changed"] is True and op_counts(factorized)["MatMul"] == 2
+    _assert_within(model, factorized, {"x": calibration["x"][0]}, 0.99)
