@@ -37,6 +37,7 @@ from graphopt.verify.evaluator import load_evaluator
 from graphopt.verify.slices import output_slices, parse_slices
 from graphopt.verify.input_shapes import freeze_input_shapes, run_shapes
 from graphopt.output_annotations import annotated_names, keep_given_value_info, repaired_output_shapes
+from graphopt.selection_head import agreement, attach_head, split_head
 from graphopt.writable import require_writable_folder
 from graphopt.shaped_summary import count_macs_at, leaves_dynamic
 from graphopt.parameter_names import parameter
@@ -172,11 +173,13 @@ def _optimized(
         prepared = _prepared(freeze_input_shapes(prepared.pristine(), {name: c.shape for name, c in chosen.items()}))
         prepared.warnings = model_warnings
         source = prepared.running
+    # outputs a selection makes are judged on what it selects from (selection_head.py)
+    trunk, head = split_head(source) if verify != "off" and not all(p.lossless for p in configured) else (source, None)
     verifier = None
     if verify != "off":
         if feeds is None:
             feeds = generate_feeds(source, {name: c.shape for name, c in chosen.items()}, seed=seed)
-        verifier = Verifier(split_samples(feeds), output_slices(source, budget_slices, feeds), lossless_floor(source))
+        verifier = Verifier(split_samples(feeds), output_slices(trunk, budget_slices, feeds), lossless_floor(source))
     reference_outputs = _confirmed_outputs(confirmation, verifier.samples) if verifier and not freeze_shapes else None
     confirmation.clear()  # its onnxruntime session goes now
     origin = "file" if inputs is not None else "calibration" if calibration is not None else "generated"
@@ -192,25 +195,26 @@ def _optimized(
     with spill_folder(source) if weights_dir is not None else contextlib.nullcontext() as spill:
         context = RunContext(weights_dir=weights_dir, spill_dir=spill)
         try:
-            outcome = run_pipeline(source, configured, loaded, settings, verifier, calibration_feeds,
-                                   model_size=prepared.given_size, context=context, reference=prepared.data,
-                                   reference_outputs=reference_outputs)
+            outcome = run_pipeline(trunk, configured, loaded, settings, verifier, calibration_feeds,
+                                   model_size=prepared.given_size, context=context,
+                                   reference=prepared.data if head is None else None,
+                                   reference_outputs=reference_outputs if head is None else None)
         except VerificationError as error:
             if error.report is not None:
                 error.report["input"] = summarize(source, size=prepared.given_size, size_of=prepared.given)
             raise
         changed = any(entry["status"] == "accepted" for entry in outcome.passes)
-        final = outcome.model if changed else prepared.pristine()
+        final = prepared.pristine() if not changed else outcome.model if head is None else attach_head(outcome.model, head)
         # Summarised while the inferred shapes are still there; MACs of a model that leaves the
         # input shapes dynamic are counted at `at` instead (count_macs_at).
         at = {name: c.shape for name, c in chosen.items()}
-        output_summary = summarize(outcome.model, size=0, count=not leaves_dynamic(final, at))  # sized below, as stored
+        output_summary = summarize(final if changed else outcome.model, size=0, count=not leaves_dynamic(final, at))  # sized below
         # The shapes graphopt inferred for its own use are not the user's; don't ship them
         # (output_annotations: the output keeps the value_info the input had).
         stripped = changed and keep_given_value_info(final, prepared.annotations)
         # Measured by the last check (the placeholder form's bytes plus the weights' byte
         # counts): sizing the result through protobuf would serialise it all once more.
-        size = outcome.size if changed else prepared.given_size
+        size = prepared.given_size if not changed else outcome.size if head is None else None
         output_summary["bytes"] = size if size is not None and not (stripped and prepared.keeps_value_info) else model_bytes(final)
         input_summary = summarize(source, size=prepared.given_size, size_of=prepared.given,
                                   count=not leaves_dynamic(prepared.given, at))
@@ -226,6 +230,9 @@ def _optimized(
         report["verification"]["shapes"] = {name: c.to_dict() for name, c in chosen.items()}
         report["verification"]["frozen"] = freeze_shapes
         report["never_slower"] = outcome.never_slower
+        if head is not None:
+            report["verification"]["selection_head"] = dict(head.describe(), agreement=agreement(
+                head, reference_outputs or verifier.outputs(source), verifier.outputs(final)) if changed else None)
         yield final, report, spill
 
 

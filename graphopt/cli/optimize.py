@@ -96,6 +96,8 @@ def run(args) -> int:
     if not args.quiet:
         print(f"wrote {output}")
         print_chosen_shapes(report["verification"].get("shapes", {}), verb="froze" if args.freeze_shapes else "verified")
+        if head := report["verification"].get("selection_head"):
+            print(selection_line(head))
         print(format_comparison(report["input"], report["output"]))
         if describe_emit(report):
             print(describe_emit(report))
@@ -104,6 +106,18 @@ def run(args) -> int:
         for warning in report["warnings"]:  # the run's warnings again, where the result is summed up
             print(f"warning: {warning}")
     return 0
+
+
+def selection_line(head: dict) -> str:
+    """What a run whose outputs come through a selection judged, and what the selection's flips cost."""
+    line = (f"outputs {', '.join(head['outputs'])} come through {', '.join(head['selections'])}: lossy passes were judged on "
+            f"{', '.join(repr(name) for name in head['judged_on'])}")
+    for name, seen in (head.get("agreement") or {}).items():
+        parts = [f"equal on {seen['equal_fraction']:.1%} of elements" if "equal_fraction" in seen else "",
+                 f"worst cosine {seen['cosine']:.5f}" if "cosine" in seen else "",
+                 f"shape differs on {seen['shape_differs']} of {seen['samples']} samples" if seen["shape_differs"] else ""]
+        line += f"; {name}: {', '.join(part for part in parts if part)}"
+    return line + (" (on the verifier's samples)" if head.get("agreement") else "")
 
 
 def print_chosen_shapes(shapes: dict, *, verb: str) -> None:
