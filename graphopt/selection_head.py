@@ -61,7 +61,9 @@ def split_head(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Head | None]:
     moved = [name for name in wanted if name in initializers and name not in read_by_trunk]
     types = {value.name: value for value in (*graph.value_info, *graph.input, *graph.output)}
     reads = [name for name in wanted if name not in initializers or name in read_by_trunk]
-    if any(name not in types or not types[name].type.tensor_type.elem_type for name in reads):
+    inputs = {value.name for value in graph.input}
+    # a selection straight off a model input leaves no trunk worth judging
+    if not trunk_nodes or any(name in inputs or name not in types or not types[name].type.tensor_type.elem_type for name in reads):
         return model, None
     trunk = onnx.ModelProto()
     trunk.CopyFrom(model)

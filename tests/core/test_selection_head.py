@@ -63,6 +63,13 @@ def test_a_head_that_holds_weights_is_not_set_aside():
     assert split_head(infer_model_shapes(model))[1] is None
 
 
+def test_a_selection_straight_off_an_input_is_not_set_aside():
+    graph = helper.make_graph([helper.make_node("ArgMax", ["x"], ["ids"], axis=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 1])])
+    assert split_head(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))[1] is None
+
+
 def test_prune_on_a_segmenter_is_judged_on_its_logits(tmp_path, capsys):
     path, report_path, original = tmp_path / "seg.onnx", tmp_path / "r.json", _segmenter()
     onnx.save(original, path)
