@@ -18,6 +18,7 @@ import onnx
 from onnx import external_data_helper
 
 from graphopt import __version__, latency
+from graphopt.convert import constant_placeholders
 from graphopt.emit.write import emit_model
 from graphopt.errors import InputError, UsageError, VerificationError
 from graphopt.external_data import external_folder, materialize_external_data, spill_folder
@@ -219,7 +220,7 @@ def _optimized(
                                   count=not leaves_dynamic(prepared.given, at))
         report = run_report(
             version=__version__,
-            input_summary=count_macs_at(input_summary, prepared.given, at),
+            input_summary=count_macs_at(input_summary, prepared.given, at, stubs=prepared.stubs),
             output_summary=count_macs_at(output_summary, final, at), passes=outcome.passes, verify=verify,
             samples=len(verifier.samples) if verifier else 0, inputs=origin, budget=global_budget,
             end_to_end=outcome.end_to_end,
@@ -272,6 +273,7 @@ class _Prepared:
     keeps_value_info: bool  # whether the given model has value_info (the output keeps it then)
     warnings: list[str] = dataclasses.field(default_factory=list)  # declared output shapes repaired
     annotations: set[str] = dataclasses.field(default_factory=set)  # the tensors the given model annotated
+    stubs: dict | None = None  # `given`'s Constant-node placeholders (convert.constant_placeholders), read once
 
     @property
     def given_size(self) -> int | None:
@@ -285,24 +287,27 @@ class _Prepared:
 def _prepared(model: onnx.ModelProto | str | os.PathLike) -> _Prepared:
     if isinstance(model, (str, os.PathLike)):
         given, data = read_model(model)
-        given, warnings = repaired_output_shapes(given)
+        # The same nodes stand in for the output check, the input's check and its MAC count.
+        stubs = constant_placeholders(given.graph)
+        given, warnings = repaired_output_shapes(given, stubs=stubs)
         if warnings:
             data = serialized_bytes(given) if data is not None else None
         keeps = bool(len(given.graph.value_info))
         annotations = annotated_names(given)
         # Read from a file, the model is graphopt's own: inferred in place, its weights not copied.
-        running = checked_input(given, path=str(model), data=data, in_place=data is not None)
-        return _Prepared(running, given if data is None else running, data, keeps, warnings, annotations)
+        running = checked_input(given, path=str(model), data=data, in_place=data is not None, stubs=stubs)
+        return _Prepared(running, given if data is None else running, data, keeps, warnings, annotations, stubs)
     if not isinstance(model, onnx.ModelProto):
         raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
     if any(external_data_helper.uses_external_data(t) and not os.path.isabs(external_data_helper.ExternalDataInfo(t).location)
            for t in iter_tensors(model)):
         raise InputError("the ModelProto refers to external data that is not loaded; pass its path instead")
     # A model graphopt loaded (an over-2-GiB result) refers to its data files by absolute path.
-    model, warnings = repaired_output_shapes(model)
+    stubs = constant_placeholders(model.graph)
+    model, warnings = repaired_output_shapes(model, stubs=stubs)
     data = None if external_folder(model) is not None else serialized_bytes(model)
     return _Prepared(checked_input(model, data=data), model, data, bool(len(model.graph.value_info)), warnings,
-                     annotated_names(model))
+                     annotated_names(model), stubs)
 
 
 def prepare_feeds(feeds, model, *, option=None) -> dict[str, np.ndarray]:

@@ -143,8 +143,8 @@ def _stubbed_weights(graph: gs.Graph):
             tensor._values = values
 
 
-def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constants: bool = False, in_place: bool = False
-                     ) -> tuple[onnx.ModelProto, dict[str, int]]:
+def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constants: bool = False, in_place: bool = False,
+                     stubs: dict[int, onnx.NodeProto] | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """`model` as ONNX's checker and shape inference get it: each large weight of the main graph
     a graph input of its type and shape (and {name: bytes} of those), or `model` itself when
     none is large.
@@ -160,15 +160,17 @@ def stand_in_weights(model: onnx.ModelProto, *, value_info: bool = True, constan
     paddle2onnx keeps every weight) into a dims-only placeholder (`constant_placeholders`),
     for a shape inference whose result is only read, never checked nor used as the model: the
     checker would take a placeholder for a data file, and inference gives the node back so.
-    `in_place=True` makes `model` itself the placeholder form (a fresh export nobody else holds:
-    no copy of its graph), `value_info` and `constants` aside.
+    `stubs`: `constant_placeholders(model.graph)` when the caller has it (a model whose
+    nodes several readers stand in, read once). `in_place=True` makes `model` itself the
+    placeholder form (a fresh export nobody else holds: no copy of its graph), `value_info` and
+    `constants` aside.
     """
     moved = {}
     for tensor in model.graph.initializer:
         size = _stand_in_size(tensor)
         if size is not None:
             moved[tensor.name] = size
-    stubs = constant_placeholders(model.graph) if constants else {}
+    stubs = (constant_placeholders(model.graph) if stubs is None else stubs) if constants else {}
     if not moved and not stubs:
         return model, moved
     declared = {value.name for value in model.graph.input}

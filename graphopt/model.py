@@ -146,13 +146,15 @@ def _lenient_inference(data: bytes) -> bytes | None:
 
 
 def checked_input(
-    model: onnx.ModelProto, *, path: str | None = None, data: bytes | None = None, in_place: bool = False
+    model: onnx.ModelProto, *, path: str | None = None, data: bytes | None = None, in_place: bool = False,
+    stubs: dict | None = None,
 ) -> onnx.ModelProto:
     """`model` (a model given to graphopt) shape-inferred, having checked it structurally: a
     copy, or `model` itself filled in when `in_place` (its weights are then never copied).
 
     Both run once, on one serialisation of its placeholder form (`data`, `model` serialised,
-    spares it when no weight stands in). Raises InputError naming `path` if it is invalid.
+    spares it when no weight stands in; `stubs`, its `convert.constant_placeholders`, spare
+    reading its nodes again). Raises InputError naming `path` if it is invalid.
     """
     skeleton, moved = stand_in_weights(model)
     if skeleton is not model or data is None:
@@ -165,7 +167,7 @@ def checked_input(
     # keeps every weight in one): such values stand in too, the checker above had them whole.
     # Inference gives back the nodes of a main graph without bodies as they were: in place,
     # the model's own stay, and no weight crosses to C++ and back.
-    probe = stand_in_weights(skeleton, constants=True)[0] if in_place and not _holds_bodies(skeleton.graph) else skeleton
+    probe = stand_in_weights(skeleton, constants=True, stubs=stubs)[0] if in_place and not _holds_bodies(skeleton.graph) else skeleton
     stubbed = probe is not skeleton
     inferred = _lenient_inference(serialized_bytes(probe) if stubbed else data)
     if inferred is None:

@@ -37,15 +37,16 @@ __all__ = ["repaired_output_shapes", "annotated_names", "keep_given_value_info"]
 logger = logging.getLogger(__name__)
 
 
-def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+def repaired_output_shapes(model: onnx.ModelProto, *, stubs: dict | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """(`model`, []) when its declared shapes agree with inference; else a copy whose contradicting
-    output annotations are replaced, stale intermediate ones dropped, and one warning each."""
+    output annotations are replaced, stale intermediate ones dropped, and one warning each.
+    `stubs`: `model`'s `convert.constant_placeholders`, when the caller has them."""
     tensors = [v for v in model.graph.output if v.type.HasField("tensor_type")]
     declared = {v.name: v.type.tensor_type.shape for v in tensors if v.type.tensor_type.HasField("shape")}
     shapeless = [v.name for v in tensors if not v.type.tensor_type.HasField("shape")]
     if not tensors:
         return model, []
-    inferred = _inferred_shapes(model)
+    inferred = _inferred_shapes(model, stubs)
     if inferred is None:
         return model, []
     free = {d.dim_param for value in model.graph.input for d in value.type.tensor_type.shape.dim if d.dim_param}
@@ -82,10 +83,10 @@ def repaired_output_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
     return repaired, warnings
 
 
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, onnx.TensorShapeProto] | None:
+def _inferred_shapes(model: onnx.ModelProto, stubs: dict | None) -> dict[str, onnx.TensorShapeProto] | None:
     """The shapes inference finds for the main graph's outputs and intermediates when the declared
     ones are taken away (None if it fails)."""
-    probe = stand_in_weights(model, value_info=False, constants=True)[0]  # weights stand in: a cheap copy
+    probe = stand_in_weights(model, value_info=False, constants=True, stubs=stubs)[0]  # weights stand in: a cheap copy
     if probe is model:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)

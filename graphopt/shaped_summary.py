@@ -36,22 +36,25 @@ def leaves_dynamic(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]
                for dim in value.type.tensor_type.shape.dim)
 
 
-def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict:
+def count_macs_at(summary: dict, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *,
+                  stubs: dict | None = None) -> dict:
     """`summary` (of `model`, modified and returned) with its shape-read figures counted at
-    `shapes` when `model` leaves them dynamic: shape inference only, on a weightless form."""
+    `shapes` when `model` leaves them dynamic: shape inference only, on a weightless form
+    (`stubs`: `model`'s `convert.constant_placeholders`, when the caller has them)."""
     if not leaves_dynamic(model, shapes):
         return summary
     # The energy estimate prices MACs and activations too: at the same shapes, or it reads zeros.
-    summary.update(counted_figures(_frozen_weightless(model, shapes)))
+    # `summary`'s weight bytes are `model`'s: the frozen copy's dims-only stand-ins need not be summed again.
+    summary.update(counted_figures(_frozen_weightless(model, shapes, stubs), weight_bytes=summary.get("weight_bytes")))
     summary["macs_shapes"] = {name: list(shape) for name, shape in shapes.items()}
     return summary
 
 
-def _frozen_weightless(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+def _frozen_weightless(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], stubs: dict | None) -> onnx.ModelProto:
     """`model` with its inputs frozen at `shapes`, shape-inferred (not checked again), each large
     weight a dims-only initializer: what counting reads, without copying a weight's bytes."""
     # Without the main graph's value_info, which would contradict the frozen interface.
-    skeleton, moved = stand_in_weights(model, value_info=False, constants=True)
+    skeleton, moved = stand_in_weights(model, value_info=False, constants=True, stubs=stubs)
     frozen = inferred_skeleton(freeze_input_shapes(skeleton, shapes, in_place=skeleton is not model))
     declared = {value.name for value in model.graph.input}
     inputs = [value for value in frozen.graph.input if value.name not in moved or value.name in declared]

@@ -161,15 +161,20 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes of the tensors the MAC-counted ops and the Scans read or write, in every graph
     (only those: reading every value_info's dims through protobuf costs seconds on a 100k-node graph)."""
     graphs = list(iter_graph_protos(model.graph))
-    wanted = {name for graph in graphs for node in graph.node if node.op_type in (*MAC_OPS, "Scan")
-              for name in (*node.input, *node.output[:1])}
+    wanted: set[str] = set()
+    for graph in graphs:
+        for node in graph.node:
+            if node.op_type in _SHAPES_READ_BY:
+                wanted.update(node.input)
+                wanted.update(node.output[:1])
     shapes = {}
     if not wanted:
         return shapes
     for graph in graphs:
-        for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-            if value.name in wanted and value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-                shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        for values in (graph.input, graph.value_info, graph.output):
+            for value in values:
+                if value.name in wanted and value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+                    shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         for tensor in graph.initializer:
             if tensor.name in wanted:
                 shapes[tensor.name] = list(tensor.dims)
@@ -177,6 +182,7 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
+_SHAPES_READ_BY = frozenset({*MAC_OPS, "Scan"})  # the ops whose tensors' shapes `_known_shapes` reads
 # Gates per recurrent op: each step multiplies the input by W and the hidden state by R, per gate.
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 

@@ -114,8 +114,9 @@ def _tensor_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int] | No
 
 
 def _static(types, name) -> list[int] | None:
+    # Every dim `_tensor_types` gives is an int: the least of them tells whether all are sizes.
     shape = types.get(name, (0, None))[1]
-    return shape if shape is not None and all(isinstance(d, int) and d > 0 for d in shape) else None
+    return shape if shape is not None and (not shape or min(shape) > 0) else None
 
 
 def _node_macs(node: onnx.NodeProto, types) -> int | None:
@@ -153,8 +154,7 @@ def _peak_activation_bytes(model: onnx.ModelProto, types, nodes, op_types) -> tu
     constants = {t.name for t in graph.initializer} | {outputs[0] for op, _, outputs in nodes if op == "Constant"}
     last_use: dict[str, int] = {}
     for index, (_, inputs, _) in enumerate(nodes):
-        for name in inputs:
-            last_use[name] = index
+        last_use.update(dict.fromkeys(inputs, index))
     end = len(nodes)
     for value in graph.output:
         last_use[value.name] = end
@@ -179,7 +179,7 @@ def _peak_activation_bytes(model: onnx.ModelProto, types, nodes, op_types) -> tu
                 live[name] = size(name)
                 current += live[name]
         peak = max(peak, current)
-        for name in set(inputs) | set(outputs):
+        for name in inputs + outputs:  # a name twice: popped the first time, not found the second
             if name in live and last_use.get(name, -1) <= index:
                 current -= live.pop(name)
     return peak, unsized

@@ -18,6 +18,7 @@ import onnxruntime
 from onnx.onnx_cpp2py_export import shape_inference as c_shape_inference
 
 import graphopt
+from graphopt import api, convert
 from graphopt.latency import energy
 from graphopt_plugins.cleanup import Cleanup
 from graphopt_plugins.fuse import Fuse
@@ -149,3 +150,22 @@ def test_no_shape_inference_gets_the_weights_of_constant_nodes(tmp_path, monkeyp
     # At load: the declared output shapes, the input, its MACs at the chosen shape; then the pass's
     # check and the output's MACs. Each crosses with the 16 KiB weight as a dims-only stand-in.
     assert len(sizes) == 5 and max(sizes) < 2048, sizes
+
+
+def test_the_inputs_constant_nodes_stand_in_once_for_its_output_check_its_inference_and_its_macs(tmp_path, monkeypatch):
+    path = tmp_path / "paddle_style.onnx"
+    onnx.save_model(_paddle_style(), str(path))
+    read = collections.Counter()
+    placeholders = convert.constant_placeholders
+
+    def counting(graph):
+        read[tuple(node.op_type for node in graph.node)] += 1
+        return placeholders(graph)
+
+    monkeypatch.setattr(convert, "constant_placeholders", counting)
+    monkeypatch.setattr(api, "constant_placeholders", counting)
+    report = graphopt.optimize(str(path), passes=["cleanup"], verify="off").report
+    assert report["input"]["macs"] == 64 * 64 and report["input"]["macs_shapes"] == {"x": [1, 64]}
+    # The input's nodes are read once at load (they were three times: the declared outputs'
+    # inference, the input's, its MAC count); the output's once, for its MAC count.
+    assert read == {("Constant", "MatMul", "Identity", "Relu"): 1, ("MatMul", "Relu"): 1}, read

@@ -99,3 +99,40 @@ def test_figures_too_wide_for_the_column_stay_apart():
     before["energy_proxy"]["total_pj"], after["energy_proxy"]["total_pj"] = 5_037_853_408_123, 10_784_621_318_456
     row = next(line for line in format_comparison(before, after).splitlines() if line.startswith("energy* pJ"))
     assert row.split()[2:4] == ["5,037,853,408,123", "10,784,621,318,456"]
+
+
+def _paddle_style_cnn(path) -> None:
+    """x[N,3,H,W] -> Conv (3x3, 16) -> Relu -> Conv (3x3, 16) -> GlobalAveragePool -> Flatten -> MatMul [16,64];
+    the Conv weights in Constant nodes, as paddle2onnx keeps them (the second large enough to cross as a
+    dims-only stand-in), the MatMul's an initializer (one too)."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((16, 3, 3, 3)).astype(np.float32), rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    w3 = numpy_helper.from_array(rng.standard_normal((16, 64)).astype(np.float32), "w3")
+    nodes = [helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1, "w1")),
+             helper.make_node("Constant", [], ["w2"], value=numpy_helper.from_array(w2, "w2")),
+             helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "w3"], ["y"])]
+    graph = helper.make_graph(nodes, "paddle_cnn", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 64])], [w3])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_a_file_with_weights_in_constant_nodes_is_priced_at_the_chosen_shapes_as_computed_by_hand(tmp_path):
+    # Pins the figures counted on the placeholder form at the chosen shapes: reading the input's
+    # Constant-node stand-ins once and its weight bytes from the summary must not move them.
+    _paddle_style_cnn(tmp_path / "cnn.onnx")
+    report = graphopt.optimize(str(tmp_path / "cnn.onnx"), passes=["cleanup", "fuse"], verify="off").report
+    n, _, h, w = report["input"]["macs_shapes"]["x"]
+    macs = n * h * w * 16 * (3 * 9 + 16 * 9) + n * 16 * 64
+    weight_bytes = (16 * 3 * 9 + 16 * 16 * 9 + 16 * 64) * 4
+    for side in ("input", "output"):
+        figures = report[side]
+        assert figures["macs_shapes"] == {"x": [n, 3, h, w]} and figures["macs"] == macs and figures["macs_unknown"] == {}
+        assert figures["macs_by_dtype"] == {"fp32": macs, "fp16": 0, "int8": 0, "int4": 0}
+        assert figures["macs_uncounted_nodes"] == 0 and figures["weight_bytes"] == weight_bytes
+        assert figures["energy_proxy"]["compute_pj"] == pytest.approx(macs * (3.7 + 0.9))
+        assert figures["energy_proxy"]["weight_dram_pj"] == pytest.approx(weight_bytes / 4 * 640.0)
+    # Relu's input and output, 16 channels each, alive at once (and again around the second Conv).
+    assert report["input"]["peak_activation_bytes"] == 2 * n * 16 * h * w * 4
+    assert report["input"]["activations_unsized"] == 0

@@ -435,6 +435,27 @@ def test_large_initializers_that_agree_where_sampled_are_merged_only_if_equal_ev
     assert len(cleaned.graph.initializer) == (2 if differ else 1)
 
 
+def test_look_alike_initializers_whose_checksums_collide_are_merged_only_when_equal(monkeypatch):
+    # Every checksum the same: w1 and w2 (differing off the sampled positions) must stay apart,
+    # and w3, equal to w2 though its checksum is w1's too, must still merge into w2.
+    from graphopt_plugins.cleanup import dedupe
+
+    monkeypatch.setattr(dedupe.zlib, "crc32", lambda data: 0)
+    base = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    other = base.copy()
+    other[0, 1] += 1.0
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w1"], ["a"]), onnx.helper.make_node("MatMul", ["a", "w2"], ["b"]),
+         onnx.helper.make_node("MatMul", ["b", "w3"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 64])],
+        [onnx.numpy_helper.from_array(base, "w1"), onnx.numpy_helper.from_array(other, "w2"),
+         onnx.numpy_helper.from_array(other.copy(), "w3")])
+    cleaned, stats, changed = _cleanup(_model_from_graph(graph))
+    assert changed and stats["initializers_deduped"] == 1
+    assert sorted(t.name for t in cleaned.graph.initializer) == ["w1", "w2"]
+
+
 def _model_from_graph(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
