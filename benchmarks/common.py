@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["WHEEL", "PP_OCR_MODELS", "cache_dir", "fetch_models", "median_seconds", "random_feeds", "run_model", "max_abs_diff"]
+__all__ = ["WHEEL", "PP_OCR_MODELS", "cache_dir", "fetch_models", "median_seconds", "random_feeds", "run_model", "max_abs_diff", "first_try"]
 
 WHEEL = "rapidocr-onnxruntime==1.4.4"
 # label -> (file inside the wheel, the static input shapes we benchmark at)
@@ -78,3 +78,21 @@ def run_model(model: onnx.ModelProto | str, feeds: dict, optimize: bool = False)
 def max_abs_diff(reference: onnx.ModelProto, candidate: onnx.ModelProto, shapes: dict) -> float:
     feeds = random_feeds(shapes)
     return float(max(np.max(np.abs(a - b)) for a, b in zip(run_model(reference, feeds), run_model(candidate, feeds))))
+
+
+def first_try(model: Path, out: Path, passes: str, env: dict | None = None) -> dict:
+    """`graphopt optimize MODEL --passes PASSES -o OUT` with no other flag, as a user runs it: the
+    exit code, the last stderr line on failure, whether stderr held a traceback, and on exit 0
+    whether OUT passes `check_model(full_check=True)` ("ok" or the checker's first line)."""
+    out.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", "graphopt", "optimize", str(model), "--passes", passes, "-o", str(out), "--quiet"],
+                          capture_output=True, text=True, env=env, cwd=out.parent, timeout=900)
+    row = {"exit": done.returncode, "traceback": "Traceback" in done.stderr,
+           "error": (done.stderr.strip().splitlines() or [""])[-1][:240] if done.returncode else ""}
+    if done.returncode == 0:
+        try:
+            onnx.checker.check_model(str(out), full_check=True)
+            row["checker"] = "ok"
+        except Exception as error:  # noqa: BLE001 - the row says what the checker said
+            row["checker"] = str(error).splitlines()[0][:200]
+    return row

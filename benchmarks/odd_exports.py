@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import trait_models  # noqa: E402
+from common import first_try  # noqa: E402
 
 
 def _half_encoder(folder: Path) -> Path:
@@ -168,16 +169,8 @@ def _agreement(original: Path, result: Path) -> float:
 
 
 def _run(path: Path, out: Path, env: dict) -> dict:
-    out.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "graphopt", "optimize", str(path), "--passes", "fuse,factorize,quantize",
-                           "-o", str(out), "--quiet"], capture_output=True, text=True, env=env, cwd=out.parent, timeout=900)
-    row = {"exit": done.returncode, "error": (done.stderr.strip().splitlines() or [""])[-1][:160] if done.returncode else ""}
-    if done.returncode == 0:
-        try:
-            onnx.checker.check_model(str(out), full_check=True)
-            row["checker"] = "ok"
-        except Exception as error:  # noqa: BLE001 - the row says what the checker said
-            row["checker"] = str(error).splitlines()[0][:120]
+    row = first_try(path, out, "fuse,factorize,quantize", env)
+    if row["exit"] == 0:
         row["agreement"] = _agreement(path, out)
     return row
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+
+from common import first_try
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 
@@ -62,17 +63,8 @@ def _cosine_on_test_data(model_path: Path, output: Path) -> float | None:
 
 def _one(label: str, path: Path, passes: str, scratch: Path) -> dict:
     out = scratch / "out.onnx"
-    out.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "graphopt", "optimize", str(path), "--passes", passes, "-o", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=900)
-    row = {"model": label, "exit": done.returncode, "traceback": "Traceback" in done.stderr,
-           "error": (done.stderr.strip().splitlines() or [""])[-1][:240] if done.returncode else ""}
-    if done.returncode == 0:
-        try:
-            onnx.checker.check_model(str(out), full_check=True)
-            row["checker"] = "ok"
-        except Exception as error:  # noqa: BLE001 - the row says what the checker said
-            row["checker"] = str(error).splitlines()[0][:200]
+    row = {"model": label, **first_try(path, out, passes)}
+    if row["exit"] == 0:
         row["cosine_on_test_data"] = _cosine_on_test_data(path, out)
     return row
 
