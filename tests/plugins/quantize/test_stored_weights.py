@@ -9,6 +9,7 @@ from quantize_support import calibration_for, ort_optimized_ops, quantize, quant
 from test_planner import _conv_chain
 
 from graphopt.verify.metrics import output_metrics
+from graphopt_plugins.quantize import stored_weights
 from graphopt_plugins.quantize.planner import Planner
 
 
@@ -79,12 +80,35 @@ def test_stored_weights_slower_on_the_latency_backend_are_not_kept(monkeypatch):
         return original(self, float_model, int8_model, float_feed, int8_feed, purpose, **kwargs)
 
     monkeypatch.setattr(Planner, "_medians", timed)
+    monkeypatch.setattr(stored_weights, "_folded_away", lambda base, stored: False)  # a runtime that keeps the Cast/Mul
     model = _conv_chain(layers=2)
     quantized, stats, entry = quantize(model, calibration_for(model), latency="auto")
     assert entry["status"] == "unchanged" and stats["quantized"] == 0 and stats["stored_int8"] == 0
     assert quantized.SerializeToString() == model.SerializeToString()
     trial = stats["stored_weights"]["trials"][0]
     assert trial["ok"] and trial["ms"] > trial["base_ms"] and trial["against"] == "float"
+
+
+def test_folded_weights_onnxruntime_folds_away_at_load_are_kept_without_timing(monkeypatch):
+    # the timer's noise on a small model exceeds the folded form's tolerance; the graph
+    # onnxruntime builds is the same with the weights stored, so nothing is timed
+    original = Planner._medians
+
+    def timed(self, float_model, int8_model, float_feed, int8_feed, purpose, **kwargs):
+        assert purpose != "quantize: stored weights", "a folded-away form was timed"
+        if purpose == "quantize: layer":
+            return 1.0, 2.0
+        return original(self, float_model, int8_model, float_feed, int8_feed, purpose, **kwargs)
+
+    monkeypatch.setattr(Planner, "_medians", timed)
+    model = _conv_chain(layers=2)
+    quantized, stats, entry = quantize(model, calibration_for(model), latency="auto")
+    assert entry["status"] == "accepted" and stats["quantized"] == 0 and stats["stored_int8"] == 2
+    trial = stats["stored_weights"]["trials"][0]
+    assert trial["ok"] and trial["folded_at_load"] and stats["stored_weights"]["form"] == "folded"
+    assert not _float_matrices(quantized)
+    ops = ort_optimized_ops(quantized)
+    assert ops["Cast"] == 0 and ops["Mul"] == 0, ops
 
 
 def test_weights_inside_if_branches_are_stored_in_the_branch_that_reads_them():
