@@ -24,7 +24,7 @@ from graphopt_plugins.factorize.ranks import allocation_steps, first_paying_rank
 from graphopt_plugins.factorize.rewrite import apply_factors, factorized_copy
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
 from graphopt_plugins.factorize.sites import Site, find_sites, is_factorized
-from graphopt_plugins.factorize.judging import cosines, judged_metrics, misses, worst_cosine
+from graphopt_plugins.factorize.judging import cosines, judged_metrics, misses, without_boundary_views, worst_cosine
 from graphopt_plugins.factorize.site_data import fittable, model_totals, potential, set_rows
 from graphopt_plugins.factorize.statistics import LayerData, collect
 
@@ -269,10 +269,12 @@ class Factorize(graphopt.Pass):
             ranks = ranks_at(steps, count)
             if not ranks:
                 return {}, {}, 0.0, None
-            measured = judged_metrics(copy(_factors(fits, ranks)), *everything, ctx.output_slices)
+            # held to what a new input is predicted to give, as quantize's plans are (verify/unseen.py)
+            judged_all = judged_metrics(copy(_factors(fits, ranks)), *everything, ctx.output_slices, boundary=True)
+            measured = without_boundary_views(judged_all)
             strength = sum(saving for *_, saving in steps[:count]) / total_saving
             stats.setdefault("confirmed", []).append({"steps": count, "worst_cosine": round(worst_cosine(measured), 6)})
-            if misses(budget, measured):
+            if misses(budget, judged_all, unseen=True):
                 log.info("factorize: %d steps miss %s on all %d fitting samples; backing off", count, budget.describe(),
                          len(next(iter(everything[0].values()))))
             else:
