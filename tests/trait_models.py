@@ -4,7 +4,7 @@ Each builder names one trait a user's model brings to graphopt on the first try:
 dims, an old opset, a YOLO-style head that concatenates pixel-scale boxes with 0-1 scores, an
 LSTM, an If whose branches hold weights, a declared output shape the model does not produce,
 an already-quantized graph, a trained-looking encoder whose LayerNorm carries outlier
-channels. Tests of every pass use them, so a result holds on traits, not on one model.
+channels, a classifier whose softmax is saturated. Tests of every pass use them, so a result holds on traits, not on one model.
 
 torch is a test-only dependency, imported lazily; exports are cached per session (as bytes)
 and every call returns a fresh ModelProto the caller may mutate.
@@ -36,6 +36,7 @@ __all__ = [
     "prequantized_qdq",
     "encoder_with_outliers",
     "set_input_dims",
+    "confident_classifier",
 ]
 
 YOLO_CLASSES = 3
@@ -425,3 +426,27 @@ def encoder_with_outliers(seed: int = 0, layers: int = 2, width: int = 64, seq: 
     (…, width). Feeds: `torch_models.transformer_feeds(batch, seq, 100)`.
     """
     return onnx.load_from_string(_outlier_encoder_bytes(seed, layers, width, seq, opset))
+
+
+def confident_classifier(width: int = 512, classes: int = 10, logit_scale: float = 5.0, seed: int = 0,
+                         calibration: int = 32, fresh: int = 64) -> tuple[onnx.ModelProto, dict, np.ndarray]:
+    """(model, calibration `{x: (calibration, 1, width)}`, `fresh` new rows `(fresh, width)` of the same distribution).
+
+    x (batch, width) → MatMul → Relu → MatMul → Softmax with large logits: the softmax is
+    saturated, so a lossy pass that moves the logits a lot barely moves the probabilities on
+    its samples, and flips classes on new ones. Inputs lie near a 12-dimensional subspace, so a
+    data-aware fit finds a low rank that holds there."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((width, width)) / 8).astype(np.float32)
+    w2 = (rng.standard_normal((width, classes)) * logit_scale / 8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["logits"]), helper.make_node("Softmax", ["logits"], ["p"], axis=-1)],
+        "confident", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, ["batch", classes])],
+        [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = np.random.default_rng(seed + 1)
+    basis = data.standard_normal((12, width)).astype(np.float32)
+    near = lambda count: (data.standard_normal((count, 12)) @ basis + 0.05 * data.standard_normal((count, width))).astype(np.float32)  # noqa: E731
+    return model, {"x": near(calibration)[:, None, :]}, near(fresh)

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import convert
 from graphopt.verify.metrics import Budget, measure_outputs
+from graphopt.verify.unseen import BOUNDARY_SUFFIX
 from graphopt.verify.runner import stacked_outputs
 
 __all__ = ["Attempt", "search_strength", "adopt_graph"]
@@ -56,8 +57,10 @@ def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], templa
         if not stats.get("changed"):
             return Attempt(strength, stats, {}, [], graph)
         outputs = stacked_outputs(convert.export_model(graph, template), samples)
-        metrics = measure_outputs(reference, outputs, slices)
-        violations = [text for name, values in metrics.items() for text in budget.violations(name, values)]
+        # held to what a new input is predicted to give, as quantize's plans are (verify/unseen.py)
+        judged = measure_outputs(reference, outputs, slices, boundary=True)
+        violations = [text for name, values in judged.items() for text in budget.violations(name, values, unseen=True)]
+        metrics = {name: values for name, values in judged.items() if not name.endswith(BOUNDARY_SUFFIX)}
         return Attempt(strength, stats, metrics, violations, graph)
 
     tried = []

@@ -9,6 +9,7 @@ import pytest
 
 import graphopt
 import torch_models
+import trait_models
 from factorize_support import factorize, op_counts, run, single_layer
 from graphopt.verify.metrics import output_metrics
 from graphopt_plugins.factorize.factorize_pass import Factorize
@@ -209,35 +210,11 @@ def test_a_matmul_fed_by_an_onnxruntime_contrib_op_is_factorized():
     _assert_within(model, factorized, {"x": calibration["x"][0]}, 0.99)
 
 
-def _confident_classifier(width=512, classes=10, logit_scale=5.0, seed=0):
-    """x (batch, width) → MatMul → Relu → MatMul → Softmax, its logits large: the softmax is
-    saturated, so a factorization that moves the logits a lot barely moves the probabilities."""
-    rng = np.random.default_rng(seed)
-    w1 = (rng.standard_normal((width, width)) / 8).astype(np.float32)
-    w2 = (rng.standard_normal((width, classes)) * logit_scale / 8).astype(np.float32)
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["x", "w1"], ["h"]), onnx.helper.make_node("Relu", ["h"], ["r"]),
-         onnx.helper.make_node("MatMul", ["r", "w2"], ["logits"]), onnx.helper.make_node("Softmax", ["logits"], ["p"], axis=-1)],
-        "confident", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", width])],
-        [onnx.helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, ["batch", classes])],
-        [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")])
-    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-
-
-def _near_plane(count, width, rng, basis):
-    """`count` samples of one row each, near a 12-dimensional subspace: a data-aware fit finds a low rank that holds there."""
-    return (rng.standard_normal((count, 1, 12)) @ basis + 0.05 * rng.standard_normal((count, 1, width))).astype(np.float32)
-
 
 def test_a_saturated_classifier_is_judged_at_its_decision_boundary_and_on_the_spread():
     # Judged on its 32 calibration samples' probabilities alone (cos 0.9999), the factorization
     # kept 97% of its saving and gave cos 0.20 on 64 new inputs of the same distribution.
-    model, width = _confident_classifier(), 512
-    rng = np.random.default_rng(1)
-    basis = rng.standard_normal((12, width)).astype(np.float32)
-    calibration = {"x": _near_plane(32, width, rng, basis)}
+    model, calibration, fresh = trait_models.confident_classifier()
     result = graphopt.optimize(model, passes=["factorize"], calibration=calibration)
-    fresh = _near_plane(64, width, rng, basis)
-    rows = fresh.reshape(-1, width)  # the new samples as one batch
-    expected, got = run(model, {"x": rows})[0], run(result.model, {"x": rows})[0]
+    expected, got = run(model, {"x": fresh})[0], run(result.model, {"x": fresh})[0]
     assert min(output_metrics(e, g)["cosine"] for e, g in zip(expected, got)) >= 0.99
