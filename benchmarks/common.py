@@ -96,3 +96,26 @@ def first_try(model: Path, out: Path, passes: str, env: dict | None = None) -> d
         except Exception as error:  # noqa: BLE001 - the row says what the checker said
             row["checker"] = str(error).splitlines()[0][:200]
     return row
+
+
+def worst_agreement(original: Path, result: Path, samples) -> float:
+    """The worst agreement of `result` with `original` over `samples` (one feeds dict each) and
+    the outputs: cosine for floats, the fraction of equal elements for integers. `original` runs
+    as written, optimizations off (torch's dynamo GRU fails optimized at any other length)."""
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    before = ort.InferenceSession(str(original), plain, providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(str(result), providers=["CPUExecutionProvider"])
+    worst = 1.0
+    for feeds in samples:
+        for want, have in zip(before.run(None, feeds), after.run(None, feeds)):
+            want, have = np.asarray(want), np.asarray(have)
+            if want.shape != have.shape:
+                continue  # picked rows: how many a selection keeps may change; the ids' row says how much
+            if want.dtype.kind != "f":
+                worst = min(worst, float(np.mean(want == have)) if want.size else 1.0)
+                continue
+            a, b = want.astype(np.float64).ravel(), have.astype(np.float64).ravel()
+            norms = np.linalg.norm(a) * np.linalg.norm(b)
+            worst = min(worst, float(a @ b / norms) if norms else float(np.array_equal(a, b)))
+    return worst

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import trait_models  # noqa: E402
-from common import first_try  # noqa: E402
+from common import first_try, worst_agreement  # noqa: E402
 
 
 def _half_encoder(folder: Path) -> Path:
@@ -148,24 +148,7 @@ def _feeds(model_path: Path, seed: int) -> dict:
 
 def _agreement(original: Path, result: Path) -> float:
     """Worst over 4 inputs and the outputs: cosine for floats (same shape), fraction equal for integers."""
-    worst = 1.0
-    for seed in range(4):
-        feeds = _feeds(original, seed)
-        plain = ort.SessionOptions()
-        plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the input as written (see the GRU)
-        expected = ort.InferenceSession(str(original), plain, providers=["CPUExecutionProvider"]).run(None, feeds)
-        got = ort.InferenceSession(str(result), providers=["CPUExecutionProvider"]).run(None, feeds)
-        for want, have in zip(expected, got):
-            want, have = np.asarray(want), np.asarray(have)
-            if want.shape != have.shape:
-                continue  # picked rows: how many a selection keeps may change; the ids' row says how much
-            if want.dtype.kind != "f":
-                worst = min(worst, float(np.mean(want == have)) if want.size else 1.0)
-                continue
-            a, b = want.astype(np.float64).ravel(), have.astype(np.float64).ravel()
-            norms = np.linalg.norm(a) * np.linalg.norm(b)
-            worst = min(worst, float(a @ b / norms) if norms else float(np.array_equal(a, b)))
-    return worst
+    return worst_agreement(original, result, (_feeds(original, seed) for seed in range(4)))
 
 
 def _run(path: Path, out: Path, env: dict) -> dict:
