@@ -18,7 +18,7 @@ from graphopt.verify.metrics import Budget
 from graphopt_plugins.quantize.calibration import METHODS
 from graphopt_plugins.quantize.ingredients import ingredient_plans
 from graphopt_plugins.quantize.equalization import equalize, equalized_model, middle_ranges
-from graphopt_plugins.quantize.mode_choice import candidate_modes, fastest, targets_for, trial_row
+from graphopt_plugins.quantize.mode_choice import candidate_modes, choose_mode, targets_for, trial_row
 from graphopt_plugins.quantize.planner import Planner
 from graphopt_plugins.quantize.stored_weights import NOTHING_STORED
 from graphopt_plugins.quantize.targets import WEIGHT_OPS, is_quantized
@@ -177,11 +177,8 @@ class Quantize(graphopt.Pass):
             untried += not_tried
         mode, timings = next(iter(plans)), {}
         useful = {m: p for m, p in plans.items() if p[1] or p[0].stored != NOTHING_STORED}
-        if len(useful) > 1 and options.latency == "auto" and latency.measures:
-            mode, timings = fastest(model, {m: p[0].build(p[1]) for m, p in useful.items()},
-                                    next(iter(useful.values()))[0].timing_feed(), latency)
-        elif useful:  # untimed: the plan with the most int8 layers, the first among equals
-            mode = max(useful, key=lambda m: len(useful[m][1]))
+        if useful:
+            mode, timings = choose_mode(model, useful, latency, timed=options.latency == "auto" and latency.measures)
         planner, chosen, stats = plans[mode]
         if options.mode == "auto" or len(plans) > 1 or untried:
             stats.update(mode_requested=options.mode, chosen_plan=mode, mode_trials=[trial_row(m, p[2], timings.get(m)) for m, p in plans.items()] + untried)
