@@ -269,12 +269,12 @@ class Factorize(graphopt.Pass):
             ranks = ranks_at(steps, count)
             if not ranks:
                 return {}, {}, 0.0, None
-            # held to what a new input is predicted to give, as quantize's plans are (verify/unseen.py)
+            # a probability output judged at its decision boundary too (verify/unseen.py)
             judged_all = judged_metrics(copy(_factors(fits, ranks)), *everything, ctx.output_slices, boundary=True)
             measured = without_boundary_views(judged_all)
             strength = sum(saving for *_, saving in steps[:count]) / total_saving
             stats.setdefault("confirmed", []).append({"steps": count, "worst_cosine": round(worst_cosine(measured), 6)})
-            if misses(budget, judged_all, unseen=True):
+            if misses(budget, judged_all):
                 log.info("factorize: %d steps miss %s on all %d fitting samples; backing off", count, budget.describe(),
                          len(next(iter(everything[0].values()))))
             else:

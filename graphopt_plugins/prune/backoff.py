@@ -57,9 +57,9 @@ def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], templa
         if not stats.get("changed"):
             return Attempt(strength, stats, {}, [], graph)
         outputs = stacked_outputs(convert.export_model(graph, template), samples)
-        # held to what a new input is predicted to give, as quantize's plans are (verify/unseen.py)
+        # a probability output judged at its decision boundary too (verify/unseen.py)
         judged = measure_outputs(reference, outputs, slices, boundary=True)
-        violations = [text for name, values in judged.items() for text in budget.violations(name, values, unseen=True)]
+        violations = [text for name, values in judged.items() for text in budget.violations(name, values)]
         metrics = {name: values for name, values in judged.items() if not name.endswith(BOUNDARY_SUFFIX)}
         return Attempt(strength, stats, metrics, violations, graph)
 

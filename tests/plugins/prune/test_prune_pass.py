@@ -153,7 +153,7 @@ def test_bad_options_are_usage_errors(options):
         graphopt.optimize(resnet, passes=["prune"], options={"prune": options}, verify="off")
 
 
-def test_a_saturated_classifier_is_pruned_only_as_far_as_new_inputs_keep_the_budget():
+def test_a_saturated_classifier_is_judged_at_its_decision_boundary():
     # Judged on its held-out samples' probabilities alone, prune went to full strength
     # and gave cos 0.47 on 64 new inputs of the same distribution.
     model, calibration, fresh = trait_models.confident_classifier()
