@@ -26,11 +26,11 @@ import math
 
 import numpy as np
 
-__all__ = ["predicted_worst", "probability_axis", "at_decision_boundary", "BOUNDARY_SUFFIX"]
+__all__ = ["predicted_worst", "probability_axis", "at_decision_boundary", "BOUNDARY_SUFFIX", "FEWEST"]
 
 BOUNDARY_SUFFIX = "@boundary"  # a probability output's entry among measured outputs: `NAME@boundary`
 _Z = 2.576  # one-sided 99.5% point of the standard normal: 4 new inputs all keep the budget 98% of the time
-_FEWEST = 5  # a spread from fewer samples says nothing; below this the worst judged sample stands
+FEWEST = 5  # a spread from fewer samples says nothing; below this the worst judged sample stands
 _FLOOR = 1e-9  # 1 − cosine below this is float32 noise, not a quantity to fit
 
 
@@ -39,7 +39,7 @@ def predicted_worst(values: list[float], kind: str) -> float:
     samples' `values`; never better than the worst judged one."""
     finite = [value for value in values if math.isfinite(value)]
     worst = min(values) if values else (1.0 if kind == "cosine" else math.inf)
-    if len(finite) < _FEWEST:
+    if len(finite) < FEWEST:
         return worst
     reach = _prediction_reach(len(finite))
     if kind == "cosine":

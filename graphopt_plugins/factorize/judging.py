@@ -29,8 +29,9 @@ def input_names(model: onnx.ModelProto) -> set[str]:
     return {value.name for value in model.graph.input}
 
 
-def misses(budget: Budget, measured: dict[str, dict]) -> bool:
-    return any(budget.violations(name, values) for name, values in measured.items())
+def misses(budget: Budget, measured: dict[str, dict], unseen: bool = False) -> bool:
+    """Whether `measured` breaks `budget`; with `unseen`, also where a new input is predicted to (`Budget.violations`)."""
+    return any(budget.violations(name, values, unseen) for name, values in measured.items())
 
 
 def without_boundary_views(measured: dict[str, dict]) -> dict[str, dict]:

@@ -11,11 +11,18 @@ import graphopt
 from graphopt.api import GENERATED_SAMPLES
 
 
-def _token_mlp(tokens: int = 16, width: int = 64, seed: int = 0) -> onnx.ModelProto:
-    """Two full-rank MatMuls over a short token axis: one sample's activations span only `tokens`
-    of the `width` directions, so a fit to them alone looks exact there and is not elsewhere."""
+def _token_mlp(tokens: int = 16, width: int = 64, seed: int = 0, rank: int | None = None, noise: float = 0.3) -> onnx.ModelProto:
+    """Two MatMuls over a short token axis: one sample's activations span only `tokens` of the
+    `width` directions, so a fit to them alone looks exact there and is not elsewhere. Weights
+    full-rank, or with `rank`, low-rank plus `noise` (a factorization then looks worth making)."""
     rng = np.random.default_rng(seed)
-    weights = [numpy_helper.from_array((rng.standard_normal((width, width)) / 8).astype(np.float32), name) for name in ("w1", "w2")]
+
+    def weight():
+        if rank is None:
+            return rng.standard_normal((width, width)) / 8
+        return (rng.standard_normal((width, rank)) @ rng.standard_normal((rank, width)) / np.sqrt(rank * width)
+                + noise * rng.standard_normal((width, width)) / np.sqrt(width))
+    weights = [numpy_helper.from_array(weight().astype(np.float32), name) for name in ("w1", "w2")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["y"])]
     graph = helper.make_graph(nodes, "token_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, width])],
@@ -23,7 +30,7 @@ def _token_mlp(tokens: int = 16, width: int = 64, seed: int = 0) -> onnx.ModelPr
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _worst_cosine_on_new_inputs(original: onnx.ModelProto, result: onnx.ModelProto, count: int = 10) -> float:
+def _worst_cosine_on_new_inputs(original: onnx.ModelProto, result: onnx.ModelProto, count: int = 20) -> float:
     before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (original, result))
     shape = [d.dim_value or 1 for d in original.graph.input[0].type.tensor_type.shape.dim]
     worst = 1.0
@@ -42,6 +49,14 @@ def test_a_lossy_first_try_holds_its_budget_on_inputs_it_was_not_fitted_to():
     assert result.report["verification"]["samples"] == GENERATED_SAMPLES > 1
     assert result.report["verification"]["inputs"] == "generated"
     assert factorize["details"]["judged_on_held_out"] == GENERATED_SAMPLES // 4
+    assert _worst_cosine_on_new_inputs(model, result.model) >= 0.99
+
+
+def test_with_two_held_out_samples_factorize_is_held_to_the_spread_of_all_eight():
+    # Two held-out samples say little about the next input: the worst of the 8 kept cos 0.99
+    # at strength 0.36, and a new input gave 0.986. Ranked by MACs, so no timing decides.
+    model = _token_mlp(tokens=4, width=128, rank=8)
+    result = graphopt.optimize(model, passes=["factorize"], latency_on="none")
     assert _worst_cosine_on_new_inputs(model, result.model) >= 0.99
 
 
