@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["predicted_worst", "probability_axis", "at_decision_boundary", "BOUNDARY_SUFFIX", "FEWEST"]
+__all__ = ["predicted_worst", "probability_axis", "at_decision_boundary", "without_boundary_views", "BOUNDARY_SUFFIX", "FEWEST"]
 
 BOUNDARY_SUFFIX = "@boundary"  # a probability output's entry among measured outputs: `NAME@boundary`
 _Z = 2.576  # one-sided 99.5% point of the standard normal: 4 new inputs all keep the budget 98% of the time
@@ -89,3 +89,8 @@ def at_decision_boundary(reference: np.ndarray, candidate: np.ndarray, axis: int
     ref[rows, first] = ref[rows, second] = ref_mass / 2
     cand[rows, first], cand[rows, second] = cand_mass * share, cand_mass * (1.0 - share)
     return ref.ravel(), cand.ravel()
+
+
+def without_boundary_views(measured: dict[str, dict]) -> dict[str, dict]:
+    """`measured` (`metrics.measure_outputs`) without the decision-boundary entries: the outputs as they are."""
+    return {name: values for name, values in measured.items() if not name.endswith(BOUNDARY_SUFFIX)}

@@ -13,7 +13,7 @@ from graphopt import tensor_shapes
 from graphopt import latency as graphopt_latency
 from graphopt.speed import slower
 from graphopt.statistics import split_held_out
-from graphopt.verify.unseen import FEWEST
+from graphopt.verify.unseen import FEWEST, without_boundary_views
 from graphopt.verify.metrics import Budget
 from graphopt.verify.runner import stacked_outputs
 from graphopt_plugins.factorize.latency import LayerTiming, time_layers
@@ -25,7 +25,7 @@ from graphopt_plugins.factorize.ranks import allocation_steps, first_paying_rank
 from graphopt_plugins.factorize.rewrite import apply_factors, factorized_copy
 from graphopt_plugins.factorize.sensitivity import measure_sensitivity
 from graphopt_plugins.factorize.sites import Site, find_sites, is_factorized
-from graphopt_plugins.factorize.judging import cosines, judged_metrics, misses, without_boundary_views, worst_cosine
+from graphopt_plugins.factorize.judging import cosines, judged_metrics, misses, worst_cosine
 from graphopt_plugins.factorize.site_data import fittable, model_totals, potential, set_rows
 from graphopt_plugins.factorize.statistics import LayerData, collect
 
@@ -259,7 +259,7 @@ class Factorize(graphopt.Pass):
         # Held-out samples too few to say how far a new input strays (a first try's 2 of 8
         # generated ones): every sample's spread predicts it instead, as for quantize's plans.
         # With more, the held-out worst stands (the bound cost det 35% → 21% of its MACs there).
-        few_held_out = len(next(iter(judged.values()))) < FEWEST if judged is not everything[0] else True
+        few_held_out = judged is everything[0] or len(next(iter(judged.values()))) < FEWEST
 
         def judge(ranks: dict[int, int]) -> tuple[bool, float]:
             probed = judged_metrics(copy(_factors(fits, ranks)), judged, judged_outputs, ctx.output_slices)

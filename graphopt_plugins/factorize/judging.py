@@ -8,9 +8,8 @@ import onnx
 from graphopt.verify.feeds import split_samples
 from graphopt.verify.metrics import Budget, measure_outputs
 from graphopt.verify.runner import make_session, run_samples
-from graphopt.verify.unseen import BOUNDARY_SUFFIX
 
-__all__ = ["judged_metrics", "input_names", "misses", "without_boundary_views", "worst_cosine", "cosines"]
+__all__ = ["judged_metrics", "input_names", "misses", "worst_cosine", "cosines"]
 
 
 def judged_metrics(candidate: onnx.ModelProto, samples: dict, reference: dict[str, np.ndarray], slices=(),
@@ -33,10 +32,6 @@ def misses(budget: Budget, measured: dict[str, dict], unseen: bool = False) -> b
     """Whether `measured` breaks `budget`; with `unseen`, also where a new input is predicted to (`Budget.violations`)."""
     return any(budget.violations(name, values, unseen) for name, values in measured.items())
 
-
-def without_boundary_views(measured: dict[str, dict]) -> dict[str, dict]:
-    """`measured` without the decision-boundary entries (`NAME@boundary`): the outputs as they are."""
-    return {name: values for name, values in measured.items() if not name.endswith(BOUNDARY_SUFFIX)}
 
 
 def worst_cosine(measured: dict[str, dict]) -> float:

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import convert
 from graphopt.verify.metrics import Budget, measure_outputs
-from graphopt.verify.unseen import BOUNDARY_SUFFIX
+from graphopt.verify.unseen import without_boundary_views
 from graphopt.verify.runner import stacked_outputs
 
 __all__ = ["Attempt", "search_strength", "adopt_graph"]
@@ -60,7 +60,7 @@ def search_strength(prune_copy: Callable[[float], tuple[gs.Graph, dict]], templa
         # a probability output judged at its decision boundary too (verify/unseen.py)
         judged = measure_outputs(reference, outputs, slices, boundary=True)
         violations = [text for name, values in judged.items() for text in budget.violations(name, values)]
-        metrics = {name: values for name, values in judged.items() if not name.endswith(BOUNDARY_SUFFIX)}
+        metrics = without_boundary_views(judged)
         return Attempt(strength, stats, metrics, violations, graph)
 
     tried = []
